@@ -1,0 +1,149 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations create them; nothing else does.
+
+Series labels are plain columns so that Grafana's SQL and `Store.summary` can group
+without decoding anything; per-metric sums are columns for the same reason. What SQL
+never needs (histograms, position profile, top-K) rides in the compact `payload`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from monitor.metrics import ALL_METRICS
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+LABEL = 200  # longest model / version / cohort label accepted
+TS = DateTime(timezone=True)
+# BigInteger primary keys autoincrement on PostgreSQL; SQLite only autoincrements INTEGER.
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(LABEL), primary_key=True),
+    Column("created_at", TS, nullable=False),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("model", String(LABEL), ForeignKey("models.name"), nullable=False),
+    Column("version", String(LABEL), nullable=False),
+    # when the version was first seen by a collector, and when it really went live
+    # (`attnmon deploy mark --at` corrects the latter)
+    Column("first_seen", TS, nullable=False),
+    Column("deployed_at", TS, nullable=False),
+    Column("weights_id", String(LABEL)),
+    Column("source", String(20), nullable=False),  # collector | manual
+    UniqueConstraint("model", "version"),
+)
+
+window_aggregates = Table(
+    "window_aggregates",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("model", String(LABEL), nullable=False),
+    Column("version", String(LABEL), nullable=False),
+    Column("cohort", String(LABEL), nullable=False),
+    Column("layer", String(16), nullable=False),
+    Column("head", String(16), nullable=False),
+    Column("bucket_start", TS, nullable=False),
+    Column("bucket_seconds", Integer, nullable=False),  # 60 (minute) or 3600 (hour roll-up)
+    # who wrote it; NULL once rows of several writers are compacted into one
+    Column("collector_id", String(64)),
+    Column("n", BigInteger, nullable=False),
+    Column("rejected", BigInteger, nullable=False),
+    *[Column(f"sum_{m}", Float(53), nullable=False) for m in ALL_METRICS],
+    *[Column(f"sumsq_{m}", Float(53), nullable=False) for m in ALL_METRICS],
+    Column("payload", LargeBinary, nullable=False),
+    Column("written_at", TS, nullable=False),
+    Index(None, "model", "bucket_start", "version"),
+    Index(None, "bucket_seconds", "bucket_start"),
+)
+
+# One row per flushed batch: the unique key makes a replayed spill file a no-op.
+write_batches = Table(
+    "write_batches",
+    metadata,
+    Column("collector_id", String(64), primary_key=True),
+    Column("batch_seq", BigInteger, primary_key=True),
+    Column("written_at", TS, nullable=False),
+    Column("n_aggregates", Integer, nullable=False),
+    Column("n_events", Integer, nullable=False),
+)
+
+attention_events = Table(
+    "attention_events",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("model", String(LABEL), nullable=False),
+    Column("version", String(LABEL), nullable=False),
+    Column("cohort", String(LABEL), nullable=False),
+    Column("request_id", String(LABEL)),
+    Column("ts", TS, nullable=False),
+    Column("collector_id", String(64), nullable=False),
+    Column("n_layers", Integer, nullable=False),
+    Column("n_heads", Integer, nullable=False),
+    Column("length", Integer, nullable=False),
+    # float32 (layers, heads, length), little-endian, valid positions only
+    Column("weights", LargeBinary, nullable=False),
+    Column("item_ids", JSON),  # list of str (keyed hashes when hash_item_ids is on)
+    Column("attributes", JSON),  # {name: [value per position]}
+    # metrics of the last layer's head-averaged attention, for quick SQL and reports
+    Column("entropy_norm", Float(53)),
+    Column("top1", Float(53)),
+    Column("recency5", Float(53)),
+    Column("distance", Float(53)),
+    Column("gini", Float(53)),
+    Index(None, "model", "version", "ts"),
+    Index(None, "request_id"),
+    Index(None, "ts"),
+)
+
+collector_health = Table(
+    "collector_health",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("collector_id", String(64), nullable=False),
+    Column("model", String(LABEL), nullable=False),
+    Column("version", String(LABEL), nullable=False),
+    Column("minute", TS, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("observed", BigInteger, nullable=False),
+    Column("accepted", BigInteger, nullable=False),
+    Column("rejected", BigInteger, nullable=False),
+    Column("rejected_by_reason", JSON, nullable=False),
+    Column("dropped", BigInteger, nullable=False),
+    Column("spilled", BigInteger, nullable=False),
+    Column("written", BigInteger, nullable=False),
+    Column("queue_depth", Integer, nullable=False),
+    Column("replayed", Boolean, nullable=False, default=False),
+    UniqueConstraint("collector_id", "minute"),
+    Index(None, "minute"),
+)
