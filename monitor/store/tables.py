@@ -144,6 +144,8 @@ collector_health = Table(
     Column("written", BigInteger, nullable=False),
     Column("queue_depth", Integer, nullable=False),
     Column("replayed", Boolean, nullable=False, default=False),
-    UniqueConstraint("collector_id", "minute"),
+    # not unique: counters that change after a minute's row went out (a late write)
+    # come as another row for that minute; readers sum
+    Index(None, "collector_id", "minute"),
     Index(None, "minute"),
 )

@@ -1,0 +1,198 @@
+"""attnmon's command line: `main` parses, loads the config once and dispatches.
+
+Each command is a plain function taking `(config, ...)` that tests call directly:
+
+    >>> db_current(load_config(), fmt="json")   # doctest: +SKIP
+    {"store": "sqlite:///attnmon.db", "revision": "0001", "head": "0001", "is_head": true}
+
+To add a command: write its function, then a `_register_<name>(commands)` that calls
+`add_command(...)` and `set_defaults(run=lambda config, args: ...)`, and list it in
+`REGISTRARS`. Global options (--store, --config, --debug) come with `add_command`;
+pass `lists=True` for --format text|json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from monitor.config import Config, load_config
+from monitor.errors import AttnmonError
+
+EXIT_ERROR = 2  # an AttnmonError or a usage error
+
+
+def _global_options() -> argparse.ArgumentParser:
+    # SUPPRESS as the default: the options are accepted before or after the command
+    # name, and a subcommand's parser must not overwrite a value given before it.
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("global options")
+    group.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="store URL (else $ATTNMON_STORE_URL, else the config file, else sqlite:///attnmon.db)",
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="config file (default: ./attnmon.yaml if it exists)",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+    return options
+
+
+_GLOBALS = _global_options()
+
+
+def add_command(
+    commands: argparse._SubParsersAction, name: str, help: str, *, lists: bool = False
+) -> argparse.ArgumentParser:
+    """A subcommand with the global options, and --format text|json where `lists`."""
+    parser = commands.add_parser(name, help=help, description=help, parents=[_GLOBALS])
+    if lists:
+        parser.add_argument(
+            "--format",
+            choices=("text", "json"),
+            default="text",
+            help="output format (default: text)",
+        )
+    return parser
+
+
+def _emit(fmt: str, text: str, data: dict[str, Any]) -> None:
+    print(json.dumps(data) if fmt == "json" else text)
+
+
+# -- db ------------------------------------------------------------------------------
+
+
+def _describe(revision: str | None, head: str) -> str:
+    shown = revision or "none (empty store)"
+    return f"{shown} (head)" if revision == head else f"{shown} (head is {head})"
+
+
+def db_upgrade(config: Config, revision: str = "head") -> int:
+    """Migrate the store up to `revision`; an empty store gets the whole schema."""
+    return _migrate(config, "upgrade", revision)
+
+
+def db_downgrade(config: Config, revision: str) -> int:
+    """Migrate the store down to `revision` ("base" drops every table)."""
+    return _migrate(config, "downgrade", revision)
+
+
+def _migrate(config: Config, direction: str, revision: str) -> int:
+    from monitor.store import migrate, redact
+
+    before = migrate.current(config.store_url)
+    getattr(migrate, direction)(config.store_url, revision)
+    after = migrate.current(config.store_url)
+    change = "already at" if before == after else f"{direction}d {before or 'none'} →"
+    print(
+        f"store at {redact(config.store_url)}: {change} {_describe(after, migrate.head_revision())}"
+    )
+    return 0
+
+
+def db_current(config: Config, fmt: str = "text") -> int:
+    """Print the store's revision and whether it is the newest."""
+    from monitor.store import migrate, redact
+
+    revision = migrate.current(config.store_url)
+    head = migrate.head_revision()
+    store = redact(config.store_url)
+    data = {"store": store, "revision": revision, "head": head, "is_head": revision == head}
+    _emit(fmt, f"{store}: {_describe(revision, head)}", data)
+    return 0
+
+
+def db_check(config: Config, fmt: str = "text") -> int:
+    """Check that the store is at head and matches monitor.store.tables (else an error)."""
+    from monitor.store import migrate, redact
+
+    migrate.check(config.store_url)
+    store = redact(config.store_url)
+    head = migrate.head_revision()
+    data = {"store": store, "revision": head, "ok": True}
+    _emit(fmt, f"{store}: at head {head}, schema matches the models", data)
+    return 0
+
+
+def _register_db(commands: argparse._SubParsersAction) -> None:
+    db = add_command(commands, "db", "manage the store's schema (Alembic migrations)")
+    sub = db.add_subparsers(
+        title="db commands", dest="db_command", required=True, metavar="COMMAND"
+    )
+
+    p = add_command(sub, "upgrade", "create or migrate the schema up to the newest revision")
+    p.add_argument("--revision", default="head", help="target revision (default: head)")
+    p.set_defaults(run=lambda config, args: db_upgrade(config, args.revision))
+
+    p = add_command(sub, "downgrade", "migrate the schema down to REV (base: drop every table)")
+    p.add_argument("revision", metavar="REV")
+    p.set_defaults(run=lambda config, args: db_downgrade(config, args.revision))
+
+    p = add_command(sub, "current", "print the store's revision and whether it is head", lists=True)
+    p.set_defaults(run=lambda config, args: db_current(config, args.format))
+
+    p = add_command(
+        sub, "check", "check that the schema is at head and matches the models", lists=True
+    )
+    p.set_defaults(run=lambda config, args: db_check(config, args.format))
+
+
+# -- dispatch ------------------------------------------------------------------------
+
+REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_register_db,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnmon",
+        description="Monitor the attention behaviour of sequence recommenders.",
+        parents=[_GLOBALS],
+    )
+    commands = parser.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND"
+    )
+    for register in REGISTRARS:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 2 error or bad usage)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    debug = getattr(args, "debug", False)
+    try:
+        config = load_config(
+            getattr(args, "config", None),
+            os.environ,
+            overrides={"store_url": getattr(args, "store", None)},
+        )
+        return args.run(config, args)
+    except AttnmonError as exc:
+        if debug:
+            traceback.print_exc()
+        # One line, whatever a driver put in its message.
+        print(f"attnmon: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""attnmon.yaml: one validated model, loaded once by the CLI and passed down.
+
+Precedence, lowest first: the defaults below < the YAML file < the environment <
+explicit overrides (the CLI's `--store`). Environment variables:
+
+    ATTNMON_STORE_URL=postgresql+psycopg://...     -> store_url
+    ATTNMON_COLLECTOR__SAMPLE_RATE=0.1             -> collector.sample_rate
+    ATTNMON_<SECTION>__<KEY>                        -> <section>.<key> (any depth, `__` apart)
+
+An empty variable counts as unset. Every bad entry is reported at once, as a
+`ConfigError` naming the dotted field, the value and what is wrong:
+
+    >>> load_config("attnmon.yaml")   # doctest: +SKIP
+    ConfigError: attnmon.yaml: collector.sample_rate=1.5: must be ≤ 1
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from monitor.errors import ConfigError
+
+DEFAULT_PATH = Path("attnmon.yaml")
+ENV_PREFIX = "ATTNMON_"
+ENV_STORE_URL = "ATTNMON_STORE_URL"
+
+
+class _Strict(BaseModel):
+    # A misspelled key is an error, not a silently ignored setting; NaN and inf are
+    # never a meaningful rate, size or interval.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class CollectorConfig(_Strict):
+    sample_rate: float = Field(0.01, ge=0, le=1)
+    queue_size: int = Field(10_000, gt=0)
+    flush_interval_s: float = Field(2.0, gt=0)
+    spill_dir: str | None = None
+    hash_item_ids: bool = False
+    # the name of the variable that holds the key, never the key itself
+    hash_key_env: str = "ATTNMON_HASH_KEY"
+    max_length: int = Field(4096, gt=0)
+    topk_items: int = Field(512, gt=0)
+    topk_attr_values: int = Field(64, gt=0)
+    late_grace_s: float = Field(5.0, ge=0)
+
+
+class RetentionConfig(_Strict):
+    events_days: float = Field(7, gt=0)
+    minute_aggregates_days: float = Field(3, gt=0)
+    write_batches_days: float = Field(14, gt=0)
+
+
+class Config(_Strict):
+    store_url: str = "sqlite:///attnmon.db"
+    collector: CollectorConfig = CollectorConfig()
+    retention: RetentionConfig = RetentionConfig()
+    # Later sections (daemon, alerts, grafana) are added here by the features that need them.
+
+    @field_validator("store_url")
+    @classmethod
+    def _parseable_url(cls, value: str) -> str:
+        # Imported here: reading a config should not pay for SQLAlchemy until it must.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a SQLAlchemy URL (e.g. sqlite:///attnmon.db)") from None
+        try:
+            url.get_dialect()  # loads the dialect class only, not the driver
+        except NoSuchModuleError:
+            raise ValueError(f"unknown database dialect {url.drivername!r}") from None
+        return value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read attnmon.yaml (if any), apply the environment, validate once.
+
+    `path=None` reads ./attnmon.yaml only if it exists; `env=None` reads os.environ.
+    `overrides` maps dotted fields to values given on the command line (highest
+    precedence; None values are ignored).
+    """
+    env = os.environ if env is None else env
+    if path is None and DEFAULT_PATH.is_file():
+        path = DEFAULT_PATH
+    source = str(path) if path is not None else "config"
+
+    data: dict[str, Any] = {}
+    problems: list[tuple[str, object, str]] = []  # found before validation: duplicate keys
+    if path is not None:
+        data, problems = _read_yaml(path)
+    origins: dict[tuple[str, ...], str] = {}  # field path -> where a non-file value came from
+    for keys, var, value in _env_entries(env):
+        _set(data, keys, value)
+        origins[keys] = f"environment variable {var}"
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            keys = tuple(dotted.split("."))
+            _set(data, keys, value)
+            origins[keys] = "the command line"
+
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += [_problem(err, origins) for err in exc.errors()]
+        raise ConfigError(problems, source) from None
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _env_entries(env: Mapping[str, str]) -> list[tuple[tuple[str, ...], str, str]]:
+    entries = []
+    for var, value in sorted(env.items()):
+        if not value or not var.startswith(ENV_PREFIX):
+            continue
+        if var == ENV_STORE_URL:
+            entries.append((("store_url",), var, value))
+        elif "__" in var:
+            # Only ATTNMON_<SECTION>__<KEY> is configuration: ATTNMON_HASH_KEY,
+            # ATTNMON_TEST_PG_URL and friends are other things.
+            keys = tuple(k.lower() for k in var[len(ENV_PREFIX) :].split("__"))
+            entries.append((keys, var, value))
+    return entries
+
+
+def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            # A section the file left out (or got wrong: validation reports that).
+            if child is not None:
+                return
+            child = node[key] = {}
+        node = child
+    node[keys[-1]] = value
+
+
+# pydantic's words -> the short words a person reads in a one-line error
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "finite_number": "must be a finite number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "dict_type": "must be a mapping of keys to values",
+}
+
+
+def _problem(err: Any, origins: Mapping[tuple[str, ...], str]) -> tuple[str, object, str]:
+    loc = tuple(str(p) for p in err["loc"])
+    ctx = {k: _number(v) for k, v in err.get("ctx", {}).items()}
+    template = _MESSAGES.get(err["type"])
+    if template is not None:
+        message = template.format(**ctx)
+    else:
+        message = str(ctx.get("error") or err["msg"])
+    # Name where the value came from when it was not the file: the variable that set
+    # this field or a section above it, or (an unknown section) the ones below it.
+    sources = [origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins][:1]
+    sources = sources or [o for keys, o in origins.items() if keys[: len(loc)] == loc]
+    if sources:
+        message += f" (from {', '.join(sources)})"
+    return ".".join(loc) or "(top level)", err["input"], message
+
+
+def _number(value: Any) -> Any:
+    # "must be ≤ 1", not "must be ≤ 1.0"
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _read_yaml(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, Any], list[tuple[str, object, str]]]:
+    """The file's mapping, and its duplicate keys (reported with the other problems)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([("file", source, f"cannot be read: {reason}")], source) from None
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, text)], source) from None
+    finally:
+        loader.dispose()
+    if data is None:  # an empty file is an empty config
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([("(top level)", data, "must be a mapping of sections")], source)
+    return data, loader.duplicates
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, object, str]:
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return "yaml", None, f"syntax error: {what}"
+    lines = text.splitlines()
+    line = lines[mark.line].strip() if mark.line < len(lines) else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}", line, f"YAML syntax error: {what}"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records duplicate keys: YAML would let the last one win silently."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, object, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                where = f"line {key_node.start_mark.line + 1}"
+                self.duplicates.append((where, key, "duplicate key"))
+            try:
+                seen.add(key)
+            except TypeError:
+                pass  # an unhashable key: construct_mapping below reports it
+        return super().construct_mapping(node, deep=deep)

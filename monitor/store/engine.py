@@ -1,0 +1,130 @@
+"""Engines for the store, set up the same way for every caller (collectors, daemon, CLI).
+
+>>> engine = make_engine("sqlite:///attnmon.db")   # doctest: +SKIP
+>>> require_schema(engine)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from monitor.errors import StoreError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT_S = 5
+
+
+def redact(url: str | URL) -> str:
+    """The URL with its password hidden, safe for logs and error messages."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not parseable, but may still hold a secret: hide whatever sits between
+        # "user:" and "@".
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An Engine for the store at `url`; extra keyword arguments go to create_engine."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"store URL {redact(url)!r} is not a SQLAlchemy URL", redact(url)
+        ) from None
+    shown = redact(parsed)
+    backend = parsed.get_backend_name()
+    options: dict[str, Any] = {}
+    if backend == "sqlite":
+        _check_sqlite_dir(parsed, shown)
+    elif backend == "postgresql":
+        # A daemon outlives connections (restarts, failovers): test each one before use,
+        # and fail in seconds, not minutes, when the server is not there.
+        options["pool_pre_ping"] = True
+        if parsed.get_driver_name() in ("psycopg", "psycopg2"):
+            options["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    options.update(kwargs)
+    try:
+        engine = create_engine(parsed, **options)
+    except NoSuchModuleError:
+        raise StoreError(
+            f"store URL {shown}: unknown database dialect {parsed.drivername!r}", shown
+        ) from None
+    except ImportError as exc:
+        raise StoreError(
+            f"store URL {shown}: the driver for {parsed.drivername!r} is not installed ({exc})",
+            shown,
+        ) from None
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _check_sqlite_dir(url: URL, shown: str) -> None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    parent = Path(database).expanduser().absolute().parent
+    if not parent.is_dir():
+        # SQLite's own message is "unable to open database file", which names nothing.
+        raise StoreError(
+            f"store at {shown}: directory {parent} does not exist (create it first)", shown
+        )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets the daemon read while collectors write; the busy timeout makes a
+        # writer wait for the lock instead of failing at once; SQLite leaves foreign
+        # keys off unless asked, per connection.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+@contextmanager
+def store_errors(url: str | URL) -> Iterator[None]:
+    """Turn driver errors (server down, bad credentials, locked file) into StoreError."""
+    try:
+        yield
+    except DBAPIError as exc:
+        shown = redact(url)
+        detail = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+        raise StoreError(f"store at {shown}: {detail}", shown) from exc
+
+
+def require_schema(engine: Engine) -> None:
+    """Raise StoreError unless the store's schema is at the newest migration."""
+    # Imported here: Alembic is needed only by the few callers that check the schema.
+    from monitor.store.migrate import head_revision, known_revision, revision_of
+
+    shown = redact(engine.url)
+    with store_errors(engine.url), engine.connect() as connection:
+        revision = revision_of(connection)
+    head = head_revision()
+    if revision == head:
+        return
+    if revision is not None and not known_revision(revision):
+        raise StoreError(
+            f"store at {shown} is at revision {revision}, which this attnmon does not know "
+            f"(its head is {head}): upgrade attnmon",
+            shown,
+        )
+    raise StoreError(
+        f"store at {shown} is at revision {revision or 'none'}, expected head {head}: "
+        "run `attnmon db upgrade`",
+        shown,
+    )

@@ -1,0 +1,77 @@
+"""Migrations, schema checks and the test fixtures themselves on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, insert, select, text
+
+from monitor.cli import main
+from monitor.errors import StoreError
+from monitor.store import make_engine, migrate, redact, require_schema, tables
+
+
+def test_empty_head_base_head_on_postgresql(
+    pg_empty_url: str, migration_cycle: Callable[[str], None]
+) -> None:
+    migration_cycle(pg_empty_url)
+
+
+def test_shared_database_is_at_head_and_matches_the_models(pg_clean_url: str) -> None:
+    assert migrate.current(pg_clean_url) == migrate.head_revision()
+    migrate.check(pg_clean_url)
+    require_schema(make_engine(pg_clean_url))
+
+
+def test_check_finds_a_store_that_differs_from_the_models(pg_empty_url: str) -> None:
+    migrate.upgrade(pg_empty_url)
+    engine = make_engine(pg_empty_url)
+    with engine.begin() as connection:
+        # a type change: compare_type is on
+        connection.execute(text("ALTER TABLE deployments ALTER COLUMN source TYPE VARCHAR(50)"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="modify_type") as info:
+        migrate.check(pg_empty_url)
+    assert [d[0][0] for d in info.value.diffs] == ["modify_type"]
+
+
+def test_require_schema_on_an_empty_schema(pg_empty_url: str) -> None:
+    with pytest.raises(StoreError, match="is at revision none, expected head 0001"):
+        require_schema(make_engine(pg_empty_url))
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_pg_clean_url_starts_every_test_empty_with_identities_restarted(
+    pg_clean_url: str, run: int
+) -> None:
+    engine = make_engine(pg_clean_url)
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        assert connection.scalar(select(func.count()).select_from(tables.deployments)) == 0
+        connection.execute(insert(tables.models).values(name="sasrec", created_at=now))
+        new_id = connection.execute(
+            insert(tables.deployments)
+            .values(
+                model="sasrec", version=f"v{run}", first_seen=now, deployed_at=now, source="manual"
+            )
+            .returning(tables.deployments.c.id)
+        ).scalar_one()
+    engine.dispose()
+    assert new_id == 1
+
+
+def test_cli_on_postgresql(pg_clean_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "upgrade", "--store", pg_clean_url]) == 0
+    assert "already at 0001 (head)" in capsys.readouterr().out
+    assert main(["db", "current", "--store", pg_clean_url, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {
+        "store": redact(pg_clean_url),
+        "revision": "0001",
+        "head": "0001",
+        "is_head": True,
+    }
+    assert main(["db", "check", "--store", pg_clean_url]) == 0

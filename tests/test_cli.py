@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import db_current, main
+from monitor.config import Config
+from monitor.store import migrate
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, err  # exactly one line
+    assert err.startswith("attnmon: error: ")
+    return err.strip()
+
+
+def test_upgrade_then_current(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["db", "current", "--store", url]) == 0
+    assert capsys.readouterr().out == f"{url}: none (empty store) (head is 0001)\n"
+
+    assert main(["db", "upgrade", "--store", url]) == 0
+    assert capsys.readouterr().out == f"store at {url}: upgraded none → 0001 (head)\n"
+    assert main(["db", "upgrade", "--store", url]) == 0
+    assert capsys.readouterr().out == f"store at {url}: already at 0001 (head)\n"
+
+    # global options are accepted before the command too
+    assert main(["--store", url, "db", "current"]) == 0
+    assert capsys.readouterr().out == f"{url}: 0001 (head)\n"
+
+
+def test_current_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["db", "current", "--store", url, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "store": url,
+        "revision": None,
+        "head": "0001",
+        "is_head": False,
+    }
+    migrate.upgrade(url)
+    assert main(["db", "current", "--format", "json", "--store", url]) == 0
+    assert json.loads(capsys.readouterr().out)["is_head"] is True
+
+
+def test_downgrade_and_check(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "check", "--store", sqlite_url, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "store": sqlite_url,
+        "revision": "0001",
+        "ok": True,
+    }
+
+    assert main(["db", "downgrade", "base", "--store", sqlite_url]) == 0
+    assert "downgraded 0001 → none" in capsys.readouterr().out
+    assert migrate.current(sqlite_url) is None
+
+    assert main(["db", "check", "--store", sqlite_url]) == 2
+    assert "run `attnmon db upgrade`" in stderr_line(capsys)
+
+
+def test_store_from_environment_then_config_file(
+    clean_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from_file = f"sqlite:///{tmp_path / 'file.db'}"
+    (clean_env / "attnmon.yaml").write_text(f"store_url: {from_file}\n")
+    assert main(["db", "current"]) == 0
+    assert capsys.readouterr().out.startswith(f"{from_file}:")
+
+    from_env = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("ATTNMON_STORE_URL", from_env)
+    assert main(["db", "current"]) == 0
+    assert capsys.readouterr().out.startswith(f"{from_env}:")
+
+    from_flag = f"sqlite:///{tmp_path / 'flag.db'}"
+    assert main(["db", "current", "--store", from_flag]) == 0
+    assert capsys.readouterr().out.startswith(f"{from_flag}:")
+
+
+def test_bad_config_is_one_line_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("collector:\n  sample_rate: 1.5\n  queue_size: -1\n")
+    assert main(["db", "current", "--config", str(config)]) == 2
+    line = stderr_line(capsys)
+    assert f"{config}: collector.sample_rate=1.5: must be ≤ 1" in line
+    assert "collector.queue_size=-1: must be > 0" in line
+
+
+def test_unknown_store_dialect(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "current", "--store", "oracle9://scott@db/orcl"]) == 2
+    line = stderr_line(capsys)
+    assert "store_url='oracle9://scott@db/orcl'" in line
+    assert "unknown database dialect 'oracle9'" in line
+    assert "command line" in line
+
+
+def test_store_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing" / "store.db"
+    assert main(["db", "upgrade", "--store", f"sqlite:///{missing}"]) == 2
+    assert "does not exist" in stderr_line(capsys)
+
+    # a driver message over several lines still prints as one
+    assert main(["db", "current", "--store", "postgresql+psycopg://u:pw@127.0.0.1:1/x"]) == 2
+    line = stderr_line(capsys)
+    assert "u:***@127.0.0.1:1" in line and ":pw@" not in line
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing" / "store.db"
+    assert main(["--debug", "db", "current", "--store", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("attnmon: error: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["db"], ["nope"], ["db", "downgrade"], ["db", "current", "--format", "xml"]],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("upgrade", "downgrade", "current", "check"):
+        assert command in out
+
+
+def test_commands_are_plain_functions(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert db_current(Config(store_url=sqlite_url), fmt="json") == 0
+    assert json.loads(capsys.readouterr().out)["revision"] == "0001"
+
+
+def test_python_dash_m_monitor_help() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: attnmon")
+    assert "db" in done.stdout and "--store URL" in done.stdout

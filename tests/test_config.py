@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from monitor.config import Config, load_config
+from monitor.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file_or_environment() -> None:
+    config = load_config(None, {})
+    assert config == Config()
+    assert config.store_url == "sqlite:///attnmon.db"
+    assert config.collector.sample_rate == 0.01
+    assert config.collector.queue_size == 10_000
+    assert config.collector.flush_interval_s == 2.0
+    assert config.collector.spill_dir is None
+    assert config.collector.hash_item_ids is False
+    assert config.collector.hash_key_env == "ATTNMON_HASH_KEY"
+    assert config.collector.max_length == 4096
+    assert config.collector.topk_items == 512
+    assert config.collector.topk_attr_values == 64
+    assert config.collector.late_grace_s == 5.0
+    assert config.retention.events_days == 7
+    assert config.retention.minute_aggregates_days == 3
+    assert config.retention.write_batches_days == 14
+
+
+def test_file_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "custom.yaml",
+        """
+store_url: postgresql+psycopg://attnmon@db/attnmon
+collector:
+  sample_rate: 0.5
+  spill_dir: /var/spool/attnmon
+  hash_item_ids: true
+retention:
+  events_days: 1.5
+""",
+    )
+    config = load_config(path, {})
+    assert config.store_url == "postgresql+psycopg://attnmon@db/attnmon"
+    assert config.collector.sample_rate == 0.5
+    assert config.collector.spill_dir == "/var/spool/attnmon"
+    assert config.collector.hash_item_ids is True
+    assert config.collector.queue_size == 10_000  # untouched keys keep their defaults
+    assert config.retention.events_days == 1.5
+
+
+def test_reads_attnmon_yaml_in_working_directory_only_if_present(clean_env: Path) -> None:
+    assert load_config(None, {}) == Config()
+    write(clean_env / "attnmon.yaml", "collector:\n  queue_size: 7\n")
+    assert load_config(None, {}).collector.queue_size == 7
+
+
+def test_empty_file_is_the_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path / "a.yaml", "# nothing yet\n"), {}) == Config()
+
+
+def test_precedence_defaults_file_environment_command_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.yaml",
+        "store_url: sqlite:///file.db\ncollector:\n  sample_rate: 0.2\n  queue_size: 5\n",
+    )
+    env = {
+        "ATTNMON_STORE_URL": "sqlite:///env.db",
+        "ATTNMON_COLLECTOR__SAMPLE_RATE": "0.3",
+        "ATTNMON_RETENTION__EVENTS_DAYS": "2",
+    }
+    config = load_config(path, env)
+    assert config.store_url == "sqlite:///env.db"
+    assert config.collector.sample_rate == 0.3  # env beats file
+    assert config.collector.queue_size == 5  # file beats default
+    assert config.retention.events_days == 2  # env fills a section the file left out
+    assert config.collector.flush_interval_s == 2.0  # default
+
+    config = load_config(path, env, overrides={"store_url": "sqlite:///cli.db"})
+    assert config.store_url == "sqlite:///cli.db"
+    # None means "not given on the command line"
+    assert load_config(path, env, overrides={"store_url": None}).store_url == "sqlite:///env.db"
+
+
+def test_environment_values_are_converted_and_other_variables_ignored() -> None:
+    env = {
+        "ATTNMON_COLLECTOR__HASH_ITEM_IDS": "true",
+        "ATTNMON_COLLECTOR__QUEUE_SIZE": "42",
+        "ATTNMON_COLLECTOR__SPILL_DIR": "",  # empty counts as unset
+        "ATTNMON_HASH_KEY": "s3cret",  # a secret, not configuration
+        "ATTNMON_TEST_PG_URL": "postgresql://x",
+        "HOME": "/root",
+    }
+    config = load_config(None, env)
+    assert config.collector.hash_item_ids is True
+    assert config.collector.queue_size == 42
+    assert config.collector.spill_dir is None
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNMON_COLLECTOR__LATE_GRACE_S", "0")
+    assert load_config().collector.late_grace_s == 0
+
+
+def test_every_bad_entry_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "attnmon.yaml",
+        """
+collector:
+  sample_rate: 1.5
+  queue_size: 0
+  flush_interval_s: soon
+  hash_item_ids: maybe
+retention:
+  events_days: -1
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    err = info.value
+    assert err.source == str(path)
+    assert sorted(err.problems) == sorted(
+        [
+            ("collector.sample_rate", 1.5, "must be ≤ 1"),
+            ("collector.queue_size", 0, "must be > 0"),
+            ("collector.flush_interval_s", "soon", "must be a number"),
+            ("collector.hash_item_ids", "maybe", "must be true or false"),
+            ("retention.events_days", -1, "must be > 0"),
+        ]
+    )
+    assert f"{path}: collector.sample_rate=1.5: must be ≤ 1" in str(err)
+    assert "\n" not in str(err)
+
+
+def test_unknown_keys_are_reported_with_their_path(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.yaml",
+        "collector:\n  sampel_rate: 0.1\nalerts_typo:\n  x: 1\nstore_ulr: sqlite://\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    problems = {field: (value, msg) for field, value, msg in info.value.problems}
+    assert problems == {
+        "collector.sampel_rate": (0.1, "unknown key"),
+        "alerts_typo": ({"x": 1}, "unknown key"),
+        "store_ulr": ("sqlite://", "unknown key"),
+    }
+
+
+def test_environment_errors_name_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "collector:\n  queue_size: -3\n")
+    env = {
+        "ATTNMON_COLLECTOR__SAMPLE_RATE": "2",
+        "ATTNMON_COLLECTOR__SAMPEL_RATE": "0.1",
+        "ATTNMON_DEAMON__PORT": "9",
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env)
+    problems = {field: (value, msg) for field, value, msg in info.value.problems}
+    assert problems["collector.sample_rate"] == (
+        "2",
+        "must be ≤ 1 (from environment variable ATTNMON_COLLECTOR__SAMPLE_RATE)",
+    )
+    assert problems["collector.sampel_rate"] == (
+        "0.1",
+        "unknown key (from environment variable ATTNMON_COLLECTOR__SAMPEL_RATE)",
+    )
+    assert problems["deamon"][1] == "unknown key (from environment variable ATTNMON_DEAMON__PORT)"
+    # the file's own error is still there, without an environment source
+    assert problems["collector.queue_size"] == (-3, "must be > 0")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "collector:\n  sample_rate: 0.1\n  queue_size: [1, 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    [(field, _value, msg)] = info.value.problems
+    assert field.startswith("line ")
+    assert "YAML syntax error" in msg
+    assert str(path) in str(info.value)
+
+    path = write(tmp_path / "b.yaml", "collector:\n  sample_rate: : 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    [(field, value, _msg)] = info.value.problems
+    assert field == "line 2, column 16"
+    assert value == "sample_rate: : 1"
+
+
+def test_duplicate_keys_are_errors_not_silently_last_wins(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.yaml",
+        "collector:\n  sample_rate: 0.1\n  sample_rate: 0.2\ncollector:\n  queue_size: -1\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert ("line 3", "sample_rate", "duplicate key") in info.value.problems
+    assert ("line 4", "collector", "duplicate key") in info.value.problems
+    assert ("collector.queue_size", -1, "must be > 0") in info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("- a\n- b\n", ("(top level)", ["a", "b"], "must be a mapping of sections")),
+        ("collector: 5\n", ("collector", 5, "must be a mapping of keys to values")),
+        ("collector:\n  sample_rate: .nan\n", ("collector.sample_rate", None, None)),
+    ],
+)
+def test_wrong_shapes(tmp_path: Path, text: str, problem: tuple) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path / "a.yaml", text), {})
+    [(field, value, msg)] = info.value.problems
+    assert field == problem[0]
+    if problem[1] is not None:
+        assert (value, msg) == problem[1:]
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "nope.yaml", {})
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("::not a url::", "not a SQLAlchemy URL"),
+        ("nosuchdb://host/db", "unknown database dialect 'nosuchdb'"),
+    ],
+)
+def test_bad_store_url_names_store_url(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"ATTNMON_STORE_URL": url})
+    [(field, value, msg)] = info.value.problems
+    assert (field, value) == ("store_url", url)
+    assert message in msg
+    assert "ATTNMON_STORE_URL" in msg
+
+
+def test_store_url_of_every_supported_backend_is_accepted() -> None:
+    for url in (
+        "sqlite://",
+        "sqlite:////var/lib/attnmon/attnmon.db",
+        "postgresql+psycopg://u:p@host:5432/db",
+        "postgresql://host/db",
+    ):
+        assert load_config(None, {"ATTNMON_STORE_URL": url}).store_url == url
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_sample_rate_from_environment_bounds(rate: float) -> None:
+    env = {"ATTNMON_COLLECTOR__SAMPLE_RATE": repr(rate)}
+    if 0 <= rate <= 1:
+        assert load_config(None, env).collector.sample_rate == rate
+    else:
+        with pytest.raises(ConfigError, match="collector.sample_rate"):
+            load_config(None, env)
+
+
+def test_config_is_immutable() -> None:
+    config = Config()
+    with pytest.raises(ValueError):
+        config.collector.sample_rate = 0.5  # type: ignore[misc]
+    assert config.model_copy(update={"store_url": "sqlite://"}).store_url == "sqlite://"
