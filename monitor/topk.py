@@ -1,0 +1,74 @@
+"""Heavy hitters by attention mass: a mergeable Misra–Gries / space-saving summary.
+
+Counters are lower bounds of each key's true mass. After any sequence of updates and
+merges, a key's true mass lies in [count, count + bound()] with
+bound() = (total - sum(counts)) / (k + 1) <= total / (k + 1)  (Agarwal et al. 2012,
+"Mergeable summaries"; space-saving is the same summary shifted by its minimum counter).
+A key not in the summary has at most bound() mass. Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TopK:
+    k: int
+    keys: np.ndarray  # object array of str
+    counts: np.ndarray  # float64, lower bounds, descending
+    total: float  # exact total mass offered to the summary
+
+    @classmethod
+    def empty(cls, k: int) -> TopK:
+        return cls(k, np.empty(0, dtype=object), np.empty(0), 0.0)
+
+    @classmethod
+    def from_counts(cls, keys: np.ndarray, masses: np.ndarray, k: int) -> TopK:
+        """Exact (key, mass) pairs, keys unique, reduced to at most k counters."""
+        masses = np.asarray(masses, dtype=np.float64)
+        keep = masses > 0
+        keys, masses = np.asarray(keys, dtype=object)[keep], masses[keep]
+        return cls._reduced(keys, masses, k, float(masses.sum()))
+
+    @staticmethod
+    def _reduced(keys: np.ndarray, counts: np.ndarray, k: int, total: float) -> TopK:
+        if len(counts) > k:
+            # subtract the (k+1)-th largest counter from all and keep the positive ones
+            kth = np.partition(counts, len(counts) - k)[len(counts) - k]
+            counts = counts - kth
+            keep = counts > 0
+            keys, counts = keys[keep], counts[keep]
+        order = np.argsort(-counts, kind="stable")
+        return TopK(k, keys[order], counts[order], total)
+
+    def merge(self, other: TopK) -> TopK:
+        # The smaller k: a summary reduced to k counters has error up to (total - sum)/(k+1),
+        # which the bound of a larger k would understate.
+        k = min(self.k, other.k)
+        if not len(other.keys) or not len(self.keys):
+            src = self if len(self.keys) else other
+            return self._reduced(src.keys, src.counts, k, self.total + other.total)
+        keys = np.concatenate([self.keys, other.keys])
+        counts = np.concatenate([self.counts, other.counts])
+        uniq, inv = np.unique(keys.astype(str), return_inverse=True)
+        summed = np.bincount(inv, weights=counts, minlength=len(uniq))
+        return self._reduced(uniq.astype(object), summed, k, self.total + other.total)
+
+    def bound(self) -> float:
+        """Most mass any key can have beyond its counter (or in all, if absent)."""
+        return max(self.total - float(self.counts.sum()), 0.0) / (self.k + 1)
+
+    def estimate(self, key: str) -> tuple[float, float]:
+        """(lower, upper) bounds of the key's true mass."""
+        hit = np.flatnonzero(self.keys == key)
+        lo = float(self.counts[hit[0]]) if len(hit) else 0.0
+        return lo, lo + self.bound()
+
+    def shares(self) -> dict[str, float]:
+        """Lower-bound share of the total mass per kept key."""
+        if self.total <= 0:
+            return {}
+        return {str(key): float(c) / self.total for key, c in zip(self.keys, self.counts)}
