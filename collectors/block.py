@@ -1,0 +1,296 @@
+"""Turn queued calls into blocks: left-padded arrays of one (layers, heads) layout.
+
+Runs on the collector's background thread (or, for strict collectors, on the caller's).
+Every rejection is a per-request code, so that the valid rows of a batch are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor import metrics as mx
+from monitor.sketch import factorize
+
+# reasons found before the numbers are looked at; codes follow monitor.metrics.REASONS
+SHAPE_REASONS = ("shape", "dtype", "length_mismatch", "too_long", "bad_label", "bad_value")
+REASON_NAMES = mx.REASONS + SHAPE_REASONS
+CODE = {name: i for i, name in enumerate(REASON_NAMES)}
+MAX_VALUE_CHARS = 256
+DEFAULT_COHORT = "default"
+
+
+@dataclass
+class Block:
+    rows: np.ndarray  # index of each request in its call (what strict errors name)
+    layout: tuple[int, int] | None  # (layers, heads); None when no row had a usable shape
+    weights: np.ndarray | None  # (n, layers, heads, L), left-padded, padding zeroed
+    lengths: np.ndarray  # (n,)
+    cohorts: np.ndarray  # (n,) object
+    ts: np.ndarray  # (n,) epoch seconds
+    codes: np.ndarray  # (n,) uint8; 0 = accepted
+    item_codes: np.ndarray | None = None  # (n, L) into item_keys; -1 = none
+    item_keys: np.ndarray | None = None
+    attrs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    request_ids: list | None = None
+    reason_names: tuple[str, ...] = REASON_NAMES
+
+
+def label_ok(x: object) -> bool:
+    return isinstance(x, str) and 0 < len(x) <= 200 and x.isprintable()
+
+
+def _layout(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(layers, heads) of one request's weights, or None for an unusable shape."""
+    if len(shape) == 1:
+        return (1, 1)
+    if len(shape) == 2 and shape[0] > 0:
+        return (1, shape[0])
+    if len(shape) == 3 and shape[0] > 0 and shape[1] > 0:
+        return (shape[0], shape[1])
+    return None
+
+
+def _as_float(w: np.ndarray) -> np.ndarray | None:
+    if w.dtype.kind == "f":
+        return w if w.dtype.itemsize >= 4 else w.astype(np.float32)
+    if w.dtype.kind in "iub":
+        return w.astype(np.float64)
+    return None
+
+
+def _shape_block(n: int, ts, reason: str, rows=None) -> Block:
+    return Block(
+        rows=np.arange(n) if rows is None else np.asarray(rows),
+        layout=None,
+        weights=None,
+        lengths=np.zeros(n, dtype=np.int64),
+        cohorts=np.full(n, None, dtype=object),
+        ts=np.broadcast_to(np.asarray(ts, dtype=np.float64), (n,)).copy(),
+        codes=np.full(n, CODE[reason], dtype=np.uint8),
+    )
+
+
+def blocks_from_singles(entries: list, *, max_length: int) -> list[Block]:
+    """Group `observe` calls by layout and pack each group left-padded."""
+    groups: dict[tuple[int, int], list] = {}
+    bad: list = []
+    for e in entries:
+        w = _as_float(e[1])
+        lay = _layout(w.shape) if w is not None else None
+        if lay is None:
+            bad.append((e, "dtype" if w is None else "shape"))
+        else:
+            groups.setdefault(lay, []).append((e, w))
+    out = [_shape_block(1, e[6], reason, rows=[0]) for e, reason in bad]
+    for (ly, h), items in groups.items():
+        out.append(_pack_singles(items, ly, h, max_length))
+    return out
+
+
+def _pack_singles(items: list, ly: int, h: int, max_length: int) -> Block:
+    n = len(items)
+    codes = np.zeros(n, dtype=np.uint8)
+    lens = np.array([w.shape[-1] for _, w in items], dtype=np.int64)
+    too_long = lens > max_length
+    codes[too_long] = CODE["too_long"]
+    L = int(lens[~too_long].max()) if (~too_long).any() else 0
+    dtype = np.result_type(*[w.dtype for _, w in items])
+    W = np.zeros((n, ly, h, L), dtype=dtype)
+    has_items = any(e[2] is not None for e, _ in items)
+    item_vals = np.full((n, L), None, dtype=object) if has_items else None
+    attr_names = sorted({k for e, _ in items if e[4] for k in e[4]})
+    attr_vals = {k: np.full((n, L), None, dtype=object) for k in attr_names}
+    cohorts = np.empty(n, dtype=object)
+    ts = np.empty(n)
+    rids = []
+    for i, (e, w) in enumerate(items):
+        _, _, ids, cohort, attrs, rid, t = e
+        cohorts[i] = DEFAULT_COHORT if cohort is None else cohort
+        ts[i] = t
+        rids.append(rid)
+        if codes[i]:
+            lens[i] = 0
+            continue
+        li = int(lens[i])
+        if li:
+            W[i, :, :, L - li :] = w.reshape(ly, h, li)
+        if ids is not None:
+            if ids.shape != (li,):
+                codes[i] = CODE["length_mismatch"]
+            else:
+                item_vals[i, L - li :] = ids
+        for k, v in (attrs or {}).items():
+            if not label_ok(k) or v.shape != (li,):
+                codes[i] = CODE["bad_label"] if not label_ok(k) else CODE["length_mismatch"]
+            else:
+                attr_vals[k][i, L - li :] = v
+    block = Block(
+        rows=np.zeros(n, dtype=np.int64),
+        layout=(ly, h),
+        weights=W,
+        lengths=lens,
+        cohorts=cohorts,
+        ts=ts,
+        codes=codes,
+        request_ids=rids,
+    )
+    _attach_keys(block, item_vals, attr_vals)
+    return block
+
+
+def block_from_batch(e, *, max_length: int) -> Block:
+    _, weights, ids, lengths, cohorts, attrs, rids, ts, padding = e
+    B = len(weights) if weights.ndim >= 1 else 1
+    ts_ok = np.isscalar(ts) or np.shape(ts) == (B,)
+    ts_arr = np.broadcast_to(np.asarray(ts, dtype=np.float64), (B,)).copy() if ts_ok else (
+        np.resize(np.asarray(ts, dtype=np.float64), B) if np.size(ts) else np.zeros(B)
+    )
+    w = _as_float(weights)
+    if w is None:
+        return _shape_block(B, ts_arr, "dtype")
+    lay = _layout(w.shape[1:]) if w.ndim >= 2 else None
+    if lay is None or padding not in ("left", "right"):
+        return _shape_block(B, ts_arr, "shape")
+    ly, h = lay
+    L = w.shape[-1]
+    W = w.reshape(B, ly, h, L)
+    codes = np.zeros(B, dtype=np.uint8)
+    if not ts_ok:
+        codes[:] = CODE["length_mismatch"]
+    if lengths is None:
+        lens = np.full(B, L, dtype=np.int64)
+    elif lengths.shape != (B,) or lengths.dtype.kind not in "iu":
+        lens = np.zeros(B, dtype=np.int64)
+        codes[:] = CODE["length_mismatch"]
+    else:
+        lens = lengths.astype(np.int64)
+        out_of_range = (lens < 0) | (lens > L)
+        codes[out_of_range & (codes == 0)] = CODE["length_mismatch"]
+        lens = np.clip(lens, 0, L)
+    if L > max_length:
+        codes[codes == 0] = CODE["too_long"]
+    if isinstance(cohorts, str) or cohorts is None:
+        coh = np.full(B, DEFAULT_COHORT if cohorts is None else cohorts, dtype=object)
+    elif len(cohorts) == B:
+        coh = np.empty(B, dtype=object)
+        coh[:] = cohorts
+    else:
+        coh = np.full(B, None, dtype=object)
+        codes[codes == 0] = CODE["length_mismatch"]
+    if rids is not None and len(rids) != B:
+        rids = None
+        codes[codes == 0] = CODE["length_mismatch"]
+    item_vals = None
+    if ids is not None:
+        if ids.shape != (B, L):
+            codes[codes == 0] = CODE["length_mismatch"]
+        else:
+            item_vals = ids
+    attr_vals = {}
+    for k, v in (attrs or {}).items():
+        if not label_ok(k):
+            codes[codes == 0] = CODE["bad_label"]
+        elif v.shape != (B, L):
+            codes[codes == 0] = CODE["length_mismatch"]
+        else:
+            attr_vals[k] = v
+    if padding == "right":
+        W, item_vals, attr_vals = _to_left(W, lens, item_vals, attr_vals)
+    block = Block(
+        rows=np.arange(B),
+        layout=(ly, h),
+        weights=W,
+        lengths=lens,
+        cohorts=coh,
+        ts=ts_arr,
+        codes=codes,
+        request_ids=rids,
+    )
+    _attach_keys(block, item_vals, attr_vals)
+    return block
+
+
+def _to_left(W, lens, item_vals, attr_vals):
+    """Right-padded rows moved so that the last column is the most recent."""
+    L = W.shape[-1]
+    src = np.arange(L)[None, :] - (L - lens)[:, None]  # source column of each target column
+    pad = src < 0
+    src = np.where(pad, 0, src)
+
+    def gather(a, fill):
+        g = np.take_along_axis(a, src.reshape(src.shape[:1] + (1,) * (a.ndim - 2) + src.shape[1:]), axis=-1)
+        g[np.broadcast_to(pad.reshape(pad.shape[:1] + (1,) * (a.ndim - 2) + pad.shape[1:]), g.shape)] = fill
+        return g
+
+    W = gather(W, 0)
+    if item_vals is not None:
+        item_vals = gather(item_vals.astype(object), None)
+    attr_vals = {k: gather(v.astype(object), None) for k, v in attr_vals.items()}
+    return W, item_vals, attr_vals
+
+
+def _bad_keys(keys: np.ndarray) -> np.ndarray:
+    """Keys that are not plain text we can store verbatim (NUL, too long, not UTF-8)."""
+    bad = np.zeros(len(keys), dtype=bool)
+    for j, k in enumerate(keys):
+        if len(k) > MAX_VALUE_CHARS or "\x00" in k:
+            bad[j] = True
+            continue
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            bad[j] = True
+    return bad
+
+
+def _codes_for(vals: np.ndarray, block: Block) -> tuple[np.ndarray, np.ndarray]:
+    if vals.dtype.kind == "O":
+        # bytes must be UTF-8 text; anything else is stored as its str()
+        flat = vals.ravel()
+        for j, v in enumerate(flat):
+            if isinstance(v, bytes | bytearray):
+                try:
+                    flat[j] = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    flat[j] = "\x00"  # marks the row bad below
+        vals = flat.reshape(vals.shape)
+    codes, keys = factorize(vals)
+    if vals.dtype.kind == "O" or vals.dtype.kind in "US":
+        bad = _bad_keys(keys)
+        if bad.any():
+            L = vals.shape[1]
+            valid = np.arange(L)[None, :] >= (L - block.lengths)[:, None]
+            rows_bad = (bad[np.where(codes >= 0, codes, 0)] & (codes >= 0) & valid).any(axis=1)
+            block.codes[rows_bad & (block.codes == 0)] = CODE["bad_value"]
+    return codes, keys
+
+
+def _attach_keys(block: Block, item_vals, attr_vals: dict) -> None:
+    if item_vals is not None:
+        block.item_codes, block.item_keys = _codes_for(item_vals, block)
+    if attr_vals:
+        block.attrs = {k: _codes_for(v, block) for k, v in attr_vals.items()}
+
+
+def check_block(block: Block, *, tol: float) -> None:
+    """Labels, then the numbers: set each request's code, zero the padding."""
+    ok_labels: dict[object, bool] = {}
+    for i, c in enumerate(block.cohorts):
+        if block.codes[i]:
+            continue
+        good = ok_labels.get(c)
+        if good is None:
+            good = ok_labels[c] = label_ok(c)
+        if not good:
+            block.codes[i] = CODE["bad_label"]
+    if block.layout is None:
+        return
+    n, ly, h, L = block.weights.shape
+    flat = block.weights.reshape(n * ly * h, L)
+    lens = np.repeat(block.lengths, ly * h)
+    vcodes = mx.validate(flat, lens, tol=tol).reshape(n, ly * h).max(axis=1)
+    fresh = block.codes == 0
+    block.codes[fresh] = vcodes[fresh]
+    block.weights = mx.zero_padding(flat, lens).reshape(n, ly, h, L)

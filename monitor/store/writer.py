@@ -1,0 +1,99 @@
+"""Writes one collector flush in one transaction; a replayed batch is a no-op.
+
+The batch's `(collector_id, batch_seq)` goes into `write_batches` first: if it is there
+already, the batch was written before a crash or a spill replay, and nothing is added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from monitor.store import tables as t
+
+
+@dataclass
+class FlushBatch:
+    collector_id: str
+    batch_seq: int
+    written_at: datetime
+    deployments: list[dict] = field(default_factory=list)  # model, version, first_seen, weights_id
+    aggregates: list[dict] = field(default_factory=list)  # window_aggregates rows
+    events: list[dict] = field(default_factory=list)  # attention_events rows
+    health: list[dict] = field(default_factory=list)  # collector_health rows
+    n_requests: int = 0  # accepted requests whose sketches this batch carries
+
+
+def write_batch(engine: Engine, batch: FlushBatch) -> bool:
+    """Write the batch; False if it had been written already (nothing changes then)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                t.write_batches.insert().values(
+                    collector_id=batch.collector_id,
+                    batch_seq=batch.batch_seq,
+                    written_at=batch.written_at,
+                    n_aggregates=len(batch.aggregates),
+                    n_events=len(batch.events),
+                )
+            )
+            for dep in batch.deployments:
+                register_deployment(conn, **dep)
+            if batch.aggregates:
+                conn.execute(t.window_aggregates.insert(), batch.aggregates)
+            if batch.events:
+                conn.execute(t.attention_events.insert(), batch.events)
+            if batch.health:
+                conn.execute(t.collector_health.insert(), batch.health)
+    except IntegrityError:
+        if _already_written(engine, batch):
+            return False
+        raise
+    return True
+
+
+def _already_written(engine: Engine, batch: FlushBatch) -> bool:
+    with engine.connect() as conn:
+        q = select(t.write_batches.c.batch_seq).where(
+            t.write_batches.c.collector_id == batch.collector_id,
+            t.write_batches.c.batch_seq == batch.batch_seq,
+        )
+        return conn.execute(q).first() is not None
+
+
+def register_deployment(
+    conn: Connection,
+    model: str,
+    version: str,
+    first_seen: datetime,
+    weights_id: str | None = None,
+    source: str = "collector",
+    deployed_at: datetime | None = None,
+) -> bool:
+    """Record (model, version) if new; True when this call added it.
+
+    Select-then-insert inside the caller's transaction; a concurrent writer that wins
+    the race makes the insert fail on the unique key, and the whole batch retries.
+    """
+    if conn.execute(select(t.models.c.name).where(t.models.c.name == model)).first() is None:
+        conn.execute(t.models.insert().values(name=model, created_at=first_seen))
+    q = select(t.deployments.c.id).where(
+        t.deployments.c.model == model, t.deployments.c.version == version
+    )
+    if conn.execute(q).first() is not None:
+        return False
+    conn.execute(
+        t.deployments.insert().values(
+            model=model,
+            version=version,
+            first_seen=first_seen,
+            deployed_at=deployed_at or first_seen,
+            weights_id=weights_id,
+            source=source,
+        )
+    )
+    return True

@@ -1,0 +1,114 @@
+"""The collector against a real PostgreSQL, including the store going away and back."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from collectors import AttentionCollector
+from monitor import Store
+from monitor.metrics import compute
+from monitor.store import make_engine, migrate
+
+T0 = 1_800_000_000.0
+
+
+def test_summary_equals_numpy_on_postgres(pg_clean_url):
+    rng = np.random.default_rng(0)
+    w = rng.dirichlet(np.ones(30), size=(500, 2, 2)).astype(np.float32)
+    with AttentionCollector(pg_clean_url, model="m", version="v1", clock=lambda: T0 + 3600) as c:
+        c.observe_batch(w, item_ids=rng.integers(0, 50, (500, 30)), cohorts="web", timestamps=T0)
+    df = Store(pg_clean_url).summary("m", by=["version", "layer", "head"])
+    for layer in range(2):
+        for head in range(2):
+            row = df[(df.layer == str(layer)) & (df["head"] == str(head))].iloc[0]
+            assert row["n"] == 500
+            assert row["entropy_norm"] == pytest.approx(
+                compute(w[:, layer, head].astype(np.float64), np.full(500, 30))[:, 1].mean(), rel=1e-6
+            )
+
+
+def test_hostile_strings_on_postgres(pg_clean_url):
+    hostile = ["'; DROP TABLE window_aggregates; --", "é€😀", "a" * 200]
+    w = np.full((4, 3), 1 / 3, np.float32)
+    ids = np.array([[h] * 3 for h in hostile] + [["ok", "n\x00ul", "ok"]], dtype=object)
+    with AttentionCollector(pg_clean_url, model="m", version="v1", sample_rate=1.0,
+                            clock=lambda: T0 + 3600) as c:
+        c.observe_batch(w, item_ids=ids, cohorts=hostile + ["x"], timestamps=T0)
+        c.flush()
+        assert c.stats.rejected == {"bad_value": 1}
+    with Store(pg_clean_url) as store:
+        assert sorted(store.summary("m", by=["cohort"])["cohort"]) == sorted(hostile)
+        (sk,) = store.sketches("m", by=["cohort", "head"], cohort="*", head="*").values()
+        assert set(sk.items.keys) == set(hostile)
+
+
+@pytest.fixture
+def own_database(pg_url):
+    """A database this test owns, so it can refuse connections without harming others."""
+    name = f"attnmon_fault_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    try:
+        yield url, admin, name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _block(admin, name, blocked: bool):
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(not blocked).lower()}'))
+        if blocked:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                {"d": name},
+            )
+
+
+def test_store_down_spills_then_replays_without_double_counting(own_database, tmp_path):
+    url, admin, name = own_database
+    rng = np.random.default_rng(1)
+    spill = tmp_path / "spill"
+    clock = [T0]
+    c = AttentionCollector(url, model="m", version="v1", spill_dir=spill, flush_interval_s=0.05,
+                           clock=lambda: clock[0])
+    sent = 0
+
+    def send(n):
+        nonlocal sent
+        w = rng.dirichlet(np.ones(10), size=(n, 2)).astype(np.float32)
+        c.observe_batch(w, item_ids=rng.integers(0, 20, (n, 10)), timestamps=clock[0])
+        sent += n
+        assert c.flush()
+
+    send(100)  # written while the store is up
+    assert c.stats.written == 100 and not list(spill.iterdir())
+    _block(admin, name, True)
+    for minute in range(1, 4):  # the store refuses every connection for three minutes
+        clock[0] = T0 + 60 * minute
+        send(50)
+    assert len(list(spill.glob("*.json.gz"))) >= 3
+    assert c.stats.spilled == 150
+    _block(admin, name, False)
+    clock[0] = T0 + 300
+    send(25)
+    c.close()
+    assert not list(spill.glob("*.json.gz"))
+    stats = c.stats
+    assert stats.accepted == sent == 275 and stats.written == 275
+    df = Store(url).summary("m", by=["layer"])
+    assert df["n"].tolist() == [275]
+    # and the health rows say the same
+    with make_engine(url).connect() as conn:
+        acc = conn.execute(text("SELECT sum(accepted), sum(observed) FROM collector_health")).one()
+    assert tuple(acc) == (275, 275)

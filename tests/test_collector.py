@@ -1,0 +1,315 @@
+"""AttentionCollector on SQLite: what it writes, what it rejects, and that it loses nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from collectors import AttentionCollector, InvalidAttention
+from monitor import Store
+from monitor.metrics import compute
+from monitor.store import make_engine, tables
+
+T0 = 1_800_000_000.0  # a minute boundary
+
+
+def fixed_clock(t: float = T0 + 3600):
+    return lambda: t
+
+
+def dirichlet(rng, shape, L):
+    return rng.dirichlet(np.ones(L), size=shape).astype(np.float32)
+
+
+def count_rows(url, table, **where):
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            q = select(func.count()).select_from(table)
+            for k, v in where.items():
+                q = q.where(table.c[k] == v)
+            return conn.execute(q).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def stored_n(url, model="m", **filters):
+    """Accepted requests per the store: layer 0's head-'*' roll-up over all cohorts."""
+    with Store(url) as store:
+        df = store.summary(model, by=["layer"], **filters)
+    return int(df.loc[df["layer"] == "0", "n"].sum()) if len(df) else 0
+
+
+def test_batch_means_equal_numpy(sqlite_url):
+    rng = np.random.default_rng(1)
+    B, ly, h, L = 300, 2, 3, 40
+    w = dirichlet(rng, (B, ly, h), L)
+    lengths = rng.integers(1, L + 1, B)
+    for i, n in enumerate(lengths):  # left padding, renormalised valid part
+        w[i, :, :, : L - n] = 0
+        w[i, :, :, L - n :] /= w[i, :, :, L - n :].sum(-1, keepdims=True)
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(w, lengths=lengths, cohorts="web", timestamps=T0 + 10)
+    df = Store(sqlite_url).summary("m", by=["layer", "head"])
+    for layer in range(ly):
+        for head in range(h):
+            expect = compute(w[:, layer, head].astype(np.float64), lengths).mean(axis=0)
+            row = df[(df["layer"] == str(layer)) & (df["head"] == str(head))].iloc[0]
+            assert row["n"] == B
+            assert row["entropy_norm"] == pytest.approx(expect[1], rel=1e-5)
+            assert row["distance"] == pytest.approx(expect[8], rel=1e-5)
+        mean = w[:, layer].mean(axis=1).astype(np.float64)
+        star = Store(sqlite_url).summary("m", by=["layer"], head="*")
+        got = star[star["layer"] == str(layer)].iloc[0]
+        assert got["top1"] == pytest.approx(compute(mean, lengths)[:, 2].mean(), rel=1e-5)
+        assert 0 < got["head_diversity"] <= 1
+
+
+def test_right_padding_equals_left_padding(sqlite_url, tmp_path):
+    rng = np.random.default_rng(2)
+    B, L = 50, 20
+    lengths = rng.integers(1, L + 1, B)
+    left = np.zeros((B, L), np.float32)
+    right = np.full((B, L), np.nan, np.float32)  # garbage in padding must not matter
+    for i, n in enumerate(lengths):
+        v = rng.dirichlet(np.ones(n))
+        left[i, L - n :] = v
+        right[i, :n] = v
+    other = f"sqlite:///{tmp_path}/right.db"
+    from monitor.store import migrate
+
+    migrate.upgrade(other)
+    for url, w, pad in ((sqlite_url, left, "left"), (other, right, "right")):
+        with AttentionCollector(url, model="m", version="v1", clock=fixed_clock()) as c:
+            c.observe_batch(w, lengths=lengths, padding=pad, timestamps=T0)
+    a = Store(sqlite_url).summary("m", by=["head"])
+    b = Store(other).summary("m", by=["head"])
+    assert a["n"].tolist() == b["n"].tolist() == [B]
+    for m in ("entropy_norm", "recency1", "sink", "distance"):
+        assert a[m].iloc[0] == pytest.approx(b[m].iloc[0], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, reason",
+    [
+        (dict(weights=np.array([0.5, np.nan, 0.5])), "nan"),
+        (dict(weights=np.array([1.2, -0.2])), "negative"),
+        (dict(weights=np.array([0.2, 0.2])), "not_normalised"),
+        (dict(weights=np.zeros(0)), "empty"),
+        (dict(weights=np.ones((1, 1, 1, 2)) / 2), "shape"),
+        (dict(weights=np.array(["a", "b"])), "dtype"),
+        (dict(weights=np.ones(3) / 3, item_ids=[1, 2]), "length_mismatch"),
+        (dict(weights=np.ones(5000) / 5000), "too_long"),
+        (dict(weights=np.ones(2) / 2, cohort="x\x00y"), "bad_label"),
+        (dict(weights=np.ones(2) / 2, cohort="c" * 10_000), "bad_label"),
+        (dict(weights=np.ones(2) / 2, item_ids=["ok", "a\x00b"]), "bad_value"),
+        (dict(weights=np.ones(2) / 2, item_ids=[b"\xff\xfe", "ok"]), "bad_value"),
+        (dict(weights=np.ones(2) / 2, item_ids=["x" * 10_000, "ok"]), "bad_value"),
+        (dict(weights=np.ones(2) / 2, attributes={"brand": ["a"]}), "length_mismatch"),
+    ],
+)
+def test_each_rejection_reason_is_counted(sqlite_url, call, reason):
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe(np.ones(4) / 4, timestamp=T0)  # a good one beside it
+        c.observe(**call, timestamp=T0)
+        c.flush()
+        stats = c.stats
+    assert stats.rejected == {reason: 1}
+    assert stats.accepted == 1 and stats.observed == 2
+    assert stored_n(sqlite_url) == 1
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        row = conn.execute(select(tables.collector_health)).mappings().all()
+    assert sum(r["rejected_by_reason"].get(reason, 0) for r in row) == 1
+
+
+@pytest.mark.parametrize(
+    "bad_row, reason",
+    [
+        (lambda w: w.__setitem__((3, 0, 5), np.nan), "nan"),
+        (lambda w: w.__setitem__((3, 1, 5), -0.5), "negative"),
+        (lambda w: w.__setitem__((3, 1), w[3, 1] * 2), "not_normalised"),
+    ],
+)
+def test_strict_raises_naming_row_and_keeps_valid_rows(sqlite_url, bad_row, reason):
+    rng = np.random.default_rng(3)
+    w = dirichlet(rng, (8, 2), 10)
+    bad_row(w)
+    with AttentionCollector(sqlite_url, model="m", version="v1", strict=True, clock=fixed_clock()) as c:
+        with pytest.raises(InvalidAttention) as err:
+            c.observe_batch(w, timestamps=T0)
+        assert err.value.reason == reason and err.value.row == 3
+        assert f"({reason})" in str(err.value) and "row 3" in str(err.value)
+    assert stored_n(sqlite_url) == 7
+
+
+def test_batch_level_mismatches_reject_the_batch_not_the_collector(sqlite_url):
+    w = np.full((4, 6), 1 / 6, np.float32)
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(w, lengths=np.array([6, 6]), timestamps=T0)  # wrong length count
+        c.observe_batch(w, lengths=np.array([6, 7, 6, 6]), timestamps=T0)  # 7 > L
+        c.observe_batch(w, cohorts=["a", "b"], timestamps=T0)
+        c.observe_batch(w, item_ids=np.zeros((4, 5)), timestamps=T0)
+        c.observe_batch(w, timestamps=T0)
+        c.flush()
+        stats = c.stats
+    assert stats.rejected == {"length_mismatch": 4 + 1 + 4 + 4}
+    assert stats.accepted == 3 + 4
+    assert stored_n(sqlite_url) == 7
+
+
+def test_hostile_labels_and_values_are_stored_verbatim(sqlite_url):
+    hostile = ["'; DROP TABLE window_aggregates; --", 'a"b', "<script>x</script>", "é€😀", "a;b"]
+    w = np.full((len(hostile), 5), 0.2, np.float32)
+    ids = np.array([[h] * 5 for h in hostile], dtype=object)
+    with AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=1.0, clock=fixed_clock()) as c:
+        c.observe_batch(w, item_ids=ids, cohorts=hostile, attributes={"brand": ids}, timestamps=T0)
+    with Store(sqlite_url) as store:
+        df = store.summary("m", by=["cohort"])
+        assert sorted(df["cohort"]) == sorted(hostile)
+        sk = store.sketches("m", by=["cohort", "head"], cohort="*", head="*")
+        (only,) = sk.values()
+        assert set(only.items.keys) == set(hostile)
+        assert set(only.attrs["brand"].keys) == set(hostile)
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        events = conn.execute(select(tables.attention_events.c.item_ids)).scalars().all()
+    assert sorted(e[0] for e in events) == sorted(hostile)
+
+
+def test_queue_full_drops_newest_and_counts(sqlite_url):
+    c = AttentionCollector(sqlite_url, model="m", version="v1", queue_size=5, clock=fixed_clock())
+    c._start = lambda: None  # keep the thread from draining: the queue stays full
+    for _ in range(12):
+        c.observe(np.ones(3) / 3, timestamp=T0)
+    assert len(c._q) == 5
+    assert c.stats.dropped == 7
+    del c._start
+    c.close()
+    assert c.stats.accepted == 5 and c.stats.dropped == 7
+    assert stored_n(sqlite_url) == 5
+
+
+def test_sampling_off_hashing_and_deployment(sqlite_url):
+    w = np.full((100, 4), 0.25, np.float32)
+    ids = np.arange(400).reshape(100, 4)
+    with AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, clock=fixed_clock()) as c:
+        c.observe_batch(w, item_ids=ids, timestamps=T0)
+    assert count_rows(sqlite_url, tables.attention_events) == 0
+    with AttentionCollector(sqlite_url, model="m", version="v2", sample_rate=1.0, hash_item_ids=True,
+                            hash_key="k", weights_id="abc", clock=fixed_clock()) as c:
+        c.observe_batch(w, item_ids=ids, timestamps=T0 + 120, request_ids=[f"r{i}" for i in range(100)])
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        ev = conn.execute(select(tables.attention_events).where(tables.attention_events.c.request_id == "r7")).mappings().one()
+        deps = conn.execute(select(tables.deployments).order_by(tables.deployments.c.version)).mappings().all()
+    assert len(ev["item_ids"]) == 4 and "28" not in ev["item_ids"] and len(ev["item_ids"][0]) == 32
+    assert np.frombuffer(ev["weights"], "<f4").tolist() == [0.25] * 4
+    assert [(d["version"], d["weights_id"]) for d in deps] == [("v1", None), ("v2", "abc")]
+    assert deps[1]["first_seen"].replace(tzinfo=None).timestamp() == pytest.approx(T0 + 120, abs=1)
+
+
+def test_minutes_and_series_are_separate_rows(sqlite_url):
+    w = np.full((6, 2, 4), 0.25, np.float32)
+    ts = T0 + np.array([0, 10, 70, 80, 130, 190.0])
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(w, cohorts=["a", "b", "a", "a", "b", "a"], timestamps=ts)
+    engine = make_engine(sqlite_url)
+    wa = tables.window_aggregates
+    with engine.connect() as conn:
+        rows = conn.execute(select(wa.c.bucket_start, wa.c.cohort, wa.c.head, wa.c.n)).all()
+    minutes = {r[0].replace(tzinfo=None) for r in rows}
+    assert len(minutes) == 4
+    # per minute: each cohort present plus the cohort "*" roll-up, × (head 0, 1, *)
+    assert len(rows) == (3 + 2 + 2 + 2) * 3
+    assert sum(r[3] for r in rows if r[1] == "*" and r[2] == "*") == 6
+
+
+def test_store_down_spills_and_replays_exactly(tmp_path, sqlite_url):
+    from monitor.store import migrate
+
+    db = tmp_path / "late" / "store.db"
+    url = f"sqlite:///{db}"
+    spill = tmp_path / "spill"
+    rng = np.random.default_rng(4)
+    clock = [T0]
+    c = AttentionCollector(url, model="m", version="v1", spill_dir=spill, flush_interval_s=0.05,
+                           clock=lambda: clock[0])
+    for minute in range(3):
+        clock[0] = T0 + 60 * minute
+        c.observe_batch(dirichlet(rng, (50,), 8), timestamps=clock[0])
+        assert c.flush()
+    assert len(list(spill.glob("*.json.gz"))) >= 2  # the directory does not exist: store down
+    db.parent.mkdir()
+    migrate.upgrade(url)
+    c.observe_batch(dirichlet(rng, (50,), 8), timestamps=clock[0])
+    c.close()
+    assert list(spill.glob("*.json.gz")) == []
+    assert stored_n(url) == 200 == c.stats.accepted == c.stats.written
+    assert c.stats.spilled > 0
+
+
+def test_replay_of_a_written_batch_counts_once(sqlite_url, tmp_path):
+    from collectors.spill import SpillDir
+    from monitor.store.writer import write_batch
+
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(np.full((10, 2), 0.5, np.float32), timestamps=T0)
+        c.flush()
+        batch = c._take_batch(T0 + 3600, None)  # nothing left to take
+    assert batch is None or not batch.aggregates
+    # build a batch, spill it, write it twice
+    c2 = AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock())
+    c2._summarise(*c2._to_blocks([("batch", np.full((10, 2), 0.5, np.float32), None, None, None, None, None, T0, "left")]))
+    batch = c2._take_batch(T0 + 3600, None)
+    sd = SpillDir(tmp_path / "spill")
+    path = sd.put(batch)
+    engine = make_engine(sqlite_url)
+    assert write_batch(engine, sd.load(path)) is True
+    assert write_batch(engine, sd.load(path)) is False
+    assert stored_n(sqlite_url) == 20
+    c2.close()
+
+
+def test_fork_child_collects_on_its_own(sqlite_url):
+    c = AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock())
+    c.observe(np.ones(4) / 4, timestamp=T0)
+    c.flush()
+    pid = os.fork()
+    if pid == 0:  # child: a fresh thread and connection, lazily
+        code = 1
+        try:
+            assert c._thread is None
+            for _ in range(5):
+                c.observe(np.ones(4) / 4, timestamp=T0)
+            c.close()
+            code = 0 if c.stats.accepted == 5 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    c.observe(np.ones(4) / 4, timestamp=T0)
+    c.close()
+    assert c.stats.accepted == 2
+    assert stored_n(sqlite_url) == 7
+
+
+def test_interpreter_exit_flushes(sqlite_url):
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from collectors import AttentionCollector
+        c = AttentionCollector({sqlite_url!r}, model="m", version="v1", flush_interval_s=3600,
+                               clock=lambda: {T0 + 3600})
+        for _ in range(123):
+            c.observe(np.ones(5) / 5, timestamp={T0})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert stored_n(sqlite_url) == 123
