@@ -21,8 +21,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from datetime import UTC, datetime
+
 from monitor.config import Config, load_config
-from monitor.errors import AttnmonError
+from monitor.errors import AttnmonError, ConfigError
 
 EXIT_ERROR = 2  # an AttnmonError or a usage error
 
@@ -153,9 +155,82 @@ def _register_db(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=lambda config, args: db_check(config, args.format))
 
 
+# -- maintain ------------------------------------------------------------------------
+
+
+def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
+    """Compact closed minutes, roll old minutes up to hours, enforce retention."""
+    from dataclasses import asdict
+
+    from monitor.store import make_engine, require_schema
+    from monitor.store.maintenance import maintain as run
+
+    engine = make_engine(config.store_url)
+    try:
+        require_schema(engine)
+        r = config.retention
+        result = run(
+            engine,
+            _parse_time(now) if now else datetime.now(UTC),
+            events_days=r.events_days,
+            minute_aggregates_days=r.minute_aggregates_days,
+            write_batches_days=r.write_batches_days,
+        )
+    finally:
+        engine.dispose()
+    text = (
+        f"merged {result.merged_groups} groups ({result.rows_removed} rows removed), "
+        f"deleted {result.events_deleted} events and {result.batches_deleted} batch keys"
+    )
+    _emit(fmt, text, asdict(result))
+    return 0
+
+
+def _parse_time(value: str) -> datetime:
+    """ISO 8601; a time without zone is UTC."""
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError([("time", value, "not an ISO 8601 time (e.g. 2026-11-20T08:00Z)")], "argument") from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+def _register_maintain(commands: argparse._SubParsersAction) -> None:
+    p = add_command(
+        commands, "maintain", "compact closed minutes, roll old minutes up to hours, apply retention", lists=True
+    )
+    p.add_argument("--now", metavar="TIME", help="act as if it were TIME (ISO 8601; default: now)")
+    p.set_defaults(run=lambda config, args: maintain(config, args.format, args.now))
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+def demo(config: Config, out: str, defect: bool, store: str | None) -> int:
+    """Simulated traffic of demo-sasrec v1 then v2 through the whole data path."""
+    from pathlib import Path
+
+    from monitor.demo import demo as run
+
+    return run(Path(out), store_url=store, defect=defect)
+
+
+def _register_demo(commands: argparse._SubParsersAction) -> None:
+    p = add_command(commands, "demo", "simulate a recommender's traffic and a bad deploy, end to end")
+    p.add_argument("--out", default="attnmon-out", metavar="DIR", help="output folder (default: attnmon-out)")
+    p.add_argument("--no-defect", dest="defect", action="store_false", help="deploy a harmless v2")
+    p.set_defaults(
+        run=lambda config, args: demo(config, args.out, args.defect, getattr(args, "store", None))
+    )
+
+
 # -- dispatch ------------------------------------------------------------------------
 
-REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_register_db,)
+REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _register_db,
+    _register_maintain,
+    _register_demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,150 @@
+"""`attnmon demo`: simulated traffic of a retail recommender through the real data path.
+
+`demo-sasrec` v1 serves first; at a known time v2 is deployed (with a defect unless
+--no-defect): a promoted brand captures one head's attention and another head's entropy
+collapses. Everything goes through AttentionCollector into the store on a simulated
+clock; the story printed at the end is read back from the store.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from monitor.simulate import Defect, SimModel, Traffic, make_catalogue
+
+MODEL = "demo-sasrec"
+PROMOTED = "brand007"
+DEFECT = Defect(promoted_brand=PROMOTED, promoted_head=(1, 0), collapse_head=(1, 2))
+START = datetime(2026, 11, 20, 8, 0, tzinfo=UTC).timestamp()
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    store_url: str
+    deploy_at: float
+    end_at: float
+    requests: int
+
+
+class _Progress:
+    """A one-line progress bar on stderr (no dependency for 30 lines of output)."""
+
+    def __init__(self, total: int, label: str, stream=sys.stderr):
+        self.total, self.label, self.stream = total, label, stream
+        self.last = -1.0
+
+    def update(self, done: int) -> None:
+        frac = done / self.total
+        if frac - self.last < 0.02 and done != self.total:
+            return
+        self.last = frac
+        bar = "#" * int(30 * frac)
+        self.stream.write(f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}%")
+        if done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run_traffic(
+    store_url: str,
+    *,
+    defect: bool = True,
+    hours_before: float = 2.0,
+    hours_after: float = 1.0,
+    rate: int = 200,
+    seed: int = 7,
+    progress: bool = True,
+) -> DemoResult:
+    """Simulate v1 then v2 through collectors on a simulated clock."""
+    from collectors import AttentionCollector
+
+    rng = np.random.default_rng(seed)
+    cat = make_catalogue(rng)
+    traffic = Traffic(cat, rng)
+    v1 = SimModel(cat, seed=seed)
+    v2 = SimModel(cat, seed=seed, defect=DEFECT if defect else Defect())
+    before, after = int(hours_before * 60), int(hours_after * 60)
+    deploy_at = START + 60 * before
+    clock = [START]
+    bar = _Progress(before + after, "simulating traffic") if progress else None
+    total = 0
+    for version, model, minutes, offset in (("v1", v1, before, 0), ("v2", v2, after, before)):
+        with AttentionCollector(
+            store_url, model=MODEL, version=version, sample_rate=0.02, clock=lambda: clock[0],
+            flush_interval_s=3600, seed=seed,
+        ) as collector:
+            for m in range(minutes):
+                clock[0] = START + 60 * (offset + m)
+                hist, lengths, cohorts = traffic.requests(rate)
+                weights = model.attention(hist, lengths, cohorts).astype(np.float32)
+                ts = clock[0] + np.sort(rng.uniform(0, 60, rate))
+                collector.observe_batch(
+                    weights,
+                    item_ids=hist,
+                    lengths=lengths,
+                    cohorts=cohorts.tolist(),
+                    attributes={"brand": cat.brand[hist], "category": cat.category[hist]},
+                    request_ids=[f"{version}-{m}-{i}" for i in range(rate)],
+                    timestamps=ts,
+                )
+                total += rate
+                if m % 30 == 29:
+                    clock[0] += 60  # lets the collector write the closed minutes
+                    collector.flush()
+                if bar:
+                    bar.update(offset + m + 1)
+    return DemoResult(store_url, deploy_at, START + 60 * (before + after), total)
+
+
+def story(result: DemoResult) -> str:
+    """What the store now says about v1 and v2, in words."""
+    from monitor import Store
+
+    store = Store(result.store_url)
+    t0 = datetime.fromtimestamp(START, UTC)
+    t1 = datetime.fromtimestamp(result.end_at, UTC)
+    df = store.summary(MODEL, t0, t1, by=["version", "layer", "head"])
+    lines = [
+        f"{result.requests:,} predictions of {MODEL} logged to {result.store_url}",
+        f"v2 deployed at {datetime.fromtimestamp(result.deploy_at, UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        "mean entropy_norm and top1 per head (from the stored sketches):",
+        f"  {'layer/head':<11}{'v1 entropy':>11}{'v2 entropy':>11}{'v1 top1':>9}{'v2 top1':>9}",
+    ]
+    for (layer, head), g in df.groupby(["layer", "head"]):
+        by = g.set_index("version")
+        e1, e2 = by.loc["v1", "entropy_norm"], by.loc["v2", "entropy_norm"]
+        t1_, t2_ = by.loc["v1", "top1"], by.loc["v2", "top1"]
+        flag = "   <- changed" if abs(e2 - e1) > 0.1 or abs(t2_ - t1_) > 0.1 else ""
+        lines.append(f"  {layer + '/' + head:<11}{e1:>11.3f}{e2:>11.3f}{t1_:>9.3f}{t2_:>9.3f}{flag}")
+    sk = store.sketches(MODEL, t0, t1, by=["version", "layer"], cohort="*", head="*")
+    lines += ["", f"share of attention on {PROMOTED} (layer 1, all heads averaged):"]
+    for version in ("v1", "v2"):
+        s = sk.get((version, "1"))
+        if s is not None and "brand" in s.attrs:
+            share = s.attrs["brand"].shares().get(PROMOTED, 0.0)
+            lines.append(f"  {version}: {100 * share:.1f}%")
+    store.close()
+    return "\n".join(lines)
+
+
+def demo(out: Path, store_url: str | None = None, defect: bool = True, progress: bool = True) -> int:
+    from monitor.store import migrate
+
+    out.mkdir(parents=True, exist_ok=True)
+    if store_url is None:
+        db = out / "demo.db"
+        db.unlink(missing_ok=True)
+        store_url = f"sqlite:///{db}"
+    migrate.upgrade(store_url)
+    began = time.monotonic()
+    result = run_traffic(store_url, defect=defect, progress=progress)
+    print(story(result))
+    print(f"\n(simulated {result.requests:,} predictions in {time.monotonic() - began:.0f} s)")
+    return 0
