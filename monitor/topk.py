@@ -37,7 +37,7 @@ class TopK:
     def _reduced(keys: np.ndarray, counts: np.ndarray, k: int, total: float) -> TopK:
         if len(counts) > k:
             # subtract the (k+1)-th largest counter from all and keep the positive ones
-            kth = np.partition(counts, len(counts) - k)[len(counts) - k]
+            kth = np.partition(counts, len(counts) - k - 1)[len(counts) - k - 1]
             counts = counts - kth
             keep = counts > 0
             keys, counts = keys[keep], counts[keep]
