@@ -246,18 +246,8 @@ def _bad_keys(keys: np.ndarray) -> np.ndarray:
 
 
 def _codes_for(vals: np.ndarray, block: Block) -> tuple[np.ndarray, np.ndarray]:
-    if vals.dtype.kind == "O":
-        # bytes must be UTF-8 text; anything else is stored as its str()
-        flat = vals.ravel()
-        for j, v in enumerate(flat):
-            if isinstance(v, bytes | bytearray):
-                try:
-                    flat[j] = bytes(v).decode("utf-8")
-                except UnicodeDecodeError:
-                    flat[j] = "\x00"  # marks the row bad below
-        vals = flat.reshape(vals.shape)
-    codes, keys = factorize(vals)
-    if vals.dtype.kind == "O" or vals.dtype.kind in "US":
+    codes, keys = factorize(vals)  # bytes that are not UTF-8 come back with a NUL
+    if vals.dtype.kind in "OUS":
         bad = _bad_keys(keys)
         if bad.any():
             L = vals.shape[1]

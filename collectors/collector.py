@@ -581,6 +581,10 @@ class AttentionCollector:
         )
 
     def _agg_row(self, minute, cohort, layer, head, s: sk.Sketch, written_at) -> dict:
+        if cohort != ROLLUP and s.items is not None:
+            # top-K items ride on the roll-up only (DESIGN §4: keeps rows small); the
+            # per-cohort summaries were needed in memory to merge that roll-up
+            s = sk.Sketch(s.n, s.rejected, s.sums, s.sumsq, s.hist, s.pos, None, s.attrs)
         row = s.to_row()
         row.update(
             model=self.model,

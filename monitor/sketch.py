@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import sparse
 
 from monitor.metrics import ALL_METRICS
-from monitor.topk import TopK
+from monitor.topk import TopK, merge_many
 
 POSITIONS = 256
 BINS = 20
@@ -68,20 +68,7 @@ class Sketch:
 
     def merge(self, other: Sketch) -> Sketch:
         """A new sketch equal to the one built from both inputs' vectors."""
-        items = _merge_opt(self.items, other.items)
-        attrs = dict(self.attrs)
-        for name, tk in other.attrs.items():
-            attrs[name] = attrs[name].merge(tk) if name in attrs else tk
-        return Sketch(
-            self.n + other.n,
-            self.rejected + other.rejected,
-            self.sums + other.sums,
-            self.sumsq + other.sumsq,
-            self.hist + other.hist,
-            self.pos + other.pos,
-            items,
-            attrs,
-        )
+        return merge_all([self, other])
 
     def means(self) -> dict[str, float]:
         if self.n == 0:
@@ -111,19 +98,27 @@ class Sketch:
         return sk
 
 
-def _merge_opt(a: TopK | None, b: TopK | None) -> TopK | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a.merge(b)
-
-
 def merge_all(sketches) -> Sketch:
-    out = Sketch()
-    for s in sketches:
-        out = out.merge(s)
-    return out
+    """Merge any number of sketches at once: array sums and one top-K merge per key set."""
+    sketches = list(sketches)
+    if not sketches:
+        return Sketch()
+    if len(sketches) == 1:
+        s = sketches[0]
+        return Sketch(s.n, s.rejected, s.sums.copy(), s.sumsq.copy(), s.hist.copy(), s.pos.copy(),
+                      s.items, dict(s.attrs))
+    items = [s.items for s in sketches if s.items is not None]
+    names = dict.fromkeys(name for s in sketches for name in s.attrs)
+    return Sketch(
+        sum(s.n for s in sketches),
+        sum(s.rejected for s in sketches),
+        np.sum([s.sums for s in sketches], axis=0),
+        np.sum([s.sumsq for s in sketches], axis=0),
+        np.sum([s.hist for s in sketches], axis=0),
+        np.sum([s.pos for s in sketches], axis=0),
+        merge_many(items) if items else None,
+        {n: merge_many([s.attrs[n] for s in sketches if n in s.attrs]) for n in names},
+    )
 
 
 # --- payload: a JSON header (keys, shapes) and raw little-endian arrays, zlib'd --------
@@ -249,9 +244,15 @@ def topk_by_group(
     flat_mass = weights[valid].astype(np.float64)
     flat_group = np.broadcast_to(group[:, None], valid.shape)[valid].astype(np.int64)
     U = max(len(uniq), 1)
-    # (group, key) pairs that occur, with their summed mass
-    upair, inv = np.unique(flat_group * U + flat_codes, return_inverse=True)
-    mass = np.bincount(inv, weights=flat_mass)
+    pair = flat_group * U + flat_codes
+    if n_groups * U <= 4 * len(pair) + 65536:
+        # dense: one bincount over every (group, key) cell; no sort
+        dense = np.bincount(pair, weights=flat_mass, minlength=n_groups * U)
+        upair = np.flatnonzero(dense)
+        mass = dense[upair]
+    else:  # too many cells: sort the pairs that occur
+        upair, inv = np.unique(pair, return_inverse=True)
+        mass = np.bincount(inv, weights=flat_mass)
     g_of, k_of = np.divmod(upair, U)
     starts = np.searchsorted(g_of, np.arange(n_groups + 1))
     return [
@@ -264,5 +265,15 @@ def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes (same shape) and the unique keys as str objects; None gets -1."""
     # pandas' hash factorize beats a sort for object keys
     codes, uniq = pd.factorize(values.ravel(), sort=False, use_na_sentinel=True)
-    keys = np.array([str(v) for v in uniq], dtype=object)
+    keys = np.array([_key(v) for v in uniq], dtype=object)
     return codes.astype(np.int64).reshape(values.shape), keys
+
+
+def _key(v: object) -> str:
+    """A key as text: bytes must be UTF-8; anything else is its str()."""
+    if isinstance(v, bytes | bytearray):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            return "\x00not UTF-8"  # the NUL makes the collector reject it (bad_value)
+    return str(v)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,7 @@ class TopK:
         return TopK(k, keys[order], counts[order], total)
 
     def merge(self, other: TopK) -> TopK:
-        # The smaller k: a summary reduced to k counters has error up to (total - sum)/(k+1),
-        # which the bound of a larger k would understate.
-        k = min(self.k, other.k)
-        if not len(other.keys) or not len(self.keys):
-            src = self if len(self.keys) else other
-            return self._reduced(src.keys, src.counts, k, self.total + other.total)
-        keys = np.concatenate([self.keys, other.keys])
-        counts = np.concatenate([self.counts, other.counts])
-        uniq, inv = np.unique(keys.astype(str), return_inverse=True)
-        summed = np.bincount(inv, weights=counts, minlength=len(uniq))
-        return self._reduced(uniq.astype(object), summed, k, self.total + other.total)
+        return merge_many([self, other])
 
     def bound(self) -> float:
         """Most mass any key can have beyond its counter (or in all, if absent)."""
@@ -72,3 +63,23 @@ class TopK:
         if self.total <= 0:
             return {}
         return {str(key): float(c) / self.total for key, c in zip(self.keys, self.counts)}
+
+
+def merge_many(summaries: list[TopK]) -> TopK:
+    """One merge of many summaries (one hash pass, one reduction).
+
+    The smallest k wins: a summary reduced to k counters has error up to
+    (total - sum)/(k+1), which the bound of a larger k would understate.
+    """
+    k = min(s.k for s in summaries)
+    total = float(sum(s.total for s in summaries))
+    parts = [s for s in summaries if len(s.keys)]
+    if not parts:
+        return TopK(k, np.empty(0, dtype=object), np.empty(0), total)
+    if len(parts) == 1:
+        return TopK._reduced(parts[0].keys, parts[0].counts, k, total)
+    keys = np.concatenate([s.keys for s in parts])
+    counts = np.concatenate([s.counts for s in parts])
+    codes, uniq = pd.factorize(keys, sort=False)
+    summed = np.bincount(codes, weights=counts, minlength=len(uniq))
+    return TopK._reduced(np.asarray(uniq, dtype=object), summed, k, total)
