@@ -57,10 +57,44 @@ class RetentionConfig(_Strict):
     write_batches_days: float = Field(14, gt=0)
 
 
+class EvaluateConfig(_Strict):
+    window_minutes: int = Field(15, gt=0)
+    lag_minutes: int = Field(1, ge=0)  # the window ends this long ago, for late data
+    # below this many vectors in the window or the baseline, a series is not compared
+    min_samples: int = Field(300, gt=0)
+    metrics: list[str] = ["entropy_norm", "top1", "recency5", "distance", "gini"]
+    baseline_hours: float = Field(24, gt=0)
+    trailing_gap_hours: float = Field(1, ge=0)
+    previous_version_hours: float = Field(24, ge=0)  # how long after a deploy it is compared with its predecessor
+    catchup_max_windows: int = Field(120, ge=0)  # a restarted daemon evaluates at most this many missed minutes
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from monitor.metrics import ALL_METRICS
+
+        bad = [m for m in value if m not in ALL_METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; known: {list(ALL_METRICS)}")
+        return value
+
+
+class DaemonConfig(_Strict):
+    listen: str = "127.0.0.1:9464"  # /healthz and /metrics; loopback unless you say otherwise
+    evaluate_every_s: float = Field(60, gt=0)
+    deliver_every_s: float = Field(15, gt=0)
+    maintain_every_s: float = Field(3600, gt=0)
+    misfire_grace_s: float = Field(30, ge=0)
+    lease_s: float = Field(10, gt=0)  # how often a waiting daemon tries to take the lead
+    retry_s: float = Field(5, gt=0)  # a failed job is retried this soon (store down)
+
+
 class Config(_Strict):
     store_url: str = "sqlite:///attnmon.db"
     collector: CollectorConfig = CollectorConfig()
     retention: RetentionConfig = RetentionConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    daemon: DaemonConfig = DaemonConfig()
     # Later sections (daemon, alerts, grafana) are added here by the features that need them.
 
     @field_validator("store_url")

@@ -149,3 +149,96 @@ collector_health = Table(
     Index(None, "collector_id", "minute"),
     Index(None, "minute"),
 )
+
+# --- evaluation (migration 0002) ----------------------------------------------------
+
+drift_results = Table(
+    "drift_results",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("model", String(LABEL), nullable=False),
+    Column("version", String(LABEL), nullable=False),
+    Column("cohort", String(LABEL), nullable=False),
+    Column("layer", String(16), nullable=False),
+    Column("head", String(16), nullable=False),
+    Column("statistic", String(120), nullable=False),
+    Column("value", Float(53), nullable=False),
+    Column("baseline_value", Float(53)),
+    Column("baseline_kind", String(20), nullable=False),
+    Column("window_start", TS, nullable=False),
+    Column("window_end", TS, nullable=False),
+    Column("n_current", BigInteger, nullable=False),
+    Column("n_baseline", BigInteger, nullable=False),
+    Column("detail", JSON),  # e.g. the attribute value that moved most
+    Column("computed_at", TS, nullable=False),
+    # named by hand: the conventional name would pass PostgreSQL's 63-character limit
+    UniqueConstraint(
+        "model",
+        "version",
+        "cohort",
+        "layer",
+        "head",
+        "statistic",
+        "window_end",
+        name="uq_drift_results_series_statistic_window_end",
+    ),
+    Index(None, "window_end", "statistic"),
+    Index(None, "model", "version", "window_end"),
+)
+
+# Baselines a person pinned by name (`attnmon baseline pin`).
+pinned_baselines = Table(
+    "pinned_baselines",
+    metadata,
+    Column("name", String(LABEL), primary_key=True),
+    Column("model", String(LABEL), nullable=False),
+    Column("version", String(LABEL)),  # None: whichever version served in the window
+    Column("window_start", TS, nullable=False),
+    Column("window_end", TS, nullable=False),
+    Column("comment", Text),
+    Column("created_at", TS, nullable=False),
+    Column("active", Boolean, nullable=False),
+)
+
+# Materialised baseline sketches, merged once per series and reference (and the hourly
+# partial sketches trailing baselines are summed from), so an evaluation cycle never
+# re-merges a day of minute rows.
+baseline_sketches = Table(
+    "baseline_sketches",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("model", String(LABEL), nullable=False),
+    Column("version", String(LABEL), nullable=False),
+    Column("cohort", String(LABEL), nullable=False),
+    Column("layer", String(16), nullable=False),
+    Column("head", String(16), nullable=False),
+    Column("kind", String(20), nullable=False),  # previous_version | pinned | trailing | hour
+    Column("ref", String(LABEL), nullable=False),  # what it was built from
+    Column("window_start", TS, nullable=False),
+    Column("window_end", TS, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("rejected", BigInteger, nullable=False),
+    Column("sums", JSON, nullable=False),
+    Column("sumsq", JSON, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("computed_at", TS, nullable=False),
+    UniqueConstraint(
+        "model",
+        "version",
+        "cohort",
+        "layer",
+        "head",
+        "kind",
+        "ref",
+        name="uq_baseline_sketches_series_kind_ref",
+    ),
+)
+
+# Small durable state of the daemon: the evaluation watermark, job runs.
+daemon_state = Table(
+    "daemon_state",
+    metadata,
+    Column("key", String(120), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)

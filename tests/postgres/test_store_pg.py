@@ -39,7 +39,7 @@ def test_check_finds_a_store_that_differs_from_the_models(pg_empty_url: str) -> 
 
 
 def test_require_schema_on_an_empty_schema(pg_empty_url: str) -> None:
-    with pytest.raises(StoreError, match="is at revision none, expected head 0001"):
+    with pytest.raises(StoreError, match="is at revision none, expected head 0002"):
         require_schema(make_engine(pg_empty_url))
 
 
@@ -65,13 +65,13 @@ def test_pg_clean_url_starts_every_test_empty_with_identities_restarted(
 
 def test_cli_on_postgresql(pg_clean_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade", "--store", pg_clean_url]) == 0
-    assert "already at 0001 (head)" in capsys.readouterr().out
+    assert "already at 0002 (head)" in capsys.readouterr().out
     assert main(["db", "current", "--store", pg_clean_url, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == {
         "store": redact(pg_clean_url),
-        "revision": "0001",
-        "head": "0001",
+        "revision": "0002",
+        "head": "0002",
         "is_head": True,
     }
     assert main(["db", "check", "--store", pg_clean_url]) == 0

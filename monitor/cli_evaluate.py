@@ -1,0 +1,205 @@
+"""CLI commands of the evaluation: evaluate, baseline pin|list|unpin, deploy mark.
+
+Plain functions taking `(config, ...)`, registered on the parser by `register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+
+from monitor.config import Config
+from monitor.errors import ConfigError, StoreError
+
+
+def parse_time(value: str, what: str = "time") -> datetime:
+    """ISO 8601 (a time without zone is UTC), or `now`, or `now-2h`/`now-30m`/`now-1d`."""
+    v = value.strip()
+    if v.startswith("now"):
+        rest = v[3:]
+        if not rest:
+            return datetime.now(UTC)
+        try:
+            return datetime.now(UTC) - parse_duration(rest.lstrip("-"))
+        except ConfigError:
+            pass
+    try:
+        ts = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError([(what, value, "not an ISO 8601 time (e.g. 2026-11-20T08:00Z) or now-2h")], "argument") from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def parse_duration(value: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        n, unit = float(value[:-1]), value[-1]
+        return timedelta(seconds=n * units[unit])
+    except (ValueError, KeyError, IndexError):
+        raise ConfigError([("duration", value, "use a number and s, m, h or d (e.g. 2h)")], "argument") from None
+
+
+def _engine(config: Config):
+    from monitor.store import make_engine, require_schema
+
+    engine = make_engine(config.store_url)
+    require_schema(engine)
+    return engine
+
+
+def _emit(fmt: str, text: str, data) -> None:
+    print(json.dumps(data, default=str) if fmt == "json" else text)
+
+
+# --- evaluate -----------------------------------------------------------------------
+
+
+def evaluate(config: Config, at: str | None = None, start: str | None = None, end: str | None = None,
+             fmt: str = "text") -> int:
+    """One cycle (at `at`, default now), or one per minute from `start` to `end`."""
+    from monitor.evaluate import backfill, evaluate_cycle
+
+    if (start is None) != (end is None):
+        raise ConfigError([("--from/--to", start or end, "give both, or neither")], "argument")
+    engine = _engine(config)
+    try:
+        if start is not None:
+            results = backfill(engine, parse_time(start, "--from"), parse_time(end, "--to"), config.evaluate)
+        else:
+            results = [evaluate_cycle(engine, parse_time(at, "--at") if at else datetime.now(UTC), config.evaluate)]
+    finally:
+        engine.dispose()
+    data = [
+        {"window_start": r.window_start.isoformat(), "window_end": r.window_end.isoformat(),
+         "series": r.series, "skipped": r.skipped, "written": r.written}
+        for r in results
+    ]
+    text = "\n".join(
+        f"window {r.window_start:%Y-%m-%d %H:%M}–{r.window_end:%H:%M} UTC: {r.series} series evaluated, "
+        f"{r.skipped} below min_samples, {r.written} results written"
+        for r in results
+    )
+    _emit(fmt, text, data)
+    return 0
+
+
+# --- baselines ------------------------------------------------------------------------
+
+
+def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
+                 version: str | None = None, comment: str | None = None) -> int:
+    from monitor.store import tables as t
+
+    t0, t1 = parse_time(start, "--from"), parse_time(end, "--to")
+    if t1 <= t0:
+        raise ConfigError([("--to", end, "must be after --from")], "argument")
+    engine = _engine(config)
+    try:
+        with engine.begin() as conn:
+            pb = t.pinned_baselines
+            if conn.execute(select(pb.c.name).where(pb.c.name == name)).first():
+                raise StoreError(f"a baseline named {name!r} exists: unpin it first or choose another name")
+            conn.execute(pb.insert().values(
+                name=name, model=model, version=version, window_start=t0, window_end=t1,
+                comment=comment, created_at=datetime.now(UTC), active=True,
+            ))
+    finally:
+        engine.dispose()
+    print(f"pinned {name!r}: {model} {version or 'any version'} {t0:%Y-%m-%d %H:%M}–{t1:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def baseline_list(config: Config, fmt: str = "text") -> int:
+    from monitor.store import tables as t
+
+    engine = _engine(config)
+    try:
+        with engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(select(t.pinned_baselines).order_by(t.pinned_baselines.c.created_at)).mappings()]
+    finally:
+        engine.dispose()
+    text = "\n".join(
+        f"{r['name']}\t{r['model']}\t{r['version'] or '*'}\t{r['window_start']}\t{r['window_end']}\t"
+        f"{'active' if r['active'] else 'unpinned'}\t{r['comment'] or ''}"
+        for r in rows
+    ) or "no pinned baselines"
+    _emit(fmt, text, rows)
+    return 0
+
+
+def baseline_unpin(config: Config, name: str) -> int:
+    from monitor.store import tables as t
+
+    engine = _engine(config)
+    try:
+        with engine.begin() as conn:
+            pb = t.pinned_baselines
+            n = conn.execute(update(pb).where(pb.c.name == name, pb.c.active.is_(True)).values(active=False)).rowcount
+    finally:
+        engine.dispose()
+    if not n:
+        raise StoreError(f"no active pinned baseline named {name!r}")
+    print(f"unpinned {name!r}")
+    return 0
+
+
+# --- deployments ----------------------------------------------------------------------
+
+
+def deploy_mark(config: Config, model: str, version: str, at: str | None = None,
+                weights_id: str | None = None) -> int:
+    """Record (or correct) when a version went live, and what weights it serves."""
+    from monitor.store import tables as t
+    from monitor.store.writer import register_deployment
+
+    when = parse_time(at, "--at") if at else datetime.now(UTC)
+    engine = _engine(config)
+    try:
+        with engine.begin() as conn:
+            added = register_deployment(conn, model, version, when, weights_id, source="manual", deployed_at=when)
+            if not added:
+                values = {"deployed_at": when, "source": "manual"}
+                if weights_id is not None:
+                    values["weights_id"] = weights_id
+                d = t.deployments
+                conn.execute(update(d).where(d.c.model == model, d.c.version == version).values(**values))
+    finally:
+        engine.dispose()
+    print(f"{model} {version}: deployed at {when:%Y-%m-%d %H:%M:%S} UTC ({'recorded' if added else 'corrected'})")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction, add_command) -> None:
+    p = add_command(commands, "evaluate", "run one evaluation cycle, or backfill a range", lists=True)
+    p.add_argument("--at", metavar="TIME", help="evaluate as if it were TIME (default: now)")
+    p.add_argument("--from", dest="start", metavar="T1", help="backfill: first cycle time")
+    p.add_argument("--to", dest="end", metavar="T2", help="backfill: cycles before this time")
+    p.set_defaults(run=lambda config, a: evaluate(config, a.at, a.start, a.end, a.format))
+
+    b = add_command(commands, "baseline", "pin, list and unpin named baselines")
+    sub = b.add_subparsers(title="baseline commands", dest="baseline_command", required=True, metavar="COMMAND")
+    p = add_command(sub, "pin", "pin a window of a model's traffic as its baseline")
+    p.add_argument("--model", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--from", dest="start", required=True, metavar="T1")
+    p.add_argument("--to", dest="end", required=True, metavar="T2")
+    p.add_argument("--version", help="only this version's traffic (default: any)")
+    p.add_argument("--comment")
+    p.set_defaults(run=lambda config, a: baseline_pin(config, a.model, a.name, a.start, a.end, a.version, a.comment))
+    p = add_command(sub, "list", "list pinned baselines", lists=True)
+    p.set_defaults(run=lambda config, a: baseline_list(config, a.format))
+    p = add_command(sub, "unpin", "stop using a pinned baseline")
+    p.add_argument("name")
+    p.set_defaults(run=lambda config, a: baseline_unpin(config, a.name))
+
+    d = add_command(commands, "deploy", "record deployments")
+    sub = d.add_subparsers(title="deploy commands", dest="deploy_command", required=True, metavar="COMMAND")
+    p = add_command(sub, "mark", "record when a version really went live")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--at", metavar="TIME", help="when (default: now)")
+    p.add_argument("--weights-id", help="identifies the weights it serves (same weights = same heads)")
+    p.set_defaults(run=lambda config, a: deploy_mark(config, a.model, a.version, a.at, a.weights_id))

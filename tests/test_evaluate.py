@@ -1,0 +1,170 @@
+"""Evaluation cycles: baselines chosen and materialised once, idempotent results, the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from monitor.baselines import Baselines, choose
+from monitor.cli import main
+from monitor.config import EvaluateConfig
+from monitor.demo import START, Segment, stream
+from monitor.evaluate import WindowReader, evaluate_cycle, series_statistics, window_for
+from monitor.sketch import Sketch
+from monitor.store import make_engine, tables
+
+CFG = EvaluateConfig(baseline_hours=1, trailing_gap_hours=1, min_samples=100)
+T = lambda minutes: datetime.fromtimestamp(START + 60 * minutes, UTC)  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory):
+    """150 minutes of v1, then v2 (same weights, harmless) for 30 minutes."""
+    from monitor.store import migrate
+
+    path = tmp_path_factory.mktemp("eval") / "store.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 150), Segment("v2", 30)], rate=60)
+    return url
+
+
+def _count(engine, table, **where):
+    with engine.connect() as conn:
+        q = select(func.count()).select_from(table)
+        for k, v in where.items():
+            q = q.where(table.c[k] == v)
+        return conn.execute(q).scalar_one()
+
+
+def test_window_is_whole_minutes_ending_a_minute_ago():
+    start, end = window_for(datetime(2026, 11, 20, 10, 7, 42, tzinfo=UTC), CFG)
+    assert end == datetime(2026, 11, 20, 10, 6, tzinfo=UTC)
+    assert start == end - timedelta(minutes=15)
+
+
+def test_choose_baseline_kinds(two_versions):
+    engine = make_engine(two_versions)
+    prev = choose(engine, "demo-sasrec", "v2", T(170), CFG)
+    assert prev.kind == "previous_version" and prev.version == "v1"
+    # first seen by the collector: the first v2 request, within minute 150
+    assert T(150) <= prev.end < T(151) and prev.start == prev.end - timedelta(hours=1)
+    trailing = choose(engine, "demo-sasrec", "v1", T(140), CFG)
+    # hour-aligned, ending trailing_gap_hours before the window
+    assert trailing.kind == "trailing" and trailing.end == T(60) and trailing.start == T(0)
+    late = choose(engine, "demo-sasrec", "v2", T(150) + timedelta(hours=25), CFG)
+    assert late.kind == "trailing"
+
+
+def test_cycle_is_idempotent_and_baselines_are_built_once(two_versions):
+    engine = make_engine(two_versions)
+    baselines = Baselines(engine, CFG)
+    first = evaluate_cycle(engine, T(140), CFG, baselines)
+    assert first.series > 0 and first.written > 0
+    built = _count(engine, tables.baseline_sketches)
+    again = evaluate_cycle(engine, T(140), CFG, Baselines(engine, CFG))  # a fresh process
+    assert again.written == 0 and again.series == first.series
+    assert _count(engine, tables.baseline_sketches) == built  # read back, not rebuilt
+    # the trailing baseline is the sum of hour partials, each built once
+    assert _count(engine, tables.baseline_sketches, kind="hour") > 0
+    nxt = evaluate_cycle(engine, T(141), CFG, baselines)
+    assert nxt.written == first.written  # same series and statistics, next window
+    assert _count(engine, tables.baseline_sketches) == built
+
+
+def test_post_deploy_window_uses_previous_version(two_versions):
+    engine = make_engine(two_versions)
+    res = evaluate_cycle(engine, T(170), CFG)
+    assert res.series > 0
+    with engine.connect() as conn:
+        kinds = conn.execute(
+            select(tables.drift_results.c.baseline_kind).distinct()
+            .where(tables.drift_results.c.version == "v2")
+        ).scalars().all()
+    assert kinds == ["previous_version"]
+
+
+def test_min_samples_is_respected(two_versions):
+    engine = make_engine(two_versions)
+    cfg = CFG.model_copy(update={"min_samples": 10**9})
+    res = evaluate_cycle(engine, T(120), cfg)
+    assert res.series == 0 and res.skipped > 0 and res.written == 0
+
+
+def test_window_reader_sees_late_and_compacted_rows(sqlite_url):
+    from collectors import AttentionCollector
+
+    def write(n):
+        with AttentionCollector(sqlite_url, model="m", version="v", clock=lambda: START + 7200) as c:
+            c.observe_batch(np.full((n, 4), 0.25, np.float32), timestamps=START + 30)
+
+    engine = make_engine(sqlite_url)
+    reader = WindowReader(engine)
+    write(10)
+    merged, _ = reader.read(T(0), T(15))
+    assert {s.n for s in merged.values()} == {10}
+    write(5)  # a late collector writes the same minute
+    merged, _ = reader.read(T(0), T(15))
+    assert {s.n for s in merged.values()} == {15}
+    from monitor.store.maintenance import merge_buckets
+
+    merge_buckets(engine, T(60))  # compaction replaces the rows with one
+    merged, _ = reader.read(T(0), T(15))
+    assert {s.n for s in merged.values()} == {15}
+
+
+def test_identical_sketches_give_zero_drift():
+    rng = np.random.default_rng(0)
+    from monitor.metrics import compute
+    from monitor.sketch import build
+
+    w = rng.dirichlet(np.ones(20), size=500)
+    lengths = np.full(500, 20)
+    values = np.column_stack([compute(w, lengths), np.full(500, np.nan)])
+    s = build(np.zeros(500, dtype=np.int64), 1, values, w, lengths)[0]
+    stats = {name: v for name, v, _, _ in series_statistics(s, s, CFG, "0", [(s.n, s.sums)])}
+    for name, v in stats.items():
+        if not name.startswith("mean."):
+            assert v == pytest.approx(0.0, abs=1e-12), name
+    assert stats["mean.entropy_norm"] == pytest.approx(s.sums[1] / s.n)
+    assert isinstance(Sketch(), Sketch)
+
+
+def test_cli_evaluate_backfill_pin_and_deploy_mark(two_versions, capsys):
+    store = ["--store", two_versions]
+    assert main(["evaluate", *store, "--from", T(120).isoformat(), "--to", T(125).isoformat(),
+                 "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [o["window_end"] for o in out] == [(T(k) - timedelta(minutes=1)).isoformat() for k in range(120, 125)]
+    engine = make_engine(two_versions)
+    with engine.connect() as conn:
+        ends = conn.execute(select(func.count(tables.drift_results.c.window_end.distinct()))).scalar_one()
+    assert ends >= 5
+    # a rerun of the backfill adds nothing
+    assert main(["evaluate", *store, "--from", T(120).isoformat(), "--to", T(125).isoformat(), "--format", "json"]) == 0
+    assert sum(o["written"] for o in json.loads(capsys.readouterr().out)) == 0
+
+    assert main(["baseline", "pin", *store, "--model", "demo-sasrec", "--name", "quiet-monday",
+                 "--from", T(0).isoformat(), "--to", T(60).isoformat(), "--version", "v1"]) == 0
+    assert choose(engine, "demo-sasrec", "v1", T(140), CFG).kind == "pinned"
+    assert main(["baseline", "pin", *store, "--model", "demo-sasrec", "--name", "quiet-monday",
+                 "--from", T(0).isoformat(), "--to", T(60).isoformat()]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["baseline", "list", *store, "--format", "json"]) == 0
+    pins = json.loads(capsys.readouterr().out)
+    assert [(p["name"], p["active"]) for p in pins] == [("quiet-monday", True)]
+    assert main(["baseline", "unpin", *store, "quiet-monday"]) == 0
+    assert choose(engine, "demo-sasrec", "v1", T(140), CFG).kind == "trailing"
+    assert main(["baseline", "unpin", *store, "quiet-monday"]) == 2
+
+    # the collector first saw v2 at minute 150; it really went live at minute 160
+    assert main(["deploy", "mark", *store, "--model", "demo-sasrec", "--version", "v2",
+                 "--at", T(160).isoformat()]) == 0
+    ref = choose(engine, "demo-sasrec", "v2", T(170), CFG)
+    assert ref.kind == "previous_version" and ref.end == T(160)
+    assert main(["evaluate", *store, "--at", "yesterday-ish"]) == 2
+    assert "--at" in capsys.readouterr().err
