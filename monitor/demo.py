@@ -51,6 +51,63 @@ class _Progress:
         self.stream.flush()
 
 
+@dataclass(frozen=True)
+class Segment:
+    """`minutes` of traffic served by `version`, computed with `defect` (same weights)."""
+
+    version: str
+    minutes: int
+    defect: Defect = Defect()
+
+
+def stream(
+    store_url: str,
+    segments: list[Segment],
+    *,
+    rate: int = 200,
+    seed: int = 7,
+    start: float = START,
+    sample_rate: float = 0.02,
+    progress: bool = False,
+) -> float:
+    """Serve the segments one after another on a simulated clock; returns the end time."""
+    from collectors import AttentionCollector
+
+    rng = np.random.default_rng(seed)
+    cat = make_catalogue(rng)
+    traffic = Traffic(cat, rng)
+    total_minutes = sum(s.minutes for s in segments)
+    bar = _Progress(total_minutes, "simulating traffic") if progress else None
+    clock = [start]
+    done = 0
+    for seg in segments:
+        model = SimModel(cat, seed=seed, defect=seg.defect)
+        with AttentionCollector(
+            store_url, model=MODEL, version=seg.version, sample_rate=sample_rate,
+            clock=lambda: clock[0], flush_interval_s=3600, seed=seed + done,
+        ) as collector:
+            for m in range(seg.minutes):
+                clock[0] = start + 60 * (done + m)
+                hist, lengths, cohorts = traffic.requests(rate)
+                weights = model.attention(hist, lengths, cohorts).astype(np.float32)
+                collector.observe_batch(
+                    weights,
+                    item_ids=hist,
+                    lengths=lengths,
+                    cohorts=cohorts.tolist(),
+                    attributes={"brand": cat.brand[hist], "category": cat.category[hist]},
+                    request_ids=[f"{seg.version}-{done + m}-{i}" for i in range(rate)],
+                    timestamps=clock[0] + np.sort(rng.uniform(0, 60, rate)),
+                )
+                if m % 30 == 29:
+                    clock[0] += 60  # lets the collector write the closed minutes
+                    collector.flush()
+                if bar:
+                    bar.update(done + m + 1)
+        done += seg.minutes
+    return start + 60 * done
+
+
 def run_traffic(
     store_url: str,
     *,
@@ -61,45 +118,11 @@ def run_traffic(
     seed: int = 7,
     progress: bool = True,
 ) -> DemoResult:
-    """Simulate v1 then v2 through collectors on a simulated clock."""
-    from collectors import AttentionCollector
-
-    rng = np.random.default_rng(seed)
-    cat = make_catalogue(rng)
-    traffic = Traffic(cat, rng)
-    v1 = SimModel(cat, seed=seed)
-    v2 = SimModel(cat, seed=seed, defect=DEFECT if defect else Defect())
+    """v1 then v2 (defective unless `defect=False`) through collectors on a simulated clock."""
     before, after = int(hours_before * 60), int(hours_after * 60)
-    deploy_at = START + 60 * before
-    clock = [START]
-    bar = _Progress(before + after, "simulating traffic") if progress else None
-    total = 0
-    for version, model, minutes, offset in (("v1", v1, before, 0), ("v2", v2, after, before)):
-        with AttentionCollector(
-            store_url, model=MODEL, version=version, sample_rate=0.02, clock=lambda: clock[0],
-            flush_interval_s=3600, seed=seed,
-        ) as collector:
-            for m in range(minutes):
-                clock[0] = START + 60 * (offset + m)
-                hist, lengths, cohorts = traffic.requests(rate)
-                weights = model.attention(hist, lengths, cohorts).astype(np.float32)
-                ts = clock[0] + np.sort(rng.uniform(0, 60, rate))
-                collector.observe_batch(
-                    weights,
-                    item_ids=hist,
-                    lengths=lengths,
-                    cohorts=cohorts.tolist(),
-                    attributes={"brand": cat.brand[hist], "category": cat.category[hist]},
-                    request_ids=[f"{version}-{m}-{i}" for i in range(rate)],
-                    timestamps=ts,
-                )
-                total += rate
-                if m % 30 == 29:
-                    clock[0] += 60  # lets the collector write the closed minutes
-                    collector.flush()
-                if bar:
-                    bar.update(offset + m + 1)
-    return DemoResult(store_url, deploy_at, START + 60 * (before + after), total)
+    segments = [Segment("v1", before), Segment("v2", after, DEFECT if defect else Defect())]
+    end = stream(store_url, segments, rate=rate, seed=seed, progress=progress)
+    return DemoResult(store_url, START + 60 * before, end, rate * (before + after))
 
 
 def story(result: DemoResult) -> str:

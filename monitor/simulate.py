@@ -54,6 +54,9 @@ class Defect:
     collapse_factor: float = 8.0
     recency_cohort: str | None = None
     recency_bonus: float = 2.5
+    promoted_items: tuple[int, ...] = ()  # these items' scores get a bonus ...
+    items_bonus: float = 3.0
+    items_layer: int | None = None  # ... in every head of this layer (None: every layer)
 
 
 @dataclass
@@ -85,6 +88,9 @@ class SimModel:
         brand_mask = None
         if self.defect.promoted_brand is not None:
             brand_mask = (self.catalogue.brand[histories] == self.defect.promoted_brand) & valid
+        item_mask = None
+        if self.defect.promoted_items:
+            item_mask = np.isin(histories, self.defect.promoted_items) & valid
         recency = None
         if self.defect.recency_cohort is not None and cohorts is not None:
             dist = np.arange(L)[::-1][None, :]
@@ -101,6 +107,8 @@ class SimModel:
                     s = s * self.defect.collapse_factor
                 if recency is not None:
                     s = s + self.defect.recency_bonus * recency
+                if item_mask is not None and self.defect.items_layer in (None, layer):
+                    s = s + self.defect.items_bonus * item_mask
                 s = np.where(valid, s, -np.inf)
                 s -= s.max(axis=1, keepdims=True)
                 p = np.exp(s)
@@ -124,6 +132,7 @@ class Traffic:
 
     def __post_init__(self) -> None:
         n_cat = len(np.unique(self.catalogue.category))
+        self.cohorts = tuple(self.cohorts)
         self.user_cats = self.rng.integers(0, n_cat, (self.n_users, 3))
         self.user_cohort = self.rng.integers(0, len(self.cohorts), self.n_users)
         cats = np.array([int(c[3:]) for c in self.catalogue.category])

@@ -1,0 +1,119 @@
+"""Alert rules: YAML in the spirit of Prometheus alerting rules (DESIGN §6).
+
+A rule names a statistic of `drift_results` (a glob such as `js.attr.*` is allowed), a
+comparison and a threshold, and which series it applies to. `compare: change` compares
+`value - baseline_value` instead of the value. Scoring lives in monitor.stats; this file
+only decides.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from monitor.errors import ConfigError
+
+DEFAULT_RULES = Path(__file__).with_name("rules") / "default.yaml"
+LABELS = ("model", "version", "cohort", "layer", "head", "baseline_kind")
+_OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}
+
+
+def parse_duration(value: str | int | float) -> timedelta:
+    if isinstance(value, int | float):
+        return timedelta(seconds=float(value))
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (e.g. 90s, 5m, 2h, 1d)")
+    return timedelta(seconds=float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    statistic: str
+    op: Literal[">", ">=", "<", "<="]
+    threshold: float
+    compare: Literal["value", "change"] = "value"
+    for_: timedelta = Field(timedelta(0), alias="for")
+    keep_firing_for: timedelta = timedelta(minutes=5)
+    min_samples: int = Field(0, ge=0)
+    match: dict[str, str] = {}
+    severity: Literal["critical", "warning", "info"] = "warning"
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+    @field_validator("for_", "keep_firing_for", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        return v if isinstance(v, timedelta) else parse_duration(v)
+
+    @field_validator("match")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if k not in LABELS]
+        if bad:
+            raise ValueError(f"unknown label(s) {bad}; known: {list(LABELS)}")
+        return {k: str(x) for k, x in v.items()}
+
+    def applies(self, statistic: str, labels: dict[str, str]) -> bool:
+        return fnmatch.fnmatchcase(statistic, self.statistic) and all(
+            fnmatch.fnmatchcase(str(labels.get(k, "")), pat) for k, pat in self.match.items()
+        )
+
+    def crosses(self, value: float, baseline_value: float | None, n: int) -> bool:
+        if n < self.min_samples:
+            return False
+        x = value - (baseline_value or 0.0) if self.compare == "change" else value
+        return bool(_OPS[self.op](x, self.threshold))
+
+    def crossing_mask(self, df) -> np.ndarray:
+        """Rows of a drift_results frame where this rule's condition holds."""
+        ok = np.array([fnmatch.fnmatchcase(s, self.statistic) for s in df["statistic"]], dtype=bool)
+        for k, pat in self.match.items():
+            ok &= np.array([fnmatch.fnmatchcase(str(v), pat) for v in df[k]], dtype=bool)
+        x = df["value"].to_numpy(float)
+        if self.compare == "change":
+            x = x - df["baseline_value"].fillna(0.0).to_numpy(float)
+        return ok & _OPS[self.op](x, self.threshold) & (df["n_current"].to_numpy() >= self.min_samples)
+
+
+class RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rules: list[Rule]
+
+
+def load_rules(path: str | Path | None = None) -> list[Rule]:
+    """Rules from a YAML file (default: the shipped pack); errors name file, rule and field."""
+    path = Path(path) if path is not None else DEFAULT_RULES
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([("yaml", str(path), f"syntax error: {exc}".splitlines()[0])], str(path)) from None
+    except OSError as exc:
+        raise ConfigError([("file", str(path), exc.strerror or str(exc))], str(path)) from None
+    try:
+        parsed = RuleFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            where = ".".join(str(x) for x in loc)
+            if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+                rules = (data or {}).get("rules") or []
+                name = rules[loc[1]].get("name", f"#{loc[1]}") if loc[1] < len(rules) and isinstance(rules[loc[1]], dict) else f"#{loc[1]}"
+                where = f"rule {name}: " + ".".join(str(x) for x in loc[2:])
+            problems.append((where, err.get("input"), err["msg"]))
+        raise ConfigError(problems, str(path)) from None
+    names = [r.name for r in parsed.rules]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError([("rules", dup, "rule names must be unique")], str(path))
+    return parsed.rules
