@@ -19,12 +19,11 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from datetime import UTC, datetime
-
 from monitor.config import Config, load_config
-from monitor.errors import AttnmonError, ConfigError
+from monitor.errors import AttnmonError
 
 EXIT_ERROR = 2  # an AttnmonError or a usage error
 
@@ -162,6 +161,7 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
     """Compact closed minutes, roll old minutes up to hours, enforce retention."""
     from dataclasses import asdict
 
+    from monitor.cli_evaluate import parse_time
     from monitor.store import make_engine, require_schema
     from monitor.store.maintenance import maintain as run
 
@@ -171,7 +171,7 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
         r = config.retention
         result = run(
             engine,
-            _parse_time(now) if now else datetime.now(UTC),
+            parse_time(now, "--now") if now else datetime.now(UTC),
             events_days=r.events_days,
             minute_aggregates_days=r.minute_aggregates_days,
             write_batches_days=r.write_batches_days,
@@ -184,15 +184,6 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
     )
     _emit(fmt, text, asdict(result))
     return 0
-
-
-def _parse_time(value: str) -> datetime:
-    """ISO 8601; a time without zone is UTC."""
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError([("time", value, "not an ISO 8601 time (e.g. 2026-11-20T08:00Z)")], "argument") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 def _register_maintain(commands: argparse._SubParsersAction) -> None:
@@ -224,12 +215,85 @@ def _register_demo(commands: argparse._SubParsersAction) -> None:
     )
 
 
+# -- run -------------------------------------------------------------------------------
+
+
+def run(config: Config, once: bool = False, fmt: str = "text") -> int:
+    """The daemon (`attnmon run`) until SIGTERM; `once`: one catch-up evaluation, then exit.
+
+    $ATTNMON_FAKE_NOW (an ISO time, optionally followed by a speed such as `x60`) runs
+    it in simulated time: for tests and demos only.
+    """
+    import logging
+
+    from monitor import daemon as d
+    from monitor.store import require_schema
+    from monitor.store.engine import store_errors
+
+    if not logging.getLogger().handlers:
+        # the daemon's own lines at INFO; libraries (alembic, apscheduler) only warnings
+        logging.basicConfig(
+            level=logging.WARNING, stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("attnmon").setLevel(logging.INFO)
+    spec = os.environ.get(d.FAKE_NOW_ENV)
+    clock = d.fake_clock(spec) if spec else d.utc_now
+    with d.Daemon(config, clock=clock) as daemon:
+        require_schema(daemon.engine)
+        if not once:
+            return d.serve(daemon)
+        if not daemon.acquire():
+            _emit(fmt, "another daemon leads this store: nothing done", {"leader": False, "windows": 0})
+            return 0
+        with store_errors(daemon.engine.url):
+            result = daemon.evaluate()
+    windows = result.windows
+    data = {
+        "leader": True,
+        "windows": len(windows),
+        "first": windows[0].window_end.isoformat() if windows else None,
+        "last": windows[-1].window_end.isoformat() if windows else None,
+        "series": windows[-1].series if windows else 0,
+        "written": result.written,
+        "skipped_windows": result.skipped,
+        "watermark": result.watermark.isoformat() if result.watermark else None,
+    }
+    span = f" ending {data['first']} to {data['last']}" if windows else ""
+    text = (
+        f"evaluated {len(windows)} windows{span}, wrote {result.written} results"
+        + (f", skipped {result.skipped} older windows" if result.skipped else "")
+        + f"; watermark {data['watermark']}"
+    )
+    _emit(fmt, text, data)
+    return 0
+
+
+def _register_run(commands: argparse._SubParsersAction) -> None:
+    p = add_command(
+        commands, "run", "the daemon: evaluate drift, deliver alerts, maintain the store", lists=True
+    )
+    p.add_argument(
+        "--once", action="store_true", help="evaluate the windows missed since the last run, then exit"
+    )
+    p.set_defaults(run=lambda config, args: run(config, args.once, args.format))
+
+
 # -- dispatch ------------------------------------------------------------------------
+
+def _register_evaluation(commands: argparse._SubParsersAction) -> None:
+    from monitor import cli_evaluate
+
+    cli_evaluate.register(commands, add_command)
+
+
 
 REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_db,
+    _register_evaluation,
     _register_maintain,
     _register_demo,
+    _register_run,
 )
 
 

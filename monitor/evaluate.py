@@ -144,7 +144,8 @@ def evaluate_cycle(
         model, version, cohort, layer, head = key
         cur = merged[key]
         if (model, version) not in refs:
-            deps.setdefault(model, deployments(engine, model))
+            if model not in deps:
+                deps[model] = deployments(engine, model)
             refs[(model, version)] = choose(engine, model, version, end, cfg, deps=deps[model])
         ref = refs[(model, version)]
         base = baselines.get(model, ref).get((cohort, layer, head))

@@ -1,0 +1,754 @@
+"""`attnmon run`: the daemon that evaluates drift, delivers alerts and keeps the store small.
+
+    >>> with Daemon(config) as daemon:     # doctest: +SKIP
+    ...     daemon.start()                  # lead election, scheduler, /healthz, /metrics
+    ...     ...                             # until SIGTERM (see `serve`)
+
+Jobs (one APScheduler 3 `BackgroundScheduler` per daemon; only the leader runs them;
+each with an explicit id, `coalesce=True`, `max_instances=1`, `misfire_grace_time`):
+
+- `evaluate` (every `daemon.evaluate_every_s`): every window that ended since the
+  watermark, oldest first, at most `evaluate.catchup_max_windows` of them (older ones are
+  skipped with a warning), then the watermark moves on. See "Crash safety" below.
+- `deliver` (every `daemon.deliver_every_s`): calls each of `deliver_hooks(engine, now)`;
+  the first is the alerting outbox (`alerts.service.AlertService.deliver`: sends what is
+  due, retries, re-sends firing alerts to Alertmanager).
+- `maintain` (every `daemon.maintain_every_s`): compaction, hourly roll-up and retention
+  (`monitor.store.maintenance.maintain`), and drops materialised baselines older than
+  two days (`monitor.baselines.prune`).
+
+Time comes from `clock` (real UTC by default): a demo or a test passes a simulated one
+and calls `tick(now)`, which runs the due jobs synchronously through the same code the
+scheduler runs.
+
+Crash safety. The watermark (`daemon_state`, key `evaluate.watermark`) is the end of the
+newest window evaluated; it moves after the window's results are committed. Results are
+unique per (series, statistic, window end), so a crash between the two only makes the
+next run write nothing for that window. Its update is monotonic, so a daemon that lost
+the lead without noticing yet cannot move it back.
+
+Leadership. On PostgreSQL a dedicated connection holds the session advisory lock
+`pg_try_advisory_lock(LOCK_NAMESPACE, hashtext(current_schema()))`: one key per store
+(database and schema), so stores in other schemas of one database do not contend.
+A follower tries again every `daemon.lease_s`; when the leader's session ends (crash,
+kill, network loss noticed by keepalives) the lock is freed and a follower takes over.
+The leader checks its connection every `lease_s` and steps down when it is gone. (Not
+behind PgBouncer in transaction mode: the lock lives in one server session.) On SQLite
+an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one host.
+
+A failing job (store down) logs one line without secrets, counts the error, and runs
+again `daemon.retry_s` later; the evaluate job's catch-up covers the windows missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy import select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from alerts.model import Receiver
+from alerts.service import AlertService
+from monitor.baselines import Baselines, prune
+from monitor.config import Config
+from monitor.errors import ConfigError
+from monitor.evaluate import CycleResult, evaluate_cycle, window_for
+from monitor.store import tables as t
+from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, redact
+from monitor.store.maintenance import MaintenanceResult, as_utc, maintain
+
+log = logging.getLogger("attnmon.daemon")
+
+JOBS = ("evaluate", "deliver", "maintain")
+WATERMARK_KEY = "evaluate.watermark"
+LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
+BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
+FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
+
+Clock = Callable[[], datetime]
+DeliverHook = Callable[[Engine, datetime], object]
+CycleHook = Callable[[Engine, CycleResult], object]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def fake_clock(spec: str, *, monotonic: Callable[[], float] = time.monotonic) -> Clock:
+    """A simulated clock, for tests and demos: `"2026-11-20T08:00Z"` stands still;
+    `"2026-11-20T08:00Z x60"` starts there and runs 60 times faster than real time."""
+    parts = spec.split()
+    try:
+        if not 1 <= len(parts) <= 2:
+            raise ValueError
+        start = as_utc(datetime.fromisoformat(parts[0]))
+        speed = float(parts[1].removeprefix("x")) if len(parts) == 2 else 0.0
+        if not math.isfinite(speed) or speed < 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            [(FAKE_NOW_ENV, spec, "expected an ISO time, optionally followed by a speed (e.g. 2026-11-20T08:00Z x60)")],
+            "environment",
+        ) from None
+    t0 = monotonic()
+    return lambda: start + timedelta(seconds=(monotonic() - t0) * speed)
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What one evaluate job did: the windows evaluated, oldest first."""
+
+    windows: tuple[CycleResult, ...] = ()
+    skipped: int = 0  # missed windows beyond catchup_max_windows, never evaluated
+    watermark: datetime | None = None  # after the run
+    complete: bool = True  # False: stopped early (shutdown, or the lead was lost)
+
+    @property
+    def written(self) -> int:
+        return sum(w.written for w in self.windows)
+
+
+@dataclass(frozen=True)
+class Maintained:
+    maintenance: MaintenanceResult
+    baselines_pruned: int
+
+
+@dataclass(frozen=True)
+class JobRun:
+    job: str
+    at: datetime  # the daemon's clock when it started
+    ok: bool
+    duration_s: float
+    result: object = None  # CatchUp | int (hooks called) | Maintained
+    error: str | None = None  # one line, no secrets
+
+
+# --- the watermark ---------------------------------------------------------------------
+
+
+def read_watermark(engine: Engine) -> datetime | None:
+    ds = t.daemon_state
+    with engine.connect() as conn:
+        value = conn.execute(select(ds.c.value).where(ds.c.key == WATERMARK_KEY)).scalar()
+    return as_utc(datetime.fromisoformat(value)) if value else None
+
+
+def write_watermark(engine: Engine, end: datetime) -> None:
+    """Move the watermark to `end`, never back (the ISO text of UTC minutes sorts as time)."""
+    ds = t.daemon_state
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(engine.dialect.name)
+    if insert is None:
+        raise NotImplementedError(f"daemon_state upsert on {engine.dialect.name}")
+    stmt = insert(ds).values(key=WATERMARK_KEY, value=_iso(end), updated_at=utc_now())
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[ds.c.key],
+        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        where=ds.c.value < stmt.excluded.value,
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt)
+
+
+def _iso(ts: datetime) -> str:
+    return as_utc(ts).isoformat(timespec="seconds")
+
+
+# --- leadership ------------------------------------------------------------------------
+
+
+class _Alone:
+    """Stores no second daemon can share (in-memory SQLite): always the leader."""
+
+    def try_acquire(self) -> bool:
+        return True
+
+    def still_held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _FileLock(_Alone):
+    """SQLite: an exclusive flock on `<db>.daemon.lock`, freed by the kernel on any exit."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for a person wondering who leads
+        self._fd = fd
+        return True
+
+    def still_held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+class _PgAdvisoryLock(_Alone):
+    """PostgreSQL: a session advisory lock on a connection of its own."""
+
+    SQL_LOCK = "SELECT pg_try_advisory_lock(:ns, hashtext(coalesce(current_schema(), '')))"
+    SQL_UNLOCK = "SELECT pg_advisory_unlock(:ns, hashtext(coalesce(current_schema(), '')))"
+
+    def __init__(self, url: URL, lease_s: float):
+        connect_args: dict[str, Any] = {}
+        if url.get_driver_name() in ("psycopg", "psycopg2"):
+            # A leader whose server vanishes must notice (and step down) in seconds, not
+            # at the kernel's two-hour keepalive default...
+            idle = max(1, int(lease_s))
+            connect_args = {
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "application_name": "attnmon-daemon-lead",
+                "keepalives": 1,
+                "keepalives_idle": idle,
+                "keepalives_interval": idle,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 1000 * 4 * idle,
+            }
+        self._engine = make_engine(
+            url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=connect_args
+        )
+        # ...and the server must notice a vanished leader as soon, to free the lock: its
+        # keepalive settings, for this session only (the default is the kernel's 2 hours)
+        idle = max(1, int(lease_s))
+        self._server_keepalives = [
+            f"SET tcp_keepalives_idle = {idle}",
+            f"SET tcp_keepalives_interval = {idle}",
+            "SET tcp_keepalives_count = 3",
+            f"SET tcp_user_timeout = {1000 * 4 * idle}",
+        ]
+        self._conn: Any = None
+
+    def try_acquire(self) -> bool:
+        conn = self._engine.connect()
+        try:
+            for statement in self._server_keepalives:
+                conn.execute(text(statement))
+            got = conn.execute(text(self.SQL_LOCK), {"ns": LOCK_NAMESPACE}).scalar()
+        except BaseException:
+            conn.close()
+            raise
+        if got:
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def still_held(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute(text("SELECT 1"))  # the lock lives as long as the session
+            return True
+        except Exception:
+            self._drop()
+            return False
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute(text(self.SQL_UNLOCK), {"ns": LOCK_NAMESPACE})
+        except Exception:
+            pass  # the session is gone, and its lock with it
+        self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            conn.invalidate()
+            conn.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        self.release()
+        self._engine.dispose()
+
+
+def _leadership_for(url: URL, lease_s: float) -> _Alone:
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return _PgAdvisoryLock(url, lease_s)
+    if backend == "sqlite" and url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        return _FileLock(f"{url.database}.daemon.lock")
+    return _Alone()
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry, daemon: Daemon):
+        def gauge(name: str, doc: str, fn: Callable[[], float]) -> None:
+            Gauge(name, doc, registry=registry).set_function(fn)
+
+        gauge("attnmon_daemon_is_leader", "1 if this daemon holds the lead", lambda: float(daemon.is_leader))
+        gauge(
+            "attnmon_daemon_evaluate_lag_seconds",
+            "Seconds between now (the daemon's clock) and the end of the newest evaluated window",
+            lambda: _nan(daemon.lag_s()),
+        )
+        gauge(
+            "attnmon_daemon_watermark_timestamp_seconds",
+            "End of the newest evaluated window (unix time)",
+            lambda: daemon.watermark.timestamp() if daemon.watermark else math.nan,
+        )
+        job = ["job"]
+        self.last_run = Gauge("attnmon_daemon_job_last_run_timestamp_seconds", "When each job last finished, ok or not (the daemon's clock)", job, registry=registry)
+        self.last_success = Gauge("attnmon_daemon_job_last_success_timestamp_seconds", "When each job last finished without error", job, registry=registry)
+        self.duration = Gauge("attnmon_daemon_job_duration_seconds", "How long each job's last run took", job, registry=registry)
+        self.runs = Counter("attnmon_daemon_job_runs", "Job runs", job, registry=registry)
+        self.errors = Counter("attnmon_daemon_job_errors", "Job runs that failed", job, registry=registry)
+        for name in JOBS:  # every series exists from the start, at 0
+            for metric in (self.runs, self.errors):
+                metric.labels(name)
+        self.series = Gauge("attnmon_daemon_series_evaluated", "Series compared in the newest evaluated window", registry=registry)
+        self.windows = Counter("attnmon_daemon_windows_evaluated", "Windows evaluated", registry=registry)
+        self.skipped = Counter("attnmon_daemon_windows_skipped", "Missed windows beyond catchup_max_windows, not evaluated", registry=registry)
+        self.written = Counter("attnmon_daemon_results_written", "drift_results rows written", registry=registry)
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _one_line(exc: BaseException, url: URL) -> str:
+    """The error in one line, without the store's password."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    msg = " ".join(str(inner).split())
+    if url.password:
+        msg = msg.replace(str(url.password), "***")
+    if len(msg) > 300:
+        msg = msg[:297] + "..."
+    return f"{type(inner).__name__}: {msg}" if msg else type(inner).__name__
+
+
+# --- the daemon ------------------------------------------------------------------------
+
+
+class Daemon:
+    """The jobs, the lead and the endpoints of one `attnmon run` process.
+
+    Everything it writes to is passed in: `engine` (else one for `config.store_url`),
+    `clock`, the metrics `registry` (else a fresh one, never the global one).
+    `deliver_hooks(engine, now)` are called by the deliver job; `cycle_hooks(engine,
+    cycle_result)` after each window's results are committed and before the watermark
+    moves past it (so a crash calls them again: they must be idempotent). Both lists
+    start with the alerting side (`self.alerts`: alert evaluation after each window,
+    then the outbox; `receivers` replaces the configured receivers, for tests) and may be
+    extended before `start()`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: Engine | None = None,
+        clock: Clock = utc_now,
+        registry: CollectorRegistry | None = None,
+        deliver_hooks: Iterable[DeliverHook] = (),
+        cycle_hooks: Iterable[CycleHook] = (),
+        healthy_lag_s: float | None = None,
+        receivers: Mapping[str, Receiver] | None = None,
+    ):
+        self.config = config
+        self.clock = clock
+        self._own_engine = engine is None
+        self.engine = engine if engine is not None else make_engine(config.store_url)
+        self.store = redact(self.engine.url)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)
+        self.deliver_hooks: list[DeliverHook] = [self.alerts.deliver, *deliver_hooks]
+        self.cycle_hooks: list[CycleHook] = [self.alerts.after_cycle, *cycle_hooks]
+        ev, dm = config.evaluate, config.daemon
+        # steady state: the watermark trails now by lag_minutes, plus up to a minute and
+        # one evaluate interval; /healthz says 503 past this
+        self.healthy_lag_s = (
+            healthy_lag_s if healthy_lag_s is not None else 60 * (ev.lag_minutes + 2) + 2 * dm.evaluate_every_s
+        )
+        self._every = {"evaluate": dm.evaluate_every_s, "deliver": dm.deliver_every_s, "maintain": dm.maintain_every_s}
+        self._baselines = Baselines(self.engine, ev)
+        self._leadership = _leadership_for(self.engine.url, dm.lease_s)
+        self._leader = False
+        self._lead_lock = threading.Lock()
+        self._lease_failing = False
+        self._watermark: datetime | None = None
+        self._last_run: dict[str, datetime | None] = dict.fromkeys(JOBS)
+        self._errors = dict.fromkeys(JOBS, 0)
+        self._failing = dict.fromkeys(JOBS, 0)  # consecutive failures
+        self._locks = {job: threading.Lock() for job in JOBS}
+        self._due: dict[str, datetime] | None = None  # tick(): when each job is due next
+        self._stop = threading.Event()
+        self._scheduler: Any = None
+        self._server: Any = None
+        self._lease_thread: threading.Thread | None = None
+        self._started_at = clock()
+        self._metrics = _Metrics(self.registry, self)
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader
+
+    @property
+    def watermark(self) -> datetime | None:
+        """End of the newest evaluated window, as last read or written by this daemon."""
+        return self._watermark
+
+    @property
+    def http_port(self) -> int | None:
+        """The port /healthz and /metrics are served on (after `start()`)."""
+        return self._server.port if self._server is not None else None
+
+    def lag_s(self, now: datetime | None = None) -> float | None:
+        if self._watermark is None:
+            return None
+        return ((now or self.clock()) - self._watermark).total_seconds()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of /healthz: 200 while the evaluate lag is below
+        `healthy_lag_s` (or the daemon is younger than that and has no watermark yet)."""
+        now = self.clock()
+        lag = self.lag_s(now)
+        if lag is None:
+            young = (now - self._started_at).total_seconds() < self.healthy_lag_s
+            status = "starting" if young else "no_watermark"
+        else:
+            status = "ok" if lag < self.healthy_lag_s else "lagging"
+        body = {
+            "status": status,
+            "leader": self.is_leader,
+            "lag_s": lag,
+            "healthy_lag_s": self.healthy_lag_s,
+            "watermark": _iso(self._watermark) if self._watermark else None,
+            "last_run": {job: _iso(ts) if ts else None for job, ts in self._last_run.items()},
+            "errors": dict(self._errors),
+        }
+        return (200 if status in ("ok", "starting") else 503), body
+
+    # -- the jobs --------------------------------------------------------------------
+
+    def evaluate(self, now: datetime | None = None, *, keep_going: Callable[[], bool] | None = None) -> CatchUp:
+        """Evaluate every window that ended since the watermark, oldest first.
+
+        Without a watermark (a new store) only the current window is evaluated;
+        `monitor.evaluate.backfill` evaluates history. `keep_going()` is asked before
+        each window (the scheduled job stops between windows on shutdown).
+        """
+        cfg = self.config.evaluate
+        now = as_utc(now) if now is not None else self.clock()
+        _, target = window_for(now, cfg)
+        wm = self._watermark = read_watermark(self.engine)
+        if wm is None:
+            ends = [target]
+            log.info("no watermark in the store yet: starting with the window ending %s", _iso(target))
+        else:
+            missed = int((target - wm).total_seconds() // 60)
+            ends = [wm + timedelta(minutes=i) for i in range(1, missed + 1)]
+        limit = max(1, cfg.catchup_max_windows)
+        skipped = max(0, len(ends) - limit)
+        if skipped:
+            log.warning(
+                "%d windows ending %s to %s are more than catchup_max_windows=%d behind: "
+                "skipped, not evaluated",
+                skipped, _iso(ends[0]), _iso(ends[skipped - 1]), cfg.catchup_max_windows,
+            )
+            self._metrics.skipped.inc(skipped)
+            ends = ends[skipped:]
+        if len(ends) > 1:
+            log.info("catching up %d windows ending %s to %s", len(ends), _iso(ends[0]), _iso(ends[-1]))
+        done: list[CycleResult] = []
+        for end in ends:
+            if keep_going is not None and not keep_going():
+                break
+            result = evaluate_cycle(self.engine, end + timedelta(minutes=cfg.lag_minutes), cfg, self._baselines)
+            for hook in self.cycle_hooks:
+                hook(self.engine, result)
+            write_watermark(self.engine, result.window_end)
+            self._watermark = max(result.window_end, self._watermark or result.window_end)
+            self._metrics.windows.inc()
+            self._metrics.written.inc(result.written)
+            self._metrics.series.set(result.series)
+            done.append(result)
+        return CatchUp(tuple(done), skipped, self._watermark, complete=len(done) == len(ends))
+
+    def deliver(self, now: datetime | None = None) -> int:
+        """Call every deliver hook; the first failure is raised after all have run."""
+        now = as_utc(now) if now is not None else self.clock()
+        first: BaseException | None = None
+        for hook in list(self.deliver_hooks):
+            try:
+                hook(self.engine, now)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+        return len(self.deliver_hooks)
+
+    def maintain(self, now: datetime | None = None) -> Maintained:
+        now = as_utc(now) if now is not None else self.clock()
+        r = self.config.retention
+        result = maintain(
+            self.engine, now, events_days=r.events_days,
+            minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
+        )
+        return Maintained(result, prune(self.engine, now - BASELINE_KEEP))
+
+    def run_job(self, job: str, now: datetime | None = None) -> JobRun | None:
+        """Run one job now, as the scheduler does: only on the leader, one at a time,
+        errors logged and counted. None when not the leader or the job is running."""
+        if job not in JOBS:
+            raise ValueError(f"unknown job {job!r}; jobs: {JOBS}")
+        if not self._leader:
+            return None
+        lock = self._locks[job]
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return self._run_locked(job, as_utc(now) if now is not None else self.clock())
+        finally:
+            lock.release()
+
+    def _run_locked(self, job: str, now: datetime) -> JobRun:
+        started = time.monotonic()
+        m = self._metrics
+        try:
+            if job == "evaluate":
+                result: object = self.evaluate(now, keep_going=self._may_go_on)
+            else:
+                result = getattr(self, job)(now)
+        except Exception as exc:
+            took = time.monotonic() - started
+            msg = _one_line(exc, self.engine.url)
+            self._errors[job] += 1
+            self._failing[job] += 1
+            m.errors.labels(job).inc()
+            self._finished(job, took)
+            log.error(
+                "job %s failed on %s (%d in a row; retrying in %gs): %s",
+                job, self.store, self._failing[job], self._retry_in(job), msg,
+            )
+            self._schedule_retry(job)
+            return JobRun(job, now, False, took, error=msg)
+        took = time.monotonic() - started
+        if self._failing[job]:
+            log.info("job %s succeeded again after %d failures", job, self._failing[job])
+            self._failing[job] = 0
+        self._finished(job, took)
+        m.last_success.labels(job).set(self.clock().timestamp())
+        return JobRun(job, now, True, took, result)
+
+    def _finished(self, job: str, took: float) -> None:
+        end = self.clock()
+        self._last_run[job] = end
+        self._metrics.runs.labels(job).inc()
+        self._metrics.last_run.labels(job).set(end.timestamp())
+        self._metrics.duration.labels(job).set(took)
+
+    def _may_go_on(self) -> bool:
+        return self._leader and not self._stop.is_set()
+
+    def _retry_in(self, job: str) -> float:
+        return min(self.config.daemon.retry_s, self._every[job])
+
+    def _schedule_retry(self, job: str) -> None:
+        if self._scheduler is None:
+            return  # tick() moves its own due times
+        try:
+            self._scheduler.modify_job(job, next_run_time=utc_now() + timedelta(seconds=self._retry_in(job)))
+        except Exception:  # shutting down: the job is gone
+            pass
+
+    def tick(self, now: datetime | None = None) -> dict[str, JobRun]:
+        """Run the jobs due at `now` (default: the clock) synchronously, the same code the
+        scheduler runs; for a simulated clock. Takes the lead first if it can.
+
+        The first tick runs evaluate and deliver; maintain runs one interval later, as
+        under the scheduler. A failed job is due again `retry_s` later."""
+        now = as_utc(now) if now is not None else self.clock()
+        if not self.acquire():
+            return {}
+        if self._due is None:
+            self._due = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=self._every["maintain"])}
+        runs: dict[str, JobRun] = {}
+        for job in JOBS:
+            if now < self._due[job]:
+                continue
+            run = self.run_job(job, now)
+            if run is None:
+                continue
+            runs[job] = run
+            wait = self._every[job] if run.ok else self._retry_in(job)
+            self._due[job] = now + timedelta(seconds=wait)
+        return runs
+
+    # -- the lead ----------------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Take the lead if it is free (one try); True if this daemon holds it."""
+        with self._lead_lock:
+            if self._leader:
+                return True
+            try:
+                got = self._leadership.try_acquire()
+            except Exception as exc:
+                if not self._lease_failing:  # once per outage, not every lease_s
+                    log.warning("cannot reach %s to take the lead: %s", self.store, _one_line(exc, self.engine.url))
+                self._lease_failing = True
+                return False
+            self._lease_failing = False
+            if got:
+                self._leader = True
+                log.info("took the lead on %s", self.store)
+            return got
+
+    def _lease(self) -> None:
+        """Every lease_s: the leader checks it still leads; a follower tries to lead."""
+        if self._leader and not self._leadership.still_held():
+            with self._lead_lock:
+                self._leader = False
+            log.warning("lost the lead on %s (its connection ended); trying to take it again", self.store)
+        if not self._leader and self.acquire() and self._scheduler is not None:
+            for job in ("evaluate", "deliver"):  # catch up at once, not an interval later
+                try:
+                    self._scheduler.modify_job(job, next_run_time=utc_now())
+                except Exception:
+                    pass
+        if not self._leader:
+            try:  # a follower's /healthz and lag follow the leader's progress
+                self._watermark = read_watermark(self.engine)
+            except Exception as exc:
+                log.debug("cannot read the watermark: %s", _one_line(exc, self.engine.url))
+
+    def _lease_loop(self) -> None:
+        while not self._stop.wait(self.config.daemon.lease_s):
+            try:
+                self._lease()
+            except Exception as exc:  # never let the lease thread die
+                log.error("lead check failed: %s", _one_line(exc, self.engine.url))
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve /healthz and /metrics, take the lead if free, start the scheduler."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from monitor.health import HealthServer
+
+        dm = self.config.daemon
+        try:
+            self._server = HealthServer(dm.listen, self.health, self.registry)
+        except (OSError, ValueError) as exc:  # a bad address, or the port is taken
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError([("daemon.listen", dm.listen, f"cannot listen there: {reason}")]) from None
+        self._server.start()
+        log.info("serving /healthz and /metrics on %s", self._server.url)
+        if not self.acquire():
+            log.info("another daemon leads %s: waiting (trying every %gs)", self.store, dm.lease_s)
+            self._lease()
+        scheduler = BackgroundScheduler(timezone=UTC)
+        now = utc_now()
+        first = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=dm.maintain_every_s)}
+        for job in JOBS:
+            scheduler.add_job(
+                self.run_job, "interval", args=[job], id=job, name=f"attnmon {job}",
+                seconds=self._every[job], next_run_time=first[job],
+                coalesce=True, max_instances=1,
+                # APScheduler wants whole seconds, at least one
+                misfire_grace_time=max(1, math.ceil(dm.misfire_grace_s)),
+                replace_existing=True,
+            )
+        self._scheduler = scheduler
+        scheduler.start()
+        self._lease_thread = threading.Thread(target=self._lease_loop, name="attnmon-lease", daemon=True)
+        self._lease_thread.start()
+
+    def stop(self) -> None:
+        """Let the running job finish (a catch-up stops between windows), stop the
+        scheduler, give the lead back and stop serving."""
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        if self._lease_thread is not None:
+            self._lease_thread.join()
+            self._lease_thread = None
+        with self._lead_lock:
+            if self._leader:
+                self._leadership.release()
+                self._leader = False
+                log.info("gave the lead on %s back", self.store)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def close(self) -> None:
+        self.stop()
+        self._leadership.close()
+        if self._own_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(daemon: Daemon, stop: threading.Event | None = None) -> int:
+    """Run `daemon` until SIGTERM or SIGINT (or `stop` is set), then shut down cleanly."""
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: finishing the running job, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.start()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        daemon.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

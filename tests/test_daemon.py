@@ -1,0 +1,411 @@
+"""The daemon on SQLite: catch-up, crash safety, signals, /healthz and /metrics.
+
+Data: model "m", v1 for 10 minutes, then v2 (a deployment, so v2's windows are compared
+with v1's last minutes: `previous_version`) for 40 minutes, 20 vectors a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete, func, select
+
+from collectors import AttentionCollector
+from monitor.config import Config
+from monitor.daemon import WATERMARK_KEY, Daemon, fake_clock, read_watermark
+from monitor.health import HealthServer, parse_listen
+from monitor.store import make_engine, tables
+
+T0 = 1_800_000_000.0  # an hour boundary
+KEY = ("model", "version", "cohort", "layer", "head", "statistic", "window_end")
+
+
+def at(minutes: float) -> datetime:
+    return datetime.fromtimestamp(T0 + 60 * minutes, UTC)
+
+
+def produce(url: str, v2_minutes: int = 40) -> None:
+    rng = np.random.default_rng(0)
+    for version, first, last, conc in (("v1", 0, 10, 1.0), ("v2", 10, 10 + v2_minutes, 0.3)):
+        with AttentionCollector(url, model="m", version=version, sample_rate=0, clock=lambda: T0 + 7200) as c:
+            for minute in range(first, last):
+                w = rng.dirichlet(np.full(10, conc), size=(20, 2)).astype(np.float32)
+                c.observe_batch(w, item_ids=rng.integers(0, 50, (20, 10)), cohorts="web",
+                                timestamps=T0 + 60 * minute + 5)
+
+
+def config(url: str, **daemon) -> Config:
+    return Config(store_url=url, evaluate={"min_samples": 5}, daemon={"listen": "127.0.0.1:0", **daemon})
+
+
+def results(url: str) -> dict[tuple, float]:
+    """(series, statistic, window end) -> value, for every drift_results row."""
+    dr = tables.drift_results
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(*[dr.c[k] for k in KEY], dr.c.value)).all()
+            assert conn.execute(select(func.count()).select_from(dr)).scalar_one() == len(rows)
+    finally:
+        engine.dispose()
+    out = {}
+    for *key, value in rows:
+        key[-1] = key[-1].replace(tzinfo=UTC)
+        assert tuple(key) not in out
+        out[tuple(key)] = value
+    return out
+
+
+def window_ends(url: str) -> list[datetime]:
+    return sorted({k[-1] for k in results(url)})
+
+
+def minutes(first: int, last: int) -> list[datetime]:
+    return [at(m) for m in range(first, last + 1)]
+
+
+def set_watermark(url: str, end: datetime | None) -> None:
+    ds = tables.daemon_state
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(delete(ds).where(ds.c.key == WATERMARK_KEY))
+        if end is not None:
+            conn.execute(ds.insert().values(key=WATERMARK_KEY, value=end.isoformat(), updated_at=at(0)))
+    engine.dispose()
+
+
+def watermark(url: str) -> datetime | None:
+    engine = make_engine(url)
+    try:
+        return read_watermark(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> str:
+    produce(sqlite_url)
+    return sqlite_url
+
+
+# -- in process, simulated time -------------------------------------------------------
+
+
+def test_catch_up_after_a_gap_evaluates_each_missed_window_once(store):
+    now = [at(20)]
+    with Daemon(config(store), clock=lambda: now[0]) as daemon:
+        first = daemon.tick()["evaluate"].result
+        # a new store: only the current window (ends a minute ago, for late data)
+        assert [w.window_end for w in first.windows] == [at(19)]
+        assert first.windows[0].series == 6 and first.written > 0  # v2: web and *, heads 0, 1, *
+        assert window_ends(store) == [at(19)]
+
+        now[0] = at(60)  # the daemon was away for 40 minutes
+        catch_up = daemon.tick()["evaluate"].result
+        assert [w.window_end for w in catch_up.windows] == minutes(20, 59)
+        assert all(w.written > 0 for w in catch_up.windows) and catch_up.skipped == 0
+        assert window_ends(store) == minutes(19, 59)
+        assert watermark(store) == daemon.watermark == at(59)
+        before = results(store)
+
+        # nothing new: no window, no row
+        assert daemon.run_job("evaluate").result.windows == ()
+        # a watermark lost (or a crash before it moved): the rerun writes nothing
+        set_watermark(store, at(19))
+        again = daemon.run_job("evaluate").result
+        assert len(again.windows) == 40 and again.written == 0
+        assert results(store) == before
+
+
+def test_catch_up_is_bounded_and_older_windows_are_skipped_with_a_warning(store, caplog):
+    cfg = config(store).model_copy(update={"evaluate": config(store).evaluate.model_copy(update={"catchup_max_windows": 5})})
+    now = [at(20)]
+    registry = CollectorRegistry()
+    with Daemon(cfg, clock=lambda: now[0], registry=registry) as daemon:
+        daemon.tick()
+        now[0] = at(60)
+        with caplog.at_level(logging.WARNING, "attnmon.daemon"):
+            got = daemon.tick()["evaluate"].result
+    assert [w.window_end for w in got.windows] == minutes(55, 59) and got.skipped == 35
+    assert "35 windows ending" in caplog.text and "catchup_max_windows=5" in caplog.text
+    assert window_ends(store) == [at(19), *minutes(55, 59)]
+    assert registry.get_sample_value("attnmon_daemon_windows_skipped_total") == 35
+    assert registry.get_sample_value("attnmon_daemon_windows_evaluated_total") == 6
+
+
+def test_tick_runs_due_jobs_and_a_failed_job_is_retried_and_counted(store, caplog):
+    now = [at(20)]
+    calls = []
+
+    def hook(engine, when):
+        calls.append(when)
+        if len(calls) == 2:
+            raise RuntimeError("receiver down")
+
+    cfg = config(store, deliver_every_s=60, maintain_every_s=600, retry_s=5)
+    registry = CollectorRegistry()
+    with Daemon(cfg, clock=lambda: now[0], registry=registry, deliver_hooks=[hook]) as daemon:
+        assert sorted(daemon.tick()) == ["deliver", "evaluate"]  # maintain: one interval later
+        now[0] += timedelta(seconds=30)
+        assert daemon.tick() == {}
+        now[0] += timedelta(seconds=30)
+        with caplog.at_level(logging.ERROR, "attnmon.daemon"):
+            runs = daemon.tick()
+        assert runs["deliver"].ok is False and runs["deliver"].error == "RuntimeError: receiver down"
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+            f"job deliver failed on {daemon.store} (1 in a row; retrying in 5s): RuntimeError: receiver down"
+        ]
+        now[0] += timedelta(seconds=5)  # retried retry_s later, not an interval later
+        assert daemon.tick()["deliver"].ok
+        now[0] = at(20) + timedelta(seconds=600)
+        assert sorted(daemon.tick()) == ["deliver", "evaluate", "maintain"]
+        status, body = daemon.health()
+    assert len(calls) == 4
+    assert registry.get_sample_value("attnmon_daemon_job_errors_total", {"job": "deliver"}) == 1
+    assert registry.get_sample_value("attnmon_daemon_job_runs_total", {"job": "deliver"}) == 4
+    assert registry.get_sample_value("attnmon_daemon_job_runs_total", {"job": "maintain"}) == 1
+    assert body["errors"] == {"evaluate": 0, "deliver": 1, "maintain": 0}
+
+
+def test_healthz_is_503_once_the_evaluation_lags(store):
+    now = [at(20)]
+    registry = CollectorRegistry()
+    with Daemon(config(store), clock=lambda: now[0], registry=registry) as daemon:
+        assert daemon.health()[0] == 200 and daemon.health()[1]["status"] == "starting"
+        daemon.tick()
+        server = HealthServer("127.0.0.1:0", daemon.health, registry)
+        server.start()
+        try:
+            code, body = _get(f"{server.url}/healthz")
+            assert code == 200 and body["status"] == "ok" and body["lag_s"] == 60
+            now[0] = at(30)  # ten minutes without an evaluation
+            code, body = _get(f"{server.url}/healthz")
+            assert code == 503 and body["status"] == "lagging" and body["lag_s"] == 660
+            assert _get(f"{server.url}/nope")[0] == 404
+        finally:
+            server.close()
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_follows(store):
+    with Daemon(config(store)) as first, Daemon(config(store)) as second:
+        assert first.acquire() and first.is_leader
+        assert not second.acquire() and not second.is_leader
+        assert second.run_job("evaluate") is None  # a follower runs nothing
+        first.stop()  # gives the lead back
+        assert second.acquire()
+
+
+def test_fake_clock_and_listen_parsing():
+    ticks = [100.0]
+    frozen = fake_clock("2026-11-20T08:00Z", monotonic=lambda: ticks[0])
+    fast = fake_clock("2026-11-20T08:00:00+00:00 x60", monotonic=lambda: ticks[0])
+    ticks[0] += 2
+    assert frozen() == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    assert fast() == datetime(2026, 11, 20, 8, 2, tzinfo=UTC)
+    with pytest.raises(Exception, match="ATTNMON_FAKE_NOW"):
+        fake_clock("yesterday")
+    assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    with pytest.raises(ValueError):
+        parse_listen("localhost")
+
+
+# -- real processes -------------------------------------------------------------------
+
+
+def _write_config(tmp_path: Path, url: str, **daemon) -> Path:
+    path = tmp_path / "attnmon.yaml"
+    body = {"store_url": url, "evaluate": {"min_samples": 5}, "daemon": {"listen": "127.0.0.1:0", **daemon}}
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def _env(fake_now: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNMON_") or k == "ATTNMON_TEST_PG_URL"}
+    env["ATTNMON_FAKE_NOW"] = fake_now
+    return env
+
+
+def _attnmon(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monitor", *args]
+
+
+def _once(cfg: Path, fake_now: str) -> dict:
+    done = subprocess.run(
+        _attnmon("run", "--once", "--config", str(cfg), "--format", "json"),
+        env=_env(fake_now), cwd=cfg.parent, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _wait_watermark(url: str, proc: subprocess.Popen, least: datetime) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        wm = watermark(url)
+        if wm is not None and wm >= least:
+            return
+        assert proc.poll() is None, f"it exited ({proc.returncode}) before the watermark reached {least}"
+        time.sleep(0.01)
+    raise AssertionError(f"the watermark did not reach {least}")
+
+
+def test_sigkill_then_sigterm_mid_catch_up_then_once_evaluate_every_window_exactly_once(store, tmp_path):
+    # the same data, evaluated without interruption, is the reference
+    reference = tmp_path / "reference.db"
+    with sqlite3.connect(store.removeprefix("sqlite:///")) as src, sqlite3.connect(reference) as dst:
+        src.backup(dst)  # the WAL too, which a file copy would miss
+    ref_url = f"sqlite:///{reference}"
+    now = [at(5)]
+    with Daemon(config(ref_url), clock=lambda: now[0]) as daemon:
+        daemon.tick()
+        now[0] = at(70)
+        assert len(daemon.tick()["evaluate"].result.windows) == 65
+
+    cfg = _write_config(tmp_path, store)
+    set_watermark(store, at(4))  # as the reference's first tick left it
+    # 65 windows behind: kill -9 once it is well into the backlog
+    proc = subprocess.Popen(
+        _attnmon("run", "--once", "--config", str(cfg)), env=_env(at(70).isoformat()),
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_watermark(store, proc, at(15))
+        proc.kill()
+    finally:
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = watermark(store)
+    assert at(15) <= killed_at < at(69)
+
+    # the daemon picks up there; SIGTERM in the middle: it ends the window at hand, exits 0
+    proc, _ = _start(cfg, at(70).isoformat(), tmp_path / "daemon.log")
+    try:
+        _wait_watermark(store, proc, killed_at + timedelta(minutes=10))
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - signalled < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    termed_at = watermark(store)
+    assert killed_at + timedelta(minutes=10) <= termed_at < at(60)  # stopped between windows
+
+    rest = _once(cfg, at(70).isoformat())
+    assert rest["windows"] == (at(69) - termed_at) // timedelta(minutes=1)
+    assert rest["watermark"] == at(69).isoformat() and rest["skipped_windows"] == 0
+    got = results(store)
+    assert sorted({k[-1] for k in got}) == minutes(11, 64)  # the windows that hold v2 data
+    assert got.keys() == results(ref_url).keys()
+    assert got == pytest.approx(results(ref_url))
+
+
+def _start(cfg: Path, fake_now: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """`attnmon run` in the background; returns it and its base URL once it serves."""
+    proc = subprocess.Popen(
+        _attnmon("run", "--config", str(cfg)), env=_env(fake_now), cwd=cfg.parent,
+        stdout=subprocess.DEVNULL, stderr=log.open("w"),
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if "serving /healthz and /metrics on " in line:
+                return proc, line.rsplit(" ", 1)[-1]
+        if proc.poll() is not None:
+            raise AssertionError(f"attnmon run exited {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"attnmon run did not start serving:\n{log.read_text()}")
+
+
+def _get(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            code, body, ctype = resp.status, resp.read().decode(), resp.headers["Content-Type"]
+    except urllib.error.HTTPError as exc:
+        code, body, ctype = exc.code, exc.read().decode(), exc.headers["Content-Type"]
+    return code, json.loads(body) if ctype == "application/json" else body
+
+
+def test_run_serves_healthz_and_metrics_and_exits_0_on_sigterm(store, tmp_path):
+    cfg = _write_config(tmp_path, store, evaluate_every_s=0.5)
+    log = tmp_path / "daemon.log"
+    proc, base = _start(cfg, at(30).isoformat(), log)
+    try:
+        assert base.startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            code, body = _get(f"{base}/healthz")
+            if body["last_run"]["evaluate"]:
+                break
+            time.sleep(0.1)
+        assert code == 200, body
+        assert body["status"] == "ok" and body["leader"] is True and body["lag_s"] == 60
+        assert body["watermark"] == at(29).isoformat()
+        assert set(body["last_run"]) == {"evaluate", "deliver", "maintain"}
+        assert body["last_run"]["evaluate"] == at(30).isoformat() and body["last_run"]["maintain"] is None
+
+        code, text = _get(f"{base}/metrics")
+        assert code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("attnmon_daemon_is_leader", ())] == 1
+        assert samples[("attnmon_daemon_evaluate_lag_seconds", ())] == 60
+        assert samples[("attnmon_daemon_watermark_timestamp_seconds", ())] == at(29).timestamp()
+        assert samples[("attnmon_daemon_job_last_run_timestamp_seconds", (("job", "evaluate"),))] == at(30).timestamp()
+        assert samples[("attnmon_daemon_series_evaluated", ())] == 6
+        assert samples[("attnmon_daemon_windows_evaluated_total", ())] >= 1
+        assert samples[("attnmon_daemon_results_written_total", ())] == len(results(store))
+        for job in ("evaluate", "deliver", "maintain"):
+            assert samples[("attnmon_daemon_job_errors_total", (("job", job),))] == 0
+
+        # a second daemon on the same file waits: the lock is held by the process
+        with Daemon(config(store)) as other:
+            assert not other.acquire()
+
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert "SIGTERM: finishing the running job, then exiting" in text
+    assert "gave the lead" in text and "Traceback" not in text
+    with Daemon(config(store)) as other:  # the lock was given back
+        assert other.acquire()
+
+
+def test_a_taken_port_is_one_clear_error(store, tmp_path, capsys):
+    from monitor.cli import main
+
+    with Daemon(config(store)) as first:
+        first.start()
+        taken = first.http_port
+        cfg = _write_config(tmp_path, store, listen=f"127.0.0.1:{taken}")
+        assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"daemon.listen='127.0.0.1:{taken}': cannot listen there: Address already in use" in err
