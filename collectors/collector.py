@@ -90,7 +90,7 @@ class AttentionCollector:
         hash_key: bytes | str | None = None,
         max_length: int = 4096,
         topk_items: int = 512,
-        topk_attr_values: int = 64,
+        topk_attr_values: int = 128,
         late_grace_s: float = 5.0,
         tol: float = 1e-3,
         weights_id: str | None = None,

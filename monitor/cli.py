@@ -287,13 +287,21 @@ def _register_evaluation(commands: argparse._SubParsersAction) -> None:
     cli_evaluate.register(commands, add_command)
 
 
+def _register_rollback(commands: argparse._SubParsersAction) -> None:
+    from monitor import cli_rollback
+
+    cli_rollback.register(commands, add_command)
+
+
 
 REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_db,
     _register_evaluation,
+    _register_rollback,
     _register_maintain,
     _register_demo,
     _register_run,
+    lambda commands: __import__("dashboards.cli", fromlist=["register"]).register(commands, add_command),
 )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from alerts.config import AlertsConfig
 from monitor.errors import ConfigError
 
 DEFAULT_PATH = Path("attnmon.yaml")
@@ -47,7 +48,7 @@ class CollectorConfig(_Strict):
     hash_key_env: str = "ATTNMON_HASH_KEY"
     max_length: int = Field(4096, gt=0)
     topk_items: int = Field(512, gt=0)
-    topk_attr_values: int = Field(64, gt=0)
+    topk_attr_values: int = Field(128, gt=0)
     late_grace_s: float = Field(5.0, ge=0)
 
 
@@ -95,6 +96,7 @@ class Config(_Strict):
     retention: RetentionConfig = RetentionConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     daemon: DaemonConfig = DaemonConfig()
+    alerts: AlertsConfig = AlertsConfig()
     # Later sections (daemon, alerts, grafana) are added here by the features that need them.
 
     @field_validator("store_url")

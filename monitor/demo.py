@@ -20,7 +20,7 @@ from monitor.simulate import Defect, SimModel, Traffic, make_catalogue
 
 MODEL = "demo-sasrec"
 PROMOTED = "brand007"
-DEFECT = Defect(promoted_brand=PROMOTED, promoted_head=(1, 0), collapse_head=(1, 2))
+DEFECT = Defect(promoted_brand=PROMOTED, promoted_head=(1, 0), promoted_bonus=6.0, collapse_head=(1, 2))
 START = datetime(2026, 11, 20, 8, 0, tzinfo=UTC).timestamp()
 
 
@@ -58,6 +58,8 @@ class Segment:
     version: str
     minutes: int
     defect: Defect = Defect()
+    model_seed: int | None = None  # another seed: a retrain (new weights), same world
+    weights_id: str | None = None
 
 
 def stream(
@@ -81,9 +83,9 @@ def stream(
     clock = [start]
     done = 0
     for seg in segments:
-        model = SimModel(cat, seed=seed, defect=seg.defect)
+        model = SimModel(cat, seed=seed if seg.model_seed is None else seg.model_seed, defect=seg.defect)
         with AttentionCollector(
-            store_url, model=MODEL, version=seg.version, sample_rate=sample_rate,
+            store_url, model=MODEL, version=seg.version, sample_rate=sample_rate, weights_id=seg.weights_id,
             clock=lambda: clock[0], flush_interval_s=3600, seed=seed + done,
         ) as collector:
             for m in range(seg.minutes):

@@ -29,7 +29,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.collector.hash_key_env == "ATTNMON_HASH_KEY"
     assert config.collector.max_length == 4096
     assert config.collector.topk_items == 512
-    assert config.collector.topk_attr_values == 64
+    assert config.collector.topk_attr_values == 128
     assert config.collector.late_grace_s == 5.0
     assert config.retention.events_days == 7
     assert config.retention.minute_aggregates_days == 3

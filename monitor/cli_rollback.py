@@ -1,0 +1,121 @@
+"""CLI: `attnmon rollback-check` (exit code = verdict) and `attnmon explain`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from monitor.config import Config
+from monitor.errors import AttnmonError, ConfigError
+
+EXIT_HELP = """exit status: 0 PROCEED, 3 WATCH (not enough data yet, or only warnings),
+4 ROLLBACK, 2 usage or store error (e.g. a version that does not exist)"""
+
+
+def rollback_check(config: Config, model: str, candidate: str | None = None, baseline: str | None = None,
+                   since: str | None = None, fmt: str = "text", out: str | None = None, now: str | None = None) -> int:
+    from monitor.cli_evaluate import _engine, parse_duration, parse_time
+    from monitor.rollback import check, render_text
+
+    engine = _engine(config)
+    try:
+        at = parse_time(now, "--now") if now else datetime.now(UTC)
+        v = check(engine, model, candidate, baseline, parse_duration(since) if since else None, at)
+        if fmt == "json":
+            text = json.dumps(v.to_json(), indent=2)
+        elif fmt == "html":
+            from monitor.report import render_html
+
+            text = render_html(engine, v, at)
+        else:
+            text = render_text(v)
+    finally:
+        engine.dispose()
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"{v.verdict}: written to {out}")
+    elif fmt == "html":
+        raise ConfigError([("--out", None, "--format html needs --out FILE")], "argument")
+    else:
+        print(text)
+    return v.exit_code
+
+
+def explain(config: Config, request_id: str, out: str | None = None, top: int = 5) -> int:
+    """Which history items one sampled prediction attended to, per layer and head."""
+    from monitor.cli_evaluate import _engine
+    from monitor.store import tables as t
+
+    engine = _engine(config)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(t.attention_events).where(t.attention_events.c.request_id == request_id)
+            ).mappings().first()
+    finally:
+        engine.dispose()
+    if row is None:
+        raise AttnmonError(f"no sampled event with request id {request_id!r} (only a sample of requests is kept)")
+    ly, h, n = row["n_layers"], row["n_heads"], row["length"]
+    w = np.frombuffer(row["weights"], dtype="<f4").reshape(ly, h, n)
+    items = row["item_ids"] or [f"#{i}" for i in range(n)]
+    attrs = row["attributes"] or {}
+    print(f"request {request_id}: {row['model']} {row['version']}, cohort {row['cohort']}, "
+          f"{n} history items (position 0 = most recent)")
+    for layer in range(ly):
+        for head in range(h):
+            order = np.argsort(-w[layer, head])[:top]
+            parts = []
+            for j in order:
+                extra = ", ".join(f"{k}={v[j]}" for k, v in attrs.items() if v and j < len(v))
+                parts.append(f"{items[j]} @{n - 1 - j} {100 * w[layer, head, j]:.1f}%" + (f" ({extra})" if extra else ""))
+            print(f"  layer {layer} head {head}: " + "; ".join(parts))
+    if out:
+        _heatmap(w, items, request_id, out)
+        print(f"heatmap written to {out}")
+    return 0
+
+
+def _heatmap(w: np.ndarray, items: list, request_id: str, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ly, h, n = w.shape
+    grid = w.reshape(ly * h, n)
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * n + 2), 0.45 * ly * h + 1.8))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_yticks(range(ly * h), [f"L{layer} H{head}" for layer in range(ly) for head in range(h)])
+    step = max(1, n // 40)
+    ax.set_xticks(range(0, n, step), [str(items[j])[:10] for j in range(0, n, step)], rotation=90, fontsize=7)
+    ax.set_xlabel("history item (oldest → most recent)")
+    ax.set_title(f"attention of request {request_id}")
+    fig.colorbar(im, ax=ax, label="attention weight")
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def register(commands: argparse._SubParsersAction, add_command) -> None:
+    p = add_command(commands, "rollback-check", "compare a candidate version with its baseline: PROCEED, WATCH or ROLLBACK")
+    p.epilog = EXIT_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--model", required=True)
+    p.add_argument("--candidate", help="version to judge (default: the newest deployment)")
+    p.add_argument("--baseline", help="version to compare with (default: the one deployed before it)")
+    p.add_argument("--since", metavar="DURATION", help="only the candidate's last DURATION (e.g. 2h)")
+    p.add_argument("--format", choices=("text", "json", "html"), default="text")
+    p.add_argument("--out", metavar="FILE", help="write the report there (needed for html)")
+    p.add_argument("--now", metavar="TIME", help=argparse.SUPPRESS)  # simulated time (demo, tests)
+    p.set_defaults(run=lambda config, a: rollback_check(config, a.model, a.candidate, a.baseline, a.since,
+                                                        a.format, a.out, a.now))
+
+    p = add_command(commands, "explain", "show which history items one sampled prediction attended to")
+    p.add_argument("--request-id", required=True)
+    p.add_argument("--out", metavar="FILE.png", help="also write a heatmap PNG")
+    p.set_defaults(run=lambda config, a: explain(config, a.request_id, a.out))

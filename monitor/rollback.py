@@ -1,0 +1,377 @@
+"""Rollback decision support: a candidate version against its baseline version.
+
+Compares every series of the candidate since its deployment with the baseline version's
+last day before it, with bootstrap intervals over minute buckets, and answers PROCEED,
+WATCH or ROLLBACK with reasons ranked by severity (DESIGN §8).
+
+How versions are compared follows what was measured on a real SASRec (DESIGN §5):
+- same weights (equal `weights_id`): heads are the same heads, so any shift beyond the
+  version's own sampling noise means the serving pipeline changed — judged head by head;
+- new weights: heads of a retrain are not the same heads, so each layer's heads are
+  matched (best assignment on their entropy and position distributions) and judged on
+  pathologies (collapse, concentration on items or attribute values) and on shifts well
+  beyond what a harmless retrain produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from monitor import stats
+from monitor.baselines import sketch_std
+from monitor.errors import AttnmonError
+from monitor.metrics import ALL_METRICS
+from monitor.sketch import Sketch, merge_all
+from monitor.store import tables as t
+from monitor.store.maintenance import as_utc
+
+PROCEED, WATCH, ROLLBACK = "PROCEED", "WATCH", "ROLLBACK"
+EXIT_CODES = {PROCEED: 0, WATCH: 3, ROLLBACK: 4}
+SCHEMA_VERSION = 1
+COL = {m: i for i, m in enumerate(ALL_METRICS)}
+ROLLUP = "*"
+
+# judgement thresholds (effect sizes); see the module docstring
+MIN_PREDICTIONS = 1000
+MIN_MINUTES = 10
+COLLAPSE_DROP = 0.25  # entropy_norm, absolute, on a (matched) head: "collapsed"
+COLLAPSE_WATCH = 0.12
+ITEMS_TOP10_ROLLBACK = 0.10  # top-10 items' share of attention, absolute rise
+ITEMS_TOP10_WATCH = 0.05
+ATTR_RATIO_ROLLBACK, ATTR_DIFF_ROLLBACK = 3.0, 0.02  # an attribute value's share
+ATTR_RATIO_WATCH, ATTR_DIFF_WATCH = 2.0, 0.01
+POSITION_JS_ROLLBACK = 0.25  # a harmless retrain moved it up to 0.11
+POSITION_JS_WATCH = 0.15
+SAME_WEIGHTS_SD = 0.5  # same weights: a shift of half a baseline SD is not noise
+SAME_WEIGHTS_POSITION_JS = 0.05
+
+
+class RollbackInputError(AttnmonError):
+    """A version that does not exist, or no deployment to compare."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    severity: str  # critical | warning | info
+    kind: str  # collapse | concentration | attribute | position | shift | alerts | data
+    series: str  # e.g. "layer 1 head 2" or "all cohorts"
+    metric: str
+    baseline: float | None
+    candidate: float | None
+    ci: tuple[float, float] | None  # 95% bootstrap interval of candidate - baseline
+    text: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    model: str
+    candidate: str
+    baseline: str
+    candidate_since: datetime
+    baseline_window: tuple[datetime, datetime]
+    same_weights: bool
+    predictions: dict[str, int]
+    minutes: dict[str, int]
+    head_matching: dict[str, dict[str, str]]  # layer -> {candidate head: baseline head}
+    reasons: list[Reason] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def to_json(self) -> dict:
+        """The documented, stable JSON shape (schema_version 1)."""
+        d = asdict(self)
+        d["schema_version"] = SCHEMA_VERSION
+        d["candidate_since"] = self.candidate_since.isoformat()
+        d["baseline_window"] = [x.isoformat() for x in self.baseline_window]
+        d["reasons"] = [dict(asdict(r), ci=list(r.ci) if r.ci else None) for r in self.reasons]
+        d["exit_code"] = self.exit_code
+        return d
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def _deployments(engine: Engine, model: str) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.deployments).where(t.deployments.c.model == model).order_by(t.deployments.c.deployed_at)
+        ).mappings().all()
+    return [dict(r, deployed_at=as_utc(r["deployed_at"])) for r in rows]
+
+
+def _buckets(engine: Engine, model: str, version: str, start: datetime, end: datetime):
+    """Per series: (bucket n (K,), bucket sums (K, M)) for the bootstrap; from SQL sums only."""
+    wa = t.window_aggregates
+    cols = [wa.c.cohort, wa.c.layer, wa.c.head, wa.c.bucket_start]
+    q = (
+        select(*cols, func.sum(wa.c.n), *[func.sum(wa.c[f"sum_{m}"]) for m in ALL_METRICS])
+        .where(wa.c.model == model, wa.c.version == version, wa.c.bucket_start >= start, wa.c.bucket_start < end)
+        .group_by(*cols)
+    )
+    out: dict[tuple, list] = {}
+    with engine.connect() as conn:
+        for r in conn.execute(q):
+            out.setdefault(tuple(r[:3]), []).append((float(r[4]), [float(x) for x in r[5:]]))
+    return {k: (np.array([n for n, _ in v]), np.array([s for _, s in v])) for k, v in out.items()}
+
+
+def _sketches(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[tuple, Sketch]:
+    wa = t.window_aggregates
+    parts: dict[tuple, list[Sketch]] = {}
+    q = select(wa).where(wa.c.model == model, wa.c.version == version,
+                         wa.c.bucket_start >= start, wa.c.bucket_start < end)
+    with engine.connect() as conn:
+        for row in conn.execute(q).mappings():
+            parts.setdefault((row["cohort"], row["layer"], row["head"]), []).append(Sketch.from_row(row))
+    return {k: merge_all(v) for k, v in parts.items()}
+
+
+def _alerts_since(engine: Engine, model: str, version: str, since: datetime) -> list[dict]:
+    """Alerts that fired for the candidate since its deployment (if alerting is set up)."""
+    alerts = t.metadata.tables.get("alerts")
+    if alerts is None:
+        return []
+    with engine.connect() as conn:
+        try:
+            rows = conn.execute(select(alerts).where(alerts.c.fired_at.is_not(None), alerts.c.fired_at >= since)).mappings().all()
+        except Exception:  # noqa: BLE001 - a store without the alerts table: no alerts to report
+            return []
+    return [dict(r) for r in rows if (r["labels"] or {}).get("model") == model and (r["labels"] or {}).get("version") == version]
+
+
+# --- statistics ----------------------------------------------------------------------
+
+
+def bootstrap_diff(base: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndarray], j: int,
+                   rng: np.random.Generator, reps: int = 400) -> tuple[float, float]:
+    """95% interval of mean(candidate) - mean(baseline) of metric j, resampling buckets."""
+    def draws(n, s):
+        idx = rng.integers(0, len(n), (reps, len(n)))
+        return s[idx, j].sum(1) / np.maximum(n[idx].sum(1), 1)
+
+    d = draws(*cand) - draws(*base)
+    return float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
+
+
+def match_heads(base: dict[str, Sketch], cand: dict[str, Sketch]) -> dict[str, str]:
+    """Candidate head -> baseline head, by the assignment that minimises the JS distance of
+    their entropy_norm histograms plus that of their position profiles."""
+    bh, ch = sorted(base), sorted(cand)
+    if not bh or not ch:
+        return {}
+    j = COL["entropy_norm"]
+    cost = np.array([[stats.js_distance(base[b].hist[j], cand[c].hist[j]) + stats.js_profile(base[b].pos, cand[c].pos)
+                      for b in bh] for c in ch])
+    rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=2.0))
+    return {ch[r]: bh[c] for r, c in zip(rows, cols, strict=True)}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _where(cohort: str, layer: str, head: str) -> str:
+    who = "all heads averaged" if head == ROLLUP else f"head {head}"
+    place = f"layer {layer} {who}"
+    return place if cohort == ROLLUP else f"{place}, cohort {cohort}"
+
+
+# --- the check -----------------------------------------------------------------------
+
+
+def check(engine: Engine, model: str, candidate: str | None = None, baseline: str | None = None,
+          since: timedelta | None = None, now: datetime | None = None, seed: int = 0) -> Verdict:
+    deps = _deployments(engine, model)
+    if not deps:
+        raise RollbackInputError(f"no deployments of model {model!r} in the store")
+    names = [d["version"] for d in deps]
+    if candidate is None:
+        candidate = names[-1]
+    if candidate not in names:
+        raise RollbackInputError(f"candidate version {candidate!r} of {model!r} does not exist; known: {names}")
+    cand_dep = deps[names.index(candidate)]
+    if baseline is None:
+        earlier = [d for d in deps if d["deployed_at"] < cand_dep["deployed_at"] and d["version"] != candidate]
+        if not earlier:
+            raise RollbackInputError(f"{model} {candidate} has no earlier version to compare with; pass --baseline")
+        baseline = earlier[-1]["version"]
+    if baseline not in names:
+        raise RollbackInputError(f"baseline version {baseline!r} of {model!r} does not exist; known: {names}")
+    base_dep = deps[names.index(baseline)]
+    now = as_utc(now or datetime.now(UTC))
+    c_start = cand_dep["deployed_at"] if since is None else max(cand_dep["deployed_at"], now - since)
+    c_start = c_start - timedelta(seconds=c_start.timestamp() % 60)  # whole minutes
+    b_end = cand_dep["deployed_at"] if base_dep["deployed_at"] < cand_dep["deployed_at"] else now
+    b_end = b_end - timedelta(seconds=b_end.timestamp() % 60)
+    b_start = b_end - timedelta(hours=24)
+    same = bool(cand_dep["weights_id"]) and cand_dep["weights_id"] == base_dep["weights_id"]
+
+    cb, bb = _buckets(engine, model, candidate, c_start, now), _buckets(engine, model, baseline, b_start, b_end)
+    key = (ROLLUP, "0", ROLLUP)
+    predictions = {"candidate": int(cb[key][0].sum()) if key in cb else 0,
+                   "baseline": int(bb[key][0].sum()) if key in bb else 0}
+    minutes = {"candidate": len(cb[key][0]) if key in cb else 0, "baseline": len(bb[key][0]) if key in bb else 0}
+    reasons: list[Reason] = []
+    matching: dict[str, dict[str, str]] = {}
+    enough = all(predictions[s] >= MIN_PREDICTIONS and minutes[s] >= MIN_MINUTES for s in predictions)
+    if enough:
+        cs, bs = _sketches(engine, model, candidate, c_start, now), _sketches(engine, model, baseline, b_start, b_end)
+        rng = np.random.default_rng(seed)
+        layers = sorted({k[1] for k in cs if k[0] == ROLLUP} & {k[1] for k in bs if k[0] == ROLLUP})
+        for layer in layers:
+            bh = {k[2]: s for k, s in bs.items() if k[0] == ROLLUP and k[1] == layer and k[2] != ROLLUP}
+            ch = {k[2]: s for k, s in cs.items() if k[0] == ROLLUP and k[1] == layer and k[2] != ROLLUP}
+            pairs = {h: h for h in ch if h in bh} if same else match_heads(bh, ch)
+            matching[layer] = pairs
+            for c_head, b_head in pairs.items():
+                reasons += _head_reasons(layer, c_head, b_head, bh[b_head], ch[c_head],
+                                         bb.get((ROLLUP, layer, b_head)), cb.get((ROLLUP, layer, c_head)), same, rng)
+            b_all, c_all = bs.get((ROLLUP, layer, ROLLUP)), cs.get((ROLLUP, layer, ROLLUP))
+            if b_all is not None and c_all is not None:
+                reasons += _layer_reasons(layer, b_all, c_all, same)
+        reasons += _cohort_reasons(bs, cs, same)
+    else:
+        reasons.append(Reason(
+            "warning", "data", "all", "predictions", predictions["baseline"], predictions["candidate"], None,
+            f"not enough data yet: the candidate has {predictions['candidate']:,} predictions over "
+            f"{minutes['candidate']} minutes and the baseline {predictions['baseline']:,} over {minutes['baseline']}; "
+            f"a verdict needs {MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes on each side",
+        ))
+    for a in _alerts_since(engine, model, candidate, c_start):
+        sev = "critical" if a["severity"] == "critical" else "warning"
+        reasons.append(Reason(sev, "alerts", (a["labels"] or {}).get("series", a["fingerprint"][:12]), a["rule"],
+                              a.get("baseline_value"), a.get("value"), None,
+                              f"alert {a['rule']} fired for {candidate} at {as_utc(a['fired_at']):%Y-%m-%d %H:%M} UTC: "
+                              f"{(a['annotations'] or {}).get('summary', '')}"))
+    order = {"critical": 0, "warning": 1, "info": 2}
+    reasons.sort(key=lambda r: (order[r.severity], -abs((r.candidate or 0) - (r.baseline or 0))))
+    if any(r.severity == "critical" for r in reasons):
+        verdict = ROLLBACK
+    elif not enough or any(r.severity == "warning" for r in reasons):
+        verdict = WATCH
+    else:
+        verdict = PROCEED
+    return Verdict(verdict, model, candidate, baseline, c_start, (b_start, b_end), same,
+                   predictions, minutes, matching, reasons)
+
+
+def _head_reasons(layer, c_head, b_head, b: Sketch, c: Sketch, bbuck, cbuck, same, rng) -> list[Reason]:
+    out = []
+    where = f"layer {layer} head {c_head}" + ("" if same or c_head == b_head else f" (matched to baseline head {b_head})")
+    j = COL["entropy_norm"]
+    be, ce = b.sums[j] / b.n, c.sums[j] / c.n
+    ci = bootstrap_diff(bbuck, cbuck, j, rng) if bbuck is not None and cbuck is not None else None
+    drop = be - ce
+    sure = ci is None or ci[1] < 0
+    if drop >= COLLAPSE_DROP and sure:
+        out.append(Reason("critical", "collapse", where, "entropy_norm", be, ce, ci,
+                          f"{where}: attention collapsed onto fewer items — entropy_norm {be:.2f} → {ce:.2f} "
+                          f"({ce - be:+.2f}, 95% CI {ci[0]:+.2f}…{ci[1]:+.2f}); its top item now gets "
+                          f"{_pct(c.sums[COL['top1']] / c.n)} of the attention (was {_pct(b.sums[COL['top1']] / b.n)})"
+                          if ci else f"{where}: entropy_norm {be:.2f} → {ce:.2f}"))
+    elif drop >= COLLAPSE_WATCH and sure:
+        out.append(Reason("warning", "collapse", where, "entropy_norm", be, ce, ci,
+                          f"{where}: attention narrower — entropy_norm {be:.2f} → {ce:.2f}"))
+    if same:
+        out += _same_weights_shift(where, b, c, bbuck, cbuck, rng)
+    return out
+
+
+def _same_weights_shift(where, b, c, bbuck, cbuck, rng) -> list[Reason]:
+    """Same weights: a shift beyond sampling noise means the pipeline changed."""
+    out = []
+    std = sketch_std(b)
+    for m in ("entropy_norm", "top1", "recency5", "distance"):
+        j = COL[m]
+        be, ce = b.sums[j] / b.n, c.sums[j] / c.n
+        d = stats.delta_sd(ce, be, std[j])
+        ci = bootstrap_diff(bbuck, cbuck, j, rng) if bbuck is not None and cbuck is not None else None
+        if abs(d) >= SAME_WEIGHTS_SD and (ci is None or ci[0] > 0 or ci[1] < 0):
+            out.append(Reason("critical", "shift", where, m, be, ce, ci,
+                              f"{where}: {m} {be:.3g} → {ce:.3g} ({d:+.1f} baseline SDs) with the same weights: "
+                              "the serving pipeline (ids, features, padding) changed"))
+    js = stats.js_profile(b.pos, c.pos)
+    if js >= SAME_WEIGHTS_POSITION_JS:
+        out.append(Reason("critical", "position", where, "position_profile", 0.0, js, None,
+                          f"{where}: attention by position moved (JS {js:.2f}) with the same weights"))
+    return out
+
+
+def _layer_reasons(layer: str, b: Sketch, c: Sketch, same: bool) -> list[Reason]:
+    out = []
+    where = f"layer {layer}"
+    js = stats.js_profile(b.pos, c.pos)
+    lim = (SAME_WEIGHTS_POSITION_JS, SAME_WEIGHTS_POSITION_JS) if same else (POSITION_JS_ROLLBACK, POSITION_JS_WATCH)
+    if js >= lim[1]:
+        rb, rc = b.sums[COL["recency5"]] / b.n, c.sums[COL["recency5"]] / c.n
+        sev = "critical" if js >= lim[0] else "warning"
+        out.append(Reason(sev, "position", where, "position_profile", 0.0, js, None,
+                          f"{where}: attention moved across positions (JS {js:.2f}); the last 5 items get "
+                          f"{_pct(rc)} (was {_pct(rb)})"))
+    if b.items is not None and c.items is not None:
+        bt, ct = stats.top_share(b.items.shares(), 10), stats.top_share(c.items.shares(), 10)
+        rise = ct - bt
+        if rise >= ITEMS_TOP10_WATCH:
+            sev = "critical" if rise >= ITEMS_TOP10_ROLLBACK else "warning"
+            new = [k for k, _ in sorted(c.items.shares().items(), key=lambda kv: -kv[1])[:3]]
+            out.append(Reason(sev, "concentration", where, "items.top10_share", bt, ct, None,
+                              f"{where}: the top-10 items now get {_pct(ct)} of attention (was {_pct(bt)}); "
+                              f"most attended: {', '.join(new)}"))
+    for name, tk in c.attrs.items():
+        if name not in b.attrs:
+            continue
+        btk, csh = b.attrs[name], tk.shares()
+        for value, cv in sorted(csh.items(), key=lambda kv: -kv[1])[:20]:
+            # the baseline's upper bound against the candidate's lower one: a value the
+            # baseline's top-K dropped is not "new" unless it beats that bound too
+            bv = btk.estimate(value)[1] / btk.total if btk.total > 0 else 0.0
+            ratio = cv / max(bv, 1e-4)
+            if cv - bv >= ATTR_DIFF_ROLLBACK and ratio >= ATTR_RATIO_ROLLBACK:
+                sev = "critical"
+            elif cv - bv >= ATTR_DIFF_WATCH and ratio >= ATTR_RATIO_WATCH:
+                sev = "warning"
+            else:
+                continue
+            out.append(Reason(sev, "attribute", where, f"{name}={value}", bv, cv, None,
+                              f"{where}: {name}={value} now gets {_pct(cv)} of attention (was {_pct(bv)}, "
+                              f"{ratio:.1f}×)"))
+    return out
+
+
+def _cohort_reasons(bs: dict, cs: dict, same: bool) -> list[Reason]:
+    """Per cohort, the layers' head-averaged attention by position."""
+    out = []
+    lim = (SAME_WEIGHTS_POSITION_JS, SAME_WEIGHTS_POSITION_JS) if same else (POSITION_JS_ROLLBACK, POSITION_JS_WATCH)
+    for (cohort, layer, head), c in sorted(cs.items()):
+        if cohort == ROLLUP or head != ROLLUP or (cohort, layer, head) not in bs:
+            continue
+        js = stats.js_profile(bs[(cohort, layer, head)].pos, c.pos)
+        if js >= lim[1]:
+            out.append(Reason("critical" if js >= lim[0] else "warning", "position", _where(cohort, layer, head),
+                              "position_profile", 0.0, js, None,
+                              f"{_where(cohort, layer, head)}: attention moved across positions (JS {js:.2f})"))
+    return out
+
+
+def render_text(v: Verdict) -> str:
+    lines = [
+        f"{v.verdict}: {v.model} {v.candidate} against {v.baseline}",
+        f"  candidate since {v.candidate_since:%Y-%m-%d %H:%M} UTC: {v.predictions['candidate']:,} predictions "
+        f"over {v.minutes['candidate']} minutes; baseline {v.baseline_window[0]:%Y-%m-%d %H:%M} to "
+        f"{v.baseline_window[1]:%Y-%m-%d %H:%M} UTC: {v.predictions['baseline']:,} over {v.minutes['baseline']} minutes",
+        f"  weights: {'the same (heads compared one to one)' if v.same_weights else 'new (heads matched by their distributions)'}",
+    ]
+    if not v.reasons:
+        lines.append("  no head, position, item or attribute moved beyond what a harmless update does")
+    for i, r in enumerate(v.reasons, 1):
+        lines.append(f"  {i}. [{r.severity}] {r.text}")
+    return "\n".join(lines)
