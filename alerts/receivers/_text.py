@@ -1,0 +1,178 @@
+"""What a person reads at 3 a.m., shared by Slack and email: what fired, where, the value
+against its baseline, since when (UTC), the runbook's first sentence and the links.
+
+    >>> d = digest(notification, now=datetime.now(UTC))
+    >>> d.title
+    'FIRING: AttentionEntropyCollapse (critical), 3 series'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from alerts.model import AlertView, Notification
+
+# the series labels, in the order a person scans them; other labels follow, sorted
+LABEL_ORDER = ("model", "version", "cohort", "layer", "head", "statistic", "baseline_kind")
+_NOT_WHERE = {"alertname", "severity"}
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+MAX_SERIES = 10
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Digest:
+    status: str  # "firing" | "resolved"
+    rule: str  # the rule, or rules joined by ", " when a group mixes them
+    severity: str  # the group's worst
+    count: int
+    what: str
+    where: str  # the labels every series shares, "model=sasrec version=v42"
+    series: tuple[str, ...]  # one line per series: its own labels, value vs baseline
+    more: int  # series left out of `series`
+    since: str
+    runbook: str | None  # the runbook's first sentence
+    runbook_url: str | None
+    dashboard_url: str | None
+
+    @property
+    def title(self) -> str:
+        n = f", {self.count} series" if self.count != 1 else ""
+        return f"{self.status.upper()}: {self.rule} ({self.severity}){n}"
+
+
+def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> Digest:
+    alerts = n.alerts
+    common = n.common_labels
+    annotations = n.common_annotations
+    first = alerts[0] if alerts else None
+    rules = list(dict.fromkeys(a.rule for a in alerts))
+    severity = min((a.severity for a in alerts), key=lambda s: _SEVERITY_RANK.get(s, 9), default="")
+    where = labels_text({k: v for k, v in common.items() if k not in _NOT_WHERE})
+
+    if "summary" in annotations:
+        what = annotations["summary"]
+    elif len(alerts) == 1 and first is not None:
+        what = first.annotations.get("summary", first.rule)
+    elif first is not None and "summary" in first.annotations:
+        what = f"{first.annotations['summary']} (and {len(alerts) - 1} more series)"
+    else:
+        what = f"{', '.join(rules)} on {len(alerts)} series"
+
+    shown = alerts[:max_series]
+    series = tuple(_series_line(a, common) for a in shown)
+
+    runbook = annotations.get("runbook") or (first.annotations.get("runbook") if first else None)
+    runbook_url = annotations.get("runbook_url") or (first.annotations.get("runbook_url") if first else None)
+    if runbook and is_link(runbook):
+        runbook_url, runbook = runbook_url or runbook, None
+    dashboard = annotations.get("dashboard") or annotations.get("dashboard_url") or n.external_url
+    if not dashboard and first is not None:
+        dashboard = first.generator_url
+    return Digest(
+        status=n.status,
+        rule=", ".join(rules) or "(no alerts)",
+        severity=severity,
+        count=len(alerts),
+        what=what,
+        where=where,
+        series=series,
+        more=len(alerts) - len(shown),
+        since=_since(n, now),
+        runbook=first_sentence(runbook) if runbook else None,
+        runbook_url=runbook_url if runbook_url and is_link(runbook_url) else None,
+        dashboard_url=dashboard if dashboard and is_link(dashboard) else None,
+    )
+
+
+def labels_text(labels: dict[str, str]) -> str:
+    keys = [k for k in LABEL_ORDER if k in labels] + sorted(k for k in labels if k not in LABEL_ORDER)
+    return " ".join(f"{k}={labels[k]}" for k in keys)
+
+
+def number(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def value_text(a: AlertView) -> str:
+    if a.baseline_value is None:
+        return number(a.value)
+    return f"{number(a.value)} vs baseline {number(a.baseline_value)}"
+
+
+def _series_line(a: AlertView, common: dict[str, str]) -> str:
+    own = labels_text({k: v for k, v in a.labels.items() if k not in common and k not in _NOT_WHERE})
+    status = " (resolved)" if a.status == "resolved" else ""
+    return f"{own}: {value_text(a)}{status}" if own else f"{value_text(a)}{status}"
+
+
+def utc(when: datetime) -> str:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def duration(seconds: float) -> str:
+    minutes = max(0, int(seconds // 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def _aware(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _since(n: Notification, now: datetime) -> str:
+    if not n.alerts:
+        return ""
+    start = min(_aware(a.starts_at) for a in n.alerts)
+    if n.status == "firing":
+        return f"{utc(start)} ({duration((_aware(now) - start).total_seconds())} ago)"
+    end = max((_aware(a.ends_at) for a in n.alerts if a.ends_at is not None), default=_aware(now))
+    return f"{utc(start)} until {utc(end)} ({duration((end - start).total_seconds())})"
+
+
+def is_link(text: str) -> bool:
+    return re.fullmatch(r"https?://\S+", text.strip()) is not None
+
+
+def first_sentence(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    m = re.search(r"(?<=[.!?])\s", text)
+    sentence = text[: m.start()] if m else text
+    return truncate(sentence, limit)
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def plain_text(d: Digest) -> str:
+    """The digest as plain text (the email body, the Slack fallback's basis)."""
+    lines = [d.title, "", f"What:  {d.what}"]
+    if d.where:
+        lines.append(f"Where: {d.where}")
+    if d.count == 1 and d.series:
+        lines.append(f"Value: {d.series[0]}")
+    lines.append(f"Since: {d.since}")
+    if d.count > 1:
+        lines += ["", "Series:"] + [f"  {s}" for s in d.series]
+        if d.more:
+            lines.append(f"  and {d.more} more")
+    if d.runbook or d.runbook_url:
+        lines += ["", f"Runbook: {d.runbook or d.runbook_url}"]
+        if d.runbook and d.runbook_url:
+            lines.append(f"         {d.runbook_url}")
+    if d.dashboard_url:
+        lines.append(f"Dashboard: {d.dashboard_url}")
+    return "\n".join(lines) + "\n"
