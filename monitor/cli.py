@@ -287,6 +287,12 @@ def _register_evaluation(commands: argparse._SubParsersAction) -> None:
     cli_evaluate.register(commands, add_command)
 
 
+def _register_dashboards(commands: argparse._SubParsersAction) -> None:
+    from dashboards import cli as dashboards_cli
+
+    dashboards_cli.register(commands, add_command)
+
+
 def _register_rollback(commands: argparse._SubParsersAction) -> None:
     from monitor import cli_rollback
 
@@ -301,7 +307,7 @@ REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_maintain,
     _register_demo,
     _register_run,
-    lambda commands: __import__("dashboards.cli", fromlist=["register"]).register(commands, add_command),
+    _register_dashboards,
 )
 
 

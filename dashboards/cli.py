@@ -1,0 +1,229 @@
+"""`attnmon dashboards export|push|annotate|grant` and `attnmon report`.
+
+Plain functions taking `(config, ...)`, registered by `register(commands, add_command)`
+from monitor/cli.py. Heavy imports (the Grafana SDK, grafana-client, matplotlib) wait
+until a command runs, so `attnmon --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from monitor.config import Config
+from monitor.errors import ConfigError
+
+PASSWORD_ENV = "ATTNMON_GRAFANA_DB_PASSWORD"
+
+
+def _emit(fmt: str, text: str, data: dict[str, Any]) -> None:
+    print(json.dumps(data) if fmt == "json" else text)
+
+
+def _boards(rules: str | None):
+    from dashboards.catalog import dashboards
+
+    return dashboards(rules)
+
+
+def _pg_url(config: Config, db_url: str | None) -> str | None:
+    if db_url:
+        return db_url
+    return config.store_url if config.store_url.startswith("postgresql") else None
+
+
+def _connection(db_url: str | None, user: str, sslmode: str):
+    from dashboards.provision import connection_for
+
+    try:
+        return connection_for(db_url, user, sslmode)
+    except ValueError as exc:
+        raise ConfigError([("--db-url", db_url, str(exc))], "argument") from None
+
+
+def export(config: Config, out: str, *, db_url: str | None = None, db_user: str = "attnmon_grafana",
+           sslmode: str = "require", dashboards_path: str | None = None, rules: str | None = None,
+           fmt: str = "text") -> int:
+    """Write the dashboards' JSON and Grafana's provisioning files under `out`."""
+    from dashboards.provision import DEFAULT_DASHBOARDS_PATH
+    from dashboards.provision import export as write
+
+    conn = _connection(_pg_url(config, db_url), db_user, sslmode)
+    paths = write(Path(out), _boards(rules), conn, dashboards_path or DEFAULT_DASHBOARDS_PATH)
+    text = "\n".join(str(p) for p in paths)
+    if conn.url.startswith("$"):
+        text += ("\n(no PostgreSQL URL given: the datasource reads its host and database from "
+                 "$ATTNMON_GRAFANA_DB_HOST and $ATTNMON_GRAFANA_DB_NAME in Grafana's environment)")
+    _emit(fmt, text, {"files": [str(p) for p in paths]})
+    return 0
+
+
+def push(config: Config, grafana_url: str, *, token_file: str | None = None, db_url: str | None = None,
+         db_user: str = "attnmon_grafana", sslmode: str = "require", datasource: bool = True,
+         rules: str | None = None, fmt: str = "text") -> int:
+    """Create the folder and the datasource if missing, upsert every dashboard."""
+    from dashboards.client import connect, load_token
+    from dashboards.provision import datasource as datasource_body
+    from dashboards.push import push as run
+
+    body = None
+    if datasource:
+        url = _pg_url(config, db_url)
+        if url is None:
+            raise ConfigError([("--db-url", None, "the PostgreSQL store Grafana should read "
+                                "(or --no-datasource to leave the datasource alone)")], "argument")
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+            raise ConfigError([(PASSWORD_ENV, None, "not set: the read-only role's password")], "environment")
+        body = datasource_body(_connection(url, db_user, sslmode), password)
+    api = connect(grafana_url, load_token(token_file))
+    result = run(api, _boards(rules), body)
+    lines = [f"folder attnmon {'created' if result.folder_created else 'exists'}"]
+    if result.datasource_created is not None:
+        lines.append(f"datasource attnmon-pg {'created' if result.datasource_created else 'exists (left as is)'}")
+    lines += [f"dashboard {uid} saved {url}" for uid, url in result.dashboards]
+    _emit(fmt, "\n".join(lines), {
+        "folder_created": result.folder_created,
+        "datasource_created": result.datasource_created,
+        "dashboards": [{"uid": u, "url": url} for u, url in result.dashboards],
+    })
+    return 0
+
+
+def annotate(config: Config, grafana_url: str, *, token_file: str | None = None, days: float = 7.0,
+             dashboard_uid: str | None = None, now: str | None = None, fmt: str = "text") -> int:
+    """Post deployments and alert transitions of the last `days` not posted yet."""
+    from dashboards.annotate import annotate as run
+    from dashboards.client import connect, load_token
+    from monitor.cli_evaluate import parse_time
+    from monitor.store import make_engine, require_schema
+
+    at = parse_time(now, "--now") if now else datetime.now(UTC)
+    api = connect(grafana_url, load_token(token_file))
+    engine = make_engine(config.store_url)
+    try:
+        require_schema(engine)
+        result = run(engine, api, since=at - timedelta(days=days), grafana_url=grafana_url,
+                     dashboard_uid=dashboard_uid, now=at)
+    finally:
+        engine.dispose()
+    _emit(fmt, f"posted {result.posted} annotations ({result.already} posted before)",
+          {"posted": result.posted, "already": result.already})
+    return 0
+
+
+def grant(config: Config, role: str = "attnmon_grafana", schema: str | None = None) -> int:
+    """Create (or update) the read-only role on the PostgreSQL store."""
+    from sqlalchemy import text
+
+    from dashboards.role import readonly_role_sql
+    from monitor.store import make_engine, redact
+
+    if not config.store_url.startswith("postgresql"):
+        raise ConfigError([("store", redact(config.store_url), "the read-only role is for a PostgreSQL store")])
+    password = os.environ.get(PASSWORD_ENV, "")
+    if not password:
+        raise ConfigError([(PASSWORD_ENV, None, "not set: the role's password")], "environment")
+    engine = make_engine(config.store_url)
+    try:
+        with engine.begin() as conn:
+            schema = schema or conn.execute(text("SELECT current_schema()")).scalar_one()
+            run_script(conn, readonly_role_sql(role, password, schema))
+    finally:
+        engine.dispose()
+    print(f"role {role}: SELECT on the monitor's tables in schema {schema}, read-only sessions")
+    return 0
+
+
+def run_script(conn, sql: str) -> None:
+    """Several statements at once (a DO block among them): the driver's simple query."""
+    conn.connection.driver_connection.execute(sql)
+
+
+def report(config: Config, out: str, *, model: str | None = None, start: str | None = None,
+           end: str | None = None, rules: str | None = None, fmt: str = "text") -> int:
+    """Render the main panels as PNG images from the dashboards' SQL."""
+    from dashboards.report import report as run
+    from monitor.cli_evaluate import parse_time
+    from monitor.store import make_engine, require_schema
+    from monitor.store.engine import store_errors
+
+    t1 = parse_time(start, "--from") if start else None
+    t2 = parse_time(end, "--to") if end else None
+    engine = make_engine(config.store_url)
+    try:
+        require_schema(engine)
+        with store_errors(engine.url):
+            try:
+                done = run(engine, Path(out), boards=_boards(rules), model=model, start=t1, end=t2)
+            except LookupError as exc:
+                raise ConfigError([("store", config.store_url, str(exc).strip("'\""))], "report") from None
+    finally:
+        engine.dispose()
+    lines = [str(r.path) if not r.problems else f"skipped {r.dashboard}/{r.panel}: {'; '.join(r.problems)}"
+             for r in done]
+    _emit(fmt, "\n".join(lines), {
+        "images": [str(r.path) for r in done if not r.problems],
+        "skipped": [{"panel": f"{r.dashboard}/{r.panel}", "why": list(r.problems)} for r in done if r.problems],
+    })
+    return 0
+
+
+def register(commands: argparse._SubParsersAction, add_command) -> None:
+    d = add_command(commands, "dashboards", "Grafana dashboards: export, push, annotations, read-only role")
+    sub = d.add_subparsers(title="dashboards commands", dest="dashboards_command", required=True, metavar="COMMAND")
+
+    def datasource_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--db-url", metavar="URL",
+                       help="the PostgreSQL store as Grafana reaches it (default: the store URL; user and password ignored)")
+        p.add_argument("--db-user", default="attnmon_grafana", help="the read-only role (default: attnmon_grafana)")
+        p.add_argument("--sslmode", default="require", help="libpq sslmode for Grafana (default: require)")
+        p.add_argument("--rules", metavar="FILE", help="alert rules whose thresholds are drawn (default: the shipped pack)")
+
+    p = add_command(sub, "export", "write dashboard JSON and Grafana provisioning files", lists=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--dashboards-path", metavar="PATH",
+                   help="where Grafana will find the JSON files (default: /var/lib/grafana/dashboards/attnmon)")
+    datasource_options(p)
+    p.set_defaults(run=lambda config, a: export(
+        config, a.out, db_url=a.db_url, db_user=a.db_user, sslmode=a.sslmode,
+        dashboards_path=a.dashboards_path, rules=a.rules, fmt=a.format))
+
+    p = add_command(sub, "push", "create the folder and datasource, upsert the dashboards by uid", lists=True)
+    p.add_argument("--grafana-url", required=True, metavar="URL")
+    p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: $ATTNMON_GRAFANA_TOKEN)")
+    p.add_argument("--no-datasource", dest="datasource", action="store_false",
+                   help="do not create the datasource (it is provisioned)")
+    datasource_options(p)
+    p.set_defaults(run=lambda config, a: push(
+        config, a.grafana_url, token_file=a.token_file, db_url=a.db_url, db_user=a.db_user,
+        sslmode=a.sslmode, datasource=a.datasource, rules=a.rules, fmt=a.format))
+
+    p = add_command(sub, "annotate", "post deployments and alert transitions as Grafana annotations", lists=True)
+    p.add_argument("--grafana-url", required=True, metavar="URL")
+    p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: $ATTNMON_GRAFANA_TOKEN)")
+    p.add_argument("--days", type=float, default=7.0, help="look back this many days (default: 7)")
+    p.add_argument("--dashboard-uid", metavar="UID",
+                   help="pin the annotations to this dashboard (default: organisation-wide, by tag)")
+    p.add_argument("--now", metavar="TIME", help="act as if it were TIME (ISO 8601; default: now)")
+    p.set_defaults(run=lambda config, a: annotate(
+        config, a.grafana_url, token_file=a.token_file, days=a.days, dashboard_uid=a.dashboard_uid,
+        now=a.now, fmt=a.format))
+
+    p = add_command(sub, "grant", f"create the read-only role Grafana connects as (password: ${PASSWORD_ENV})")
+    p.add_argument("--role", default="attnmon_grafana")
+    p.add_argument("--schema", help="the store's schema (default: the connection's current schema)")
+    p.set_defaults(run=lambda config, a: grant(config, a.role, a.schema))
+
+    p = add_command(commands, "report", "render the main dashboard panels as PNG images", lists=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--model", help="default: the model deployed last")
+    p.add_argument("--from", dest="start", metavar="T1", help="default: the model's first minute")
+    p.add_argument("--to", dest="end", metavar="T2", help="default: the model's last minute")
+    p.add_argument("--rules", metavar="FILE", help="alert rules whose thresholds are drawn")
+    p.set_defaults(run=lambda config, a: report(
+        config, a.out, model=a.model, start=a.start, end=a.end, rules=a.rules, fmt=a.format))

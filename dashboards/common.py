@@ -1,0 +1,103 @@
+"""Pieces the five dashboards share: template variables, annotations, SQL fragments.
+
+The SQL is the portable subset PostgreSQL and SQLite both run: `||`, `CASE`,
+`NULLIF`, `COALESCE`, `SUBSTR`, `LENGTH`, `CAST(x AS DOUBLE PRECISION)`, `json ->> 'key'`
+(SQLite 3.38+) and `json_each` in FROM. Every division goes through NULLIF, since
+PostgreSQL raises on a division by zero.
+"""
+
+from __future__ import annotations
+
+from dashboards.spec import Annotation, Variable
+
+# Series roll-ups: cohort "*" is every cohort, head "*" the layer's head-averaged
+# attention (the only series with head_diversity and the item top-K).
+ROLLUP = "*"
+ALL = "'*'"  # the roll-up label as an SQL literal
+
+MODEL = Variable(
+    "model",
+    "model",
+    "SELECT model FROM deployments GROUP BY model ORDER BY MAX(deployed_at) DESC",
+)
+VERSION = Variable(
+    "version",
+    "version",
+    "SELECT version FROM deployments WHERE model = '$model' ORDER BY deployed_at DESC",
+    multi=True,
+    include_all=True,
+    default="$__all",
+)
+COHORT = Variable(
+    "cohort",
+    "cohort (* = all)",
+    "SELECT cohort FROM window_aggregates WHERE model = '$model' AND $__timeFilter(bucket_start) "
+    "GROUP BY cohort ORDER BY cohort <> '*', cohort",
+    default=ROLLUP,
+    on_time_range=True,
+)
+LAYER = Variable(
+    "layer",
+    "layer",
+    "SELECT layer FROM window_aggregates WHERE model = '$model' AND $__timeFilter(bucket_start) "
+    "GROUP BY layer ORDER BY LENGTH(layer), layer",
+    on_time_range=True,
+)
+HEAD = Variable(
+    "head",
+    "head (* = head average)",
+    "SELECT head FROM window_aggregates WHERE model = '$model' AND layer = '$layer' "
+    "AND $__timeFilter(bucket_start) GROUP BY head ORDER BY head <> '*', LENGTH(head), head",
+    default=ROLLUP,
+    on_time_range=True,
+)
+
+DEPLOYMENTS = Annotation(
+    "Deployments",
+    "SELECT deployed_at AS \"time\", "
+    "'deployed ' || version || COALESCE(' (weights ' || weights_id || ')', '') || ' [' || source || ']' AS text, "
+    "'deployment,' || version AS tags "
+    "FROM deployments WHERE model = '$model' AND $__timeFilter(deployed_at) ORDER BY 1",
+    "blue",
+)
+ALERTS = Annotation(
+    "Alerts (fired → resolved)",
+    "SELECT fired_at AS \"time\", resolved_at AS timeend, "
+    "rule || ' (' || severity || ') ' || COALESCE(annotations ->> 'summary', '') AS text, "
+    "'alert,' || severity || ',' || rule AS tags "
+    "FROM alerts WHERE fired_at IS NOT NULL AND (labels ->> 'model') = '$model' "
+    "AND (fired_at <= $__timeTo() AND (resolved_at IS NULL OR resolved_at >= $__timeFrom())) "
+    "ORDER BY 1",
+    "red",
+    needs=("alerts",),
+)
+
+# time bucket of the aggregates, at the panel's interval (at least a minute: see grafana.py)
+TIME_GROUP = "$__timeGroupAlias(bucket_start, $__interval)"
+# per minute, whatever the group's width
+PER_MINUTE = "* 60000.0 / $__interval_ms"
+
+
+def mean(metric: str) -> str:
+    """The exact mean of a metric over the grouped rows (sums and counts merge)."""
+    return f"SUM(sum_{metric}) / NULLIF(SUM(n), 0)"
+
+
+def series_filter(*, version: str = "IN ($version)", cohort: str | None = "'$cohort'",
+                  layer: str | None = "'$layer'", head: str | None = "'$head'") -> str:
+    """`model = '$model' AND version IN ($version) AND ...` on the series labels."""
+    parts = ["model = '$model'", f"version {version}"]
+    for label, value in (("cohort", cohort), ("layer", layer), ("head", head)):
+        if value is not None:
+            parts.append(f"{label} = {value}")
+    return " AND ".join(parts)
+
+
+def like_glob(column: str, pattern: str) -> str:
+    """A condition matching an fnmatch glob (`mover.attr.*`) as alert rules do."""
+    if not any(c in pattern for c in "*?["):
+        return f"{column} = '{pattern.replace(chr(39), chr(39) * 2)}'"
+    if "[" in pattern:
+        raise ValueError(f"character classes are not supported in SQL: {pattern!r}")
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("'", "''")
+    return f"{column} LIKE '{escaped.replace('*', '%').replace('?', '_')}' ESCAPE '\\'"

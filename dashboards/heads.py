@@ -1,0 +1,164 @@
+"""Heads and positions: per-head heatmaps over time, and where in the history the
+attention falls.
+
+The position profile (mass by distance from the end, up to 256) lives in the sketch
+payload, which SQL cannot read. What SQL reaches, and what this dashboard shows:
+- a band heatmap from the per-vector metrics kept as columns: mass on the last item
+  (`recency1`), on items 2–5 (`recency5 - recency1`) and on older ones (`1 - recency5`);
+- mean look-back distance and the attention-sink mass, by version;
+- the shift of the full profile against its baseline, `js.position_profile`, per head,
+  from drift_results (the evaluator reads the payload).
+"""
+
+from __future__ import annotations
+
+from dashboards.common import (
+    ALL,
+    COHORT,
+    DEPLOYMENTS,
+    HEAD,
+    LAYER,
+    MODEL,
+    TIME_GROUP,
+    VERSION,
+    mean,
+    series_filter,
+)
+from dashboards.spec import Dashboard, Panel, Query
+
+UID = "attnmon-heads"
+HEAD_LABEL = "'layer ' || layer || ' · head ' || head"
+
+
+def _head_heatmap(key: str, title: str, metric: str, description: str, **kw) -> Panel:
+    sql = (
+        f"SELECT {TIME_GROUP}, {HEAD_LABEL} AS metric, {mean(metric)} AS {metric}\n"
+        f"FROM window_aggregates\nWHERE {series_filter(layer=None, head=None)} AND head <> {ALL}"
+        " AND $__timeFilter(bucket_start)\nGROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return Panel(key, title, "heatmap", (Query(sql),), description, width=12, height=10, **kw)
+
+
+def _line(key: str, title: str, select: str, description: str, **kw) -> Panel:
+    sql = (
+        f"SELECT {TIME_GROUP}, version AS metric, {select}\n"
+        f"FROM window_aggregates\nWHERE {series_filter()} AND $__timeFilter(bucket_start)\n"
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return Panel(key, title, "timeseries", (Query(sql),), description, width=8, **kw)
+
+
+def build() -> Dashboard:
+    entropy = _head_heatmap(
+        "head-entropy", "entropy_norm per head over time", "entropy_norm",
+        "Each row is one head (cohort $cohort, versions $version). A row turning dark is "
+        "a head whose attention collapsed onto few items.",
+        min=0, max=1, report=True,
+    )
+    top1 = _head_heatmap(
+        "head-top1", "Largest weight (top1) per head over time", "top1",
+        "A row turning bright is a head putting most of its attention on one item.",
+        min=0, max=1,
+    )
+    bands = Panel(
+        "position-bands",
+        "Attention by position band (layer $layer, head $head)",
+        "heatmap",
+        (
+            Query(
+                f"SELECT {TIME_GROUP},\n"
+                f"  {mean('recency1')} AS \"last item\",\n"
+                "  (SUM(sum_recency5) - SUM(sum_recency1)) / NULLIF(SUM(n), 0) AS \"items 2-5\",\n"
+                "  (SUM(n) - SUM(sum_recency5)) / NULLIF(SUM(n), 0) AS \"older (6+)\"\n"
+                f"FROM window_aggregates\nWHERE {series_filter()} AND $__timeFilter(bucket_start)\n"
+                "GROUP BY 1 ORDER BY 1"
+            ),
+        ),
+        "Share of attention on the most recent item, on items 2 to 5 back, and on older "
+        "items. A band brightening after a deploy is a recency shift.",
+        min=0,
+        max=1,
+        width=12,
+        height=10,
+        report=True,
+    )
+    profile_shift = Panel(
+        "position-profile-shift",
+        "Position-profile shift vs baseline (JS distance) per head",
+        "heatmap",
+        (
+            Query(
+                f"SELECT $__timeGroupAlias(window_end, $__interval), {HEAD_LABEL} AS metric,"
+                " MAX(value) AS js_position_profile\n"
+                f"FROM drift_results\nWHERE {series_filter(layer=None, head=None)}"
+                " AND statistic = 'js.position_profile' AND $__timeFilter(window_end)\n"
+                "GROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+        ),
+        "Jensen–Shannon distance between each head's full position profile and its "
+        "baseline's (computed by the evaluator from the sketches). The default rule "
+        "alerts above 0.1.",
+        min=0,
+        width=12,
+        height=10,
+        report=True,
+    )
+    distance = _line(
+        "distance", "How far back it looks: mean distance from the end", f"{mean('distance')} AS distance",
+        "Attention-weighted distance from the most recent item (layer $layer, head $head).",
+    )
+    sink = _line(
+        "sink", "Attention sink: mass on the oldest position", f"{mean('sink')} AS sink",
+        "A rise is attention parking on the first position (an attention sink, or padding "
+        "that is not masked).", unit="percentunit",
+    )
+    recency = _line(
+        "recency", "Recency: mass on the last 1 and last 5 items",
+        f"{mean('recency1')} AS recency1, {mean('recency5')} AS recency5",
+        "Share of attention on the most recent item and on the five most recent.",
+        unit="percentunit", min=0, max=1,
+    )
+    diversity = Panel(
+        "head-diversity",
+        "Head diversity per layer (mean pairwise JS distance between heads)",
+        "timeseries",
+        (
+            Query(
+                f"SELECT {TIME_GROUP}, version || ' · layer ' || layer AS metric,"
+                f" {mean('head_diversity')} AS head_diversity\n"
+                f"FROM window_aggregates\nWHERE {series_filter(layer=None, head=ALL)}"
+                " AND $__timeFilter(bucket_start)\nGROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+        ),
+        "Near 0: the layer's heads attend alike (redundant or collapsed heads).",
+        width=12,
+        min=0,
+    )
+    table = Panel(
+        "head-table",
+        "Per-head means over the time range",
+        "table",
+        (
+            Query(
+                "SELECT version, layer, head, SUM(n) AS vectors,\n"
+                + ",\n".join(
+                    f"  {mean(m)} AS {m}"
+                    for m in ("entropy_norm", "top1", "gini", "recency5", "distance", "sink")
+                )
+                + f"\nFROM window_aggregates\nWHERE {series_filter(layer=None, head=None)}"
+                " AND $__timeFilter(bucket_start)\n"
+                "GROUP BY version, layer, head ORDER BY version, LENGTH(layer), layer, head <> '*', LENGTH(head), head",
+                format="table",
+            ),
+        ),
+        width=12,
+    )
+    return Dashboard(
+        UID,
+        "attnmon · Heads and positions",
+        "Per-head attention entropy and concentration over time, and where in the history "
+        "the attention falls.",
+        (MODEL, VERSION, COHORT, LAYER, HEAD),
+        (entropy, top1, bands, profile_shift, distance, sink, recency, diversity, table),
+        (DEPLOYMENTS,),
+    )

@@ -1,0 +1,342 @@
+"""`push` and `annotate` against a local stand-in for Grafana's HTTP API.
+
+The stand-in implements the endpoints attnmon uses as Grafana documents them: a Bearer
+token on every call (401 without), `GET/POST /api/folders`, `GET /api/datasources/uid/:uid`,
+`POST /api/datasources`, `POST /api/dashboards/db` and `POST /api/annotations`, with their
+bodies checked and Grafana's 200/400/404/409/412 answers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from dashboards.annotate import KEY_PREFIX, annotate
+from dashboards.catalog import dashboards
+from dashboards.client import GrafanaError, connect
+from dashboards.provision import connection_for, datasource
+from dashboards.push import push
+from monitor.cli import main
+from monitor.store import make_engine, tables
+
+TOKEN = "glsa_test_token_0123456789"
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+class FakeGrafana:
+    """State and the request log of the stand-in."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.folders: dict[str, dict] = {}
+        self.datasources: dict[str, dict] = {}
+        self.dashboards: dict[str, dict] = {}
+        self.annotations: list[dict] = []
+        self.lock = threading.Lock()
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list[dict]:
+        return [r for r in self.requests if (method is None or r["method"] == method)
+                and (path is None or r["path"].split("?")[0] == path)]
+
+    # -- endpoints: (status, body) ---------------------------------------------------------
+
+    def get_folder(self, uid: str):
+        if uid in self.folders:
+            return 200, self.folders[uid]
+        return 404, {"message": "folder not found", "status": "not-found"}
+
+    def post_folder(self, body: dict):
+        if not isinstance(body.get("title"), str) or not body["title"]:
+            return 400, {"message": "folder title cannot be empty"}
+        uid = body.get("uid") or f"gen{len(self.folders)}"
+        if uid in self.folders:
+            return 409, {"message": "a folder with the same uid already exists"}
+        if any(f["title"] == body["title"] for f in self.folders.values()):
+            return 409, {"message": "a folder with the same name already exists"}
+        folder = {"id": len(self.folders) + 1, "uid": uid, "title": body["title"], "url": f"/dashboards/f/{uid}/"}
+        self.folders[uid] = folder
+        return 200, folder
+
+    def get_datasource(self, uid: str):
+        if uid in self.datasources:
+            return 200, self.datasources[uid]
+        return 404, {"message": "Data source not found"}
+
+    def post_datasource(self, body: dict):
+        missing = [k for k in ("name", "type", "access") if not isinstance(body.get(k), str) or not body[k]]
+        if missing or body["access"] not in ("proxy", "direct"):
+            return 400, {"message": f"bad datasource: {missing or body['access']}"}
+        if any(d["name"] == body["name"] for d in self.datasources.values()):
+            return 409, {"message": "data source with the same name already exists"}
+        uid = body.get("uid") or f"ds{len(self.datasources)}"
+        if uid in self.datasources:
+            return 409, {"message": "data source with the same uid already exists"}
+        ds = {k: v for k, v in body.items() if k != "secureJsonData"} | {"id": len(self.datasources) + 1, "uid": uid}
+        self.datasources[uid] = ds
+        return 200, {"datasource": ds, "id": ds["id"], "message": "Datasource added", "name": ds["name"]}
+
+    def post_dashboard(self, body: dict):
+        board = body.get("dashboard")
+        if not isinstance(board, dict) or not board.get("title") or not board.get("uid"):
+            return 400, {"message": "Dashboard title cannot be empty", "status": "empty-name"}
+        if len(board["uid"]) > 40:
+            return 400, {"message": "uid too long, max 40 characters"}
+        folder = body.get("folderUid")
+        if folder and folder not in self.folders:
+            return 400, {"message": "folder not found", "status": "folder-not-found"}
+        old = self.dashboards.get(board["uid"])
+        if board.get("id") is not None and (old is None or old["id"] != board["id"]):
+            return 404, {"message": "Dashboard not found", "status": "not-found"}
+        if old is not None and not body.get("overwrite"):
+            return 412, {"message": "A dashboard with the same uid already exists", "status": "name-exists"}
+        version = (old["version"] + 1) if old else 1
+        saved = {"id": old["id"] if old else len(self.dashboards) + 1, "uid": board["uid"], "version": version,
+                 "folderUid": folder or "", "dashboard": board}
+        self.dashboards[board["uid"]] = saved
+        slug = board["title"].lower().replace(" ", "-")
+        return 200, {"id": saved["id"], "uid": board["uid"], "url": f"/d/{board['uid']}/{slug}",
+                     "status": "success", "version": version, "slug": slug}
+
+    def post_annotation(self, body: dict):
+        if not isinstance(body.get("time"), int) or body["time"] <= 0:
+            return 400, {"message": "time must be epoch milliseconds"}
+        if not isinstance(body.get("text"), str) or not body["text"]:
+            return 400, {"message": "text field should not be empty"}
+        if not isinstance(body.get("tags", []), list) or not all(isinstance(t, str) for t in body.get("tags", [])):
+            return 400, {"message": "tags must be strings"}
+        uid = body.get("dashboardUID")
+        if uid is not None and uid not in self.dashboards:
+            return 404, {"message": "Dashboard not found"}
+        self.annotations.append(dict(body, id=len(self.annotations) + 1))
+        return 200, {"message": "Annotation added", "id": len(self.annotations)}
+
+
+def _handler(state: FakeGrafana):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _answer(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            with state.lock:
+                state.requests.append({"method": method, "path": self.path, "body": body,
+                                       "auth": self.headers.get("Authorization"),
+                                       "content_type": self.headers.get("Content-Type")})
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._answer(401, {"message": "Unauthorized"})
+                if method == "POST" and self.headers.get("Content-Type", "").split(";")[0] != "application/json":
+                    return self._answer(415, {"message": "expected JSON"})
+                path = self.path.split("?")[0]
+                parts = path.strip("/").split("/")
+                if method == "GET" and parts[:2] == ["api", "folders"] and len(parts) == 3:
+                    return self._answer(*state.get_folder(parts[2]))
+                if method == "POST" and path == "/api/folders":
+                    return self._answer(*state.post_folder(body or {}))
+                if method == "GET" and parts[:3] == ["api", "datasources", "uid"] and len(parts) == 4:
+                    return self._answer(*state.get_datasource(parts[3]))
+                if method == "POST" and path == "/api/datasources":
+                    return self._answer(*state.post_datasource(body or {}))
+                if method == "POST" and path == "/api/dashboards/db":
+                    return self._answer(*state.post_dashboard(body or {}))
+                if method == "POST" and path == "/api/annotations":
+                    return self._answer(*state.post_annotation(body or {}))
+                return self._answer(404, {"message": "Not found"})
+
+        def do_GET(self) -> None:
+            self._route("GET")
+
+        def do_POST(self) -> None:
+            self._route("POST")
+
+    return Handler
+
+
+@pytest.fixture
+def grafana() -> Iterator[tuple[str, FakeGrafana]]:
+    state = FakeGrafana()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+PG = "postgresql+psycopg://admin:adminpw@db.internal:6432/attnmon"
+
+
+def test_push_creates_then_upserts(grafana) -> None:
+    url, state = grafana
+    api = connect(url, TOKEN)
+    body = datasource(connection_for(PG, "attnmon_grafana", "require"), "ro-pw")
+    boards = dashboards()
+    first = push(api, boards, body)
+    assert first.folder_created and first.datasource_created
+    assert [uid for uid, _ in first.dashboards] == [b.uid for b in boards]
+    assert all(r["auth"] == f"Bearer {TOKEN}" for r in state.requests)
+    assert [(r["method"], r["path"]) for r in state.requests[:4]] == [
+        ("GET", "/api/folders/attnmon"),
+        ("POST", "/api/folders"),
+        ("GET", "/api/datasources/uid/attnmon-pg"),
+        ("POST", "/api/datasources"),
+    ]
+    assert state.requests[1]["body"] == {"title": "attnmon", "uid": "attnmon"}
+    ds = state.requests[3]["body"]
+    assert ds["type"] == "grafana-postgresql-datasource" and ds["uid"] == "attnmon-pg"
+    assert ds["url"] == "db.internal:6432" and ds["user"] == "attnmon_grafana"
+    assert ds["jsonData"]["database"] == "attnmon" and ds["secureJsonData"] == {"password": "ro-pw"}
+    saves = state.calls("POST", "/api/dashboards/db")
+    assert len(saves) == 5
+    for r in saves:
+        assert r["body"]["folderUid"] == "attnmon" and r["body"]["overwrite"] is True
+        assert "id" not in r["body"]["dashboard"] or r["body"]["dashboard"]["id"] is None
+    assert {d["folderUid"] for d in state.dashboards.values()} == {"attnmon"}
+
+    state.requests.clear()
+    again = push(api, boards, body)
+    assert not again.folder_created and again.datasource_created is False
+    assert state.calls("POST", "/api/folders") == [] and state.calls("POST", "/api/datasources") == []
+    assert len(state.calls("POST", "/api/dashboards/db")) == 5
+    assert {d["version"] for d in state.dashboards.values()} == {2}  # overwritten, not duplicated
+    assert len(state.dashboards) == 5
+
+
+def test_push_errors_are_one_clear_line(grafana) -> None:
+    url, state = grafana
+    with pytest.raises(GrafanaError) as err:
+        push(connect(url, "wrong-token"), dashboards())
+    assert err.value.status == 401 and "wrong-token" not in str(err.value)
+    assert "\n" not in str(err.value)
+    # a folder titled attnmon under another uid: say so instead of saving elsewhere
+    state.folders["other"] = {"id": 9, "uid": "other", "title": "attnmon", "url": ""}
+    with pytest.raises(GrafanaError, match="another uid"):
+        push(connect(url, TOKEN), dashboards())
+    assert state.calls("POST", "/api/dashboards/db") == []
+
+
+def test_push_cli(grafana, monkeypatch, tmp_path: Path, capsys) -> None:
+    url, state = grafana
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    monkeypatch.setenv("ATTNMON_GRAFANA_DB_PASSWORD", "from-env")
+    monkeypatch.delenv("ATTNMON_GRAFANA_TOKEN", raising=False)
+    args = ["dashboards", "push", "--grafana-url", url, "--token-file", str(token), "--db-url", PG,
+            "--store", f"sqlite:///{tmp_path / 'unused.db'}", "--format", "json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["folder_created"] and out["datasource_created"]
+    assert out["dashboards"][0] == {"uid": "attnmon-overview", "url": "/d/attnmon-overview/attnmon-·-overview"}
+    assert state.calls("POST", "/api/datasources")[0]["body"]["secureJsonData"] == {"password": "from-env"}
+    # no token anywhere: one line on stderr, exit 2
+    assert main(args[:4] + args[6:]) == 2
+    assert "ATTNMON_GRAFANA_TOKEN" in capsys.readouterr().err
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> str:
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(tables.models.insert().values(name="rec", created_at=T0))
+        conn.execute(tables.deployments.insert(), [
+            dict(model="rec", version="v1", first_seen=T0, deployed_at=T0, weights_id=None, source="collector"),
+            dict(model="rec", version="v2", first_seen=T0 + timedelta(hours=2),
+                 deployed_at=T0 + timedelta(hours=2), weights_id="w2", source="manual"),
+        ])
+        conn.execute(tables.alerts.insert().values(
+            fingerprint="a" * 32, rule="AttentionEntropyCollapse", severity="critical",
+            labels={"model": "rec", "version": "v2", "layer": "1", "head": "2", "cohort": "*"},
+            annotations={"summary": "entropy collapsed"}, state="resolved", value=-3.0,
+            active_at=T0 + timedelta(hours=2, minutes=3), fired_at=T0 + timedelta(hours=2, minutes=5),
+            resolved_at=T0 + timedelta(hours=3), last_eval_at=T0 + timedelta(hours=3)))
+    engine.dispose()
+    return sqlite_url
+
+
+def test_annotate_posts_each_event_once(grafana, store: str) -> None:
+    url, state = grafana
+    now = T0 + timedelta(hours=4)
+    engine = make_engine(store)
+    result = annotate(engine, connect(url, TOKEN), since=now - timedelta(days=7), grafana_url=url, now=now)
+    assert (result.posted, result.already) == (4, 0)  # 2 deployments, 1 alert fired and resolved
+    bodies = [r["body"] for r in state.calls("POST", "/api/annotations")]
+    assert [b["time"] for b in bodies] == [
+        int((T0 + d).timestamp() * 1000)
+        for d in (timedelta(0), timedelta(hours=2), timedelta(hours=2, minutes=5), timedelta(hours=3))
+    ]
+    assert bodies[1]["text"] == "rec v2 deployed (manual, weights w2)"
+    assert bodies[1]["tags"] == ["attnmon", "deployment", "model:rec", "version:v2"]
+    assert bodies[2]["tags"][:4] == ["attnmon", "alert", "critical", "AttentionEntropyCollapse"]
+    assert bodies[2]["text"].startswith("AttentionEntropyCollapse firing (critical)")
+    assert "resolved" in bodies[3]["tags"]
+    assert all("dashboardUID" not in b for b in bodies)  # organisation-wide by default
+    engine.dispose()
+
+    # a restart (a new engine, a new client): nothing twice
+    engine = make_engine(store)
+    again = annotate(engine, connect(url, TOKEN), since=now - timedelta(days=7), grafana_url=url, now=now)
+    assert (again.posted, again.already) == (0, 4) and len(state.annotations) == 4
+    with engine.connect() as conn:
+        rows = conn.execute(select(tables.daemon_state).where(
+            tables.daemon_state.c.key.like(KEY_PREFIX + "%"))).mappings().all()
+    assert len(rows) == 4 and {json.loads(r["value"])["id"] for r in rows} == {1, 2, 3, 4}
+
+    # a new deployment: only it; pinned to a dashboard, it names the dashboard
+    state.dashboards["attnmon-overview"] = {"id": 1, "version": 1}
+    with engine.begin() as conn:
+        conn.execute(tables.deployments.insert().values(
+            model="rec", version="v3", first_seen=now, deployed_at=now, source="collector"))
+    third = annotate(engine, connect(url, TOKEN), since=now - timedelta(days=7), grafana_url=url,
+                     dashboard_uid="attnmon-overview", now=now)
+    # another target is another Grafana place: every event goes there once
+    assert third.posted == 5
+    assert state.calls("POST", "/api/annotations")[-1]["body"]["dashboardUID"] == "attnmon-overview"
+    engine.dispose()
+
+
+def test_annotate_retries_what_failed(grafana, store: str) -> None:
+    url, state = grafana
+    now = T0 + timedelta(hours=4)
+    engine = make_engine(store)
+    with pytest.raises(GrafanaError) as err:  # no such dashboard: Grafana answers 404
+        annotate(engine, connect(url, TOKEN), since=now - timedelta(days=1), grafana_url=url,
+                 dashboard_uid="missing", now=now)
+    assert err.value.status == 404
+    with pytest.raises(GrafanaError) as err:  # Grafana down
+        annotate(engine, connect("http://127.0.0.1:9", TOKEN, timeout=2), since=now - timedelta(days=1),
+                 grafana_url="http://127.0.0.1:9", now=now)
+    assert err.value.status == 0
+    result = annotate(engine, connect(url, TOKEN), since=now - timedelta(days=1), grafana_url=url, now=now)
+    assert result.posted == 4
+    engine.dispose()
+
+
+def test_annotate_cli(grafana, store: str, monkeypatch, capsys) -> None:
+    url, state = grafana
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    args = ["dashboards", "annotate", "--grafana-url", url, "--store", store, "--now", "2026-11-20T12:00Z",
+            "--format", "json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"posted": 4, "already": 0}
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"posted": 0, "already": 4}
