@@ -117,3 +117,33 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
     if dup:
         raise ConfigError([("rules", dup, "rule names must be unique")], str(path))
     return parsed.rules
+
+
+def check_templates(rules: list[Rule], path: str | Path) -> None:
+    """Unknown template variables or filters in annotations, named by file, rule and field."""
+    from alerts.template import check
+
+    problems = []
+    for rule in rules:
+        for key, text in rule.annotations.items():
+            for msg in check(text, tuple(rule.labels)):
+                problems.append((f"rule {rule.name}: annotations.{key}", text if len(text) < 80 else text[:77] + "...", msg))
+    if problems:
+        raise ConfigError(problems, str(path))
+
+
+def load_rule_set(paths: list[str] | None = None) -> list[Rule]:
+    """The rules of every file in `paths` (empty or None: the default pack), templates
+    checked; a rule name used in two files is an error naming both."""
+    files = [Path(p) for p in paths] if paths else [DEFAULT_RULES]
+    rules: list[Rule] = []
+    where: dict[str, Path] = {}
+    for path in files:
+        loaded = load_rules(path)
+        check_templates(loaded, path)
+        for rule in loaded:
+            if rule.name in where:
+                raise ConfigError([(f"rule {rule.name}: name", rule.name, f"also defined in {where[rule.name]}")], str(path))
+            where[rule.name] = path
+        rules += loaded
+    return rules

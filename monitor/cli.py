@@ -299,10 +299,16 @@ def _register_rollback(commands: argparse._SubParsersAction) -> None:
     cli_rollback.register(commands, add_command)
 
 
+def _register_alerts(commands: argparse._SubParsersAction) -> None:
+    from monitor import cli_alerts
+
+    cli_alerts.register(commands, add_command)
+
 
 REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_db,
     _register_evaluation,
+    _register_alerts,
     _register_rollback,
     _register_maintain,
     _register_demo,

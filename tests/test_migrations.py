@@ -25,7 +25,7 @@ def test_empty_head_base_head_on_sqlite(
 
 
 def test_sqlite_url_fixture_is_at_head(sqlite_url: str) -> None:
-    assert migrate.current(sqlite_url) == migrate.head_revision() == "0002"
+    assert migrate.current(sqlite_url) == migrate.head_revision() == "0003"
     migrate.check(sqlite_url)
 
 

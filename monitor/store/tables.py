@@ -242,3 +242,67 @@ daemon_state = Table(
     Column("value", Text, nullable=False),
     Column("updated_at", TS, nullable=False),
 )
+
+# --- alerts (migration 0003) ---------------------------------------------------------
+
+# One row per alert (a rule on one series), reused across its incidents: the state
+# machine of alerts/state.py. Times are the evaluated windows' ends (the data's time).
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("fingerprint", String(32), primary_key=True),  # hash of rule + series labels
+    Column("rule", String(120), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("annotations", JSON, nullable=False),
+    Column("state", String(16), nullable=False),  # inactive | pending | firing | resolved
+    Column("value", Float(53)),
+    Column("baseline_value", Float(53)),
+    Column("active_at", TS),  # the incident began (went pending)
+    Column("fired_at", TS),
+    Column("resolved_at", TS),
+    Column("last_true_at", TS),
+    Column("last_eval_at", TS, nullable=False),
+    Index(None, "state"),
+)
+
+# The outbox: one row per (alert transition, receiver). The unique key makes a re-run
+# of the same transition (a crash before the watermark moved) enqueue nothing.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(32), nullable=False),
+    Column("rule", String(120), nullable=False),
+    Column("receiver", String(120), nullable=False),
+    Column("group_key", String(1000), nullable=False),
+    Column("transition", String(16), nullable=False),  # firing | resolved
+    Column("active_at", TS, nullable=False),  # the alert's incident
+    Column("event_at", TS, nullable=False),  # when it fired or resolved
+    Column("dedup_key", String(64), nullable=False),  # one per group incident
+    Column("payload", JSON, nullable=False),  # the alert as it was at the transition
+    Column("status", String(16), nullable=False),  # pending | delivered | failed | silenced
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", TS, nullable=False),
+    Column("last_attempt_at", TS),
+    Column("last_error", Text),  # one line, never a secret
+    Column("created_at", TS, nullable=False),
+    Column("delivered_at", TS),
+    UniqueConstraint("fingerprint", "receiver", "transition", "active_at", name="uq_notifications_transition"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "receiver", "group_key"),
+    Index(None, "created_at"),
+)
+
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("matchers", JSON, nullable=False),  # [{"name", "op", "value"}], all must match
+    Column("starts_at", TS, nullable=False),
+    Column("ends_at", TS, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Index(None, "ends_at"),
+)

@@ -1,0 +1,132 @@
+"""After an evaluation cycle: load, decide (alerts/state.py), store, enqueue — in one transaction.
+
+    >>> evaluate_alerts(engine, rules, config.alerts, window_start, window_end, now)  # doctest: +SKIP
+    AlertCycle(window_end=..., evaluated=True, transitions=(...), enqueued=3)
+
+The rows of the window (drift_results at its end, plus the synthetic health statistics
+of alerts/health.py) go through the state machine at `window_end`; the alerts it
+touched, the outbox rows of its transitions and the alerts watermark (`daemon_state`
+key `alerts.watermark`) commit together. A window at or before the watermark was
+evaluated already: a second call (the daemon re-running a window after a crash) does
+nothing, so nothing is ever enqueued twice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from alerts import health, outbox
+from alerts.config import AlertsConfig
+from alerts.rules import Rule
+from alerts.state import ACTIVE, AlertState, Phase, Transition, evaluate, observations
+from monitor.store import tables as t
+from monitor.store.maintenance import as_utc
+
+WATERMARK_KEY = "alerts.watermark"
+_DRIFT = ("model", "version", "cohort", "layer", "head", "baseline_kind", "statistic", "value",
+          "baseline_value", "n_current", "n_baseline", "detail")
+
+
+@dataclass(frozen=True)
+class AlertCycle:
+    window_end: datetime
+    evaluated: bool  # False: this window had been evaluated already
+    transitions: tuple[Transition, ...] = ()
+    enqueued: int = 0  # new outbox rows
+
+
+def _watermark(conn: Connection) -> datetime | None:
+    ds = t.daemon_state
+    value = conn.execute(select(ds.c.value).where(ds.c.key == WATERMARK_KEY)).scalar()
+    return as_utc(datetime.fromisoformat(value)) if value else None
+
+
+def _set_watermark(conn: Connection, end: datetime, now: datetime) -> None:
+    ds = t.daemon_state
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[conn.dialect.name]
+    stmt = insert(ds).values(key=WATERMARK_KEY, value=as_utc(end).isoformat(timespec="seconds"), updated_at=now)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[ds.c.key], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        where=ds.c.value < stmt.excluded.value,
+    ))
+
+
+def read_watermark(engine: Engine) -> datetime | None:
+    with engine.connect() as conn:
+        return _watermark(conn)
+
+
+def _rows(conn: Connection, rules: list[Rule], window_end: datetime, window_start: datetime,
+          now: datetime) -> list[dict]:
+    dr = t.drift_results
+    stats = conn.execute(select(dr.c.statistic).where(dr.c.window_end == window_end).distinct()).scalars().all()
+    wanted = [s for s in stats if any(fnmatch.fnmatchcase(s, r.statistic) for r in rules)]
+    rows: list[dict] = []
+    for i in range(0, len(wanted), 500):
+        q = select(*[dr.c[c] for c in _DRIFT]).where(dr.c.window_end == window_end,
+                                                     dr.c.statistic.in_(wanted[i : i + 500]))
+        rows += [dict(r) for r in conn.execute(q).mappings()]
+    synthetic = tuple(s for s in health.STATISTICS if any(fnmatch.fnmatchcase(s, r.statistic) for r in rules))
+    if synthetic:
+        rows += health.health_rows(conn, window_start, window_end, now, synthetic)
+    return rows
+
+
+def _state_of(r) -> AlertState:
+    ts = {k: as_utc(r[k]) if r[k] is not None else None
+          for k in ("active_at", "fired_at", "resolved_at", "last_true_at", "last_eval_at")}
+    phase = Phase(r["state"], ts["active_at"], ts["fired_at"], ts["resolved_at"], ts["last_true_at"])
+    return AlertState(r["fingerprint"], r["rule"], r["severity"], dict(r["labels"]), dict(r["annotations"]),
+                      phase, r["value"], r["baseline_value"], ts["last_eval_at"])
+
+
+def _prior(conn: Connection, fingerprints: Iterable[str]) -> dict[str, AlertState]:
+    al = t.alerts
+    fps = sorted(fingerprints)
+    out = {r["fingerprint"]: _state_of(r) for r in conn.execute(select(al).where(al.c.state.in_(ACTIVE))).mappings()}
+    for i in range(0, len(fps), 500):
+        q = select(al).where(al.c.fingerprint.in_(fps[i : i + 500]), al.c.state.not_in(ACTIVE))
+        out.update({r["fingerprint"]: _state_of(r) for r in conn.execute(q).mappings()})
+    return out
+
+
+def _values(a: AlertState) -> dict:
+    p = a.phase
+    return {
+        "rule": a.rule, "severity": a.severity, "labels": dict(a.labels), "annotations": dict(a.annotations),
+        "state": p.state, "value": outbox._num(a.value), "baseline_value": outbox._num(a.baseline_value),
+        "active_at": p.active_at, "fired_at": p.fired_at, "resolved_at": p.resolved_at,
+        "last_true_at": p.last_true_at, "last_eval_at": a.last_eval_at,
+    }
+
+
+def evaluate_alerts(engine: Engine, rules: Iterable[Rule], config: AlertsConfig, window_start: datetime,
+                    window_end: datetime, now: datetime | None = None) -> AlertCycle:
+    """Alert states after the window ending `window_end`; `now` (default: window_end) is
+    when this runs, for the outbox's due times and the notification health statistic."""
+    rules = list(rules)
+    start, end = as_utc(window_start), as_utc(window_end)
+    now = as_utc(now) if now is not None else end
+    with engine.begin() as conn:
+        wm = _watermark(conn)
+        if wm is not None and end <= wm:
+            return AlertCycle(end, False)
+        seen = observations(rules, _rows(conn, rules, end, start, now), (start, end))
+        prior = _prior(conn, seen)
+        step = evaluate(rules, seen, prior, end, external_url=config.external_url)
+        al = t.alerts
+        for a in step.alerts:
+            if a.fingerprint in prior:
+                conn.execute(update(al).where(al.c.fingerprint == a.fingerprint).values(**_values(a)))
+            else:
+                conn.execute(al.insert().values(fingerprint=a.fingerprint, **_values(a)))
+        enqueued = outbox.enqueue(conn, step.transitions, config.route, now)
+        _set_watermark(conn, end, now)
+    return AlertCycle(end, True, step.transitions, enqueued)

@@ -1,0 +1,28 @@
+"""The alerting store code on a real PostgreSQL: the outbox and health tests of
+tests/test_alerts_outbox.py and tests/test_alerts_health.py, run against it."""
+
+from __future__ import annotations
+
+import pytest
+from test_alerts_health import (  # noqa: F401
+    test_no_data_fires_after_ten_minutes_and_resolves_when_data_is_back,
+    test_notifications_failing_fires_per_receiver_and_resolves,
+    test_rejecting_collectors_fire_after_for_with_the_reasons,
+)
+from test_alerts_outbox import (  # noqa: F401
+    store,
+    test_a_receiver_failing_n_times_then_succeeding_gets_it_once,
+    test_a_restart_loses_nothing_and_repeats_only_under_the_same_dedup_key,
+    test_alertmanager_receivers_get_firing_alerts_re_sent,
+    test_dedup_keys_follow_group_incidents_and_context_keeps_a_group_firing,
+    test_max_age_or_a_permanent_error_marks_failed_with_the_error_and_no_secret,
+    test_one_deploy_shifting_40_series_is_one_notification_per_receiver,
+    test_prune_keeps_what_still_fires,
+    test_routing_by_severity_and_labels_with_continue,
+    test_silences_stop_notifications_not_evaluation_and_expire,
+)
+
+
+@pytest.fixture
+def store_url(pg_clean_url):
+    return pg_clean_url

@@ -1,0 +1,149 @@
+"""`attnmon alerts ...` through `main(argv)`: check, list, test, silence, silences, unsilence."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from alerting import FakeReceiver, at, config, cycle, failing, rule, shifted_rows
+
+from monitor.cli import main
+from monitor.store import make_engine
+
+BAD_RULES = """\
+rules:
+  - name: Fine
+    statistic: psi.entropy_norm
+    op: ">"
+    threshold: 0.25
+  - name: Typos
+    statistic: psi.entropy_norm
+    op: "=>"
+    threshold: high
+    severty: critical
+  - name: BadTemplate
+    statistic: js.position_profile
+    op: ">"
+    threshold: 0.1
+    for: 5 minutes
+    annotations:
+      summary: "{{seris}} moved by {{value|percent}}"
+"""
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_accepts_the_default_pack_and_names_file_rule_and_field(tmp_path, capsys, clean_env):
+    code, out, _ = run(capsys, "alerts", "check", str(Path(__file__).parents[1] / "alerts/rules/default.yaml"))
+    assert code == 0 and "10 rules OK" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_RULES)
+    code, _, err = run(capsys, "alerts", "check", str(bad))
+    assert code == 2
+    assert err.startswith(f"attnmon: error: {bad}: ")
+    for field in ("rule Typos: op=", "rule Typos: threshold='high'", "rule Typos: severty=",
+                  "rule BadTemplate: for='5 minutes'"):
+        assert field in err, field
+    # schema errors first; with the schema fixed, templates are checked
+    bad.write_text(BAD_RULES.replace('"=>"', '">"').replace("high", "1").replace("    severty: critical\n", "")
+                   .replace("5 minutes", "5m"))
+    code, _, err = run(capsys, "alerts", "check", str(bad))
+    assert code == 2 and "rule BadTemplate: annotations.summary=" in err
+    assert "unknown variable {{seris}}" in err and "unknown filter |percent" in err
+    code, _, err = run(capsys, "alerts", "check", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "missing.yaml" in err
+
+
+def write_config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "attnmon.yaml"
+    path.write_text(yaml.safe_dump({
+        "store_url": url,
+        "alerts": {
+            "external_url": "https://viewer:GRAFANA_PASSWORD@grafana.example",
+            "receivers": [
+                {"name": "pager", "pagerduty": {"routing_key": {"env": "PD_KEY"}}},
+                {"name": "hook", "webhook": {"url_secret": {"file": str(tmp_path / "hook-url")}}},
+            ],
+            "route": {"receiver": "pager"},
+        },
+    }))
+    return path
+
+
+def test_list_shows_active_and_recently_resolved_alerts_without_secrets(tmp_path, capsys, clean_env, sqlite_url):
+    cfg_path = write_config(tmp_path, sqlite_url)
+    engine = make_engine(sqlite_url)
+    cfg = config(external_url="https://viewer:GRAFANA_PASSWORD@grafana.example")
+    rules = [rule(**{"for": "0s", "keep_firing_for": "0s"}), rule("Slow", **{"for": "10m"})]
+    cycle(engine, rules, cfg, 0, shifted_rows(0, heads=[2, 3]))
+    cycle(engine, rules, cfg, 1, shifted_rows(1, heads=[2]))
+    engine.dispose()
+    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    # resolved more than an hour ago (the windows are in 2026): not shown
+    assert [(d["alertname"], d["state"], d["labels"]["head"]) for d in data] == [
+        ("Collapse", "firing", "2"), ("Slow", "pending", "2")]
+    assert data[0]["annotations"]["summary"] == "m@v2 layer 1 head 2: entropy moved -3 SDs"
+    assert data[0]["annotations"]["dashboard"].startswith("https://grafana.example/d/attnmon-overview?")
+    assert data[0]["recently_resolved"] is False and data[0]["fired_at"] == at(0).isoformat()
+    assert "GRAFANA_PASSWORD" not in out
+    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "100000d")
+    assert code == 0 and out.splitlines()[-1].startswith("resolved critical  Collapse")
+
+
+def test_test_sends_through_the_receiver_and_exits_2_with_its_error(tmp_path, capsys, clean_env, sqlite_url, monkeypatch):
+    cfg_path = write_config(tmp_path, sqlite_url)
+    built = {}
+
+    def build(rc):
+        built[rc.name] = FakeReceiver(rc.name, failing(1, "HTTP 400: invalid routing key", retry=False)
+                                      if rc.name == "hook" else [])
+        return built[rc.name]
+
+    monkeypatch.setitem(sys.modules, "alerts.receivers", types.SimpleNamespace(build=build))
+    code, out, err = run(capsys, "alerts", "test", "--receiver", "pager", "--resolve", "--config", str(cfg_path))
+    assert code == 0 and out == "sent a test notification to pager (pagerduty), then its resolution\n"
+    assert [n.status for n in built["pager"].sent] == ["firing", "resolved"]
+    note = built["pager"].sent[0]
+    assert note.alerts[0].labels["alertname"] == "AttnmonTestNotification" and note.external_url == "https://grafana.example"
+    code, out, err = run(capsys, "alerts", "test", "--receiver", "hook", "--config", str(cfg_path))
+    assert code == 2 and err == ("attnmon: error: receiver hook (webhook): HTTP 400: invalid routing key "
+                                 "(permanent: fix the receiver's settings)\n")
+    code, _, err = run(capsys, "alerts", "test", "--receiver", "nope", "--config", str(cfg_path))
+    assert code == 2 and "known: ['hook', 'pager']" in err
+
+
+def test_silence_silences_unsilence(capsys, clean_env, sqlite_url):
+    code, out, _ = run(capsys, "alerts", "silence", "--store", sqlite_url, "--match", "model=m",
+                       "--match", "head=~[23]", "--for", "2h", "--comment", "deploy of v3", "--author", "alice")
+    assert code == 0
+    sid = out.strip()
+    assert len(sid) == 36
+    code, out, _ = run(capsys, "alerts", "silences", "--store", sqlite_url, "--format", "json")
+    (s,) = json.loads(out)
+    assert (s["id"], s["matchers"], s["created_by"], s["comment"], s["active"]) == (
+        sid, ["model=m", "head=~[23]"], "alice", "deploy of v3", True)
+    assert run(capsys, "alerts", "unsilence", "--store", sqlite_url, sid)[:2] == (0, f"expired silence {sid}\n")
+    assert json.loads(run(capsys, "alerts", "silences", "--store", sqlite_url, "--format", "json")[1]) == []
+    code, out, _ = run(capsys, "alerts", "silences", "--store", sqlite_url, "--all")
+    assert code == 0 and out.startswith(f"{sid}  expired model=m head=~[23]")
+    code, _, err = run(capsys, "alerts", "unsilence", "--store", sqlite_url, sid)
+    assert code == 2 and "no running silence" in err
+    for bad in (["--match", "model"], ["--match", "model=m", "--for", "soon"]):
+        argv = ["alerts", "silence", "--store", sqlite_url, "--for", "1h", "--comment", "x", *bad]
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and err.startswith("attnmon: error: argument: --")
+
+
+@pytest.mark.parametrize("argv", [["alerts"], ["alerts", "silence", "--for", "1h"]])
+def test_usage_errors_exit_2(argv, capsys, clean_env):
+    assert main(argv) == 2

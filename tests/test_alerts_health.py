@@ -1,0 +1,106 @@
+"""The default pack's rules on the monitor's own health fire on constructed situations:
+no data, collectors rejecting input, notifications failing (alerts/health.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from alerting import T0, FakeReceiver, at, config, cycle, drift_row, failing, rule
+
+from alerts import health
+from alerts.outbox import Outbox
+from alerts.rules import load_rule_set
+from collectors import AttentionCollector
+from monitor.store import make_engine
+
+
+@pytest.fixture
+def store_url(sqlite_url):
+    return sqlite_url  # tests/postgres/test_alerts_pg.py gives a PostgreSQL one
+
+
+@pytest.fixture
+def store(store_url):
+    engine = make_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+def produce(url: str, minutes: range, nan_share: float = 0.0, rate: int = 20) -> None:
+    """`rate` requests a minute of model m v1; from minute 10 on, `nan_share` of them
+    carry NaN weights. The collector's clock follows the minutes (its health rows too)."""
+    rng = np.random.default_rng(0)
+    clock = [T0.timestamp()]
+    with AttentionCollector(url, model="m", version="v1", sample_rate=0, clock=lambda: clock[0]) as c:
+        for m in minutes:
+            clock[0] = T0.timestamp() + 60 * m + 30
+            w = rng.dirichlet(np.ones(8), size=(rate, 2)).astype(np.float32)
+            if m >= 10:
+                w[: int(rate * nan_share), 0, 0] = np.nan
+            c.observe_batch(w, item_ids=rng.integers(0, 50, (rate, 8)), cohorts="web", timestamps=clock[0])
+            c.flush()
+
+
+def transitions(store, rules, cfg, minutes, name):
+    out = []
+    for m in minutes:
+        for tr in cycle(store, rules, cfg, m).transitions:
+            if tr.alert.rule == name:
+                out.append((tr.kind, (tr.at - T0) / timedelta(minutes=1), tr.alert))
+    return out
+
+
+def test_no_data_fires_after_ten_minutes_and_resolves_when_data_is_back(store_url, store):
+    produce(store_url, range(0, 20))  # data for minutes 0..19 (the last one ends at 20)
+    rules, cfg = load_rule_set(), config(())
+    got = transitions(store, rules, cfg, range(5, 40), "NoAttentionData")
+    produce(store_url, range(40, 42))
+    got += transitions(store, rules, cfg, range(40, 50), "NoAttentionData")
+    assert [(k, m) for k, m, _ in got] == [("firing", 30.0), ("resolved", 45.0)]  # data again in the window ending 41; keep_firing_for 5m after the last true (40)
+    alert = got[0][2]
+    assert alert.labels == {"alertname": "NoAttentionData", "severity": "warning", "model": "m", "version": "*",
+                            "cohort": "*", "layer": "*", "head": "*", "baseline_kind": "none",
+                            "statistic": "health.no_data_minutes"}
+    assert alert.annotations["summary"] == "m: no attention data for 10 minutes (last: 2026-11-20 08:20 UTC)"
+
+
+def test_rejecting_collectors_fire_after_for_with_the_reasons(store_url, store):
+    produce(store_url, range(0, 40), nan_share=0.25)
+    rules, cfg = load_rule_set(), config(())
+    with store.connect() as conn:
+        (row,) = health.rejected_ratio(conn, at(10), at(25))
+    assert row["value"] == 0.25 and row["n_current"] == 300 and row["detail"]["top_reason"] == "nan"
+    got = transitions(store, rules, cfg, range(5, 40), "CollectorRejectingInput")
+    # the 15-minute window's ratio passes 5% at minute 13 (15 of 260); for 5m
+    assert [(k, m) for k, m, _ in got] == [("firing", 18.0)]
+    alert = got[0][2]
+    assert (alert.labels["model"], alert.labels["version"]) == ("m", "v1")
+    assert alert.annotations["summary"].startswith("m@v1: collectors reject 13.3% of attention vectors (by reason: nan 40")
+
+
+def test_notifications_failing_fires_per_receiver_and_resolves(store):
+    drift = rule(**{"for": "0s", "keep_firing_for": "1h"})
+    rules = [drift, *[r for r in load_rule_set() if r.name == "NotificationsFailing"]]
+    cfg = config(("pager", "backup"), route={"receiver": "pager", "group_wait_s": 0, "routes": [
+        {"match": {"alertname": "NotificationsFailing"}, "receiver": "backup", "group_wait_s": 0}]},
+        delivery={"backoff_initial_s": 1, "backoff_max_s": 1})
+    pager = FakeReceiver("pager", failing(3, "HTTP 503 from https://events.example/v2/enqueue?key=SECRET"))
+    backup = FakeReceiver("backup")
+    box = Outbox(store, cfg, {"pager": pager, "backup": backup})
+    fired = []
+    for m in range(0, 30):
+        c = cycle(store, rules, cfg, m, [drift_row(at(m), -3.0)], now=at(m))
+        fired += [(tr.kind, (tr.at - T0) / timedelta(minutes=1), tr.alert) for tr in c.transitions
+                  if tr.alert.rule == "NotificationsFailing"]
+        box.deliver(at(m) + timedelta(seconds=10))  # fails at 0, 1, 2; delivered at 3
+    # three failed tries by the cycle of minute 3 (counted in the window ending then);
+    # delivered at 3, so false from minute 4; resolved 15 minutes after the last true
+    assert [(k, m) for k, m, _ in fired] == [("firing", 3.0), ("resolved", 18.0)]
+    alert = fired[0][2]
+    assert alert.labels["receiver"] == "pager" and alert.labels["severity"] == "critical"
+    assert alert.annotations["summary"] == (
+        "attnmon cannot deliver notifications to pager (1 failing; last error: HTTP 503 from https://events.example)")
+    assert [a.rule for n in backup.sent for a in n.alerts] == ["NotificationsFailing"] * 2
+    assert [n.status for n in backup.sent] == ["firing", "resolved"]

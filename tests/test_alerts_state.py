@@ -1,0 +1,221 @@
+"""The pure side of alerting: the state machine, fingerprints, templates, routing, matchers.
+No store: every cycle is a call with a simulated `now`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from alerting import at, drift_row, rule
+
+from alerts.config import AlertsConfig, Route
+from alerts.routing import route
+from alerts.silences import Matcher, parse_matcher
+from alerts.state import AlertState, evaluate, fingerprint, observations
+from alerts.template import check, dashboard_url, fmt, render, series_text
+from monitor.errors import ConfigError
+
+SERIES = {"model": "m", "version": "v2", "cohort": "*", "layer": "1", "head": "2",
+          "baseline_kind": "trailing", "statistic": "delta.entropy_norm"}
+
+
+def run(rules, truth, minutes, external_url=None, value=-3.0):
+    """Cycles at the given minutes; `truth(m)` says whether the series crosses.
+    Returns the transitions [(kind, minute)] and the final states."""
+    state: dict[str, AlertState] = {}
+    out = []
+    for m in minutes:
+        rows = [drift_row(at(m), value if truth(m) else 0.0)]
+        step = evaluate(rules, observations(rules, rows, (at(m) - timedelta(minutes=15), at(m))), state, at(m),
+                        external_url=external_url)
+        state.update({a.fingerprint: a for a in step.alerts})
+        out += [(t.kind, (t.at - at(0)) / timedelta(minutes=1)) for t in step.transitions]
+    return out, state
+
+
+def test_pending_then_firing_after_for_then_resolved_after_keep_firing_for():
+    r = rule(**{"for": "2m", "keep_firing_for": "10m"})
+    truth = {1, 2, 3, 4, 5, 6, 25}.__contains__
+    transitions, state = run([r], truth, range(0, 40))
+    # pending at 1, firing at 1 + 2; last true at 6, resolved at 6 + 10; the pending
+    # incident at 25 clears at 26 and is dropped without a transition
+    assert transitions == [("firing", 3.0), ("resolved", 16.0)]
+    (alert,) = state.values()
+    assert alert.state == "inactive" and alert.phase.active_at == at(25)
+
+
+def test_pending_states_and_times_cycle_by_cycle():
+    r = rule(**{"for": "2m", "keep_firing_for": "0s"})
+    states = []
+    state: dict[str, AlertState] = {}
+    for m, true in enumerate([False, True, True, True, False, True]):
+        step = evaluate([r], observations([r], [drift_row(at(m), -3.0 if true else 0.0)]), state, at(m))
+        state.update({a.fingerprint: a for a in step.alerts})
+        states.append(next(iter(state.values())).state if state else "inactive")
+    assert states == ["inactive", "pending", "pending", "firing", "resolved", "pending"]
+    a = next(iter(state.values()))
+    assert (a.phase.active_at, a.phase.fired_at, a.phase.resolved_at) == (at(5), None, None)
+
+
+def test_a_flapping_condition_fires_once_and_resolves_once():
+    r = rule(**{"for": "0s", "keep_firing_for": "10m"})
+    transitions, _ = run([r], lambda m: m < 60 and m % 2 == 0, range(0, 90))
+    assert transitions == [("firing", 0.0), ("resolved", 68.0)]  # last true at 58
+
+
+def test_a_flapping_condition_never_outlasts_for():
+    # Prometheus' semantics: each false cycle drops the pending alert
+    transitions, _ = run([rule(**{"for": "2m"})], lambda m: m % 2 == 0, range(0, 30))
+    assert transitions == []
+
+
+def test_for_zero_fires_on_the_first_true_cycle_and_a_removed_rule_resolves_at_once():
+    r = rule(**{"for": "0s", "keep_firing_for": "30m"})
+    transitions, state = run([r], lambda m: True, [0, 1])
+    assert transitions == [("firing", 0.0)]
+    step = evaluate([], {}, state, at(2))  # the rule left the pack
+    assert [(t.kind, t.at) for t in step.transitions] == [("resolved", at(2))]
+
+
+def test_labels_annotations_and_values_of_the_last_true_cycle_are_kept():
+    r = rule(labels={"team": "recsys", "severity": "info"}, **{"for": "0s", "keep_firing_for": "10m"})
+    _, state = run([r], lambda m: m == 0, [0, 1, 2], external_url="https://grafana.example")
+    (a,) = state.values()
+    assert a.state == "firing" and a.value == -3.0
+    assert a.labels == {**SERIES, "alertname": "Collapse", "severity": "critical", "team": "recsys"}
+    assert a.annotations["summary"] == "m@v2 layer 1 head 2: entropy moved -3 SDs"
+    assert a.annotations["dashboard"].startswith("https://grafana.example/d/attnmon-overview?var-model=m&var-version=v2&from=")
+
+
+def test_fingerprint_is_stable_and_identifies_rule_and_series():
+    assert fingerprint("AttentionEntropyCollapse", SERIES) == "1f4867fa5daedd9d"  # never changes
+    assert fingerprint("AttentionEntropyCollapse", dict(reversed(list(SERIES.items())))) == "1f4867fa5daedd9d"
+    assert fingerprint("AttentionEntropyCollapse", {**SERIES, "head": "3"}) != "1f4867fa5daedd9d"
+    assert fingerprint("PostDeploymentShift", SERIES) != "1f4867fa5daedd9d"
+    # the rule's labels, severity, threshold and annotations are not part of it
+    rows = [drift_row(at(0), -3.0)]
+    a = observations([rule()], rows)
+    b = observations([rule(threshold=-2.0, severity="warning", labels={"x": "y"}, annotations={})], rows)
+    assert list(a) == list(b) == [fingerprint("Collapse", SERIES)]
+
+
+def test_a_glob_rule_makes_one_alert_per_statistic_and_match_selects_series():
+    r = rule("Movers", statistic="mover.attr.*", op=">", threshold=0.05, match={"layer": "1", "baseline_kind": "prev*"})
+    rows = [drift_row(at(0), 0.2, statistic="mover.attr.brand", baseline_kind="previous_version"),
+            drift_row(at(0), 0.2, statistic="mover.attr.category", baseline_kind="previous_version"),
+            drift_row(at(0), 0.2, statistic="mover.attr.brand", baseline_kind="trailing"),
+            drift_row(at(0), 0.2, statistic="mover.attr.brand", layer="0", baseline_kind="previous_version"),
+            drift_row(at(0), 0.01, statistic="mover.attr.price", baseline_kind="previous_version")]
+    seen = observations([r], rows)
+    assert sorted(o.series["statistic"] for o in seen.values()) == ["mover.attr.brand", "mover.attr.category"]
+
+
+def test_min_samples_and_compare_change():
+    r = rule("Conc", statistic="items.top10_share", compare="change", op=">", threshold=0.05, min_samples=300)
+    rows = [drift_row(at(0), 0.30, statistic="items.top10_share", baseline_value=0.20, head="1"),
+            drift_row(at(0), 0.30, statistic="items.top10_share", baseline_value=0.28, head="2"),
+            drift_row(at(0), 0.30, statistic="items.top10_share", baseline_value=0.20, head="3", n=100)]
+    assert [o.series["head"] for o in observations([r], rows).values()] == ["1"]
+
+
+# --- templates ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x, text", [
+    (-3.21493, "-3.21"), (0.26312, "0.263"), (17.0, "17"), (1234.5, "1,234"), (12, "12"),
+    (0.0, "0"), (2.5e-05, "2.5e-05"), (None, "n/a"), (float("nan"), "nan"), (0.04999, "0.05"),
+])
+def test_numbers_are_formatted_for_people(x, text):
+    assert fmt(x) == text
+
+
+def test_render_fills_values_labels_detail_and_pct():
+    ctx = {"series": "m@v2 layer 1 head 0", "value": 0.4812, "baseline_value": 0.09, "model": "m",
+           "detail": {"value": "brand007", "share": 0.31, "baseline_share": 0.04}}
+    assert render("{{ series }}: {{value|pct}} (was {{baseline_value|pct}}) in {{model}}", ctx) == \
+        "m@v2 layer 1 head 0: 48.1% (was 9%) in m"
+    assert render("{{detail.value}} {{detail.baseline_share|pct}} → {{detail.share|pct}}", ctx) == "brand007 4% → 31%"
+    assert render("{{detail.missing}} {{version}}", {}) == "n/a n/a"
+
+
+def test_series_text_leaves_roll_ups_out():
+    assert series_text(SERIES) == "m@v2 layer 1 head 2"
+    assert series_text({**SERIES, "head": "*", "cohort": "ios"}) == "m@v2 layer 1 (all heads) (cohort ios)"
+    assert series_text({**SERIES, "version": "*", "layer": "*", "head": "*"}) == "m"
+    assert series_text({"model": "*", "receiver": "slack"}) == "attnmon receiver slack"
+
+
+def test_template_check_names_unknown_variables_and_filters():
+    assert check("{{series}} {{value|pct}} {{detail.x}} {{team}}", ("team",)) == []
+    problems = check("{{seris}} {{value|percent}} {{ broken")
+    assert any("unknown variable {{seris}}" in p for p in problems)
+    assert any("unknown filter |percent" in p for p in problems)
+    assert any("unbalanced" in p for p in problems)
+
+
+def test_dashboard_link_never_carries_credentials():
+    url = dashboard_url("https://admin:s3cret@grafana.example:3000/", {"model": "m", "version": "v 2"}, at(60))
+    assert url == ("https://grafana.example:3000/d/attnmon-overview?var-model=m&var-version=v+2"
+                   f"&from={int(at(0).timestamp()) * 1000}&to=now")
+    assert "s3cret" not in url and "admin" not in url
+
+
+# --- routing ------------------------------------------------------------------------
+
+
+def tree() -> Route:
+    return AlertsConfig.model_validate({
+        "receivers": [{"name": n, "webhook": {"url": "http://x"}} for n in ("slack", "pager", "search", "mail")],
+        "route": {"receiver": "slack", "group_by": ["alertname"], "routes": [
+            {"match": {"severity": "critical"}, "receiver": "pager", "continue": True, "group_by": ["model"]},
+            {"match": {"model": "search-*"}, "receiver": "search"},
+            {"match": {"severity": "critical"}, "receiver": "mail"},
+        ]},
+    }).route
+
+
+@pytest.mark.parametrize("labels, receivers", [
+    ({"severity": "critical", "model": "m"}, ["pager", "mail"]),
+    ({"severity": "warning", "model": "m"}, ["slack"]),
+    ({"severity": "critical", "model": "search-1"}, ["pager", "search"]),
+    ({"severity": "warning", "model": "search-1"}, ["search"]),
+])
+def test_routing_by_severity_and_labels_with_continue(labels, receivers):
+    assert [t.receiver for t in route(tree(), {"alertname": "A", **labels})] == receivers
+
+
+def test_group_keys_hold_the_route_and_its_group_by_labels():
+    targets = route(tree(), {"alertname": "A", "severity": "critical", "model": "m"})
+    assert [t.group_key for t in targets] == ['root.0:{model="m"}', 'root.2:{alertname="A",model="m",version=""}']
+    assert targets[0].group_labels == {"model": "m"}
+    assert route(Route(), {"alertname": "A"}) == []  # no receiver anywhere: nobody to tell
+
+
+# --- silence matchers -----------------------------------------------------------------
+
+
+def test_matchers():
+    assert parse_matcher("model=demo") == Matcher("model", "=", "demo")
+    assert parse_matcher("head!=*") == Matcher("head", "!=", "*")
+    assert parse_matcher("version=~v2\\..*").matches({"version": "v2.1"})
+    assert not parse_matcher("version!~v2.*").matches({"version": "v2.1"})
+    assert parse_matcher("cohort=*").matches({"cohort": "*"}) and not parse_matcher("cohort=*").matches({"cohort": "ios"})
+    for bad in ("model", "=x", "a b=c", "x=~("):
+        with pytest.raises(ConfigError, match="--match"):
+            parse_matcher(bad)
+
+
+def test_the_decision_modules_import_no_sql():
+    code = ("import sys, alerts.state, alerts.template, alerts.routing; "
+            "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_exports_resolve_lazily():
+    import alerts
+
+    assert alerts.__all__ == ["AlertService", "AlertView", "DeliveryError", "Notification", "Outbox", "Receiver",
+                              "Rule", "evaluate_alerts", "load_rule_set"]
+    assert all(getattr(alerts, name).__name__ == name for name in alerts.__all__)
