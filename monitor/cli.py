@@ -197,21 +197,22 @@ def _register_maintain(commands: argparse._SubParsersAction) -> None:
 # -- demo ------------------------------------------------------------------------------
 
 
-def demo(config: Config, out: str, defect: bool, store: str | None) -> int:
-    """Simulated traffic of demo-sasrec v1 then v2 through the whole data path."""
+def demo(config: Config, out: str, defect: bool, store: str | None, serve: bool = False) -> int:
+    """Simulated traffic of demo-sasrec v1 then v2 through the whole monitor."""
     from pathlib import Path
 
     from monitor.demo import demo as run
 
-    return run(Path(out), store_url=store, defect=defect)
+    return run(Path(out), store_url=store, defect=defect, serve=serve)
 
 
 def _register_demo(commands: argparse._SubParsersAction) -> None:
     p = add_command(commands, "demo", "simulate a recommender's traffic and a bad deploy, end to end")
     p.add_argument("--out", default="attnmon-out", metavar="DIR", help="output folder (default: attnmon-out)")
     p.add_argument("--no-defect", dest="defect", action="store_false", help="deploy a harmless v2")
+    p.add_argument("--serve", action="store_true", help="keep the daemon running afterwards (/healthz, /metrics)")
     p.set_defaults(
-        run=lambda config, args: demo(config, args.out, args.defect, getattr(args, "store", None))
+        run=lambda config, args: demo(config, args.out, args.defect, getattr(args, "store", None), args.serve)
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.simulate import Defect, SimModel, Traffic, make_catalogue
+from monitor.store.maintenance import as_utc
 
 MODEL = "demo-sasrec"
 PROMOTED = "brand007"
@@ -71,8 +72,12 @@ def stream(
     start: float = START,
     sample_rate: float = 0.02,
     progress: bool = False,
+    on_minute=None,
 ) -> float:
-    """Serve the segments one after another on a simulated clock; returns the end time."""
+    """Serve the segments one after another on a simulated clock; returns the end time.
+
+    With `on_minute(now)`, every minute is written as soon as it closes and the callback
+    runs then (the demo ticks its daemon there)."""
     from collectors import AttentionCollector
 
     rng = np.random.default_rng(seed)
@@ -101,7 +106,11 @@ def stream(
                     request_ids=[f"{seg.version}-{done + m}-{i}" for i in range(rate)],
                     timestamps=clock[0] + np.sort(rng.uniform(0, 60, rate)),
                 )
-                if m % 30 == 29:
+                if on_minute is not None:
+                    clock[0] = start + 60 * (done + m + 1) + 5
+                    collector.flush()
+                    on_minute(clock[0])
+                elif m % 30 == 29:
                     clock[0] += 60  # lets the collector write the closed minutes
                     collector.flush()
                 if bar:
@@ -128,7 +137,7 @@ def run_traffic(
 
 
 def story(result: DemoResult) -> str:
-    """What the store now says about v1 and v2, in words."""
+    """What the store now says about v1 and v2, per head, in words."""
     from monitor import Store
 
     store = Store(result.store_url)
@@ -136,9 +145,6 @@ def story(result: DemoResult) -> str:
     t1 = datetime.fromtimestamp(result.end_at, UTC)
     df = store.summary(MODEL, t0, t1, by=["version", "layer", "head"])
     lines = [
-        f"{result.requests:,} predictions of {MODEL} logged to {result.store_url}",
-        f"v2 deployed at {datetime.fromtimestamp(result.deploy_at, UTC):%Y-%m-%d %H:%M} UTC",
-        "",
         "mean entropy_norm and top1 per head (from the stored sketches):",
         f"  {'layer/head':<11}{'v1 entropy':>11}{'v2 entropy':>11}{'v1 top1':>9}{'v2 top1':>9}",
     ]
@@ -148,28 +154,168 @@ def story(result: DemoResult) -> str:
         t1_, t2_ = by.loc["v1", "top1"], by.loc["v2", "top1"]
         flag = "   <- changed" if abs(e2 - e1) > 0.1 or abs(t2_ - t1_) > 0.1 else ""
         lines.append(f"  {layer + '/' + head:<11}{e1:>11.3f}{e2:>11.3f}{t1_:>9.3f}{t2_:>9.3f}{flag}")
-    sk = store.sketches(MODEL, t0, t1, by=["version", "layer"], cohort="*", head="*")
-    lines += ["", f"share of attention on {PROMOTED} (layer 1, all heads averaged):"]
-    for version in ("v1", "v2"):
-        s = sk.get((version, "1"))
-        if s is not None and "brand" in s.attrs:
-            share = s.attrs["brand"].shares().get(PROMOTED, 0.0)
-            lines.append(f"  {version}: {100 * share:.1f}%")
     store.close()
     return "\n".join(lines)
 
 
-def demo(out: Path, store_url: str | None = None, defect: bool = True, progress: bool = True) -> int:
-    from monitor.store import migrate
+# The demo's evaluation: a one-hour baseline, since the simulated history is short.
+DEMO_EVALUATE = {"baseline_hours": 1, "trailing_gap_hours": 1, "min_samples": 300}
 
+
+class _Hook:
+    """A local webhook receiver (127.0.0.1) that prints what on-call would get."""
+
+    def __init__(self, out=None):
+        import http.server
+        import json
+        import threading
+
+        received = self.received = []
+        seen: set[tuple] = set()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                received.append(body)
+                # a message lists every alert of its group still firing: print what is new
+                new = [a for a in body.get("alerts", []) if (a.get("fingerprint"), a.get("status")) not in seen]
+                seen.update((a.get("fingerprint"), a.get("status")) for a in new)
+                if new:
+                    lab = new[0].get("labels", {})
+                    where = "; ".join(
+                        f"layer {a['labels'].get('layer')} {'all heads' if a['labels'].get('head') == '*' else 'head ' + str(a['labels'].get('head'))}"
+                        f"{'' if a['labels'].get('cohort') == '*' else ' (' + str(a['labels'].get('cohort')) + ')'}"
+                        for a in new[:4]
+                    ) + (f"; and {len(new) - 4} more" if len(new) > 4 else "")
+                    stream_ = out or sys.stdout
+                    stream_.write(f"\r  webhook: {new[0].get('status', '').upper():8} {lab.get('alertname')} "
+                              f"on {lab.get('model')} {lab.get('version')}: {where}\n")
+                    stream_.flush()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def demo(out: Path, store_url: str | None = None, defect: bool = True, progress: bool = True,
+         serve: bool = False, rate: int = 200, hours_before: float = 2.0, hours_after: float = 1.0) -> int:
+    """The whole story: traffic, a deploy, the daemon on the simulated clock, alerts to a
+    local webhook, the rollback verdict, dashboards, figures and the HTML report."""
+    from monitor.config import Config
+    from monitor.daemon import Daemon
+    from monitor.rollback import check, render_text
+    from monitor.store import make_engine, migrate
+
+    began = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     if store_url is None:
         db = out / "demo.db"
-        db.unlink(missing_ok=True)
+        for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            p.unlink(missing_ok=True)
         store_url = f"sqlite:///{db}"
     migrate.upgrade(store_url)
-    began = time.monotonic()
-    result = run_traffic(store_url, defect=defect, progress=progress)
-    print(story(result))
-    print(f"\n(simulated {result.requests:,} predictions in {time.monotonic() - began:.0f} s)")
+    hook = _Hook()
+    config = Config(
+        store_url=store_url,
+        evaluate=DEMO_EVALUATE,
+        daemon={"listen": "127.0.0.1:0"},
+        alerts={"receivers": [{"name": "demo-webhook", "webhook": {"url": hook.url}}],
+                "route": {"receiver": "demo-webhook", "group_wait_s": 0, "group_by": ["alertname", "version"]}},
+    )
+    before, after = int(hours_before * 60), int(hours_after * 60)
+    segments = [Segment("v1", before), Segment("v2", after, DEFECT if defect else Defect())]
+    engine = make_engine(store_url)
+    now = [START]
+    daemon = Daemon(config, engine=engine, clock=lambda: datetime.fromtimestamp(now[0], UTC))
+
+    def on_minute(ts: float) -> None:
+        now[0] = ts
+        daemon.tick()
+
+    print(f"attnmon demo: {MODEL} v1 serves for {before} min, then v2 "
+          f"({'with a defect' if defect else 'harmless'}) for {after} min; alerts as they reach the webhook:")
+    try:
+        end = stream(store_url, segments, rate=rate, progress=progress, on_minute=on_minute)
+        result = DemoResult(store_url, START + 60 * before, end, rate * (before + after))
+        at = datetime.fromtimestamp(end, UTC)
+        verdict = check(engine, MODEL, now=at)
+        files = _artefacts(engine, out, verdict, at)
+        print()
+        print(_summary(engine, result, verdict, render_text(verdict), files, defect))
+        print(f"\n(simulated {result.requests:,} predictions in {time.monotonic() - began:.0f} s)")
+        if serve:
+            _serve(config, engine)
+    finally:
+        daemon.close()
+        hook.close()
+        engine.dispose()
     return 0
+
+
+def _artefacts(engine, out: Path, verdict, at: datetime) -> dict[str, Path]:
+    from dashboards.catalog import dashboards
+    from dashboards.provision import connection_for, export
+    from dashboards.report import report
+    from monitor.report import render_html
+
+    files = {"report": out / "rollback-report.html", "grafana": out / "grafana", "figures": out / "figures"}
+    files["report"].write_text(render_html(engine, verdict, at), encoding="utf-8")
+    export(files["grafana"], dashboards(None), connection_for(None))
+    report(engine, files["figures"], boards=dashboards(None), model=MODEL)
+    return files
+
+
+def _summary(engine, result: DemoResult, verdict, verdict_text: str, files: dict, defect: bool) -> str:
+    from sqlalchemy import select
+
+    from monitor.store import tables as t
+
+    with engine.connect() as conn:
+        fired = conn.execute(
+            select(t.alerts.c.rule, t.alerts.c.labels, t.alerts.c.fired_at, t.alerts.c.value)
+            .where(t.alerts.c.fired_at.is_not(None)).order_by(t.alerts.c.fired_at)
+        ).all()
+    deploy = datetime.fromtimestamp(result.deploy_at, UTC)
+    lines = [f"What happened: v2 was deployed at {deploy:%H:%M} UTC "
+             f"({'a promoted brand captures layer 1 head 0; layer 1 head 2 collapses' if defect else 'a harmless update'})."]
+    if fired:
+        lines.append(f"What attnmon detected ({len(fired)} alerts fired):")
+        for rule, labels, fired_at, value in fired[:12]:
+            lab = labels or {}
+            mins = (as_utc(fired_at) - deploy).total_seconds() / 60
+            lines.append(f"  {as_utc(fired_at):%H:%M} UTC (+{mins:.0f} min) {rule}: {lab.get('version')} "
+                         f"layer {lab.get('layer')} head {lab.get('head')} cohort {lab.get('cohort')} "
+                         f"({lab.get('statistic')} = {value:.3g})")
+        if len(fired) > 12:
+            lines.append(f"  ... and {len(fired) - 12} more (attnmon alerts list --store {result.store_url})")
+    else:
+        lines.append("What attnmon detected: nothing paged.")
+    lines += ["", story(result), "", "The rollback verdict (attnmon rollback-check --model demo-sasrec):", verdict_text, "",
+              "Where to look:",
+              f"  store:              {result.store_url}",
+              f"  HTML report:        {files['report']}",
+              f"  PNG figures:        {files['figures']}/",
+              f"  Grafana dashboards: {files['grafana']}/dashboards/ (provisioning: {files['grafana']}/provisioning/)"]
+    return "\n".join(lines)
+
+
+def _serve(config, engine) -> None:
+    from monitor.daemon import Daemon
+
+    with Daemon(config, engine=engine) as daemon:
+        daemon.start()
+        print(f"daemon running: http://127.0.0.1:{daemon.http_port}/healthz and /metrics (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

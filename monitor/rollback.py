@@ -246,14 +246,10 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
             f"{minutes['candidate']} minutes and the baseline {predictions['baseline']:,} over {minutes['baseline']}; "
             f"a verdict needs {MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes on each side",
         ))
-    for a in _alerts_since(engine, model, candidate, c_start):
-        sev = "critical" if a["severity"] == "critical" else "warning"
-        reasons.append(Reason(sev, "alerts", (a["labels"] or {}).get("series", a["fingerprint"][:12]), a["rule"],
-                              a.get("baseline_value"), a.get("value"), None,
-                              f"alert {a['rule']} fired for {candidate} at {as_utc(a['fired_at']):%Y-%m-%d %H:%M} UTC: "
-                              f"{(a['annotations'] or {}).get('summary', '')}"))
+    reasons += _alert_reasons(_alerts_since(engine, model, candidate, c_start), candidate)
     order = {"critical": 0, "warning": 1, "info": 2}
-    reasons.sort(key=lambda r: (order[r.severity], -abs((r.candidate or 0) - (r.baseline or 0))))
+    # most severe first; within a severity what we measured before what alerts said
+    reasons.sort(key=lambda r: (order[r.severity], r.kind == "alerts", -abs((r.candidate or 0) - (r.baseline or 0))))
     if any(r.severity == "critical" for r in reasons):
         verdict = ROLLBACK
     elif not enough or any(r.severity == "warning" for r in reasons):
@@ -262,6 +258,25 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
         verdict = PROCEED
     return Verdict(verdict, model, candidate, baseline, c_start, (b_start, b_end), same,
                    predictions, minutes, matching, reasons)
+
+
+def _alert_reasons(alerts: list[dict], candidate: str) -> list[Reason]:
+    """One reason per rule that fired for the candidate: how often, first when and where."""
+    by_rule: dict[str, list[dict]] = {}
+    for a in alerts:
+        by_rule.setdefault(a["rule"], []).append(a)
+    out = []
+    for rule, items in by_rule.items():
+        items.sort(key=lambda a: as_utc(a["fired_at"]))
+        first = items[0]
+        lab = first["labels"] or {}
+        where = _where(lab.get("cohort", ROLLUP), lab.get("layer", "?"), lab.get("head", "?"))
+        sev = "critical" if any(a["severity"] == "critical" for a in items) else "warning"
+        more = f" and {len(items) - 1} more series" if len(items) > 1 else ""
+        out.append(Reason(sev, "alerts", where, rule, first.get("baseline_value"), first.get("value"), None,
+                          f"alert {rule} fired for {candidate}: first at {as_utc(first['fired_at']):%Y-%m-%d %H:%M} UTC "
+                          f"on {where}{more}"))
+    return out
 
 
 def _head_reasons(layer, c_head, b_head, b: Sketch, c: Sketch, bbuck, cbuck, same, rng) -> list[Reason]:

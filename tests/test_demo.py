@@ -20,3 +20,27 @@ def test_defective_v2_changes_the_defect_heads_only(sqlite_url):
 def test_harmless_v2_changes_nothing(sqlite_url):
     res = run_traffic(sqlite_url, defect=False, hours_before=0.25, hours_after=0.25, rate=80, progress=False)
     assert "<- changed" not in story(res)
+
+
+def test_demo_tells_the_whole_story(tmp_path, capsys):
+    from monitor.demo import demo
+
+    assert demo(tmp_path, progress=False, hours_before=1.5, hours_after=0.5, rate=120) == 0
+    out = capsys.readouterr().out
+    assert "webhook: FIRING   AttentionEntropyCollapse on demo-sasrec v2" in out
+    assert "ROLLBACK: demo-sasrec v2 against v1" in out
+    verdict = out.split("ROLLBACK: demo-sasrec v2 against v1", 1)[1]
+    assert "1. [critical] layer 1 head 2: attention collapsed" in verdict
+    assert (tmp_path / "rollback-report.html").read_text().count('<div id="verdict">ROLLBACK</div>') == 1
+    assert len(list((tmp_path / "figures").glob("*.png"))) >= 5
+    assert len(list((tmp_path / "grafana" / "dashboards").glob("*.json"))) == 5
+    assert list((tmp_path / "grafana" / "provisioning").rglob("*.yaml"))
+
+
+def test_demo_without_defect_pages_nobody_and_proceeds(tmp_path, capsys):
+    from monitor.demo import demo
+
+    assert demo(tmp_path, defect=False, progress=False, hours_before=1.5, hours_after=0.5, rate=120) == 0
+    out = capsys.readouterr().out
+    assert "webhook: FIRING" not in out and "nothing paged" in out
+    assert "PROCEED: demo-sasrec v2 against v1" in out
