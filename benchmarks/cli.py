@@ -1,4 +1,13 @@
-"""Runs every benchmark, prints the table and writes the JSON results."""
+"""Runs every benchmark, prints the table and writes the JSON results.
+
+Sections (`--only` takes a comma-separated list of these names):
+  observe     observe() hot path
+  throughput  background throughput
+  sizing      storage sizing
+  writes      SQLite and PostgreSQL writes (needs the sizing traffic: it is made either way)
+  evaluate    evaluation cycle beside evidently's DataDriftPreset
+  detection   detection quality (scenarios, false alarms over a simulated week)
+"""
 
 from __future__ import annotations
 
@@ -10,16 +19,29 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import hot_path, pg, sizing, store_writes, throughput
+from benchmarks import detection, evaluation, hot_path, pg, sizing, store_writes, throughput
 from benchmarks.report import Row, machine, table, write_json
 from benchmarks.workload import replicas_traffic
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+SECTIONS = ("observe", "throughput", "sizing", "writes", "evaluate", "detection")
+
+
+def sections_arg(value: str) -> set[str]:
+    names = {v.strip() for v in value.split(",") if v.strip()}
+    bad = names - set(SECTIONS)
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {sorted(bad)}; known: {', '.join(SECTIONS)}")
+    return names
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="a fast smoke run (~30 s)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a fast smoke run (~2 min; the full run takes ~14 min)")
+    p.add_argument("--only", type=sections_arg, default=set(SECTIONS), metavar="SECTION[,SECTION]",
+                   help=f"run only these sections ({', '.join(SECTIONS)}); default: all")
     p.add_argument("--pg-url", default=os.environ.get(pg.PG_URL_ENV),
                    help=f"PostgreSQL URL (default ${pg.PG_URL_ENV}); without one the "
                    "PostgreSQL rows are skipped")
@@ -48,7 +70,10 @@ cheap, 3 = three times the cost). Bare references, measured in the same run:
   background   numpy -(p*np.log(p)).sum(-1) over the same (N, 50) float32 per-head vectors
   PostgreSQL   raw psycopg COPY (FORMAT BINARY) of the same rows, one transaction per batch,
                into CREATE TABLE copy_t (LIKE t INCLUDING ALL)
-  SQLite       raw sqlite3 executemany of the same rows into the same table (other file)"""
+  SQLite       raw sqlite3 executemany of the same rows into the same table (other file)
+  evaluate     evidently DataDriftPreset (Report.run, import not counted) on raw per-vector
+               metrics of the same simulated traffic (a goal ratio ≤ 0.05× = ≥ 20× faster)
+  detection    none: counts judged against their goals"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,27 +91,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections[name] = round(time.perf_counter() - t0, 2)
         return out
 
-    rows += section("observe() hot path", lambda: hot_path.run(args.quick))
-    rows += section("background throughput", lambda: throughput.run(args.quick))
-    size, agg_batches = section(
-        "storage sizing", lambda: sizing.measure(3 if args.quick else 10))
-    events = section("sampled events", lambda: event_pool(args.quick))
-    pools = {"aggregates": [r for b in agg_batches for r in b.aggregates], "events": events}
-    rows += section("SQLite writes", lambda: store_writes.run_sqlite(pools, args.quick))
+    only = args.only
+    size = None
+    evaluate_detail = detection_detail = None
+    if "observe" in only:
+        rows += section("observe() hot path", lambda: hot_path.run(args.quick))
+    if "throughput" in only:
+        rows += section("background throughput", lambda: throughput.run(args.quick))
     ok, server = pg.reachable(args.pg_url)
-    if ok:
-        rows += section("PostgreSQL writes",
-                        lambda: store_writes.run_postgres(pools, args.pg_url, args.quick))
-    else:
+    if "sizing" in only or "writes" in only:
+        size, agg_batches = section(
+            "storage sizing", lambda: sizing.measure(3 if args.quick else 10))
+    if "writes" in only:
+        events = section("sampled events", lambda: event_pool(args.quick))
+        pools = {"aggregates": [r for b in agg_batches for r in b.aggregates], "events": events}
+        rows += section("SQLite writes", lambda: store_writes.run_sqlite(pools, args.quick))
+        if ok:
+            rows += section("PostgreSQL writes",
+                            lambda: store_writes.run_postgres(pools, args.pg_url, args.quick))
+    if "sizing" in only:
+        rows += sizing.rows(size)
+    if "evaluate" in only:
+        got, evaluate_detail = section("evaluation cycle", lambda: evaluation.run(
+            args.quick, args.pg_url if ok else None, progress))
+        rows += got
+    if "detection" in only:
+        got, detection_detail = section("detection quality",
+                                        lambda: detection.run(args.quick, progress))
+        rows += got
+    if not ok and only & {"writes", "evaluate"}:
         notes.append(f"PostgreSQL rows skipped: {server}")
-    rows += sizing.rows(size)
 
     elapsed = time.perf_counter() - started
     info = machine()
     info["loadavg_1m_at_start"] = load_at_start
     if ok:
         info["postgresql"] = server
-    print(f"attnmon benchmarks{' (--quick)' if args.quick else ''} — "
+    subset = "" if only == set(SECTIONS) else f" [{', '.join(n for n in SECTIONS if n in only)}]"
+    print(f"attnmon benchmarks{' (--quick)' if args.quick else ''}{subset} — "
           f"{info['cpu_model']}, {info['cores']} cores, Python {info['python']}, "
           f"numpy {info['numpy']}" + (f", PostgreSQL {server}" if ok else "")
           + f"; load average {load_at_start:.2f} at start")
@@ -98,18 +140,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "text_copy_rows_per_s" in r.extra:
             print(f"  {r.name}: text-format COPY {r.extra['text_copy_rows_per_s']:,.0f} rows/s "
                   f"(ratio to it {r.extra['ratio_to_text_copy']:.2f}×)")
-    print()
-    print(sizing.details(size))
+    for text, wanted in ((size and sizing.details(size), "sizing" in only),
+                         (evaluate_detail and evaluation.details(evaluate_detail), True),
+                         (detection_detail and detection.details(detection_detail), True)):
+        if text and wanted:
+            print()
+            print(text)
     for note in notes:
         print(f"\nNOTE: {note}")
     document = {
         "created_at": datetime.now(UTC).isoformat(),
         "quick": args.quick,
+        "sections": [name for name in SECTIONS if name in only],
         "elapsed_s": round(elapsed, 1),
         "sections_s": sections,
         "machine": info,
         "results": [r.to_json() for r in rows],
         "sizing": size,
+        "evaluation": evaluate_detail,
+        "detection": detection_detail,
         "notes": notes,
     }
     path, latest = write_json(args.out, document)

@@ -19,7 +19,8 @@ class Row:
     """One figure beside its bare reference.
 
     `kind` is "time" (ns per call: lower is better), "rate" (per second: higher is
-    better) or "bytes". `ratio` is always the cost relative to the bare reference
+    better), "bytes" or "count" (no ratio: judged against its goal). `shown`, when set,
+    is printed instead of the formatted figure. `ratio` is always the cost relative to the bare reference
     (time per unit divided by the bare time per unit: 1.0 = as cheap, 3.0 = three times
     the cost), so that one goal reads the same way on every row.
     """
@@ -33,6 +34,7 @@ class Row:
     goal: str = ""
     met: bool | None = None
     extra: dict = field(default_factory=dict)
+    shown: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -46,7 +48,7 @@ class Row:
         ratio = self.ratio
         return (
             self.name,
-            fmt(self.figure, self.kind, self.unit),
+            self.shown or fmt(self.figure, self.kind, self.unit),
             "—" if self.bare is None else fmt(self.bare, self.kind, self.unit),
             "—" if ratio is None else f"{ratio:.2f}×",
             self.goal or "—",
@@ -65,7 +67,9 @@ def fmt(value: float, kind: str, unit: str) -> str:
             return f"{value:.0f} ns"
         if value < 1_000_000:
             return f"{value / 1e3:.2f} µs"
-        return f"{value / 1e6:.2f} ms"
+        if value < 1_000_000_000:
+            return f"{value / 1e6:.2f} ms"
+        return f"{value / 1e9:.2f} s"
     if kind == "rate":
         for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
             if value >= scale:
