@@ -24,7 +24,7 @@ from benchmarks.report import Row, machine, table, write_json
 from benchmarks.workload import replicas_traffic
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-SECTIONS = ("observe", "throughput", "sizing", "writes", "evaluate", "detection")
+SECTIONS = ("observe", "throughput", "sizing", "writes", "evaluate", "detection", "capture")
 
 
 def sections_arg(value: str) -> set[str]:
@@ -73,7 +73,8 @@ cheap, 3 = three times the cost). Bare references, measured in the same run:
   SQLite       raw sqlite3 executemany of the same rows into the same table (other file)
   evaluate     evidently DataDriftPreset (Report.run, import not counted) on raw per-vector
                metrics of the same simulated traffic (a goal ratio ≤ 0.05× = ≥ 20× faster)
-  detection    none: counts judged against their goals"""
+  detection    none: counts judged against their goals
+  capture      the same model's fused forward, no capture object, interleaved"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         got, detection_detail = section("detection quality",
                                         lambda: detection.run(args.quick, progress))
         rows += got
+    if "capture" in only:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is not None:
+            from benchmarks import capture
+
+            rows += section("torch capture", lambda: capture.run(args.quick))
+        else:
+            notes.append("torch capture rows skipped: torch not installed (pip install -e '.[torch]')")
     if not ok and only & {"writes", "evaluate"}:
         notes.append(f"PostgreSQL rows skipped: {server}")
 
