@@ -62,7 +62,7 @@ class TopK:
         """Lower-bound share of the total mass per kept key."""
         if self.total <= 0:
             return {}
-        return {str(key): float(c) / self.total for key, c in zip(self.keys, self.counts)}
+        return {str(key): float(c) / self.total for key, c in zip(self.keys, self.counts, strict=True)}
 
 
 def merge_many(summaries: list[TopK]) -> TopK:

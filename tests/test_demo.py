@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from monitor.demo import MODEL, run_traffic, story
 from monitor import Store
+from monitor.demo import MODEL, run_traffic, story
 
 
 def test_defective_v2_changes_the_defect_heads_only(sqlite_url):

@@ -25,10 +25,10 @@ def test_runnable_blocks_run_as_written(tmp_path):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("ATTNMON_STORE_URL", None)
-    for kind, name, body in blocks():
+    for _, name, body in blocks():
         if name:
             (tmp_path / name).write_text(body)
-    for kind, name, body in blocks():
+    for kind, _, body in blocks():
         if kind == "runnable":
             proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=tmp_path, env=env,
                                   capture_output=True, text=True, timeout=300)

@@ -68,14 +68,14 @@ def merge_buckets(
         with engine.begin() as conn:
             for (*series, target), starts in items[i : i + chunk]:
                 cond = and_(
-                    *[wa.c[c] == v for c, v in zip(SERIES, series)],
+                    *[wa.c[c] == v for c, v in zip(SERIES, series, strict=True)],
                     wa.c.bucket_seconds == source_seconds,
                     wa.c.bucket_start.in_(starts),
                 )
                 if target_seconds != source_seconds:
                     # an hour row written by an earlier roll-up of the same hour joins in
                     cond = cond | and_(
-                        *[wa.c[c] == v for c, v in zip(SERIES, series)],
+                        *[wa.c[c] == v for c, v in zip(SERIES, series, strict=True)],
                         wa.c.bucket_seconds == target_seconds,
                         wa.c.bucket_start == target,
                     )
@@ -87,7 +87,7 @@ def merge_buckets(
                     merged = merged.merge(Sketch.from_row(r))
                 conn.execute(delete(wa).where(wa.c.id.in_([r["id"] for r in rows])))
                 new = merged.to_row()
-                new.update(dict(zip(SERIES, series)))
+                new.update(dict(zip(SERIES, series, strict=True)))
                 new.update(
                     bucket_start=target,
                     bucket_seconds=target_seconds,
