@@ -8,20 +8,15 @@ until a command runs, so `attnmon --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
+from monitor.cli_common import emit as _emit
 from monitor.config import Config
 from monitor.errors import ConfigError
 
 PASSWORD_ENV = "ATTNMON_GRAFANA_DB_PASSWORD"
-
-
-def _emit(fmt: str, text: str, data: dict[str, Any]) -> None:
-    print(json.dumps(data) if fmt == "json" else text)
 
 
 def _boards(rules: str | None):
@@ -99,7 +94,7 @@ def annotate(config: Config, grafana_url: str, *, token_file: str | None = None,
     """Post deployments and alert transitions of the last `days` not posted yet."""
     from dashboards.annotate import annotate as run
     from dashboards.client import connect, load_token
-    from monitor.cli_evaluate import parse_time
+    from monitor.cli_common import parse_time
     from monitor.store import make_engine, require_schema
 
     at = parse_time(now, "--now") if now else datetime.now(UTC)
@@ -148,7 +143,7 @@ def report(config: Config, out: str, *, model: str | None = None, start: str | N
            end: str | None = None, rules: str | None = None, fmt: str = "text") -> int:
     """Render the main panels as PNG images from the dashboards' SQL."""
     from dashboards.report import report as run
-    from monitor.cli_evaluate import parse_time
+    from monitor.cli_common import parse_time
     from monitor.store import make_engine, require_schema
     from monitor.store.engine import store_errors
 

@@ -14,14 +14,13 @@ pass `lists=True` for --format text|json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
+from monitor.cli_common import emit as _emit
 from monitor.config import Config, load_config
 from monitor.errors import AttnmonError
 
@@ -70,10 +69,6 @@ def add_command(
             help="output format (default: text)",
         )
     return parser
-
-
-def _emit(fmt: str, text: str, data: dict[str, Any]) -> None:
-    print(json.dumps(data) if fmt == "json" else text)
 
 
 # -- db ------------------------------------------------------------------------------
@@ -161,7 +156,7 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
     """Compact closed minutes, roll old minutes up to hours, enforce retention."""
     from dataclasses import asdict
 
-    from monitor.cli_evaluate import parse_time
+    from monitor.cli_common import parse_time
     from monitor.store import make_engine, require_schema
     from monitor.store.maintenance import maintain as run
 

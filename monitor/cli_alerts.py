@@ -15,28 +15,17 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from datetime import UTC, datetime
 
 from sqlalchemy import or_, select
 
+from monitor.cli_common import emit as _emit
+from monitor.cli_common import open_store as _engine
 from monitor.config import Config
 from monitor.errors import ConfigError
 
 EXIT_ERROR = 2
-
-
-def _engine(config: Config):
-    from monitor.store import make_engine, require_schema
-
-    engine = make_engine(config.store_url)
-    require_schema(engine)
-    return engine
-
-
-def _emit(fmt: str, text: str, data) -> None:
-    print(json.dumps(data, default=str) if fmt == "json" else text)
 
 
 def _now(now: datetime | None) -> datetime:

@@ -6,53 +6,15 @@ Plain functions taking `(config, ...)`, registered on the parser by `register`.
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
+from monitor.cli_common import emit as _emit
+from monitor.cli_common import open_store as _engine
+from monitor.cli_common import parse_time
 from monitor.config import Config
 from monitor.errors import ConfigError, StoreError
-
-
-def parse_time(value: str, what: str = "time") -> datetime:
-    """ISO 8601 (a time without zone is UTC), or `now`, or `now-2h`/`now-30m`/`now-1d`."""
-    v = value.strip()
-    if v.startswith("now"):
-        rest = v[3:]
-        if not rest:
-            return datetime.now(UTC)
-        try:
-            return datetime.now(UTC) - parse_duration(rest.lstrip("-"))
-        except ConfigError:
-            pass
-    try:
-        ts = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError([(what, value, "not an ISO 8601 time (e.g. 2026-11-20T08:00Z) or now-2h")], "argument") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-def parse_duration(value: str) -> timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        n, unit = float(value[:-1]), value[-1]
-        return timedelta(seconds=n * units[unit])
-    except (ValueError, KeyError, IndexError):
-        raise ConfigError([("duration", value, "use a number and s, m, h or d (e.g. 2h)")], "argument") from None
-
-
-def _engine(config: Config):
-    from monitor.store import make_engine, require_schema
-
-    engine = make_engine(config.store_url)
-    require_schema(engine)
-    return engine
-
-
-def _emit(fmt: str, text: str, data) -> None:
-    print(json.dumps(data, default=str) if fmt == "json" else text)
-
 
 # --- evaluate -----------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ EXIT_HELP = """exit status: 0 PROCEED, 3 WATCH (not enough data yet, or only war
 
 def rollback_check(config: Config, model: str, candidate: str | None = None, baseline: str | None = None,
                    since: str | None = None, fmt: str = "text", out: str | None = None, now: str | None = None) -> int:
-    from monitor.cli_evaluate import _engine, parse_duration, parse_time
+    from monitor.cli_common import open_store as _engine
+    from monitor.cli_common import parse_duration, parse_time
     from monitor.rollback import check, render_text
 
     engine = _engine(config)
@@ -48,7 +49,7 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
 
 def explain(config: Config, request_id: str, out: str | None = None, top: int = 5) -> int:
     """Which history items one sampled prediction attended to, per layer and head."""
-    from monitor.cli_evaluate import _engine
+    from monitor.cli_common import open_store as _engine
     from monitor.store import tables as t
 
     engine = _engine(config)

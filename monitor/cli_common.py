@@ -1,0 +1,50 @@
+"""Helpers every CLI module shares: opening the store, printing text or JSON, times."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from monitor.config import Config
+from monitor.errors import ConfigError
+
+
+def open_store(config: Config):
+    """An engine on the configured store, which must be at the newest schema."""
+    from monitor.store import make_engine, require_schema
+
+    engine = make_engine(config.store_url)
+    require_schema(engine)
+    return engine
+
+
+def emit(fmt: str, text: str, data) -> None:
+    """`text` for people, or `data` as JSON with --format json."""
+    print(json.dumps(data, default=str) if fmt == "json" else text)
+
+
+def parse_time(value: str, what: str = "time") -> datetime:
+    """ISO 8601 (a time without zone is UTC), or `now`, or `now-2h`/`now-30m`/`now-1d`."""
+    v = value.strip()
+    if v.startswith("now"):
+        rest = v[3:]
+        if not rest:
+            return datetime.now(UTC)
+        try:
+            return datetime.now(UTC) - parse_duration(rest.lstrip("-"))
+        except ConfigError:
+            pass
+    try:
+        ts = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError([(what, value, "not an ISO 8601 time (e.g. 2026-11-20T08:00Z) or now-2h")], "argument") from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def parse_duration(value: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        n, unit = float(value[:-1]), value[-1]
+        return timedelta(seconds=n * units[unit])
+    except (ValueError, KeyError, IndexError):
+        raise ConfigError([("duration", value, "use a number and s, m, h or d (e.g. 2h)")], "argument") from None
