@@ -14,6 +14,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,45 @@ def pg_empty_url(pg_url: str) -> Iterator[str]:
     build and tear down the schema themselves (migrations)."""
     with _pg_schema(pg_url) as url:
         yield url
+
+
+@dataclass
+class OwnDatabase:
+    """A migrated database a test owns, so it can make the store go away (refuse every
+    connection, end the open sessions) without harming the other tests."""
+
+    url: str
+    admin: Engine
+    name: str
+
+    def block(self, blocked: bool = True) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS {str(not blocked).lower()}'))
+            if blocked:
+                conn.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                    {"d": self.name},
+                )
+
+
+@pytest.fixture
+def own_database(pg_url: str) -> Iterator[OwnDatabase]:
+    name = f"attnmon_own_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_url).set(database=name)
+    if url.password is None:  # trust authentication ignores it; logs must never show it
+        url = url.set(password="s3cret-pw")
+    url = url.render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    try:
+        yield OwnDatabase(url, admin, name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 # -- migrations, the same checks on every backend ---------------------------------------

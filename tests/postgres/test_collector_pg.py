@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from collectors import AttentionCollector
 from monitor import Store
 from monitor.metrics import compute
-from monitor.store import make_engine, migrate
+from monitor.store import make_engine
 
 T0 = 1_800_000_000.0
 
@@ -47,36 +44,9 @@ def test_hostile_strings_on_postgres(pg_clean_url):
         assert set(sk.items.keys) == set(hostile)
 
 
-@pytest.fixture
-def own_database(pg_url):
-    """A database this test owns, so it can refuse connections without harming others."""
-    name = f"attnmon_fault_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-    try:
-        yield url, admin, name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _block(admin, name, blocked: bool):
-    with admin.connect() as conn:
-        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(not blocked).lower()}'))
-        if blocked:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
-                {"d": name},
-            )
-
-
 def test_store_down_spills_then_replays_without_double_counting(own_database, tmp_path):
-    url, admin, name = own_database
+    db = own_database
+    url = db.url
     rng = np.random.default_rng(1)
     spill = tmp_path / "spill"
     clock = [T0]
@@ -93,13 +63,13 @@ def test_store_down_spills_then_replays_without_double_counting(own_database, tm
 
     send(100)  # written while the store is up
     assert c.stats.written == 100 and not list(spill.iterdir())
-    _block(admin, name, True)
+    db.block(True)
     for minute in range(1, 4):  # the store refuses every connection for three minutes
         clock[0] = T0 + 60 * minute
         send(50)
     assert len(list(spill.glob("*.json.gz"))) >= 3
     assert c.stats.spilled == 150
-    _block(admin, name, False)
+    db.block(False)
     clock[0] = T0 + 300
     send(25)
     c.close()

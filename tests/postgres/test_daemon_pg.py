@@ -14,20 +14,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
 
 from collectors import AttentionCollector
 from monitor.config import Config
 from monitor.daemon import Daemon, read_watermark, write_watermark
-from monitor.store import make_engine, migrate, tables
+from monitor.store import make_engine, tables
 
 T0 = 1_800_000_000.0  # an hour boundary
 SPEED = 60
@@ -196,38 +193,9 @@ def test_one_leader_among_two_and_the_other_takes_over_when_it_is_killed(pg_clea
     assert "another daemon leads" in log and "took the lead" in log and "gave the lead" in log
 
 
-@pytest.fixture
-def own_database(pg_url):
-    """A database this test owns, so it can refuse connections without harming others."""
-    name = f"attnmon_daemon_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_url).set(database=name)
-    if url.password is None:  # trust authentication ignores it; the logs must not show it
-        url = url.set(password="s3cret-pw")
-    url = url.render_as_string(hide_password=False)
-    migrate.upgrade(url)
-    try:
-        yield url, admin, name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _block(admin, name: str, blocked: bool) -> None:
-    with admin.connect() as conn:
-        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(not blocked).lower()}'))
-        if blocked:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name}
-            )
-
-
 def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
-    url, admin, name = own_database
+    db = own_database
+    url = db.url
     produce(url)
     cfg = write_config(tmp_path, url, evaluate_every_s=0.3, retry_s=0.3, lease_s=2)
     clock = Clock()
@@ -235,12 +203,12 @@ def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
     try:
         daemon.wait_serving()
         daemon.wait_for(lambda b: b["leader"] and b["watermark"], 10, "first evaluation")
-        _block(admin, name, True)
+        db.block(True)
         down_at = clock.now()
         down = daemon.wait_for(lambda b: b["errors"]["evaluate"] >= 2, 10, "failed runs")
         daemon.wait_for(lambda b: not b["leader"], 5, "the leader notices its lock connection is gone")
         time.sleep(2)  # two more simulated minutes without the store
-        _block(admin, name, False)
+        db.block(False)
         up_at = clock.now()
         assert up_at - down_at >= timedelta(minutes=3)
         back = daemon.wait_for(lambda b: b["leader"] and wm(b) >= minute(up_at), 15, "catch-up")
