@@ -284,6 +284,9 @@ def _summary(engine, result: DemoResult, verdict, verdict_text: str, files: dict
             select(t.alerts.c.rule, t.alerts.c.labels, t.alerts.c.fired_at, t.alerts.c.value)
             .where(t.alerts.c.fired_at.is_not(None)).order_by(t.alerts.c.fired_at)
         ).all()
+    from monitor.store import redact
+
+    shown = redact(result.store_url)  # never print a password
     deploy = datetime.fromtimestamp(result.deploy_at, UTC)
     lines = [f"What happened: v2 was deployed at {deploy:%H:%M} UTC "
              f"({'a promoted brand captures layer 1 head 0; layer 1 head 2 collapses' if defect else 'a harmless update'})."]
@@ -296,12 +299,12 @@ def _summary(engine, result: DemoResult, verdict, verdict_text: str, files: dict
                          f"layer {lab.get('layer')} head {lab.get('head')} cohort {lab.get('cohort')} "
                          f"({lab.get('statistic')} = {value:.3g})")
         if len(fired) > 12:
-            lines.append(f"  ... and {len(fired) - 12} more (attnmon alerts list --store {result.store_url})")
+            lines.append(f"  ... and {len(fired) - 12} more (attnmon alerts list --store {shown})")
     else:
         lines.append("What attnmon detected: nothing paged.")
     lines += ["", story(result), "", "The rollback verdict (attnmon rollback-check --model demo-sasrec):", verdict_text, "",
               "Where to look:",
-              f"  store:              {result.store_url}",
+              f"  store:              {shown}",
               f"  HTML report:        {files['report']}",
               f"  PNG figures:        {files['figures']}/",
               f"  Grafana dashboards: {files['grafana']}/dashboards/ (provisioning: {files['grafana']}/provisioning/)"]
