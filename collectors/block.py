@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from monitor import metrics as mx
-from monitor.sketch import factorize
+from monitor.sketch import _key, factorize
 
 # reasons found before the numbers are looked at; codes follow monitor.metrics.REASONS
 SHAPE_REASONS = ("shape", "dtype", "length_mismatch", "too_long", "bad_label", "bad_value")
@@ -35,6 +36,9 @@ class Block:
     attrs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     request_ids: list | None = None
     reason_names: tuple[str, ...] = REASON_NAMES
+    # set by check_block: code of each row's cohort into cohort_keys (-1: None/NaN)
+    cohort_codes: np.ndarray | None = None
+    cohort_keys: np.ndarray | None = None
 
 
 def label_ok(x: object) -> bool:
@@ -233,8 +237,13 @@ def _to_left(W, lens, item_vals, attr_vals):
 
 def _bad_keys(keys: np.ndarray) -> np.ndarray:
     """Keys that are not plain text we can store verbatim (NUL, too long, not UTF-8)."""
+    if keys.dtype.kind == "U":
+        fast = _bad_unicode_keys(keys)
+        if fast is not None:
+            return fast
     bad = np.zeros(len(keys), dtype=bool)
     for j, k in enumerate(keys):
+        k = _key(k)
         if len(k) > MAX_VALUE_CHARS or "\x00" in k:
             bad[j] = True
             continue
@@ -245,8 +254,120 @@ def _bad_keys(keys: np.ndarray) -> np.ndarray:
     return bad
 
 
+def _bad_unicode_keys(keys: np.ndarray) -> np.ndarray | None:
+    """`_bad_keys` of a numpy str array, on its UTF-32 code points (None: look at each)."""
+    flags = _unicode_flags(keys)
+    if flags is None:
+        return None
+    too_long, inner_nul, surrogate = flags
+    return too_long | inner_nul | surrogate
+
+
+def _unicode_flags(keys: np.ndarray):
+    """(longer than MAX_VALUE_CHARS, NUL inside, lone surrogate) of each str, or None."""
+    w = keys.dtype.itemsize // 4
+    if w == 0:
+        no = np.zeros(len(keys), dtype=bool)
+        return no, no, no
+    cp = np.ascontiguousarray(keys).view(np.uint32).reshape(len(keys), w)
+    if (cp > 0x10FFFF).any():
+        return None
+    nonzero = cp != 0
+    # a str ends after its last non-NUL code point (numpy drops trailing NULs)
+    length = np.where(nonzero.any(axis=1), w - np.argmax(nonzero[:, ::-1], axis=1), 0)
+    inner_nul = (~nonzero & (np.arange(w)[None, :] < length[:, None])).any(axis=1)
+    surrogate = ((cp >= 0xD800) & (cp <= 0xDFFF)).any(axis=1)  # UTF-8 cannot encode them
+    return length > MAX_VALUE_CHARS, inner_nul, surrogate
+
+
+def _factorize(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`monitor.sketch.factorize`, with the same codes (first appearance order), but keys
+    of integer and str arrays left as a numpy array: `str()` of an element (as
+    `monitor.sketch._key` does) gives the key, and the collector only makes text of the
+    keys that reach a top-K summary."""
+    kind = vals.dtype.kind
+    if kind in "iu":
+        codes, uniq = pd.factorize(vals.ravel(), sort=False, use_na_sentinel=True)
+        return codes.astype(np.int64, copy=False).reshape(vals.shape), np.asarray(uniq)
+    if kind == "U" and vals.size and vals.dtype.itemsize:
+        out = _factorize_unicode(vals.ravel())
+        if out is not None:
+            return out[0].reshape(vals.shape), out[1]
+    return factorize(vals)
+
+
+# weights of the code points in the hash of a str element (any fixed numbers in [1, 2))
+_HASH_W = 1.0 + np.random.default_rng(20261126).random(1024)
+
+
+def _factorize_unicode(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """pd.factorize of a numpy str array without making a Python str of every element
+    (None where pandas' own way must decide: the caller falls back to it).
+
+    Each element becomes one integer: its code points, less each position's minimum,
+    packed side by side when they fit in 64 bits (exact: equal integers are equal
+    strings), else a hash of them, checked afterwards against the strings themselves.
+    """
+    w = flat.dtype.itemsize // 4
+    flat = np.ascontiguousarray(flat)
+    cp = flat.view(np.uint32).reshape(len(flat), w)
+    lo, hi = _column_range(cp)
+    bits = [int(span).bit_length() for span in (hi - lo).tolist()]
+    exact = sum(bits) <= 64
+    shift = 0
+    if exact:
+        key = np.zeros(len(flat), dtype=np.uint64)
+        for j in np.flatnonzero(bits).tolist():  # positions that vary
+            col = cp[:, j] - lo[j]
+            key |= col.astype(np.uint64) << np.uint64(shift)
+            shift += bits[j]
+    elif w <= len(_HASH_W):
+        key = cp[:, 0] * _HASH_W[0]  # (no BLAS: a threaded gemv would fight the caller's core)
+        for j in range(1, w):
+            key += cp[:, j] * _HASH_W[j]
+    else:
+        return None
+    if exact and shift <= 16:  # few distinct keys: first appearances in a table
+        key = key.view(np.int64)
+        first = np.full(1 << shift, len(flat), dtype=np.intp)
+        np.minimum.at(first, key, np.arange(len(flat)))
+        seen = np.flatnonzero(first < len(flat))
+        seen = seen[np.argsort(first[seen])]  # in order of first appearance
+        rank = np.empty(1 << shift, dtype=np.int64)
+        rank[seen] = np.arange(len(seen))
+        codes, first = rank[key], first[seen]
+    else:
+        codes, _ = pd.factorize(key, sort=False)
+        first = np.full(int(codes.max()) + 1, len(flat), dtype=np.intp)
+        np.minimum.at(first, codes, np.arange(len(flat)))
+    uniq = flat[first]
+    if not exact and not np.array_equal(uniq[codes].view(np.uint32), cp.reshape(-1)):
+        return None  # two strings with one hash
+    flags = _unicode_flags(uniq)
+    if flags is None or flags[1].any():
+        # pandas hashes str as NUL-terminated UTF-8: it lumps "a\x00b" with "a". Leave
+        # such arrays (rejected rows) to it, for the same codes. (Lone surrogates, which
+        # pandas cannot encode, it lumps with other strings differently from one call to
+        # the next: here they stay distinct strings, rejected as bad values.)
+        return None
+    return codes.astype(np.int64, copy=False), uniq
+
+
+def _column_range(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a.min(axis=0), a.max(axis=0) of a tall, narrow array, in wide rows (a reduce over
+    rows of a few elements is slow)."""
+    n, w = a.shape
+    m = n - n % 64
+    wide = a[:m].reshape(-1, 64 * w)
+    lo = wide.min(axis=0).reshape(64, w).min(axis=0) if m else a.min(axis=0)
+    hi = wide.max(axis=0).reshape(64, w).max(axis=0) if m else a.max(axis=0)
+    if 0 < m < n:
+        lo, hi = np.minimum(lo, a[m:].min(axis=0)), np.maximum(hi, a[m:].max(axis=0))
+    return lo, hi
+
+
 def _codes_for(vals: np.ndarray, block: Block) -> tuple[np.ndarray, np.ndarray]:
-    codes, keys = factorize(vals)  # bytes that are not UTF-8 come back with a NUL
+    codes, keys = _factorize(vals)  # bytes that are not UTF-8 come back with a NUL
     if vals.dtype.kind in "OUS":
         bad = _bad_keys(keys)
         if bad.any():
@@ -266,15 +387,7 @@ def _attach_keys(block: Block, item_vals, attr_vals: dict) -> None:
 
 def check_block(block: Block, *, tol: float) -> None:
     """Labels, then the numbers: set each request's code, zero the padding."""
-    ok_labels: dict[object, bool] = {}
-    for i, c in enumerate(block.cohorts):
-        if block.codes[i]:
-            continue
-        good = ok_labels.get(c)
-        if good is None:
-            good = ok_labels[c] = label_ok(c)
-        if not good:
-            block.codes[i] = CODE["bad_label"]
+    _check_labels(block)
     if block.layout is None:
         return
     n, ly, h, L = block.weights.shape
@@ -283,4 +396,59 @@ def check_block(block: Block, *, tol: float) -> None:
     vcodes = mx.validate(flat, lens, tol=tol).reshape(n, ly * h).max(axis=1)
     fresh = block.codes == 0
     block.codes[fresh] = vcodes[fresh]
-    block.weights = mx.zero_padding(flat, lens).reshape(n, ly, h, L)
+    w = block.weights
+    if w.dtype in (np.float32, np.float64) and w.flags.c_contiguous and w.flags.writeable:
+        # the block owns its weights (the queued copy or a packing of it): zero in place
+        _zero_padding_inplace(flat, lens)
+    else:
+        block.weights = mx.zero_padding(flat, lens).reshape(n, ly, h, L)
+
+
+def _zero_padding_inplace(flat: np.ndarray, lens: np.ndarray) -> None:
+    """What mx.zero_padding returns, written into `flat` itself."""
+    L = flat.shape[1]
+    short = np.flatnonzero(lens < L)
+    if not len(short):
+        return
+    keep = np.arange(L)[None, :] >= (L - lens[short])[:, None]
+    rows = flat[short]
+    np.copyto(rows, 0, where=~keep)  # a masked write: padding NaN must not survive
+    flat[short] = rows
+
+
+def _check_labels(block: Block) -> None:
+    """bad_label for each row (not yet rejected) whose cohort is not a valid label; the
+    cohorts' factorization stays on the block for the collector's grouping."""
+    fresh = block.codes == 0
+    if not fresh.any():
+        return
+    factorized = _factorize_cohorts(block.cohorts)
+    if factorized is None:  # one at a time, as they come
+        ok_labels: dict[object, bool] = {}
+        for i, c in enumerate(block.cohorts):
+            if block.codes[i]:
+                continue
+            good = ok_labels.get(c)
+            if good is None:
+                good = ok_labels[c] = label_ok(c)
+            if not good:
+                block.codes[i] = CODE["bad_label"]
+        return
+    codes, uniq = factorized
+    ok = np.array([label_ok(u) for u in uniq] + [False], dtype=bool)  # [-1]: None/NaN
+    block.codes[fresh & ~ok[codes]] = CODE["bad_label"]
+    block.cohort_codes, block.cohort_keys = codes, uniq
+
+
+def _factorize_cohorts(cohorts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Codes of equal cohorts (as a dict would find them), or None where that is not sure:
+    pandas compares str as NUL-terminated UTF-8, so "a\x00b" may come out as "a"."""
+    try:
+        codes, uniq = pd.factorize(cohorts, sort=False, use_na_sentinel=True)
+        uniq = np.asarray(uniq, dtype=object)
+        some = codes >= 0
+        if not (cohorts[some] == uniq[codes[some]]).all():
+            return None
+    except Exception:  # unhashable, or not comparable
+        return None
+    return codes.astype(np.int64, copy=False), uniq

@@ -27,13 +27,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 
 from collectors.block import Block, block_from_batch, blocks_from_singles, check_block
 from collectors.spill import SpillDir
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
+from monitor.sketch import _key
 from monitor.store.writer import FlushBatch, write_batch
+from monitor.topk import TopK
 
 log = logging.getLogger("attnmon.collector")
 
@@ -145,7 +148,7 @@ class AttentionCollector:
         self._closed = False
         self._rng = np.random.default_rng(self._seed)
         self._batch_seq = 0
-        self._acc: dict[tuple, sk.Sketch] = {}  # (minute, cohort, layer, head) -> sketch
+        self._acc = {}  # (minute, cohort, layer, head) -> sketch; see the property
         self._acc_requests: Counter = Counter()  # minute -> accepted requests in _acc
         self._events: list[dict] = []
         self._health: dict[int, _Minute] = {}
@@ -156,6 +159,22 @@ class AttentionCollector:
         self._totals = _Minute()
         self._dropped_hot = 0
         self._last_error_log = 0.0
+
+    @property
+    def _acc(self) -> dict[tuple, sk.Sketch]:
+        """(minute, cohort, layer, head) -> sketch of everything summarised so far.
+
+        The background thread accumulates into `_series` (dense arrays, no Sketch per
+        batch); reading `_acc` first folds that into the sketches, in order, so the
+        result is the one of merging every batch's sketch as it came."""
+        if self._series.labels:
+            self._series.fold_into(self._acc_dict)
+        return self._acc_dict
+
+    @_acc.setter
+    def _acc(self, value: dict[tuple, sk.Sketch]) -> None:
+        self._acc_dict = value
+        self._series = _SeriesStore(value)
 
     def _after_fork(self) -> None:
         # the parent's thread, queue and connections are not ours: start afresh, lazily
@@ -375,32 +394,39 @@ class AttentionCollector:
         health = self._minute_health()
         n_req = len(b.rows)
         bad = b.codes != 0
-        reasons = Counter(b.reason_names[c] for c in b.codes[bad])
-        n_ok = n_req - int(bad.sum())
+        n_bad = int(np.count_nonzero(bad))
+        reasons = Counter(b.reason_names[c] for c in b.codes[bad]) if n_bad else Counter()
+        n_ok = n_req - n_bad
         for t in (health, self._totals):
             t.observed += n_req
             t.accepted += n_ok
-            t.rejected.update(reasons)
-        if b.layout is not None and bad.any():
+            if n_bad:
+                t.rejected.update(reasons)
+        if b.layout is not None and n_bad:
             self._count_rejected(b, bad)
         if n_ok == 0 or b.layout is None:
             return
         keep = ~bad
-        ly, h = b.layout
-        W = b.weights[keep]  # (n, ly, h, L), padding zeroed
-        lengths = b.lengths[keep]
-        n, L = len(W), W.shape[-1]
-        ts = b.ts[keep]
-        if self._first_seen is None or ts.min() < self._first_seen:
-            self._first_seen = float(ts.min())
-        minutes = (ts // 60).astype(np.int64)
-        cohorts = b.cohorts[keep]
-        ucoh, coh_code = np.unique(cohorts, return_inverse=True)
+        every = n_bad == 0
 
-        per_head = W.reshape(n * ly * h, L)
-        mean = W.mean(axis=2)  # (n, ly, L): the layer's head-averaged attention
+        def kept(a):
+            return a if every else a[keep]
+
+        ly, h = b.layout
+        S = ly * h  # (layer, head) slots of a request
+        W = kept(b.weights)  # (n, ly, h, L), padding zeroed
+        lengths = kept(b.lengths)
+        n, L = len(W), W.shape[-1]
+        ts = kept(b.ts)
+        t_min = ts.min()
+        if self._first_seen is None or t_min < self._first_seen:
+            self._first_seen = float(t_min)
+        minutes = (ts // 60).astype(np.int64)
+
+        per_head = W.reshape(n * S, L)
+        mean = _head_mean(W)  # (n, ly, L): the layer's head-averaged attention
         mean_rows = mean.reshape(n * ly, L)
-        len_head = np.repeat(lengths, ly * h)
+        len_head = np.repeat(lengths, S)
         len_mean = np.repeat(lengths, ly)
         v_head = mx.compute(per_head, len_head)
         v_mean = mx.compute(mean_rows, len_mean)
@@ -409,47 +435,101 @@ class AttentionCollector:
             if h > 1
             else np.zeros(n * ly)
         )
-        values = np.empty((len(v_head) + len(v_mean), len(mx.ALL_METRICS)), dtype=np.float64)
-        values[: len(v_head), : len(mx.METRICS)] = v_head
-        values[: len(v_head), -1] = np.nan  # head_diversity lives on head="*" only
-        values[len(v_head) :, : len(mx.METRICS)] = v_mean
-        values[len(v_head) :, -1] = div
 
-        # series key of every row: (minute, cohort, layer, head); head h means "*"
-        m0 = int(minutes.min())
+        # requests grouped by (minute, cohort): rq[i] in [0, R), groups in first-seen order
+        series = self._series
+        if b.cohort_codes is not None:
+            coh_code, ucoh = kept(b.cohort_codes), b.cohort_keys
+        else:
+            coh_code, ucoh = pd.factorize(kept(b.cohorts), sort=False)
+        m0, m1 = int(minutes.min()), int(minutes.max())
         C = len(ucoh)
-        req_key = (minutes - m0) * C + coh_code  # (n,)
-        layer_idx = np.tile(np.repeat(np.arange(ly), h), n)
-        head_idx = np.tile(np.arange(h), n * ly)
-        key_head = (np.repeat(req_key, ly * h) * ly + layer_idx) * (h + 1) + head_idx
-        key_mean = (np.repeat(req_key, ly) * ly + np.tile(np.arange(ly), n)) * (h + 1) + h
-        keys = np.concatenate([key_head, key_mean])
-        ukeys, group = np.unique(keys, return_inverse=True)
-        rows_w = np.concatenate([per_head, mean_rows]).astype(np.float64, copy=False)
-        rows_len = np.concatenate([len_head, len_mean])
-        sketches = sk.build(group, len(ukeys), values, rows_w, rows_len)
+        req_key = coh_code if m0 == m1 else (minutes - m0) * C + coh_code
+        first = int(req_key[0])
+        if (req_key == first).all():
+            rq, rkeys, order, bounds = None, [first], None, [0, n]
+        else:
+            rq, rkeys = pd.factorize(req_key, sort=False)
+            rkeys = rkeys.tolist()
+            order = np.argsort(rq, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(rq, minlength=len(rkeys)))])
+        R = len(rkeys)
+        # store rows of each group's series: per layer, heads 0..h-1 then "*"
+        rows = np.stack([
+            series.rows_for(m0 + key // C, str(ucoh[key % C]), ly, h) for key in rkeys
+        ]).reshape(R, ly, h + 1)
+        rows_head = rows[:, :, :h].reshape(R * S)
+        rows_mean = rows[:, :, h].reshape(R * ly)
+
+        # sums, sums of squares and position profiles, per group in row order (the sums
+        # monitor.sketch.build makes, without a float64 copy of the weights)
+        M = sk.M
+        vh = v_head.reshape(n, S, len(mx.METRICS))
+        vm = v_mean.reshape(n, ly, len(mx.METRICS))
+        dv = div.reshape(n, ly)
+        if not (np.isfinite(v_head).all() and np.isfinite(v_mean).all() and np.isfinite(div).all()):
+            vh, vm, dv = (np.nan_to_num(a, nan=0.0) for a in (vh, vm, dv))
+        parts = [W.reshape(n, S, L), mean, vh, vm, dv]
+        if order is not None:  # each group's rows together, in order
+            parts = [x[order] for x in parts]
+        Lp = min(L, sk.POSITIONS)
+        sums = np.zeros((R * (S + ly), M))
+        sumsq = np.zeros((R * (S + ly), M))
+        pos = np.empty((R * (S + ly), Lp))
+        for r in range(R):
+            a, z = bounds[r], bounds[r + 1]
+            wr, mr, hr, br, dr = (x[a:z] for x in parts)
+            ph, pm, sh, sm, sd = (_seq_sum(x) for x in (wr, mr, hr, br, dr))
+            qh, qm, qd = (_seq_sum(x * x) for x in (hr, br, dr))
+            hs, ms = slice(r * S, (r + 1) * S), slice(R * S + r * ly, R * S + (r + 1) * ly)
+            pos[hs] = ph[:, ::-1][:, :Lp]
+            pos[ms] = pm[:, ::-1][:, :Lp]
+            sums[hs, : M - 1], sumsq[hs, : M - 1] = sh, qh
+            sums[ms, : M - 1], sumsq[ms, : M - 1] = sm, qm
+            sums[ms, M - 1], sumsq[ms, M - 1] = sd, qd
+        counts = np.concatenate([np.repeat(np.diff(bounds), S), np.repeat(np.diff(bounds), ly)])
+
+        # histograms: bincounts over (group, metric, bin) cells; head rows have no
+        # head_diversity (NaN: no bin), head-mean rows have all M metrics
+        nb = M * (sk.BINS + 1)
+        cells = R * (S + ly) * nb
+        hist = np.zeros(cells, dtype=np.int64)
+        n_m = len(mx.METRICS)
+        for vals, metrics, first_col, per_req, g0 in (
+            (v_head, mx.METRICS, 0, S, 0),
+            (v_mean, mx.METRICS, 0, ly, R * S),
+            (div.reshape(-1, 1), mx.ALL_METRICS[n_m:], n_m, ly, R * S),
+        ):
+            bins = sk.bin_index(vals, metrics)
+            off = (first_col + np.arange(len(metrics))) * (sk.BINS + 1)
+            if rq is None:  # group g0 + slot, the same for every request
+                b3 = bins.reshape(n, per_req, len(metrics))
+                b3 += (g0 + np.arange(per_req))[:, None] * nb + off
+            else:
+                g = (g0 + rq[:, None] * per_req + np.arange(per_req)).reshape(-1, 1)
+                bins += g * nb + off
+            hist += np.bincount(bins.reshape(-1), minlength=cells)
+        hist = hist.reshape(R * (S + ly), M, sk.BINS + 1)[:, :, : sk.BINS]
+        series.add(np.concatenate([rows_head, rows_mean]), counts, sums, sumsq, hist, pos)
 
         # items and attribute values: on the head="*" series only (keeps rows small)
-        mean_group = group[len(key_head) :]
-        valid = np.arange(L)[None, :] >= (L - len_mean)[:, None]
+        named = []
         if b.item_codes is not None:
-            codes = np.repeat(b.item_codes[keep], ly, axis=0)
-            self._attach_topk(sketches, mean_group, len(ukeys), codes, b.item_keys, mean_rows,
-                              valid, self.topk_items, None)
+            named.append((None, b.item_codes, b.item_keys, self.topk_items))
         for name, (acodes, akeys) in (b.attrs or {}).items():
-            codes = np.repeat(acodes[keep], ly, axis=0)
-            self._attach_topk(sketches, mean_group, len(ukeys), codes, akeys, mean_rows, valid,
-                              self.topk_attr_values, name)
+            named.append((name, acodes, akeys, self.topk_attr_values))
+        if named:
+            positions = _MeanPositions(mean, lengths, rq, order, R)
+            for attr, codes, keys, k in named:
+                tops = _topk_of_groups(kept(codes), len(keys), positions, k)
+                for row, tk in zip(rows_mean.tolist(), series.intern(tops, keys), strict=True):
+                    series.merge_topk(row, attr, tk)
 
-        for g, key in enumerate(ukeys.tolist()):
-            rest, head = divmod(key, h + 1)
-            rest, layer = divmod(rest, ly)
-            mi, c = divmod(rest, C)
-            label = (m0 + mi, str(ucoh[c]), str(layer), ROLLUP if head == h else str(head))
-            old = self._acc.get(label)
-            self._acc[label] = sketches[g] if old is None else old.merge(sketches[g])
-        for mi, cnt in zip(*np.unique(minutes, return_counts=True)):
-            self._acc_requests[int(mi)] += int(cnt)
+        if m0 == m1:
+            self._acc_requests[m0] += n
+        else:
+            for mi, cnt in zip(*np.unique(minutes, return_counts=True), strict=True):
+                self._acc_requests[int(mi)] += int(cnt)
 
         if self.sample_rate > 0:
             self._sample(b, keep, v_mean, ly)
@@ -469,15 +549,11 @@ class AttentionCollector:
     def _count_rejected(self, b: Block, bad: np.ndarray) -> None:
         """Rejected requests count on the head="*" series of each layer of their cohort."""
         ly, _ = b.layout
-        for ts, cohort in zip(b.ts[bad], b.cohorts[bad]):
+        for ts, cohort in zip(b.ts[bad], b.cohorts[bad], strict=True):
             if cohort is None:
                 continue
             for layer in range(ly):
-                label = (int(ts // 60), str(cohort), str(layer), ROLLUP)
-                s = self._acc.get(label)
-                if s is None:
-                    s = self._acc[label] = sk.Sketch()
-                s.rejected += 1
+                self._series.add_rejected((int(ts // 60), str(cohort), str(layer), ROLLUP))
 
     def _sample(self, b: Block, keep: np.ndarray, v_mean: np.ndarray, ly: int) -> None:
         idx = np.flatnonzero(keep)
@@ -664,6 +740,304 @@ class AttentionCollector:
         if batch.deployments:
             # the spilled file carries it; it is written when the file is replayed
             self._deployment_written = True
+
+
+def _head_mean(W: np.ndarray) -> np.ndarray:
+    """W.mean(axis=2), the same numbers (heads added in order, divided as np.mean does),
+    without the strided reduction."""
+    h = W.shape[2]
+    out = W[:, :, 0].copy()
+    for j in range(1, h):
+        out += W[:, :, j]
+    np.true_divide(out, np.intp(h), out=out, casting="unsafe")
+    return out
+
+
+def _seq_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 in float64, one row after the other from 0.0: the numbers of the
+    sparse one-hot product in monitor.sketch.build for a group made of these rows."""
+    if x[0].size < 16:  # (a reduce to one element would sum pairwise)
+        flat = np.cumsum(x.reshape(len(x), -1), axis=0, dtype=np.float64)[-1]
+        return flat.reshape(x.shape[1:]) + 0.0
+    return np.add.reduce(x, axis=0, dtype=np.float64, initial=0.0)
+
+
+class _MeanPositions:
+    """The valid positions of a batch's head-mean rows, grouped: group g = r * ly + layer
+    holds the positions (i, j) of the requests of group r, in order, with their mass
+    (float64, as the sums take it)."""
+
+    def __init__(self, mean: np.ndarray, lengths: np.ndarray, rq, order, R: int):
+        n, ly, L = mean.shape
+        if order is not None:  # requests by group (a stable order)
+            mean, lengths = mean[order], lengths[order]
+            req = np.concatenate([[0], np.cumsum(np.bincount(rq, minlength=R))]).tolist()
+        else:
+            req = [0, n]
+        self.order = order
+        self.valid = None if (lengths == L).all() else np.arange(L)[None, :] >= (L - lengths)[:, None]
+        ends = np.concatenate([[0], np.cumsum(lengths)])
+        self.slices, self.mass = [], []
+        for r in range(R):
+            a, z = req[r], req[r + 1]
+            for layer in range(ly):
+                m = mean[a:z, layer, :]
+                m = m.reshape(-1) if self.valid is None else m[self.valid[a:z]]
+                self.slices.append(slice(int(ends[a]), int(ends[z])))
+                self.mass.append(m.astype(np.float64))
+
+    def codes(self, codes: np.ndarray) -> np.ndarray:
+        """The key codes at the positions, in their order."""
+        if self.order is not None:
+            codes = codes[self.order]
+        return codes.reshape(-1) if self.valid is None else codes[self.valid]
+
+
+_DENSE_SLACK = 65536  # cells a group's dense top-K pass may spend beyond 4 per position
+
+
+def _topk_of_groups(codes: np.ndarray, n_keys: int, pos: _MeanPositions, k: int) -> list[TopK]:
+    """Top-K of the attention mass per key code, for each head-mean group.
+
+    The summaries monitor.sketch.topk_by_group makes of the head-mean rows (each key's
+    mass summed in the same order, TopK.from_counts' reduction), with the key codes in
+    place of the keys: the caller makes text only of the codes that are kept.
+    """
+    c_all = pos.codes(codes)
+    some_none = bool((c_all < 0).any())  # -1: no key (None), which must not alias another
+    U = max(n_keys, 1)
+    out = []
+    for sl, mass in zip(pos.slices, pos.mass, strict=True):
+        c = c_all[sl]
+        if some_none:
+            ok = c >= 0
+            c, mass = c[ok], mass[ok]
+        if U <= 4 * len(c) + _DENSE_SLACK:  # one dense pass; else sort the keys that occur
+            cells = np.bincount(c, weights=mass, minlength=U)
+            keys = np.flatnonzero(cells)
+            cells = cells[keys]
+        else:
+            keys, inv = np.unique(c, return_inverse=True)
+            cells = np.bincount(inv, weights=mass, minlength=len(keys))
+        keep = cells > 0
+        m = cells[keep]
+        out.append(TopK._reduced(keys[keep], m, k, float(m.sum())))
+    return out
+
+
+def _merge_ids(a: TopK, b: TopK) -> TopK:
+    """monitor.topk.merge_many([a, b]) of summaries keyed by interned ids (int64): the
+    same first-seen order, sums and reduction as with the keys' text."""
+    parts = (a, b)
+    k = min(s.k for s in parts)
+    total = float(sum(s.total for s in parts))
+    full = [s for s in parts if len(s.keys)]
+    if not full:
+        return TopK(k, np.empty(0, dtype=np.int64), np.empty(0), total)
+    if len(full) == 1:
+        return TopK._reduced(full[0].keys, full[0].counts, k, total)
+    codes, uniq = pd.factorize(np.concatenate([a.keys, b.keys]), sort=False)
+    summed = np.bincount(codes, weights=np.concatenate([a.counts, b.counts]), minlength=len(uniq))
+    return TopK._reduced(np.asarray(uniq, dtype=np.int64), summed, k, total)
+
+
+class _SeriesStore:
+    """What the background thread accumulates between two reads of `_acc`: per series
+    (minute, cohort, layer, head), dense rows of counts, sums, histograms and position
+    profiles, and top-K summaries whose keys are ids into a table of the keys' text.
+
+    A series already in the accumulator `acc` moves into its row when the row is made,
+    so that every batch adds to the running total in turn, as Sketch.merge of every
+    batch's sketch would: sums add in the same order (the batch's sums are sequential
+    from 0.0, so adding into a zeroed row equals taking the first batch's sketch), and
+    top-K summaries go through the same merges, on ids. `fold_into` puts the rows back.
+    """
+
+    def __init__(self, acc: dict[tuple, sk.Sketch], capacity: int = 64):
+        self.acc = acc
+        self.index: dict[tuple, int] = {}
+        self.labels: list[tuple] = []
+        self.items: list[TopK | None] = []
+        self.attrs: list[dict[str, TopK]] = []
+        self.key_ids: dict[str, int] = {}  # text -> id
+        self.key_text: list[str] = []  # id -> text
+        # integer keys seen, sorted, and the ids of their text
+        self.num_keys = np.empty(0, dtype=np.int64)
+        self.num_key_ids = np.empty(0, dtype=np.int64)
+        self.dup_ids = False  # whether a summary may hold one id twice
+        self._lut = np.full(64, -1, dtype=np.int64)  # scratch of _merge, all -1 between uses
+        self._layouts: dict[tuple, np.ndarray] = {}
+        self._alloc(capacity)
+
+    def _alloc(self, cap: int) -> None:
+        old = getattr(self, "n", None)
+        M = sk.M
+        fresh = {
+            "n": np.zeros(cap, dtype=np.int64),
+            "rejected": np.zeros(cap, dtype=np.int64),
+            "sums": np.zeros((cap, M)),
+            "sumsq": np.zeros((cap, M)),
+            "hist": np.zeros((cap, M, sk.BINS), dtype=np.int64),
+            "pos": np.zeros((cap, sk.POSITIONS)),
+        }
+        for name, arr in fresh.items():
+            if old is not None:
+                prev = getattr(self, name)
+                arr[: len(prev)] = prev
+            setattr(self, name, arr)
+
+    def row(self, label: tuple) -> int:
+        r = self.index.get(label)
+        if r is None:
+            r = self.index[label] = len(self.labels)
+            self.labels.append(label)
+            self.items.append(None)
+            self.attrs.append({})
+            if r >= len(self.n):
+                self._alloc(2 * len(self.n))
+            old = self.acc.pop(label, None)
+            if old is not None:
+                self._load(r, old)
+        return r
+
+    def _load(self, r: int, s: sk.Sketch) -> None:
+        self.n[r], self.rejected[r] = s.n, s.rejected
+        self.sums[r], self.sumsq[r], self.hist[r], self.pos[r] = s.sums, s.sumsq, s.hist, s.pos
+        self.items[r] = None if s.items is None else self._with_ids(s.items)
+        self.attrs[r] = {a: self._with_ids(t) for a, t in s.attrs.items()}
+
+    def _ids(self, text) -> np.ndarray:
+        ids = np.empty(len(text), dtype=np.int64)
+        table, known = self.key_ids, self.key_text
+        for j, v in enumerate(text):
+            i = table.get(v)
+            if i is None:
+                i = table[v] = len(known)
+                known.append(v)
+            ids[j] = i
+        return ids
+
+    def _with_ids(self, t: TopK) -> TopK:
+        ids = self._ids(t.keys.tolist())
+        if len(np.unique(ids)) < len(ids):
+            self.dup_ids = True
+        return TopK(t.k, ids, t.counts, t.total)
+
+    def rows_for(self, minute: int, cohort: str, ly: int, h: int) -> np.ndarray:
+        """Rows of one (minute, cohort): per layer, heads 0..h-1 then "*"."""
+        key = (minute, cohort, ly, h)
+        rows = self._layouts.get(key)
+        if rows is None:
+            rows = self._layouts[key] = np.array([
+                self.row((minute, cohort, str(layer), ROLLUP if head == h else str(head)))
+                for layer in range(ly) for head in range(h + 1)
+            ])
+        return rows
+
+    def add_rejected(self, label: tuple) -> None:
+        r = self.row(label)  # (first: it may grow the arrays)
+        self.rejected[r] += 1
+
+    def add(self, rows, counts, sums, sumsq, hist, pos) -> None:
+        """One batch's groups (rows distinct); pos may be shorter than POSITIONS."""
+        self.n[rows] += counts
+        self.sums[rows] += sums
+        self.sumsq[rows] += sumsq
+        self.hist[rows] += hist
+        self.pos[rows, : pos.shape[1]] += pos
+
+    def intern(self, tops: list[TopK], keys: np.ndarray) -> list[TopK]:
+        """The summaries with their key codes (into `keys`) replaced by ids of the text."""
+        codes = np.concatenate([t.keys for t in tops]) if tops else np.empty(0, np.int64)
+        if not len(codes):
+            return [TopK(t.k, np.empty(0, dtype=np.int64), t.counts, t.total) for t in tops]
+        uc = np.unique(codes)
+        if keys.dtype.kind in "iu" and np.can_cast(keys.dtype, np.int64):
+            ids = self._number_ids(keys[uc].astype(np.int64))
+        else:
+            vals = keys[uc].tolist()
+            ids = self._ids(vals if keys.dtype == object else [_key(v) for v in vals])
+        if len(np.unique(ids)) < len(ids):
+            self.dup_ids = True  # two keys with one text (1 and "1"): merges must sum them
+        lut = np.empty(int(uc[-1]) + 1, dtype=np.int64)
+        lut[uc] = ids
+        return [TopK(t.k, lut[t.keys], t.counts, t.total) for t in tops]
+
+    def _number_ids(self, nums: np.ndarray) -> np.ndarray:
+        """Ids of the text of integer keys (distinct, sorted): the numbers seen so far
+        are kept sorted beside their ids, so that only new ones are made text."""
+        known, known_ids = self.num_keys, self.num_key_ids
+        at = np.minimum(np.searchsorted(known, nums), max(len(known) - 1, 0))
+        found = known[at] == nums if len(known) else np.zeros(len(nums), dtype=bool)
+        ids = np.where(found, known_ids[at] if len(known) else 0, -1)
+        new = np.flatnonzero(~found)
+        if len(new):
+            ids[new] = self._ids([_key(v) for v in nums[new].tolist()])
+            merged = np.concatenate([known, nums[new]])
+            order = np.argsort(merged, kind="stable")
+            self.num_keys = merged[order]
+            self.num_key_ids = np.concatenate([known_ids, ids[new]])[order]
+        return ids
+
+    def merge_topk(self, row: int, attr: str | None, tk: TopK) -> None:
+        if attr is None:
+            cur = self.items[row]
+            self.items[row] = tk if cur is None else self._merge(cur, tk)
+        else:
+            d = self.attrs[row]
+            cur = d.get(attr)
+            d[attr] = tk if cur is None else self._merge(cur, tk)
+
+    def _merge(self, a: TopK, b: TopK) -> TopK:
+        """merge_many([a, b]) on ids. With no id twice in a summary, the first-seen order
+        of a.keys + b.keys is a's keys then b's new ones, and each sum is a's counter plus
+        b's (bincount's 0.0 + a + b, as counters are > 0): found with a lookup table."""
+        if self.dup_ids or not (len(a.keys) and len(b.keys)):
+            return _merge_ids(a, b)
+        na = len(a.keys)
+        lut = self._lut
+        if len(lut) < len(self.key_text):
+            lut = self._lut = np.full(2 * len(self.key_text), -1, dtype=np.int64)
+        lut[a.keys] = np.arange(na)
+        hit = lut[b.keys]
+        lut[a.keys] = -1
+        new = hit < 0
+        n_new = int(np.count_nonzero(new))
+        hit[new] = na + np.arange(n_new)
+        keys = np.concatenate([a.keys, b.keys[new]])
+        summed = np.zeros(na + n_new)
+        summed[:na] = a.counts
+        summed[hit] += b.counts
+        total = float(sum(s.total for s in (a, b)))
+        return TopK._reduced(keys, summed, min(a.k, b.k), total)
+
+    def fold_into(self, acc: dict[tuple, sk.Sketch]) -> None:
+        text = np.array(self.key_text, dtype=object) if self.key_text else np.empty(0, dtype=object)
+
+        def keyed(t: TopK | None) -> TopK | None:
+            return None if t is None else TopK(t.k, text[t.keys], t.counts, t.total)
+
+        for r, label in enumerate(self.labels):
+            s = sk.Sketch(
+                int(self.n[r]), int(self.rejected[r]), self.sums[r].copy(),
+                self.sumsq[r].copy(), self.hist[r].copy(), self.pos[r].copy(),
+                keyed(self.items[r]), {a: keyed(t) for a, t in self.attrs[r].items()},
+            )
+            old = acc.get(label)
+            acc[label] = s if old is None else old.merge(s)
+        used = len(self.labels)
+        for arr in (self.n, self.rejected, self.sums, self.sumsq, self.hist, self.pos):
+            arr[:used] = 0
+        self.index.clear()
+        self.labels.clear()
+        self.items.clear()
+        self.attrs.clear()
+        self.key_ids.clear()
+        self.key_text.clear()
+        self.num_keys = np.empty(0, dtype=np.int64)
+        self.num_key_ids = np.empty(0, dtype=np.int64)
+        self.dup_ids = False
+        self._layouts.clear()
 
 
 def _copy(values) -> np.ndarray:

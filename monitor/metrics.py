@@ -299,7 +299,11 @@ def head_diversity(weights: np.ndarray, lengths: np.ndarray) -> np.ndarray:
             pb, lpb, mx, lmx = p[:m], lp[:m], mix[:m], lmix[:m]
             pb[...] = w[a:b]
             tot = pb.sum(axis=2, keepdims=True)
-            np.divide(pb, tot, out=pb, where=tot > 0)
+            pos = tot > 0
+            if pos.all():  # the same quotients; a masked divide is several times slower
+                np.divide(pb, tot, out=pb)
+            else:
+                np.divide(pb, tot, out=pb, where=pos)
             np.add(pb, tiny, out=lpb)  # log(p + tiny): p log p is exactly 0 at p == 0
             np.log(lpb, out=lpb)
             # JS(p, q) = [E(p) + E(q)] / 2 - E((p + q) / 2) with E(x) = sum x log x: one log
