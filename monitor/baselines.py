@@ -9,20 +9,43 @@
 A baseline is merged once per series and reference and kept in `baseline_sketches`;
 a trailing one is the sum of hourly partial sketches, each merged once from minute rows.
 So an evaluation cycle reads a handful of rows per series, whatever the traffic.
+
+Each series is merged in one step (monitor.sketch.merge_all / merge_encoded), not row by
+row; `Baselines` keeps the hour partials of the trailing baselines it holds, so when a
+baseline slides by an hour only the new hour is read. Rows are written by COPY on
+PostgreSQL (psycopg) and one executemany on SQLite (`bulk_insert`).
 """
 
 from __future__ import annotations
 
+import gc
 import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import and_, delete, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    and_,
+    cast,
+    delete,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
 
 from monitor.config import EvaluateConfig
-from monitor.sketch import Sketch
+from monitor.metrics import ALL_METRICS
+from monitor.sketch import Sketch, encode_payload, from_parts, merge_all, merge_encoded
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
@@ -95,82 +118,278 @@ def choose(
     return BaselineRef("trailing", f"trailing@{_iso(end)}", version, start, end)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector (reference counting goes on) while sketches are
+    decoded by the ten thousand: each full collection would walk every cached sketch, and
+    they are not garbage. Restored afterwards if it was on; nests, and threads may overlap."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+# --- bulk writes -------------------------------------------------------------------------
+
+
+def bind_rows(dialect, table: Table, cols: Sequence[str], rows: Iterable[Sequence]) -> list[tuple]:
+    """Row tuples (in `cols` order) as SQLAlchemy binds them: each column type's bind
+    processing for the dialect applied (e.g. SQLite's datetime text, JSON serialised).
+
+    Timestamps and JSON values are usually the same objects on every row (the window's
+    ends, a None detail): each distinct object is processed once.
+    """
+    procs = []
+    for i, c in enumerate(cols):
+        typ = table.c[c].type
+        proc = typ.dialect_impl(dialect).bind_processor(dialect)
+        if proc is not None:
+            procs.append((i, proc, isinstance(typ, DateTime | JSON)))
+    if not procs:
+        return [tuple(r) for r in rows]
+    out = []
+    memo: dict[tuple[int, int], object] = {}
+    for r in rows:
+        r = list(r)
+        for i, proc, shared in procs:
+            v = r[i]
+            if shared:
+                key = (i, id(v))  # the rows hold v: its id is not reused meanwhile
+                got = memo.get(key, memo)
+                if got is memo:
+                    got = memo[key] = proc(v)
+                r[i] = got
+            else:
+                r[i] = proc(v)
+        out.append(tuple(r))
+    return out
+
+
+def _qualified(conn: Connection, table: Table) -> str:
+    return conn.dialect.identifier_preparer.format_table(table)
+
+
+def _column_list(conn: Connection, cols: Sequence[str]) -> str:
+    q = conn.dialect.identifier_preparer.quote
+    return ", ".join(q(c) for c in cols)
+
+
+def _json_text(raw, rows: list[tuple], json_cols: Sequence[int]) -> list[tuple]:
+    """Rows with psycopg Json wrappers (what SQLAlchemy binds a JSON value to) replaced by
+    the text psycopg would send for them; each distinct wrapper dumped once."""
+    from psycopg.adapt import PyFormat
+    from psycopg.types.json import Json
+
+    dumper = raw.adapters.get_dumper(Json, PyFormat.TEXT)(Json, raw)
+    memo: dict[int, str] = {}
+    out = []
+    for r in rows:
+        r = list(r)
+        for i in json_cols:
+            v = r[i]
+            if isinstance(v, Json):
+                got = memo.get(id(v))
+                if got is None:
+                    got = memo[id(v)] = bytes(dumper.dump(v)).decode("utf-8")
+                r[i] = got
+        out.append(tuple(r))
+    return out
+
+
+def _binary_types(table: Table, cols: Sequence[str], rows: list[tuple]) -> list[str] | None:
+    """The COPY (FORMAT BINARY) type of each column, or None where some value would not
+    go in binary exactly as psycopg would send it as a parameter (then COPY as text)."""
+    out = []
+    for i, c in enumerate(cols):
+        typ = table.c[c].type
+        types = {type(r[i]) for r in rows} - {type(None)}
+        if isinstance(typ, JSON | String):  # JSON: text from _json_text, read by json_recv
+            name, ok = "text", all(ty is str for ty in types)
+        elif isinstance(typ, Float):
+            name, ok = "float8", all(issubclass(ty, float) for ty in types)
+        elif isinstance(typ, BigInteger):
+            name, ok = "int8", all(ty is int for ty in types)
+        elif isinstance(typ, LargeBinary):
+            name, ok = "bytea", all(ty is bytes for ty in types)
+        elif isinstance(typ, DateTime) and typ.timezone:
+            # a naive datetime is read in the session's time zone: left to the text format
+            distinct = {id(r[i]): r[i] for r in rows if r[i] is not None}.values()
+            name = "timestamptz"
+            ok = all(issubclass(ty, datetime) for ty in types) and all(
+                v.utcoffset() is not None for v in distinct
+            )
+        else:
+            return None
+        if not ok:
+            return None
+        out.append(name)
+    return out
+
+
+def copy_rows(conn: Connection, target: str, table: Table, cols: Sequence[str], rows: list[tuple]) -> None:
+    """PostgreSQL (psycopg): COPY bound row tuples (bind_rows) into `target` (a quoted
+    table name, of `table`'s column types, or text for its JSON columns)."""
+    raw = conn.connection.driver_connection
+    json_cols = [i for i, c in enumerate(cols) if isinstance(table.c[c].type, JSON)]
+    if json_cols:
+        rows = _json_text(raw, rows, json_cols)
+    types = _binary_types(table, cols, rows)
+    fmt = " (FORMAT BINARY)" if types else ""
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY {target} ({_column_list(conn, cols)}) FROM STDIN{fmt}") as cp:
+            if types:
+                cp.set_types(types)
+            for r in rows:
+                cp.write_row(r)
+
+
+def bulk_insert(conn: Connection, table: Table, cols: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """Insert row tuples (in `cols` order) as `conn.execute(table.insert(), dicts)` would,
+    without its per-row statement work: COPY on PostgreSQL (psycopg), executemany of one
+    short statement on SQLite."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    bound = bind_rows(dialect, table, cols, rows)
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        copy_rows(conn, _qualified(conn, table), table, cols, bound)
+    elif dialect.name == "sqlite" and dialect.driver == "pysqlite":
+        marks = ", ".join("?" * len(cols))
+        conn.exec_driver_sql(
+            f"INSERT INTO {_qualified(conn, table)} ({_column_list(conn, cols)}) VALUES ({marks})", bound
+        )
+    else:
+        conn.execute(table.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
+
+
 # --- materialisation -------------------------------------------------------------------
+
+_SUM_COLS = [f"sum_{m}" for m in ALL_METRICS]
+_SUMSQ_COLS = [f"sumsq_{m}" for m in ALL_METRICS]
+M = len(ALL_METRICS)
+
+
+# rows _merge_rows holds (compressed) before it folds them into the merged sketches: about
+# 100 MB; an hour of 1,000 series is one fold, so its top-K summaries merge in one step
+MERGE_BUFFER_ROWS = 65_536
 
 
 def _merge_rows(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[SeriesKey, Sketch]:
+    """Every series' rows in [start, end) merged (monitor.sketch.merge_all, in row order).
+
+    Rows are held compressed and decoded a series at a time, MERGE_BUFFER_ROWS at most:
+    past that each series' rows so far are folded into its merged sketch (counts, sums and
+    histograms exactly as one merge; top-K summaries then merge once per fold).
+    """
     wa = t.window_aggregates
     conds = [wa.c.model == model, wa.c.bucket_start >= start, wa.c.bucket_start < end]
     if version != ANY_VERSION:
         conds.append(wa.c.version == version)
-    out: dict[SeriesKey, Sketch] = {}
-    with engine.connect() as conn:
-        for row in conn.execute(select(wa).where(*conds)).mappings():
-            key = (row["cohort"], row["layer"], row["head"])
-            s = Sketch.from_row(row)
-            out[key] = out[key].merge(s) if key in out else s
+    cols = [wa.c.cohort, wa.c.layer, wa.c.head, wa.c.payload, wa.c.n, wa.c.rejected,
+            *(wa.c[c] for c in _SUM_COLS), *(wa.c[c] for c in _SUMSQ_COLS)]
+    out: dict[SeriesKey, Sketch] = {}  # series in the order of their first row
+    held: dict[SeriesKey, list] = {}
+
+    def fold() -> None:
+        for key, rows in held.items():
+            out[key] = merge_encoded(rows, out.get(key))
+        held.clear()
+
+    with gc_paused():
+        n = 0
+        with engine.connect() as conn:
+            for part in conn.execute(select(*cols).where(*conds)).partitions(2048):
+                for r in part:
+                    held.setdefault((r[0], r[1], r[2]), []).append((r[3], r[4], r[5], r[6 : 6 + M], r[6 + M :]))
+                    n += 1
+                    if n % MERGE_BUFFER_ROWS == 0:
+                        fold()
+        fold()
     return out
 
 
+_STORE_COLS = ("model", "version", "cohort", "layer", "head", "kind", "ref", "window_start",
+               "window_end", "n", "rejected", "sums", "sumsq", "payload", "computed_at")
+
+
 def _store(engine: Engine, model: str, version: str, kind: str, ref: str, start: datetime,
-           end: datetime, sketches: dict[SeriesKey, Sketch]) -> None:
+           end: datetime, sketches: dict[SeriesKey, Sketch]) -> list[tuple]:
+    """Replace the reference's rows with these sketches; the rows written (_STORE_COLS)."""
     now = datetime.now(UTC)
     rows = []
     items = sketches.items() if sketches else [((_EMPTY, _EMPTY, _EMPTY), Sketch())]
     for (cohort, layer, head), s in items:
-        r = s.to_row()
         rows.append(
-            {
-                "model": model, "version": version, "cohort": cohort, "layer": layer, "head": head,
-                "kind": kind, "ref": ref, "window_start": start, "window_end": end,
-                "n": r["n"], "rejected": r["rejected"],
-                "sums": [float(x) for x in s.sums], "sumsq": [float(x) for x in s.sumsq],
-                "payload": r["payload"], "computed_at": now,
-            }
+            (model, version, cohort, layer, head, kind, ref, start, end, int(s.n), int(s.rejected),
+             [float(x) for x in s.sums], [float(x) for x in s.sumsq], encode_payload(s), now)
         )
     bs = t.baseline_sketches
     with engine.begin() as conn:
         # a concurrent builder of the same reference wrote the same sums: keep one
         conn.execute(delete(bs).where(bs.c.model == model, bs.c.version == version,
                                       bs.c.kind == kind, bs.c.ref == ref))
-        conn.execute(bs.insert(), rows)
+        bulk_insert(conn, bs, _STORE_COLS, rows)
+    return rows
+
+
+def _as_read(rows: list[tuple]) -> dict[SeriesKey, Sketch]:
+    """The sketches of stored rows (_STORE_COLS) as _load reads them back."""
+    return {
+        (r[2], r[3], r[4]): from_parts(r[13], r[9], r[10], r[11], r[12]) for r in rows if r[2] != _EMPTY
+    }
 
 
 def _load(engine: Engine, model: str, version: str, kind: str, ref: str) -> dict[SeriesKey, Sketch] | None:
     bs = t.baseline_sketches
+    # sums as their JSON text: lists of floats, parsed below without the JSON decoder
+    cols = [bs.c.cohort, bs.c.layer, bs.c.head, bs.c.payload, bs.c.n, bs.c.rejected,
+            cast(bs.c.sums, Text), cast(bs.c.sumsq, Text)]
     with engine.connect() as conn:
         rows = conn.execute(
-            select(bs).where(bs.c.model == model, bs.c.version == version, bs.c.kind == kind, bs.c.ref == ref)
-        ).mappings().all()
+            select(*cols).where(bs.c.model == model, bs.c.version == version, bs.c.kind == kind, bs.c.ref == ref)
+        ).all()
     if not rows:
         return None
     out = {}
-    for r in rows:
-        if r["cohort"] == _EMPTY:
-            continue
-        s = Sketch.from_row({"payload": r["payload"], "n": r["n"], "rejected": r["rejected"],
-                             **_sum_cols(r["sums"], r["sumsq"])})
-        out[(r["cohort"], r["layer"], r["head"])] = s
+    with gc_paused():
+        for cohort, layer, head, payload, n, rejected, sums, sumsq in rows:
+            if cohort == _EMPTY:
+                continue
+            out[(cohort, layer, head)] = from_parts(payload, n, rejected, _floats(sums), _floats(sumsq))
     return out
 
 
-def _sum_cols(sums, sumsq) -> dict[str, float]:
-    from monitor.metrics import ALL_METRICS
-
-    sums = json.loads(sums) if isinstance(sums, str) else sums
-    sumsq = json.loads(sumsq) if isinstance(sumsq, str) else sumsq
-    cols = {f"sum_{m}": v for m, v in zip(ALL_METRICS, sums, strict=True)}
-    cols.update({f"sumsq_{m}": v for m, v in zip(ALL_METRICS, sumsq, strict=True)})
-    return cols
+def _floats(text) -> list:
+    """A stored JSON list of the M metrics' floats (as _store writes it), as a list."""
+    if isinstance(text, str) and text[:1] == "[" and text[-1:] == "]" and "[" not in text[1:]:
+        parts = text[1:-1].split(",")
+        if len(parts) == M:
+            try:
+                return [float(x) for x in parts]  # what json.loads gives, then float()
+            except ValueError:
+                pass
+    vals = json.loads(text) if isinstance(text, str) else text
+    if len(vals) != M:
+        raise ValueError(f"expected {M} values per series, got {len(vals)}")
+    return vals
 
 
 class Baselines:
-    """Materialised baselines, with an in-process cache for the daemon's cycles."""
+    """Materialised baselines, with an in-process cache for the daemon's cycles.
+
+    Hour partials are kept too (as read back from the store), those of the latest
+    trailing baseline of each (model, version): when the baseline slides by an hour, only
+    the new hour is merged from minute rows.
+    """
 
     def __init__(self, engine: Engine, cfg: EvaluateConfig, cache_size: int = 64):
         self.engine, self.cfg = engine, cfg
         self._cache: dict[tuple, dict[SeriesKey, Sketch]] = {}
         self._cache_size = cache_size
+        self._hours: dict[tuple[str, str, datetime], dict[SeriesKey, Sketch]] = {}
 
     def get(self, model: str, ref: BaselineRef) -> dict[SeriesKey, Sketch]:
         key = (model, ref.kind, ref.ref, ref.version)
@@ -189,22 +408,41 @@ class Baselines:
         if ref.kind != "trailing":
             got = _merge_rows(self.engine, model, ref.version, ref.start, ref.end)
         else:
-            got = {}
+            parts: dict[SeriesKey, list[Sketch]] = defaultdict(list)
             hour = ref.start
             while hour < ref.end:
-                part = self._hour(model, ref.version, hour)
-                for k, s in part.items():
-                    got[k] = got[k].merge(s) if k in got else s
+                for k, s in self._hour(model, ref.version, hour).items():
+                    parts[k].append(s)
                 hour += timedelta(hours=1)
+            got = {k: v[0] if len(v) == 1 else merge_all(v) for k, v in parts.items()}
+            self._forget_hours(model, ref)
         _store(self.engine, model, ref.version, ref.kind, ref.ref, ref.start, ref.end, got)
         return got
 
+    def _forget_hours(self, model: str, ref: BaselineRef) -> None:
+        """Keep the partials the successors of this trailing baseline need (its hours), and
+        those of the other trailing baselines still cached; forget the rest."""
+        live = {(k[0], k[3]) for k in self._cache if k[1] == "trailing"}
+        for key in list(self._hours):
+            if key[:2] == (model, ref.version):
+                if not ref.start <= key[2] < ref.end:
+                    del self._hours[key]
+            elif key[:2] not in live:
+                del self._hours[key]
+
     def _hour(self, model: str, version: str, hour: datetime) -> dict[SeriesKey, Sketch]:
+        key = (model, version, as_utc(hour))
+        hit = self._hours.get(key)
+        if hit is not None:
+            return hit
         ref = _iso(hour)
         got = _load(self.engine, model, version, "hour", ref)
         if got is None:
             got = _merge_rows(self.engine, model, version, hour, hour + timedelta(hours=1))
-            _store(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1), got)
+            rows = _store(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1), got)
+            self._hours[key] = _as_read(rows)  # what a later _load would read
+        else:
+            self._hours[key] = got
         return got
 
 

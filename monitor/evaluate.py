@@ -3,24 +3,37 @@
 Reads sketches only (the window's minute rows and the materialised baseline), so its
 cost grows with series × window minutes, not with traffic. Writes `drift_results`, one
 row per (series, statistic, window end); the unique key makes a rerun a no-op.
+
+Per series the histogram statistics of all its metrics are computed at once (stats.*_rows,
+equal to the per-metric functions); the cyclic garbage collector is held during a cycle
+(monitor.baselines.gc_paused), which allocates tens of thousands of long-lived sketches.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, Column, MetaData, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from monitor import stats
-from monitor.baselines import Baselines, choose, deployments, sketch_std
+from monitor.baselines import (
+    Baselines,
+    bind_rows,
+    choose,
+    copy_rows,
+    deployments,
+    gc_paused,
+    sketch_std,
+)
 from monitor.config import EvaluateConfig
 from monitor.metrics import ALL_METRICS
-from monitor.sketch import EDGES, Sketch, merge_all
+from monitor.sketch import EDGES, M, Sketch, merge_all, merge_encoded
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
@@ -64,24 +77,42 @@ class WindowReader:
         where = (wa.c.bucket_start >= start, wa.c.bucket_start < end, wa.c.bucket_seconds == 60)
         fq = select(*labels, wa.c.bucket_start, func.count(), func.sum(wa.c.n), func.max(wa.c.id))
         with self.engine.connect() as conn:
-            fps = {(tuple(r[:5]), as_utc(r[5])): tuple(r[6:]) for r in conn.execute(fq.where(*where).group_by(*labels, wa.c.bucket_start))}
+            utc: dict[datetime, datetime] = {}  # a window holds a few distinct minutes
+            fps = {}
+            for r in conn.execute(fq.where(*where).group_by(*labels, wa.c.bucket_start)):
+                m = utc.get(r[5])
+                if m is None:
+                    m = utc[r[5]] = as_utc(r[5])
+                fps[(tuple(r[:5]), m)] = tuple(r[6:])
             stale = {k for k, fp in fps.items() if self._cache.get(k, (None,))[0] != fp}
             if stale:
                 minutes = sorted({m for _, m in stale})
-                fresh: dict[tuple, list[Sketch]] = defaultdict(list)
-                for row in conn.execute(select(wa).where(*where, wa.c.bucket_start.in_(minutes))).mappings():
-                    key = (tuple(row[c] for c in ("model", "version", "cohort", "layer", "head")), as_utc(row["bucket_start"]))
-                    if key in stale:
-                        fresh[key].append(Sketch.from_row(row))
+                cols = [*labels, wa.c.bucket_start, wa.c.payload, wa.c.n, wa.c.rejected,
+                        *(wa.c[f"sum_{m}"] for m in ALL_METRICS), *(wa.c[f"sumsq_{m}"] for m in ALL_METRICS)]
+                fresh: dict[tuple, list] = defaultdict(list)
+                for part in conn.execute(select(*cols).where(*where, wa.c.bucket_start.in_(minutes))).partitions(2048):
+                    for row in part:
+                        m = utc.get(row[5])
+                        if m is None:
+                            m = utc[row[5]] = as_utc(row[5])
+                        key = (tuple(row[:5]), m)
+                        if key in stale:
+                            fresh[key].append((row[6], row[7], row[8], row[9 : 9 + M], row[9 + M :]))
                 for key, parts in fresh.items():
-                    self._cache[key] = (fps[key], merge_all(parts))
+                    self._cache[key] = (fps[key], merge_encoded(parts))
         for key in [k for k in self._cache if k not in fps]:
             del self._cache[key]
         by_series: dict[tuple, list] = defaultdict(list)
-        for (series, _minute), (_, sk) in sorted(self._cache.items(), key=lambda kv: kv[0][1]):
-            by_series[series].append(sk)
-        merged = {k: merge_all(v) for k, v in by_series.items()}
-        per_minute = {k: [(s.n, s.sums) for s in v] for k, v in by_series.items()}
+        for i, ((series, minute), (_, sk)) in enumerate(self._cache.items()):
+            by_series[series].append((minute, i, sk))
+        for v in by_series.values():
+            v.sort(key=lambda mis: mis[:2])  # oldest minute first
+        merged, per_minute = {}, {}
+        # series in the order of their oldest minute (then first cached)
+        for k, v in sorted(by_series.items(), key=lambda kv: kv[1][0][:2]):
+            sks = [sk for _, _, sk in v]
+            merged[k] = merge_all(sks)
+            per_minute[k] = [(s.n, s.sums) for s in sks]
         return merged, per_minute
 
 
@@ -91,14 +122,21 @@ def series_statistics(
     """(statistic, value, baseline_value, detail) for one series. Pure."""
     out: list[tuple[str, float, float | None, dict | None]] = []
     cmean, bmean, bstd = cur.sums / cur.n, base.sums / base.n, sketch_std(base)
-    metrics = list(cfg.metrics) + (["head_diversity"] if head == ROLLUP else [])
-    for m in dict.fromkeys(metrics):
-        j = COL[m]
-        out.append((f"mean.{m}", float(cmean[j]), float(bmean[j]), None))
-        out.append((f"delta.{m}", stats.delta_sd(cmean[j], bmean[j], bstd[j]), 0.0, None))
-        out.append((f"psi.{m}", stats.psi(base.hist[j], cur.hist[j]), 0.0, None))
-        out.append((f"js.{m}", stats.js_distance(base.hist[j], cur.hist[j]), 0.0, None))
-        out.append((f"wasserstein.{m}", stats.wasserstein_hist(base.hist[j], cur.hist[j], EDGES[m]), 0.0, None))
+    metrics = list(dict.fromkeys(list(cfg.metrics) + (["head_diversity"] if head == ROLLUP else [])))
+    if metrics:
+        # every metric at once: one (metrics, BINS) array per side; equal to the per-metric
+        # functions (stats.psi, js_distance, wasserstein_hist) row by row
+        idx = [COL[m] for m in metrics]
+        bh, ch = base.hist[idx], cur.hist[idx]
+        psi, js, wd = stats.histogram_drift_rows(bh, ch, [EDGES[m] for m in metrics])
+        cm, bm = cmean[idx], bmean[idx]
+        delta = (cm - bm) / np.maximum(bstd[idx], stats.STD_FLOOR)  # stats.delta_sd
+        for i, m in enumerate(metrics):
+            out.append((f"mean.{m}", float(cm[i]), float(bm[i]), None))
+            out.append((f"delta.{m}", float(delta[i]), 0.0, None))
+            out.append((f"psi.{m}", float(psi[i]), 0.0, None))
+            out.append((f"js.{m}", float(js[i]), 0.0, None))
+            out.append((f"wasserstein.{m}", float(wd[i]), 0.0, None))
     out.append(("js.position_profile", stats.js_profile(base.pos, cur.pos), 0.0, None))
     if cur.items is not None and base.items is not None:
         cs, bs = cur.items.shares(), base.items.shares()
@@ -123,7 +161,7 @@ def series_statistics(
             if len(xs):
                 path = stats.cusum(xs, float(bmean[j]), float(bstd[j]))
                 out.append((f"cusum.{m}", float(path[-1]), 0.0, None))
-    return [(name, v, b, d) for name, v, b, d in out if v is not None and np.isfinite(v)]
+    return [(name, v, b, d) for name, v, b, d in out if v is not None and math.isfinite(v)]
 
 
 def evaluate_cycle(
@@ -131,12 +169,20 @@ def evaluate_cycle(
     reader: WindowReader | None = None,
 ) -> CycleResult:
     """Evaluate the window a cycle at `at` covers and write its drift_results."""
+    with gc_paused():
+        return _evaluate_cycle(engine, at, cfg, baselines, reader)
+
+
+def _evaluate_cycle(
+    engine: Engine, at: datetime, cfg: EvaluateConfig, baselines: Baselines | None,
+    reader: WindowReader | None,
+) -> CycleResult:
     start, end = window_for(at, cfg)
     baselines = baselines or Baselines(engine, cfg)
     reader = reader or WindowReader(engine)
     merged, minutes = reader.read(start, end)
     now = datetime.now(UTC)
-    rows: list[dict] = []
+    rows: list[tuple] = []  # in _RESULT_COLS order
     skipped = evaluated = 0
     refs: dict[tuple[str, str], object] = {}
     deps: dict[str, list] = {}
@@ -155,20 +201,53 @@ def evaluate_cycle(
         evaluated += 1
         per_minute = minutes[key]
         for stat, value, bval, detail in series_statistics(cur, base, cfg, head, per_minute):
-            rows.append(
-                {
-                    "model": model, "version": version, "cohort": cohort, "layer": layer, "head": head,
-                    "statistic": stat, "value": value, "baseline_value": bval,
-                    "baseline_kind": ref.kind, "window_start": start, "window_end": end,
-                    "n_current": cur.n, "n_baseline": base.n, "detail": detail, "computed_at": now,
-                }
-            )
-    written = write_results(engine, rows)
+            rows.append((model, version, cohort, layer, head, stat, value, bval, ref.kind, start, end,
+                         cur.n, base.n, detail, now))
+    written = _write_tuples(engine, rows)
     return CycleResult(start, end, evaluated, skipped, written)
 
 
+_RESULT_COLS = ("model", "version", "cohort", "layer", "head", "statistic", "value", "baseline_value",
+                "baseline_kind", "window_start", "window_end", "n_current", "n_baseline", "detail",
+                "computed_at")
+_RESULT_KEY = ("model", "version", "cohort", "layer", "head", "statistic", "window_end")
+# PostgreSQL: rows are COPYed into this per-transaction table, then inserted from it
+_STAGE = "attnmon_drift_results_stage"
+_STAGE_TYPES = ("text", "text", "text", "text", "text", "text", "float8", "float8", "text",
+                "timestamptz", "timestamptz", "int8", "int8", "text", "timestamptz")
+# its columns, for copy_rows: drift_results' own types (JSON goes as text) and the row order
+_STAGE_TABLE = Table(
+    _STAGE, MetaData(), Column("ord", BigInteger), *(Column(c, t.drift_results.c[c].type) for c in _RESULT_COLS)
+)
+
+
 def write_results(engine: Engine, rows: list[dict]) -> int:
-    """Insert, ignoring rows whose (series, statistic, window end) is already there."""
+    """Insert, ignoring rows whose (series, statistic, window end) is already there.
+
+    Returns how many were inserted. Rows with every column: one executemany of a short
+    statement on SQLite, COPY into a temporary table then one INSERT ... SELECT on
+    PostgreSQL (psycopg); otherwise (or on another driver) SQLAlchemy's insert.
+    """
+    if not rows:
+        return 0
+    cols = set(_RESULT_COLS)
+    if all(r.keys() == cols for r in rows):
+        return _write_tuples(engine, [tuple(r[c] for c in _RESULT_COLS) for r in rows])
+    return _write_dicts(engine, rows)
+
+
+def _write_tuples(engine: Engine, rows: list[tuple]) -> int:
+    """write_results of rows given as tuples in _RESULT_COLS order."""
+    if not rows:
+        return 0
+    if engine.dialect.name == "sqlite" and engine.dialect.driver == "pysqlite":
+        return _write_sqlite(engine, rows)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        return _write_pg_copy(engine, rows)
+    return _write_dicts(engine, [dict(zip(_RESULT_COLS, r, strict=True)) for r in rows])
+
+
+def _write_dicts(engine: Engine, rows: list[dict]) -> int:
     if not rows:
         return 0
     dialect = engine.dialect.name
@@ -177,9 +256,7 @@ def write_results(engine: Engine, rows: list[dict]) -> int:
         raise NotImplementedError(f"drift_results upsert on {dialect}")
     stmt = (
         insert(t.drift_results)
-        .on_conflict_do_nothing(
-            index_elements=["model", "version", "cohort", "layer", "head", "statistic", "window_end"]
-        )
+        .on_conflict_do_nothing(index_elements=list(_RESULT_KEY))
         .returning(t.drift_results.c.id)
     )
     written = 0
@@ -188,6 +265,51 @@ def write_results(engine: Engine, rows: list[dict]) -> int:
             # RETURNING counts what was inserted; executemany's rowcount is not reliable
             written += len(conn.execute(stmt, rows[i : i + 2000]).all())
     return written
+
+
+def _write_sqlite(engine: Engine, tuples: list[tuple]) -> int:
+    # one short statement, executemany'd; what it inserted is the connection's change
+    # count (a row the unique key ignores changes nothing)
+    with engine.begin() as conn:
+        bound = bind_rows(conn.dialect, t.drift_results, _RESULT_COLS, tuples)
+        q = conn.dialect.identifier_preparer.quote
+        sql = (
+            f"INSERT INTO {conn.dialect.identifier_preparer.format_table(t.drift_results)} "
+            f"({', '.join(q(c) for c in _RESULT_COLS)}) "
+            f"VALUES ({', '.join('?' * len(_RESULT_COLS))}) "
+            f"ON CONFLICT ({', '.join(q(c) for c in _RESULT_KEY)}) DO NOTHING"
+        )
+        raw = conn.connection.driver_connection
+        before = raw.total_changes
+        conn.exec_driver_sql(sql, bound)
+        return raw.total_changes - before
+
+
+def _write_pg_copy(engine: Engine, tuples: list[tuple]) -> int:
+    # COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING
+    # (in the rows' order, so ids follow it); its row count is what was inserted
+    with engine.begin() as conn:
+        bound = bind_rows(conn.dialect, t.drift_results, _RESULT_COLS, tuples)
+        q = conn.dialect.identifier_preparer.quote
+        target = conn.dialect.identifier_preparer.format_table(t.drift_results)
+        cols = ", ".join(q(c) for c in _RESULT_COLS)
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {_STAGE} (ord int8, "
+                + ", ".join(f"{q(c)} {ty}" for c, ty in zip(_RESULT_COLS, _STAGE_TYPES, strict=True))
+                + ") ON COMMIT DROP"
+            )
+            copy_rows(conn, _STAGE, _STAGE_TABLE, ("ord", *_RESULT_COLS),
+                      [(i, *r) for i, r in enumerate(bound)])
+            select_cols = ", ".join(f"{q(c)}::json" if c == "detail" else q(c) for c in _RESULT_COLS)
+            cur.execute(
+                f"INSERT INTO {target} ({cols}) SELECT {select_cols} FROM {_STAGE} ORDER BY ord "
+                f"ON CONFLICT ({', '.join(q(c) for c in _RESULT_KEY)}) DO NOTHING"
+            )
+            written = cur.rowcount
+            cur.execute(f"DROP TABLE {_STAGE}")
+        return written
 
 
 def backfill(engine: Engine, start: datetime, end: datetime, cfg: EvaluateConfig) -> list[CycleResult]:

@@ -40,7 +40,7 @@ def _proportions(counts: Any) -> np.ndarray | None:
     c = np.asarray(counts, dtype=np.float64)
     if c.ndim != 1:
         raise ValueError(f"counts must be 1-D, got shape {c.shape}")
-    if not np.all(np.isfinite(c)) or np.any(c < 0):
+    if not np.isfinite(c).all() or (c < 0).any():
         raise ValueError("counts must be finite and non-negative")
     total = c.sum()
     return c / total if total > 0 else None
@@ -124,6 +124,22 @@ def bin_centres(edges: Any) -> np.ndarray:
     return 0.5 * (e[:-1] + e[1:])
 
 
+def _centre_gaps(edges: Any) -> np.ndarray:
+    """np.diff(bin_centres(edges)), computed once per distinct edges."""
+    e = np.asarray(edges, dtype=np.float64)
+    key = (e.shape, e.tobytes())
+    gaps = _CENTRE_GAPS.get(key)
+    if gaps is None:
+        gaps = np.diff(bin_centres(e))
+        gaps.setflags(write=False)
+        if len(_CENTRE_GAPS) < 256:
+            _CENTRE_GAPS[key] = gaps
+    return gaps
+
+
+_CENTRE_GAPS: dict[tuple, np.ndarray] = {}
+
+
 def wasserstein_hist(p_counts: Any, q_counts: Any, edges: Any) -> float:
     """Wasserstein-1 distance of two histograms on the same edges, in the metric's units.
 
@@ -133,14 +149,14 @@ def wasserstein_hist(p_counts: Any, q_counts: Any, edges: Any) -> float:
     NaN if either histogram is all zeros.
     """
     pair = _pair(p_counts, q_counts)
-    centres = bin_centres(edges)
+    widths = _centre_gaps(edges)
     if pair is None:
         return math.nan
     p, q = pair
-    if len(p) != len(centres):
-        raise ValueError(f"{len(p)} bins but {len(centres)} bin centres")
+    if len(p) != len(widths) + 1:
+        raise ValueError(f"{len(p)} bins but {len(widths) + 1} bin centres")
     gap = np.cumsum(p)[:-1] - np.cumsum(q)[:-1]
-    return float(np.sum(np.abs(gap) * np.diff(centres)))
+    return float(np.sum(np.abs(gap) * widths))
 
 
 def js_profile(p_mass: Any, q_mass: Any) -> float:
@@ -150,8 +166,94 @@ def js_profile(p_mass: Any, q_mass: Any) -> float:
     """
     p = np.asarray(p_mass, dtype=np.float64)
     q = np.asarray(q_mass, dtype=np.float64)
-    n = max(len(p), len(q))
-    return js_distance(np.pad(p, (0, n - len(p))), np.pad(q, (0, n - len(q))))
+    if len(p) != len(q):
+        n = max(len(p), len(q))
+        p, q = np.pad(p, (0, n - len(p))), np.pad(q, (0, n - len(q)))
+    return js_distance(p, q)
+
+
+# --- the same, one histogram per row -----------------------------------------------------
+# (M, BINS) arrays of counts, e.g. a sketch's `hist` (or some of its rows): one value per
+# row, equal to the 1-D function on that row (NaN where either row is all zeros).
+def _proportion_rows(counts: Any) -> tuple[np.ndarray, np.ndarray]:
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"counts must be 2-D (one histogram per row), got shape {c.shape}")
+    if not np.isfinite(c).all() or (c < 0).any():
+        raise ValueError("counts must be finite and non-negative")
+    total = c.sum(axis=1)
+    ok = total > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return c / total[:, None], ok
+
+
+def _pair_rows(p_counts: Any, q_counts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    (p, pok), (q, qok) = _proportion_rows(p_counts), _proportion_rows(q_counts)
+    if p.shape != q.shape:
+        raise ValueError(f"histograms differ in shape: {p.shape} vs {q.shape}")
+    return p, q, pok & qok
+
+
+def _psi_rows(p: np.ndarray, q: np.ndarray, ok: np.ndarray, eps: float) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        filled = []
+        for v in (p, q):
+            occupied = v > 0
+            smallest = np.where(occupied, v, np.inf).min(axis=1)
+            fill = np.where(smallest <= eps, smallest * _PSI_TINY, eps)  # as _fill_empty
+            filled.append(np.where(occupied, v, fill[:, None]))
+        p, q = filled
+        out = np.sum((q - p) * np.log(q / p), axis=1)
+    out[~ok] = math.nan
+    return out
+
+
+def _js_rows(p: np.ndarray, q: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = 0.5 * (p + q)
+        js = 0.5 * (rel_entr(p, m).sum(axis=1) + rel_entr(q, m).sum(axis=1)) / math.log(2.0)
+        out = np.sqrt(np.maximum(js, 0.0))
+    out[~ok] = math.nan
+    return out
+
+
+def _wasserstein_rows(p: np.ndarray, q: np.ndarray, ok: np.ndarray, edges: Any) -> np.ndarray:
+    if len(edges) != len(p):
+        raise ValueError(f"{len(p)} histograms but {len(edges)} edges")
+    widths = np.array([_centre_gaps(e) for e in edges]).reshape(len(p), -1)
+    if p.shape[1] != widths.shape[1] + 1:
+        raise ValueError(f"{p.shape[1]} bins but {widths.shape[1] + 1} bin centres")
+    with np.errstate(invalid="ignore"):
+        gap = np.cumsum(p, axis=1)[:, :-1] - np.cumsum(q, axis=1)[:, :-1]
+        out = np.sum(np.abs(gap) * widths, axis=1)
+    out[~ok] = math.nan
+    return out
+
+
+def psi_rows(expected_counts: Any, actual_counts: Any, eps: float = 1e-4) -> np.ndarray:
+    """psi(expected_counts[i], actual_counts[i], eps) for every row i, as one array."""
+    return _psi_rows(*_pair_rows(expected_counts, actual_counts), eps)
+
+
+def js_distance_rows(p_counts: Any, q_counts: Any) -> np.ndarray:
+    """js_distance(p_counts[i], q_counts[i]) for every row i, as one array."""
+    return _js_rows(*_pair_rows(p_counts, q_counts))
+
+
+def wasserstein_hist_rows(p_counts: Any, q_counts: Any, edges: Any) -> np.ndarray:
+    """wasserstein_hist(p_counts[i], q_counts[i], edges[i]) for every row i, as one array.
+
+    `edges`: one edges array per row (a sequence, or a 2-D array).
+    """
+    return _wasserstein_rows(*_pair_rows(p_counts, q_counts), edges)
+
+
+def histogram_drift_rows(
+    expected_counts: Any, actual_counts: Any, edges: Any, eps: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(psi_rows, js_distance_rows, wasserstein_hist_rows) of the same rows, validated once."""
+    p, q, ok = _pair_rows(expected_counts, actual_counts)
+    return _psi_rows(p, q, ok, eps), _js_rows(p, q, ok), _wasserstein_rows(p, q, ok, edges)
 
 
 # Uniform signature (baseline_counts, current_counts, edges) so config can name any of them.

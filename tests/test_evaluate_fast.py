@@ -1,0 +1,417 @@
+"""The evaluation cycle's fast paths give what the plain ones give.
+
+- stats: the per-row (M, BINS) functions equal the 1-D ones row by row;
+- series_statistics equals the per-metric statistics functions;
+- sketch: from_parts / merge_encoded equal Sketch.from_row / merge_all;
+- store writes: drift_results written by one executemany (SQLite) hold exactly what the
+  SQLAlchemy insert wrote, with the same count and idempotency;
+- Baselines: hour partials kept across cycles give the baseline a fresh process reads,
+  and when the baseline slides an hour only the new hour is merged from minute rows.
+(PostgreSQL's COPY paths: tests/postgres/test_evaluate_fast_pg.py.)
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from datetime import UTC, datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from sqlalchemy import select, text
+
+from monitor import baselines as bl
+from monitor import stats as st
+from monitor.config import EvaluateConfig
+from monitor.demo import START, Segment, stream
+from monitor.evaluate import (
+    COL,
+    WindowReader,
+    _write_dicts,
+    evaluate_cycle,
+    series_statistics,
+    write_results,
+)
+from monitor.metrics import ALL_METRICS
+from monitor.sketch import BINS, EDGES, M, Sketch, build, from_parts, merge_all, merge_encoded
+from monitor.store import make_engine, migrate
+from monitor.store import tables as t
+from monitor.topk import TopK
+
+T = lambda minutes: datetime.fromtimestamp(START + 60 * minutes, UTC)  # noqa: E731
+TOL = 1e-12
+
+
+# --- stats: one histogram per row ------------------------------------------------------------
+def _hists(rng: np.random.Generator, rows: int) -> np.ndarray:
+    h = rng.integers(0, rng.choice([2, 10, 1000, 10**7]), (rows, BINS))
+    for i in range(rows):  # empty bins, sometimes all of them
+        h[i, rng.choice(BINS, rng.integers(0, BINS + 1), replace=False)] = 0
+    return h
+
+
+def _close(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= TOL
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_row_statistics_equal_the_1d_functions(seed):
+    rng = np.random.default_rng(seed)
+    edges = [EDGES[m] for m in ALL_METRICS]
+    for _ in range(200):
+        p, q = _hists(rng, M), _hists(rng, M)
+        psi, js, wd = st.histogram_drift_rows(p, q, edges)
+        assert np.array_equal(psi, st.psi_rows(p, q), equal_nan=True)
+        assert np.array_equal(js, st.js_distance_rows(p, q), equal_nan=True)
+        assert np.array_equal(wd, st.wasserstein_hist_rows(p, q, edges), equal_nan=True)
+        for i in range(M):
+            assert _close(psi[i], st.psi(p[i], q[i])), (i, psi[i], st.psi(p[i], q[i]))
+            assert _close(js[i], st.js_distance(p[i], q[i]))
+            assert _close(wd[i], st.wasserstein_hist(p[i], q[i], edges[i]))
+        eps = float(rng.choice([1e-4, 1e-2, 0.5]))
+        assert all(_close(a, st.psi(p[i], q[i], eps)) for i, a in enumerate(st.psi_rows(p, q, eps)))
+
+
+def test_row_statistics_reject_what_the_1d_functions_reject():
+    ok = np.ones((3, BINS))
+    edges = [EDGES["top1"]] * 3
+    for bad in (-ok, ok * np.nan, ok * np.inf):
+        for fn in (st.psi_rows, st.js_distance_rows):
+            with pytest.raises(ValueError):
+                fn(ok, bad)
+        with pytest.raises(ValueError):
+            st.wasserstein_hist_rows(bad, ok, edges)
+    with pytest.raises(ValueError):
+        st.psi_rows(ok, np.ones((3, BINS - 1)))  # shapes differ
+    with pytest.raises(ValueError):
+        st.js_distance_rows(np.ones(BINS), np.ones(BINS))  # 1-D: use js_distance
+    with pytest.raises(ValueError):
+        st.wasserstein_hist_rows(ok, ok, edges[:2])  # one edges array per row
+    with pytest.raises(ValueError):
+        st.wasserstein_hist_rows(ok, ok, [np.arange(5.0)] * 3)  # bins and edges disagree
+    with pytest.raises(ValueError):
+        st.wasserstein_hist(ok[0], ok[0], np.arange(5.0))
+    with pytest.raises(ValueError):  # bad edges raise even for an all-zero histogram
+        st.wasserstein_hist(np.zeros(3), ok[0, :3], np.array([0.0, 2.0, 1.0, 3.0]))
+
+
+def test_js_profile_pads_the_shorter_profile():
+    p, q = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0])
+    assert st.js_profile(p, q) == st.js_distance(p, np.array([1.0, 2.0, 0.0]))
+    assert st.js_profile(q, q) == 0.0
+
+
+def _sketch(rng: np.random.Generator, n: int, shift: float = 0.0, items: bool = True) -> Sketch:
+    from monitor.metrics import compute
+
+    w = rng.dirichlet(np.ones(20) * (1 + shift), size=n)
+    lengths = np.full(n, 20)
+    values = np.column_stack([compute(w, lengths), rng.uniform(0, 1, n)])  # + head_diversity
+    (s,) = build(np.zeros(n, dtype=np.int64), 1, values, w, lengths)
+    keys = np.array([f"i{k}" for k in range(40)], dtype=object)
+    if items:
+        s.items = TopK.from_counts(keys, rng.exponential(1.0, 40) * (rng.random(40) < 0.8), 16)
+    s.attrs = {"brand": TopK.from_counts(keys[:12], rng.exponential(1.0, 12), 8)}
+    return s
+
+
+@pytest.mark.parametrize("head", ["3", "*"])
+def test_series_statistics_equal_the_per_metric_functions(head):
+    rng = np.random.default_rng(1)
+    base, cur = _sketch(rng, 2000), _sketch(rng, 500, shift=0.5)
+    cfg = EvaluateConfig(metrics=["entropy_norm", "top1", "distance", "gini", "top1"])
+    got = {name: (v, b) for name, v, b, _ in series_statistics(cur, base, cfg, head, [(cur.n, cur.sums)])}
+    metrics = ["entropy_norm", "top1", "distance", "gini"] + (["head_diversity"] if head == "*" else [])
+    bstd = bl.sketch_std(base)
+    for m in metrics:
+        j = COL[m]
+        cm, bm = cur.sums[j] / cur.n, base.sums[j] / base.n
+        assert got[f"mean.{m}"] == (float(cm), float(bm))
+        assert got[f"delta.{m}"][0] == st.delta_sd(cm, bm, bstd[j])
+        assert _close(got[f"psi.{m}"][0], st.psi(base.hist[j], cur.hist[j]))
+        assert _close(got[f"js.{m}"][0], st.js_distance(base.hist[j], cur.hist[j]))
+        assert _close(got[f"wasserstein.{m}"][0], st.wasserstein_hist(base.hist[j], cur.hist[j], EDGES[m]))
+    assert not any(k.endswith("head_diversity") for k in got) or head == "*"
+    assert {k.split(".", 1)[0] for k in got} >= {"mean", "delta", "psi", "js", "wasserstein", "items",
+                                                 "mover", "cusum"}
+    # a statistic that is not finite is left out, as before
+    empty = Sketch(n=cur.n, sums=cur.sums, sumsq=cur.sumsq, pos=cur.pos)  # zero histograms
+    names = [name for name, *_ in series_statistics(empty, base, cfg, head)]
+    assert "psi.top1" not in names and "mean.top1" in names
+
+
+# --- sketch: decoding rows -------------------------------------------------------------------
+def _parts(s: Sketch) -> tuple:
+    r = s.to_row()
+    return (r["payload"], r["n"], r["rejected"], [r[f"sum_{m}"] for m in ALL_METRICS],
+            [r[f"sumsq_{m}"] for m in ALL_METRICS])
+
+
+def _row(parts: tuple) -> dict:
+    payload, n, rejected, sums, sumsq = parts
+    return {"payload": payload, "n": n, "rejected": rejected,
+            **{f"sum_{m}": v for m, v in zip(ALL_METRICS, sums, strict=True)},
+            **{f"sumsq_{m}": v for m, v in zip(ALL_METRICS, sumsq, strict=True)}}
+
+
+def _same(a: Sketch, b: Sketch) -> None:
+    assert (a.n, a.rejected) == (b.n, b.rejected)
+    for f in ("sums", "sumsq", "hist", "pos"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), f
+    assert list(a.attrs) == list(b.attrs)
+    for x, y in [(a.items, b.items), *((a.attrs[k], b.attrs[k]) for k in a.attrs)]:
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert (x.k, x.total, list(x.keys)) == (y.k, y.total, list(y.keys))
+            assert x.counts.tobytes() == y.counts.tobytes()
+
+
+def test_merge_encoded_equals_merge_all_of_the_decoded_rows():
+    rng = np.random.default_rng(2)
+    sketches = [_sketch(rng, int(rng.integers(1, 300)), items=bool(rng.random() < 0.7)) for _ in range(40)]
+    for s in sketches[::3]:
+        s.attrs["category"] = TopK.from_counts(np.array(["a", "b", "c"], dtype=object), rng.random(3), 2)
+        s.rejected = int(rng.integers(0, 5))
+    parts = [_parts(s) for s in sketches]
+    for k in (0, 1, 2, 7, 40):
+        _same(merge_encoded(parts[:k]), merge_all([Sketch.from_row(_row(p)) for p in parts[:k]]))
+    for p in parts[:5]:
+        _same(from_parts(*p), Sketch.from_row(_row(p)))
+
+
+def test_merge_encoded_onto_a_sketch_continues_the_merge():
+    rng = np.random.default_rng(5)
+    sketches = [_sketch(rng, int(rng.integers(1, 300)), items=bool(rng.random() < 0.5)) for _ in range(30)]
+    parts = [_parts(s) for s in sketches]
+    decoded = [Sketch.from_row(_row(p)) for p in parts]
+    first = merge_encoded(parts[:10])
+    for rows in (parts[10:], parts[10:11], []):
+        _same(merge_encoded(rows, first), merge_all([first, *decoded[10 : 10 + len(rows)]]))
+    # counts, sums and histograms as one merge of all; top-K summaries within their bound
+    folded, whole = merge_encoded(parts[10:], first), merge_encoded(parts)
+    for f in ("sums", "sumsq", "hist", "pos"):
+        assert getattr(folded, f).tobytes() == getattr(whole, f).tobytes()
+    assert (folded.n, folded.rejected) == (whole.n, whole.rejected)
+    assert folded.attrs["brand"].total == whole.attrs["brand"].total
+
+
+def test_from_parts_and_merge_encoded_reject_garbage():
+    good = _parts(_sketch(np.random.default_rng(3), 50))
+    for payload in (b"", b"AS1junk", good[0][:-1], good[0] + b"x"):
+        bad = (payload, *good[1:])
+        with pytest.raises(ValueError):
+            from_parts(*bad)
+        with pytest.raises(ValueError):
+            merge_encoded([good, bad])
+
+
+def test_floats_read_what_json_reads():
+    vals = [0.1, -0.0, 1e-310, 1e300, float("nan"), float("inf"), float("-inf"), 123456789.123,
+            5e-324, 2.0**60, -7.25]
+    assert len(vals) == M
+    text_ = json.dumps(vals)
+    got = bl._floats(text_)
+    want = json.loads(text_)
+    assert [repr(x) for x in got] == [repr(float(x)) for x in want]
+    assert bl._floats(json.dumps([1] * M)) == [1.0] * M  # ints (as a hand-made row) -> floats
+    assert bl._floats("[" + ",".join(["1e3"] * M) + "]") == [1000.0] * M
+    with pytest.raises(ValueError):
+        bl._floats(json.dumps([1.0] * (M - 1)))
+    with pytest.raises(ValueError):
+        bl._floats("[1.0, oops]")
+
+
+def test_gc_paused_restores_the_collector():
+    assert gc.isenabled()
+    with bl.gc_paused():
+        assert not gc.isenabled()
+        with bl.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), bl.gc_paused():
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with bl.gc_paused():
+            pass
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()
+
+
+# --- drift_results writes ----------------------------------------------------------------------
+def drift_rows(minute: int, n: int = 300, off: int = 0) -> list[dict]:
+    end = T(minute)
+    plus2 = timezone(timedelta(hours=2))
+    out = []
+    for i in range(off, off + n):
+        out.append({
+            "model": "m", "version": "v\t1", "cohort": "c'o\nh\\", "layer": str(i % 4),
+            "head": "*" if i % 7 == 0 else str(i % 9), "statistic": f"s.{i}",
+            "value": i / 7.0 if i % 11 else -0.0, "baseline_value": None if i % 5 == 0 else 1e-300 * i,
+            "baseline_kind": "trailing",
+            "window_start": (end - timedelta(minutes=15)).astimezone(plus2) if i % 2 else end - timedelta(minutes=15),
+            "window_end": end, "n_current": 10**12 + i, "n_baseline": i,
+            "detail": None if i % 3 else {"value": "é\"x", "share": 0.1 * i, "movers": [1, None]},
+            "computed_at": end,
+        })
+    return out
+
+
+def _dump(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            q = ("SELECT id, model, version, cohort, layer, head, statistic, value::text, baseline_value::text, "
+                 "baseline_kind, window_start::text, window_end::text, n_current, n_baseline, detail::text, "
+                 "detail IS NULL, computed_at::text FROM drift_results ORDER BY id")
+        else:
+            q = ("SELECT id, model, version, cohort, layer, head, statistic, value, baseline_value, baseline_kind, "
+                 "window_start, window_end, n_current, n_baseline, detail, detail IS NULL, computed_at, "
+                 "typeof(value), typeof(baseline_value), typeof(detail) FROM drift_results ORDER BY id")
+        return [tuple(r) for r in conn.execute(text(q))]
+
+
+def _batches() -> list[list[dict]]:
+    return [drift_rows(1), drift_rows(1), drift_rows(1, 300, 150), drift_rows(2, 10) + drift_rows(2, 10), []]
+
+
+def check_writes_equal_the_sqlalchemy_insert(fast_url: str, plain_url: str) -> None:
+    fast, plain = make_engine(fast_url), make_engine(plain_url)
+    try:
+        counts = [write_results(fast, b) for b in _batches()]
+        assert counts == [_write_dicts(plain, b) for b in _batches()] == [300, 0, 150, 10, 0]
+        got, want = _dump(fast), _dump(plain)
+        assert len(got) == 460 and got == want
+    finally:
+        fast.dispose()
+        plain.dispose()
+
+
+def test_sqlite_writes_equal_the_sqlalchemy_insert(tmp_path):
+    urls = [f"sqlite:///{tmp_path / name}.db" for name in ("fast", "plain")]
+    for url in urls:
+        migrate.upgrade(url)
+    check_writes_equal_the_sqlalchemy_insert(*urls)
+
+
+def test_rows_without_every_column_take_the_plain_path(sqlite_url):
+    engine = make_engine(sqlite_url)
+    rows = drift_rows(3, 5)
+    for r in rows:
+        del r["detail"]  # not given: SQL NULL, not JSON null
+    assert write_results(engine, rows) == 5 and write_results(engine, rows) == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM drift_results WHERE detail IS NULL")).scalar_one() == 5
+
+
+# --- Baselines: hour partials ----------------------------------------------------------------
+CFG = EvaluateConfig(baseline_hours=2, trailing_gap_hours=0, min_samples=50)
+
+
+@pytest.fixture(scope="module")
+def four_hours(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('hours') / 'store.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 250)], rate=20)
+    return url
+
+
+def _baseline_equal(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        _same(a[k], b[k])
+
+
+def _results(engine, end: datetime) -> dict:
+    dr = t.drift_results
+    with engine.connect() as conn:
+        rows = conn.execute(select(dr).where(dr.c.window_end == end)).mappings().all()
+    return {(r["cohort"], r["layer"], r["head"], r["statistic"]): (r["value"], r["baseline_value"]) for r in rows}
+
+
+def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monkeypatch):
+    engine = make_engine(four_hours)
+    merged_hours, loads = [], []
+    merge_rows, load = bl._merge_rows, bl._load
+    monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
+    monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref: loads.append((kind, ref)) or load(e, m, v, kind, ref))
+    b, reader = bl.Baselines(engine, CFG), WindowReader(engine)
+    first = evaluate_cycle(engine, T(190), CFG, b, reader)  # baseline hours [60, 120), [120, 180)
+    assert first.series > 0 and merged_hours == [T(60), T(120)]
+    turnover = evaluate_cycle(engine, T(241), CFG, b, reader)  # hours [120, 180), [180, 240)
+    assert turnover.series > 0 and merged_hours == [T(60), T(120), T(180)]
+    assert loads.count(("hour", bl._iso(T(120)))) == 1  # kept, not read again
+    assert {k[2] for k in b._hours} == {T(120), T(180)}  # hour 60 is no longer needed
+    for hour in (T(120), T(180)):  # kept as the store holds them
+        _baseline_equal(b._hours[("demo-sasrec", "v1", hour)], load(engine, "demo-sasrec", "v1", "hour", bl._iso(hour)))
+    # a trailing baseline from the kept partials is the one a fresh process builds from the store
+    ref = bl.choose(engine, "demo-sasrec", "v1", T(240), CFG)
+    rebuilt = b._build("demo-sasrec", ref)
+    with engine.begin() as conn:
+        conn.execute(t.baseline_sketches.delete().where(t.baseline_sketches.c.kind == "trailing"))
+    _baseline_equal(rebuilt, bl.Baselines(engine, CFG).get("demo-sasrec", ref))
+    # and a fresh process writes the same results (top-K counters are stored as float32)
+    before = _results(engine, T(240))
+    with engine.begin() as conn:
+        conn.execute(t.drift_results.delete())
+    assert evaluate_cycle(engine, T(241), CFG, bl.Baselines(engine, CFG)).written == turnover.written
+    after = _results(engine, T(240))
+    assert after.keys() == before.keys()
+    for k, (v, b_) in before.items():
+        assert after[k][0] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+        assert after[k][1] == pytest.approx(b_, rel=1e-6, abs=1e-9), k
+
+
+def test_merge_rows_folds_within_its_buffer(four_hours, monkeypatch):
+    engine = make_engine(four_hours)
+    whole = bl._merge_rows(engine, "demo-sasrec", "v1", T(60), T(120))
+    monkeypatch.setattr(bl, "MERGE_BUFFER_ROWS", 97)
+    folded = bl._merge_rows(engine, "demo-sasrec", "v1", T(60), T(120))
+    assert list(folded) == list(whole)  # series in the order of their first row
+    for key, s in whole.items():
+        f = folded[key]
+        assert (f.n, f.rejected) == (s.n, s.rejected)
+        for name in ("sums", "sumsq", "hist", "pos"):
+            assert getattr(f, name).tobytes() == getattr(s, name).tobytes(), (key, name)
+        for a, b in [(f.items, s.items), *((f.attrs[n], s.attrs[n]) for n in s.attrs)]:
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.total == b.total and len(a.keys) <= a.k
+
+
+def test_window_reader_merges_each_series_in_minute_order(four_hours):
+    engine = make_engine(four_hours)
+    reader = WindowReader(engine)
+    merged, per_minute = reader.read(T(100), T(115))
+    again, _ = reader.read(T(101), T(116))  # one new minute decoded, the rest kept
+    wa = t.window_aggregates
+    with engine.connect() as conn:
+        rows = conn.execute(select(wa).where(wa.c.bucket_start >= T(101), wa.c.bucket_start < T(116),
+                                             wa.c.bucket_seconds == 60).order_by(wa.c.bucket_start, wa.c.id)).mappings().all()
+    by_series: dict = {}
+    for r in rows:
+        key = (r["model"], r["version"], r["cohort"], r["layer"], r["head"])
+        by_series.setdefault(key, {}).setdefault(r["bucket_start"], []).append(Sketch.from_row(r))
+    assert set(again) == set(by_series)
+    # series in the order of their first sketch, minutes oldest first (as before)
+    order: dict = {}
+    for (series, _minute), _ in sorted(reader._cache.items(), key=lambda kv: kv[0][1]):
+        order.setdefault(series, None)
+    assert list(again) == list(order)
+    for key, minutes in by_series.items():
+        _same(again[key], merge_all([merge_all(v) for _, v in sorted(minutes.items())]))
+    assert set(per_minute) == set(merged) and all(len(v) == 15 for v in per_minute.values())
+
+
+def test_kept_hour_partials_are_those_of_cached_trailing_baselines(sqlite_url):
+    b = bl.Baselines(make_engine(sqlite_url), CFG)
+    h = lambda k: T(60 * k)  # noqa: E731
+    ref = bl.BaselineRef("trailing", "trailing@x", "v1", h(2), h(4))
+    b._cache[("m", "trailing", "trailing@y", "v2")] = {}  # v2's baseline is still in use
+    b._hours = {("m", v, h(k)): {} for v in ("v1", "v2", "v3") for k in range(5)}
+    b._forget_hours("m", ref)
+    assert sorted(b._hours) == [("m", "v1", h(2)), ("m", "v1", h(3))] + [("m", "v2", h(k)) for k in range(5)]
