@@ -65,7 +65,7 @@ from alerts.service import AlertService
 from monitor.baselines import Baselines, prune
 from monitor.config import Config
 from monitor.errors import ConfigError
-from monitor.evaluate import CycleResult, evaluate_cycle, window_for
+from monitor.evaluate import CycleResult, WindowReader, evaluate_cycle, window_for
 from monitor.store import tables as t
 from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, redact
 from monitor.store.maintenance import MaintenanceResult, as_utc, maintain
@@ -404,6 +404,8 @@ class Daemon:
         )
         self._every = {"evaluate": dm.evaluate_every_s, "deliver": dm.deliver_every_s, "maintain": dm.maintain_every_s}
         self._baselines = Baselines(self.engine, ev)
+        # minute sketches decoded once and reused by the overlapping windows of later cycles
+        self._reader = WindowReader(self.engine)
         self._leadership = _leadership_for(self.engine.url, dm.lease_s)
         self._leader = False
         self._lead_lock = threading.Lock()
@@ -498,7 +500,8 @@ class Daemon:
         for end in ends:
             if keep_going is not None and not keep_going():
                 break
-            result = evaluate_cycle(self.engine, end + timedelta(minutes=cfg.lag_minutes), cfg, self._baselines)
+            result = evaluate_cycle(self.engine, end + timedelta(minutes=cfg.lag_minutes), cfg, self._baselines,
+                                    self._reader)
             for hook in self.cycle_hooks:
                 hook(self.engine, result)
             write_watermark(self.engine, result.window_end)
