@@ -41,6 +41,17 @@ TS = DateTime(timezone=True)
 # BigInteger primary keys autoincrement on PostgreSQL; SQLite only autoincrements INTEGER.
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
+def series_columns() -> list[Column]:
+    """The labels of a series, fresh Column objects for each table that carries them."""
+    return [
+        Column("model", String(LABEL), nullable=False),
+        Column("version", String(LABEL), nullable=False),
+        Column("cohort", String(LABEL), nullable=False),
+        Column("layer", String(16), nullable=False),
+        Column("head", String(16), nullable=False),
+    ]
+
+
 models = Table(
     "models",
     metadata,
@@ -67,11 +78,7 @@ window_aggregates = Table(
     "window_aggregates",
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
-    Column("model", String(LABEL), nullable=False),
-    Column("version", String(LABEL), nullable=False),
-    Column("cohort", String(LABEL), nullable=False),
-    Column("layer", String(16), nullable=False),
-    Column("head", String(16), nullable=False),
+    *series_columns(),
     Column("bucket_start", TS, nullable=False),
     Column("bucket_seconds", Integer, nullable=False),  # 60 (minute) or 3600 (hour roll-up)
     # who wrote it; NULL once rows of several writers are compacted into one
@@ -156,11 +163,7 @@ drift_results = Table(
     "drift_results",
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
-    Column("model", String(LABEL), nullable=False),
-    Column("version", String(LABEL), nullable=False),
-    Column("cohort", String(LABEL), nullable=False),
-    Column("layer", String(16), nullable=False),
-    Column("head", String(16), nullable=False),
+    *series_columns(),
     Column("statistic", String(120), nullable=False),
     Column("value", Float(53), nullable=False),
     Column("baseline_value", Float(53)),
@@ -207,11 +210,7 @@ baseline_sketches = Table(
     "baseline_sketches",
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
-    Column("model", String(LABEL), nullable=False),
-    Column("version", String(LABEL), nullable=False),
-    Column("cohort", String(LABEL), nullable=False),
-    Column("layer", String(16), nullable=False),
-    Column("head", String(16), nullable=False),
+    *series_columns(),
     Column("kind", String(20), nullable=False),  # previous_version | pinned | trailing | hour
     Column("ref", String(LABEL), nullable=False),  # what it was built from
     Column("window_start", TS, nullable=False),
