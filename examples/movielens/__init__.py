@@ -1,0 +1,1 @@
+"""SASRec on MovieLens-100K, monitored by attnmon through a real update (see README)."""
