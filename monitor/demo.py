@@ -252,6 +252,7 @@ def demo(out: Path, store_url: str | None = None, defect: bool = True, progress:
         print()
         print(_summary(engine, result, verdict, render_text(verdict), files, defect))
         print(f"\n(simulated {result.requests:,} predictions in {time.monotonic() - began:.0f} s)")
+        daemon.close()  # frees the lead for the serving daemon
         if serve:
             _serve(config, engine)
     finally:
@@ -312,13 +313,10 @@ def _summary(engine, result: DemoResult, verdict, verdict_text: str, files: dict
 
 
 def _serve(config, engine) -> None:
-    from monitor.daemon import Daemon
+    """The daemon on the real clock until SIGINT or SIGTERM, on the usual /healthz port."""
+    from monitor.daemon import Daemon, serve
 
+    config = config.model_copy(update={"daemon": config.daemon.model_copy(update={"listen": "127.0.0.1:9464"})})
     with Daemon(config, engine=engine) as daemon:
-        daemon.start()
-        print(f"daemon running: http://127.0.0.1:{daemon.http_port}/healthz and /metrics (Ctrl-C to stop)")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        print("daemon running: http://127.0.0.1:9464/healthz and /metrics (Ctrl-C to stop)", flush=True)
+        serve(daemon)
