@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from monitor import stats
-from monitor.baselines import sketch_std
+from monitor.baselines import deployments, sketch_std
 from monitor.errors import AttnmonError
 from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch, merge_all
@@ -98,14 +98,6 @@ class Verdict:
 
 
 # --- reading -------------------------------------------------------------------------
-
-
-def _deployments(engine: Engine, model: str) -> list[dict]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(t.deployments).where(t.deployments.c.model == model).order_by(t.deployments.c.deployed_at)
-        ).mappings().all()
-    return [dict(r, deployed_at=as_utc(r["deployed_at"])) for r in rows]
 
 
 def _buckets(engine: Engine, model: str, version: str, start: datetime, end: datetime):
@@ -190,7 +182,7 @@ def _where(cohort: str, layer: str, head: str) -> str:
 
 def check(engine: Engine, model: str, candidate: str | None = None, baseline: str | None = None,
           since: timedelta | None = None, now: datetime | None = None, seed: int = 0) -> Verdict:
-    deps = _deployments(engine, model)
+    deps = deployments(engine, model)
     if not deps:
         raise RollbackInputError(f"no deployments of model {model!r} in the store")
     names = [d["version"] for d in deps]
