@@ -2,8 +2,9 @@
 
 A rule names a statistic of `drift_results` (a glob such as `js.attr.*` is allowed), a
 comparison and a threshold, and which series it applies to. `compare: change` compares
-`value - baseline_value` instead of the value. Scoring lives in monitor.stats; this file
-only decides.
+`value - baseline_value` instead of the value. `match` values are globs; one that starts
+with `!` matches the labels the rest does not (`baseline_kind: "!retrain"`). Scoring lives
+in monitor.stats; this file only decides.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def parse_duration(value: str | int | float) -> timedelta:
     if not m:
         raise ValueError(f"{value!r} is not a duration (e.g. 90s, 5m, 2h, 1d)")
     return timedelta(seconds=float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+
+
+def _label_matches(value: str, pattern: str) -> bool:
+    if pattern.startswith("!"):
+        return not fnmatch.fnmatchcase(value, pattern[1:])
+    return fnmatch.fnmatchcase(value, pattern)
 
 
 class Rule(BaseModel):
@@ -65,7 +72,7 @@ class Rule(BaseModel):
 
     def applies(self, statistic: str, labels: dict[str, str]) -> bool:
         return fnmatch.fnmatchcase(statistic, self.statistic) and all(
-            fnmatch.fnmatchcase(str(labels.get(k, "")), pat) for k, pat in self.match.items()
+            _label_matches(str(labels.get(k, "")), pat) for k, pat in self.match.items()
         )
 
     def crosses(self, value: float, baseline_value: float | None, n: int) -> bool:
@@ -78,7 +85,7 @@ class Rule(BaseModel):
         """Rows of a drift_results frame where this rule's condition holds."""
         ok = np.array([fnmatch.fnmatchcase(s, self.statistic) for s in df["statistic"]], dtype=bool)
         for k, pat in self.match.items():
-            ok &= np.array([fnmatch.fnmatchcase(str(v), pat) for v in df[k]], dtype=bool)
+            ok &= np.array([_label_matches(str(v), pat) for v in df[k]], dtype=bool)
         x = df["value"].to_numpy(float)
         if self.compare == "change":
             x = x - df["baseline_value"].fillna(0.0).to_numpy(float)

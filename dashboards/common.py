@@ -8,6 +8,8 @@ PostgreSQL raises on a division by zero.
 
 from __future__ import annotations
 
+import re
+
 from dashboards.spec import Annotation, Variable
 
 # Series roll-ups: cohort "*" is every cohort, head "*" the layer's head-averaged
@@ -94,10 +96,17 @@ def series_filter(*, version: str = "IN ($version)", cohort: str | None = "'$coh
 
 
 def like_glob(column: str, pattern: str) -> str:
-    """A condition matching an fnmatch glob (`mover.attr.*`) as alert rules do."""
-    if not any(c in pattern for c in "*?["):
-        return f"{column} = '{pattern.replace(chr(39), chr(39) * 2)}'"
-    if "[" in pattern:
+    """A condition matching an fnmatch glob (`mover.attr.*`) as alert rules do: `!` negates,
+    `[*]` and `[?]` are a literal star and question mark (`head: "[*]"`: the roll-up)."""
+    if pattern.startswith("!"):
+        return f"NOT ({like_glob(column, pattern[1:])})"
+    parts = [p for p in re.split(r"(\[\*\]|\[\?\]|\*|\?)", pattern) if p]
+    if any("[" in p for p in parts if p not in ("[*]", "[?]")):
         raise ValueError(f"character classes are not supported in SQL: {pattern!r}")
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("'", "''")
-    return f"{column} LIKE '{escaped.replace('*', '%').replace('?', '_')}' ESCAPE '\\'"
+    if "*" not in parts and "?" not in parts:
+        literal = "".join(p[1] if p in ("[*]", "[?]") else p for p in parts)
+        return f"{column} = '{literal.replace(chr(39), chr(39) * 2)}'"
+    like = {"*": "%", "?": "_"}
+    text = "".join(like.get(p) or (p[1] if p in ("[*]", "[?]") else p).replace("\\", "\\\\")
+                   .replace("%", "\\%").replace("_", "\\_").replace("'", "''") for p in parts)
+    return f"{column} LIKE '{text}' ESCAPE '\\'"

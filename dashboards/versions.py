@@ -102,8 +102,8 @@ def build() -> Dashboard:
                 "SELECT statistic, COUNT(*) AS results, MIN(value) AS min_value, AVG(value) AS mean_value,\n"
                 "  MAX(value) AS max_value, MAX(window_end) AS last_window\n"
                 "FROM drift_results\n"
-                "WHERE model = '$model' AND version = '$candidate' AND baseline_kind = 'previous_version'\n"
-                "  AND (statistic IN ('delta.entropy_norm', 'psi.entropy_norm', 'js.position_profile',"
+                "WHERE model = '$model' AND version = '$candidate' AND baseline_kind IN ('previous_version', 'retrain')\n"
+                "  AND (statistic IN ('mean.entropy_norm', 'delta.entropy_norm', 'psi.entropy_norm', 'js.position_profile',"
                 " 'delta.recency5', 'items.top10_share', 'items.new_in_top')"
                 " OR statistic LIKE 'mover.attr.%')\n"
                 "  AND $__timeFilter(window_end)\n"
@@ -112,8 +112,8 @@ def build() -> Dashboard:
             ),
         ),
         "Over every series of the candidate in its first day, compared with the previous "
-        "version's last day (baseline_kind previous_version). `attnmon rollback-check` "
-        "gives the verdict.",
+        "version's last day (baseline_kind previous_version with the same weights, retrain "
+        "with new weights: heads matched). `attnmon rollback-check` gives the verdict.",
         width=24,
     )
     traffic = Panel(

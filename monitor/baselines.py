@@ -1,7 +1,12 @@
 """Baselines: what a series' current window is compared with (DESIGN §5).
 
 - `previous_version`: in a version's first `previous_version_hours` after its
-  deployment, the previous version's last `baseline_hours` before that deployment;
+  deployment, the previous version's last `baseline_hours` before that deployment, when
+  both run the same weights (equal `weights_id`: the same heads, a new pipeline or config);
+- `retrain`: the same window of the previous version when the weights differ or are not
+  known to be equal. Heads of a retrain are not the same heads: the evaluator compares
+  each head with its matched baseline head (monitor.heads), and the default rules judge
+  a retrain on pathologies, not on shifts a harmless retrain makes too (DESIGN §5);
 - `pinned`: a named window a person pinned (`attnmon baseline pin`);
 - `trailing`: otherwise the series' own `baseline_hours`, ending `trailing_gap_hours`
   before the window, aligned to the hour.
@@ -51,12 +56,13 @@ from monitor.store.maintenance import as_utc
 
 SeriesKey = tuple[str, str, str]  # (cohort, layer, head)
 ANY_VERSION = "*"
+RETRAIN = "retrain"  # the previous_version baseline of a version with new weights
 _EMPTY = ""  # cohort label of the marker row saying "built, and there was nothing"
 
 
 @dataclass(frozen=True)
 class BaselineRef:
-    kind: str  # previous_version | pinned | trailing
+    kind: str  # previous_version | retrain | pinned | trailing
     ref: str  # what it is built from, e.g. "v1@2026-11-20T10:00:00+00:00"
     version: str  # the version whose traffic it holds ("*" = any)
     start: datetime
@@ -103,8 +109,9 @@ def choose(
         if before and timedelta(0) <= since <= timedelta(hours=cfg.previous_version_hours):
             prev = before[-1]
             at = mine["deployed_at"]
+            same = bool(mine.get("weights_id")) and mine.get("weights_id") == prev.get("weights_id")
             return BaselineRef(
-                "previous_version", f"{prev['version']}@{_iso(at)}", prev["version"],
+                "previous_version" if same else RETRAIN, f"{prev['version']}@{_iso(at)}", prev["version"],
                 at - timedelta(hours=cfg.baseline_hours), at,
             )
     pin = active_pin(engine, model) if pin is False else pin

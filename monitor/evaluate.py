@@ -3,6 +3,8 @@
 Reads sketches only (the window's minute rows and the materialised baseline), so its
 cost grows with series × window minutes, not with traffic. Writes `drift_results`, one
 row per (series, statistic, window end); the unique key makes a rerun a no-op.
+Against a `retrain` baseline (new weights) a head is compared with its matched baseline
+head (monitor.heads), not with the head of the same index.
 
 Per series the histogram statistics of all its metrics are computed at once (stats.*_rows,
 equal to the per-metric functions); the cyclic garbage collector is held during a cycle
@@ -23,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from monitor import stats
 from monitor.baselines import (
+    RETRAIN,
     Baselines,
     bind_rows,
     choose,
@@ -32,6 +35,7 @@ from monitor.baselines import (
     sketch_std,
 )
 from monitor.config import EvaluateConfig
+from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
 from monitor.sketch import EDGES, M, Sketch, merge_all, merge_encoded
 from monitor.store import tables as t
@@ -186,6 +190,7 @@ def _evaluate_cycle(
     skipped = evaluated = 0
     refs: dict[tuple[str, str], object] = {}
     deps: dict[str, list] = {}
+    pairs: dict[tuple[str, str], dict[str, dict[str, str]]] = {}  # retrains: layer -> head -> baseline head
     for key in sorted(merged):
         model, version, cohort, layer, head = key
         cur = merged[key]
@@ -194,17 +199,42 @@ def _evaluate_cycle(
                 deps[model] = deployments(engine, model)
             refs[(model, version)] = choose(engine, model, version, end, cfg, deps=deps[model])
         ref = refs[(model, version)]
-        base = baselines.get(model, ref).get((cohort, layer, head))
+        sketches = baselines.get(model, ref)
+        base_head = head
+        if ref.kind == RETRAIN and head != ROLLUP:
+            if (model, version) not in pairs:
+                pairs[(model, version)] = _matched_heads(merged, model, version, sketches)
+            base_head = pairs[(model, version)].get(layer, {}).get(head)
+        base = sketches.get((cohort, layer, base_head)) if base_head is not None else None
         if base is None or cur.n < cfg.min_samples or base.n < cfg.min_samples:
             skipped += 1
             continue
         evaluated += 1
         per_minute = minutes[key]
         for stat, value, bval, detail in series_statistics(cur, base, cfg, head, per_minute):
+            if base_head != head and stat in _SAYS_MATCHED:
+                detail = {**(detail or {}), "baseline_head": base_head}
             rows.append((model, version, cohort, layer, head, stat, value, bval, ref.kind, start, end,
                          cur.n, base.n, detail, now))
     written = _write_tuples(engine, rows)
     return CycleResult(start, end, evaluated, skipped, written)
+
+
+# statistics whose detail names the baseline head a retrain's head was matched to (for a person reading them)
+_SAYS_MATCHED = ("mean.entropy_norm", "js.position_profile")
+
+
+def _matched_heads(merged: dict, model: str, version: str, base: dict) -> dict[str, dict[str, str]]:
+    """Per layer, candidate head -> baseline head, matched on the all-cohorts series of the
+    current window, so that every cohort of a head is compared with the same baseline head."""
+    out: dict[str, dict[str, str]] = {}
+    layers = {k[3] for k in merged if k[:3] == (model, version, ROLLUP)}
+    for layer in sorted(layers):
+        cur = {k[4]: s for k, s in merged.items()
+               if k[:4] == (model, version, ROLLUP, layer) and k[4] != ROLLUP}
+        old = {h: s for (c, lay, h), s in base.items() if c == ROLLUP and lay == layer and h != ROLLUP}
+        out[layer] = match_heads(old, cur)
+    return out
 
 
 _RESULT_COLS = ("model", "version", "cohort", "layer", "head", "statistic", "value", "baseline_value",

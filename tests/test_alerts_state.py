@@ -112,6 +112,40 @@ def test_a_glob_rule_makes_one_alert_per_statistic_and_match_selects_series():
     assert sorted(o.series["statistic"] for o in seen.values()) == ["mover.attr.brand", "mover.attr.category"]
 
 
+def test_a_match_starting_with_a_bang_selects_every_other_series():
+    import pandas as pd
+
+    r = rule("NotRetrain", match={"baseline_kind": "!retrain"})
+    rows = [drift_row(at(0), -3.0, baseline_kind=kind, head=head)
+            for kind, head in (("trailing", "1"), ("retrain", "2"), ("previous_version", "3"))]
+    assert sorted(o.series["head"] for o in observations([r], rows).values()) == ["1", "3"]
+    assert r.crossing_mask(pd.DataFrame(rows)).tolist() == [True, False, True]
+    assert not r.applies("delta.entropy_norm", {"baseline_kind": "retrain"})
+    assert r.applies("delta.entropy_norm", {"baseline_kind": "pinned"})
+
+
+def test_the_default_pack_judges_a_retrain_on_its_own_rules():
+    """Against a retrain (new weights) the noise-scaled rules stand aside (DESIGN §5)."""
+    from alerts.rules import load_rules
+
+    rules = load_rules()
+    def on(stat, kind, head="2"):
+        return sorted(r.name for r in rules if r.applies(stat, {"baseline_kind": kind, "head": head}))
+
+    assert on("delta.entropy_norm", "retrain") == []
+    assert on("psi.entropy_norm", "retrain") == []
+    assert on("mean.entropy_norm", "retrain") == ["RetrainEntropyCollapse"]
+    assert on("js.position_profile", "retrain") == []  # heads of two seeds differ, even matched
+    assert on("js.position_profile", "retrain", head="*") == ["RetrainPositionShift"]
+    assert on("mover.attr.genre", "retrain") == ["RetrainAttributeShift"]
+    assert on("items.top10_share", "retrain") == ["ItemConcentrationSpike"]
+    assert on("psi.entropy_norm", "previous_version") == ["AttentionEntropyDistributionShift", "PostDeploymentShift"]
+    assert on("delta.recency5", "trailing") == ["RecencyLoss", "RecencyShift"]
+    assert on("mean.entropy_norm", "trailing") == []
+    assert on("mean.recency5", "retrain", head="*") == ["RetrainRecencyLoss"]
+    assert on("mean.recency5", "retrain") == []
+
+
 def test_min_samples_and_compare_change():
     r = rule("Conc", statistic="items.top10_share", compare="change", op=">", threshold=0.05, min_samples=300)
     rows = [drift_row(at(0), 0.30, statistic="items.top10_share", baseline_value=0.20, head="1"),

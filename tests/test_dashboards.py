@@ -109,6 +109,18 @@ def test_like_glob() -> None:
     assert hits == [("mover.attr.brand",)]
 
 
+@pytest.mark.parametrize("pattern", ["[*]", "!retrain", "!prev*", "*_*", "x[*]?", "it's", "[?]"])
+def test_like_glob_selects_what_the_rules_select(pattern: str) -> None:
+    from alerts.rules import _label_matches
+
+    values = ["*", "2", "retrain", "previous_version", "trailing", "x*y", "x*", "it's", "?", "a_b", "ab"]
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE r (v TEXT)")
+    db.executemany("INSERT INTO r VALUES (?)", [(v,) for v in values])
+    hits = {v for (v,) in db.execute(f"SELECT v FROM r WHERE {like_glob('v', pattern)}")}
+    assert hits == {v for v in values if _label_matches(v, pattern)}
+
+
 # -- the JSON model ---------------------------------------------------------------------------
 
 
@@ -187,7 +199,7 @@ def test_overview_draws_each_rule_threshold(models) -> None:
         sql = p["targets"][0]["rawSql"]
         assert f"n_current >= {rule.min_samples}" in sql
         for label, value in rule.match.items():
-            assert f"{label} = '{value}'" in sql
+            assert like_glob(label, value) in sql
     # the health rules' thresholds are drawn on the health dashboard
     health = {p["title"]: p for p in models["attnmon-health"]["panels"]}
     steps = health["Share of input rejected"]["fieldConfig"]["defaults"]["thresholds"]["steps"]

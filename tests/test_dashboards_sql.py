@@ -92,8 +92,15 @@ def load_story(url: str) -> None:
     _rejections(url)
     engine = make_engine(url)
     try:
-        # v2's last 6 windows against v1 (the only baseline 2 hours of traffic allow);
-        # a few windows are enough for every panel, and each costs a second or so
+        # v2's last 12 windows against v1 (the only baseline 2 hours of traffic allow):
+        # six as if v2 ran v1's weights (previous_version), six as a retrain, so that the
+        # rules of both kinds have results; each window costs a second or so
+        deps = tables.deployments
+        with engine.begin() as conn:
+            conn.execute(deps.update().values(weights_id="w1"))
+        backfill(engine, T(110), T(116), TEST_EVALUATE)
+        with engine.begin() as conn:
+            conn.execute(deps.update().where(deps.c.version == "v2").values(weights_id="w2"))
         backfill(engine, T(116), T(122), TEST_EVALUATE)
         with engine.begin() as conn:
             conn.execute(tables.daemon_state.insert().values(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from monitor.baselines import Baselines, choose
+from monitor.baselines import Baselines, choose, deployments
 from monitor.cli import main
 from monitor.config import EvaluateConfig
 from monitor.demo import START, Segment, stream
@@ -29,7 +29,7 @@ def two_versions(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "store.db"
     url = f"sqlite:///{path}"
     migrate.upgrade(url)
-    stream(url, [Segment("v1", 150), Segment("v2", 30)], rate=60)
+    stream(url, [Segment("v1", 150, weights_id="w1"), Segment("v2", 30, weights_id="w1")], rate=60)
     return url
 
 
@@ -58,6 +58,12 @@ def test_choose_baseline_kinds(two_versions):
     assert trailing.kind == "trailing" and trailing.end == T(60) and trailing.start == T(0)
     late = choose(engine, "demo-sasrec", "v2", T(150) + timedelta(hours=25), CFG)
     assert late.kind == "trailing"
+    # new weights, or weights not known to be the same: the previous version as a retrain
+    deps = [dict(d) for d in deployments(engine, "demo-sasrec")]
+    for new in ("w2", None):
+        deps[-1]["weights_id"] = new
+        ref = choose(engine, "demo-sasrec", "v2", T(170), CFG, deps=deps)
+        assert (ref.kind, ref.version, ref.start, ref.end) == ("retrain", "v1", prev.start, prev.end)
 
 
 def test_cycle_is_idempotent_and_baselines_are_built_once(two_versions):
@@ -168,3 +174,51 @@ def test_cli_evaluate_backfill_pin_and_deploy_mark(two_versions, capsys):
     assert ref.kind == "previous_version" and ref.end == T(160)
     assert main(["evaluate", *store, "--at", "yesterday-ish"]) == 2
     assert "--at" in capsys.readouterr().err
+
+
+def _two_heads(url, version, weights_id, sharp_head, minutes, start_minute, rate=200):
+    """A layer of two heads, one sharp (most attention on the last item), one flat."""
+    from collectors import AttentionCollector
+
+    L, rng = 20, np.random.default_rng(start_minute)
+    clock = [START + 60 * start_minute]
+    with AttentionCollector(url, model="m", version=version, weights_id=weights_id, clock=lambda: clock[0],
+                            flush_interval_s=3600) as col:
+        for m in range(minutes):
+            clock[0] = START + 60 * (start_minute + m)
+            w = np.empty((rate, 1, 2, L))
+            flat = rng.dirichlet(np.full(L, 50.0), rate)
+            sharp = rng.dirichlet(np.r_[np.full(L - 1, 0.3), 30.0], rate)
+            w[:, 0, sharp_head], w[:, 0, 1 - sharp_head] = sharp, flat
+            col.observe_batch(w, timestamps=clock[0] + rng.uniform(0, 59, rate))
+        clock[0] += 120
+
+
+@pytest.mark.parametrize("weights", ["same", "new"])
+def test_a_retrain_is_compared_head_to_matched_head(sqlite_url, weights):
+    """v2 swaps which head is sharp. With the same weights that is a change of each head
+    (compared by index); with new weights the heads are relabelled, so each is compared with
+    its matched baseline head and nothing moved."""
+    _two_heads(sqlite_url, "v1", "w1", sharp_head=0, minutes=60, start_minute=0)
+    _two_heads(sqlite_url, "v2", "w1" if weights == "same" else "w2", sharp_head=1, minutes=20, start_minute=60)
+    engine = make_engine(sqlite_url)
+    evaluate_cycle(engine, T(78), CFG)
+    dr = tables.drift_results
+    with engine.connect() as conn:
+        rows = conn.execute(select(dr.c.head, dr.c.statistic, dr.c.value, dr.c.baseline_value, dr.c.baseline_kind,
+                                   dr.c.detail)
+                            .where(dr.c.version == "v2", dr.c.cohort == "*",
+                                   dr.c.statistic.in_(["mean.entropy_norm", "js.position_profile"]))).all()
+    got = {(h, st): (v, b, kind, d) for h, st, v, b, kind, d in rows}
+    assert {k for *_, k, _ in got.values()} == {"previous_version" if weights == "same" else "retrain"}
+    for head, other in (("0", "1"), ("1", "0")):
+        v, b, _, detail = got[(head, "mean.entropy_norm")]
+        js = got[(head, "js.position_profile")][0]
+        if weights == "same":
+            assert abs(v - b) > 0.2 and js > 0.3 and not detail
+        else:
+            assert abs(v - b) < 0.02 and js < 0.05
+            assert detail == {"baseline_head": other}
+    # the layer roll-up is compared as is either way
+    v, b, _, detail = got[("*", "mean.entropy_norm")]
+    assert abs(v - b) < 0.02 and not detail

@@ -59,7 +59,9 @@ def test_the_shuffled_retrain_loses_recency_and_is_rolled_back(quick):
     assert layer1["candidate"]["distance"] > layer1["baseline"]["distance"] + 1.0, layer1
     assert layer1["js_position"] > 0.1, layer1
     fired = {(a["rule"], a["layer"], a["head"], a["cohort"]) for a in b.alerts}
-    assert ("PositionProfileShift", "1", "*", "*") in fired, sorted(fired)
+    # new weights: judged as a retrain (heads matched), on its own rules
+    assert ("RetrainPositionShift", "1", "*", "*") in fired, sorted(fired)
+    assert {a["rule"] for a in b.alerts} >= {"RetrainEntropyCollapse"}, sorted(fired)
     assert all(a["version"] == "v2" for a in b.alerts), b.alerts  # nothing fired on v1
     v = b.verdict
     assert v.verdict == "ROLLBACK" and v.candidate == "v2" and v.baseline == "v1" and not v.same_weights
@@ -75,13 +77,9 @@ def test_rollback_check_itself_finds_nothing_in_the_harmless_retrain(quick):
     assert max(m["js_position"] for m in b.measured["layers"].values()) < 0.1, b.measured["layers"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a harmless retrain of a real SASRec trips the default rules: the daemon compares the new "
-    "version's heads with the old one's by index, per cohort, over 15-minute windows, where two "
-    "seeds differ by a PSI of entropy_norm of 0.2-3 in this reduced run (0.07-0.5 when well "
-    "trained), so PostDeploymentShift (critical) and other rules fire and rollback-check turns "
-    "the alerts into ROLLBACK; see the README's MovieLens section"))
 def test_the_harmless_retrain_proceeds(quick):
+    """Another seed, same data: the daemon compares it as a retrain (heads matched, the
+    Retrain* rules), so nothing fires, and rollback-check says PROCEED."""
     b = quick.branches["v2b"]
     assert b.verdict.verdict == "PROCEED", [r.text for r in b.verdict.reasons]
     assert b.alerts == [], b.alerts

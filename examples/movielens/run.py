@@ -231,12 +231,12 @@ def measure(engine, verdict, end: datetime) -> dict:
     """What moved between the baseline version and the candidate, from the stored sketches
     (the rollback check's windows): per head and per layer, plus the most extreme values
     the daemon's evaluations saw after the deploy (drift_results of the all-cohorts series
-    against the previous version, heads compared by index as the daemon does)."""
+    against the previous version: heads matched when the weights are new, as the daemon does)."""
     from sqlalchemy import func, select
 
     from monitor import stats
+    from monitor.heads import match_heads
     from monitor.metrics import ALL_METRICS
-    from monitor.rollback import match_heads
     from monitor.store import tables as t
 
     col = {m: i for i, m in enumerate(ALL_METRICS)}
@@ -275,7 +275,7 @@ def measure(engine, verdict, end: datetime) -> dict:
     dr = t.drift_results
     q = (select(dr.c.layer, dr.c.head, dr.c.statistic, func.min(dr.c.value), func.max(dr.c.value))
          .where(dr.c.model == MODEL, dr.c.version == verdict.candidate, dr.c.cohort == "*",
-                dr.c.baseline_kind == "previous_version",
+                dr.c.baseline_kind.in_(["previous_version", "retrain"]),
                 dr.c.statistic.in_(["psi.entropy_norm", "js.position_profile", "delta.recency5",
                                     "delta.entropy_norm", "mover.attr.genre", "mover.attr.decade"]))
          .group_by(dr.c.layer, dr.c.head, dr.c.statistic))
