@@ -144,7 +144,11 @@ def series_statistics(
     out.append(("js.position_profile", stats.js_profile(base.pos, cur.pos), 0.0, None))
     if cur.items is not None and base.items is not None:
         cs, bs = cur.items.shares(), base.items.shares()
-        out.append(("items.top10_share", stats.top_share(cs, 10), stats.top_share(bs, 10), None))
+        top = sorted(cs.items(), key=lambda kv: -kv[1])[:10]
+        # the items themselves, for the items dashboard and the alert's reader
+        detail = {"top": [{"item": str(k), "share": float(v),
+                           "baseline_share": float(bs[k]) if k in bs else None} for k, v in top]}
+        out.append(("items.top10_share", stats.top_share(cs, 10), stats.top_share(bs, 10), detail))
         out.append(("items.hhi", stats.hhi(cs), stats.hhi(bs), None))
         out.append(("items.new_in_top", stats.new_in_top(cs, set(bs), 10), 0.0, None))
     for name, tk in cur.attrs.items():

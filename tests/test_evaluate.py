@@ -222,3 +222,24 @@ def test_a_retrain_is_compared_head_to_matched_head(sqlite_url, weights):
     # the layer roll-up is compared as is either way
     v, b, _, detail = got[("*", "mean.entropy_norm")]
     assert abs(v - b) < 0.02 and not detail
+
+
+def test_the_top_items_are_named_in_the_detail(two_versions):
+    """items.top10_share carries its ten items, largest first, beside their baseline share."""
+    engine = make_engine(two_versions)
+    evaluate_cycle(engine, T(140), CFG)
+    dr = tables.drift_results
+    with engine.connect() as conn:
+        rows = conn.execute(select(dr.c.value, dr.c.baseline_value, dr.c.detail)
+                            .where(dr.c.statistic == "items.top10_share", dr.c.window_end == window_for(T(140), CFG)[1])
+                            ).all()
+    assert rows
+    for value, baseline_value, detail in rows:
+        top = detail["top"]
+        shares = [t["share"] for t in top]
+        assert len(top) == 10 and shares == sorted(shares, reverse=True)
+        assert sum(shares) == pytest.approx(value)  # the statistic is the sum of these ten
+        assert all(isinstance(t["item"], str) for t in top)
+        # a trailing baseline of the same version: the popular items were popular before
+        assert sum(t["baseline_share"] is not None for t in top) >= 8
+        assert max(t["baseline_share"] or 0 for t in top) <= baseline_value
