@@ -142,8 +142,10 @@ def test_the_default_pack_judges_a_retrain_on_its_own_rules():
     assert on("psi.entropy_norm", "previous_version") == ["AttentionEntropyDistributionShift", "PostDeploymentShift"]
     assert on("delta.recency5", "trailing") == ["RecencyLoss", "RecencyShift"]
     assert on("mean.entropy_norm", "trailing") == []
-    assert on("mean.recency5", "retrain", head="*") == ["RetrainRecencyLoss"]
+    assert on("mean.recency5", "retrain", head="*") == []  # a cohort: noisier
     assert on("mean.recency5", "retrain") == []
+    assert [r.name for r in rules if r.applies("mean.recency5", {"baseline_kind": "retrain", "head": "*",
+                                                                 "cohort": "*"})] == ["RetrainRecencyLoss"]
 
 
 def test_min_samples_and_compare_change():
