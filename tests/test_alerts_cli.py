@@ -11,6 +11,7 @@ import pytest
 import yaml
 from alerting import FakeReceiver, at, config, cycle, failing, rule, shifted_rows
 
+from alerts.rules import load_rules
 from monitor.cli import main
 from monitor.store import make_engine
 
@@ -43,7 +44,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_check_accepts_the_default_pack_and_names_file_rule_and_field(tmp_path, capsys, clean_env):
     code, out, _ = run(capsys, "alerts", "check", str(Path(__file__).parents[1] / "alerts/rules/default.yaml"))
-    assert code == 0 and "10 rules OK" in out
+    assert code == 0 and f"{len(load_rules())} rules OK" in out and len(load_rules()) >= 10
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD_RULES)
     code, _, err = run(capsys, "alerts", "check", str(bad))
