@@ -11,14 +11,17 @@ the variants interleaved, median of the repeats:
                        (the slow path the capture needs, without reading anything)
   capture, copy        a sampled batch: prediction rows to the host, observe_batch
   capture, on-device   a sampled batch: `summarise` on the device, one copy,
-                       observe_summaries (the proposed collector entry: check + append)
+                       AttentionCollector.observe_summaries (check + append)
 
-The collector's thread never runs here (its queue is cleared after each call), so the
-figures are the serving thread's; the background work per batch — `_drain` of the copy
-path's block, `PendingSummaries.resolve()` of the on-device path — is timed separately and
-reported in `extra`. On a CPU "on the device" is the serving thread itself, so the
-on-device path moves the collector's numpy work onto the serving thread: the figure that
-matters for it is the GPU one (benchmarks/gpu_capture.py).
+The collectors' threads never run here (they are drained by hand after each round), so the
+figures are the serving thread's; the collector's background work per batch — `_drain`:
+for the copy path the block's checks and numpy metrics, for the on-device path
+`PendingSummaries.resolve()` and the checks the device could not make, each followed by
+the same accumulation into the sketches — is timed separately and reported in `extra`
+(`background_ms`), and so is `summarise` alone on rows of the batch's shape
+(`summarise_ms`: the on-device path's own work). On a CPU "on the device" is the serving
+thread itself, so the on-device path moves the metrics onto the serving thread: the
+figure that matters for it is the GPU one (benchmarks/gpu_capture.py).
 
     python -m benchmarks.capture [--quick]
 """
@@ -73,20 +76,6 @@ def batch_of(L: int, *, batch: int = BATCH, items: int = ITEMS, device: str = "c
     return torch.as_tensor(seq, device=device), lengths
 
 
-def summaries_collector(**kwargs):
-    """A quiet collector with the proposed `observe_summaries` hot path (check + append)."""
-    c = quiet_collector(**kwargs)
-
-    def observe_summaries(pending) -> None:
-        if len(c._q) >= c.queue_size:
-            c._drop(pending.size)
-            return
-        c._q.append(("summaries", pending))
-
-    c.observe_summaries = observe_summaries
-    return c
-
-
 def force_weights_hooks(model) -> list:
     """Only what the capture does to the model's call: per-head weights, nothing read."""
     from torch import nn
@@ -109,7 +98,7 @@ def measure(L: int, *, repeats: int, warmup: int = 3, device: str = "cpu",
     model = build_model(L, device=device, **model_kw)
     seq, lengths = batch_of(L, batch=batch, items=model_kw.get("items", ITEMS), device=device)
     copy_c = quiet_collector(sample_rate=0.0)
-    dev_c = summaries_collector(sample_rate=0.0)
+    dev_c = quiet_collector(sample_rate=0.0)
     never = AttentionCapture(model, quiet_collector(), sample_rate=0.0)
     cap_copy = AttentionCapture(model, copy_c)
     cap_dev = AttentionCapture(model, dev_c, on_device=True, compile=compile)
@@ -140,7 +129,7 @@ def measure(L: int, *, repeats: int, warmup: int = 3, device: str = "cpu",
     variants = {"fused": fused, "unsampled": unsampled, "forced": forced,
                 "copy": copy_path, "device": device_path}
     out = {k: np.empty(repeats) for k in variants}
-    background = {"drain_copy": np.empty(repeats), "resolve_device": np.empty(repeats)}
+    background = {"drain_copy": np.empty(repeats), "drain_device": np.empty(repeats)}
     clock = time.perf_counter
     names = list(variants)
     with torch.inference_mode():
@@ -154,18 +143,32 @@ def measure(L: int, *, repeats: int, warmup: int = 3, device: str = "cpu",
                 sync()
                 if r >= 0:
                     out[name][r] = clock() - t0
-            # the collector's side, off the serving thread
+            # the collectors' side, off the serving thread: one batch each
+            assert len(copy_c._q) == len(dev_c._q) == 1
             t0 = clock()
             copy_c._drain()
             t1 = clock()
-            (entry,) = dev_c._q
-            entry[1].resolve()
+            dev_c._drain()
             t2 = clock()
-            dev_c._q.clear()
-            copy_c._acc.clear()
+            for c in (copy_c, dev_c):
+                c._acc.clear()
             if r >= 0:
                 background["drain_copy"][r] = t1 - t0
-                background["resolve_device"][r] = t2 - t1
+                background["drain_device"][r] = t2 - t1
+        # `summarise` alone, on prediction rows of the batch's shape: the on-device path's
+        # own work on the serving thread (on a CPU), out of the forward's noise
+        layers, heads = model_kw.get("layers", LAYERS), model_kw.get("heads", HEADS)
+        rows = torch.as_tensor(np.random.default_rng(3).dirichlet(np.ones(L), (batch, layers, heads)),
+                               dtype=torch.float32, device=device)
+        n = torch.as_tensor(lengths, device=device)
+        background["summarise"] = np.empty(repeats)
+        for r in range(-warmup, repeats):
+            sync()
+            t0 = clock()
+            cap_dev._summarise(rows, n)
+            sync()
+            if r >= 0:
+                background["summarise"][r] = clock() - t0
     for c in (copy_c, dev_c, never.collector):
         retire(c)
     for cap in (never, cap_copy, cap_dev):
@@ -203,10 +206,10 @@ def run(quick: bool, lengths: Sequence[int] = LENGTHS, threads: int = 1) -> list
                      # what the capture's own work adds to the path it needs
                      "added_vs_forced_ms": round((figure - forced) / 1e6, 3),
                      "p25_ratio": round(float(np.percentile(t[key], 25) / np.percentile(t["fused"], 25)), 3)}
-            if key == "copy":
-                extra["background_ms"] = round(float(np.median(t["drain_copy"])) * 1e3, 3)
+            if key in ("copy", "device"):
+                extra["background_ms"] = round(float(np.median(t[f"drain_{key}"])) * 1e3, 3)
             if key == "device":
-                extra["resolve_ms"] = round(float(np.median(t["resolve_device"])) * 1e3, 3)
+                extra["summarise_ms"] = round(float(np.median(t["summarise"])) * 1e3, 3)
             rows.append(Row(f"capture L={L}: {label}", "time", figure, "ns", bare=fused,
                             bare_name="fused forward", extra=extra))
     return rows
@@ -222,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {r.name}: {r.extra['added_ms']:+.2f} ms ({r.extra['added_vs_forced_ms']:+.2f} ms "
               "beside per-head weights forced)"
               + (f"; collector thread {r.extra['background_ms']:.2f} ms" if "background_ms" in r.extra else "")
-              + (f"; resolve {r.extra['resolve_ms']:.2f} ms" if "resolve_ms" in r.extra else ""))
+              + (f"; summarise alone {r.extra['summarise_ms']:.2f} ms" if "summarise_ms" in r.extra else ""))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Turn queued calls into blocks: left-padded arrays of one (layers, heads) layout.
+"""Turn queued calls into blocks: left-padded arrays of one (layers, heads) layout (or, for
+a batch reduced on the model's device, its labels, keys and codes without the weights).
 
 Runs on the collector's background thread (or, for strict collectors, on the caller's).
 Every rejection is a per-request code, so that the valid rows of a batch are kept.
@@ -213,6 +214,52 @@ def block_from_batch(e, *, max_length: int) -> Block:
         request_ids=rids,
     )
     _attach_keys(block, item_vals, attr_vals)
+    return block
+
+
+def block_from_summaries(s, *, max_length: int) -> Block:
+    """The block of a batch reduced on the model's device (`collectors.torch.Summaries`):
+    no weights (the metrics come with it), and the checks `block_from_batch` and
+    `check_block` make that the device could not — shapes, labels, key values — in the
+    same order, before the device's own codes (nan, negative, not_normalised)."""
+    B, L = len(s.codes), s.length
+    codes = np.zeros(B, dtype=np.uint8)
+    if L > max_length:
+        codes[:] = CODE["too_long"]
+    rids = s.request_ids
+    if rids is not None and len(rids) != B:
+        rids = None
+        codes[codes == 0] = CODE["length_mismatch"]
+    item_vals = None
+    if s.item_ids is not None:
+        ids = np.asarray(s.item_ids)
+        if ids.shape != (B, L):
+            codes[codes == 0] = CODE["length_mismatch"]
+        else:
+            item_vals = ids
+    attr_vals = {}
+    for k, v in (s.attributes or {}).items():
+        v = np.asarray(v)
+        if not label_ok(k):
+            codes[codes == 0] = CODE["bad_label"]
+        elif v.shape != (B, L):
+            codes[codes == 0] = CODE["length_mismatch"]
+        else:
+            attr_vals[k] = v
+    block = Block(
+        rows=np.arange(B),
+        layout=(s.layers, s.heads),
+        weights=None,
+        lengths=np.asarray(s.lengths, dtype=np.int64),
+        cohorts=s.cohorts,
+        ts=np.asarray(s.ts, dtype=np.float64),
+        codes=codes,
+        request_ids=rids,
+    )
+    _attach_keys(block, item_vals, attr_vals)
+    _check_labels(block)
+    fresh = block.codes == 0
+    block.codes[fresh] = np.asarray(s.codes)[fresh]
     return block
 
 

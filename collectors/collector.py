@@ -1,10 +1,13 @@
 """AttentionCollector: the serving-side SDK.
 
 `observe` and `observe_batch` copy their input, append it to a bounded deque and return:
-no validation, no numpy maths, no SQL on the serving thread. A background thread drains
-the deque, validates and summarises whole blocks at once (monitor.metrics, monitor.sketch),
-and every `flush_interval_s` writes the sketches of closed minutes, a sample of raw
-events and its own health in one transaction. A store that is down sends the batch to
+no validation, no numpy maths, no SQL on the serving thread. `observe_summaries` appends
+a batch already reduced on the model's device (collectors.torch, `on_device=True`). A
+background thread drains the deque, validates and summarises whole blocks at once
+(monitor.metrics, monitor.sketch; for a reduced batch it waits for the device's copy,
+checks what the device could not and takes its metrics) into the same accumulators, and
+every `flush_interval_s` writes the sketches of closed minutes, a sample of raw events
+and its own health in one transaction. A store that is down sends the batch to
 `spill_dir`; spilled batches are replayed in order, and `(collector_id, batch_seq)` makes
 a replay count once.
 """
@@ -29,7 +32,13 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from collectors.block import Block, block_from_batch, blocks_from_singles, check_block
+from collectors.block import (
+    Block,
+    block_from_batch,
+    block_from_summaries,
+    blocks_from_singles,
+    check_block,
+)
 from collectors.spill import SpillDir
 from monitor import metrics as mx
 from monitor import sketch as sk
@@ -159,6 +168,8 @@ class AttentionCollector:
         self._totals = _Minute()
         self._dropped_hot = 0
         self._last_error_log = 0.0
+        self._resolve_failures = 0
+        self._last_resolve_log = 0.0
 
     @property
     def _acc(self) -> dict[tuple, sk.Sketch]:
@@ -250,6 +261,36 @@ class AttentionCollector:
         self._q.append(entry)
         if self._thread is None:
             self._start()
+
+    def observe_summaries(self, pending) -> None:
+        """A batch already reduced on the model's device: what
+        `collectors.torch.AttentionCapture(model, collector, on_device=True)` hands over, a
+        `PendingSummaries` whose copy to the host may still be in flight.
+
+        Like `observe_batch` it checks the queue and appends, nothing more: `resolve()`
+        (which waits for the copy) and the checks of labels, shapes and keys run on the
+        background thread, and the result is what the copy path writes for the same rows.
+        Never raises unless strict: a strict collector resolves at once, on the caller's
+        thread, and raises InvalidAttention for the first invalid row."""
+        if len(self._q) >= self.queue_size:
+            self._drop(getattr(pending, "size", 1))
+            return
+        if self.strict:
+            self._strict_summaries(pending)
+            return
+        self._q.append(("summaries", pending, None))
+        if self._thread is None:
+            self._start()
+
+    def _strict_summaries(self, pending) -> None:
+        s = pending.resolve()
+        b = block_from_summaries(s, max_length=self.max_length)
+        self._q.append(("summaries", pending, (s, b)))
+        if self._thread is None:
+            self._start()
+        if b.codes.any():
+            row = int(np.flatnonzero(b.codes)[0])
+            raise InvalidAttention(b.reason_names[b.codes[row]], row)
 
     def _drop(self, n: int) -> None:
         with self._lock:
@@ -363,15 +404,19 @@ class AttentionCollector:
         self._minute_health().dropped += dropped
         self._totals.dropped += dropped
         blocks: list[Block] = []
-        raw = []
+        raw, summaries = [], []
         for e in entries:
             if e[0] == "blocks":
                 blocks.extend(e[1])
+            elif e[0] == "summaries":
+                summaries.append(e)
             else:
                 raw.append(e)
         blocks.extend(self._to_blocks(raw))
         for block in blocks:
             self._summarise(block)
+        for _, pending, checked in summaries:
+            self._summarise_pending(pending, checked)
 
     def _to_blocks(self, entries) -> list[Block]:
         singles = [e for e in entries if e[0] == "one"]
@@ -390,100 +435,159 @@ class AttentionCollector:
             h = self._health[m] = _Minute()
         return h
 
-    def _summarise(self, b: Block) -> None:
-        health = self._minute_health()
+    # --- summarising: per path, the values; then the same accumulation -----------------
+    def _count(self, b: Block) -> tuple[np.ndarray, int]:
+        """Count a block's requests in the health of this minute and in the totals, and
+        its rejections on their series; the accepted rows (mask) and how many."""
         n_req = len(b.rows)
         bad = b.codes != 0
         n_bad = int(np.count_nonzero(bad))
         reasons = Counter(b.reason_names[c] for c in b.codes[bad]) if n_bad else Counter()
         n_ok = n_req - n_bad
-        for t in (health, self._totals):
+        for t in (self._minute_health(), self._totals):
             t.observed += n_req
             t.accepted += n_ok
             if n_bad:
                 t.rejected.update(reasons)
         if b.layout is not None and n_bad:
             self._count_rejected(b, bad)
+        return ~bad, n_ok
+
+    def _summarise(self, b: Block) -> None:
+        """The numpy path: the metrics of the block's rows, then `_accumulate`."""
+        keep, n_ok = self._count(b)
         if n_ok == 0 or b.layout is None:
             return
-        keep = ~bad
-        every = n_bad == 0
-
-        def kept(a):
-            return a if every else a[keep]
-
+        kept = _taker(keep, n_ok)
         ly, h = b.layout
         S = ly * h  # (layer, head) slots of a request
         W = kept(b.weights)  # (n, ly, h, L), padding zeroed
         lengths = kept(b.lengths)
         n, L = len(W), W.shape[-1]
-        ts = kept(b.ts)
-        t_min = ts.min()
-        if self._first_seen is None or t_min < self._first_seen:
-            self._first_seen = float(t_min)
-        minutes = (ts // 60).astype(np.int64)
-
-        per_head = W.reshape(n * S, L)
         mean = _head_mean(W)  # (n, ly, L): the layer's head-averaged attention
-        mean_rows = mean.reshape(n * ly, L)
-        len_head = np.repeat(lengths, S)
         len_mean = np.repeat(lengths, ly)
-        v_head = mx.compute(per_head, len_head)
-        v_mean = mx.compute(mean_rows, len_mean)
+        v_head = mx.compute(W.reshape(n * S, L), np.repeat(lengths, S))
+        v_mean = mx.compute(mean.reshape(n * ly, L), len_mean)
         div = (
             mx.head_diversity(W.reshape(n * ly, h, L), len_mean)
             if h > 1
             else np.zeros(n * ly)
         )
+        groups = self._group(b, kept)
+        pos = _row_positions(W.reshape(n, S, L), mean, groups)
+        self._accumulate(b, kept, groups, v_head, v_mean, div, pos, mean, lengths)
+        if self.sample_rate > 0:
+            self._sample(b, keep, v_mean, ly)
 
-        # requests grouped by (minute, cohort): rq[i] in [0, R), groups in first-seen order
-        series = self._series
+    def _summarise_pending(self, pending, checked: tuple | None) -> None:
+        """The on-device path: `pending.resolve()` (it waits for the device's copy), the
+        checks the device could not make (block_from_summaries), then `_accumulate` of
+        the device's metrics and position profiles. A resolve that raises loses its
+        batch: counted as dropped, logged, and the thread goes on."""
+        if checked is None:
+            try:
+                s = pending.resolve()
+                b = block_from_summaries(s, max_length=self.max_length)
+            except Exception as exc:
+                self._lost(pending, exc)
+                return
+        else:
+            s, b = checked
+        keep, n_ok = self._count(b)
+        if n_ok == 0:
+            return
+        kept = _taker(keep, n_ok)
+        ly, h = b.layout
+        m = len(mx.METRICS)
+        V = kept(s.values)  # (n, ly, h + 1, ALL_METRICS): the head-mean row last
+        n = len(V)
+        v_head = V[:, :, :h, :m].reshape(n * ly * h, m)
+        v_mean = V[:, :, h, :m].reshape(n * ly, m)
+        div = V[:, :, h, m].reshape(n * ly)
+        groups = self._group(b, kept)
+        pos = _summary_positions(s.pos, kept(np.asarray(s.groups)), groups, h)
+        mean = None if s.mean_rows is None else kept(s.mean_rows)
+        self._accumulate(b, kept, groups, v_head, v_mean, div, pos, mean, kept(b.lengths))
+        for j, i in enumerate(np.asarray(s.sample_index).tolist()):  # drawn by the capture
+            if keep[i]:
+                self._add_event(b, i, s.sample_rows[j], s.values[i, ly - 1, h, :m])
+
+    def _lost(self, pending, exc: Exception) -> None:
+        n = int(getattr(pending, "size", 1))
+        self._minute_health().dropped += n
+        self._totals.dropped += n
+        self._resolve_failures += 1
+        now = time.monotonic()
+        if now - self._last_resolve_log > 30:
+            self._last_resolve_log = now
+            log.error("attnmon collector: on-device summaries lost (%d requests; %d batch(es) so far)",
+                      n, self._resolve_failures, exc_info=exc)
+
+    def _group(self, b: Block, kept) -> _Groups:
+        """The accepted requests grouped by (minute, cohort), groups in first-seen order."""
+        ts = kept(b.ts)
+        minutes = (ts // 60).astype(np.int64)
         if b.cohort_codes is not None:
             coh_code, ucoh = kept(b.cohort_codes), b.cohort_keys
         else:
             coh_code, ucoh = pd.factorize(kept(b.cohorts), sort=False)
+        n = len(minutes)
         m0, m1 = int(minutes.min()), int(minutes.max())
         C = len(ucoh)
         req_key = coh_code if m0 == m1 else (minutes - m0) * C + coh_code
         first = int(req_key[0])
         if (req_key == first).all():
-            rq, rkeys, order, bounds = None, [first], None, [0, n]
+            rq, rkeys, order, bounds = None, [first], None, np.array([0, n])
         else:
             rq, rkeys = pd.factorize(req_key, sort=False)
             rkeys = rkeys.tolist()
             order = np.argsort(rq, kind="stable")
             bounds = np.concatenate([[0], np.cumsum(np.bincount(rq, minlength=len(rkeys)))])
-        R = len(rkeys)
+        labels = [(m0 + key // C, str(ucoh[key % C])) for key in rkeys]
+        return _Groups(labels, rq, order, bounds, minutes, m0 == m1, float(ts.min()))
+
+    def _accumulate(self, b: Block, kept, g: _Groups, v_head: np.ndarray, v_mean: np.ndarray,
+                    div: np.ndarray, pos: np.ndarray, mean: np.ndarray | None,
+                    lengths: np.ndarray) -> None:
+        """Add one batch's accepted requests to the series, whichever path made the values.
+
+        `v_head` (n * layers * heads, METRICS) and `v_mean` (n * layers, METRICS), `div`
+        (n * layers,) head_diversity of the head-mean rows; `pos` (R * (layers * heads +
+        layers), positions) each group's summed reversed rows, head rows of every group
+        then head-mean rows (`_row_positions`); `mean` (n, layers, L) head-mean rows, for
+        the top-K of items and attribute values (None: none taken)."""
+        if self._first_seen is None or g.t_min < self._first_seen:
+            self._first_seen = g.t_min
+        ly, h = b.layout
+        S = ly * h
+        n, R = len(g.minutes), len(g.labels)
+        series = self._series
         # store rows of each group's series: per layer, heads 0..h-1 then "*"
-        rows = np.stack([
-            series.rows_for(m0 + key // C, str(ucoh[key % C]), ly, h) for key in rkeys
-        ]).reshape(R, ly, h + 1)
+        rows = np.stack([series.rows_for(minute, cohort, ly, h) for minute, cohort in g.labels])
+        rows = rows.reshape(R, ly, h + 1)
         rows_head = rows[:, :, :h].reshape(R * S)
         rows_mean = rows[:, :, h].reshape(R * ly)
 
-        # sums, sums of squares and position profiles, per group in row order (the sums
-        # monitor.sketch.build makes, without a float64 copy of the weights)
+        # sums and sums of squares, per group in row order (the sums monitor.sketch.build
+        # makes)
         M = sk.M
         vh = v_head.reshape(n, S, len(mx.METRICS))
         vm = v_mean.reshape(n, ly, len(mx.METRICS))
         dv = div.reshape(n, ly)
         if not (np.isfinite(v_head).all() and np.isfinite(v_mean).all() and np.isfinite(div).all()):
             vh, vm, dv = (np.nan_to_num(a, nan=0.0) for a in (vh, vm, dv))
-        parts = [W.reshape(n, S, L), mean, vh, vm, dv]
-        if order is not None:  # each group's rows together, in order
-            parts = [x[order] for x in parts]
-        Lp = min(L, sk.POSITIONS)
+        parts = [vh, vm, dv]
+        if g.order is not None:  # each group's rows together, in order
+            parts = [x[g.order] for x in parts]
         sums = np.zeros((R * (S + ly), M))
         sumsq = np.zeros((R * (S + ly), M))
-        pos = np.empty((R * (S + ly), Lp))
+        bounds = g.bounds
         for r in range(R):
             a, z = bounds[r], bounds[r + 1]
-            wr, mr, hr, br, dr = (x[a:z] for x in parts)
-            ph, pm, sh, sm, sd = (_seq_sum(x) for x in (wr, mr, hr, br, dr))
+            hr, br, dr = (x[a:z] for x in parts)
+            sh, sm, sd = (_seq_sum(x) for x in (hr, br, dr))
             qh, qm, qd = (_seq_sum(x * x) for x in (hr, br, dr))
             hs, ms = slice(r * S, (r + 1) * S), slice(R * S + r * ly, R * S + (r + 1) * ly)
-            pos[hs] = ph[:, ::-1][:, :Lp]
-            pos[ms] = pm[:, ::-1][:, :Lp]
             sums[hs, : M - 1], sumsq[hs, : M - 1] = sh, qh
             sums[ms, : M - 1], sumsq[ms, : M - 1] = sm, qm
             sums[ms, M - 1], sumsq[ms, M - 1] = sd, qd
@@ -502,12 +606,12 @@ class AttentionCollector:
         ):
             bins = sk.bin_index(vals, metrics)
             off = (first_col + np.arange(len(metrics))) * (sk.BINS + 1)
-            if rq is None:  # group g0 + slot, the same for every request
+            if g.rq is None:  # group g0 + slot, the same for every request
                 b3 = bins.reshape(n, per_req, len(metrics))
                 b3 += (g0 + np.arange(per_req))[:, None] * nb + off
             else:
-                g = (g0 + rq[:, None] * per_req + np.arange(per_req)).reshape(-1, 1)
-                bins += g * nb + off
+                grp = (g0 + g.rq[:, None] * per_req + np.arange(per_req)).reshape(-1, 1)
+                bins += grp * nb + off
             hist += np.bincount(bins.reshape(-1), minlength=cells)
         hist = hist.reshape(R * (S + ly), M, sk.BINS + 1)[:, :, : sk.BINS]
         series.add(np.concatenate([rows_head, rows_mean]), counts, sums, sumsq, hist, pos)
@@ -518,21 +622,18 @@ class AttentionCollector:
             named.append((None, b.item_codes, b.item_keys, self.topk_items))
         for name, (acodes, akeys) in (b.attrs or {}).items():
             named.append((name, acodes, akeys, self.topk_attr_values))
-        if named:
-            positions = _MeanPositions(mean, lengths, rq, order, R)
+        if named and mean is not None:
+            positions = _MeanPositions(mean, lengths, g.rq, g.order, R)
             for attr, codes, keys, k in named:
                 tops = _topk_of_groups(kept(codes), len(keys), positions, k)
                 for row, tk in zip(rows_mean.tolist(), series.intern(tops, keys), strict=True):
                     series.merge_topk(row, attr, tk)
 
-        if m0 == m1:
-            self._acc_requests[m0] += n
+        if g.one_minute:
+            self._acc_requests[int(g.minutes[0])] += n
         else:
-            for mi, cnt in zip(*np.unique(minutes, return_counts=True), strict=True):
+            for mi, cnt in zip(*np.unique(g.minutes, return_counts=True), strict=True):
                 self._acc_requests[int(mi)] += int(cnt)
-
-        if self.sample_rate > 0:
-            self._sample(b, keep, v_mean, ly)
 
     @staticmethod
     def _attach_topk(sketches, group, n_groups, codes, keys, weights, valid, k, attr) -> None:
@@ -558,44 +659,45 @@ class AttentionCollector:
     def _sample(self, b: Block, keep: np.ndarray, v_mean: np.ndarray, ly: int) -> None:
         idx = np.flatnonzero(keep)
         pick = np.flatnonzero(self._rng.random(len(idx)) < self.sample_rate)
-        if not len(pick):
-            return
-        cols = {m: i for i, m in enumerate(mx.METRICS)}
         for p in pick:
-            i = idx[p]
-            n_i = int(b.lengths[i])
-            L = b.weights.shape[-1]
-            w = b.weights[i][..., L - n_i :].astype("<f4")
-            last = v_mean[p * ly + ly - 1]
-            items = None
-            if b.item_codes is not None:
-                codes = b.item_codes[i, L - n_i :]
-                items = [None if c < 0 else str(b.item_keys[c]) for c in codes]
-                if self._hash_item_ids:
-                    items = [None if x is None else self._hash(x) for x in items]
-            attrs = None
-            if b.attrs:
-                attrs = {
-                    name: [None if c < 0 else str(keys[c]) for c in codes_[i, L - n_i :]]
-                    for name, (codes_, keys) in b.attrs.items()
-                }
-            self._events.append(
-                {
-                    "model": self.model,
-                    "version": self.version,
-                    "cohort": str(b.cohorts[i]),
-                    "request_id": None if b.request_ids is None else b.request_ids[i],
-                    "ts": _utc(float(b.ts[i])),
-                    "collector_id": self.collector_id,
-                    "n_layers": int(w.shape[0]),
-                    "n_heads": int(w.shape[1]),
-                    "length": n_i,
-                    "weights": w.tobytes(),
-                    "item_ids": items,
-                    "attributes": attrs,
-                    **{m: float(last[cols[m]]) for m in ("entropy_norm", "top1", "recency5", "distance", "gini")},
-                }
-            )
+            self._add_event(b, idx[p], b.weights[idx[p]], v_mean[p * ly + ly - 1])
+
+    def _add_event(self, b: Block, i: int, w: np.ndarray, last: np.ndarray) -> None:
+        """The attention_events row of request `i` of the block: `w` (layers, heads, L) its
+        left-padded rows, `last` the METRICS of its last layer's head-mean row."""
+        n_i = int(b.lengths[i])
+        L = w.shape[-1]
+        w = w[..., L - n_i :].astype("<f4")
+        items = None
+        if b.item_codes is not None:
+            codes = b.item_codes[i, L - n_i :]
+            items = [None if c < 0 else str(b.item_keys[c]) for c in codes]
+            if self._hash_item_ids:
+                items = [None if x is None else self._hash(x) for x in items]
+        attrs = None
+        if b.attrs:
+            attrs = {
+                name: [None if c < 0 else str(keys[c]) for c in codes_[i, L - n_i :]]
+                for name, (codes_, keys) in b.attrs.items()
+            }
+        cols = {m: j for j, m in enumerate(mx.METRICS)}
+        self._events.append(
+            {
+                "model": self.model,
+                "version": self.version,
+                "cohort": str(b.cohorts[i]),
+                "request_id": None if b.request_ids is None else b.request_ids[i],
+                "ts": _utc(float(b.ts[i])),
+                "collector_id": self.collector_id,
+                "n_layers": int(w.shape[0]),
+                "n_heads": int(w.shape[1]),
+                "length": n_i,
+                "weights": w.tobytes(),
+                "item_ids": items,
+                "attributes": attrs,
+                **{m: float(last[cols[m]]) for m in ("entropy_norm", "top1", "recency5", "distance", "gini")},
+            }
+        )
 
     def _hash(self, item: str) -> str:
         return hmac.new(self._hash_key, item.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
@@ -740,6 +842,56 @@ class AttentionCollector:
         if batch.deployments:
             # the spilled file carries it; it is written when the file is replayed
             self._deployment_written = True
+
+
+def _taker(keep: np.ndarray, n_ok: int) -> Callable[[np.ndarray], np.ndarray]:
+    """a -> a[keep], without the copy when every row is kept."""
+    if n_ok == len(keep):
+        return lambda a: a
+    return lambda a: a[keep]
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """A batch's accepted requests grouped by (minute, cohort), groups in first-seen order."""
+
+    labels: list[tuple[int, str]]  # (minute, cohort) of each group
+    rq: np.ndarray | None  # (n,) group of each request; None: all in the one group
+    order: np.ndarray | None  # the requests by group (a stable order); None: one group
+    bounds: np.ndarray  # (R + 1,): group r is order[bounds[r] : bounds[r + 1]]
+    minutes: np.ndarray  # (n,) int64
+    one_minute: bool
+    t_min: float  # the earliest timestamp
+
+
+def _row_positions(W: np.ndarray, mean: np.ndarray, g: _Groups) -> np.ndarray:
+    """Position profiles of the numpy path: per group, the sum of its rows reversed (the
+    most recent position first), head rows `W` (n, layers * heads, L) of every group, then
+    head-mean rows `mean` (n, layers, L); float64 sums, as monitor.sketch.build makes them."""
+    n, S, L = W.shape
+    ly = mean.shape[1]
+    R = len(g.labels)
+    if g.order is not None:
+        W, mean = W[g.order], mean[g.order]
+    Lp = min(L, sk.POSITIONS)
+    pos = np.empty((R * (S + ly), Lp))
+    for r in range(R):
+        a, z = g.bounds[r], g.bounds[r + 1]
+        pos[r * S : (r + 1) * S] = _seq_sum(W[a:z])[:, ::-1][:, :Lp]
+        pos[R * S + r * ly : R * S + (r + 1) * ly] = _seq_sum(mean[a:z])[:, ::-1][:, :Lp]
+    return pos
+
+
+def _summary_positions(pos: np.ndarray, groups: np.ndarray, g: _Groups, h: int) -> np.ndarray:
+    """The device's position profiles in `_row_positions`' layout. `pos` (G, layers,
+    heads + 1, P) is per group of the capture, `groups` (n,) the capture's group of each
+    accepted request: both group by (minute, cohort), so the first request of a group here
+    names its group there. (The device summed every row it accepted: a request the
+    collector rejects for a bad item id or attribute value stays in its group's profile.)"""
+    firsts = g.bounds[:-1] if g.order is None else g.order[g.bounds[:-1]]
+    P = pos[groups[firsts]]  # (R, layers, heads + 1, P)
+    R, ly, _, Lp = P.shape
+    return np.concatenate([P[:, :, :h].reshape(R * ly * h, Lp), P[:, :, h].reshape(R * ly, Lp)])
 
 
 def _head_mean(W: np.ndarray) -> np.ndarray:

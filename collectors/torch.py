@@ -41,7 +41,11 @@ once; given to the collector when it has none (DESIGN §5).
 `on_device=True`: the metrics of monitor.metrics, head diversity and the position profile
 are computed by `summarise` on the model's device, packed into one buffer and copied to
 pinned host memory with one non-blocking copy; the collector's `observe_summaries` gets
-a `PendingSummaries` whose `resolve()` (on the collector's thread) waits for the copy.
+a `PendingSummaries` whose `resolve()` (on the collector's thread; a strict collector's
+at once, on the caller's) waits for the copy. The collector then checks what the device
+could not (labels, shapes, item and attribute values) and writes what the copy path
+writes for the same rows, with one exception: a request it rejects for a bad item id or
+attribute value stays in its group's position profile, which the device has summed.
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ class Summaries:
     lengths: np.ndarray  # (B,) int64
     ts: np.ndarray  # (B,) float64 epoch seconds
     groups: np.ndarray  # (B,) int64 index into group_keys
-    group_keys: list[tuple[int, str]]  # (minute, cohort) of each group
+    group_keys: list[tuple[int, object]]  # (minute, cohort as given: the collector checks it)
     pos: np.ndarray  # (G, layers, heads + 1, P): accepted rows reversed, summed per group
     mean_rows: np.ndarray | None  # (B, layers, L) left-padded head-mean rows, for top-K
     item_ids: np.ndarray | None  # (B, L) left-aligned with the rows
@@ -145,7 +149,8 @@ class Summaries:
 
     @property
     def cohorts(self) -> np.ndarray:
-        keys = np.array([c for _, c in self.group_keys], dtype=object)
+        keys = np.empty(len(self.group_keys), dtype=object)
+        keys[:] = [c for _, c in self.group_keys]
         return keys[self.groups]
 
 
@@ -867,12 +872,12 @@ class AttentionCapture:
             coh[:] = list(cohorts)
         minutes = (ts // 60).astype(np.int64)
         if (minutes == minutes[0]).all() and (coh == coh[0]).all():
-            groups, keys, gdev = np.zeros(B, np.int64), [(int(minutes[0]), str(coh[0]))], None
+            groups, keys, gdev = np.zeros(B, np.int64), [(int(minutes[0]), coh[0])], None
         else:
             pairs = list(zip(minutes.tolist(), coh.tolist(), strict=True))
             index: dict = {}
             groups = np.array([index.setdefault(p, len(index)) for p in pairs], np.int64)
-            keys = [(int(m), str(c)) for m, c in index]
+            keys = [(int(m), c) for m, c in index]
             gdev = _to_device(groups, dev)
         values, codes, pos = self._summarise(Wl, st.n, gdev, len(keys), dtype=dt,
                                              tol=getattr(self.collector, "tol", 1e-3))

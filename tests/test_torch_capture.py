@@ -13,10 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from sqlalchemy import select  # noqa: E402
+from test_collector_summaries import assert_same_store, second_store, stored  # noqa: E402
 from torch import nn  # noqa: E402
 
-from collectors import AttentionCollector  # noqa: E402
-from collectors import block as blk  # noqa: E402
+from collectors import AttentionCollector, InvalidAttention  # noqa: E402
 from collectors.torch import AttentionCapture, summarise, weights_id  # noqa: E402
 from monitor import Store  # noqa: E402
 from monitor import metrics as mx  # noqa: E402
@@ -661,148 +661,166 @@ def test_summarise_codes_follow_validate():
     np.testing.assert_allclose(pos.numpy()[0], rows, atol=1e-6)
 
 
-class SummariesCollector(AttentionCollector):
-    """DRAFT of `AttentionCollector.observe_summaries` (for collectors/collector.py), kept
-    here so that the proposal runs end to end: the on-device path must write what the
-    copy path writes. In collector.py, `_to_blocks`' branch belongs in `_drain`."""
-
-    def observe_summaries(self, pending) -> None:
-        if len(self._q) >= self.queue_size:
-            self._drop(pending.size)
-            return
-        self._q.append(("summaries", pending))
-        if self._thread is None:
-            self._start()
-
-    def _to_blocks(self, entries):
-        for e in entries:
-            if e[0] == "summaries":
-                self._summarise_summaries(e[1].resolve())
-        return super()._to_blocks([e for e in entries if e[0] != "summaries"])
-
-    def _summarise_summaries(self, s) -> None:
-        from collectors.collector import ROLLUP
-
-        n_req = len(s.codes)
-        bad = s.codes != 0
-        reasons = Counter(blk.REASON_NAMES[c] for c in s.codes[bad])
-        n_ok = n_req - int(bad.sum())
-        for t in (self._minute_health(), self._totals):
-            t.observed += n_req
-            t.accepted += n_ok
-            t.rejected.update(reasons)
-        ly, h = s.layers, s.heads
-        Hh, L = h + 1, s.length
-        cohorts = s.cohorts
-        for ts, cohort in zip(s.ts[bad], cohorts[bad], strict=True):
-            for layer in range(ly):
-                label = (int(ts // 60), str(cohort), str(layer), ROLLUP)
-                self._acc.setdefault(label, sk.Sketch()).rejected += 1
-        if n_ok == 0:
-            return
-        keep = ~bad
-        V, g, lengths, ts = s.values[keep], s.groups[keep], s.lengths[keep], s.ts[keep]
-        n = len(V)
-        if self._first_seen is None or ts.min() < self._first_seen:
-            self._first_seen = float(ts.min())
-        head_idx = np.tile(np.arange(Hh), n * ly)
-        layer_idx = np.tile(np.repeat(np.arange(ly), Hh), n)
-        keys = (np.repeat(g, ly * Hh) * ly + layer_idx) * Hh + head_idx
-        ukeys, group = np.unique(keys, return_inverse=True)
-        sketches = sk.build(group, len(ukeys), V.reshape(n * ly * Hh, -1),
-                            np.zeros((n * ly * Hh, 0)), np.repeat(lengths, ly * Hh))
-        labels = []
-        for gi, key in enumerate(ukeys.tolist()):
-            rest, head = divmod(key, Hh)
-            grp, layer = divmod(rest, ly)
-            sketches[gi].pos[: s.pos.shape[-1]] += s.pos[grp, layer, head]
-            minute, cohort = s.group_keys[grp]
-            labels.append((minute, cohort, str(layer), ROLLUP if head == h else str(head)))
-        if s.mean_rows is not None:
-            mean_group = group[head_idx == h]
-            rows = s.mean_rows[keep].reshape(n * ly, L).astype(np.float64)
-            valid = np.arange(L)[None, :] >= (L - np.repeat(lengths, ly))[:, None]
-            named = [(None, s.item_ids, self.topk_items)] + [
-                (k, v, self.topk_attr_values) for k, v in (s.attributes or {}).items()]
-            for name, vals, k in named:
-                if vals is None:
-                    continue
-                codes, ukeys_ = sk.factorize(np.asarray(vals)[keep])
-                self._attach_topk(sketches, mean_group, len(ukeys), np.repeat(codes, ly, axis=0),
-                                  ukeys_, rows, valid, k, name)
-        for label, sketch in zip(labels, sketches, strict=True):
-            old = self._acc.get(label)
-            self._acc[label] = sketch if old is None else old.merge(sketch)
-        for mi, cnt in zip(*np.unique((ts // 60).astype(np.int64), return_counts=True), strict=True):
-            self._acc_requests[int(mi)] += int(cnt)
-        # events: the capture drew them at self.sample_rate; keep the accepted ones
-        cols = {m: i for i, m in enumerate(mx.ALL_METRICS)}
-        for j, i in enumerate(s.sample_index):
-            if s.codes[i]:
-                continue
-            n_i = int(s.lengths[i])
-            items = None if s.item_ids is None else [str(x) for x in s.item_ids[i, L - n_i :]]
-            self._events.append({
-                "model": self.model, "version": self.version, "cohort": str(cohorts[i]),
-                "request_id": None if s.request_ids is None else s.request_ids[i],
-                "ts": sk_utc(float(s.ts[i])), "collector_id": self.collector_id,
-                "n_layers": ly, "n_heads": h, "length": n_i,
-                "weights": s.sample_rows[j][..., L - n_i :].astype("<f4").tobytes(),
-                "item_ids": items, "attributes": None,
-                **{m: float(s.values[i, ly - 1, h, cols[m]])
-                   for m in ("entropy_norm", "top1", "recency5", "distance", "gini")},
-            })
+# --- the on-device path through the real collector --------------------------------------------
+B_SERVE, POISON, NO_COHORT = 40, 3, 5
+KINDS = ["sasrec", "encoder-left", "encoder-right"]
 
 
-def sk_utc(ts: float):
-    from collectors.collector import _utc
+def nan_row(i):
+    """A forward hook on SASRec's item embedding: sequence i's rows come back NaN."""
+    def hook(module, args, out):
+        out[i] = float("nan")
+    return hook
 
-    return _utc(ts)
+
+def serve(kind, collector, *, on_device, n_batches=3, seed=11):
+    """Sampled batches of one model through AttentionCapture into `collector`.
+
+    Batch 0: one cohort, one timestamp (a single group). The others: two cohorts and one
+    None (bad_label), per-request timestamps across a minute boundary. Every batch: item
+    ids, a brand attribute, request ids, one NaN sequence (nan). SASRec (left padding, a
+    key padding mask) also gets an empty sequence, which the capture drops;
+    nn.TransformerEncoder runs left padding on its padded path and right padding on its
+    nested one."""
+    rng = np.random.default_rng(seed)
+    B = B_SERVE
+    if kind == "sasrec":
+        model, L = fresh(SASRec), 12
+    else:
+        model, L = fresh(encoder), 9
+    cap = AttentionCapture(model, collector, on_device=on_device, seed=0)
+    handles = []
+    with torch.no_grad():
+        for k in range(n_batches):
+            if k == 0:
+                cohorts, ts = "web", T0 + 5
+            else:
+                cohorts = ["web" if i % 3 else "app" for i in range(B)]
+                cohorts[NO_COHORT] = None
+                ts = T0 + 40 + 7 * k + 0.5 * np.arange(B)
+            if kind == "sasrec":
+                seq, _ = sequences(rng, B, L, lengths=np.r_[0, rng.integers(1, L + 1, B - 1)])
+                items, args, kwargs = seq.numpy(), (seq,), {}
+                hooks = [model.item.register_forward_hook(nan_row(POISON))]
+            else:
+                lengths = rng.integers(1, L + 1, B)
+                ar = np.arange(L)[None, :]
+                pad = ar < (L - lengths)[:, None] if kind == "encoder-left" else ar >= lengths[:, None]
+                items = np.where(pad, 0, rng.integers(1, 201, (B, L)))
+                x = torch.as_tensor(rng.standard_normal((B, L, D)), dtype=torch.float32)
+                x[POISON] = float("nan")
+                args, kwargs, hooks = (x,), {"src_key_padding_mask": torch.as_tensor(pad)}, []
+            brand = np.where(items % 2 == 0, "acme", "other")
+            with cap.batch(item_ids=items, cohorts=cohorts, attributes={"brand": brand},
+                           request_ids=[f"{k}-{i}" for i in range(B)], timestamps=ts) as b:
+                model(*args, **kwargs)
+            for hk in hooks:
+                hk.remove()
+            assert b.captured
+            handles.append(b)
+    cap.remove()
+    return cap, handles
 
 
-def test_on_device_path_writes_what_the_copy_path_writes(sqlite_url, tmp_path):
-    from monitor.store import migrate
+@pytest.fixture
+def second_url(tmp_path, sqlite_url):
+    return second_store(tmp_path)
 
-    other = f"sqlite:///{tmp_path / 'device.db'}"
-    migrate.upgrade(other)
-    model = fresh(SASRec)
-    kw = dict(model="sasrec", version="v1", sample_rate=1.0, clock=lambda: T0 + 3600, strict=True)
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("kind", KINDS)
+def test_on_device_path_writes_what_the_copy_path_writes(kind, sqlite_url, second_url):
+    kw = dict(model="sasrec", version="v1", sample_rate=1.0, clock=lambda: T0 + 3600)
     with AttentionCollector(sqlite_url, **kw) as c:
-        _, copied = run_batches(model, c)
-    with SummariesCollector(other, **kw) as d:
-        cap, pending = run_batches(model, d, on_device=True)
-    assert c.stats.accepted == d.stats.accepted == 3 * 39
-    assert cap.stats.sequences == 3 * 39 and cap.stats.empty == 3
+        _, copied = serve(kind, c, on_device=False)
+    with AttentionCollector(second_url, **kw) as d:
+        cap, pending = serve(kind, d, on_device=True)
+    empty = 3 if kind == "sasrec" else 0  # SASRec's empty sequences: dropped by the capture
+    assert cap.stats.sequences == 3 * B_SERVE - empty and cap.stats.empty == empty
+    assert c.stats == d.stats
+    assert d.stats.accepted == 3 * B_SERVE - empty - 3 - 2  # less a NaN row a batch, two None cohorts
+    assert d.stats.rejected == {"nan": 3, "bad_label": 2}
+    assert len(stored(second_url)[1]) == d.stats.accepted  # sample_rate=1: an event each
     # the summaries of each batch are those of its rows
     for b_copy, b_dev in zip(copied, pending, strict=True):
         s = b_dev.summaries.resolve()
         np.testing.assert_array_equal(s.lengths, b_copy.lengths)
+        ok = s.codes == 0
+        assert not ok.all()  # the NaN row
         for layer in range(LAYERS):
             for head in range(HEADS):
-                expect = mx.compute(b_copy.weights[:, layer, head].astype(np.float64), b_copy.lengths)
-                np.testing.assert_allclose(s.values[:, layer, head, : len(mx.METRICS)], expect,
+                expect = mx.compute(b_copy.weights[ok, layer, head].astype(np.float64), b_copy.lengths[ok])
+                np.testing.assert_allclose(s.values[ok, layer, head, : len(mx.METRICS)], expect,
                                            atol=1e-5, rtol=1e-6)
+    assert_same_store(sqlite_url, second_url)
+    # and the roll-ups read back alike
     by = ["cohort", "layer", "head"]
-    a = Store(sqlite_url).summary("sasrec", by=by)
-    b = Store(other).summary("sasrec", by=by)
+    a, b = Store(sqlite_url).summary("sasrec", by=by), Store(second_url).summary("sasrec", by=by)
     assert a[by + ["n", "rejected"]].equals(b[by + ["n", "rejected"]])
     np.testing.assert_allclose(a[list(mx.ALL_METRICS)].to_numpy(float),
                                b[list(mx.ALL_METRICS)].to_numpy(float), rtol=1e-5, atol=1e-6)
-    sa = Store(sqlite_url).sketches("sasrec", by=by)
-    sb = Store(other).sketches("sasrec", by=by)
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        np.testing.assert_allclose(sa[key].pos, sb[key].pos, atol=1e-5)
-        np.testing.assert_array_equal(sa[key].hist.sum(1), sb[key].hist.sum(1))
-        if sa[key].items is not None:
-            assert list(sa[key].items.keys) == list(sb[key].items.keys)
-        assert sa[key].attrs.keys() == sb[key].attrs.keys()
-    for url in (sqlite_url, other):
-        engine = make_engine(url)
-        with engine.connect() as conn:
-            counts = conn.execute(select(tables.attention_events.c.length)).scalars().all()
-        engine.dispose()
-        assert len(counts) == 3 * 39
+
+
+def test_on_device_bad_values_are_rejected_as_on_the_copy_path(sqlite_url, second_url):
+    # an attribute value the store cannot hold (NUL): the collector rejects the request
+    # (bad_value) after the device summed its rows; every count and metric agrees, the
+    # position profile of its group keeps it (see collectors.torch)
+    model = fresh(SASRec)
+    rng = np.random.default_rng(4)
+    seq, _ = sequences(rng, 8, model.L, lengths=[12, 5, 7, 3, 12, 1, 9, 4])
+    brand = np.where(seq.numpy() % 2 == 0, "acme", "other")
+    brand[2, -1] = "a\x00b"
+    stats = []
+    for url, on_device in ((sqlite_url, False), (second_url, True)):
+        with AttentionCollector(url, model="sasrec", version="v1", sample_rate=0.0,
+                                clock=lambda: T0 + 3600) as c:
+            cap = AttentionCapture(model, c, on_device=on_device)
+            with torch.no_grad(), cap.batch(item_ids=seq, attributes={"brand": brand}, timestamps=T0 + 5):
+                model(seq)
+        stats.append(c.stats)
+    assert stats[0] == stats[1] and stats[1].rejected == {"bad_value": 1} and stats[1].accepted == 7
+    assert_same_store(sqlite_url, second_url, pos=False)
+    a, b = stored(sqlite_url)[0], stored(second_url)[0]
+    assert not any(np.allclose(a[key].pos, b[key].pos, atol=1e-5) for key in a)  # the one group
+
+
+def test_on_device_full_queue_drops_the_newest_and_counts(sqlite_url):
+    model = fresh(SASRec)
+    c = AttentionCollector(sqlite_url, model="sasrec", version="v1", sample_rate=0.0, queue_size=1,
+                           clock=lambda: T0 + 3600)
+    c._start = lambda: None  # keep the thread from draining: the queue stays full
+    cap = AttentionCapture(model, c, on_device=True)
+    rng = np.random.default_rng(8)
+    with torch.no_grad():
+        for _ in range(3):
+            seq, _ = sequences(rng, 8, model.L)
+            with cap.batch(item_ids=seq, timestamps=T0 + 5) as b:
+                model(seq)
+            assert b.captured
+    assert len(c._q) == 1 and c.stats.dropped == 16
+    assert cap.stats.sequences == 0  # nothing resolved on the serving thread
+    del c._start
+    c.close()
+    assert c.stats.accepted == 8 and c.stats.dropped == 16 and cap.stats.sequences == 8
+    aggs, _, health = stored(sqlite_url)
+    assert health["dropped"] == 16 and health["accepted"] == 8
+    assert sum(s.n for (_, cohort, layer, head), s in aggs.items() if (cohort, layer, head) == ("*", "0", "*")) == 8
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_strict_raises_the_first_invalid_row_on_both_paths(on_device, sqlite_url):
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(5), 8, model.L)
+    hook = model.item.register_forward_hook(nan_row(POISON))
+    with AttentionCollector(sqlite_url, model="sasrec", version="v1", sample_rate=0.0, strict=True,
+                            clock=lambda: T0 + 3600) as c:
+        cap = AttentionCapture(model, c, on_device=on_device)
+        with pytest.raises(InvalidAttention) as err, torch.no_grad():
+            with cap.batch(item_ids=seq, timestamps=T0 + 5):
+                model(seq)
+    hook.remove()
+    assert (err.value.reason, err.value.row) == ("nan", POISON)
+    assert c.stats.accepted == 7 and c.stats.rejected == {"nan": 1}
 
 
 def test_on_device_needs_observe_summaries():
