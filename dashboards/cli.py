@@ -25,6 +25,15 @@ def _boards(rules: str | None):
     return dashboards(rules)
 
 
+def _token(config: Config, token_file: str | None) -> str:
+    """--token-file, else the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN."""
+    from dashboards.client import load_token
+
+    if token_file is None and config.grafana is not None:
+        return config.grafana.read_token()
+    return load_token(token_file)
+
+
 def _pg_url(config: Config, db_url: str | None) -> str | None:
     if db_url:
         return db_url
@@ -61,9 +70,10 @@ def push(config: Config, grafana_url: str, *, token_file: str | None = None, db_
          db_user: str = "attnmon_grafana", sslmode: str = "require", datasource: bool = True,
          rules: str | None = None, fmt: str = "text") -> int:
     """Create the folder and the datasource if missing, upsert every dashboard."""
-    from dashboards.client import connect, load_token
+    from dashboards.client import connect
     from dashboards.provision import datasource as datasource_body
     from dashboards.push import push as run
+    from dashboards.spec import FOLDER_UID
 
     body = None
     if datasource:
@@ -75,9 +85,10 @@ def push(config: Config, grafana_url: str, *, token_file: str | None = None, db_
         if not password:
             raise ConfigError([(PASSWORD_ENV, None, "not set: the read-only role's password")], "environment")
         body = datasource_body(_connection(url, db_user, sslmode), password)
-    api = connect(grafana_url, load_token(token_file))
-    result = run(api, _boards(rules), body)
-    lines = [f"folder attnmon {'created' if result.folder_created else 'exists'}"]
+    api = connect(grafana_url, _token(config, token_file))
+    folder = config.grafana.folder if config.grafana is not None else FOLDER_UID
+    result = run(api, _boards(rules), body, folder_uid=folder)
+    lines = [f"folder {folder} {'created' if result.folder_created else 'exists'}"]
     if result.datasource_created is not None:
         lines.append(f"datasource attnmon-pg {'created' if result.datasource_created else 'exists (left as is)'}")
     lines += [f"dashboard {uid} saved {url}" for uid, url in result.dashboards]
@@ -93,12 +104,12 @@ def annotate(config: Config, grafana_url: str, *, token_file: str | None = None,
              dashboard_uid: str | None = None, now: str | None = None, fmt: str = "text") -> int:
     """Post deployments and alert transitions of the last `days` not posted yet."""
     from dashboards.annotate import annotate as run
-    from dashboards.client import connect, load_token
+    from dashboards.client import connect
     from monitor.cli_common import parse_time
     from monitor.store import make_engine, require_schema
 
     at = parse_time(now, "--now") if now else datetime.now(UTC)
-    api = connect(grafana_url, load_token(token_file))
+    api = connect(grafana_url, _token(config, token_file))
     engine = make_engine(config.store_url)
     try:
         require_schema(engine)
@@ -190,7 +201,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
 
     p = add_command(sub, "push", "create the folder and datasource, upsert the dashboards by uid", lists=True)
     p.add_argument("--grafana-url", required=True, metavar="URL")
-    p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: $ATTNMON_GRAFANA_TOKEN)")
+    p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN)")
     p.add_argument("--no-datasource", dest="datasource", action="store_false",
                    help="do not create the datasource (it is provisioned)")
     datasource_options(p)
@@ -200,7 +211,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
 
     p = add_command(sub, "annotate", "post deployments and alert transitions as Grafana annotations", lists=True)
     p.add_argument("--grafana-url", required=True, metavar="URL")
-    p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: $ATTNMON_GRAFANA_TOKEN)")
+    p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN)")
     p.add_argument("--days", type=float, default=7.0, help="look back this many days (default: 7)")
     p.add_argument("--dashboard-uid", metavar="UID",
                    help="pin the annotations to this dashboard (default: organisation-wide, by tag)")

@@ -1,10 +1,11 @@
 """Heads and positions: per-head heatmaps over time, and where in the history the
 attention falls.
 
-The position profile (mass by distance from the end, up to 256) lives in the sketch
-payload, which SQL cannot read. What SQL reaches, and what this dashboard shows:
-- a band heatmap from the per-vector metrics kept as columns: mass on the last item
-  (`recency1`), on items 2–5 (`recency5 - recency1`) and on older ones (`1 - recency5`);
+Where the attention falls:
+- the position profile as a heatmap: time × bands of distance from the latest item
+  (0, 1, 2, 3-4, 5-9, 10-19, 20-49, 50-99, 100-255 back, and what lies beyond), each
+  cell the share of attention in that band, from the `pos_*` band columns of
+  window_aggregates (monitor.store.positions);
 - mean look-back distance and the attention-sink mass, by version;
 - the shift of the full profile against its baseline, `js.position_profile`, per head,
   from drift_results (the evaluator reads the payload).
@@ -25,6 +26,7 @@ from dashboards.common import (
     series_filter,
 )
 from dashboards.spec import Dashboard, Panel, Query
+from monitor.store import positions
 
 UID = "attnmon-heads"
 HEAD_LABEL = "'layer ' || layer || ' · head ' || head"
@@ -48,6 +50,27 @@ def _line(key: str, title: str, select: str, description: str, **kw) -> Panel:
     return Panel(key, title, "timeseries", (Query(sql),), description, width=8, **kw)
 
 
+# vectors of rows that have bands (rows from before migration 0004 may not, yet): the
+# denominator of every band's share, so that such a row makes a gap, not a dip
+BAND_N = f"SUM(CASE WHEN {positions.COLUMNS[0]} IS NOT NULL THEN n END)"
+
+
+def position_profile_sql() -> str:
+    """Time buckets × position bands: each band's share of the attention, bands named
+    for a person (`latest`, `1 back`, ..., `256+ back`: never numbers, so that Grafana
+    takes them as ordinal bucket labels), nearest first."""
+    shares = [f'  SUM({c}) / NULLIF({BAND_N}, 0) AS "{label}"'
+              for c, label in zip(positions.COLUMNS, positions.LABELS, strict=True)]
+    # what the profile does not hold (histories longer than it): vectors sum to 1
+    rest = " + ".join(f"SUM({c})" for c in positions.COLUMNS)
+    shares.append(f'  ({BAND_N} - ({rest})) / NULLIF({BAND_N}, 0) AS "{positions.REST_LABEL}"')
+    return (
+        f"SELECT {TIME_GROUP},\n" + ",\n".join(shares) + "\n"
+        f"FROM window_aggregates\nWHERE {series_filter()} AND $__timeFilter(bucket_start)\n"
+        "GROUP BY 1 ORDER BY 1"
+    )
+
+
 def build() -> Dashboard:
     entropy = _head_heatmap(
         "head-entropy", "entropy_norm per head over time", "entropy_norm",
@@ -62,22 +85,16 @@ def build() -> Dashboard:
     )
     bands = Panel(
         "position-bands",
-        "Attention by position band (layer $layer, head $head)",
+        "Position profile: share of attention by distance from the latest item (layer $layer, head $head)",
         "heatmap",
-        (
-            Query(
-                f"SELECT {TIME_GROUP},\n"
-                f"  {mean('recency1')} AS \"last item\",\n"
-                "  (SUM(sum_recency5) - SUM(sum_recency1)) / NULLIF(SUM(n), 0) AS \"items 2-5\",\n"
-                "  (SUM(n) - SUM(sum_recency5)) / NULLIF(SUM(n), 0) AS \"older (6+)\"\n"
-                f"FROM window_aggregates\nWHERE {series_filter()} AND $__timeFilter(bucket_start)\n"
-                "GROUP BY 1 ORDER BY 1"
-            ),
-        ),
-        "Share of attention on the most recent item, on items 2 to 5 back, and on older "
-        "items. A band brightening after a deploy is a recency shift.",
+        (Query(position_profile_sql()),),
+        "Each column is a time bucket, each row a band of positions counted back from the "
+        "most recent interaction (bottom: the latest item; `256+ back`: beyond the 256 "
+        "positions the sketches keep); a cell is the share of attention that fell there. "
+        "Attention moving up after a deploy is the model looking further back (or losing "
+        "the order of the history); moving down, a recency shift.",
+        unit="percentunit",
         min=0,
-        max=1,
         width=12,
         height=10,
         report=True,

@@ -5,6 +5,12 @@ The top-K items and attribute values live in the sketch payload; SQL reaches wha
 evaluator derived from them: `items.top10_share`, `items.hhi`, `items.new_in_top` (on
 the layer roll-ups, cohort "*" and head "*") and, per attribute, `js.attr.<name>` and
 `mover.attr.<name>` whose `detail` JSON names the value that moved most.
+
+Which items those are: each `items.top10_share` row's `detail` lists them,
+`{"top": [{"item": "<id as text>", "share": s, "baseline_share": b or null}, ...]}`
+(up to 10, largest share first). The "top attended items" table reads that list with
+the JSON operators both databases share: `detail -> 'top' -> i` (PostgreSQL: the
+array's i-th element; SQLite: `$.top[i]`) for i in 0..9, a constant derived table.
 """
 
 from __future__ import annotations
@@ -27,6 +33,36 @@ def _items(key: str, title: str, statistic: str, description: str, *, baseline: 
     return Panel(key, title, "timeseries", (Query(sql),), description, width=8, **kw)
 
 
+TOP_ITEMS = 10  # the length of items.top10_share's list
+
+
+def top_items_sql() -> str:
+    """The latest window in range that has a top-items list, one row per listed item."""
+    indices = " UNION ALL ".join(["SELECT 0 AS i", *[f"SELECT {i}" for i in range(1, TOP_ITEMS)]])
+    element = "(d.detail -> 'top' -> k.i)"
+
+    def number(key: str) -> str:
+        return f"CAST({element} ->> '{key}' AS DOUBLE PRECISION)"
+
+    latest = (
+        "SELECT MAX(window_end) FROM drift_results\n"
+        f"    WHERE {ROLLUP} AND statistic = 'items.top10_share'"
+        " AND (detail ->> 'top') IS NOT NULL AND $__timeFilter(window_end)"
+    )
+    return (
+        f"SELECT d.version, k.i + 1 AS rank, {element} ->> 'item' AS item,\n"
+        f"  {number('share')} AS share,\n"
+        f"  {number('baseline_share')} AS baseline_share,\n"
+        f"  {number('share')} - {number('baseline_share')} AS change,\n"
+        "  d.window_end\n"
+        f"FROM drift_results AS d, ({indices}) AS k\n"
+        f"WHERE {ROLLUP} AND statistic = 'items.top10_share'\n"
+        f"  AND d.window_end = ({latest})\n"
+        f"  AND ({element} ->> 'item') IS NOT NULL\n"
+        "ORDER BY d.version, rank"
+    )
+
+
 def build() -> Dashboard:
     top10 = _items(
         "items-top10", "Top-10 items' share of attention (layer $layer)", "items.top10_share",
@@ -44,6 +80,19 @@ def build() -> Dashboard:
         "Share of the current top-10's attention held by items the baseline did not rank.",
         baseline=False, unit="percentunit", min=0, report=True,
     )
+    top_items = Panel(
+        "items-top",
+        "Top attended items (layer $layer, latest window)",
+        "table",
+        (Query(top_items_sql(), format="table"),),
+        "The ten items with the largest share of attention in the latest evaluated window "
+        "of the time range (all cohorts, the layer's head average), beside their share in "
+        "the baseline (empty: not in the baseline's top-K). One item holding much more "
+        "than before is what the ItemConcentrationSpike rule fires on.",
+        width=12,
+        height=10,
+        report=True,
+    )
     attr_js = Panel(
         "attr-js",
         "Attribute distribution shift (JS distance) per attribute",
@@ -58,7 +107,8 @@ def build() -> Dashboard:
         ),
         "Jensen–Shannon distance between the attention shares of each attribute's values "
         "and the baseline's (cohort $cohort, layer $layer, head $head).",
-        width=8,
+        width=12,
+        height=10,
         min=0,
     )
     movers = Panel(
@@ -107,6 +157,6 @@ def build() -> Dashboard:
         "attnmon · Items and attributes",
         "Item concentration, new entrants and attribute shares against the baseline.",
         (MODEL, VERSION, COHORT, LAYER, HEAD),
-        (top10, hhi, new, attr_js, movers, mover_table),
+        (top10, hhi, new, top_items, attr_js, movers, mover_table),
         (DEPLOYMENTS,),
     )

@@ -12,6 +12,7 @@ vertical lines named by version on every time axis.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ INTERVALS = [timedelta(minutes=m) for m in (1, 2, 5, 10, 15, 30, 60, 120, 360, 7
 MAX_POINTS = 240
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 DASHES = ["-", "--", ":", "-."]
+_SQLITE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,10 @@ def _heatmap(fig, ax, panel: Panel, df: pd.DataFrame) -> None:
     ax.set_ylabel("head" if "metric" in df.columns else "position band")
     bar = fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.04)
     bar.set_label(value[0] if "metric" in df.columns and len(value) == 1 else "share of attention")
+    if panel.unit == "percentunit":
+        from matplotlib.ticker import PercentFormatter
+
+        bar.ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     _time_axis(ax)
 
 
@@ -181,6 +187,8 @@ def _table(ax, df: pd.DataFrame) -> None:
             return f"{v:.3g}"
         if isinstance(v, datetime):
             return f"{as_utc(v):%Y-%m-%d %H:%M}"
+        if isinstance(v, str) and _SQLITE_TIME.fullmatch(v):  # SQLite hands timestamps back as text
+            return v[:16]
         return "" if v is None else str(v)
 
     shown = df.head(24)

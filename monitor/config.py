@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from alerts.config import AlertsConfig
+from alerts.config import AlertsConfig, Secret
 from monitor.errors import ConfigError
 
 DEFAULT_PATH = Path("attnmon.yaml")
@@ -90,6 +90,40 @@ class DaemonConfig(_Strict):
     retry_s: float = Field(5, gt=0)  # a failed job is retried this soon (store down)
 
 
+class GrafanaConfig(_Strict):
+    """Where the daemon's annotate job posts deployments and alert transitions (and where
+    `attnmon dashboards push|annotate` go when not told otherwise)."""
+
+    url: str  # base URL, e.g. https://grafana.internal (any sub-path)
+    # a service account token, named by an environment variable or a file, never inline
+    token: Secret = Secret(env="ATTNMON_GRAFANA_TOKEN")
+    folder: str = Field("attnmon", min_length=1, max_length=40)  # the dashboards' folder uid (push)
+    dashboard_uid: str | None = None  # pin annotations to one dashboard; None: organisation-wide, by tag
+    annotate_every_s: float = Field(60.0, gt=0)
+    annotate_days: float = Field(7.0, gt=0)  # look back this far for events not posted yet
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("not an http(s) URL (e.g. https://grafana.internal)")
+        return value
+
+    def read_token(self) -> str:
+        """The token, read now (a rotated file is picked up); ConfigError if unset."""
+        try:
+            token = self.token.read().strip()
+        except ConfigError as exc:
+            raise ConfigError([("grafana.token", where, msg) for where, _, msg in exc.problems]) from None
+        if not token:
+            raise ConfigError([("grafana.token", self.token.file or self.token.env, "empty")])
+        return token
+
+
 class Config(_Strict):
     store_url: str = "sqlite:///attnmon.db"
     collector: CollectorConfig = CollectorConfig()
@@ -97,7 +131,7 @@ class Config(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     daemon: DaemonConfig = DaemonConfig()
     alerts: AlertsConfig = AlertsConfig()
-    # Later sections (daemon, alerts, grafana) are added here by the features that need them.
+    grafana: GrafanaConfig | None = None  # None: no annotate job
 
     @field_validator("store_url")
     @classmethod

@@ -16,6 +16,11 @@ each with an explicit id, `coalesce=True`, `max_instances=1`, `misfire_grace_tim
 - `maintain` (every `daemon.maintain_every_s`): compaction, hourly roll-up and retention
   (`monitor.store.maintenance.maintain`), and drops materialised baselines older than
   two days (`monitor.baselines.prune`).
+- `annotate` (every `grafana.annotate_every_s`, only with a `grafana:` section): posts
+  the deployments and alert transitions of the last `grafana.annotate_days` that this
+  Grafana has not had yet (`dashboards.annotate.annotate`, which records each one in
+  `daemon_state`: a restart or a new leader posts nothing twice). Grafana down: the run
+  fails, is logged and retried; the events wait for a later run.
 
 Time comes from `clock` (real UTC by default): a demo or a test passes a simulated one
 and calls `tick(now)`, which runs the due jobs synchronously through the same code the
@@ -73,6 +78,7 @@ from monitor.store.maintenance import MaintenanceResult, as_utc, maintain
 log = logging.getLogger("attnmon.daemon")
 
 JOBS = ("evaluate", "deliver", "maintain")
+ANNOTATE = "annotate"  # a job only when the config has a grafana: section
 WATERMARK_KEY = "evaluate.watermark"
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
@@ -335,7 +341,7 @@ class _Metrics:
         self.duration = Gauge("attnmon_daemon_job_duration_seconds", "How long each job's last run took", job, registry=registry)
         self.runs = Counter("attnmon_daemon_job_runs", "Job runs", job, registry=registry)
         self.errors = Counter("attnmon_daemon_job_errors", "Job runs that failed", job, registry=registry)
-        for name in JOBS:  # every series exists from the start, at 0
+        for name in daemon.jobs:  # every series exists from the start, at 0
             for metric in (self.runs, self.errors):
                 metric.labels(name)
         self.series = Gauge("attnmon_daemon_series_evaluated", "Series compared in the newest evaluated window", registry=registry)
@@ -403,6 +409,12 @@ class Daemon:
             healthy_lag_s if healthy_lag_s is not None else 60 * (ev.lag_minutes + 2) + 2 * dm.evaluate_every_s
         )
         self._every = {"evaluate": dm.evaluate_every_s, "deliver": dm.deliver_every_s, "maintain": dm.maintain_every_s}
+        self.jobs: tuple[str, ...] = JOBS
+        self._grafana: Any = None  # the Grafana API client, made on the annotate job's first run
+        if config.grafana is not None:
+            config.grafana.read_token()  # a token that cannot be read is an error now, not every run
+            self.jobs += (ANNOTATE,)
+            self._every[ANNOTATE] = config.grafana.annotate_every_s
         self._baselines = Baselines(self.engine, ev)
         # minute sketches decoded once and reused by the overlapping windows of later cycles
         self._reader = WindowReader(self.engine)
@@ -411,10 +423,10 @@ class Daemon:
         self._lead_lock = threading.Lock()
         self._lease_failing = False
         self._watermark: datetime | None = None
-        self._last_run: dict[str, datetime | None] = dict.fromkeys(JOBS)
-        self._errors = dict.fromkeys(JOBS, 0)
-        self._failing = dict.fromkeys(JOBS, 0)  # consecutive failures
-        self._locks = {job: threading.Lock() for job in JOBS}
+        self._last_run: dict[str, datetime | None] = dict.fromkeys(self.jobs)
+        self._errors = dict.fromkeys(self.jobs, 0)
+        self._failing = dict.fromkeys(self.jobs, 0)  # consecutive failures
+        self._locks = {job: threading.Lock() for job in self.jobs}
         self._due: dict[str, datetime] | None = None  # tick(): when each job is due next
         self._stop = threading.Event()
         self._scheduler: Any = None
@@ -534,11 +546,30 @@ class Daemon:
         )
         return Maintained(result, prune(self.engine, now - BASELINE_KEEP))
 
+    def annotate(self, now: datetime | None = None) -> Any:
+        """Post the deployments and alert transitions Grafana has not had yet; returns
+        `dashboards.annotate.AnnotateResult`. Raises `GrafanaError` when Grafana fails."""
+        from dashboards.annotate import annotate
+        from dashboards.client import connect
+
+        g = self.config.grafana
+        if g is None:
+            raise RuntimeError("no grafana: section in the config")
+        now = as_utc(now) if now is not None else self.clock()
+        if self._grafana is None:
+            self._grafana = connect(g.url, g.read_token(), timeout=g.timeout_s)
+        try:
+            return annotate(self.engine, self._grafana, since=now - timedelta(days=g.annotate_days),
+                            grafana_url=g.url, dashboard_uid=g.dashboard_uid, now=now)
+        except Exception:
+            self._grafana = None  # the next run connects afresh (and reads a rotated token)
+            raise
+
     def run_job(self, job: str, now: datetime | None = None) -> JobRun | None:
         """Run one job now, as the scheduler does: only on the leader, one at a time,
         errors logged and counted. None when not the leader or the job is running."""
-        if job not in JOBS:
-            raise ValueError(f"unknown job {job!r}; jobs: {JOBS}")
+        if job not in self.jobs:
+            raise ValueError(f"unknown job {job!r}; jobs: {self.jobs}")
         if not self._leader:
             return None
         lock = self._locks[job]
@@ -609,9 +640,10 @@ class Daemon:
         if not self.acquire():
             return {}
         if self._due is None:
-            self._due = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=self._every["maintain"])}
+            self._due = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=self._every["maintain"]),
+                         ANNOTATE: now}
         runs: dict[str, JobRun] = {}
-        for job in JOBS:
+        for job in self.jobs:
             if now < self._due[job]:
                 continue
             run = self.run_job(job, now)
@@ -688,8 +720,9 @@ class Daemon:
             self._lease()
         scheduler = BackgroundScheduler(timezone=UTC)
         now = utc_now()
-        first = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=dm.maintain_every_s)}
-        for job in JOBS:
+        first = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=dm.maintain_every_s),
+                 ANNOTATE: now}
+        for job in self.jobs:
             scheduler.add_job(
                 self.run_job, "interval", args=[job], id=job, name=f"attnmon {job}",
                 seconds=self._every[job], next_run_time=first[job],

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, func, select
 
 from collectors import AttentionCollector
-from monitor.config import Config
+from monitor.config import Config, GrafanaConfig
 from monitor.daemon import WATERMARK_KEY, Daemon, fake_clock, read_watermark
 from monitor.health import HealthServer, parse_listen
 from monitor.store import make_engine, tables
@@ -409,3 +409,129 @@ def test_a_taken_port_is_one_clear_error(store, tmp_path, capsys):
         assert main(["run", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"daemon.listen='127.0.0.1:{taken}': cannot listen there: Address already in use" in err
+
+
+# -- the annotate job (a grafana: section), against the stand-in Grafana ----------------------
+
+
+def grafana_config(store: str, grafana_url: str, **grafana) -> Config:
+    return config(store, retry_s=5).model_copy(
+        update={"grafana": GrafanaConfig(url=grafana_url, **grafana)})
+
+
+def posted(state) -> list[tuple[int, str]]:
+    return [(a["time"], a["text"]) for a in state.annotations]
+
+
+def expected_events(url: str, now: datetime) -> list:
+    from dashboards.annotate import events
+
+    engine = make_engine(url)
+    try:
+        return events(engine, now - timedelta(days=7))
+    finally:
+        engine.dispose()
+
+
+def test_no_grafana_section_no_annotate_job(store):
+    with Daemon(config(store), clock=lambda: at(20)) as daemon:
+        assert daemon.jobs == ("evaluate", "deliver", "maintain")
+        assert "annotate" not in daemon.tick()
+        with pytest.raises(ValueError, match="unknown job"):
+            daemon.run_job("annotate")
+
+
+def test_annotate_job_posts_each_event_once_across_restarts(store, monkeypatch):
+    from test_dashboards_grafana import TOKEN, fake_grafana
+
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    now = [at(20)]
+    with fake_grafana() as (url, state):
+        cfg = grafana_config(store, url)
+        registry = CollectorRegistry()
+        with Daemon(cfg, clock=lambda: now[0], registry=registry) as daemon:
+            assert daemon.jobs[-1] == "annotate"
+            runs = daemon.tick()
+            assert list(runs) == ["evaluate", "deliver", "annotate"]  # after the evaluation
+            first = runs["annotate"].result
+            want = expected_events(store, now[0])
+            assert first.posted == len(want) >= 2 and first.already == 0
+            assert [t for t, _ in posted(state)] == [e.epoch_ms for e in want]
+            assert "m v2 deployed (collector)" in {text for _, text in posted(state)}
+            now[0] += timedelta(seconds=30)  # not due yet (every 60 s)
+            assert "annotate" not in daemon.tick()
+            now[0] = at(40)  # twenty minutes on: alerts may have moved, deployments not
+            again = daemon.tick()["annotate"].result
+            assert again.already == first.posted
+            assert registry.get_sample_value("attnmon_daemon_job_runs_total", {"job": "annotate"}) == 2
+        total = len(state.annotations)
+        # a restart (a new daemon, engine and client) posts nothing twice
+        with Daemon(cfg, clock=lambda: now[0]) as daemon:
+            result = daemon.tick()["annotate"].result
+        assert result.posted == 0 and result.already == total == len(expected_events(store, now[0]))
+        assert len(set(posted(state))) == len(state.annotations) == total
+        assert all(r["auth"] == f"Bearer {TOKEN}" for r in state.requests)
+        assert all("dashboardUID" not in a for a in state.annotations)  # organisation-wide
+
+
+def test_grafana_down_is_logged_retried_and_the_daemon_keeps_running(store, monkeypatch, tmp_path, caplog):
+    from test_dashboards_grafana import TOKEN, FakeGrafana, fake_grafana
+
+    token = tmp_path / "grafana-token"
+    token.write_text(TOKEN + "\n")
+    monkeypatch.delenv("ATTNMON_GRAFANA_TOKEN", raising=False)
+    state = FakeGrafana()
+    with fake_grafana(state) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+    # Grafana is down: nothing listens on its port any more
+    cfg = grafana_config(store, url, token={"file": str(token)}, timeout_s=2)
+    now = [at(20)]
+    registry = CollectorRegistry()
+    with Daemon(cfg, clock=lambda: now[0], registry=registry) as daemon:
+        with caplog.at_level(logging.ERROR, "attnmon.daemon"):
+            runs = daemon.tick()
+        assert runs["evaluate"].ok and runs["deliver"].ok  # the other jobs go on
+        assert runs["annotate"].ok is False and "Grafana: post annotation failed (unreachable)" in runs["annotate"].error
+        [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert line.startswith(f"job annotate failed on {daemon.store} (1 in a row; retrying in 5s): GrafanaError")
+        assert TOKEN not in caplog.text
+        now[0] += timedelta(seconds=2)
+        assert "annotate" not in daemon.tick()  # retried retry_s later
+        now[0] += timedelta(seconds=3)
+        assert daemon.tick()["annotate"].ok is False  # still down: still failing, still running
+        with fake_grafana(state, port):  # back, on the same address
+            now[0] += timedelta(seconds=5)
+            back = daemon.tick()["annotate"]
+            assert back.ok and back.result.posted == len(expected_events(store, now[0]))
+            assert daemon.tick(now[0] + timedelta(seconds=61))["annotate"].result.posted == 0
+        status, body = daemon.health()
+    assert body["errors"]["annotate"] == 2 and body["last_run"]["annotate"] is not None
+    assert registry.get_sample_value("attnmon_daemon_job_errors_total", {"job": "annotate"}) == 2
+    assert len(set(posted(state))) == len(state.annotations)
+
+
+def test_annotate_job_runs_on_the_scheduler(store, monkeypatch):
+    from test_dashboards_grafana import TOKEN, fake_grafana
+
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    with fake_grafana() as (url, state):
+        with Daemon(grafana_config(store, url, annotate_every_s=3600)) as daemon:
+            daemon.start()
+            job = daemon._scheduler.get_job("annotate")
+            assert (job.coalesce, job.max_instances, job.trigger.interval) == (True, 1, timedelta(hours=1))
+            deadline = time.monotonic() + 20
+            while daemon.health()[1]["last_run"]["annotate"] is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # the first run is at start, as evaluate's: both deployments
+            assert {"m v1 deployed (collector)", "m v2 deployed (collector)"} <= {t for _, t in posted(state)}
+            assert daemon.health()[1]["errors"]["annotate"] == 0
+
+
+def test_an_unreadable_grafana_token_is_a_config_error_at_start(store, monkeypatch, tmp_path):
+    from monitor.errors import ConfigError
+
+    monkeypatch.delenv("ATTNMON_GRAFANA_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="grafana.token"):
+        Daemon(grafana_config(store, "http://127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="grafana.token"):
+        Daemon(grafana_config(store, "http://127.0.0.1:9", token={"file": str(tmp_path / "none")}))

@@ -279,3 +279,22 @@ def test_cli_imports_stay_light() -> None:
             "print(sorted(m for m in ('grafana_foundation_sdk', 'grafana_client', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_position_profile_is_a_heatmap_of_labelled_bands(models) -> None:
+    from monitor.store import positions
+
+    panels = {p["title"].split(":")[0]: p for p in models["attnmon-heads"]["panels"]}
+    p = panels["Position profile"]
+    assert p["type"] == "heatmap" and p["options"]["calculate"] is False
+    assert p["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    sql = p["targets"][0]["rawSql"]
+    labels = re.findall(r'AS "([^"]+)"', sql)
+    assert sql.startswith("SELECT $__timeGroupAlias(bucket_start, $__interval)")
+    assert labels == [*positions.LABELS, positions.REST_LABEL]
+    # bucket names that are not numbers: Grafana reads them as ordinal labels, in order
+    assert not any(re.fullmatch(r"[\d.+-]+", label) for label in labels)
+    assert all(f"SUM({c})" in sql for c in positions.COLUMNS)
+    items = {p["title"]: p for p in models["attnmon-items"]["panels"]}
+    top = items["Top attended items (layer $layer, latest window)"]
+    assert top["type"] == "table" and top["targets"][0]["format"] == "table"

@@ -9,8 +9,10 @@ bodies checked and Grafana's 200/400/404/409/412 answers.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -169,10 +171,12 @@ def _handler(state: FakeGrafana):
     return Handler
 
 
-@pytest.fixture
-def grafana() -> Iterator[tuple[str, FakeGrafana]]:
-    state = FakeGrafana()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+@contextmanager
+def fake_grafana(state: FakeGrafana | None = None, port: int = 0) -> Iterator[tuple[str, FakeGrafana]]:
+    """The stand-in serving on loopback (`port` 0: any free one) until the block ends;
+    pass the `state` of an earlier one to bring "the same Grafana" back up."""
+    state = state or FakeGrafana()
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -181,6 +185,12 @@ def grafana() -> Iterator[tuple[str, FakeGrafana]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def grafana() -> Iterator[tuple[str, FakeGrafana]]:
+    with fake_grafana() as served:
+        yield served
 
 
 PG = "postgresql+psycopg://admin:adminpw@db.internal:6432/attnmon"
@@ -340,3 +350,45 @@ def test_annotate_cli(grafana, store: str, monkeypatch, capsys) -> None:
     assert json.loads(capsys.readouterr().out) == {"posted": 4, "already": 0}
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out) == {"posted": 0, "already": 4}
+
+
+def test_push_and_annotate_take_token_and_folder_from_the_config(grafana, store: str, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    import yaml
+
+    url, state = grafana
+    token = tmp_path / "grafana-token"
+    token.write_text(TOKEN + "\n")
+    monkeypatch.delenv("ATTNMON_GRAFANA_TOKEN", raising=False)
+    cfg = tmp_path / "attnmon.yaml"
+    cfg.write_text(yaml.safe_dump({"store_url": store, "grafana": {
+        "url": url, "token": {"file": str(token)}, "folder": "ml-monitoring"}}))
+    common = ["--grafana-url", url, "--config", str(cfg), "--format", "json"]
+    assert main(["dashboards", "push", "--no-datasource", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["folder_created"]
+    assert set(state.folders) == {"ml-monitoring"}
+    assert {d["folderUid"] for d in state.dashboards.values()} == {"ml-monitoring"}
+    assert main(["dashboards", "annotate", "--now", "2026-11-20T12:00Z", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == {"posted": 4, "already": 0}
+    assert all(r["auth"] == f"Bearer {TOKEN}" for r in state.requests)
+    # the section's token cannot be read: one line naming it, exit 2
+    token.unlink()
+    assert main(["dashboards", "annotate", *common]) == 2
+    assert "grafana.token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"url": "grafana:3000"}, "grafana.url='grafana:3000': not an http(s) URL"),
+    ({"url": "http://g", "token": {"env": "A", "file": "b"}}, "give exactly one of env or file"),
+    ({"url": "http://g", "annotate_every_s": 0}, "grafana.annotate_every_s=0: must be > 0"),
+    ({"url": "http://g", "folder": "x" * 41}, "grafana.folder"),
+    ({"url": "http://g", "interval": 60}, "grafana.interval=60: unknown key"),
+    ({}, "grafana.url"),
+])
+def test_grafana_section_is_validated(section: dict, message: str, clean_env: Path) -> None:
+    from monitor.config import Config, load_config
+    from monitor.errors import ConfigError
+
+    assert Config().grafana is None  # absent: no annotate job
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, {}, overrides={f"grafana.{k}": v for k, v in section.items()} or {"grafana": {}})

@@ -85,6 +85,30 @@ def _alerts(engine) -> None:
         ])
 
 
+def top_items_row(version: str, layer: str, end: datetime, top: list | None, **kw) -> dict:
+    """An `items.top10_share` drift_results row whose detail lists the top items, as the
+    evaluator's contract says: {"top": [{"item", "share", "baseline_share"}, ...]}."""
+    detail = None if top is None else {"top": [
+        {"item": item, "share": share, "baseline_share": base} for item, share, base in top]}
+    row = dict(model=MODEL, version=version, cohort="*", layer=layer, head="*", statistic="items.top10_share",
+               value=sum(t[1] for t in top or []), baseline_value=0.1, baseline_kind="previous_version",
+               window_start=end - timedelta(minutes=15), window_end=end, n_current=1000, n_baseline=1000,
+               detail=detail, computed_at=end)
+    return row | kw
+
+
+def _top_items(engine) -> None:
+    """Top-items lists on the story's layer roll-ups, half a minute after its last
+    window: the evaluator's windows end on whole minutes, so these never collide with
+    the rows it writes (with or without a list of its own)."""
+    end = T(121) + timedelta(seconds=30)
+    rows = [top_items_row(v, layer, end, [(f"item-{k}", 0.3 / (k + 1), None if k == 2 else 0.02)
+                                          for k in range(10)])
+            for v in ("v1", "v2") for layer in ("0", "1")]
+    with engine.begin() as conn:
+        conn.execute(tables.drift_results.insert(), rows)
+
+
 def load_story(url: str) -> None:
     """The demo story on the store at `url` (migrated, empty): 90 minutes of v1, then
     30 of a defective v2, its drift results, some rejected input, daemon state, alerts."""
@@ -106,6 +130,7 @@ def load_story(url: str) -> None:
             conn.execute(tables.daemon_state.insert().values(
                 key="evaluate.watermark", value=T(120).isoformat(), updated_at=T(121)))
         _alerts(engine)
+        _top_items(engine)
     finally:
         engine.dispose()
 
@@ -214,6 +239,100 @@ def test_report_renders_the_main_panels(story_url: str, tmp_path: Path, capsys) 
     names = {p.name for p in images}
     assert {"heads-head-entropy.png", "heads-position-bands.png", "overview-traffic.png",
             "overview-drift-AttentionEntropyCollapse.png", "versions-compare-heads.png",
-            "health-rejected-by-reason.png"} <= names
+            "health-rejected-by-reason.png", "items-items-top.png"} <= names
     for p in images:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000, p
+
+
+# -- the position profile and the top items, value by value ------------------------------------
+
+
+def check_position_profile(url: str) -> None:
+    """The heatmap's cells are the bands of the sketches' own position profile; a row
+    without bands (from before migration 0004) makes a gap, not a dip."""
+    from monitor import Store
+    from monitor.store import positions
+
+    heads = next(b for b in dashboards() if b.uid == "attnmon-heads")
+    panel = heads.panel("position-bands")
+    engine = make_engine(url)
+    store = Store(engine=engine)
+    try:
+        with engine.connect() as conn:
+            values = resolve_variables(conn, heads, *RANGE, {"layer": "1"})
+            ctx = context(heads, values, *RANGE)
+            w = wide(run_panel(conn, panel, ctx)[0])
+            assert list(w.columns) == [*positions.LABELS, positions.REST_LABEL]
+            assert len(w) == 120 and ((w.sum(axis=1) - 1).abs() < 1e-9).all()  # 2 hours of minutes
+            assert (w.to_numpy() > -1e-6).all()  # float32 vectors sum to 1 within ~1e-7
+            # short histories (the demo's): nothing beyond 50 back
+            assert (w[["50-99 back", "100-255 back", "256+ back"]].abs() < 1e-6).all().all()
+            for minute in (10, 95):
+                t = T(minute)
+                [sk] = store.sketches(MODEL, t, t + timedelta(minutes=1), by=["layer"], layer="1").values()
+                want = positions.band_matrix(sk.pos)[0] / sk.n
+                np.testing.assert_allclose(w.loc[t].to_numpy()[:-1], want, rtol=1e-9, atol=1e-12)
+            # rows without bands: their vectors leave the denominator too
+            wa = tables.window_aggregates
+            conn.rollback()  # the reads' transaction; the change below is rolled back
+            conn.execute(wa.update().where(wa.c.bucket_start >= T(10), wa.c.bucket_start < T(11))
+                         .values(dict.fromkeys(positions.COLUMNS)))
+            gap = wide(run_panel(conn, panel, ctx)[0])
+            conn.rollback()
+            assert gap.loc[T(10)].isna().all() and gap.drop(index=T(10)).equals(w.drop(index=T(10)))
+    finally:
+        engine.dispose()
+
+
+def test_position_profile_on_sqlite(story_url: str) -> None:
+    check_position_profile(story_url)
+
+
+def check_top_items(url: str, model: str = MODEL) -> None:
+    """The latest window in range with a list, per selected version and layer."""
+    from dashboards.sql import Context
+
+    items = next(b for b in dashboards() if b.uid == "attnmon-items")
+    panel = items.panel("items-top")
+    t1, t2, t3 = T(60), T(61), T(62)
+    quoted = "it'em \"ü\""
+    rows = [
+        top_items_row("v2", "0", t1, [("old", 0.5, 0.4)]),
+        top_items_row("v2", "0", t2, [("a", 0.3, 0.1), (quoted, 0.2, None), ("c", 0.1, 0.1)]),
+        top_items_row("v1", "0", t2, [("z", 0.25, 0.25)]),
+        top_items_row("v2", "0", t3, None),  # a row without a list (JSON null): passed over
+        top_items_row("v2", "0", t3 + timedelta(seconds=1), None, statistic="items.hhi"),
+        top_items_row("v2", "1", t3, [("other layer", 0.9, 0.1)]),
+        top_items_row("v2", "0", t3 + timedelta(seconds=2), [("other cohort", 0.9, 0.1)], cohort="web"),
+    ]
+    rows = [r | {"model": model} for r in rows]
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(tables.drift_results.insert(), rows)
+        with engine.connect() as conn:
+            def run(start, end, versions, layer="0"):
+                ctx = Context(start, end, {"model": model, "version": versions, "layer": layer},
+                              frozenset({"version"}))
+                df = run_panel(conn, panel, ctx)[0]
+                assert df.empty or not shape_problems(panel, panel.queries[0], df)
+                return [(r.version, int(r.rank), r.item, round(float(r.share), 6),
+                         None if r.baseline_share is None or np.isnan(r.baseline_share) else r.baseline_share,
+                         None if r.change is None or np.isnan(r.change) else round(float(r.change), 6))
+                        for r in df.itertuples()], df
+
+            got, df = run(T(0), T(120), ["v1", "v2"])
+            assert got == [("v1", 1, "z", 0.25, 0.25, 0.0),
+                           ("v2", 1, "a", 0.3, 0.1, 0.2), ("v2", 2, quoted, 0.2, None, None),
+                           ("v2", 3, "c", 0.1, 0.1, 0.0)]
+            assert {str(x)[:16] for x in df["window_end"]} == {str(t2.replace(tzinfo=None))[:16]}
+            assert [r[2] for r in run(T(0), T(120), ["v2"])[0]] == ["a", quoted, "c"]
+            assert run(T(0), t2 - timedelta(seconds=1), ["v2"])[0] == [("v2", 1, "old", 0.5, 0.4, 0.1)]
+            assert [r[2] for r in run(T(0), T(120), ["v2"], layer="1")[0]] == ["other layer"]
+            assert run(T(0), T(120), ["v3"])[0] == []
+    finally:
+        engine.dispose()
+
+
+def test_top_items_on_sqlite(sqlite_url: str) -> None:
+    check_top_items(sqlite_url)

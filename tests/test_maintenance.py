@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from collectors import AttentionCollector
 from monitor import Store
-from monitor.store import make_engine, tables
-from monitor.store.maintenance import maintain, merge_buckets, purge
+from monitor.sketch import Sketch
+from monitor.store import make_engine, positions, tables
+from monitor.store.maintenance import (
+    BANDS_CURSOR,
+    fill_position_bands,
+    maintain,
+    merge_buckets,
+    purge,
+)
 
 T0 = 1_800_000_000.0
 
@@ -85,3 +93,91 @@ def test_purge_keeps_recent_events(sqlite_url):
     now = datetime.fromtimestamp(T0, UTC) + timedelta(days=2)
     assert purge(engine, now, events_days=7, write_batches_days=14).events_deleted == 0
     assert purge(engine, now, events_days=1, write_batches_days=1).events_deleted > 0
+
+
+def _bands(url, **where):
+    wa = tables.window_aggregates
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        q = select(wa.c.model, wa.c.version, wa.c.cohort, wa.c.layer, wa.c.head,
+                   func.sum(wa.c.n), *[func.sum(wa.c[c]) for c in positions.COLUMNS],
+                   func.count(wa.c[positions.COLUMNS[0]]), func.count())
+        rows = conn.execute(q.group_by(wa.c.model, wa.c.version, wa.c.cohort, wa.c.layer, wa.c.head)).all()
+    engine.dispose()
+    return {tuple(r[:5]): np.array(r[5:], dtype=float) for r in rows}
+
+
+def test_merged_rows_carry_the_sum_of_their_position_bands(sqlite_url):
+    _write_two_collectors(sqlite_url, minutes=5)
+    before = _bands(sqlite_url)
+    engine = make_engine(sqlite_url)
+    merge_buckets(engine, datetime.fromtimestamp(T0 + 7200, UTC))  # compaction
+    compacted = _bands(sqlite_url)
+    maintain(engine, datetime.fromtimestamp(T0, UTC) + timedelta(days=4), minute_aggregates_days=3)
+    rolled = _bands(sqlite_url)
+    assert before.keys() == compacted.keys() == rolled.keys()
+    for key, b in before.items():
+        # n, the band sums, then rows with bands == rows: no NULL anywhere
+        for after in (compacted[key], rolled[key]):
+            np.testing.assert_allclose(after[:-2], b[:-2], rtol=1e-12)
+            assert after[-2] == after[-1]
+    engine.dispose()
+
+
+def _null_bands(engine, *where) -> list[int]:
+    """Make rows look written before migration 0004 (or by an older collector); their ids."""
+    wa = tables.window_aggregates
+    with engine.begin() as conn:
+        conn.execute(update(wa).where(*where).values(dict.fromkeys(positions.COLUMNS)))
+        return conn.execute(select(wa.c.id).where(*where).order_by(wa.c.id.desc())).scalars().all()
+
+
+def _filled(engine) -> list[int]:
+    wa = tables.window_aggregates
+    with engine.connect() as conn:
+        q = select(wa.c.id).where(wa.c.pos_0.is_not(None)).order_by(wa.c.id.desc())
+        return conn.execute(q).scalars().all()
+
+
+def test_fill_position_bands_reads_history_newest_first_then_new_rows(sqlite_url, caplog):
+    _write_two_collectors(sqlite_url, minutes=2)
+    expected = _bands(sqlite_url)
+    wa = tables.window_aggregates
+    engine = make_engine(sqlite_url)
+    ids = _null_bands(engine)  # history that migration 0004 did not reach
+    with engine.begin() as conn:  # a payload that cannot be read stays NULL, logged
+        good = conn.execute(select(wa.c.payload).where(wa.c.id == ids[1])).scalar_one()
+        conn.execute(update(wa).where(wa.c.id == ids[1]).values(payload=b"garbage"))
+    assert fill_position_bands(engine, limit=3, span=2) == 3
+    assert _filled(engine) == [ids[0], *ids[2:4]]  # newest first
+    assert "stay NULL" in caplog.text
+    assert fill_position_bands(engine, limit=100, scan=4, span=2) == 4  # at most `scan` ids read
+    assert _filled(engine) == [ids[0], *ids[2:8]]
+    # the maintain job goes on where the last call stopped (nothing to merge: minutes open)
+    res = maintain(engine, datetime.fromtimestamp(T0, UTC), closed_after_s=10**9)
+    assert (res.bands_filled, res.merged_groups) == (len(ids) - 8, 0)
+    assert _filled(engine) == [ids[0], *ids[2:]]
+    # ids are read once: a row already passed is not read again (nor a bad payload retried)
+    with engine.begin() as conn:
+        conn.execute(update(wa).where(wa.c.id == ids[1]).values(payload=good))
+    assert fill_position_bands(engine) == 0
+    with engine.connect() as conn:
+        cursor = conn.execute(select(tables.daemon_state.c.value).where(
+            tables.daemon_state.c.key == BANDS_CURSOR)).scalar_one()
+    assert json.loads(cursor) == {"above": ids[0], "below": ids[-1]}
+
+    # rows an older collector writes after the upgrade (no bands): the next call reads them
+    _write_two_collectors(sqlite_url, minutes=1, seed=9)
+    new = _null_bands(engine, wa.c.id > ids[0])
+    assert new and fill_position_bands(engine) == len(new)
+    assert set(new) <= set(_filled(engine))
+    assert fill_position_bands(engine) == 0
+    with engine.begin() as conn:  # the unread row aside, every band as written
+        conn.execute(update(wa).where(wa.c.id == ids[1]).values(positions.band_sums(
+            Sketch.from_row(conn.execute(select(wa).where(wa.c.id == ids[1])).mappings().one()).pos)))
+        conn.execute(delete(wa).where(wa.c.id.in_(new)))
+    got = _bands(sqlite_url)
+    assert got.keys() == expected.keys()
+    for key, b in expected.items():
+        np.testing.assert_allclose(got[key], b, rtol=1e-12)
+    engine.dispose()

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, select, text
 
 import monitor
 from monitor.errors import StoreError
-from monitor.store import make_engine, migrate, redact, require_schema
+from monitor.store import make_engine, migrate, redact, require_schema, tables
 
 REPO = Path(monitor.__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_empty_head_base_head_on_sqlite(
 
 
 def test_sqlite_url_fixture_is_at_head(sqlite_url: str) -> None:
-    assert migrate.current(sqlite_url) == migrate.head_revision() == "0003"
+    assert migrate.current(sqlite_url) == migrate.head_revision() == "0004"
     migrate.check(sqlite_url)
 
 
@@ -184,3 +184,84 @@ def test_store_package_is_import_light() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# -- 0004: position bands ---------------------------------------------------------------------
+
+
+def _write_some_rows(url: str) -> None:
+    import numpy as np
+
+    from collectors import AttentionCollector
+
+    rng = np.random.default_rng(4)
+    t0 = 1_800_000_000.0
+    with AttentionCollector(url, model="m", version="v1", sample_rate=0, clock=lambda: t0 + 600) as c:
+        for minute in range(3):
+            lengths = rng.integers(1, 300, 30)  # some beyond the 256 positions of the profile
+            w = np.zeros((30, 2, 300), dtype=np.float32)
+            for i, n in enumerate(lengths):
+                w[i, :, 300 - n:] = rng.dirichlet(np.full(n, 0.3), size=2)
+            c.observe_batch(w, lengths=lengths, cohorts="web", timestamps=t0 + 60 * minute + 5)
+
+
+def _bands_by_id(url: str) -> dict[int, tuple]:
+    from monitor.store import positions
+
+    wa = tables.window_aggregates
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(wa.c.id, *[wa.c[c] for c in positions.COLUMNS])).all()
+    finally:
+        engine.dispose()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def check_band_backfill(url: str) -> None:
+    """Rows written at head carry bands equal to their payload's; downgraded to 0003 they
+    lose them, and the upgrade to 0004 puts them back from the payloads."""
+    import numpy as np
+
+    from monitor.sketch import Sketch
+    from monitor.store import positions
+
+    migrate.upgrade(url)
+    _write_some_rows(url)
+    wa = tables.window_aggregates
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(wa)).mappings().all()
+    finally:
+        engine.dispose()
+    assert len(rows) > 5
+    for r in rows:
+        sk = Sketch.from_row(r)
+        got = np.array([r[c] for c in positions.COLUMNS])
+        np.testing.assert_allclose(got, positions.band_matrix(sk.pos)[0], rtol=1e-12, atol=1e-12)
+        # the bands agree with the per-vector recency metrics the collector computed
+        assert abs(r["pos_0"] - r["sum_recency1"]) < 1e-4 * r["n"]
+        assert abs(sum(got[:4]) - r["sum_recency5"]) < 1e-4 * r["n"]
+        assert got.sum() <= r["n"] * (1 + 1e-6)  # the mass beyond 255 positions is not in them
+    assert any(r["n"] - sum(r[c] for c in positions.COLUMNS) > 0.01 for r in rows)
+    written = _bands_by_id(url)
+
+    migrate.downgrade(url, "0003")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = {c["name"] for c in inspect(conn).get_columns("window_aggregates")}
+    finally:
+        engine.dispose()
+    assert not names & set(positions.COLUMNS)
+    migrate.upgrade(url)
+    backfilled = _bands_by_id(url)
+    assert backfilled.keys() == written.keys()
+    for row_id, bands in written.items():
+        np.testing.assert_allclose(backfilled[row_id], bands, rtol=1e-12, atol=1e-15)
+    migrate.check(url)
+
+
+def test_0004_backfills_the_position_bands_of_existing_rows(sqlite_url: str) -> None:
+    check_band_backfill(sqlite_url)

@@ -3,19 +3,26 @@
 Compaction merges the rows that several collectors (or several flushes) wrote for one
 series and bucket into one row, once the bucket is closed. The roll-up merges old minute
 rows into hour rows. Both are exact (sketches merge), so every reader keeps working
-across them. Retention deletes raw sampled events and old batch keys.
+across them; merged rows get their position bands from the merged sketch. Rows from
+before migration 0004 that its upgrade left without bands get them from their payload
+(`fill_position_bands`). Retention deletes raw sampled events and old batch keys.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Engine
 
-from monitor.sketch import Sketch
+from monitor.sketch import Sketch, decode_payload
+from monitor.store import positions
 from monitor.store import tables as t
+
+log = logging.getLogger("attnmon.maintenance")
 
 SERIES = ("model", "version", "cohort", "layer", "head")
 
@@ -26,6 +33,7 @@ class MaintenanceResult:
     rows_removed: int = 0
     events_deleted: int = 0
     batches_deleted: int = 0
+    bands_filled: int = 0
 
 
 def as_utc(ts: datetime) -> datetime:
@@ -87,6 +95,7 @@ def merge_buckets(
                     merged = merged.merge(Sketch.from_row(r))
                 conn.execute(delete(wa).where(wa.c.id.in_([r["id"] for r in rows])))
                 new = merged.to_row()
+                new.update(positions.band_sums(merged.pos))
                 new.update(dict(zip(SERIES, series, strict=True)))
                 new.update(
                     bucket_start=target,
@@ -98,6 +107,70 @@ def merge_buckets(
                 groups += 1
                 rows_removed += len(rows) - 1
     return MaintenanceResult(merged_groups=groups, rows_removed=rows_removed)
+
+
+BANDS_CURSOR = "maintenance.position_bands"  # daemon_state: how far fill_position_bands read
+
+
+def fill_position_bands(engine: Engine, *, limit: int = 100_000, scan: int = 2_000_000,
+                        span: int = 10_000) -> int:
+    """Derive, from their payloads, the position bands of rows that have none; returns
+    how many rows got them.
+
+    Rows without bands (NULL) are history from before migration 0004 beyond what its
+    upgrade filled, and rows that collectors still running older code write during an
+    upgrade. A cursor in daemon_state (key BANDS_CURSOR: the ids read above and below)
+    makes each call read only ids no call has read: first the rows written since the
+    last call, then older history, newest first, in ranges of `span` ids, at most `scan`
+    ids and `limit` filled rows per call, so an hourly maintain job works through a
+    large store a slice at a time at a bounded cost. A payload that cannot be read is
+    logged and left NULL."""
+    wa, ds = t.window_aggregates, t.daemon_state
+    with engine.connect() as conn:
+        lowest, highest = conn.execute(select(func.min(wa.c.id), func.max(wa.c.id))).one()
+        saved = conn.execute(select(ds.c.value).where(ds.c.key == BANDS_CURSOR)).scalar()
+    if highest is None:
+        return 0
+    cursor = json.loads(saved) if saved else {"above": highest, "below": highest + 1}
+    above, below = int(cursor["above"]), int(cursor["below"])
+    filled = read = 0
+    while above < highest and filled < limit and read < scan:  # new rows, oldest first
+        top = min(above + span, highest)
+        filled += _fill_range(engine, above + 1, top + 1)
+        read, above = read + top - above, top
+    while below > lowest and filled < limit and read < scan:  # history, newest first
+        bottom = max(lowest, below - span)
+        filled += _fill_range(engine, bottom, below)
+        read, below = read + below - bottom, bottom
+    with engine.begin() as conn:
+        conn.execute(delete(ds).where(ds.c.key == BANDS_CURSOR))
+        conn.execute(ds.insert().values(key=BANDS_CURSOR, value=json.dumps({"above": above, "below": below}),
+                                        updated_at=datetime.now(UTC)))
+    return filled
+
+
+def _fill_range(engine: Engine, lo: int, hi: int) -> int:
+    """Fill the rows without bands whose id is in [lo, hi), in one transaction."""
+    wa = t.window_aggregates
+    stmt = (
+        update(wa)
+        .where(wa.c.id == bindparam("row_id"))
+        .values({name: bindparam(f"v_{name}") for name in positions.COLUMNS})
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(select(wa.c.id, wa.c.payload).where(
+            wa.c.id >= lo, wa.c.id < hi, wa.c[positions.COLUMNS[0]].is_(None))).all()
+        params = []
+        for row_id, payload in rows:
+            try:
+                pos = decode_payload(payload).pos
+            except ValueError as exc:
+                log.warning("window_aggregates row %s: %s; its position bands stay NULL", row_id, exc)
+                continue
+            params.append({"row_id": row_id, **{f"v_{k}": v for k, v in positions.band_sums(pos).items()}})
+        if params:
+            conn.execute(stmt, params)
+    return len(params)
 
 
 def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_days: float) -> MaintenanceResult:
@@ -122,16 +195,20 @@ def maintain(
     minute_aggregates_days: float = 3,
     write_batches_days: float = 14,
     closed_after_s: float = 120,
+    fill_bands: int = 100_000,
 ) -> MaintenanceResult:
     """Everything above, in the order that keeps every reader exact."""
     c = merge_buckets(engine, now - timedelta(seconds=closed_after_s))
     r = merge_buckets(
         engine, now - timedelta(days=minute_aggregates_days), source_seconds=60, target_seconds=3600
     )
+    # after the merges, which give their rows bands: only untouched old rows are left
+    f = fill_position_bands(engine, limit=fill_bands) if fill_bands > 0 else 0
     p = purge(engine, now, events_days=events_days, write_batches_days=write_batches_days)
     return MaintenanceResult(
         merged_groups=c.merged_groups + r.merged_groups,
         rows_removed=c.rows_removed + r.rows_removed,
         events_deleted=p.events_deleted,
         batches_deleted=p.batches_deleted,
+        bands_filled=f,
     )

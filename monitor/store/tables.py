@@ -1,8 +1,9 @@
 """The store's tables (SQLAlchemy Core). Alembic migrations create them; nothing else does.
 
 Series labels are plain columns so that Grafana's SQL and `Store.summary` can group
-without decoding anything; per-metric sums are columns for the same reason. What SQL
-never needs (histograms, position profile, top-K) rides in the compact `payload`.
+without decoding anything; per-metric sums are columns for the same reason, and so is
+the position profile summed into bands (monitor.store.positions). What SQL never needs
+(histograms, the full position profile, top-K) rides in the compact `payload`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy import (
 )
 
 from monitor.metrics import ALL_METRICS
+from monitor.store import positions
 
 metadata = MetaData(
     naming_convention={
@@ -89,6 +91,10 @@ window_aggregates = Table(
     *[Column(f"sumsq_{m}", Float(53), nullable=False) for m in ALL_METRICS],
     Column("payload", LargeBinary, nullable=False),
     Column("written_at", TS, nullable=False),
+    # (migration 0004) attention mass summed over the row's vectors, per band of distance
+    # from the end: pos_0, pos_1, pos_2, pos_3_4, ..., pos_100_255 (see positions.py).
+    # NULL: a row from before 0004 whose payload has not been read yet.
+    *[Column(name, Float(53)) for name in positions.COLUMNS],
     Index(None, "model", "bucket_start", "version"),
     Index(None, "bucket_seconds", "bucket_start"),
 )
@@ -211,7 +217,7 @@ baseline_sketches = Table(
     metadata,
     Column("id", ID, primary_key=True, autoincrement=True),
     *series_columns(),
-    Column("kind", String(20), nullable=False),  # previous_version | pinned | trailing | hour
+    Column("kind", String(20), nullable=False),  # previous_version | retrain | pinned | trailing | hour
     Column("ref", String(LABEL), nullable=False),  # what it was built from
     Column("window_start", TS, nullable=False),
     Column("window_end", TS, nullable=False),

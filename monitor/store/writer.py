@@ -2,6 +2,11 @@
 
 The batch's `(collector_id, batch_seq)` goes into `write_batches` first: if it is there
 already, the batch was written before a crash or a spill replay, and nothing is added.
+
+A batch's `window_aggregates` rows get their position-band columns when the batch is
+made (`FlushBatch.__post_init__`, on the collector's background thread, not in the
+write's transaction): each is derived from the row's payload unless the row has them
+already (monitor.store.positions).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from monitor.store import positions
 from monitor.store import tables as t
 
 
@@ -27,9 +33,14 @@ class FlushBatch:
     health: list[dict] = field(default_factory=list)  # collector_health rows
     n_requests: int = 0  # accepted requests whose sketches this batch carries
 
+    def __post_init__(self) -> None:
+        # Sketch.to_row (the collectors' rows) and older spill files carry no bands yet
+        positions.complete(self.aggregates)
+
 
 def write_batch(engine: Engine, batch: FlushBatch) -> bool:
     """Write the batch; False if it had been written already (nothing changes then)."""
+    positions.complete(batch.aggregates)  # rows appended after the batch was made
     try:
         with engine.begin() as conn:
             conn.execute(

@@ -10,13 +10,19 @@ import psycopg
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
-from test_dashboards_sql import RANGE, check_every_query, load_story
+from test_dashboards_sql import (
+    RANGE,
+    check_every_query,
+    check_position_profile,
+    check_top_items,
+    load_story,
+)
 
 from dashboards.catalog import dashboards
 from dashboards.cli import run_script
 from dashboards.role import granted_tables, readonly_role_sql
 from dashboards.run import context, resolve_variables, run_panel, wide
-from monitor.store import make_engine, tables
+from monitor.store import make_engine, positions, tables
 
 
 def _truncate(url: str) -> None:
@@ -53,8 +59,17 @@ def test_same_numbers_as_on_sqlite_shape(story_pg: str) -> None:
         ctx = context(board, resolve_variables(conn, board, *RANGE), *RANGE)
         bands = wide(run_panel(conn, board.panel("position-bands"), ctx)[0])
     engine.dispose()
-    assert list(bands.columns) == ["last item", "items 2-5", "older (6+)"]
+    assert list(bands.columns) == [*positions.LABELS, positions.REST_LABEL]
     assert ((bands.sum(axis=1) - 1).abs() < 1e-9).all()  # the bands split all the attention
+
+
+def test_position_profile_on_postgresql(story_pg: str) -> None:
+    check_position_profile(story_pg)
+
+
+def test_top_items_on_postgresql(story_pg: str) -> None:
+    # json operators on the json column; rows of a model of their own, beside the story
+    check_top_items(story_pg, model="top-items")
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def test_check_finds_a_store_that_differs_from_the_models(pg_empty_url: str) -> 
 
 
 def test_require_schema_on_an_empty_schema(pg_empty_url: str) -> None:
-    with pytest.raises(StoreError, match="is at revision none, expected head 0003"):
+    with pytest.raises(StoreError, match="is at revision none, expected head 0004"):
         require_schema(make_engine(pg_empty_url))
 
 
@@ -65,13 +65,19 @@ def test_pg_clean_url_starts_every_test_empty_with_identities_restarted(
 
 def test_cli_on_postgresql(pg_clean_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade", "--store", pg_clean_url]) == 0
-    assert "already at 0003 (head)" in capsys.readouterr().out
+    assert "already at 0004 (head)" in capsys.readouterr().out
     assert main(["db", "current", "--store", pg_clean_url, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == {
         "store": redact(pg_clean_url),
-        "revision": "0003",
-        "head": "0003",
+        "revision": "0004",
+        "head": "0004",
         "is_head": True,
     }
     assert main(["db", "check", "--store", pg_clean_url]) == 0
+
+
+def test_0004_backfills_the_position_bands_of_existing_rows_on_postgresql(pg_empty_url: str) -> None:
+    from test_migrations import check_band_backfill
+
+    check_band_backfill(pg_empty_url)
