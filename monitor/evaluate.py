@@ -120,27 +120,52 @@ class WindowReader:
         return merged, per_minute
 
 
+def _metrics(cfg: EvaluateConfig, head: str) -> list[str]:
+    return list(dict.fromkeys(list(cfg.metrics) + (["head_diversity"] if head == ROLLUP else [])))
+
+
+def histogram_drift(pairs: list[tuple[Sketch, Sketch]], metrics: list[str]) -> np.ndarray:
+    """(psi, js, wasserstein) of `metrics` for many (current, baseline) pairs at once:
+    shape (3, pairs, metrics); row by row equal to stats.psi, js_distance, wasserstein_hist."""
+    if not pairs or not metrics:
+        return np.zeros((3, len(pairs), len(metrics)))
+    idx = [COL[m] for m in metrics]
+    ch = np.concatenate([c.hist[idx] for c, _ in pairs])
+    bh = np.concatenate([b.hist[idx] for _, b in pairs])
+    edges = [EDGES[m] for m in metrics] * len(pairs)
+    return np.stack(stats.histogram_drift_rows(bh, ch, edges)).reshape(3, len(pairs), len(metrics))
+
+
 def series_statistics(
-    cur: Sketch, base: Sketch, cfg: EvaluateConfig, head: str, per_minute: list | None = None
+    cur: Sketch, base: Sketch, cfg: EvaluateConfig, head: str, per_minute: list | None = None,
+    drift: np.ndarray | None = None,
 ) -> list[tuple[str, float, float | None, dict | None]]:
-    """(statistic, value, baseline_value, detail) for one series. Pure."""
+    """(statistic, value, baseline_value, detail) for one series. Pure.
+
+    `drift`: this series' (3, metrics) slice of histogram_drift, when the caller computed
+    it for many series at once (an evaluation cycle does)."""
     out: list[tuple[str, float, float | None, dict | None]] = []
     cmean, bmean, bstd = cur.sums / cur.n, base.sums / base.n, sketch_std(base)
-    metrics = list(dict.fromkeys(list(cfg.metrics) + (["head_diversity"] if head == ROLLUP else [])))
+    metrics = _metrics(cfg, head)
     if metrics:
         # every metric at once: one (metrics, BINS) array per side; equal to the per-metric
         # functions (stats.psi, js_distance, wasserstein_hist) row by row
         idx = [COL[m] for m in metrics]
-        bh, ch = base.hist[idx], cur.hist[idx]
-        psi, js, wd = stats.histogram_drift_rows(bh, ch, [EDGES[m] for m in metrics])
+        psi, js, wd = histogram_drift([(cur, base)], metrics)[:, 0] if drift is None else drift
         cm, bm = cmean[idx], bmean[idx]
         delta = (cm - bm) / np.maximum(bstd[idx], stats.STD_FLOOR)  # stats.delta_sd
+        want = set(cfg.statistics)
         for i, m in enumerate(metrics):
-            out.append((f"mean.{m}", float(cm[i]), float(bm[i]), None))
-            out.append((f"delta.{m}", float(delta[i]), 0.0, None))
-            out.append((f"psi.{m}", float(psi[i]), 0.0, None))
-            out.append((f"js.{m}", float(js[i]), 0.0, None))
-            out.append((f"wasserstein.{m}", float(wd[i]), 0.0, None))
+            if "mean" in want:
+                out.append((f"mean.{m}", float(cm[i]), float(bm[i]), None))
+            if "delta" in want:
+                out.append((f"delta.{m}", float(delta[i]), 0.0, None))
+            if "psi" in want:
+                out.append((f"psi.{m}", float(psi[i]), 0.0, None))
+            if "js" in want:
+                out.append((f"js.{m}", float(js[i]), 0.0, None))
+            if "wasserstein" in want:
+                out.append((f"wasserstein.{m}", float(wd[i]), 0.0, None))
     out.append(("js.position_profile", stats.js_profile(base.pos, cur.pos), 0.0, None))
     if cur.items is not None and base.items is not None:
         cs, bs = cur.items.shares(), base.items.shares()
@@ -191,7 +216,8 @@ def _evaluate_cycle(
     merged, minutes = reader.read(start, end)
     now = datetime.now(UTC)
     rows: list[tuple] = []  # in _RESULT_COLS order
-    skipped = evaluated = 0
+    todo: list[tuple] = []  # (key, current, baseline, ref, baseline head) of the series evaluated
+    skipped = 0
     refs: dict[tuple[str, str], object] = {}
     deps: dict[str, list] = {}
     pairs: dict[tuple[str, str], dict[str, dict[str, str]]] = {}  # retrains: layer -> head -> baseline head
@@ -213,15 +239,22 @@ def _evaluate_cycle(
         if base is None or cur.n < cfg.min_samples or base.n < cfg.min_samples:
             skipped += 1
             continue
-        evaluated += 1
-        per_minute = minutes[key]
-        for stat, value, bval, detail in series_statistics(cur, base, cfg, head, per_minute):
+        todo.append((key, cur, base, ref, base_head))
+    # the histogram statistics of every series in one vectorised pass per metric set
+    drift: dict[int, np.ndarray] = {}
+    for is_rollup in (False, True):
+        part = [i for i, item in enumerate(todo) if (item[0][4] == ROLLUP) == is_rollup]
+        got = histogram_drift([todo[i][1:3] for i in part], _metrics(cfg, ROLLUP if is_rollup else ""))
+        drift.update((i, got[:, j]) for j, i in enumerate(part))
+    for i, (key, cur, base, ref, base_head) in enumerate(todo):
+        model, version, cohort, layer, head = key
+        for stat, value, bval, detail in series_statistics(cur, base, cfg, head, minutes[key], drift[i]):
             if base_head != head and stat in _SAYS_MATCHED:
                 detail = {**(detail or {}), "baseline_head": base_head}
             rows.append((model, version, cohort, layer, head, stat, value, bval, ref.kind, start, end,
                          cur.n, base.n, detail, now))
     written = _write_tuples(engine, rows)
-    return CycleResult(start, end, evaluated, skipped, written)
+    return CycleResult(start, end, len(todo), skipped, written)
 
 
 # statistics whose detail names the baseline head a retrain's head was matched to (for a person reading them)
@@ -320,10 +353,25 @@ def _write_sqlite(engine: Engine, tuples: list[tuple]) -> int:
 
 
 def _write_pg_copy(engine: Engine, tuples: list[tuple]) -> int:
-    # COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING
-    # (in the rows' order, so ids follow it); its row count is what was inserted
+    # A window nobody wrote yet (the daemon's every cycle): COPY straight into the table.
+    # Otherwise, or when a concurrent writer got there first (the unique key refuses the
+    # COPY), COPY into a temporary table and INSERT ... SELECT ... ON CONFLICT DO NOTHING
+    # (in the rows' order, so ids follow it), whose row count is what was inserted.
+    import psycopg
+
     with engine.begin() as conn:
         bound = bind_rows(conn.dialect, t.drift_results, _RESULT_COLS, tuples)
+        dr = t.drift_results
+        ends = sorted({r[_RESULT_COLS.index("window_end")] for r in tuples})
+        models = sorted({r[0] for r in tuples})
+        taken = conn.execute(select(dr.c.id).where(dr.c.window_end.in_(ends), dr.c.model.in_(models)).limit(1)).first()
+        if taken is None:
+            try:
+                with conn.begin_nested():
+                    copy_rows(conn, conn.dialect.identifier_preparer.format_table(dr), dr, _RESULT_COLS, bound)
+                return len(bound)
+            except psycopg.errors.UniqueViolation:
+                pass
         q = conn.dialect.identifier_preparer.quote
         target = conn.dialect.identifier_preparer.format_table(t.drift_results)
         cols = ", ".join(q(c) for c in _RESULT_COLS)

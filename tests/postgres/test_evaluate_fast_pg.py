@@ -31,8 +31,17 @@ def test_writes_equal_the_sqlalchemy_insert(two_schemas, monkeypatch):
     used = []
     binary_types = bl._binary_types
     monkeypatch.setattr(bl, "_binary_types", lambda *a: used.append(binary_types(*a)) or used[-1])
+    import monitor.evaluate as ev
+
+    targets = []
+    copy = ev.copy_rows
+    monkeypatch.setattr(ev, "copy_rows", lambda conn, target, *a: targets.append(target) or copy(conn, target, *a))
     check_writes_equal_the_sqlalchemy_insert(*two_schemas)
     assert used and all(used)  # COPY (FORMAT BINARY): every timestamp has its time zone
+    # a fresh window goes straight in; a window already written, or a batch the unique
+    # key refuses (it repeats rows), through the staging table and ON CONFLICT
+    direct, stage = "drift_results", ev._STAGE
+    assert [x.split(".")[-1].strip('"') for x in targets] == [direct, stage, stage, direct, stage]
 
 
 def test_naive_timestamps_go_as_text_and_mean_the_same(two_schemas):
