@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from sqlalchemy import (
     and_,
     cast,
     delete,
+    func,
     select,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -54,6 +56,7 @@ from monitor.sketch import Sketch, encode_payload, from_parts, merge_all, merge_
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
+log = logging.getLogger(__name__)
 SeriesKey = tuple[str, str, str]  # (cohort, layer, head)
 ANY_VERSION = "*"
 RETRAIN = "retrain"  # the previous_version baseline of a version with new weights
@@ -416,9 +419,10 @@ class Baselines:
             got = _merge_rows(self.engine, model, ref.version, ref.start, ref.end)
         else:
             parts: dict[SeriesKey, list[Sketch]] = defaultdict(list)
+            totals = _hour_totals(self.engine, model, ref.version, ref.start, ref.end)
             hour = ref.start
             while hour < ref.end:
-                for k, s in self._hour(model, ref.version, hour).items():
+                for k, s in self._hour(model, ref.version, hour, totals.get(hour, 0)).items():
                     parts[k].append(s)
                 hour += timedelta(hours=1)
             got = {k: v[0] if len(v) == 1 else merge_all(v) for k, v in parts.items()}
@@ -437,13 +441,19 @@ class Baselines:
             elif key[:2] not in live:
                 del self._hours[key]
 
-    def _hour(self, model: str, version: str, hour: datetime) -> dict[SeriesKey, Sketch]:
+    def _hour(self, model: str, version: str, hour: datetime, expect: int | None = None) -> dict[SeriesKey, Sketch]:
+        """The hour's partial; rebuilt when its rows now hold `expect` vectors and it does not
+        (late data: a collector replaying its spill after the partial was built)."""
         key = (model, version, as_utc(hour))
         hit = self._hours.get(key)
-        if hit is not None:
+        if hit is not None and (expect is None or _total(hit) == expect):
             return hit
         ref = _iso(hour)
         got = _load(self.engine, model, version, "hour", ref)
+        if got is not None and expect is not None and _total(got) != expect:
+            log.info("hour %s of %s %s: %d vectors in its rows, %d in its partial: late data, rebuilt",
+                     ref, model, version, expect, _total(got))
+            got = None
         if got is None:
             got = _merge_rows(self.engine, model, version, hour, hour + timedelta(hours=1))
             rows = _store(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1), got)
@@ -451,6 +461,24 @@ class Baselines:
         else:
             self._hours[key] = got
         return got
+
+
+def _total(partial: dict[SeriesKey, Sketch]) -> int:
+    return sum(int(s.n) for s in partial.values())
+
+
+def _hour_totals(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[datetime, int]:
+    """Vectors summed over every row (all series) of each hour in [start, end): what the
+    hour's partial, merged from those rows, holds in total (the sum of its series' n)."""
+    wa = t.window_aggregates
+    q = (select(wa.c.bucket_start, func.sum(wa.c.n))
+         .where(wa.c.model == model, wa.c.version == version, wa.c.bucket_start >= start, wa.c.bucket_start < end)
+         .group_by(wa.c.bucket_start))
+    out: dict[datetime, int] = defaultdict(int)
+    with engine.connect() as conn:
+        for minute, n in conn.execute(q):
+            out[_floor_hour(minute)] += int(n or 0)
+    return out
 
 
 def prune(engine: Engine, older_than: datetime) -> int:

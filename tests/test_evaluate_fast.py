@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from monitor import baselines as bl
 from monitor import stats as st
@@ -371,6 +371,37 @@ def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monk
     for k, (v, b_) in before.items():
         assert after[k][0] == pytest.approx(v, rel=1e-6, abs=1e-9), k
         assert after[k][1] == pytest.approx(b_, rel=1e-6, abs=1e-9), k
+
+
+def test_late_rows_rebuild_the_hour_partial_they_land_in(tmp_path, monkeypatch):
+    """A collector that replays its spill after the hour's partial was built: the next
+    trailing baseline holding that hour merges it again, late rows included."""
+    from collectors import AttentionCollector
+
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 250)], rate=20)
+    engine = make_engine(url)
+    merged_hours = []
+    merge_rows = bl._merge_rows
+    monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
+    b = bl.Baselines(engine, CFG)
+    evaluate_cycle(engine, T(190), CFG, b)  # partials of hours [60, 120) and [120, 180) built
+    key = ("demo-sasrec", "v1", T(120))
+    before = bl._total(b._hours[key])
+    rng = np.random.default_rng(5)
+    with AttentionCollector(url, model="demo-sasrec", version="v1", clock=lambda: START + 60 * 130 + 5) as c:
+        c.observe_batch(rng.dirichlet(np.ones(10), 40), cohorts="web")  # minute 130, written late
+    evaluate_cycle(engine, T(241), CFG, b)  # hours [120, 180), [180, 240)
+    assert merged_hours == [T(60), T(120), T(120), T(180)]  # hour 120 merged again
+    wa = t.window_aggregates
+    with engine.connect() as conn:
+        rows_n = conn.execute(select(func.sum(wa.c.n)).where(wa.c.bucket_start >= T(120),
+                                                            wa.c.bucket_start < T(180))).scalar_one()
+    assert bl._total(b._hours[key]) == rows_n > before
+    # and a fresh process reads the rebuilt partial, not the stale one
+    merged_hours.clear()
+    assert bl._total(bl.Baselines(engine, CFG)._hour(*key, expect=rows_n)) == rows_n and merged_hours == []
 
 
 def test_merge_rows_folds_within_its_buffer(four_hours, monkeypatch):
