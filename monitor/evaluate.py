@@ -14,7 +14,6 @@ equal to the per-metric functions); the cyclic garbage collector is held during 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -65,58 +64,49 @@ def window_for(at: datetime, cfg: EvaluateConfig) -> tuple[datetime, datetime]:
 class WindowReader:
     """Minute sketches of the recent past, decoded once and reused by overlapping windows.
 
-    A cheap aggregate query fingerprints every (series, minute) in the window (row
-    count, summed n, newest id); only minutes whose fingerprint changed (new, late or
-    compacted rows) have their payloads read again.
+    A cheap aggregate query fingerprints every minute in the window (row count, summed n,
+    newest id); only minutes whose fingerprint changed (new, late or compacted rows) have
+    their payloads read again, every series of the minute at once.
     """
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._cache: dict[tuple, tuple[tuple, Sketch]] = {}
+        # minute -> (fingerprint, {series: that minute's merged sketch}), series in row order
+        self._cache: dict[datetime, tuple[tuple, dict[tuple, Sketch]]] = {}
 
     def read(self, start: datetime, end: datetime):
         """Merged sketch and per-minute (n, sums) of every series with rows in [start, end)."""
         wa = t.window_aggregates
         labels = [wa.c.model, wa.c.version, wa.c.cohort, wa.c.layer, wa.c.head]
         where = (wa.c.bucket_start >= start, wa.c.bucket_start < end, wa.c.bucket_seconds == 60)
-        fq = select(*labels, wa.c.bucket_start, func.count(), func.sum(wa.c.n), func.max(wa.c.id))
+        fq = select(wa.c.bucket_start, func.count(), func.sum(wa.c.n), func.max(wa.c.id))
         with self.engine.connect() as conn:
-            utc: dict[datetime, datetime] = {}  # a window holds a few distinct minutes
-            fps = {}
-            for r in conn.execute(fq.where(*where).group_by(*labels, wa.c.bucket_start)):
-                m = utc.get(r[5])
-                if m is None:
-                    m = utc[r[5]] = as_utc(r[5])
-                fps[(tuple(r[:5]), m)] = tuple(r[6:])
-            stale = {k for k, fp in fps.items() if self._cache.get(k, (None,))[0] != fp}
+            fps = {as_utc(r[0]): tuple(r[1:]) for r in conn.execute(fq.where(*where).group_by(wa.c.bucket_start))}
+            stale = sorted(m for m, fp in fps.items() if self._cache.get(m, (None,))[0] != fp)
             if stale:
-                minutes = sorted({m for _, m in stale})
                 cols = [*labels, wa.c.bucket_start, wa.c.payload, wa.c.n, wa.c.rejected,
                         *(wa.c[f"sum_{m}"] for m in ALL_METRICS), *(wa.c[f"sumsq_{m}"] for m in ALL_METRICS)]
-                fresh: dict[tuple, list] = defaultdict(list)
-                for part in conn.execute(select(*cols).where(*where, wa.c.bucket_start.in_(minutes))).partitions(2048):
+                utc: dict[datetime, datetime] = {}  # a few distinct minutes
+                fresh: dict[datetime, dict[tuple, list]] = {m: {} for m in stale}
+                q = select(*cols).where(*where, wa.c.bucket_start.in_(stale)).order_by(wa.c.id)
+                for part in conn.execute(q).partitions(2048):
                     for row in part:
                         m = utc.get(row[5])
                         if m is None:
                             m = utc[row[5]] = as_utc(row[5])
-                        key = (tuple(row[:5]), m)
-                        if key in stale:
-                            fresh[key].append((row[6], row[7], row[8], row[9 : 9 + M], row[9 + M :]))
-                for key, parts in fresh.items():
-                    self._cache[key] = (fps[key], merge_encoded(parts))
-        for key in [k for k in self._cache if k not in fps]:
-            del self._cache[key]
-        by_series: dict[tuple, list] = defaultdict(list)
-        for i, ((series, minute), (_, sk)) in enumerate(self._cache.items()):
-            by_series[series].append((minute, i, sk))
-        for v in by_series.values():
-            v.sort(key=lambda mis: mis[:2])  # oldest minute first
-        merged, per_minute = {}, {}
-        # series in the order of their oldest minute (then first cached)
-        for k, v in sorted(by_series.items(), key=lambda kv: kv[1][0][:2]):
-            sks = [sk for _, _, sk in v]
-            merged[k] = merge_all(sks)
-            per_minute[k] = [(s.n, s.sums) for s in sks]
+                        fresh[m].setdefault(tuple(row[:5]), []).append(
+                            (row[6], row[7], row[8], row[9 : 9 + M], row[9 + M :]))
+                for m, series in fresh.items():
+                    self._cache[m] = (fps[m], {k: merge_encoded(parts) for k, parts in series.items()})
+        for m in [m for m in self._cache if m not in fps]:
+            del self._cache[m]
+        # series in the order they first appear, oldest minute first; each one's minutes in order
+        by_series: dict[tuple, list[Sketch]] = {}
+        for m in sorted(self._cache):
+            for k, sk in self._cache[m][1].items():
+                by_series.setdefault(k, []).append(sk)
+        merged = {k: merge_all(sks) for k, sks in by_series.items()}
+        per_minute = {k: [(sk.n, sk.sums) for sk in sks] for k, sks in by_series.items()}
         return merged, per_minute
 
 

@@ -437,8 +437,8 @@ def test_window_reader_merges_each_series_in_minute_order(four_hours):
     assert set(again) == set(by_series)
     # series in the order of their first sketch, minutes oldest first (as before)
     order: dict = {}
-    for (series, _minute), _ in sorted(reader._cache.items(), key=lambda kv: kv[0][1]):
-        order.setdefault(series, None)
+    for r in rows:  # series in the order of their first row, minutes oldest first
+        order.setdefault((r["model"], r["version"], r["cohort"], r["layer"], r["head"]), None)
     assert list(again) == list(order)
     for key, minutes in by_series.items():
         _same(again[key], merge_all([merge_all(v) for _, v in sorted(minutes.items())]))
