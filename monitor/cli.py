@@ -215,7 +215,9 @@ def _register_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def run(config: Config, once: bool = False, fmt: str = "text") -> int:
-    """The daemon (`attnmon run`) until SIGTERM; `once`: one catch-up evaluation, then exit.
+    """The daemon (`attnmon run`) until SIGTERM; `once`: one catch-up evaluation and one
+    delivery of the outbox, then exit (1 when the delivery failed: what was not delivered
+    stays in the outbox for the next run).
 
     $ATTNMON_FAKE_NOW (an ISO time, optionally followed by a speed such as `x60`) runs
     it in simulated time: for tests and demos only.
@@ -244,6 +246,15 @@ def run(config: Config, once: bool = False, fmt: str = "text") -> int:
             return 0
         with store_errors(daemon.engine.url):
             result = daemon.evaluate()
+            try:
+                daemon.deliver()
+                got = daemon.alerts.last_delivery
+                sent = {"delivered": got.delivered, "retrying": got.retrying, "failed": got.failed}
+                undelivered = None  # a receiver down: the outbox keeps it for the next run
+                if got.retrying or got.failed:
+                    undelivered = "; ".join(got.errors) or f"{got.retrying} to retry, {got.failed} failed"
+            except Exception as exc:  # a deliver hook of the caller's
+                sent, undelivered = {}, f"{type(exc).__name__}: {exc}"
     windows = result.windows
     data = {
         "leader": True,
@@ -254,15 +265,19 @@ def run(config: Config, once: bool = False, fmt: str = "text") -> int:
         "written": result.written,
         "skipped_windows": result.skipped,
         "watermark": result.watermark.isoformat() if result.watermark else None,
+        "notifications": sent,
+        "delivery_error": undelivered,
     }
     span = f" ending {data['first']} to {data['last']}" if windows else ""
     text = (
         f"evaluated {len(windows)} windows{span}, wrote {result.written} results"
         + (f", skipped {result.skipped} older windows" if result.skipped else "")
         + f"; watermark {data['watermark']}"
+        + (f"; {sent.get('delivered', 0)} notifications delivered" if undelivered is None
+           else f"; delivery failed ({undelivered}): the outbox keeps what was not delivered")
     )
     _emit(fmt, text, data)
-    return 0
+    return 0 if undelivered is None else 1
 
 
 def _register_run(commands: argparse._SubParsersAction) -> None:
@@ -270,7 +285,8 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
         commands, "run", "the daemon: evaluate drift, deliver alerts, maintain the store", lists=True
     )
     p.add_argument(
-        "--once", action="store_true", help="evaluate the windows missed since the last run, then exit"
+        "--once", action="store_true",
+        help="evaluate the windows missed since the last run, deliver the outbox, then exit (1: delivery failed)"
     )
     p.set_defaults(run=lambda config, args: run(config, args.once, args.format))
 

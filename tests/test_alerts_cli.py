@@ -148,3 +148,39 @@ def test_silence_silences_unsilence(capsys, clean_env, sqlite_url):
 @pytest.mark.parametrize("argv", [["alerts"], ["alerts", "silence", "--for", "1h"]])
 def test_usage_errors_exit_2(argv, capsys, clean_env):
     assert main(argv) == 2
+
+
+def test_run_once_delivers_the_outbox_and_says_when_it_could_not(sqlite_url, tmp_path, capsys, monkeypatch):
+    """`attnmon run --once` (from cron, say) evaluates and then delivers: a firing alert
+    reaches its receiver; with the receiver down it exits 1 and the outbox keeps it."""
+    from peers import Answer, HttpPeer, free_port
+
+    engine = make_engine(sqlite_url)
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"rules": [{
+        "name": "Collapse", "statistic": "delta.entropy_norm", "op": "<", "threshold": -1.0, "for": "0m",
+        "severity": "critical", "annotations": {"summary": "{{series}} collapsed"}}]}))
+
+    def once(url: str, minute: float) -> tuple[int, dict]:
+        alerts = {"rules": [str(rules_file)], "receivers": [{"name": "hook", "webhook": {"url": url}}],
+                  "route": {"receiver": "hook", "group_wait_s": 0}}
+        cycle(engine, load_rules(rules_file), config(("hook",), route={"receiver": "hook", "group_wait_s": 0}),
+              minute, shifted_rows(minute, heads=[int(minute)]))
+        cfg = tmp_path / "attnmon.yaml"
+        cfg.write_text(yaml.safe_dump({"store_url": sqlite_url, "alerts": alerts}))
+        monkeypatch.setenv("ATTNMON_FAKE_NOW", at(minute + 1).isoformat())
+        code = main(["run", "--once", "--config", str(cfg), "--format", "json"])
+        return code, json.loads(capsys.readouterr().out)
+
+    with HttpPeer(Answer(200)) as peer:
+        code, data = once(f"{peer.url}/hook", 10)
+        assert code == 0 and data["delivery_error"] is None and data["notifications"]["delivered"] == 1, data
+        sent = json.loads(peer.next().body)
+        assert "Collapse" in json.dumps(sent)
+    code, data = once(f"http://127.0.0.1:{free_port()}/hook", 11)  # nobody listens
+    assert code == 1 and "Connection refused" in data["delivery_error"], data
+    with engine.connect() as conn:
+        from sqlalchemy import text
+
+        waiting = conn.execute(text("SELECT count(*) FROM notifications WHERE status = 'pending'")).scalar_one()
+    assert waiting >= 1
