@@ -170,12 +170,14 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
             events_days=r.events_days,
             minute_aggregates_days=r.minute_aggregates_days,
             write_batches_days=r.write_batches_days,
+            drift_results_days=r.drift_results_days,
         )
     finally:
         engine.dispose()
     text = (
         f"merged {result.merged_groups} groups ({result.rows_removed} rows removed), "
-        f"deleted {result.events_deleted} events and {result.batches_deleted} batch keys"
+        f"deleted {result.events_deleted} events, {result.batches_deleted} batch keys and "
+        f"{result.results_deleted} drift results"
     )
     _emit(fmt, text, asdict(result))
     return 0

@@ -56,6 +56,8 @@ class RetentionConfig(_Strict):
     events_days: float = Field(7, gt=0)
     minute_aggregates_days: float = Field(3, gt=0)
     write_batches_days: float = Field(14, gt=0)
+    # drift results grow with series x statistics x minutes (1,000 series: ~26M rows a day)
+    drift_results_days: float = Field(30, gt=0)
 
 
 class EvaluateConfig(_Strict):

@@ -543,6 +543,7 @@ class Daemon:
         result = maintain(
             self.engine, now, events_days=r.events_days,
             minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
+            drift_results_days=r.drift_results_days,
         )
         return Maintained(result, prune(self.engine, now - BASELINE_KEEP))
 

@@ -112,7 +112,7 @@ class Sketch:
     def means(self) -> dict[str, float]:
         if self.n == 0:
             return {m: float("nan") for m in ALL_METRICS}
-        return {m: float(s) / self.n for m, s in zip(ALL_METRICS, self.sums)}
+        return {m: float(s) / self.n for m, s in zip(ALL_METRICS, self.sums, strict=True)}
 
     def position_profile(self) -> np.ndarray:
         """Mean attention mass at each distance from the end (0 = most recent)."""

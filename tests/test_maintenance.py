@@ -95,6 +95,24 @@ def test_purge_keeps_recent_events(sqlite_url):
     assert purge(engine, now, events_days=1, write_batches_days=1).events_deleted > 0
 
 
+def test_purge_drops_drift_results_past_their_retention(sqlite_url):
+    from alerting import drift_row
+
+    from monitor.evaluate import write_results
+
+    engine = make_engine(sqlite_url)
+    now = datetime.fromtimestamp(T0, UTC) + timedelta(days=40)
+    old, recent = now - timedelta(days=31), now - timedelta(days=29)
+    write_results(engine, [drift_row(old, 1.0, head=str(h)) for h in range(3)]
+                  + [drift_row(recent, 1.0, head=str(h)) for h in range(2)])
+    assert purge(engine, now, events_days=7, write_batches_days=14).results_deleted == 0  # not asked
+    res = maintain(engine, now, drift_results_days=30)
+    assert res.results_deleted == 3
+    with engine.connect() as conn:
+        left = conn.execute(select(tables.drift_results.c.window_end)).scalars().all()
+    assert len(left) == 2
+
+
 def _bands(url, **where):
     wa = tables.window_aggregates
     engine = make_engine(url)

@@ -33,6 +33,7 @@ class MaintenanceResult:
     rows_removed: int = 0
     events_deleted: int = 0
     batches_deleted: int = 0
+    results_deleted: int = 0
     bands_filled: int = 0
 
 
@@ -173,9 +174,15 @@ def _fill_range(engine: Engine, lo: int, hi: int) -> int:
     return len(params)
 
 
-def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_days: float) -> MaintenanceResult:
-    """Delete raw sampled events and batch keys past their retention."""
+def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_days: float,
+          drift_results_days: float | None = None) -> MaintenanceResult:
+    """Delete raw sampled events, batch keys and drift results past their retention."""
     with engine.begin() as conn:
+        dr = 0
+        if drift_results_days is not None:
+            dr = conn.execute(
+                delete(t.drift_results).where(t.drift_results.c.window_end < now - timedelta(days=drift_results_days))
+            ).rowcount
         ev = conn.execute(
             delete(t.attention_events).where(t.attention_events.c.ts < now - timedelta(days=events_days))
         ).rowcount
@@ -184,7 +191,7 @@ def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_da
                 t.write_batches.c.written_at < now - timedelta(days=write_batches_days)
             )
         ).rowcount
-    return MaintenanceResult(events_deleted=ev or 0, batches_deleted=wb or 0)
+    return MaintenanceResult(events_deleted=ev or 0, batches_deleted=wb or 0, results_deleted=dr or 0)
 
 
 def maintain(
@@ -194,6 +201,7 @@ def maintain(
     events_days: float = 7,
     minute_aggregates_days: float = 3,
     write_batches_days: float = 14,
+    drift_results_days: float | None = None,
     closed_after_s: float = 120,
     fill_bands: int = 100_000,
 ) -> MaintenanceResult:
@@ -204,11 +212,13 @@ def maintain(
     )
     # after the merges, which give their rows bands: only untouched old rows are left
     f = fill_position_bands(engine, limit=fill_bands) if fill_bands > 0 else 0
-    p = purge(engine, now, events_days=events_days, write_batches_days=write_batches_days)
+    p = purge(engine, now, events_days=events_days, write_batches_days=write_batches_days,
+              drift_results_days=drift_results_days)
     return MaintenanceResult(
         merged_groups=c.merged_groups + r.merged_groups,
         rows_removed=c.rows_removed + r.rows_removed,
         events_deleted=p.events_deleted,
         batches_deleted=p.batches_deleted,
+        results_deleted=p.results_deleted,
         bands_filled=f,
     )
