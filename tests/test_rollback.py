@@ -153,3 +153,25 @@ def test_html_report_renders_in_headless_chromium(collapsed, tmp_path, capsys):
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # not blank
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     assert ((r > 180) & (g < 70) & (b < 70)).sum() > 500  # the verdict's red badge
+
+
+def test_a_layer_that_lost_recency_is_a_rollback_reason():
+    """New weights: a layer's share on the last 5 items falling 7 points or more is
+    critical (SASRec with its training order lost: 8 to 9; another seed: up to 5)."""
+    import numpy as np
+
+    from monitor.metrics import ALL_METRICS
+    from monitor.rollback import RECENCY_DROP_ROLLBACK, _layer_reasons
+    from monitor.sketch import Sketch
+
+    def layer(recency5: float, distance: float) -> Sketch:
+        sums = np.zeros(len(ALL_METRICS))
+        sums[ALL_METRICS.index("recency5")] = 1000 * recency5
+        sums[ALL_METRICS.index("distance")] = 1000 * distance
+        return Sketch(n=1000, sums=sums, sumsq=sums ** 2 / 1000, pos=np.linspace(1, 0.1, 50) * 1000)
+
+    base = layer(0.33, 11.4)
+    lost = _layer_reasons("1", base, layer(0.33 - RECENCY_DROP_ROLLBACK - 0.02, 15.2), same=False)
+    assert [(r.severity, r.metric) for r in lost] == [("critical", "recency5")]
+    assert "layer 1 lost recency" in lost[0].text and "15.2 items back" in lost[0].text
+    assert _layer_reasons("1", base, layer(0.30, 12.0), same=False) == []  # a seed's wobble
