@@ -334,7 +334,13 @@ def _factorize(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keys that reach a top-K summary."""
     kind = vals.dtype.kind
     if kind in "iu":
-        codes, uniq = pd.factorize(vals.ravel(), sort=False, use_na_sentinel=True)
+        flat = vals.ravel()
+        if flat.size and np.can_cast(flat.dtype, np.int64):
+            lo, hi = int(flat.min()), int(flat.max())
+            if hi - lo < _dense_slots(len(flat)):  # a table over the range: no hashing
+                codes, first = _dense_factorize(flat.astype(np.int64, copy=False) - lo, hi - lo + 1)
+                return codes.reshape(vals.shape), flat[first]
+        codes, uniq = pd.factorize(flat, sort=False, use_na_sentinel=True)
         return codes.astype(np.int64, copy=False).reshape(vals.shape), np.asarray(uniq)
     if kind == "U" and vals.size and vals.dtype.itemsize:
         out = _factorize_unicode(vals.ravel())
@@ -362,11 +368,14 @@ def _factorize_unicode(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None
     bits = [int(span).bit_length() for span in (hi - lo).tolist()]
     exact = sum(bits) <= 64
     shift = 0
-    if exact:
-        key = np.zeros(len(flat), dtype=np.uint64)
+    if exact:  # (in uint32 where the key fits: half the memory to go through)
+        kt = np.uint32 if sum(bits) <= 32 else np.uint64
+        key = np.zeros(len(flat), dtype=kt)
         for j in np.flatnonzero(bits).tolist():  # positions that vary
-            col = cp[:, j] - lo[j]
-            key |= col.astype(np.uint64) << np.uint64(shift)
+            col = np.subtract(cp[:, j], lo[j], dtype=kt)
+            if shift:
+                col <<= kt(shift)
+            key |= col
             shift += bits[j]
     elif w <= len(_HASH_W):
         key = cp[:, 0] * _HASH_W[0]  # (no BLAS: a threaded gemv would fight the caller's core)
@@ -374,15 +383,8 @@ def _factorize_unicode(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None
             key += cp[:, j] * _HASH_W[j]
     else:
         return None
-    if exact and shift <= 16:  # few distinct keys: first appearances in a table
-        key = key.view(np.int64)
-        first = np.full(1 << shift, len(flat), dtype=np.intp)
-        np.minimum.at(first, key, np.arange(len(flat)))
-        seen = np.flatnonzero(first < len(flat))
-        seen = seen[np.argsort(first[seen])]  # in order of first appearance
-        rank = np.empty(1 << shift, dtype=np.int64)
-        rank[seen] = np.arange(len(seen))
-        codes, first = rank[key], first[seen]
+    if exact and (1 << shift) <= _dense_slots(len(flat)):  # first appearances in a table
+        codes, first = _dense_factorize(key, 1 << shift)
     else:
         codes, _ = pd.factorize(key, sort=False)
         first = np.full(int(codes.max()) + 1, len(flat), dtype=np.intp)
@@ -398,6 +400,34 @@ def _factorize_unicode(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None
         # the next: here they stay distinct strings, rejected as bad values.)
         return None
     return codes.astype(np.int64, copy=False), uniq
+
+
+def _dense_slots(n: int) -> int:
+    """How many table slots a factorization of n integers may use instead of hashing."""
+    return 4 * n + 65536
+
+
+_FIRST_PREFIX = 8192
+
+
+def _dense_factorize(key: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """pd.factorize(key, sort=False) of integers in [0, slots), with a table instead of a
+    hash: the codes (int64), and where each distinct value first appears, in that order."""
+    n = len(key)
+    key = key.astype(np.intp, copy=False)  # (ufunc.at and take are fastest on intp)
+    first = np.full(slots, n, dtype=np.intp)
+    # most values show up early: first appearances in a prefix, then only the positions
+    # after it whose value the prefix lacks
+    p = min(n, _FIRST_PREFIX)
+    np.minimum.at(first, key[:p], np.arange(p))
+    if p < n:
+        late = np.flatnonzero(first.take(key[p:]) == n)
+        if len(late):
+            np.minimum.at(first, key[p:].take(late), late + p)
+    first = np.sort(first[first < n])  # the first appearances, in order
+    rank = np.empty(slots, dtype=np.int64)
+    rank[key[first]] = np.arange(len(first))
+    return rank.take(key), first
 
 
 def _column_range(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,7 @@ from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.sketch import _key
+from monitor.store import positions
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
 
@@ -623,9 +624,15 @@ class AttentionCollector:
         for name, (acodes, akeys) in (b.attrs or {}).items():
             named.append((name, acodes, akeys, self.topk_attr_values))
         if named and mean is not None:
-            positions = _MeanPositions(mean, lengths, g.rq, g.order, R)
+            positions = None
+            # each layer's head-mean mass, float64 as the sums take it, once for every key set
+            mass = [mean[:, layer, :].astype(np.float64).reshape(-1) for layer in range(ly)]
             for attr, codes, keys, k in named:
-                tops = _topk_of_groups(kept(codes), len(keys), positions, k)
+                tops = _topk_all_groups(kept(codes), len(keys), mass, lengths, g.rq, R, k)
+                if tops is None:  # too many cells for one dense pass: group by group
+                    if positions is None:
+                        positions = _MeanPositions(mean, lengths, g.rq, g.order, R)
+                    tops = _topk_of_groups(kept(codes), len(keys), positions, k)
                 for row, tk in zip(rows_mean.tolist(), series.intern(tops, keys), strict=True):
                     series.merge_topk(row, attr, tk)
 
@@ -718,16 +725,23 @@ class AttentionCollector:
             return None
         written_at = _utc(now)
         aggs: list[dict] = []
+        profiles: list[np.ndarray] = []  # each row's sketch's position profile
         rollup: dict[tuple, sk.Sketch] = {}
         n_requests = 0
         for key in sorted(closed):
             s = self._acc.pop(key)
             minute, cohort, layer, head = key
             aggs.append(self._agg_row(minute, cohort, layer, head, s, written_at))
+            profiles.append(s.pos)
             rk = (minute, ROLLUP, layer, head)
             rollup[rk] = s if rk not in rollup else rollup[rk].merge(s)
         for (minute, cohort, layer, head), s in sorted(rollup.items()):
             aggs.append(self._agg_row(minute, cohort, layer, head, s, written_at))
+            profiles.append(s.pos)
+        if aggs:  # the position bands, from the profiles in memory (no payload to decode)
+            bands = positions.band_matrix(np.stack(profiles))
+            for row, sums in zip(aggs, bands.tolist(), strict=True):
+                row.update(zip(positions.COLUMNS, sums, strict=True))
         for m in {k[0] for k in closed}:
             if cutoff is None or m < cutoff:
                 n_requests += self._acc_requests.pop(m, 0)
@@ -898,8 +912,8 @@ def _head_mean(W: np.ndarray) -> np.ndarray:
     """W.mean(axis=2), the same numbers (heads added in order, divided as np.mean does),
     without the strided reduction."""
     h = W.shape[2]
-    out = W[:, :, 0].copy()
-    for j in range(1, h):
+    out = W[:, :, 0].copy() if h == 1 else np.add(W[:, :, 0], W[:, :, 1])
+    for j in range(2, h):
         out += W[:, :, j]
     np.true_divide(out, np.intp(h), out=out, casting="unsafe")
     return out
@@ -948,6 +962,41 @@ class _MeanPositions:
 _DENSE_SLACK = 65536  # cells a group's dense top-K pass may spend beyond 4 per position
 
 
+def _topk_all_groups(codes: np.ndarray, n_keys: int, mass: list[np.ndarray], lengths: np.ndarray,
+                     rq: np.ndarray | None, R: int, k: int) -> list[TopK] | None:
+    """`_topk_of_groups` of every head-mean group in one dense pass over (group, layer,
+    key) cells, straight from the unsorted rows (None: too many cells, use that instead).
+
+    `codes` (n, L) key codes of the accepted requests, `mass[layer]` (n * L,) float64 their
+    head-mean rows of that layer, `rq` (n,) their group (None: one group). Each cell adds
+    its positions in request order, then position order, from 0.0, as the group-by-group
+    pass does; padding and positions with no key go to a column of their own (0) that is
+    dropped, so their mass, whatever it is, is never read."""
+    (n, L), ly = codes.shape, len(mass)
+    U1 = n_keys + 1  # column 0: no key
+    n_cells = R * ly * U1
+    if n_cells > 4 * n * ly * L + _DENSE_SLACK:
+        return None
+    # cell of each position: group r's (layer 0) column, key code + 1 (-1, no key -> 0)
+    idx = codes + (1 if rq is None else (rq * (ly * U1) + 1)[:, None])
+    if L and (lengths < L).any():
+        idx[np.arange(L)[None, :] < (L - lengths)[:, None]] = 0  # group 0's no-key column
+    idx = idx.reshape(-1)  # layer l's cell is idx + l * U1
+    cells = np.zeros(n_cells)
+    for layer in range(ly):  # (ufunc.at adds in order, as bincount does; it is faster)
+        np.add.at(cells[layer * U1 :], idx, mass[layer])
+    cells[::U1] = 0.0  # the no-key column of every group
+    nz = np.flatnonzero(cells > 0)
+    m_all = cells[nz]
+    starts = np.searchsorted(nz, np.arange(R * ly + 1) * U1).tolist()
+    out = []
+    for gi in range(R * ly):
+        a, z = starts[gi], starts[gi + 1]
+        m = m_all[a:z]
+        out.append(TopK._reduced(nz[a:z] - (gi * U1 + 1), m, k, float(m.sum())))
+    return out
+
+
 def _topk_of_groups(codes: np.ndarray, n_keys: int, pos: _MeanPositions, k: int) -> list[TopK]:
     """Top-K of the attention mass per key code, for each head-mean group.
 
@@ -993,6 +1042,11 @@ def _merge_ids(a: TopK, b: TopK) -> TopK:
     return TopK._reduced(np.asarray(uniq, dtype=np.int64), summed, k, total)
 
 
+def _no_sorted_keys() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    empty_ids = np.empty(0, dtype=np.int64)
+    return {"num": (np.empty(0, dtype=np.int64), empty_ids), "str": (np.empty(0, dtype="U1"), empty_ids)}
+
+
 class _SeriesStore:
     """What the background thread accumulates between two reads of `_acc`: per series
     (minute, cohort, layer, head), dense rows of counts, sums, histograms and position
@@ -1013,9 +1067,8 @@ class _SeriesStore:
         self.attrs: list[dict[str, TopK]] = []
         self.key_ids: dict[str, int] = {}  # text -> id
         self.key_text: list[str] = []  # id -> text
-        # integer keys seen, sorted, and the ids of their text
-        self.num_keys = np.empty(0, dtype=np.int64)
-        self.num_key_ids = np.empty(0, dtype=np.int64)
+        # integer keys and numpy str keys seen, sorted, and the ids of their text
+        self.sorted_keys = _no_sorted_keys()
         self.dup_ids = False  # whether a summary may hold one id twice
         self._lut = np.full(64, -1, dtype=np.int64)  # scratch of _merge, all -1 between uses
         self._layouts: dict[tuple, np.ndarray] = {}
@@ -1103,32 +1156,42 @@ class _SeriesStore:
         codes = np.concatenate([t.keys for t in tops]) if tops else np.empty(0, np.int64)
         if not len(codes):
             return [TopK(t.k, np.empty(0, dtype=np.int64), t.counts, t.total) for t in tops]
-        uc = np.unique(codes)
+        used = np.zeros(len(keys), dtype=bool)  # (a table: np.unique would sort or hash)
+        used[codes] = True
+        uc = np.flatnonzero(used)
         if keys.dtype.kind in "iu" and np.can_cast(keys.dtype, np.int64):
-            ids = self._number_ids(keys[uc].astype(np.int64))
+            ids = self._table_ids(keys[uc].astype(np.int64), "num")
+        elif keys.dtype.kind == "U":  # str() of an element is the element
+            ids = self._table_ids(keys[uc], "str")
         else:
             vals = keys[uc].tolist()
             ids = self._ids(vals if keys.dtype == object else [_key(v) for v in vals])
-        if len(np.unique(ids)) < len(ids):
-            self.dup_ids = True  # two keys with one text (1 and "1"): merges must sum them
+        if not self.dup_ids and len(ids) > 1:
+            s = np.sort(ids)
+            if (s[1:] == s[:-1]).any():
+                self.dup_ids = True  # two keys with one text (1 and "1"): merges must sum them
         lut = np.empty(int(uc[-1]) + 1, dtype=np.int64)
         lut[uc] = ids
         return [TopK(t.k, lut[t.keys], t.counts, t.total) for t in tops]
 
-    def _number_ids(self, nums: np.ndarray) -> np.ndarray:
-        """Ids of the text of integer keys (distinct, sorted): the numbers seen so far
-        are kept sorted beside their ids, so that only new ones are made text."""
-        known, known_ids = self.num_keys, self.num_key_ids
-        at = np.minimum(np.searchsorted(known, nums), max(len(known) - 1, 0))
-        found = known[at] == nums if len(known) else np.zeros(len(nums), dtype=bool)
-        ids = np.where(found, known_ids[at] if len(known) else 0, -1)
+    def _table_ids(self, vals: np.ndarray, kind: str) -> np.ndarray:
+        """Ids of the text of distinct integer ("num") or numpy str ("str") keys: the
+        values seen so far are kept sorted beside their ids, so that only new ones are made
+        text and looked up."""
+        known, known_ids = self.sorted_keys[kind]
+        if len(known):
+            at = np.minimum(np.searchsorted(known, vals), len(known) - 1)
+            found = known[at] == vals
+            ids = np.where(found, known_ids[at], -1)
+        else:
+            found = np.zeros(len(vals), dtype=bool)
+            ids = np.full(len(vals), -1, dtype=np.int64)
         new = np.flatnonzero(~found)
         if len(new):
-            ids[new] = self._ids([_key(v) for v in nums[new].tolist()])
-            merged = np.concatenate([known, nums[new]])
+            ids[new] = self._ids([_key(v) for v in vals[new].tolist()])
+            merged = np.concatenate([known, vals[new]])
             order = np.argsort(merged, kind="stable")
-            self.num_keys = merged[order]
-            self.num_key_ids = np.concatenate([known_ids, ids[new]])[order]
+            self.sorted_keys[kind] = (merged[order], np.concatenate([known_ids, ids[new]])[order])
         return ids
 
     def merge_topk(self, row: int, attr: str | None, tk: TopK) -> None:
@@ -1186,8 +1249,7 @@ class _SeriesStore:
         self.attrs.clear()
         self.key_ids.clear()
         self.key_text.clear()
-        self.num_keys = np.empty(0, dtype=np.int64)
-        self.num_key_ids = np.empty(0, dtype=np.int64)
+        self.sorted_keys = _no_sorted_keys()
         self.dup_ids = False
         self._layouts.clear()
 

@@ -298,7 +298,7 @@ def head_diversity(weights: np.ndarray, lengths: np.ndarray) -> np.ndarray:
             m = b - a
             pb, lpb, mx, lmx = p[:m], lp[:m], mix[:m], lmix[:m]
             pb[...] = w[a:b]
-            tot = pb.sum(axis=2, keepdims=True)
+            tot = np.einsum("ijk->ij", pb)[:, :, None]  # (several times faster than sum)
             pos = tot > 0
             if pos.all():  # the same quotients; a masked divide is several times slower
                 np.divide(pb, tot, out=pb)

@@ -39,9 +39,8 @@ class TopK:
         if len(counts) > k:
             # subtract the (k+1)-th largest counter from all and keep the positive ones
             kth = np.partition(counts, len(counts) - k - 1)[len(counts) - k - 1]
-            counts = counts - kth
-            keep = counts > 0
-            keys, counts = keys[keep], counts[keep]
+            keep = counts > kth  # (exactly where counts - kth > 0)
+            keys, counts = keys[keep], counts[keep] - kth
         order = np.argsort(-counts, kind="stable")
         return TopK(k, keys[order], counts[order], total)
 

@@ -14,6 +14,7 @@ import warnings
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import sparse
 
@@ -397,3 +398,99 @@ def test_cohorts_that_pandas_would_lump_together_stay_apart():
     b = blk.block_from_batch(("batch", w, None, None, cohorts, None, None, T0, "left"), max_length=10)
     blk.check_block(b, tol=1e-3)
     assert [blk.REASON_NAMES[c] for c in b.codes] == ["ok", "bad_label", "ok", "bad_label", "ok"]
+
+
+def test_top_k_of_all_groups_at_once_equals_group_by_group():
+    """The one dense pass over (group, layer, key) cells gives the summaries the
+    group-by-group pass gives: padding (whatever mass it holds) and positions with no key
+    count nowhere, several groups and layers, ties kept in code order."""
+    rng = np.random.default_rng(11)
+    n, ly, L, R, U = 300, 3, 16, 4, 40
+    lengths = rng.integers(0, L + 1, n)
+    mean = rng.dirichlet(np.ones(L), size=(n, ly)).astype(np.float32)
+    mean[:5] = 1.0 / L  # ties
+    pad = np.arange(L)[None, :] < (L - lengths)[:, None]
+    mean[np.broadcast_to(pad[:, None, :], mean.shape)] = np.nan  # never read
+    codes = rng.integers(-1, U, (n, L))
+    rq = rng.integers(0, R, n)
+    for k in (3, 50):
+        for g_rq, g_R in ((rq, R), (None, 1)):
+            order = None if g_rq is None else np.argsort(g_rq, kind="stable")
+            want = col._topk_of_groups(codes, U, col._MeanPositions(mean, lengths, g_rq, order, g_R), k)
+            mass = [mean[:, layer, :].astype(np.float64).reshape(-1) for layer in range(ly)]
+            got = col._topk_all_groups(codes, U, mass, lengths, g_rq, g_R, k)
+            assert len(got) == len(want) == g_R * ly
+            for a, b in zip(got, want, strict=True):
+                assert a.k == b.k and a.total == b.total
+                np.testing.assert_array_equal(a.keys, b.keys)
+                np.testing.assert_array_equal(a.counts, b.counts)
+
+
+def test_group_by_group_top_k_writes_what_the_one_pass_writes(monkeypatch):
+    calls = messy_feed(12, 2, 3, 20, np.float32)
+    one_pass = run(AttentionCollector, calls, topk_items=6, topk_attr_values=3)
+    monkeypatch.setattr(col, "_topk_all_groups", lambda *a: None)
+    assert run(AttentionCollector, calls, topk_items=6, topk_attr_values=3) == one_pass
+
+
+def test_numpy_str_keys_and_numbers_with_one_text_merge_as_the_plain_path():
+    """Item ids as a numpy str array ("7"), then as numbers (7): one key in the store."""
+    rng = np.random.default_rng(13)
+    calls = []
+    for bi in range(4):
+        B, L = 40, 8
+        w = rng.dirichlet(np.ones(L), size=(B, 2, 2)).astype(np.float32)
+        ids = rng.integers(0, 12, (B, L))
+        calls.append(("observe_batch", (w,), dict(
+            item_ids=ids.astype(str) if bi % 2 == 0 else ids, cohorts="web",
+            attributes={"brand": np.array([f"b{x}" for x in (ids % 5).ravel()]).reshape(B, L)},
+            timestamps=T0 + 10 * bi)))
+    kw = dict(topk_items=5, topk_attr_values=2)
+    assert run(AttentionCollector, calls, **kw) == run(PlainCollector, calls, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint8, np.int64, np.uint64])
+def test_factorize_of_integers_in_a_table_equals_pandas(dtype):
+    rng = np.random.default_rng(14)
+    info = np.iinfo(dtype)
+    vals = rng.integers(max(info.min, -(2**40)), min(info.max, 2**40), (50, 7), endpoint=True).astype(dtype)
+    vals[0, :3] = [info.min, info.max, info.min] if dtype != np.uint64 else [0, 2**64 - 1, 0]
+    small = (rng.integers(0, 30, (50, 7)) + (info.min if info.min < 0 else 0)).astype(dtype)
+    for v in (vals, small, small[:1, :1]):
+        codes, keys = blk._factorize(v)
+        want_codes, want_keys = _reference_codes(v)
+        np.testing.assert_array_equal(codes, want_codes)
+        assert keys.dtype == v.dtype and [sk._key(k) for k in keys.tolist()] == want_keys
+
+
+def test_rows_carry_the_position_bands_their_payloads_give():
+    """The collector sums the bands from the profiles in memory; a row without them (an old
+    spill file) gets them from its payload: the same numbers."""
+    from monitor.store import positions
+    from monitor.store.writer import FlushBatch
+
+    c = quiet(AttentionCollector, clock=lambda: T0 + 100, topk_items=6, topk_attr_values=3)
+    try:
+        for method, args, kwargs in messy_feed(15, 2, 2, 300, np.float32):
+            getattr(c, method)(*args, **kwargs)
+        c._drain()
+        batch = c._take_batch(T0 + 10_000, None)
+    finally:
+        retire(c)
+    assert len(batch.aggregates) > 20
+    stripped = [{k: v for k, v in r.items() if k not in positions.COLUMNS} for r in batch.aggregates]
+    again = FlushBatch(batch.collector_id, batch.batch_seq, batch.written_at, aggregates=stripped)
+    assert again.aggregates == batch.aggregates
+    assert any(r["pos_100_255"] > 0 for r in batch.aggregates)
+
+
+@pytest.mark.parametrize("prefix", [1, 7, 8192])
+def test_first_appearances_from_a_prefix_equal_pandas(monkeypatch, prefix):
+    monkeypatch.setattr(blk, "_FIRST_PREFIX", prefix)
+    rng = np.random.default_rng(16)
+    for n, slots in ((1, 1), (20, 3), (30_000, 500), (30_000, 40_000)):
+        key = rng.zipf(1.2, n) % slots  # common values early, rare ones late
+        codes, first = blk._dense_factorize(key.astype(np.uint32), slots)
+        want_codes, uniq = pd.factorize(key, sort=False)
+        np.testing.assert_array_equal(codes, want_codes)
+        np.testing.assert_array_equal(key[first], uniq)

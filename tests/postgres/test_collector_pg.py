@@ -82,3 +82,40 @@ def test_store_down_spills_then_replays_without_double_counting(own_database, tm
     with make_engine(url).connect() as conn:
         acc = conn.execute(text("SELECT sum(accepted), sum(observed) FROM collector_health")).one()
     assert tuple(acc) == (275, 275)
+
+
+def test_aggregate_rows_copied_in_are_the_rows_given(pg_clean_url):
+    """write_batch loads window_aggregates with a binary COPY on PostgreSQL: every value
+    comes back as given (floats to the bit, bytes, times, NULLs), and a replay adds nothing."""
+    from sqlalchemy import select
+
+    from monitor.store import tables
+    from monitor.store.writer import FlushBatch, write_batch
+
+    rng = np.random.default_rng(1)
+    w = rng.dirichlet(np.ones(20), size=(300, 2, 2)).astype(np.float32)
+    c = AttentionCollector(pg_clean_url, model="m", version="v1", clock=lambda: T0 + 3600)
+    c._start = lambda: None  # driven by hand
+    c.observe_batch(w, item_ids=rng.integers(0, 40, (300, 20)), cohorts=list(rng.choice(["a", "b"], 300)),
+                    timestamps=T0 + rng.uniform(0, 120, 300))
+    c._drain()
+    batch = c._take_batch(T0 + 3600, None)
+    c._q.clear()
+    c._closed = True
+    batch.aggregates[0]["collector_id"] = None  # as compacted rows have it
+    batch.aggregates[1]["sum_top1"] = 1.0 / 3.0
+    engine = make_engine(pg_clean_url)
+    try:
+        assert write_batch(engine, batch)
+        assert not write_batch(engine, FlushBatch(batch.collector_id, batch.batch_seq, batch.written_at,
+                                                  aggregates=batch.aggregates))
+        wa = tables.window_aggregates
+        cols = [col for col in wa.columns if col.name != "id"]
+        with engine.connect() as conn:
+            got = [dict(r._mapping) for r in conn.execute(select(*cols).order_by(wa.c.id))]
+    finally:
+        engine.dispose()
+    want = [{col.name: r.get(col.name) for col in cols} for r in batch.aggregates]
+    for r in got:
+        r["payload"] = bytes(r["payload"])
+    assert got == want
