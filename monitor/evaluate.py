@@ -41,6 +41,7 @@ from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
 COL = {m: i for i, m in enumerate(ALL_METRICS)}
+LIFT_MIN_RISE = 0.02  # lift.attr.*: only values that gained 2 points of attention share
 CUSUM_METRICS = ("entropy_norm",)
 ROLLUP = "*"
 
@@ -177,6 +178,17 @@ def series_statistics(
             detail = {"value": key, "baseline_share": b, "share": c,
                       "movers": [{"value": k, "baseline_share": bb, "share": cc} for k, bb, cc in movers]}
             out.append((f"mover.attr.{name}", abs(c - b), b, detail))
+        # the baseline's upper bound for each current value: a value its top-K dropped
+        # is not "new" unless it beats that bound too (as rollback-check reads it)
+        btk = base.attrs[name]
+        slack = btk.bound() / btk.total if btk.total > 0 else 0.0
+        lifted = stats.top_lift({k: bs.get(k, 0.0) + slack for k in cs}, cs, LIFT_MIN_RISE)
+        lift_value, lift_detail = 1.0, None
+        if lifted:
+            key, b, c = lifted
+            lift_value = c / max(b, 1e-3)
+            lift_detail = {"value": key, "baseline_share": b, "share": c}
+        out.append((f"lift.attr.{name}", lift_value, 1.0, lift_detail))
     if per_minute:
         for m in CUSUM_METRICS:
             j = COL[m]

@@ -311,6 +311,25 @@ def top_movers(p: Shares, q: Shares, n: int = 5) -> list[tuple[str, float, float
     return rows[:n]
 
 
+def top_lift(p: Shares, q: Shares, min_rise: float = 0.02, floor: float = 1e-3) -> tuple[str, float, float] | None:
+    """The key whose share grew the most times over among those that gained at least
+    `min_rise` (absolute): (key, baseline share, current share), or None. The baseline
+    share is floored at `floor`, so a key new to the baseline has a finite lift.
+
+    Absolute movers miss a small value tripling (a promoted brand going from 1% to 4% of
+    attention); a lift alone would flag noise on values with almost no share.
+    """
+    p, q = _as_shares(p), _as_shares(q)
+    best = None
+    for k, c in q.items():
+        b = p.get(k, 0.0)
+        if c - b >= min_rise:
+            lift = c / max(b, floor)
+            if best is None or lift > best[0] or (lift == best[0] and k < best[1]):
+                best = (lift, k, b, c)
+    return None if best is None else (best[1], best[2], best[3])
+
+
 def top_share(shares: Shares, k: int = 10) -> float:
     """Total share of the k largest keys (a lower bound with top-K counters)."""
     v = np.sort(np.fromiter(_as_shares(shares).values(), dtype=np.float64))[::-1]

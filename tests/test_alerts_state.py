@@ -138,6 +138,7 @@ def test_the_default_pack_judges_a_retrain_on_its_own_rules():
     assert on("js.position_profile", "retrain") == []  # heads of two seeds differ, even matched
     assert on("js.position_profile", "retrain", head="*") == ["RetrainPositionShift"]
     assert on("mover.attr.genre", "retrain") == ["RetrainAttributeShift"]
+    assert on("lift.attr.brand", "retrain") == on("lift.attr.brand", "trailing") == ["AttributeLift"]
     assert on("items.top10_share", "retrain") == ["ItemConcentrationSpike"]
     assert on("psi.entropy_norm", "previous_version") == ["AttentionEntropyDistributionShift", "PostDeploymentShift"]
     assert on("delta.recency5", "trailing") == ["RecencyLoss", "RecencyShift"]

@@ -28,6 +28,7 @@ def test_demo_tells_the_whole_story(tmp_path, capsys):
     assert demo(tmp_path, progress=False, hours_before=1.5, hours_after=0.5, rate=120) == 0
     out = capsys.readouterr().out
     assert "webhook: FIRING   RetrainEntropyCollapse on demo-sasrec v2" in out
+    assert "webhook: FIRING   AttributeLift on demo-sasrec v2: layer 1 all heads" in out  # the promoted brand
     assert "ROLLBACK: demo-sasrec v2 against v1" in out
     verdict = out.split("ROLLBACK: demo-sasrec v2 against v1", 1)[1]
     assert "1. [critical] layer 1 head 2: attention collapsed" in verdict

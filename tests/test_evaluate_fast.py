@@ -138,9 +138,16 @@ def test_series_statistics_equal_the_per_metric_functions(head):
                                                  "mover", "cusum"}
     # by default only what the rules and dashboards read: mean, delta, psi
     lean = [name for name, *_ in series_statistics(cur, base, EvaluateConfig(), head, [(cur.n, cur.sums)])]
-    assert {n.split(".", 1)[0] for n in lean} == {"mean", "delta", "psi", "js", "items", "mover", "cusum"}
+    assert {n.split(".", 1)[0] for n in lean} == {"mean", "delta", "psi", "js", "items", "mover", "lift", "cusum"}
     assert not [n for n in lean if n.startswith("wasserstein.") or n.split(".")[1] in ALL_METRICS and
                 n.startswith("js.")]  # js.position_profile and js.attr.* stay
+    # lift.attr.*: the value that grew most times over, judged on the baseline's upper bound
+    btk = base.attrs["brand"]
+    upper = {k: v + btk.bound() / btk.total for k, v in btk.shares().items()}
+    want = st.top_lift({k: upper.get(k, btk.bound() / btk.total) for k in cur.attrs["brand"].shares()},
+                       cur.attrs["brand"].shares())
+    value, bval = got["lift.attr.brand"]
+    assert bval == 1.0 and value == (1.0 if want is None else want[2] / max(want[1], 1e-3))
     # a statistic that is not finite is left out, as before
     empty = Sketch(n=cur.n, sums=cur.sums, sumsq=cur.sumsq, pos=cur.pos)  # zero histograms
     names = [name for name, *_ in series_statistics(empty, base, cfg, head)]

@@ -284,6 +284,18 @@ def test_top_movers_order_and_missing_keys() -> None:
     assert top_movers({}, {}) == []
 
 
+def test_top_lift_finds_a_small_value_that_tripled() -> None:
+    p = {"big": 0.50, "brand7": 0.013, "tiny": 0.001, "flat": 0.2}
+    q = {"big": 0.56, "brand7": 0.048, "tiny": 0.006, "flat": 0.2, "new": 0.021}
+    # big gained most (6 points) but 1.1x; tiny grew 6x but by half a point; new is new
+    assert st.top_lift(p, q) == ("new", 0.0, 0.021)  # 0.021 / 0.001 floor = 21x
+    del q["new"]
+    assert st.top_lift(p, q) == ("brand7", 0.013, 0.048)  # 3.7x and +3.5 points
+    assert st.top_lift(p, q, min_rise=0.05) == ("big", 0.50, 0.56)
+    assert st.top_lift(q, p) is None  # nothing rose by 2 points
+    assert st.top_lift({}, {}) is None
+
+
 def test_concentration() -> None:
     shares = {f"i{j}": s for j, s in enumerate([0.3, 0.2, 0.1, 0.05, 0.05])}
     assert top_share(shares, k=2) == pytest.approx(0.5)
