@@ -417,7 +417,10 @@ class AttentionCollector:
         for block in blocks:
             self._summarise(block)
         for _, pending, checked in summaries:
-            self._summarise_pending(pending, checked)
+            try:  # one bad summary must not take the rest of the drain with it
+                self._summarise_pending(pending, checked)
+            except Exception as exc:
+                self._lost(pending, exc)
 
     def _to_blocks(self, entries) -> list[Block]:
         singles = [e for e in entries if e[0] == "one"]

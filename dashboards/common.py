@@ -97,9 +97,15 @@ def series_filter(*, version: str = "IN ($version)", cohort: str | None = "'$coh
 
 def like_glob(column: str, pattern: str) -> str:
     """A condition matching an fnmatch glob (`mover.attr.*`) as alert rules do: `!` negates,
-    `[*]` and `[?]` are a literal star and question mark (`head: "[*]"`: the roll-up)."""
-    if pattern.startswith("!"):
-        return f"NOT ({like_glob(column, pattern[1:])})"
+    `[*]` and `[?]` are a literal star and question mark (`head: "[*]"`: the roll-up).
+    (SQLite's LIKE ignores ASCII case where a wildcard is used; rules do not. Labels are
+    written by the collector as given, so this only matters for labels differing in case.)"""
+    if pattern.startswith("!"):  # one negation, as alert rules read it
+        return f"NOT ({_like(column, pattern[1:])})"
+    return _like(column, pattern)
+
+
+def _like(column: str, pattern: str) -> str:
     parts = [p for p in re.split(r"(\[\*\]|\[\?\]|\*|\?)", pattern) if p]
     if any("[" in p for p in parts if p not in ("[*]", "[?]")):
         raise ValueError(f"character classes are not supported in SQL: {pattern!r}")

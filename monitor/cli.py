@@ -248,15 +248,13 @@ def run(config: Config, once: bool = False, fmt: str = "text") -> int:
             return 0
         with store_errors(daemon.engine.url):
             result = daemon.evaluate()
-            try:
-                daemon.deliver()
-                got = daemon.alerts.last_delivery
-                sent = {"delivered": got.delivered, "retrying": got.retrying, "failed": got.failed}
-                undelivered = None  # a receiver down: the outbox keeps it for the next run
-                if got.retrying or got.failed:
-                    undelivered = "; ".join(got.errors) or f"{got.retrying} to retry, {got.failed} failed"
-            except Exception as exc:  # a deliver hook of the caller's
-                sent, undelivered = {}, f"{type(exc).__name__}: {exc}"
+            daemon.deliver()  # the store's errors go to store_errors; receivers' stay in the result
+            got = daemon.alerts.last_delivery
+            sent = {"delivered": got.delivered, "retrying": got.retrying, "failed": got.failed}
+            undelivered = None
+            if got.retrying or got.failed:
+                undelivered = (f"{got.retrying} kept in the outbox for the next run, {got.failed} given up"
+                               + (f": {'; '.join(got.errors)}" if got.errors else ""))
     windows = result.windows
     data = {
         "leader": True,
@@ -275,8 +273,8 @@ def run(config: Config, once: bool = False, fmt: str = "text") -> int:
         f"evaluated {len(windows)} windows{span}, wrote {result.written} results"
         + (f", skipped {result.skipped} older windows" if result.skipped else "")
         + f"; watermark {data['watermark']}"
-        + (f"; {sent.get('delivered', 0)} notifications delivered" if undelivered is None
-           else f"; delivery failed ({undelivered}): the outbox keeps what was not delivered")
+        + (f"; {sent['delivered']} notifications delivered" if undelivered is None
+           else f"; delivery failed ({undelivered})")
     )
     _emit(fmt, text, data)
     return 0 if undelivered is None else 1

@@ -109,11 +109,11 @@ def test_like_glob() -> None:
     assert hits == [("mover.attr.brand",)]
 
 
-@pytest.mark.parametrize("pattern", ["[*]", "!retrain", "!prev*", "*_*", "x[*]?", "it's", "[?]"])
+@pytest.mark.parametrize("pattern", ["[*]", "!retrain", "!prev*", "*_*", "x[*]?", "it's", "[?]", "!!x", "!"])
 def test_like_glob_selects_what_the_rules_select(pattern: str) -> None:
     from alerts.rules import _label_matches
 
-    values = ["*", "2", "retrain", "previous_version", "trailing", "x*y", "x*", "it's", "?", "a_b", "ab"]
+    values = ["*", "2", "retrain", "previous_version", "trailing", "x*y", "x*", "it's", "?", "a_b", "ab", "!x", "x", ""]
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE r (v TEXT)")
     db.executemany("INSERT INTO r VALUES (?)", [(v,) for v in values])

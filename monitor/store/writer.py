@@ -109,9 +109,10 @@ def _copy_types(conn: Connection, table: Table) -> dict[str, str] | None:
     key = (conn.engine.url.render_as_string(hide_password=True), table.name)
     types = _COPY_TYPES.get(key)
     if types is None:
+        # the table the unqualified COPY will reach: the search_path's, as to_regclass resolves it
         got = dict(conn.execute(
-            text("SELECT column_name, udt_name FROM information_schema.columns "
-                 "WHERE table_schema = current_schema() AND table_name = :t"),
+            text("SELECT a.attname, ty.typname FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid "
+                 "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"),
             {"t": table.name},
         ).all())
         cols = [c.name for c in table.columns if c.name != "id"]
