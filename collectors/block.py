@@ -187,20 +187,7 @@ def block_from_batch(e, *, max_length: int) -> Block:
     if rids is not None and len(rids) != B:
         rids = None
         codes[codes == 0] = CODE["length_mismatch"]
-    item_vals = None
-    if ids is not None:
-        if ids.shape != (B, L):
-            codes[codes == 0] = CODE["length_mismatch"]
-        else:
-            item_vals = ids
-    attr_vals = {}
-    for k, v in (attrs or {}).items():
-        if not label_ok(k):
-            codes[codes == 0] = CODE["bad_label"]
-        elif v.shape != (B, L):
-            codes[codes == 0] = CODE["length_mismatch"]
-        else:
-            attr_vals[k] = v
+    item_vals, attr_vals = _key_values(codes, B, L, ids, attrs)
     if padding == "right":
         W, item_vals, attr_vals = _to_left(W, lens, item_vals, attr_vals)
     block = Block(
@@ -217,6 +204,28 @@ def block_from_batch(e, *, max_length: int) -> Block:
     return block
 
 
+def _key_values(codes: np.ndarray, B: int, L: int, ids, attrs) -> tuple[np.ndarray | None, dict]:
+    """Item ids and attribute values of shape (B, L), as arrays; a wrong shape or label
+    rejects every row not rejected yet (their order: ids, then each attribute)."""
+    item_vals = None
+    if ids is not None:
+        ids = np.asarray(ids)
+        if ids.shape != (B, L):
+            codes[codes == 0] = CODE["length_mismatch"]
+        else:
+            item_vals = ids
+    attr_vals = {}
+    for k, v in (attrs or {}).items():
+        v = np.asarray(v)
+        if not label_ok(k):
+            codes[codes == 0] = CODE["bad_label"]
+        elif v.shape != (B, L):
+            codes[codes == 0] = CODE["length_mismatch"]
+        else:
+            attr_vals[k] = v
+    return item_vals, attr_vals
+
+
 def block_from_summaries(s, *, max_length: int) -> Block:
     """The block of a batch reduced on the model's device (`collectors.torch.Summaries`):
     no weights (the metrics come with it), and the checks `block_from_batch` and
@@ -230,22 +239,7 @@ def block_from_summaries(s, *, max_length: int) -> Block:
     if rids is not None and len(rids) != B:
         rids = None
         codes[codes == 0] = CODE["length_mismatch"]
-    item_vals = None
-    if s.item_ids is not None:
-        ids = np.asarray(s.item_ids)
-        if ids.shape != (B, L):
-            codes[codes == 0] = CODE["length_mismatch"]
-        else:
-            item_vals = ids
-    attr_vals = {}
-    for k, v in (s.attributes or {}).items():
-        v = np.asarray(v)
-        if not label_ok(k):
-            codes[codes == 0] = CODE["bad_label"]
-        elif v.shape != (B, L):
-            codes[codes == 0] = CODE["length_mismatch"]
-        else:
-            attr_vals[k] = v
+    item_vals, attr_vals = _key_values(codes, B, L, s.item_ids, s.attributes)
     block = Block(
         rows=np.arange(B),
         layout=(s.layers, s.heads),
