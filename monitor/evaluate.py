@@ -26,9 +26,7 @@ from monitor import stats
 from monitor.baselines import (
     RETRAIN,
     Baselines,
-    bind_rows,
     choose,
-    copy_rows,
     deployments,
     gc_paused,
     sketch_std,
@@ -38,6 +36,7 @@ from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
 from monitor.sketch import EDGES, M, Sketch, merge_all, merge_encoded
 from monitor.store import tables as t
+from monitor.store.bulk import bind_rows, copy_rows
 from monitor.store.maintenance import as_utc
 
 COL = {m: i for i, m in enumerate(ALL_METRICS)}

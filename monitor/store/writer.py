@@ -9,9 +9,9 @@ that lack them (spill files written before that) get them from their payload whe
 batch is made (`FlushBatch.__post_init__`, on the collector's background thread, not in
 the write's transaction; monitor.store.positions).
 
-On PostgreSQL with psycopg 3, the `window_aggregates` rows go in with a binary COPY in
-the same transaction (the bulk of a flush: an INSERT of many rows costs more than twice
-as much); every other row, and every other database, with INSERTs.
+The `window_aggregates` rows, the bulk of a flush, go in through monitor.store.bulk in
+the same transaction: a COPY on PostgreSQL with psycopg 3 (an INSERT of many rows costs
+more than twice as much), one executemany on SQLite; every other row with INSERTs.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Table, select, text
+from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from monitor.store import positions
 from monitor.store import tables as t
+from monitor.store.bulk import bulk_insert
 
 
 @dataclass
@@ -73,53 +74,10 @@ def write_batch(engine: Engine, batch: FlushBatch) -> bool:
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
-    """Add `rows` (dicts with every column but `id`) to `table`, in the caller's
-    transaction: a binary COPY on PostgreSQL with psycopg 3, else an executemany INSERT."""
-    types = _copy_types(conn, table)
-    if types is None:
-        conn.execute(table.insert(), rows)
-        return
-    cols = list(types)
-    raw = conn.connection.driver_connection
-    try:
-        with raw.cursor() as cur, cur.copy(
-            f"COPY {table.name} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)"
-        ) as cp:
-            cp.set_types(list(types.values()))
-            for r in rows:
-                cp.write_row([r.get(c) for c in cols])
-    except Exception as exc:
-        if raw.closed or raw.broken:  # the pool must not hand this connection out again
-            conn.invalidate(exc)
-        raise
-
-
-# (engine URL, table) -> {column: server type name}, for the tables a COPY loads (the URL
-# names the database and, in its options, the schema)
-_COPY_TYPES: dict[tuple[str, str], dict[str, str]] = {}
-
-
-def _copy_types(conn: Connection, table: Table) -> dict[str, str] | None:
-    """The column types a binary COPY into `table` sets (None: no COPY, INSERT instead).
-
-    Read from the server once per engine URL and table: a binary COPY must send each
-    value in its column's own wire format."""
-    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
-        return None
-    key = (conn.engine.url.render_as_string(hide_password=True), table.name)
-    types = _COPY_TYPES.get(key)
-    if types is None:
-        # the table the unqualified COPY will reach: the search_path's, as to_regclass resolves it
-        got = dict(conn.execute(
-            text("SELECT a.attname, ty.typname FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid "
-                 "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"),
-            {"t": table.name},
-        ).all())
-        cols = [c.name for c in table.columns if c.name != "id"]
-        if not set(cols) <= set(got):
-            return None  # not migrated as this code expects: let the INSERT say what is wrong
-        types = _COPY_TYPES[key] = {c: got[c] for c in cols}
-    return types
+    """Add `rows` (dicts of the columns but `id`; a missing one is NULL) to `table` in the
+    caller's transaction (monitor.store.bulk: COPY on PostgreSQL, executemany on SQLite)."""
+    cols = [c.name for c in table.columns if c.name != "id"]
+    bulk_insert(conn, table, cols, [tuple(r.get(c) for c in cols) for r in rows])
 
 
 def _already_written(engine: Engine, batch: FlushBatch) -> bool:

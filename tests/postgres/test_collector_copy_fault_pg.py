@@ -4,10 +4,10 @@ dying in the middle of that COPY loses nothing and counts nothing twice."""
 from __future__ import annotations
 
 import numpy as np
+import psycopg
 
 from collectors import AttentionCollector
 from monitor import Store
-from monitor.store import writer
 
 T0 = 1_800_000_000.0
 
@@ -17,17 +17,15 @@ def test_the_store_dying_mid_copy_spills_the_batch_and_replays_it_once(own_datab
     rng = np.random.default_rng(1)
     clock = [T0]
     kill = {"on": False, "hits": 0}
-    copy = writer.insert_rows
+    write_row = psycopg.Copy.write_row
 
-    class DyingAfterFirstRow(list):
-        def __iter__(self):
-            for i, row in enumerate(super().__iter__()):
-                yield row
-                if i == 0 and kill["on"]:
-                    kill["hits"] += 1
-                    db.block(True)  # connections terminated, new ones refused
+    def dying_after_first_row(self, row):  # the server goes away once a row is on the wire
+        write_row(self, row)
+        if kill["on"] and kill["hits"] == 0:
+            kill["hits"] += 1
+            db.block(True)  # connections terminated, new ones refused
 
-    monkeypatch.setattr(writer, "insert_rows", lambda conn, table, rows: copy(conn, table, DyingAfterFirstRow(rows)))
+    monkeypatch.setattr(psycopg.Copy, "write_row", dying_after_first_row)
     sent = 0
     c = AttentionCollector(db.url, model="m", version="v1", spill_dir=tmp_path / "spill",
                            flush_interval_s=0.05, clock=lambda: clock[0])

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from monitor import baselines as bl
 from monitor.evaluate import _STAGE_TABLE, _write_dicts, write_results
 from monitor.sketch import Sketch
-from monitor.store import make_engine, migrate
+from monitor.store import bulk, make_engine, migrate
 from monitor.store import tables as t
 from monitor.topk import TopK
 from tests.test_evaluate_fast import check_writes_equal_the_sqlalchemy_insert, drift_rows
@@ -29,8 +29,8 @@ def two_schemas(pg_url):
 
 def test_writes_equal_the_sqlalchemy_insert(two_schemas, monkeypatch):
     used = []
-    binary_types = bl._binary_types
-    monkeypatch.setattr(bl, "_binary_types", lambda *a: used.append(binary_types(*a)) or used[-1])
+    binary_types = bulk._binary_types
+    monkeypatch.setattr(bulk, "_binary_types", lambda *a: used.append(binary_types(*a)) or used[-1])
     import monitor.evaluate as ev
 
     targets = []
@@ -51,7 +51,7 @@ def test_naive_timestamps_go_as_text_and_mean_the_same(two_schemas):
         for r in rows[::2]:
             r["window_start"] = r["window_start"].replace(tzinfo=None)  # read in the session's zone
         rows[3]["value"] = np.float64(0.25)
-        assert bl._binary_types(_STAGE_TABLE, ["window_start"], [(r["window_start"],) for r in rows]) is None
+        assert bulk._binary_types(_STAGE_TABLE, ["window_start"], [(r["window_start"],) for r in rows]) is None
         assert write_results(fast, rows) == _write_dicts(plain, rows) == 20
         assert write_results(fast, rows) == 0
         from tests.test_evaluate_fast import _dump

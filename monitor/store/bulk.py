@@ -1,0 +1,158 @@
+"""Bulk row writes: COPY on PostgreSQL (psycopg), one executemany on SQLite.
+
+Rows are tuples in a column order, bound as SQLAlchemy would bind them (bind_rows);
+COPY goes in binary where every value would go exactly as psycopg sends it as a
+parameter, else as text. Import-light: the collector's writer uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, LargeBinary, String, Table
+from sqlalchemy.engine import Connection
+
+
+def bind_rows(dialect, table: Table, cols: Sequence[str], rows: Iterable[Sequence]) -> list[tuple]:
+    """Row tuples (in `cols` order) as SQLAlchemy binds them: each column type's bind
+    processing for the dialect applied (e.g. SQLite's datetime text, JSON serialised).
+
+    Timestamps and JSON values are usually the same objects on every row (the window's
+    ends, a None detail): each distinct object is processed once.
+    """
+    procs = []
+    for i, c in enumerate(cols):
+        typ = table.c[c].type
+        proc = typ.dialect_impl(dialect).bind_processor(dialect)
+        if proc is not None:
+            procs.append((i, proc, isinstance(typ, DateTime | JSON)))
+    if not procs:
+        return [tuple(r) for r in rows]
+    out = []
+    memo: dict[tuple[int, int], object] = {}
+    for r in rows:
+        r = list(r)
+        for i, proc, shared in procs:
+            v = r[i]
+            if shared:
+                key = (i, id(v))  # the rows hold v: its id is not reused meanwhile
+                got = memo.get(key, memo)
+                if got is memo:
+                    got = memo[key] = proc(v)
+                r[i] = got
+            else:
+                r[i] = proc(v)
+        out.append(tuple(r))
+    return out
+
+
+def _qualified(conn: Connection, table: Table) -> str:
+    return conn.dialect.identifier_preparer.format_table(table)
+
+
+def _column_list(conn: Connection, cols: Sequence[str]) -> str:
+    q = conn.dialect.identifier_preparer.quote
+    return ", ".join(q(c) for c in cols)
+
+
+def _json_text(raw, rows: list[tuple], json_cols: Sequence[int]) -> list[tuple]:
+    """Rows with psycopg Json wrappers (what SQLAlchemy binds a JSON value to) replaced by
+    the text psycopg would send for them; each distinct wrapper dumped once."""
+    from psycopg.adapt import PyFormat
+    from psycopg.types.json import Json
+
+    dumper = raw.adapters.get_dumper(Json, PyFormat.TEXT)(Json, raw)
+    memo: dict[int, str] = {}
+    out = []
+    for r in rows:
+        r = list(r)
+        for i in json_cols:
+            v = r[i]
+            if isinstance(v, Json):
+                got = memo.get(id(v))
+                if got is None:
+                    got = memo[id(v)] = bytes(dumper.dump(v)).decode("utf-8")
+                r[i] = got
+        out.append(tuple(r))
+    return out
+
+
+def _binary_types(table: Table, cols: Sequence[str], rows: list[tuple]) -> list[str] | None:
+    """The COPY (FORMAT BINARY) type of each column, or None where some value would not
+    go in binary exactly as psycopg would send it as a parameter (then COPY as text)."""
+    out = []
+    for i, c in enumerate(cols):
+        typ = table.c[c].type
+        types = {type(r[i]) for r in rows} - {type(None)}
+        if isinstance(typ, JSON | String):  # JSON: text from _json_text, read by json_recv
+            name, ok = "text", all(ty is str for ty in types)
+        elif isinstance(typ, Float):
+            name, ok = "float8", all(issubclass(ty, float) for ty in types)
+        elif isinstance(typ, BigInteger):
+            name, ok = "int8", all(ty is int for ty in types)
+        elif isinstance(typ, Integer):  # int4: only values it holds (else the text COPY says so)
+            name = "int4"
+            ok = all(ty is int for ty in types) and all(
+                -(2**31) <= r[i] < 2**31 for r in rows if r[i] is not None)
+        elif isinstance(typ, LargeBinary):
+            from psycopg import Binary  # only a psycopg COPY asks
+
+            # psycopg's dialect binds bytes to psycopg.Binary, which goes as the same bytes
+            name, ok = "bytea", all(ty is bytes or issubclass(ty, Binary) for ty in types)
+        elif isinstance(typ, DateTime) and typ.timezone:
+            # a naive datetime is read in the session's time zone: left to the text format
+            distinct = {id(r[i]): r[i] for r in rows if r[i] is not None}.values()
+            name = "timestamptz"
+            ok = all(issubclass(ty, datetime) for ty in types) and all(
+                v.utcoffset() is not None for v in distinct
+            )
+        else:
+            return None
+        if not ok:
+            return None
+        out.append(name)
+    return out
+
+
+def copy_rows(conn: Connection, target: str, table: Table, cols: Sequence[str], rows: list[tuple]) -> None:
+    """PostgreSQL (psycopg): COPY bound row tuples (bind_rows) into `target` (a quoted
+    table name, of `table`'s column types, or text for its JSON columns)."""
+    raw = conn.connection.driver_connection
+    json_cols = [i for i, c in enumerate(cols) if isinstance(table.c[c].type, JSON)]
+    if json_cols:
+        rows = _json_text(raw, rows, json_cols)
+    types = _binary_types(table, cols, rows)
+    fmt = " (FORMAT BINARY)" if types else ""
+    try:
+        with raw.cursor() as cur:
+            with cur.copy(f"COPY {target} ({_column_list(conn, cols)}) FROM STDIN{fmt}") as cp:
+                if types:
+                    cp.set_types(types)
+                for r in rows:
+                    cp.write_row(r)
+    except Exception as exc:
+        # the COPY ran on the raw connection, behind SQLAlchemy's back: if the server went
+        # away meanwhile, the pool must not hand this connection out again
+        if raw.closed or raw.broken:
+            conn.invalidate(exc)
+        raise
+
+
+def bulk_insert(conn: Connection, table: Table, cols: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """Insert row tuples (in `cols` order) as `conn.execute(table.insert(), dicts)` would,
+    without its per-row statement work: COPY on PostgreSQL (psycopg), executemany of one
+    short statement on SQLite."""
+    if not rows:
+        return
+    dialect = conn.dialect
+    bound = bind_rows(dialect, table, cols, rows)
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        copy_rows(conn, _qualified(conn, table), table, cols, bound)
+    elif dialect.name == "sqlite" and dialect.driver == "pysqlite":
+        marks = ", ".join("?" * len(cols))
+        conn.exec_driver_sql(
+            f"INSERT INTO {_qualified(conn, table)} ({_column_list(conn, cols)}) VALUES ({marks})", bound
+        )
+    else:
+        conn.execute(table.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
