@@ -87,6 +87,17 @@ def force_weights_hooks(model) -> list:
             for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
 
 
+def forced_forward(model, seq) -> None:
+    """One forward with per-head weights forced on and nothing read: the capture's cost
+    to the model's own call, without the capture."""
+    hooks = force_weights_hooks(model)
+    try:
+        model(seq)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def measure(L: int, *, repeats: int, warmup: int = 3, device: str = "cpu",
             sync: Callable[[], None] = lambda: None, batch: int = BATCH,
             compile: bool = False, **model_kw) -> dict[str, np.ndarray]:
@@ -111,12 +122,7 @@ def measure(L: int, *, repeats: int, warmup: int = 3, device: str = "cpu",
             model(seq)
 
     def forced():
-        hs = force_weights_hooks(model)
-        try:
-            model(seq)
-        finally:
-            for h in hs:
-                h.remove()
+        forced_forward(model, seq)
 
     def copy_path():
         with cap_copy.batch(item_ids=seq, lengths=lengths, cohorts="web"):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.capture import batch_of, build_model, force_weights_hooks
+from benchmarks.capture import batch_of, build_model, forced_forward
 from benchmarks.report import Row, table
 from benchmarks.workload import quiet_collector, retire
 
@@ -76,18 +76,11 @@ def measure(cfg: dict, repeats: int, compile: bool, dev: str = "cuda") -> dict:
                 model(seq)
         return fn
 
-    def forced():
-        hs = force_weights_hooks(model)
-        try:
-            model(seq)
-        finally:
-            for h in hs:
-                h.remove()
 
     variants = {
         "fused forward": lambda: model(seq),
         "unsampled batch": in_batch(never),
-        "per-head weights forced": forced,
+        "per-head weights forced": lambda: forced_forward(model, seq),
         "capture, copy path": in_batch(cap_copy),
         "capture, on-device path": in_batch(cap_dev),
     }
