@@ -25,7 +25,7 @@ def test_empty_head_base_head_on_sqlite(
 
 
 def test_sqlite_url_fixture_is_at_head(sqlite_url: str) -> None:
-    assert migrate.current(sqlite_url) == migrate.head_revision() == "0004"
+    assert migrate.current(sqlite_url) == migrate.head_revision() == "0005"
     migrate.check(sqlite_url)
 
 
@@ -265,3 +265,64 @@ def check_band_backfill(url: str) -> None:
 
 def test_0004_backfills_the_position_bands_of_existing_rows(sqlite_url: str) -> None:
     check_band_backfill(sqlite_url)
+
+
+# -- 0005: drift_results keyed by window_end first ---------------------------------------------
+
+
+def check_drift_key_order(url: str) -> None:
+    """Results survive 0005's down- and upgrade, the key leads with window_end at head and
+    still refuses a second row for the same (series, statistic, window end)."""
+    from datetime import UTC, datetime, timedelta
+
+    from monitor.evaluate import write_results
+
+    migrate.upgrade(url)
+    end = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    rows = [dict(model="m", version="v1", cohort="*", layer=str(layer), head="*", statistic=stat,
+                 value=0.5 + layer, baseline_value=0.5, baseline_kind="trailing",
+                 window_start=end - timedelta(minutes=15), window_end=end, n_current=100,
+                 n_baseline=1000, detail=None, computed_at=end)
+             for layer in range(3) for stat in ("mean.entropy_norm", "psi.top1")]
+
+    def unique_keys() -> list[list[str]]:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                return [u["column_names"] for u in inspect(conn).get_unique_constraints("drift_results")]
+        finally:
+            engine.dispose()
+
+    def stored() -> set[tuple]:
+        dr = tables.drift_results
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                return {tuple(r) for r in conn.execute(select(dr.c.layer, dr.c.statistic, dr.c.value))}
+        finally:
+            engine.dispose()
+
+    engine = make_engine(url)
+    try:
+        assert write_results(engine, rows) == len(rows)
+    finally:
+        engine.dispose()
+    want = {(r["layer"], r["statistic"], r["value"]) for r in rows}
+    assert stored() == want
+    assert unique_keys() == [["window_end", "statistic", "model", "version", "cohort", "layer", "head"]]
+    migrate.downgrade(url, "0004")
+    assert stored() == want
+    assert unique_keys() == [["model", "version", "cohort", "layer", "head", "statistic", "window_end"]]
+    migrate.upgrade(url)
+    assert stored() == want
+    engine = make_engine(url)
+    try:
+        assert write_results(engine, [dict(r, value=9.0) for r in rows]) == 0  # the key still holds
+    finally:
+        engine.dispose()
+    assert stored() == want
+    migrate.check(url)
+
+
+def test_0005_keeps_results_and_keys_them_by_window_end_first(sqlite_url: str) -> None:
+    check_drift_key_order(sqlite_url)

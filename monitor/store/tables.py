@@ -180,18 +180,19 @@ drift_results = Table(
     Column("n_baseline", BigInteger, nullable=False),
     Column("detail", JSON),  # e.g. the attribute value that moved most
     Column("computed_at", TS, nullable=False),
-    # named by hand: the conventional name would pass PostgreSQL's 63-character limit
+    # named by hand: the conventional name would pass PostgreSQL's 63-character limit.
+    # window_end first (migration 0005): each cycle's rows append at the key's right
+    # edge, and the key serves reads by (window_end, statistic) too
     UniqueConstraint(
+        "window_end",
+        "statistic",
         "model",
         "version",
         "cohort",
         "layer",
         "head",
-        "statistic",
-        "window_end",
         name="uq_drift_results_series_statistic_window_end",
     ),
-    Index(None, "window_end", "statistic"),
     Index(None, "model", "version", "window_end"),
 )
 
