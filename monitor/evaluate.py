@@ -29,15 +29,15 @@ from monitor.baselines import (
     choose,
     deployments,
     gc_paused,
-    sketch_std,
 )
 from monitor.config import EvaluateConfig
 from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
-from monitor.sketch import EDGES, M, Sketch, merge_all, merge_encoded
+from monitor.sketch import BINS, EDGES, POSITIONS, M, Sketch, merge_encoded
 from monitor.store import tables as t
 from monitor.store.bulk import bind_rows, copy_rows
 from monitor.store.maintenance import as_utc
+from monitor.topk import TopK, merge_many
 
 COL = {m: i for i, m in enumerate(ALL_METRICS)}
 LIFT_MIN_RISE = 0.02  # lift.attr.*: only values that gained 2 points of attention share
@@ -61,21 +61,119 @@ def window_for(at: datetime, cfg: EvaluateConfig) -> tuple[datetime, datetime]:
     return end - timedelta(minutes=cfg.window_minutes), end
 
 
+@dataclass
+class Window:
+    """Every series' merged sketch over a window, as arrays with one row per series.
+
+    `keys` are the series in the order they first appear (oldest minute first). Per
+    minute with data (oldest first), `minute_n` and `minute_sums` hold each series' count
+    and metric sums (0 where a series has no row that minute). Top-K summaries, which only
+    some series carry, are kept by row index.
+    """
+
+    keys: list[tuple]
+    n: np.ndarray  # (S,) int64
+    rejected: np.ndarray  # (S,) int64
+    sums: np.ndarray  # (S, M)
+    sumsq: np.ndarray  # (S, M)
+    hist: np.ndarray  # (S, M, BINS) int64
+    pos: np.ndarray  # (S, POSITIONS)
+    minute_n: np.ndarray  # (S, minutes) int64
+    minute_sums: np.ndarray  # (S, minutes, M)
+    present: np.ndarray  # (S, minutes) bool: the series has a row that minute
+    topk: dict[int, tuple[TopK | None, dict[str, TopK]]]
+
+    def sketch(self, i: int) -> Sketch:
+        """Series i's merged sketch (its arrays are views of the window's)."""
+        items, attrs = self.topk.get(i, (None, {}))
+        return Sketch(int(self.n[i]), int(self.rejected[i]), self.sums[i], self.sumsq[i], self.hist[i],
+                      self.pos[i], items, attrs)
+
+    def sketches(self) -> dict[tuple, Sketch]:
+        return {k: self.sketch(i) for i, k in enumerate(self.keys)}
+
+
+@dataclass
+class _Minute:
+    """One minute's merged sketches, stacked (as Window, one minute)."""
+
+    keys: list[tuple]
+    n: np.ndarray
+    rejected: np.ndarray
+    sums: np.ndarray
+    sumsq: np.ndarray
+    hist: np.ndarray
+    pos: np.ndarray
+    topk: dict[int, tuple[TopK | None, dict[str, TopK]]]
+
+    @classmethod
+    def of(cls, sketches: dict[tuple, Sketch]) -> _Minute:
+        sks = list(sketches.values())
+        return cls(list(sketches), np.array([s.n for s in sks], dtype=np.int64),
+                   np.array([s.rejected for s in sks], dtype=np.int64),
+                   np.array([s.sums for s in sks]).reshape(len(sks), M),
+                   np.array([s.sumsq for s in sks]).reshape(len(sks), M),
+                   np.array([s.hist for s in sks], dtype=np.int64).reshape(len(sks), M, BINS),
+                   np.array([s.pos for s in sks]).reshape(len(sks), POSITIONS),
+                   {i: (s.items, s.attrs) for i, s in enumerate(sks) if s.items is not None or s.attrs})
+
+
+def _merge_minutes(minutes: list[_Minute]) -> Window:
+    """The window of these minutes (oldest first): equal, series by series, to merge_all of
+    its minute sketches in minute order (the float sums are added in that order too)."""
+    index: dict[tuple, int] = {}
+    for mn in minutes:
+        for k in mn.keys:
+            index.setdefault(k, len(index))
+    S, W = len(index), len(minutes)
+    n, rejected = np.zeros(S, dtype=np.int64), np.zeros(S, dtype=np.int64)
+    sums, sumsq = np.zeros((S, M)), np.zeros((S, M))
+    hist, pos = np.zeros((S, M, BINS), dtype=np.int64), np.zeros((S, POSITIONS))
+    minute_n, minute_sums = np.zeros((S, W), dtype=np.int64), np.zeros((S, W, M))
+    present = np.zeros((S, W), dtype=bool)
+    parts: dict[int, list[tuple[TopK | None, dict[str, TopK]]]] = {}
+    for w, mn in enumerate(minutes):
+        idx = np.fromiter((index[k] for k in mn.keys), dtype=np.intp, count=len(mn.keys))
+        n[idx] += mn.n  # a series has one row per minute: idx holds no repeats
+        rejected[idx] += mn.rejected
+        sums[idx] += mn.sums
+        sumsq[idx] += mn.sumsq
+        hist[idx] += mn.hist
+        pos[idx] += mn.pos
+        minute_n[idx, w] = mn.n
+        minute_sums[idx, w] = mn.sums
+        present[idx, w] = True
+        for i, tk in mn.topk.items():
+            parts.setdefault(int(idx[i]), []).append(tk)
+    seen = present.sum(axis=1)
+    topk = {}
+    for i, tks in parts.items():
+        if len(tks) == 1 and seen[i] == 1:  # as merge_all of one sketch: kept as it is
+            topk[i] = (tks[0][0], dict(tks[0][1]))
+            continue
+        items = [it for it, _ in tks if it is not None]
+        names = dict.fromkeys(name for _, at in tks for name in at)
+        topk[i] = (merge_many(items) if items else None,
+                   {name: merge_many([at[name] for _, at in tks if name in at]) for name in names})
+    return Window(list(index), n, rejected, sums, sumsq, hist, pos, minute_n, minute_sums, present, topk)
+
+
 class WindowReader:
     """Minute sketches of the recent past, decoded once and reused by overlapping windows.
 
     A cheap aggregate query fingerprints every minute in the window (row count, summed n,
     newest id); only minutes whose fingerprint changed (new, late or compacted rows) have
-    their payloads read again, every series of the minute at once.
+    their payloads read again, every series of the minute at once. Each minute is kept
+    stacked, so a window is merged with a few array sums per minute.
     """
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        # minute -> (fingerprint, {series: that minute's merged sketch}), series in row order
-        self._cache: dict[datetime, tuple[tuple, dict[tuple, Sketch]]] = {}
+        # minute -> (fingerprint, that minute's merged sketches stacked, series in row order)
+        self._cache: dict[datetime, tuple[tuple, _Minute]] = {}
 
-    def read(self, start: datetime, end: datetime):
-        """Merged sketch and per-minute (n, sums) of every series with rows in [start, end)."""
+    def read_window(self, start: datetime, end: datetime) -> Window:
+        """Every series with rows in [start, end), merged."""
         wa = t.window_aggregates
         labels = [wa.c.model, wa.c.version, wa.c.cohort, wa.c.layer, wa.c.head]
         where = (wa.c.bucket_start >= start, wa.c.bucket_start < end, wa.c.bucket_seconds == 60)
@@ -97,16 +195,18 @@ class WindowReader:
                         fresh[m].setdefault(tuple(row[:5]), []).append(
                             (row[6], row[7], row[8], row[9 : 9 + M], row[9 + M :]))
                 for m, series in fresh.items():
-                    self._cache[m] = (fps[m], {k: merge_encoded(parts) for k, parts in series.items()})
+                    sketches = {k: merge_encoded(parts) for k, parts in series.items()}
+                    self._cache[m] = (fps[m], _Minute.of(sketches))
         for m in [m for m in self._cache if m not in fps]:
             del self._cache[m]
-        # series in the order they first appear, oldest minute first; each one's minutes in order
-        by_series: dict[tuple, list[Sketch]] = {}
-        for m in sorted(self._cache):
-            for k, sk in self._cache[m][1].items():
-                by_series.setdefault(k, []).append(sk)
-        merged = {k: merge_all(sks) for k, sks in by_series.items()}
-        per_minute = {k: [(sk.n, sk.sums) for sk in sks] for k, sks in by_series.items()}
+        return _merge_minutes([self._cache[m][1] for m in sorted(self._cache)])
+
+    def read(self, start: datetime, end: datetime):
+        """Merged sketch and per-minute (n, sums) of every series with rows in [start, end)."""
+        win = self.read_window(start, end)
+        merged = win.sketches()
+        per_minute = {k: [(int(win.minute_n[i, w]), win.minute_sums[i, w]) for w in np.flatnonzero(win.present[i])]
+                      for i, k in enumerate(win.keys)}
         return merged, per_minute
 
 
@@ -128,35 +228,104 @@ def histogram_drift(pairs: list[tuple[Sketch, Sketch]], metrics: list[str]) -> n
 
 def series_statistics(
     cur: Sketch, base: Sketch, cfg: EvaluateConfig, head: str, per_minute: list | None = None,
-    drift: np.ndarray | None = None,
 ) -> list[tuple[str, float, float | None, dict | None]]:
     """(statistic, value, baseline_value, detail) for one series. Pure.
 
-    `drift`: this series' (3, metrics) slice of histogram_drift, when the caller computed
-    it for many series at once (an evaluation cycle does)."""
+    `per_minute`: the window's (n, sums) of each minute with data, oldest first (CUSUM)."""
+    minute_n = minute_sums = None
+    if per_minute:
+        minute_n = np.array([[n for n, _ in per_minute]], dtype=np.int64)
+        minute_sums = np.array([[np.asarray(s, dtype=np.float64) for _, s in per_minute]]).reshape(1, -1, M)
+    return batch_statistics([cur], [base], [head], cfg, minute_n, minute_sums)[0]
+
+
+def batch_statistics(
+    curs: list[Sketch], bases: list[Sketch], heads: list[str], cfg: EvaluateConfig,
+    minute_n: np.ndarray | None = None, minute_sums: np.ndarray | None = None,
+) -> list[list[tuple[str, float, float | None, dict | None]]]:
+    """series_statistics of many (current, baseline, head) at once: the per-metric and
+    position statistics and CUSUM as array operations over every series, the top-K ones
+    (roll-ups only) series by series. `minute_n` (series, minutes) and `minute_sums`
+    (series, minutes, M): each minute's count and sums, 0 where a series has none. Pure."""
+    T = len(curs)
+    if T == 0:
+        return []
+    cn = np.array([c.n for c in curs], dtype=np.float64)[:, None]
+    bn = np.array([b.n for b in bases], dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cmean = np.array([c.sums for c in curs]).reshape(T, M) / cn
+        bmean = np.array([b.sums for b in bases]).reshape(T, M) / bn
+        bsumsq = np.array([b.sumsq for b in bases]).reshape(T, M)
+        bstd = np.sqrt(np.maximum(bsumsq / bn - bmean * bmean, 0.0))  # as sketch_std, row by row
+        bstd[bn[:, 0] < 2] = np.nan
+        delta = (cmean - bmean) / np.maximum(bstd, stats.STD_FLOOR)  # stats.delta_sd
+    union = _metrics(cfg, ROLLUP)
+    drift = histogram_drift(list(zip(curs, bases, strict=True)), union)  # (3, T, metrics)
+    position = stats.js_distance_rows(np.array([b.pos for b in bases]), np.array([c.pos for c in curs]))
+    cusum = _cusum_rows(cmean, bmean, bstd, minute_n, minute_sums)
+    want = [w for w in ("mean", "delta", "psi", "js", "wasserstein") if w in set(cfg.statistics)]
+    # Python floats once, per array (float(x) of each numpy scalar would cost more)
+    cm, bm, dl, dr = cmean.tolist(), bmean.tolist(), delta.tolist(), drift.tolist()
+    pos_js = position.tolist()
+    cols = {h: [(m, COL[m], union.index(m)) for m in _metrics(cfg, h)] for h in set(heads)}
+    out = []
+    for i in range(T):
+        rows: list[tuple[str, float, float | None, dict | None]] = []
+        for m, j, u in cols[heads[i]]:
+            for w in want:
+                if w == "mean":
+                    rows.append((f"mean.{m}", cm[i][j], bm[i][j], None))
+                elif w == "delta":
+                    rows.append((f"delta.{m}", dl[i][j], 0.0, None))
+                else:
+                    rows.append((f"{w}.{m}", dr[_DRIFT_AT[w]][i][u], 0.0, None))
+        rows.append(("js.position_profile", pos_js[i], 0.0, None))
+        cur, base = curs[i], bases[i]
+        if cur.items is not None and base.items is not None or cur.attrs:
+            rows += _topk_statistics(cur, base)
+        for name, value in cusum[i]:
+            rows.append((name, value, 0.0, None))
+        out.append([r for r in rows if r[1] is not None and math.isfinite(r[1])])
+    return out
+
+
+_DRIFT_AT = {"psi": 0, "js": 1, "wasserstein": 2}  # histogram_drift's first axis
+
+
+def _cusum_rows(cmean, bmean, bstd, minute_n, minute_sums) -> list[list[tuple[str, float]]]:
+    """Per series, (cusum.<metric>, the end of its path) over the minutes with data: the
+    stats.cusum recursion run on every series at once (a minute without data is skipped)."""
+    T = len(cmean)
+    out: list[list[tuple[str, float]]] = [[] for _ in range(T)]
+    if minute_n is None or minute_sums is None or minute_n.shape[1] == 0:
+        return out
+    has = minute_n > 0
+    any_data = has.any(axis=1)
+    for m in CUSUM_METRICS:
+        j = COL[m]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = minute_sums[:, :, j] / np.where(has, minute_n, 1)
+            scale = np.maximum(bstd[:, j], stats.STD_FLOOR)
+            z = (x - bmean[:, j][:, None]) / scale[:, None]
+        hi, lo = np.zeros(T), np.zeros(T)
+        last_nan = np.zeros(T, dtype=bool)  # stats.cusum: a NaN step ends the path on NaN
+        for w in range(x.shape[1]):
+            zt = z[:, w]
+            nan = np.isnan(zt)
+            step = has[:, w] & ~nan
+            last_nan = np.where(has[:, w], nan, last_nan)
+            # fmax: Python's max(0.0, nan) is 0.0, as stats.cusum computes it
+            np.copyto(hi, np.fmax(0.0, hi + zt - 0.5), where=step)
+            np.copyto(lo, np.fmax(0.0, lo - zt - 0.5), where=step)
+        end = np.where(last_nan, np.nan, np.maximum(hi, lo)).tolist()
+        for i in np.flatnonzero(any_data):
+            out[i].append((f"cusum.{m}", end[i]))
+    return out
+
+
+def _topk_statistics(cur: Sketch, base: Sketch) -> list[tuple[str, float, float | None, dict | None]]:
+    """The item and attribute-value statistics of one series (roll-ups carry top-K)."""
     out: list[tuple[str, float, float | None, dict | None]] = []
-    cmean, bmean, bstd = cur.sums / cur.n, base.sums / base.n, sketch_std(base)
-    metrics = _metrics(cfg, head)
-    if metrics:
-        # every metric at once: one (metrics, BINS) array per side; equal to the per-metric
-        # functions (stats.psi, js_distance, wasserstein_hist) row by row
-        idx = [COL[m] for m in metrics]
-        psi, js, wd = histogram_drift([(cur, base)], metrics)[:, 0] if drift is None else drift
-        cm, bm = cmean[idx], bmean[idx]
-        delta = (cm - bm) / np.maximum(bstd[idx], stats.STD_FLOOR)  # stats.delta_sd
-        want = set(cfg.statistics)
-        for i, m in enumerate(metrics):
-            if "mean" in want:
-                out.append((f"mean.{m}", float(cm[i]), float(bm[i]), None))
-            if "delta" in want:
-                out.append((f"delta.{m}", float(delta[i]), 0.0, None))
-            if "psi" in want:
-                out.append((f"psi.{m}", float(psi[i]), 0.0, None))
-            if "js" in want:
-                out.append((f"js.{m}", float(js[i]), 0.0, None))
-            if "wasserstein" in want:
-                out.append((f"wasserstein.{m}", float(wd[i]), 0.0, None))
-    out.append(("js.position_profile", stats.js_profile(base.pos, cur.pos), 0.0, None))
     if cur.items is not None and base.items is not None:
         cs, bs = cur.items.shares(), base.items.shares()
         top = sorted(cs.items(), key=lambda kv: -kv[1])[:10]
@@ -188,14 +357,7 @@ def series_statistics(
             lift_value = c / max(b, 1e-3)
             lift_detail = {"value": key, "baseline_share": b, "share": c}
         out.append((f"lift.attr.{name}", lift_value, 1.0, lift_detail))
-    if per_minute:
-        for m in CUSUM_METRICS:
-            j = COL[m]
-            xs = np.array([s[j] / n for n, s in per_minute if n > 0])
-            if len(xs):
-                path = stats.cusum(xs, float(bmean[j]), float(bstd[j]))
-                out.append((f"cusum.{m}", float(path[-1]), 0.0, None))
-    return [(name, v, b, d) for name, v, b, d in out if v is not None and math.isfinite(v)]
+    return out
 
 
 def evaluate_cycle(
@@ -214,7 +376,9 @@ def _evaluate_cycle(
     start, end = window_for(at, cfg)
     baselines = baselines or Baselines(engine, cfg)
     reader = reader or WindowReader(engine)
-    merged, minutes = reader.read(start, end)
+    window = reader.read_window(start, end)
+    merged = window.sketches()
+    row_of = {k: i for i, k in enumerate(window.keys)}
     now = datetime.now(UTC)
     rows: list[tuple] = []  # in _RESULT_COLS order
     todo: list[tuple] = []  # (key, current, baseline, ref, baseline head) of the series evaluated
@@ -241,15 +405,12 @@ def _evaluate_cycle(
             skipped += 1
             continue
         todo.append((key, cur, base, ref, base_head))
-    # the histogram statistics of every series in one vectorised pass per metric set
-    drift: dict[int, np.ndarray] = {}
-    for is_rollup in (False, True):
-        part = [i for i, item in enumerate(todo) if (item[0][4] == ROLLUP) == is_rollup]
-        got = histogram_drift([todo[i][1:3] for i in part], _metrics(cfg, ROLLUP if is_rollup else ""))
-        drift.update((i, got[:, j]) for j, i in enumerate(part))
-    for i, (key, cur, base, ref, base_head) in enumerate(todo):
+    at_rows = [row_of[item[0]] for item in todo]
+    per_series = batch_statistics([x[1] for x in todo], [x[2] for x in todo], [x[0][4] for x in todo], cfg,
+                                  window.minute_n[at_rows], window.minute_sums[at_rows])
+    for (key, cur, base, ref, base_head), found in zip(todo, per_series, strict=True):
         model, version, cohort, layer, head = key
-        for stat, value, bval, detail in series_statistics(cur, base, cfg, head, minutes[key], drift[i]):
+        for stat, value, bval, detail in found:
             if base_head != head and stat in _SAYS_MATCHED:
                 detail = {**(detail or {}), "baseline_head": base_head}
             rows.append((model, version, cohort, layer, head, stat, value, bval, ref.kind, start, end,

@@ -1,7 +1,8 @@
 """The evaluation cycle's fast paths give what the plain ones give.
 
 - stats: the per-row (M, BINS) functions equal the 1-D ones row by row;
-- series_statistics equals the per-metric statistics functions;
+- series_statistics equals the per-metric statistics functions, and batch_statistics
+  (every series of a cycle at once) equals series_statistics series by series;
 - sketch: from_parts / merge_encoded equal Sketch.from_row / merge_all;
 - store writes: drift_results written by one executemany (SQLite) hold exactly what the
   SQLAlchemy insert wrote, with the same count and idempotency;
@@ -29,6 +30,7 @@ from monitor.evaluate import (
     COL,
     WindowReader,
     _write_dicts,
+    batch_statistics,
     evaluate_cycle,
     series_statistics,
     write_results,
@@ -152,6 +154,60 @@ def test_series_statistics_equal_the_per_metric_functions(head):
     empty = Sketch(n=cur.n, sums=cur.sums, sumsq=cur.sumsq, pos=cur.pos)  # zero histograms
     names = [name for name, *_ in series_statistics(empty, base, cfg, head)]
     assert "psi.top1" not in names and "mean.top1" in names
+
+
+def _cusum_end(per_minute: list, base: Sketch, m: str = "entropy_norm") -> float | None:
+    """stats.cusum's last value on the minutes with data (None: no minute had data)."""
+    j = COL[m]
+    xs = [s[j] / n for n, s in per_minute if n > 0]
+    if not xs:
+        return None
+    bmean = base.sums[j] / base.n
+    return float(st.cusum(xs, float(bmean), float(bl.sketch_std(base)[j]))[-1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batch_statistics_equal_series_statistics_series_by_series(seed):
+    """Many series at once, as a cycle computes them: per-head and roll-up series, with and
+    without top-K, minutes missing here and there, a baseline of one vector (no std)."""
+    rng = np.random.default_rng(seed)
+    cfg = EvaluateConfig(statistics=["mean", "delta", "psi", "js", "wasserstein"])
+    curs, bases, heads, minutes = [], [], [], []
+    for i in range(12):
+        base = _sketch(rng, int(rng.integers(50, 800)), items=bool(i % 3))
+        cur = _sketch(rng, int(rng.integers(50, 800)), shift=float(rng.uniform(0, 1)), items=bool(i % 3))
+        if i % 4 == 0:
+            cur.attrs = {}
+        if i == 5:  # one vector: its std is NaN, so delta and cusum are left out
+            base = Sketch(n=1, sums=base.sums / base.n, sumsq=(base.sums / base.n) ** 2,
+                          hist=base.hist, pos=base.pos)
+        W = 6
+        n = rng.integers(0, 40, W) * (rng.random(W) < 0.7)  # some minutes empty
+        if i == 7:
+            n[:] = 0  # no minute with data: no cusum row
+        sums = rng.uniform(0, 1, (W, M)) * n[:, None]
+        curs.append(cur)
+        bases.append(base)
+        heads.append("*" if i % 2 else str(i))
+        minutes.append((n, sums))
+    minute_n = np.array([n for n, _ in minutes])
+    minute_sums = np.array([s for _, s in minutes])
+    got = batch_statistics(curs, bases, heads, cfg, minute_n, minute_sums)
+    assert len(got) == len(curs)
+    for i, rows in enumerate(got):
+        per_minute = [(int(n), s) for n, s in zip(*minutes[i], strict=True) if n > 0]
+        one = series_statistics(curs[i], bases[i], cfg, heads[i], per_minute)
+        assert [r[0] for r in rows] == [r[0] for r in one]
+        for a, b in zip(rows, one, strict=True):
+            assert _close(a[1], b[1]) and (a[2] == b[2] or _close(a[2], b[2])) and a[3] == b[3], (a, b)
+        found = dict((r[0], r[1]) for r in rows)
+        end = _cusum_end(per_minute, bases[i])
+        if end is None or not math.isfinite(end):
+            assert "cusum.entropy_norm" not in found
+        else:
+            assert found["cusum.entropy_norm"] == end
+        assert ("delta.top1" in found) == (i != 5)
+        assert ("items.hhi" in found) == (curs[i].items is not None and bases[i].items is not None)
 
 
 # --- sketch: decoding rows -------------------------------------------------------------------

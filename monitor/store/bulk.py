@@ -26,25 +26,26 @@ def bind_rows(dialect, table: Table, cols: Sequence[str], rows: Iterable[Sequenc
         typ = table.c[c].type
         proc = typ.dialect_impl(dialect).bind_processor(dialect)
         if proc is not None:
-            procs.append((i, proc, isinstance(typ, DateTime | JSON)))
-    if not procs:
+            kind = "shared" if isinstance(typ, DateTime | JSON) else "float" if isinstance(typ, Float) else ""
+            procs.append((i, proc, kind))
+    rows = rows if isinstance(rows, list) else list(rows)
+    if not procs or not rows:
         return [tuple(r) for r in rows]
-    out = []
-    memo: dict[tuple[int, int], object] = {}
-    for r in rows:
-        r = list(r)
-        for i, proc, shared in procs:
-            v = r[i]
-            if shared:
-                key = (i, id(v))  # the rows hold v: its id is not reused meanwhile
-                got = memo.get(key, memo)
-                if got is memo:
-                    got = memo[key] = proc(v)
-                r[i] = got
-            else:
-                r[i] = proc(v)
-        out.append(tuple(r))
-    return out
+    # column by column: one comprehension per processed column instead of a Python loop
+    # over every value of every row (several times faster on ~20k rows)
+    data = list(zip(*rows, strict=True))
+    if len(data) != len(cols):
+        raise ValueError(f"rows have {len(data)} values, expected {len(cols)} ({', '.join(cols)})")
+    for i, proc, kind in procs:
+        col = data[i]
+        if kind == "shared":
+            memo: dict[int, object] = {}  # the rows hold each v: its id is not reused meanwhile
+            data[i] = [memo[id(v)] if id(v) in memo else memo.setdefault(id(v), proc(v)) for v in col]
+        elif kind == "float":  # a float binds as itself (the processor is float(v))
+            data[i] = [v if type(v) is float else proc(v) for v in col]
+        else:
+            data[i] = list(map(proc, col))
+    return list(zip(*data))
 
 
 def _qualified(conn: Connection, table: Table) -> str:
