@@ -35,7 +35,7 @@ from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
 from monitor.sketch import BINS, EDGES, POSITIONS, M, Sketch, merge_encoded
 from monitor.store import tables as t
-from monitor.store.bulk import bind_rows, copy_rows
+from monitor.store.bulk import bind_rows, copy_rows, sqlite_insert
 from monitor.store.maintenance import as_utc
 from monitor.topk import TopK, merge_many
 
@@ -214,16 +214,19 @@ def _metrics(cfg: EvaluateConfig, head: str) -> list[str]:
     return list(dict.fromkeys(list(cfg.metrics) + (["head_diversity"] if head == ROLLUP else [])))
 
 
-def histogram_drift(pairs: list[tuple[Sketch, Sketch]], metrics: list[str]) -> np.ndarray:
+def histogram_drift(pairs: list[tuple[Sketch, Sketch]], metrics: list[str],
+                    which: tuple[str, ...] = ("psi", "js", "wasserstein")) -> np.ndarray:
     """(psi, js, wasserstein) of `metrics` for many (current, baseline) pairs at once:
-    shape (3, pairs, metrics); row by row equal to stats.psi, js_distance, wasserstein_hist."""
+    shape (3, pairs, metrics); row by row equal to stats.psi, js_distance, wasserstein_hist.
+    Only the statistics in `which` are computed; the others are NaN."""
     if not pairs or not metrics:
-        return np.zeros((3, len(pairs), len(metrics)))
+        return np.full((3, len(pairs), len(metrics)), np.nan)
     idx = [COL[m] for m in metrics]
     ch = np.concatenate([c.hist[idx] for c, _ in pairs])
     bh = np.concatenate([b.hist[idx] for _, b in pairs])
     edges = [EDGES[m] for m in metrics] * len(pairs)
-    return np.stack(stats.histogram_drift_rows(bh, ch, edges)).reshape(3, len(pairs), len(metrics))
+    got = stats.histogram_drift_rows(bh, ch, edges, which=which)
+    return np.stack(got).reshape(3, len(pairs), len(metrics))
 
 
 def series_statistics(
@@ -260,7 +263,7 @@ def batch_statistics(
         bstd[bn[:, 0] < 2] = np.nan
         delta = (cmean - bmean) / np.maximum(bstd, stats.STD_FLOOR)  # stats.delta_sd
     union = _metrics(cfg, ROLLUP)
-    drift = histogram_drift(list(zip(curs, bases, strict=True)), union)  # (3, T, metrics)
+    drift = histogram_drift(list(zip(curs, bases, strict=True)), union, tuple(cfg.statistics))  # (3, T, metrics)
     position = stats.js_distance_rows(np.array([b.pos for b in bases]), np.array([c.pos for c in curs]))
     cusum = _cusum_rows(cmean, bmean, bstd, minute_n, minute_sums)
     want = [w for w in ("mean", "delta", "psi", "js", "wasserstein") if w in set(cfg.statistics)]
@@ -323,11 +326,69 @@ def _cusum_rows(cmean, bmean, bstd, minute_n, minute_sums) -> list[list[tuple[st
     return out
 
 
+def _shares(tk: TopK) -> tuple[list[str], np.ndarray]:
+    """(keys, shares) of TopK.shares() as a key list and an array (nothing when total <= 0)."""
+    if tk.total <= 0:
+        return [], np.empty(0)
+    return tk.keys.tolist(), tk.counts / tk.total
+
+
+class _Aligned:
+    """Two share distributions over the union of their keys, as arrays: the work behind
+    stats.shares_js, top_movers and top_lift, done once per (baseline, current) pair."""
+
+    def __init__(self, base: TopK, cur: TopK):
+        bkeys, bsh = _shares(base)
+        ckeys, csh = _shares(cur)
+        index = {k: i for i, k in enumerate(bkeys)}
+        self.cur_at = np.fromiter((index.setdefault(k, len(index)) for k in ckeys), dtype=np.intp,
+                                  count=len(ckeys))
+        self.keys = list(index)
+        self.b = np.zeros(len(index))
+        self.b[: len(bkeys)] = bsh
+        self.c = np.zeros(len(index))
+        self.c[self.cur_at] = csh
+        self.ckeys, self.csh = ckeys, csh
+
+    def js(self) -> float:
+        """stats.shares_js(base, cur): in sorted key order, with the leftover bucket."""
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        pv, qv = self.b[order], self.c[order]
+        pv = np.append(pv, max(1.0 - pv.sum(), 0.0))
+        qv = np.append(qv, max(1.0 - qv.sum(), 0.0))
+        return stats.js_distance(pv, qv)
+
+    def movers(self, n: int) -> list[tuple[str, float, float]]:
+        """stats.top_movers(base, cur, n): the n largest |moves|, ties by key."""
+        d = np.abs(self.c - self.b)
+        if len(d) > n:  # only keys that can be among the n (ties at the cut included)
+            cand = np.flatnonzero(d >= np.partition(d, len(d) - n)[len(d) - n])
+        else:
+            cand = np.arange(len(d))
+        b, c = self.b.tolist(), self.c.tolist()
+        rows = [(self.keys[i], b[i], c[i]) for i in cand.tolist()]
+        rows.sort(key=lambda r: (-abs(r[2] - r[1]), r[0]))
+        return rows[:n]
+
+    def lift(self, slack: float, min_rise: float, floor: float = 1e-3) -> tuple[str, float, float] | None:
+        """stats.top_lift({k: base share + slack for k in cur}, cur, min_rise, floor)."""
+        b = self.b[self.cur_at] + slack
+        rise = np.flatnonzero(self.csh - b >= min_rise)
+        if not len(rise):
+            return None
+        lifts = self.csh[rise] / np.maximum(b[rise], floor)
+        best = rise[lifts == lifts.max()].tolist()
+        i = min(best, key=self.ckeys.__getitem__)
+        return self.ckeys[i], float(b[i]), float(self.csh[i])
+
+
 def _topk_statistics(cur: Sketch, base: Sketch) -> list[tuple[str, float, float | None, dict | None]]:
-    """The item and attribute-value statistics of one series (roll-ups carry top-K)."""
+    """The item and attribute-value statistics of one series (roll-ups carry top-K): equal
+    to the stats functions on TopK.shares() (tests/test_evaluate_fast.py)."""
     out: list[tuple[str, float, float | None, dict | None]] = []
     if cur.items is not None and base.items is not None:
-        cs, bs = cur.items.shares(), base.items.shares()
+        cs = stats.ShareMap(zip(*_shares(cur.items), strict=True))
+        bs = stats.ShareMap(zip(*_shares(base.items), strict=True))
         top = sorted(cs.items(), key=lambda kv: -kv[1])[:10]
         # the items themselves, for the items dashboard and the alert's reader
         detail = {"top": [{"item": str(k), "share": float(v),
@@ -338,9 +399,10 @@ def _topk_statistics(cur: Sketch, base: Sketch) -> list[tuple[str, float, float 
     for name, tk in cur.attrs.items():
         if name not in base.attrs:
             continue
-        cs, bs = tk.shares(), base.attrs[name].shares()
-        out.append((f"js.attr.{name}", stats.shares_js(bs, cs), 0.0, None))
-        movers = stats.top_movers(bs, cs, n=3)
+        btk = base.attrs[name]
+        pair = _Aligned(btk, tk)
+        out.append((f"js.attr.{name}", pair.js(), 0.0, None))
+        movers = pair.movers(3)
         if movers:
             key, b, c = movers[0]
             detail = {"value": key, "baseline_share": b, "share": c,
@@ -348,9 +410,8 @@ def _topk_statistics(cur: Sketch, base: Sketch) -> list[tuple[str, float, float 
             out.append((f"mover.attr.{name}", abs(c - b), b, detail))
         # the baseline's upper bound for each current value: a value its top-K dropped
         # is not "new" unless it beats that bound too (as rollback-check reads it)
-        btk = base.attrs[name]
         slack = btk.bound() / btk.total if btk.total > 0 else 0.0
-        lifted = stats.top_lift({k: bs.get(k, 0.0) + slack for k in cs}, cs, LIFT_MIN_RISE)
+        lifted = pair.lift(slack, LIFT_MIN_RISE)
         lift_value, lift_detail = 1.0, None
         if lifted:
             key, b, c = lifted
@@ -497,20 +558,17 @@ def _write_dicts(engine: Engine, rows: list[dict]) -> int:
 
 
 def _write_sqlite(engine: Engine, tuples: list[tuple]) -> int:
-    # one short statement, executemany'd; what it inserted is the connection's change
-    # count (a row the unique key ignores changes nothing)
+    # many rows a statement; what it inserted is the connection's change count (a row the
+    # unique key ignores changes nothing)
     with engine.begin() as conn:
         bound = bind_rows(conn.dialect, t.drift_results, _RESULT_COLS, tuples)
         q = conn.dialect.identifier_preparer.quote
-        sql = (
-            f"INSERT INTO {conn.dialect.identifier_preparer.format_table(t.drift_results)} "
-            f"({', '.join(q(c) for c in _RESULT_COLS)}) "
-            f"VALUES ({', '.join('?' * len(_RESULT_COLS))}) "
-            f"ON CONFLICT ({', '.join(q(c) for c in _RESULT_KEY)}) DO NOTHING"
-        )
+        head = (f"INSERT INTO {conn.dialect.identifier_preparer.format_table(t.drift_results)} "
+                f"({', '.join(q(c) for c in _RESULT_COLS)})")
+        tail = f"ON CONFLICT ({', '.join(q(c) for c in _RESULT_KEY)}) DO NOTHING"
         raw = conn.connection.driver_connection
         before = raw.total_changes
-        conn.exec_driver_sql(sql, bound)
+        sqlite_insert(conn, head, bound, tail)
         return raw.total_changes - before
 
 

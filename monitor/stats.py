@@ -249,11 +249,18 @@ def wasserstein_hist_rows(p_counts: Any, q_counts: Any, edges: Any) -> np.ndarra
 
 
 def histogram_drift_rows(
-    expected_counts: Any, actual_counts: Any, edges: Any, eps: float = 1e-4
+    expected_counts: Any, actual_counts: Any, edges: Any, eps: float = 1e-4,
+    which: Iterable[str] = ("psi", "js", "wasserstein"),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(psi_rows, js_distance_rows, wasserstein_hist_rows) of the same rows, validated once."""
+    """(psi_rows, js_distance_rows, wasserstein_hist_rows) of the same rows, validated once.
+
+    Only the statistics named in `which` are computed; the others come back all NaN."""
     p, q, ok = _pair_rows(expected_counts, actual_counts)
-    return _psi_rows(p, q, ok, eps), _js_rows(p, q, ok), _wasserstein_rows(p, q, ok, edges)
+    which = set(which)
+    skipped = np.full(len(p), math.nan)
+    return (_psi_rows(p, q, ok, eps) if "psi" in which else skipped,
+            _js_rows(p, q, ok) if "js" in which else skipped.copy(),
+            _wasserstein_rows(p, q, ok, edges) if "wasserstein" in which else skipped.copy())
 
 
 # Uniform signature (baseline_counts, current_counts, edges) so config can name any of them.
@@ -278,8 +285,15 @@ def register_statistic(name: str, fn: Statistic, *, replace: bool = False) -> No
 Shares = Mapping[str, float] | Any
 
 
+class ShareMap(dict):
+    """A share dict already as _as_shares makes it (str keys, float values): the functions
+    below take it as it is, so a caller computing several statistics converts once."""
+
+
 def _as_shares(x: Shares) -> dict[str, float]:
     """A share dict from a dict or a TopK-like object (anything with .shares())."""
+    if isinstance(x, ShareMap):
+        return x
     shares = x.shares() if hasattr(x, "shares") else x
     return {str(k): float(v) for k, v in shares.items()}
 

@@ -210,6 +210,68 @@ def test_batch_statistics_equal_series_statistics_series_by_series(seed):
         assert ("items.hhi" in found) == (curs[i].items is not None and bases[i].items is not None)
 
 
+def _topk(rng: np.random.Generator, keys: np.ndarray, k: int, ties: bool) -> TopK:
+    mass = rng.exponential(1.0, len(keys)) * (rng.random(len(keys)) < 0.7)
+    if ties:
+        mass = np.round(mass * 4) / 4  # equal shares, equal moves and lifts
+    return TopK.from_counts(keys, mass, k)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_topk_statistics_equal_the_stats_functions(seed):
+    """The array version of the item and attribute statistics against stats.shares_js,
+    top_movers, top_lift, top_share, hhi and new_in_top on TopK.shares()."""
+    from monitor.evaluate import LIFT_MIN_RISE, _topk_statistics
+
+    rng = np.random.default_rng(seed)
+    keys = np.array([f"v{k:03d}" for k in range(60)], dtype=object)
+    ties = bool(seed % 2)
+    base, cur = Sketch(n=10), Sketch(n=10)
+    base.items, cur.items = _topk(rng, keys, 32, ties), _topk(rng, keys[10:], 32, ties)
+    base.attrs = {"brand": _topk(rng, keys[:40], 16, ties), "empty": TopK.empty(8)}
+    cur.attrs = {"brand": _topk(rng, keys[20:], 16, ties), "empty": _topk(rng, keys, 8, ties),
+                 "new": _topk(rng, keys, 8, ties)}  # "new": no baseline side, no rows
+    got = {r[0]: r for r in _topk_statistics(cur, base)}
+    cs, bs = cur.items.shares(), base.items.shares()
+    assert got["items.top10_share"][1:3] == (st.top_share(cs, 10), st.top_share(bs, 10))
+    assert got["items.hhi"][1:3] == (st.hhi(cs), st.hhi(bs))
+    assert got["items.new_in_top"][1] == st.new_in_top(cs, base.items, 10)
+    assert [d["item"] for d in got["items.top10_share"][3]["top"]] == \
+        [k for k, _ in sorted(cs.items(), key=lambda kv: -kv[1])[:10]]
+    for name in ("brand", "empty"):
+        btk, ctk = base.attrs[name], cur.attrs[name]
+        b, c = btk.shares(), ctk.shares()
+        assert _close(got[f"js.attr.{name}"][1], st.shares_js(b, c))
+        movers = st.top_movers(b, c, n=3)
+        assert [(m["value"], m["baseline_share"], m["share"]) for m in got[f"mover.attr.{name}"][3]["movers"]] \
+            == movers
+        slack = btk.bound() / btk.total if btk.total > 0 else 0.0
+        want = st.top_lift({k: b.get(k, 0.0) + slack for k in c}, c, LIFT_MIN_RISE)
+        _, value, bval, detail = got[f"lift.attr.{name}"]
+        assert bval == 1.0
+        if want is None:
+            assert (value, detail) == (1.0, None)
+        else:
+            assert (detail["value"], detail["baseline_share"], detail["share"]) == want
+            assert value == want[2] / max(want[1], 1e-3)
+    assert not [k for k in got if k.endswith(".new")]
+
+
+def test_topk_lift_picks_the_largest_lift_then_the_smallest_key():
+    from monitor.evaluate import LIFT_MIN_RISE, _topk_statistics
+
+    keys = np.array([f"b{k}" for k in range(10)], dtype=object)
+    base, cur = Sketch(n=10), Sketch(n=10)
+    base.attrs = {"brand": TopK.from_counts(keys, np.array([10.0] * 8 + [1.0, 1.0]), 16)}
+    # b8 and b9 both grow 1 -> 6 (the same lift), b7 grows less than the minimum rise
+    cur.attrs = {"brand": TopK.from_counts(keys, np.array([10.0] * 7 + [10.5, 6.0, 6.0]), 16)}
+    c, b = cur.attrs["brand"].shares(), base.attrs["brand"].shares()
+    want = st.top_lift(b, c, LIFT_MIN_RISE)
+    assert want is not None and want[0] == "b8"
+    detail = {r[0]: r for r in _topk_statistics(cur, base)}["lift.attr.brand"][3]
+    assert (detail["value"], detail["baseline_share"], detail["share"]) == want
+
+
 # --- sketch: decoding rows -------------------------------------------------------------------
 def _parts(s: Sketch) -> tuple:
     r = s.to_row()

@@ -7,8 +7,10 @@ parameter, else as text. Import-light: the collector's writer uses it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from itertools import chain
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, LargeBinary, String, Table
 from sqlalchemy.engine import Connection
@@ -45,7 +47,31 @@ def bind_rows(dialect, table: Table, cols: Sequence[str], rows: Iterable[Sequenc
             data[i] = [v if type(v) is float else proc(v) for v in col]
         else:
             data[i] = list(map(proc, col))
-    return list(zip(*data))
+    return list(zip(*data, strict=True))
+
+
+def sqlite_insert(conn: Connection, head: str, rows: Sequence[tuple], tail: str = "") -> None:
+    """`head VALUES (?, ...), (?, ...), ... tail` for bound rows, many rows a statement:
+    a third cheaper than an executemany of one row a statement (fewer statement steps)."""
+    if not rows:
+        return
+    width = len(rows[0])
+    limit = conn.connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per = max(1, min(_SQLITE_ROWS, limit // width))
+    one = "(" + ", ".join("?" * width) + ")"
+    full = None
+    for i in range(0, len(rows), per):
+        chunk = rows[i : i + per]
+        if len(chunk) == per and full is not None:
+            sql = full
+        else:
+            sql = f"{head} VALUES {', '.join([one] * len(chunk))} {tail}"
+            if len(chunk) == per:
+                full = sql
+        conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
+
+
+_SQLITE_ROWS = 500  # rows a statement: past a few hundred nothing more is gained
 
 
 def _qualified(conn: Connection, table: Table) -> str:
@@ -151,9 +177,6 @@ def bulk_insert(conn: Connection, table: Table, cols: Sequence[str], rows: Seque
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
         copy_rows(conn, _qualified(conn, table), table, cols, bound)
     elif dialect.name == "sqlite" and dialect.driver == "pysqlite":
-        marks = ", ".join("?" * len(cols))
-        conn.exec_driver_sql(
-            f"INSERT INTO {_qualified(conn, table)} ({_column_list(conn, cols)}) VALUES ({marks})", bound
-        )
+        sqlite_insert(conn, f"INSERT INTO {_qualified(conn, table)} ({_column_list(conn, cols)})", bound)
     else:
         conn.execute(table.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
