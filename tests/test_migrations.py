@@ -271,8 +271,9 @@ def test_0004_backfills_the_position_bands_of_existing_rows(sqlite_url: str) -> 
 
 
 def check_drift_key_order(url: str) -> None:
-    """Results survive 0005's down- and upgrade, the key leads with window_end at head and
-    still refuses a second row for the same (series, statistic, window end)."""
+    """Results survive 0005's down- and upgrade, the key leads with window_end at head (the
+    table's only index besides the primary key) and still refuses a second row for the
+    same (series, statistic, window end)."""
     from datetime import UTC, datetime, timedelta
 
     from monitor.evaluate import write_results
@@ -293,6 +294,15 @@ def check_drift_key_order(url: str) -> None:
         finally:
             engine.dispose()
 
+    def indexes() -> list[list[str]]:
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                return sorted(i["column_names"] for i in inspect(conn).get_indexes("drift_results")
+                              if not i.get("unique"))
+        finally:
+            engine.dispose()
+
     def stored() -> set[tuple]:
         dr = tables.drift_results
         engine = make_engine(url)
@@ -310,9 +320,11 @@ def check_drift_key_order(url: str) -> None:
     want = {(r["layer"], r["statistic"], r["value"]) for r in rows}
     assert stored() == want
     assert unique_keys() == [["window_end", "statistic", "model", "version", "cohort", "layer", "head"]]
+    assert indexes() == []  # the key serves every read
     migrate.downgrade(url, "0004")
     assert stored() == want
     assert unique_keys() == [["model", "version", "cohort", "layer", "head", "statistic", "window_end"]]
+    assert indexes() == [["model", "version", "window_end"], ["window_end", "statistic"]]
     migrate.upgrade(url)
     assert stored() == want
     engine = make_engine(url)

@@ -83,35 +83,33 @@ def _column_list(conn: Connection, cols: Sequence[str]) -> str:
     return ", ".join(q(c) for c in cols)
 
 
-def _json_text(raw, rows: list[tuple], json_cols: Sequence[int]) -> list[tuple]:
-    """Rows with psycopg Json wrappers (what SQLAlchemy binds a JSON value to) replaced by
-    the text psycopg would send for them; each distinct wrapper dumped once."""
+def _json_text(raw, col: Sequence) -> list:
+    """A column with psycopg Json wrappers (what SQLAlchemy binds a JSON value to) replaced
+    by the text psycopg would send for them; each distinct wrapper dumped once."""
     from psycopg.adapt import PyFormat
     from psycopg.types.json import Json
 
     dumper = raw.adapters.get_dumper(Json, PyFormat.TEXT)(Json, raw)
     memo: dict[int, str] = {}
     out = []
-    for r in rows:
-        r = list(r)
-        for i in json_cols:
-            v = r[i]
-            if isinstance(v, Json):
-                got = memo.get(id(v))
-                if got is None:
-                    got = memo[id(v)] = bytes(dumper.dump(v)).decode("utf-8")
-                r[i] = got
-        out.append(tuple(r))
+    for v in col:
+        if isinstance(v, Json):
+            got = memo.get(id(v))
+            if got is None:
+                got = memo[id(v)] = bytes(dumper.dump(v)).decode("utf-8")
+            v = got
+        out.append(v)
     return out
 
 
-def _binary_types(table: Table, cols: Sequence[str], rows: list[tuple]) -> list[str] | None:
-    """The COPY (FORMAT BINARY) type of each column, or None where some value would not
-    go in binary exactly as psycopg would send it as a parameter (then COPY as text)."""
+def _binary_types(table: Table, cols: Sequence[str], data: Sequence[Sequence]) -> list[str] | None:
+    """The COPY (FORMAT BINARY) type of each column (`data`: the values column by column),
+    or None where some value would not go in binary exactly as psycopg would send it as a
+    parameter (then COPY as text)."""
     out = []
-    for i, c in enumerate(cols):
+    for c, col in zip(cols, data, strict=True):
         typ = table.c[c].type
-        types = {type(r[i]) for r in rows} - {type(None)}
+        types = set(map(type, col)) - {type(None)}
         if isinstance(typ, JSON | String):  # JSON: text from _json_text, read by json_recv
             name, ok = "text", all(ty is str for ty in types)
         elif isinstance(typ, Float):
@@ -120,8 +118,7 @@ def _binary_types(table: Table, cols: Sequence[str], rows: list[tuple]) -> list[
             name, ok = "int8", all(ty is int for ty in types)
         elif isinstance(typ, Integer):  # int4: only values it holds (else the text COPY says so)
             name = "int4"
-            ok = all(ty is int for ty in types) and all(
-                -(2**31) <= r[i] < 2**31 for r in rows if r[i] is not None)
+            ok = all(ty is int for ty in types) and all(-(2**31) <= v < 2**31 for v in col if v is not None)
         elif isinstance(typ, LargeBinary):
             from psycopg import Binary  # only a psycopg COPY asks
 
@@ -129,7 +126,7 @@ def _binary_types(table: Table, cols: Sequence[str], rows: list[tuple]) -> list[
             name, ok = "bytea", all(ty is bytes or issubclass(ty, Binary) for ty in types)
         elif isinstance(typ, DateTime) and typ.timezone:
             # a naive datetime is read in the session's time zone: left to the text format
-            distinct = {id(r[i]): r[i] for r in rows if r[i] is not None}.values()
+            distinct = {id(v): v for v in col if v is not None}.values()
             name = "timestamptz"
             ok = all(issubclass(ty, datetime) for ty in types) and all(
                 v.utcoffset() is not None for v in distinct
@@ -146,10 +143,16 @@ def copy_rows(conn: Connection, target: str, table: Table, cols: Sequence[str], 
     """PostgreSQL (psycopg): COPY bound row tuples (bind_rows) into `target` (a quoted
     table name, of `table`'s column types, or text for its JSON columns)."""
     raw = conn.connection.driver_connection
+    if not rows:
+        return
+    # column by column (one pass of C-level work per column, not a Python loop per value)
+    data = list(zip(*rows, strict=True))
     json_cols = [i for i, c in enumerate(cols) if isinstance(table.c[c].type, JSON)]
+    for i in json_cols:
+        data[i] = _json_text(raw, data[i])
     if json_cols:
-        rows = _json_text(raw, rows, json_cols)
-    types = _binary_types(table, cols, rows)
+        rows = list(zip(*data, strict=True))
+    types = _binary_types(table, cols, data)
     fmt = " (FORMAT BINARY)" if types else ""
     try:
         with raw.cursor() as cur:

@@ -182,7 +182,8 @@ drift_results = Table(
     Column("computed_at", TS, nullable=False),
     # named by hand: the conventional name would pass PostgreSQL's 63-character limit.
     # window_end first (migration 0005): each cycle's rows append at the key's right
-    # edge, and the key serves reads by (window_end, statistic) too
+    # edge, and the key serves every read (by window and statistic, a version's results
+    # over a time range, retention), so the table has no other index
     UniqueConstraint(
         "window_end",
         "statistic",
@@ -193,7 +194,6 @@ drift_results = Table(
         "head",
         name="uq_drift_results_series_statistic_window_end",
     ),
-    Index(None, "model", "version", "window_end"),
 )
 
 # Baselines a person pinned by name (`attnmon baseline pin`).

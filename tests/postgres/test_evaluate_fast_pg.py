@@ -51,7 +51,7 @@ def test_naive_timestamps_go_as_text_and_mean_the_same(two_schemas):
         for r in rows[::2]:
             r["window_start"] = r["window_start"].replace(tzinfo=None)  # read in the session's zone
         rows[3]["value"] = np.float64(0.25)
-        assert bulk._binary_types(_STAGE_TABLE, ["window_start"], [(r["window_start"],) for r in rows]) is None
+        assert bulk._binary_types(_STAGE_TABLE, ["window_start"], [[r["window_start"] for r in rows]]) is None
         assert write_results(fast, rows) == _write_dicts(plain, rows) == 20
         assert write_results(fast, rows) == 0
         from tests.test_evaluate_fast import _dump
