@@ -57,13 +57,11 @@ def bin_index(values: np.ndarray, metrics: tuple[str, ...] = ALL_METRICS) -> np.
         x *= scale
     else:  # v - 0.0 is v
         x = np.multiply(v, scale, dtype=np.float64)
-    np.floor(x, out=x)
+    # (astype truncates: the bins of (-1, 0) differ from floor's, but clip makes both 0)
     out = x.astype(np.int64)
     np.clip(out, 0, BINS - 1, out=out)
     for j in searched:
-        d = np.searchsorted(EDGES[metrics[j]], v[:, j], side="right") - 1
-        np.clip(d, 0, BINS - 1, out=d)
-        out[:, j] = d
+        out[:, j] = _distance_bins(v[:, j])
     if has_nan:
         np.copyto(out, BINS, where=nan)
     return out
@@ -76,6 +74,32 @@ def _bin_consts(metrics: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list[
         0.0 if EDGES[m] is _DISTANCE else BINS / (EDGES[m][-1] - EDGES[m][0]) for m in metrics
     ])
     return lo, scale, [j for j, m in enumerate(metrics) if EDGES[m] is _DISTANCE]
+
+
+def _half_steps(edges: np.ndarray) -> np.ndarray | None:
+    """The bin of each floor(2 v) in [0, 2 * last finite edge], when every finite edge is a
+    multiple of 0.5 (then v >= edge exactly when floor(2 v) >= 2 * edge); else None."""
+    finite = edges[np.isfinite(edges)]
+    twice = finite * 2
+    if not (twice == np.round(twice)).all() or finite[0] < 0 or twice[-1] > 1 << 16:
+        return None
+    table = np.searchsorted(edges, np.arange(int(twice[-1]) + 1) / 2, side="right") - 1
+    return np.clip(table, 0, BINS - 1)
+
+
+_DISTANCE_TABLE = _half_steps(_DISTANCE)
+
+
+def _distance_bins(col: np.ndarray) -> np.ndarray:
+    """The searchsorted bins of the distance edges (clipped to [0, BINS)), by a table lookup
+    of floor(2 v), several times faster than the binary search. `col` holds no NaN."""
+    table = _DISTANCE_TABLE
+    if table is None:
+        d = np.searchsorted(_DISTANCE, col, side="right") - 1
+        return np.clip(d, 0, BINS - 1, out=d)
+    t = np.clip(col, 0, (len(table) - 1) / 2)
+    t *= 2  # (exact)
+    return table.take(t.astype(np.intp))
 
 
 def _bin_index_columns(values: np.ndarray, metrics=ALL_METRICS) -> np.ndarray:
