@@ -56,8 +56,12 @@ class RetentionConfig(_Strict):
     events_days: float = Field(7, gt=0)
     minute_aggregates_days: float = Field(3, gt=0)
     write_batches_days: float = Field(14, gt=0)
-    # drift results grow with series x statistics x minutes (1,000 series: ~26M rows a day)
+    # drift results grow with series x statistics x minutes (1,000 series: ~17M rows a day)
     drift_results_days: float = Field(30, gt=0)
+
+
+Statistic = Literal["mean", "delta", "psi", "js", "wasserstein"]
+STATISTICS = ("mean", "delta", "psi", "js", "wasserstein")  # per-metric statistics, written in this order
 
 
 class EvaluateConfig(_Strict):
@@ -66,10 +70,15 @@ class EvaluateConfig(_Strict):
     # below this many vectors in the window or the baseline, a series is not compared
     min_samples: int = Field(300, gt=0)
     metrics: list[str] = ["entropy_norm", "top1", "recency5", "distance", "gini"]
-    # what is written per metric: mean.*, delta.*, psi.* by default (what the rules and
-    # dashboards read); js.* and wasserstein.* on request. Each costs a row per series
-    # and minute (1,000 series: 1.4M rows a day each).
-    statistics: list[Literal["mean", "delta", "psi", "js", "wasserstein"]] = ["mean", "delta", "psi"]
+    # what is written per metric: mean.*, delta.*, psi.* by default; js.* and wasserstein.*
+    # on request. Each costs a row per series and minute (1,000 series: 1.4M rows a day).
+    statistics: list[Statistic] = ["mean", "delta", "psi"]
+    # ... except for the metrics named here. By default the metrics no shipped rule or
+    # dashboard reads the mean or delta of get PSI alone (their distribution shift, one
+    # row): a third fewer rows. {} writes `statistics` for every metric.
+    statistics_by_metric: dict[str, list[Statistic]] = {
+        "top1": ["psi"], "distance": ["psi"], "gini": ["psi"], "head_diversity": ["psi"],
+    }
     baseline_hours: float = Field(24, gt=0)
     trailing_gap_hours: float = Field(1, ge=0)
     previous_version_hours: float = Field(24, ge=0)  # how long after a deploy it is compared with its predecessor
@@ -84,6 +93,21 @@ class EvaluateConfig(_Strict):
         if bad:
             raise ValueError(f"unknown metric(s) {bad}; known: {list(ALL_METRICS)}")
         return value
+
+    @field_validator("statistics_by_metric")
+    @classmethod
+    def _known_metric_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from monitor.metrics import ALL_METRICS
+
+        bad = [m for m in value if m not in ALL_METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; known: {list(ALL_METRICS)}")
+        return value
+
+    def statistics_for(self, metric: str) -> list[str]:
+        """What is written for `metric`, in the order mean, delta, psi, js, wasserstein."""
+        chosen = set(self.statistics_by_metric.get(metric, self.statistics))
+        return [s for s in STATISTICS if s in chosen]
 
 
 class DaemonConfig(_Strict):

@@ -263,18 +263,19 @@ def batch_statistics(
         bstd[bn[:, 0] < 2] = np.nan
         delta = (cmean - bmean) / np.maximum(bstd, stats.STD_FLOOR)  # stats.delta_sd
     union = _metrics(cfg, ROLLUP)
-    drift = histogram_drift(list(zip(curs, bases, strict=True)), union, tuple(cfg.statistics))  # (3, T, metrics)
+    wanted = {m: cfg.statistics_for(m) for m in union}
+    drift = histogram_drift(list(zip(curs, bases, strict=True)), union,
+                            tuple({w for ws in wanted.values() for w in ws}))  # (3, T, metrics)
     position = stats.js_distance_rows(np.array([b.pos for b in bases]), np.array([c.pos for c in curs]))
     cusum = _cusum_rows(cmean, bmean, bstd, minute_n, minute_sums)
-    want = [w for w in ("mean", "delta", "psi", "js", "wasserstein") if w in set(cfg.statistics)]
     # Python floats once, per array (float(x) of each numpy scalar would cost more)
     cm, bm, dl, dr = cmean.tolist(), bmean.tolist(), delta.tolist(), drift.tolist()
     pos_js = position.tolist()
-    cols = {h: [(m, COL[m], union.index(m)) for m in _metrics(cfg, h)] for h in set(heads)}
+    cols = {h: [(m, COL[m], union.index(m), wanted[m]) for m in _metrics(cfg, h)] for h in set(heads)}
     out = []
     for i in range(T):
         rows: list[tuple[str, float, float | None, dict | None]] = []
-        for m, j, u in cols[heads[i]]:
+        for m, j, u, want in cols[heads[i]]:
             for w in want:
                 if w == "mean":
                     rows.append((f"mean.{m}", cm[i][j], bm[i][j], None))

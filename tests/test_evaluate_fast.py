@@ -123,7 +123,7 @@ def test_series_statistics_equal_the_per_metric_functions(head):
     rng = np.random.default_rng(1)
     base, cur = _sketch(rng, 2000), _sketch(rng, 500, shift=0.5)
     cfg = EvaluateConfig(metrics=["entropy_norm", "top1", "distance", "gini", "top1"],
-                         statistics=["mean", "delta", "psi", "js", "wasserstein"])
+                         statistics=["mean", "delta", "psi", "js", "wasserstein"], statistics_by_metric={})
     got = {name: (v, b) for name, v, b, _ in series_statistics(cur, base, cfg, head, [(cur.n, cur.sums)])}
     metrics = ["entropy_norm", "top1", "distance", "gini"] + (["head_diversity"] if head == "*" else [])
     bstd = bl.sketch_std(base)
@@ -143,6 +143,12 @@ def test_series_statistics_equal_the_per_metric_functions(head):
     assert {n.split(".", 1)[0] for n in lean} == {"mean", "delta", "psi", "js", "items", "mover", "lift", "cusum"}
     assert not [n for n in lean if n.startswith("wasserstein.") or n.split(".")[1] in ALL_METRICS and
                 n.startswith("js.")]  # js.position_profile and js.attr.* stay
+    # ... and for the metrics no shipped rule or dashboard reads the mean of, PSI alone
+    per_metric = {m: sorted(n.split(".")[0] for n in lean if n.split(".", 1)[1] == m and not n.startswith("cusum."))
+                  for m in ALL_METRICS}
+    assert per_metric["entropy_norm"] == per_metric["recency5"] == ["delta", "mean", "psi"]
+    assert per_metric["top1"] == per_metric["distance"] == per_metric["gini"] == ["psi"]
+    assert per_metric["head_diversity"] == (["psi"] if head == "*" else [])
     # lift.attr.*: the value that grew most times over, judged on the baseline's upper bound
     btk = base.attrs["brand"]
     upper = {k: v + btk.bound() / btk.total for k, v in btk.shares().items()}
@@ -171,7 +177,8 @@ def test_batch_statistics_equal_series_statistics_series_by_series(seed):
     """Many series at once, as a cycle computes them: per-head and roll-up series, with and
     without top-K, minutes missing here and there, a baseline of one vector (no std)."""
     rng = np.random.default_rng(seed)
-    cfg = EvaluateConfig(statistics=["mean", "delta", "psi", "js", "wasserstein"])
+    cfg = EvaluateConfig(statistics=["mean", "delta", "psi", "js", "wasserstein"],
+                         statistics_by_metric={"gini": ["wasserstein", "mean"]})
     curs, bases, heads, minutes = [], [], [], []
     for i in range(12):
         base = _sketch(rng, int(rng.integers(50, 800)), items=bool(i % 3))
@@ -207,6 +214,7 @@ def test_batch_statistics_equal_series_statistics_series_by_series(seed):
         else:
             assert found["cusum.entropy_norm"] == end
         assert ("delta.top1" in found) == (i != 5)
+        assert {n for n in found if n.endswith(".gini")} == {"mean.gini", "wasserstein.gini"}
         assert ("items.hhi" in found) == (curs[i].items is not None and bases[i].items is not None)
 
 
