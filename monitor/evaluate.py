@@ -132,8 +132,11 @@ def _merge_minutes(minutes: list[_Minute]) -> Window:
     minute_n, minute_sums = np.zeros((S, W), dtype=np.int64), np.zeros((S, W, M))
     present = np.zeros((S, W), dtype=bool)
     parts: dict[int, list[tuple[TopK | None, dict[str, TopK]]]] = {}
+    first = np.arange(S)
     for w, mn in enumerate(minutes):
         idx = np.fromiter((index[k] for k in mn.keys), dtype=np.intp, count=len(mn.keys))
+        if np.array_equal(idx, first[: len(idx)]):  # the usual case: the same series, in order
+            idx = slice(0, len(idx))  # (in place, no gather and scatter)
         n[idx] += mn.n  # a series has one row per minute: idx holds no repeats
         rejected[idx] += mn.rejected
         sums[idx] += mn.sums
@@ -144,7 +147,7 @@ def _merge_minutes(minutes: list[_Minute]) -> Window:
         minute_sums[idx, w] = mn.sums
         present[idx, w] = True
         for i, tk in mn.topk.items():
-            parts.setdefault(int(idx[i]), []).append(tk)
+            parts.setdefault(i if isinstance(idx, slice) else int(idx[i]), []).append(tk)
     seen = present.sum(axis=1)
     topk = {}
     for i, tks in parts.items():

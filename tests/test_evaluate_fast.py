@@ -578,6 +578,36 @@ def test_window_reader_merges_each_series_in_minute_order(four_hours):
     assert set(per_minute) == set(merged) and all(len(v) == 15 for v in per_minute.values())
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_merged_minutes_equal_merge_all_series_by_series(shuffle):
+    """The window's array merge against merge_all of each series' minutes, with minutes in
+    the same series order (added in place) or not (gathered), series missing from some
+    minutes, and top-K on some series only."""
+    from monitor.evaluate import _merge_minutes, _Minute
+
+    rng = np.random.default_rng(3)
+    keys = [("m", "v", c, "0", h) for c in ("a", "*") for h in ("0", "1", "*")]
+    minutes, by_series = [], {k: [] for k in keys}
+    for w in range(6):
+        here = [k for k in keys if w == 0 or rng.random() < 0.8]
+        if shuffle:
+            here = [here[i] for i in rng.permutation(len(here))]
+        sketches = {}
+        for k in here:
+            sk = _sketch(rng, int(rng.integers(20, 200)), shift=float(rng.uniform(0, 1)), items=k[2] == "*")
+            if k[4] != "*":
+                sk.attrs = {}
+            sketches[k] = sk
+            by_series[k].append(sk)
+        minutes.append(_Minute.of(sketches))
+    win = _merge_minutes(minutes)
+    assert set(win.keys) == set(keys)
+    for i, k in enumerate(win.keys):
+        _same(win.sketch(i), merge_all(by_series[k]))
+        assert win.present[i].sum() == len(by_series[k])
+        np.testing.assert_array_equal(win.minute_n[i][win.present[i]], [s.n for s in by_series[k]])
+
+
 def test_kept_hour_partials_are_those_of_cached_trailing_baselines(sqlite_url):
     b = bl.Baselines(make_engine(sqlite_url), CFG)
     h = lambda k: T(60 * k)  # noqa: E731
