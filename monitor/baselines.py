@@ -262,6 +262,10 @@ class Baselines:
         self._cache_size = cache_size
         self._hours: dict[tuple[str, str, datetime], dict[SeriesKey, Sketch]] = {}
 
+    def holds(self, model: str, ref: BaselineRef) -> bool:
+        """Whether this baseline is in the cache (get() would not read the store)."""
+        return (model, ref.kind, ref.ref, ref.version) in self._cache
+
     def get(self, model: str, ref: BaselineRef) -> dict[SeriesKey, Sketch]:
         key = (model, ref.kind, ref.ref, ref.version)
         hit = self._cache.get(key)

@@ -70,7 +70,13 @@ from alerts.service import AlertService
 from monitor.baselines import Baselines, prune
 from monitor.config import Config
 from monitor.errors import ConfigError
-from monitor.evaluate import CycleResult, WindowReader, evaluate_cycle, window_for
+from monitor.evaluate import (
+    CycleResult,
+    WindowReader,
+    evaluate_cycle,
+    prepare_baselines,
+    window_for,
+)
 from monitor.store import tables as t
 from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, redact
 from monitor.store.maintenance import MaintenanceResult, as_utc, maintain
@@ -522,7 +528,19 @@ class Daemon:
             self._metrics.written.inc(result.written)
             self._metrics.series.set(result.series)
             done.append(result)
+        if done:
+            self._prepare(done[-1])
         return CatchUp(tuple(done), skipped, self._watermark, complete=len(done) == len(ends))
+
+    def _prepare(self, result: CycleResult) -> None:
+        """The next hour's trailing baselines, after the results are written (a failure
+        only means the turnover cycle builds them itself)."""
+        try:
+            for ref in prepare_baselines(self.engine, result, self.config.evaluate, self._baselines):
+                log.info("prepared baseline %s of %s", ref.ref, ref.version)
+        except Exception:
+            log.warning("preparing the next hour's baselines failed; the turnover cycle builds them",
+                        exc_info=True)
 
     def deliver(self, now: datetime | None = None) -> int:
         """Call every deliver hook; the first failure is raised after all have run."""

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from monitor import stats
 from monitor.baselines import (
     RETRAIN,
+    BaselineRef,
     Baselines,
     choose,
     deployments,
@@ -52,6 +53,7 @@ class CycleResult:
     series: int  # series evaluated (enough samples on both sides)
     skipped: int  # series below min_samples
     written: int  # rows inserted (0 on a rerun)
+    versions: tuple[tuple[str, str], ...] = ()  # the (model, version)s with data in the window
 
 
 def window_for(at: datetime, cfg: EvaluateConfig) -> tuple[datetime, datetime]:
@@ -481,7 +483,32 @@ def _evaluate_cycle(
             rows.append((model, version, cohort, layer, head, stat, value, bval, ref.kind, start, end,
                          cur.n, base.n, detail, now))
     written = _write_tuples(engine, rows)
-    return CycleResult(start, end, len(todo), skipped, written)
+    return CycleResult(start, end, len(todo), skipped, written, tuple(sorted(refs)))
+
+
+# How long after the newest hour of the next hour's trailing baseline closed that baseline
+# is built (by prepare_baselines, after a cycle's results are written): rows of that hour
+# arriving later than this go to the baselines after it (monitor.baselines, late data).
+PREPARE_AFTER = timedelta(minutes=45)
+
+
+def prepare_baselines(engine: Engine, result: CycleResult, cfg: EvaluateConfig,
+                      baselines: Baselines) -> list[BaselineRef]:
+    """Build now the trailing baselines the cycles of the next hour will read, so that the
+    cycle at the hour turnover does not merge an hour of minute rows and 24 partials
+    (seconds) before writing its results. The daemon calls this after each cycle; it
+    does work about once an hour per version, late in the hour. Returns what it built."""
+    built = []
+    deps: dict[str, list] = {}
+    for model, version in result.versions:
+        if model not in deps:
+            deps[model] = deployments(engine, model)
+        ref = choose(engine, model, version, result.window_end + timedelta(hours=1), cfg, deps=deps[model])
+        if ref.kind != "trailing" or result.window_end - ref.end < PREPARE_AFTER or baselines.holds(model, ref):
+            continue
+        baselines.get(model, ref)
+        built.append(ref)
+    return built
 
 
 # statistics whose detail names the baseline head a retrain's head was matched to (for a person reading them)

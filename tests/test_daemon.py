@@ -133,6 +133,32 @@ def test_catch_up_after_a_gap_evaluates_each_missed_window_once(store):
         assert results(store) == before
 
 
+def test_the_evaluate_job_prepares_baselines_after_its_last_window_and_survives_a_failure(
+    store, monkeypatch, caplog
+):
+    import monitor.daemon as dm
+
+    calls = []
+    monkeypatch.setattr(dm, "prepare_baselines", lambda engine, result, cfg, b: calls.append(result) or [])
+    now = [at(20)]
+    with Daemon(config(store), clock=lambda: now[0]) as daemon:
+        daemon.tick()
+        now[0] = at(25)
+        done = daemon.tick()["evaluate"].result.windows
+        assert [r.window_end for r in calls] == [at(19), done[-1].window_end]  # once a run, after the last
+        assert calls[-1].versions == (("m", "v1"), ("m", "v2"))  # the versions with data in the window
+
+        def broken(*a):
+            raise RuntimeError("store went away")
+
+        monkeypatch.setattr(dm, "prepare_baselines", broken)
+        now[0] = at(26)
+        with caplog.at_level("WARNING", logger="attnmon.daemon"):
+            job = daemon.tick()["evaluate"]
+        assert job.result.windows and watermark(store) == at(25)  # the results stand
+        assert "preparing the next hour's baselines failed" in caplog.text
+
+
 def test_catch_up_is_bounded_and_older_windows_are_skipped_with_a_warning(store, caplog):
     cfg = config(store).model_copy(update={"evaluate": config(store).evaluate.model_copy(update={"catchup_max_windows": 5})})
     now = [at(20)]

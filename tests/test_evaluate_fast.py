@@ -578,6 +578,43 @@ def test_window_reader_merges_each_series_in_minute_order(four_hours):
     assert set(per_minute) == set(merged) and all(len(v) == 15 for v in per_minute.values())
 
 
+def test_the_next_hours_baseline_is_prepared_late_in_the_hour_and_the_turnover_cycle_reads_it(tmp_path, monkeypatch):
+    from monitor.evaluate import PREPARE_AFTER, prepare_baselines
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 250)], rate=20)
+    cfg = EvaluateConfig(baseline_hours=2, trailing_gap_hours=1, min_samples=50)
+    engine = make_engine(url)
+    b, reader = bl.Baselines(engine, cfg), WindowReader(engine)
+    early = evaluate_cycle(engine, T(221), cfg, b, reader)  # the window ends at :40
+    assert early.versions == (("demo-sasrec", "v1"),)
+    assert prepare_baselines(engine, early, cfg, b) == []  # its newest hour closed 40 min ago
+    assert PREPARE_AFTER == timedelta(minutes=45)
+    late = evaluate_cycle(engine, T(226), cfg, b, reader)  # ends at :45
+    built = prepare_baselines(engine, late, cfg, b)
+    want = bl.choose(engine, "demo-sasrec", "v1", T(240), cfg)  # what the turnover cycle reads
+    assert [r.ref for r in built] == [want.ref] and want.kind == "trailing"
+    assert prepare_baselines(engine, late, cfg, b) == []  # once
+    merged = []
+    merge_rows = bl._merge_rows
+    monkeypatch.setattr(bl, "_merge_rows", lambda *a: merged.append(a[3]) or merge_rows(*a))
+    turnover = evaluate_cycle(engine, T(241), cfg, b, reader)
+    assert turnover.series > 0 and merged == []  # nothing merged in the cycle itself
+    # the same results as a process that builds the baseline in the cycle
+    before = _results(engine, T(240))
+    with engine.begin() as conn:
+        conn.execute(t.drift_results.delete())
+        conn.execute(t.baseline_sketches.delete())
+    assert evaluate_cycle(engine, T(241), cfg, bl.Baselines(engine, cfg)).written == turnover.written
+    assert merged  # (this one did merge minute rows)
+    after = _results(engine, T(240))
+    assert after.keys() == before.keys()
+    for k, (v, b_) in before.items():
+        assert after[k][0] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+        assert after[k][1] == pytest.approx(b_, rel=1e-6, abs=1e-9), k
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_merged_minutes_equal_merge_all_series_by_series(shuffle):
     """The window's array merge against merge_all of each series' minutes, with minutes in
