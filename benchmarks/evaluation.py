@@ -25,7 +25,11 @@ would after a bulk load), the window 15 minutes ending a minute ago (the default
   the next hour's trailing baselines (monitor.evaluate.prepare_baselines): 23 partials it
   holds plus one new hour partial merged from 60 × 1,080 minute rows. Timed apart, once;
 - hour turnover: the first cycle after the baseline slides by an hour, which reads the
-  prepared baselines.
+  prepared baselines;
+- after a restart: the next cycle of a new daemon process (new Baselines and
+  WindowReader): the hour's baseline is read back from the store, the window's 15 × 1,080
+  minute sketches decoded. (cold is the same with no baseline stored for the hour yet:
+  the first start, or a store no daemon evaluated across the hour boundary.)
 
 The bare reference: evidently's DataDriftPreset (its `Report.run`, evidently 0.7) on
 per-vector metrics (entropy_norm, top1, recency5, distance, gini) of the same simulated
@@ -277,12 +281,16 @@ def cycles(engine, n: int, warm: int) -> dict:
     assert len(built) == len(last.versions), built
     turnover, turnover_cpu, _ = _cycle(engine, START + timedelta(hours=26, minutes=1),
                                        baselines, reader, n)
+    # a daemon restarted within the hour: nothing in memory, the hour's baseline stored
+    restart, restart_cpu, _ = _cycle(engine, START + timedelta(hours=26, minutes=2),
+                                     Baselines(engine, CFG), WindowReader(engine), n)
     return {"series": n, "cold_s": cold, "cold_cpu_s": cold_cpu,
             "warm_s": [x[0] for x in warms], "warm_cpu_s": [x[1] for x in warms],
             "warm_mean_s": float(np.mean([x[0] for x in warms])),
             "warm_mean_cpu_s": float(np.mean([x[1] for x in warms])),
             "prepare_s": prepare, "prepare_cpu_s": prepare_cpu,
             "turnover_s": turnover, "turnover_cpu_s": turnover_cpu,
+            "restart_s": restart, "restart_cpu_s": restart_cpu,
             "results_per_cycle": res.written}
 
 
@@ -435,10 +443,15 @@ def run(quick: bool, pg_url: str | None, progress=lambda s: None) -> tuple[list[
             (f"warm, mean of {len(s['warm_s'])}", s["warm_mean_s"],
              {"cycles_s": s["warm_s"], "cpu_s": s["warm_mean_cpu_s"]}),
             ("hour turnover", s["turnover_s"], {"cpu_s": s["turnover_cpu_s"]}),
+            ("after a restart", s["restart_s"], {"cpu_s": s["restart_cpu_s"]}),
         ):
+            # the first cycle of a daemon process pays for decoding what the steady state
+            # keeps (the window, the baseline): held to the cycle time, not to the ratio
+            once = label in ("cold", "after a restart")
             r = Row(f"{name} evaluate_cycle {label} ({n:,} series)", "time", secs * 1e9, "ns",
-                    bare, bare_name, goal=goal, extra={"series": n, **extra})
-            r.met = bool(secs <= CYCLE_GOAL_S and r.ratio is not None and r.ratio <= 1 / SPEEDUP_GOAL)
+                    bare, bare_name, goal=f"≤ {CYCLE_GOAL_S:g} s (once a start)" if once else goal,
+                    extra={"series": n, **extra})
+            r.met = bool(secs <= CYCLE_GOAL_S and (once or (r.ratio is not None and r.ratio <= 1 / SPEEDUP_GOAL)))
             rows.append(r)
         rows.append(Row(f"{name} next hour's baselines, after a cycle", "time", s["prepare_s"] * 1e9, "ns",
                         goal="(report: once an hour)", extra={"cpu_s": s["prepare_cpu_s"]}))
@@ -483,10 +496,11 @@ def details(d: dict) -> str:
                      + f" ({s['warm_mean_cpu_s']:.2f})",
                      f"{s['prepare_s']:.2f} ({s['prepare_cpu_s']:.2f})",
                      f"{s['turnover_s']:.2f} ({s['turnover_cpu_s']:.2f})",
+                     f"{s['restart_s']:.2f} ({s['restart_cpu_s']:.2f})",
                      f"~{fully_cold:.0f}", f"{s['results_per_cycle']:,}"))
     lines.append(table(rows, ("store", "minute rows", "loaded rows/s", "hour partial s",
                               "cold s (cpu)", "warm s (mean cpu)", "prepare s (cpu)", "turnover s (cpu)",
-                              "no partials s (est.)", "results/cycle")))
+                              "restart s (cpu)", "no partials s (est.)", "results/cycle")))
     per_day = max(s["results_per_cycle"] for s in d["stores"].values()) * 1440
     lines.append(
         "s = wall seconds; (cpu) = this process's CPU seconds (the database server's work on "
