@@ -18,7 +18,7 @@ So an evaluation cycle reads a handful of rows per series, whatever the traffic.
 Each series is merged in one step (monitor.sketch.merge_all / merge_encoded), not row by
 row; `Baselines` keeps the hour partials of the trailing baselines it holds, so when a
 baseline slides by an hour only the new hour is read. Rows are written by COPY on
-PostgreSQL (psycopg) and one executemany on SQLite (`bulk_insert`).
+PostgreSQL (psycopg) and multi-row inserts on SQLite (`bulk_insert`).
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ class Baselines:
     the new hour is merged from minute rows.
     """
 
-    def __init__(self, engine: Engine, cfg: EvaluateConfig, cache_size: int = 64):
+    def __init__(self, engine: Engine, cfg: EvaluateConfig, cache_size: int = 128):
         self.engine, self.cfg = engine, cfg
         self._cache: dict[tuple, dict[SeriesKey, Sketch]] = {}
         self._cache_size = cache_size
@@ -268,8 +268,9 @@ class Baselines:
 
     def get(self, model: str, ref: BaselineRef) -> dict[SeriesKey, Sketch]:
         key = (model, ref.kind, ref.ref, ref.version)
-        hit = self._cache.get(key)
+        hit = self._cache.pop(key, None)
         if hit is not None:
+            self._cache[key] = hit  # the least recently used goes first
             return hit
         got = _load(self.engine, model, ref.version, ref.kind, ref.ref)
         if got is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.config import AlertsConfig, Secret
 from monitor.errors import ConfigError
@@ -75,7 +75,8 @@ class EvaluateConfig(_Strict):
     statistics: list[Statistic] = ["mean", "delta", "psi"]
     # ... except for the metrics named here. By default the metrics no shipped rule or
     # dashboard reads the mean or delta of get PSI alone (their distribution shift, one
-    # row): a third fewer rows. {} writes `statistics` for every metric.
+    # row): a third fewer rows. {} writes `statistics` for every metric, and so does a
+    # config that sets `statistics` without setting this.
     statistics_by_metric: dict[str, list[Statistic]] = {
         "top1": ["psi"], "distance": ["psi"], "gini": ["psi"], "head_diversity": ["psi"],
     }
@@ -93,6 +94,15 @@ class EvaluateConfig(_Strict):
         if bad:
             raise ValueError(f"unknown metric(s) {bad}; known: {list(ALL_METRICS)}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _statistics_set_alone_apply_to_all(cls, data: Any) -> Any:
+        # who asks for statistics by name asks for them on every metric, not only on
+        # the ones the lean default leaves alone
+        if isinstance(data, dict) and "statistics" in data and "statistics_by_metric" not in data:
+            return {**data, "statistics_by_metric": {}}
+        return data
 
     @field_validator("statistics_by_metric")
     @classmethod

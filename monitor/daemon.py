@@ -528,7 +528,7 @@ class Daemon:
             self._metrics.written.inc(result.written)
             self._metrics.series.set(result.series)
             done.append(result)
-        if done:
+        if done and (keep_going is None or keep_going()):  # (not while shutting down)
             self._prepare(done[-1])
         return CatchUp(tuple(done), skipped, self._watermark, complete=len(done) == len(ends))
 

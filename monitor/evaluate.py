@@ -545,9 +545,10 @@ _STAGE_TABLE = Table(
 def write_results(engine: Engine, rows: list[dict]) -> int:
     """Insert, ignoring rows whose (series, statistic, window end) is already there.
 
-    Returns how many were inserted. Rows with every column: one executemany of a short
-    statement on SQLite, COPY into a temporary table then one INSERT ... SELECT on
-    PostgreSQL (psycopg); otherwise (or on another driver) SQLAlchemy's insert.
+    Returns how many were inserted. Rows with every column: multi-row inserts on SQLite;
+    on PostgreSQL (psycopg) a COPY straight into the table when nobody wrote the window
+    yet, else COPY into a temporary table then one INSERT ... SELECT; otherwise (or on
+    another driver) SQLAlchemy's insert.
     """
     if not rows:
         return 0

@@ -271,3 +271,20 @@ def test_config_is_immutable() -> None:
     with pytest.raises(ValueError):
         config.collector.sample_rate = 0.5  # type: ignore[misc]
     assert config.model_copy(update={"store_url": "sqlite://"}).store_url == "sqlite://"
+
+
+def test_statistics_by_metric_is_lean_by_default_and_yields_to_statistics_set_alone(tmp_path: Path) -> None:
+    lean = load_config(env={}).evaluate
+    assert lean.statistics_for("entropy_norm") == ["mean", "delta", "psi"]
+    assert lean.statistics_for("top1") == lean.statistics_for("gini") == ["psi"]
+    # who sets statistics gets them on every metric
+    path = tmp_path / "attnmon.yaml"
+    path.write_text("evaluate:\n  statistics: [mean, js]\n")
+    assert load_config(path, env={}).evaluate.statistics_for("top1") == ["mean", "js"]
+    # both set: the per-metric choice wins where it names the metric
+    path.write_text("evaluate:\n  statistics: [mean]\n  statistics_by_metric: {gini: [psi]}\n")
+    both = load_config(path, env={}).evaluate
+    assert both.statistics_for("gini") == ["psi"] and both.statistics_for("top1") == ["mean"]
+    path.write_text("evaluate:\n  statistics_by_metric: {colour: [psi]}\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_config(path, env={})

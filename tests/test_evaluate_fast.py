@@ -653,3 +653,16 @@ def test_kept_hour_partials_are_those_of_cached_trailing_baselines(sqlite_url):
     b._hours = {("m", v, h(k)): {} for v in ("v1", "v2", "v3") for k in range(5)}
     b._forget_hours("m", ref)
     assert sorted(b._hours) == [("m", "v1", h(2)), ("m", "v1", h(3))] + [("m", "v2", h(k)) for k in range(5)]
+
+
+def test_the_baseline_cache_evicts_the_least_recently_used(monkeypatch):
+    """From minute 45 the daemon holds this hour's and the next hour's baseline of every
+    version: the one read every cycle must not be the one evicted."""
+    monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref: {})
+    b = bl.Baselines(None, EvaluateConfig(), cache_size=2)
+    refs = [bl.BaselineRef("trailing", f"trailing@{h}", "v1", T(0), T(60)) for h in range(3)]
+    b.get("m", refs[0])
+    b.get("m", refs[1])
+    b.get("m", refs[0])  # read again: now the most recent
+    b.get("m", refs[2])
+    assert b.holds("m", refs[0]) and b.holds("m", refs[2]) and not b.holds("m", refs[1])

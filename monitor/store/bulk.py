@@ -1,4 +1,4 @@
-"""Bulk row writes: COPY on PostgreSQL (psycopg), one executemany on SQLite.
+"""Bulk row writes: COPY on PostgreSQL (psycopg), multi-row inserts on SQLite.
 
 Rows are tuples in a column order, bound as SQLAlchemy would bind them (bind_rows);
 COPY goes in binary where every value would go exactly as psycopg sends it as a
@@ -52,7 +52,8 @@ def bind_rows(dialect, table: Table, cols: Sequence[str], rows: Iterable[Sequenc
 
 def sqlite_insert(conn: Connection, head: str, rows: Sequence[tuple], tail: str = "") -> None:
     """`head VALUES (?, ...), (?, ...), ... tail` for bound rows, many rows a statement:
-    a third cheaper than an executemany of one row a statement (fewer statement steps)."""
+    fewer statement steps than an executemany of one row a statement (measured 8% less
+    for a cycle's drift results, up to a quarter less for bare inserts)."""
     if not rows:
         return
     width = len(rows[0])
@@ -171,8 +172,8 @@ def copy_rows(conn: Connection, target: str, table: Table, cols: Sequence[str], 
 
 def bulk_insert(conn: Connection, table: Table, cols: Sequence[str], rows: Sequence[Sequence]) -> None:
     """Insert row tuples (in `cols` order) as `conn.execute(table.insert(), dicts)` would,
-    without its per-row statement work: COPY on PostgreSQL (psycopg), executemany of one
-    short statement on SQLite."""
+    without its per-row statement work: COPY on PostgreSQL (psycopg), multi-row inserts
+    on SQLite (sqlite_insert)."""
     if not rows:
         return
     dialect = conn.dialect

@@ -11,7 +11,7 @@ the write's transaction; monitor.store.positions).
 
 The `window_aggregates` rows, the bulk of a flush, go in through monitor.store.bulk in
 the same transaction: a COPY on PostgreSQL with psycopg 3 (an INSERT of many rows costs
-more than twice as much), one executemany on SQLite; every other row with INSERTs.
+more than twice as much), multi-row inserts on SQLite; every other row with INSERTs.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def write_batch(engine: Engine, batch: FlushBatch) -> bool:
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
     """Add `rows` (dicts of the columns but `id`; a missing one is NULL) to `table` in the
-    caller's transaction (monitor.store.bulk: COPY on PostgreSQL, executemany on SQLite)."""
+    caller's transaction (monitor.store.bulk: COPY on PostgreSQL, multi-row inserts on SQLite)."""
     cols = [c.name for c in table.columns if c.name != "id"]
     bulk_insert(conn, table, cols, [tuple(r.get(c) for c in cols) for r in rows])
 
