@@ -37,12 +37,19 @@ def _now(now: datetime | None) -> datetime:
 
 def check(config: Config, path: str, fmt: str = "text") -> int:
     """Validate a rule file (schema, durations, label names, templates)."""
+    from alerts.health import STATISTICS as HEALTH
     from alerts.rules import check_templates, load_rules
+    from monitor.evaluate import unwritten
 
     rules = load_rules(path)
     check_templates(rules, path)
     names = [r.name for r in rules]
-    _emit(fmt, f"{path}: {len(rules)} rules OK ({', '.join(names)})", {"file": path, "ok": True, "rules": names})
+    # valid, but it can never fire with this config's evaluate section: said, not refused
+    idle = [r for r in rules if r.statistic not in HEALTH and unwritten([r.statistic], config.evaluate)]
+    text = f"{path}: {len(rules)} rules OK ({', '.join(names)})" + "".join(
+        f"\nwarning: rule {r.name} reads {r.statistic}, which the evaluator does not write with this "
+        "config (evaluate.metrics, statistics, statistics_by_metric): it cannot fire" for r in idle)
+    _emit(fmt, text, {"file": path, "ok": True, "rules": names, "cannot_fire": [r.name for r in idle]})
     return 0
 
 
@@ -218,7 +225,8 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     a = add_command(commands, "alerts", "check rules, list alerts, test receivers, manage silences")
     sub = a.add_subparsers(title="alerts commands", dest="alerts_command", required=True, metavar="COMMAND")
 
-    p = add_command(sub, "check", "validate a rule file (exit 2 naming file, rule and field)", lists=True)
+    p = add_command(sub, "check", "validate a rule file (exit 2 naming file, rule and field); warn of rules that cannot fire",
+                    lists=True)
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=lambda config, a: check(config, a.file, a.format))
 

@@ -75,6 +75,7 @@ from monitor.evaluate import (
     WindowReader,
     evaluate_cycle,
     prepare_baselines,
+    unwritten,
     window_for,
 )
 from monitor.store import tables as t
@@ -406,6 +407,13 @@ class Daemon:
         self.store = redact(self.engine.url)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)
+        from alerts.health import STATISTICS as HEALTH
+
+        for rule in self.alerts.rules:
+            if rule.statistic not in HEALTH and unwritten([rule.statistic], config.evaluate):
+                log.warning("rule %s reads %s, which the evaluator does not write with this config "
+                            "(evaluate.metrics, statistics, statistics_by_metric): it cannot fire",
+                            rule.name, rule.statistic)
         self.deliver_hooks: list[DeliverHook] = [self.alerts.deliver, *deliver_hooks]
         self.cycle_hooks: list[CycleHook] = [self.alerts.after_cycle, *cycle_hooks]
         ev, dm = config.evaluate, config.daemon

@@ -13,6 +13,7 @@ equal to the per-metric functions); the cyclic garbage collector is held during 
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -217,6 +218,22 @@ class WindowReader:
 
 def _metrics(cfg: EvaluateConfig, head: str) -> list[str]:
     return list(dict.fromkeys(list(cfg.metrics) + (["head_diversity"] if head == ROLLUP else [])))
+
+
+def written_statistics(cfg: EvaluateConfig) -> list[str]:
+    """The statistic names a cycle can write with this config, as globs (attribute names
+    are the data's: `js.attr.*`)."""
+    out = [f"{w}.{m}" for m in _metrics(cfg, ROLLUP) for w in cfg.statistics_for(m)]
+    out += ["js.position_profile", "items.top10_share", "items.hhi", "items.new_in_top",
+            "js.attr.*", "mover.attr.*", "lift.attr.*", *(f"cusum.{m}" for m in CUSUM_METRICS)]
+    return out
+
+
+def unwritten(statistics: list[str], cfg: EvaluateConfig) -> list[str]:
+    """Those of these statistic globs (rules') that match nothing a cycle writes."""
+    written = written_statistics(cfg)
+    return [s for s in statistics
+            if not any(fnmatch.fnmatchcase(w, s) or fnmatch.fnmatchcase(s, w) for w in written)]
 
 
 def histogram_drift(pairs: list[tuple[Sketch, Sketch]], metrics: list[str],

@@ -42,6 +42,22 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_check_says_which_rules_cannot_fire_with_the_evaluate_config(tmp_path, capsys, clean_env):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("rules:\n  - {name: TopOneMean, statistic: mean.top1, op: '>', threshold: 0.5}\n"
+                    "  - {name: GiniPsi, statistic: psi.gini, op: '>', threshold: 0.3}\n")
+    code, out, _ = run(capsys, "alerts", "check", str(mine))
+    assert code == 0 and "warning: rule TopOneMean reads mean.top1" in out and "GiniPsi reads" not in out
+    code, out, _ = run(capsys, "alerts", "check", str(mine), "--format", "json")
+    assert code == 0 and json.loads(out)["cannot_fire"] == ["TopOneMean"]
+    conf = tmp_path / "attnmon.yaml"
+    conf.write_text("evaluate:\n  statistics: [mean, delta, psi]\n")  # on every metric
+    code, out, _ = run(capsys, "--config", str(conf), "alerts", "check", str(mine))
+    assert code == 0 and "warning" not in out
+    code, out, _ = run(capsys, "alerts", "check", str(Path(__file__).parents[1] / "alerts/rules/default.yaml"))
+    assert "warning" not in out  # the shipped rules read what is written
+
+
 def test_check_accepts_the_default_pack_and_names_file_rule_and_field(tmp_path, capsys, clean_env):
     code, out, _ = run(capsys, "alerts", "check", str(Path(__file__).parents[1] / "alerts/rules/default.yaml"))
     assert code == 0 and f"{len(load_rules())} rules OK" in out and len(load_rules()) >= 10

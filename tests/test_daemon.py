@@ -561,3 +561,27 @@ def test_an_unreadable_grafana_token_is_a_config_error_at_start(store, monkeypat
         Daemon(grafana_config(store, "http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="grafana.token"):
         Daemon(grafana_config(store, "http://127.0.0.1:9", token={"file": str(tmp_path / "none")}))
+
+
+LOOPBACK = {"listen": "127.0.0.1:0"}
+
+
+def test_a_rule_on_a_statistic_the_evaluator_does_not_write_is_warned_about(store, tmp_path, caplog):
+    rules = tmp_path / "mine.yaml"
+    rules.write_text("rules:\n"
+                     "  - {name: TopOneMean, statistic: mean.top1, op: '>', threshold: 0.5}\n"
+                     "  - {name: AnyBrand, statistic: js.attr.brand, op: '>', threshold: 0.3}\n"
+                     "  - {name: GiniPsi, statistic: psi.gini, op: '>', threshold: 0.3}\n")
+    with caplog.at_level("WARNING", logger="attnmon.daemon"):
+        with Daemon(Config(store_url=store, alerts={"rules": [str(rules)]}, daemon=LOOPBACK)):
+            pass
+    assert "rule TopOneMean reads mean.top1" in caplog.text  # PSI alone for top1 by default
+    assert "AnyBrand" not in caplog.text and "GiniPsi" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="attnmon.daemon"):
+        with Daemon(Config(store_url=store, evaluate={"statistics": ["mean", "psi"]},
+                           alerts={"rules": [str(rules)]}, daemon=LOOPBACK)):
+            pass
+        with Daemon(Config(store_url=store, daemon=LOOPBACK)):  # the shipped rules read what is written
+            pass
+    assert "cannot fire" not in caplog.text
