@@ -6,9 +6,12 @@ row per (series, statistic, window end); the unique key makes a rerun a no-op.
 Against a `retrain` baseline (new weights) a head is compared with its matched baseline
 head (monitor.heads), not with the head of the same index.
 
-Per series the histogram statistics of all its metrics are computed at once (stats.*_rows,
-equal to the per-metric functions); the cyclic garbage collector is held during a cycle
-(monitor.baselines.gc_paused), which allocates tens of thousands of long-lived sketches.
+The window is merged as arrays (each minute's sketches stacked once, WindowReader), and
+the statistics of every series are computed at once (batch_statistics, equal to the
+per-series and per-metric functions); the cyclic garbage collector is held during a cycle
+(monitor.baselines.gc_paused), which allocates tens of thousands of long-lived objects.
+After a cycle the daemon builds the next hour's trailing baselines when their hours are
+closed (prepare_baselines), so that the cycle at the hour turnover does not.
 """
 
 from __future__ import annotations
