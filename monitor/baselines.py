@@ -75,6 +75,11 @@ def _floor_hour(ts: datetime) -> datetime:
     return datetime.fromtimestamp(e - e % 3600, UTC)
 
 
+def trailing_end(window_end: datetime, cfg: EvaluateConfig) -> datetime:
+    """Where the trailing baseline of a window ending at `window_end` ends."""
+    return _floor_hour(as_utc(window_end) - timedelta(hours=cfg.trailing_gap_hours))
+
+
 def deployments(engine: Engine, model: str) -> list[dict]:
     with engine.connect() as conn:
         rows = conn.execute(
@@ -117,7 +122,7 @@ def choose(
             "pinned", pin["name"], pin["version"] or ANY_VERSION,
             as_utc(pin["window_start"]), as_utc(pin["window_end"]),
         )
-    end = _floor_hour(window_end - timedelta(hours=cfg.trailing_gap_hours))
+    end = trailing_end(window_end, cfg)
     start = end - timedelta(hours=cfg.baseline_hours)
     return BaselineRef("trailing", f"trailing@{_iso(end)}", version, start, end)
 

@@ -34,6 +34,7 @@ from monitor.baselines import (
     choose,
     deployments,
     gc_paused,
+    trailing_end,
 )
 from monitor.config import EvaluateConfig
 from monitor.heads import match_heads
@@ -518,13 +519,16 @@ def prepare_baselines(engine: Engine, result: CycleResult, cfg: EvaluateConfig,
     cycle at the hour turnover does not merge an hour of minute rows and 24 partials
     (seconds) before writing its results. The daemon calls this after each cycle; it
     does work about once an hour per version, late in the hour. Returns what it built."""
+    ahead = result.window_end + timedelta(hours=1)
+    if result.window_end - trailing_end(ahead, cfg) < PREPARE_AFTER:
+        return []  # not yet this hour: no query either (most cycles)
     built = []
     deps: dict[str, list] = {}
     for model, version in result.versions:
         if model not in deps:
             deps[model] = deployments(engine, model)
-        ref = choose(engine, model, version, result.window_end + timedelta(hours=1), cfg, deps=deps[model])
-        if ref.kind != "trailing" or result.window_end - ref.end < PREPARE_AFTER or baselines.holds(model, ref):
+        ref = choose(engine, model, version, ahead, cfg, deps=deps[model])
+        if ref.kind != "trailing" or baselines.holds(model, ref):
             continue
         baselines.get(model, ref)
         built.append(ref)
