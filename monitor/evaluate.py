@@ -361,8 +361,8 @@ def _shares(tk: TopK) -> tuple[list[str], np.ndarray]:
 
 
 class _Aligned:
-    """Two share distributions over the union of their keys, as arrays: the work behind
-    stats.shares_js, top_movers and top_lift, done once per (baseline, current) pair."""
+    """Two TopKs' shares over the union of their keys, as arrays, aligned once per
+    (baseline, current) pair for the array forms of stats.shares_js, top_movers, top_lift."""
 
     def __init__(self, base: TopK, cur: TopK):
         bkeys, bsh = _shares(base)
@@ -378,35 +378,16 @@ class _Aligned:
         self.ckeys, self.csh = ckeys, csh
 
     def js(self) -> float:
-        """stats.shares_js(base, cur): in sorted key order, with the leftover bucket."""
-        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
-        pv, qv = self.b[order], self.c[order]
-        pv = np.append(pv, max(1.0 - pv.sum(), 0.0))
-        qv = np.append(qv, max(1.0 - qv.sum(), 0.0))
-        return stats.js_distance(pv, qv)
+        """stats.shares_js(base, cur)."""
+        return stats.shares_js_arrays(self.keys, self.b, self.c)
 
     def movers(self, n: int) -> list[tuple[str, float, float]]:
-        """stats.top_movers(base, cur, n): the n largest |moves|, ties by key."""
-        d = np.abs(self.c - self.b)
-        if len(d) > n:  # only keys that can be among the n (ties at the cut included)
-            cand = np.flatnonzero(d >= np.partition(d, len(d) - n)[len(d) - n])
-        else:
-            cand = np.arange(len(d))
-        b, c = self.b.tolist(), self.c.tolist()
-        rows = [(self.keys[i], b[i], c[i]) for i in cand.tolist()]
-        rows.sort(key=lambda r: (-abs(r[2] - r[1]), r[0]))
-        return rows[:n]
+        """stats.top_movers(base, cur, n)."""
+        return stats.top_movers_arrays(self.keys, self.b, self.c, n)
 
-    def lift(self, slack: float, min_rise: float, floor: float = 1e-3) -> tuple[str, float, float] | None:
-        """stats.top_lift({k: base share + slack for k in cur}, cur, min_rise, floor)."""
-        b = self.b[self.cur_at] + slack
-        rise = np.flatnonzero(self.csh - b >= min_rise)
-        if not len(rise):
-            return None
-        lifts = self.csh[rise] / np.maximum(b[rise], floor)
-        best = rise[lifts == lifts.max()].tolist()
-        i = min(best, key=self.ckeys.__getitem__)
-        return self.ckeys[i], float(b[i]), float(self.csh[i])
+    def lift(self, slack: float, min_rise: float) -> tuple[str, float, float] | None:
+        """stats.top_lift({k: base share + slack for k in cur}, cur, min_rise)."""
+        return stats.top_lift_arrays(self.ckeys, self.b[self.cur_at] + slack, self.csh, min_rise)
 
 
 def _topk_statistics(cur: Sketch, base: Sketch) -> list[tuple[str, float, float | None, dict | None]]:

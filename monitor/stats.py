@@ -304,14 +304,8 @@ def shares_js(p: Shares, q: Shares, other: bool = True) -> float:
     With `other`, each side's leftover mass max(1 - Σ shares, 0) — the mass top-K did not
     keep — is one more bucket, so two summaries that keep little are not called equal.
     """
-    p, q = _as_shares(p), _as_shares(q)
-    keys = sorted(set(p) | set(q))
-    pv = np.array([p.get(k, 0.0) for k in keys])
-    qv = np.array([q.get(k, 0.0) for k in keys])
-    if other:
-        pv = np.append(pv, max(1.0 - pv.sum(), 0.0))
-        qv = np.append(qv, max(1.0 - qv.sum(), 0.0))
-    return js_distance(pv, qv)
+    keys, pv, qv = _aligned(p, q)
+    return shares_js_arrays(keys, pv, qv, other)
 
 
 def top_movers(p: Shares, q: Shares, n: int = 5) -> list[tuple[str, float, float]]:
@@ -319,10 +313,7 @@ def top_movers(p: Shares, q: Shares, n: int = 5) -> list[tuple[str, float, float
 
     A key missing on one side has share 0 there; ties go by key for a stable order.
     """
-    p, q = _as_shares(p), _as_shares(q)
-    rows = [(k, p.get(k, 0.0), q.get(k, 0.0)) for k in set(p) | set(q)]
-    rows.sort(key=lambda r: (-abs(r[2] - r[1]), r[0]))
-    return rows[:n]
+    return top_movers_arrays(*_aligned(p, q), n)
 
 
 def top_lift(p: Shares, q: Shares, min_rise: float = 0.02, floor: float = 1e-3) -> tuple[str, float, float] | None:
@@ -334,14 +325,54 @@ def top_lift(p: Shares, q: Shares, min_rise: float = 0.02, floor: float = 1e-3) 
     attention); a lift alone would flag noise on values with almost no share.
     """
     p, q = _as_shares(p), _as_shares(q)
-    best = None
-    for k, c in q.items():
-        b = p.get(k, 0.0)
-        if c - b >= min_rise:
-            lift = c / max(b, floor)
-            if best is None or lift > best[0] or (lift == best[0] and k < best[1]):
-                best = (lift, k, b, c)
-    return None if best is None else (best[1], best[2], best[3])
+    keys = list(q)
+    b = np.array([p.get(k, 0.0) for k in keys], dtype=np.float64)
+    return top_lift_arrays(keys, b, np.array(list(q.values()), dtype=np.float64), min_rise, floor)
+
+
+def _aligned(p: Shares, q: Shares) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The union of both sides' keys and each side's shares on it (0 where it lacks one)."""
+    p, q = _as_shares(p), _as_shares(q)
+    keys = list(set(p) | set(q))
+    return (keys, np.array([p.get(k, 0.0) for k in keys], dtype=np.float64),
+            np.array([q.get(k, 0.0) for k in keys], dtype=np.float64))
+
+
+# --- the same on aligned arrays: keys, and each side's share of each key ------------------
+# (what the dict functions above run on; the evaluator aligns two TopKs once and calls these)
+def shares_js_arrays(keys: list[str], p: np.ndarray, q: np.ndarray, other: bool = True) -> float:
+    """shares_js over `keys` (summed in sorted key order, so any key order gives one value)."""
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    pv, qv = p[order], q[order]
+    if other:
+        pv = np.append(pv, max(1.0 - pv.sum(), 0.0))
+        qv = np.append(qv, max(1.0 - qv.sum(), 0.0))
+    return js_distance(pv, qv)
+
+
+def top_movers_arrays(keys: list[str], p: np.ndarray, q: np.ndarray, n: int = 5) -> list[tuple[str, float, float]]:
+    """top_movers: only the keys that can be among the n are sorted (ties at the cut kept)."""
+    d = np.abs(q - p)
+    if len(d) > n:
+        cand = np.flatnonzero(d >= np.partition(d, len(d) - n)[len(d) - n]).tolist()
+    else:
+        cand = range(len(d))
+    pl, ql = p.tolist(), q.tolist()
+    rows = [(keys[i], pl[i], ql[i]) for i in cand]
+    rows.sort(key=lambda r: (-abs(r[2] - r[1]), r[0]))
+    return rows[:n]
+
+
+def top_lift_arrays(keys: list[str], p: np.ndarray, q: np.ndarray, min_rise: float = 0.02,
+                    floor: float = 1e-3) -> tuple[str, float, float] | None:
+    """top_lift with `p` the baseline share of each of the current side's `keys`: the
+    largest lift, ties by key."""
+    rise = np.flatnonzero(q - p >= min_rise)
+    if not len(rise):
+        return None
+    lifts = q[rise] / np.maximum(p[rise], floor)
+    i = min(rise[lifts == lifts.max()].tolist(), key=keys.__getitem__)
+    return keys[i], float(p[i]), float(q[i])
 
 
 def top_share(shares: Shares, k: int = 10) -> float:
