@@ -97,6 +97,19 @@ class RuleFile(BaseModel):
     rules: list[Rule]
 
 
+CANNOT_FIRE = ("rule {name} reads {statistic}, which the evaluator does not write with this config "
+               "(evaluate.metrics, statistics, statistics_by_metric): it cannot fire")
+
+
+def cannot_fire(rules: list[Rule], evaluate) -> list[Rule]:
+    """The rules that read a statistic no evaluation cycle writes with `evaluate`
+    (monitor.config.EvaluateConfig); the monitor's own health statistics are always there."""
+    from alerts.health import STATISTICS as HEALTH
+    from monitor.evaluate import is_written
+
+    return [r for r in rules if r.statistic not in HEALTH and not is_written(r.statistic, evaluate)]
+
+
 def load_rules(path: str | Path | None = None) -> list[Rule]:
     """Rules from a YAML file (default: the shipped pack); errors name file, rule and field."""
     path = Path(path) if path is not None else DEFAULT_RULES

@@ -37,18 +37,15 @@ def _now(now: datetime | None) -> datetime:
 
 def check(config: Config, path: str, fmt: str = "text") -> int:
     """Validate a rule file (schema, durations, label names, templates)."""
-    from alerts.health import STATISTICS as HEALTH
-    from alerts.rules import check_templates, load_rules
-    from monitor.evaluate import unwritten
+    from alerts.rules import CANNOT_FIRE, cannot_fire, check_templates, load_rules
 
     rules = load_rules(path)
     check_templates(rules, path)
     names = [r.name for r in rules]
     # valid, but it can never fire with this config's evaluate section: said, not refused
-    idle = [r for r in rules if r.statistic not in HEALTH and unwritten([r.statistic], config.evaluate)]
+    idle = cannot_fire(rules, config.evaluate)
     text = f"{path}: {len(rules)} rules OK ({', '.join(names)})" + "".join(
-        f"\nwarning: rule {r.name} reads {r.statistic}, which the evaluator does not write with this "
-        "config (evaluate.metrics, statistics, statistics_by_metric): it cannot fire" for r in idle)
+        "\nwarning: " + CANNOT_FIRE.format(name=r.name, statistic=r.statistic) for r in idle)
     _emit(fmt, text, {"file": path, "ok": True, "rules": names, "cannot_fire": [r.name for r in idle]})
     return 0
 

@@ -66,6 +66,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from alerts.model import Receiver
+from alerts.rules import CANNOT_FIRE, cannot_fire
 from alerts.service import AlertService
 from monitor.baselines import Baselines, prune
 from monitor.config import Config
@@ -75,7 +76,6 @@ from monitor.evaluate import (
     WindowReader,
     evaluate_cycle,
     prepare_baselines,
-    unwritten,
     window_for,
 )
 from monitor.store import tables as t
@@ -407,13 +407,8 @@ class Daemon:
         self.store = redact(self.engine.url)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)
-        from alerts.health import STATISTICS as HEALTH
-
-        for rule in self.alerts.rules:
-            if rule.statistic not in HEALTH and unwritten([rule.statistic], config.evaluate):
-                log.warning("rule %s reads %s, which the evaluator does not write with this config "
-                            "(evaluate.metrics, statistics, statistics_by_metric): it cannot fire",
-                            rule.name, rule.statistic)
+        for rule in cannot_fire(self.alerts.rules, config.evaluate):
+            log.warning(CANNOT_FIRE.format(name=rule.name, statistic=rule.statistic))
         self.deliver_hooks: list[DeliverHook] = [self.alerts.deliver, *deliver_hooks]
         self.cycle_hooks: list[CycleHook] = [self.alerts.after_cycle, *cycle_hooks]
         ev, dm = config.evaluate, config.daemon

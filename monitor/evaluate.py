@@ -233,11 +233,10 @@ def written_statistics(cfg: EvaluateConfig) -> list[str]:
     return out
 
 
-def unwritten(statistics: list[str], cfg: EvaluateConfig) -> list[str]:
-    """Those of these statistic globs (rules') that match nothing a cycle writes."""
-    written = written_statistics(cfg)
-    return [s for s in statistics
-            if not any(fnmatch.fnmatchcase(w, s) or fnmatch.fnmatchcase(s, w) for w in written)]
+def is_written(statistic: str, cfg: EvaluateConfig) -> bool:
+    """Whether a statistic glob (a rule's) matches something a cycle writes."""
+    return any(fnmatch.fnmatchcase(w, statistic) or fnmatch.fnmatchcase(statistic, w)
+               for w in written_statistics(cfg))
 
 
 def histogram_drift(pairs: list[tuple[Sketch, Sketch]], metrics: list[str],
