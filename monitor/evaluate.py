@@ -69,14 +69,9 @@ def window_for(at: datetime, cfg: EvaluateConfig) -> tuple[datetime, datetime]:
 
 
 @dataclass
-class Window:
-    """Every series' merged sketch over a window, as arrays with one row per series.
-
-    `keys` are the series in the order they first appear (oldest minute first). Per
-    minute with data (oldest first), `minute_n` and `minute_sums` hold each series' count
-    and metric sums (0 where a series has no row that minute). Top-K summaries, which only
-    some series carry, are kept by row index.
-    """
+class Stacked:
+    """Merged sketches of many series, stacked: one row of each array per series, in
+    `keys` order. Top-K summaries, which only some series carry, are kept by row index."""
 
     keys: list[tuple]
     n: np.ndarray  # (S,) int64
@@ -85,36 +80,10 @@ class Window:
     sumsq: np.ndarray  # (S, M)
     hist: np.ndarray  # (S, M, BINS) int64
     pos: np.ndarray  # (S, POSITIONS)
-    minute_n: np.ndarray  # (S, minutes) int64
-    minute_sums: np.ndarray  # (S, minutes, M)
-    present: np.ndarray  # (S, minutes) bool: the series has a row that minute
-    topk: dict[int, tuple[TopK | None, dict[str, TopK]]]
-
-    def sketch(self, i: int) -> Sketch:
-        """Series i's merged sketch (its arrays are views of the window's)."""
-        items, attrs = self.topk.get(i, (None, {}))
-        return Sketch(int(self.n[i]), int(self.rejected[i]), self.sums[i], self.sumsq[i], self.hist[i],
-                      self.pos[i], items, attrs)
-
-    def sketches(self) -> dict[tuple, Sketch]:
-        return {k: self.sketch(i) for i, k in enumerate(self.keys)}
-
-
-@dataclass
-class _Minute:
-    """One minute's merged sketches, stacked (as Window, one minute)."""
-
-    keys: list[tuple]
-    n: np.ndarray
-    rejected: np.ndarray
-    sums: np.ndarray
-    sumsq: np.ndarray
-    hist: np.ndarray
-    pos: np.ndarray
     topk: dict[int, tuple[TopK | None, dict[str, TopK]]]
 
     @classmethod
-    def of(cls, sketches: dict[tuple, Sketch]) -> _Minute:
+    def of(cls, sketches: dict[tuple, Sketch]) -> Stacked:
         sks = list(sketches.values())
         return cls(list(sketches), np.array([s.n for s in sks], dtype=np.int64),
                    np.array([s.rejected for s in sks], dtype=np.int64),
@@ -124,8 +93,29 @@ class _Minute:
                    np.array([s.pos for s in sks]).reshape(len(sks), POSITIONS),
                    {i: (s.items, s.attrs) for i, s in enumerate(sks) if s.items is not None or s.attrs})
 
+    def sketch(self, i: int) -> Sketch:
+        """Series i's merged sketch (its arrays are views of these)."""
+        items, attrs = self.topk.get(i, (None, {}))
+        return Sketch(int(self.n[i]), int(self.rejected[i]), self.sums[i], self.sumsq[i], self.hist[i],
+                      self.pos[i], items, attrs)
 
-def _merge_minutes(minutes: list[_Minute]) -> Window:
+    def sketches(self) -> dict[tuple, Sketch]:
+        return {k: self.sketch(i) for i, k in enumerate(self.keys)}
+
+
+@dataclass
+class Window(Stacked):
+    """Every series' sketch merged over a window (a WindowReader caches each minute as a
+    Stacked). `keys` are the series in the order they first appear (oldest minute first).
+    Per minute with data (oldest first), `minute_n` and `minute_sums` hold each series'
+    count and metric sums (0 where a series has no row that minute)."""
+
+    minute_n: np.ndarray  # (S, minutes) int64
+    minute_sums: np.ndarray  # (S, minutes, M)
+    present: np.ndarray  # (S, minutes) bool: the series has a row that minute
+
+
+def _merge_minutes(minutes: list[Stacked]) -> Window:
     """The window of these minutes (oldest first): equal, series by series, to merge_all of
     its minute sketches in minute order (the float sums are added in that order too)."""
     index: dict[tuple, int] = {}
@@ -165,7 +155,7 @@ def _merge_minutes(minutes: list[_Minute]) -> Window:
         names = dict.fromkeys(name for _, at in tks for name in at)
         topk[i] = (merge_many(items) if items else None,
                    {name: merge_many([at[name] for _, at in tks if name in at]) for name in names})
-    return Window(list(index), n, rejected, sums, sumsq, hist, pos, minute_n, minute_sums, present, topk)
+    return Window(list(index), n, rejected, sums, sumsq, hist, pos, topk, minute_n, minute_sums, present)
 
 
 class WindowReader:
@@ -180,7 +170,7 @@ class WindowReader:
     def __init__(self, engine: Engine):
         self.engine = engine
         # minute -> (fingerprint, that minute's merged sketches stacked, series in row order)
-        self._cache: dict[datetime, tuple[tuple, _Minute]] = {}
+        self._cache: dict[datetime, tuple[tuple, Stacked]] = {}
 
     def read_window(self, start: datetime, end: datetime) -> Window:
         """Every series with rows in [start, end), merged."""
@@ -206,7 +196,7 @@ class WindowReader:
                             (row[6], row[7], row[8], row[9 : 9 + M], row[9 + M :]))
                 for m, series in fresh.items():
                     sketches = {k: merge_encoded(parts) for k, parts in series.items()}
-                    self._cache[m] = (fps[m], _Minute.of(sketches))
+                    self._cache[m] = (fps[m], Stacked.of(sketches))
         for m in [m for m in self._cache if m not in fps]:
             del self._cache[m]
         return _merge_minutes([self._cache[m][1] for m in sorted(self._cache)])

@@ -620,7 +620,7 @@ def test_merged_minutes_equal_merge_all_series_by_series(shuffle):
     """The window's array merge against merge_all of each series' minutes, with minutes in
     the same series order (added in place) or not (gathered), series missing from some
     minutes, and top-K on some series only."""
-    from monitor.evaluate import _merge_minutes, _Minute
+    from monitor.evaluate import Stacked, _merge_minutes
 
     rng = np.random.default_rng(3)
     keys = [("m", "v", c, "0", h) for c in ("a", "*") for h in ("0", "1", "*")]
@@ -636,7 +636,7 @@ def test_merged_minutes_equal_merge_all_series_by_series(shuffle):
                 sk.attrs = {}
             sketches[k] = sk
             by_series[k].append(sk)
-        minutes.append(_Minute.of(sketches))
+        minutes.append(Stacked.of(sketches))
     win = _merge_minutes(minutes)
     assert set(win.keys) == set(keys)
     for i, k in enumerate(win.keys):
