@@ -9,7 +9,9 @@ checks what the device could not and takes its metrics) into the same accumulato
 every `flush_interval_s` writes the sketches of closed minutes, a sample of raw events
 and its own health in one transaction. A store that is down sends the batch to
 `spill_dir`; spilled batches are replayed in order, and `(collector_id, batch_seq)` makes
-a replay count once.
+a replay count once. With no spill_dir, or one that cannot be written (disk full), batches
+wait in memory up to `max_unsent_rows` rows; beyond that the oldest are dropped and
+counted. An unreadable spill file is moved to `spill_dir/bad` and counted.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from collectors.block import (
     blocks_from_singles,
     check_block,
 )
-from collectors.spill import SpillDir
+from collectors.spill import SpillDir, UnreadableSpill
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
@@ -63,6 +65,7 @@ class CollectorStats:
     written: int
     queue_depth: int
     pending_batches: int
+    bad_spill_files: int = 0  # unreadable spill files moved to spill_dir/bad (their batches lost)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class AttentionCollector:
         topk_items: int = 512,
         topk_attr_values: int = 128,
         late_grace_s: float = 5.0,
+        max_unsent_rows: int = 100_000,
         tol: float = 1e-3,
         weights_id: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -118,6 +122,8 @@ class AttentionCollector:
                 raise ValueError(f"{name}={value!r}: must be a printable label of 1–{LABEL} characters")
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate!r}: must be within [0, 1]")
+        if not isinstance(max_unsent_rows, int) or max_unsent_rows < 0:
+            raise ValueError(f"max_unsent_rows={max_unsent_rows!r}: must be an integer >= 0")
         if hash_item_ids and not hash_key:
             hash_key = os.environ.get("ATTNMON_HASH_KEY")
             if not hash_key:
@@ -133,6 +139,7 @@ class AttentionCollector:
         self.max_length = max_length
         self.topk_items, self.topk_attr_values = topk_items, topk_attr_values
         self.late_grace_s = late_grace_s
+        self.max_unsent_rows = max_unsent_rows
         self.tol = tol
         self.clock = clock
         self._hash_key = hash_key.encode() if isinstance(hash_key, str) else hash_key
@@ -168,7 +175,8 @@ class AttentionCollector:
         self._last_flush = 0.0
         self._totals = _Minute()
         self._dropped_hot = 0
-        self._last_error_log = 0.0
+        self._last_log: dict[str, float] = {}
+        self._bad_spill_files = 0
         self._resolve_failures = 0
         self._last_resolve_log = 0.0
 
@@ -189,10 +197,13 @@ class AttentionCollector:
         self._series = _SeriesStore(value)
 
     def _after_fork(self) -> None:
-        # the parent's thread, queue and connections are not ours: start afresh, lazily
-        if self._engine is not None and self.store_url is not None:
+        # the parent's thread, queue and connections are not ours: start afresh, lazily.
+        # dispose(close=False) leaves the parent's sockets to the parent; an engine the
+        # caller gave us stays ours, with a fresh pool.
+        if self._engine is not None:
             self._engine.dispose(close=False)
-            self._engine = None
+            if self.store_url is not None:
+                self._engine = None
         self._reset_state()
 
     # --- the serving path --------------------------------------------------------
@@ -369,6 +380,7 @@ class AttentionCollector:
             written=t.written,
             queue_depth=len(self._q),
             pending_batches=len(self._unsent) + (len(self._spill.pending()) if self._spill else 0),
+            bad_spill_files=self._bad_spill_files,
         )
 
     # --- the background thread -------------------------------------------------------
@@ -808,12 +820,15 @@ class AttentionCollector:
         return self._engine
 
     def _send_all(self) -> None:
-        """Replay spilled batches in order, then the unsent ones; spill what fails."""
+        """Replay spilled batches in order, then the unsent ones; spill what fails (or,
+        where it cannot be spilled, keep it in memory up to `max_unsent_rows`)."""
         try:
             engine = self._get_engine()
             if self._spill is not None:
                 for path in self._spill.pending():
-                    batch = self._spill.load(path)
+                    batch = self._load_spilled(path)
+                    if batch is None:
+                        continue
                     if write_batch(engine, batch) and batch.collector_id == self.collector_id:
                         self._note_written(batch)
                     self._spill.remove(path)
@@ -823,16 +838,70 @@ class AttentionCollector:
                     self._note_written(batch)
                 self._unsent.popleft()
         except Exception as exc:  # the store is down or refusing: keep everything
-            now = time.monotonic()
-            if now - self._last_error_log > 30:
-                self._last_error_log = now
-                log.warning("attnmon collector: store write failed (%s); %s",
-                            type(exc).__name__, "spilling" if self._spill else "keeping in memory")
+            self._log_rarely(logging.WARNING, "attnmon collector: store write failed (%s: %s); %s",
+                             type(exc).__name__, exc, "spilling" if self._spill else "keeping in memory")
             if self._spill is not None:
-                while self._unsent:
-                    batch = self._unsent.popleft()
-                    self._spill.put(batch)
-                    self._note_spilled(batch)
+                self._spill_unsent()
+            self._bound_unsent()
+
+    def _load_spilled(self, path) -> FlushBatch | None:
+        """A spilled batch, or None: gone (another process replayed it) or unreadable, which
+        is moved aside so that it does not hold back the files after it."""
+        try:
+            return self._spill.load(path)
+        except FileNotFoundError:
+            return None
+        except UnreadableSpill as exc:
+            try:
+                dest = self._spill.quarantine(path)
+            except OSError as move_exc:
+                log.error("attnmon collector: unreadable spill file %s, and it could not be moved "
+                          "aside (%s); skipped", exc, move_exc)
+                return None
+            self._bad_spill_files += 1
+            log.error("attnmon collector: unreadable spill file (%s), moved to %s; its batch is lost",
+                      exc, dest)
+            return None
+
+    def _spill_unsent(self) -> None:
+        """Spill the unsent batches in order; stop at the first that cannot be written (disk
+        full, not writable): it and those after it stay in memory."""
+        while self._unsent:
+            batch = self._unsent[0]
+            try:
+                self._spill.put(batch)
+            except OSError as exc:
+                self._log_rarely(logging.ERROR, "attnmon collector: cannot spill to %s (%s); keeping "
+                                 "%d batch(es) in memory", self._spill.path, exc, len(self._unsent))
+                return
+            self._unsent.popleft()
+            self._note_spilled(batch)
+
+    def _bound_unsent(self) -> None:
+        """Drop the oldest unsent batches (counted as dropped) while the rows held in memory
+        exceed `max_unsent_rows`, keeping the newest: the minutes alerts look at."""
+        held = sum(_rows_of(b) for b in self._unsent)
+        lost = 0
+        while len(self._unsent) > 1 and held > self.max_unsent_rows:
+            batch = self._unsent.popleft()
+            held -= _rows_of(batch)
+            lost += batch.n_requests
+            if batch.deployments:
+                self._deployment_written = False  # the next batch carries it again
+        if lost:
+            self._totals.dropped += lost
+            self._minute_health().dropped += lost
+            self._log_rarely(logging.ERROR, "attnmon collector: store unreachable and nowhere to spill; "
+                             "dropping the oldest unsent batches (%d requests now; max_unsent_rows=%d)",
+                             lost, self.max_unsent_rows)
+
+    def _log_rarely(self, level: int, msg: str, *args) -> None:
+        """Log each message at most every 30 s: a store that stays down must not flood the
+        log (the counters in stats and collector_health keep the full count)."""
+        now = time.monotonic()
+        if now - self._last_log.get(msg, -1e9) > 30:
+            self._last_log[msg] = now
+            log.log(level, msg, *args)
 
     def _note_written(self, batch: FlushBatch) -> None:
         self._totals.written += batch.n_requests
@@ -846,6 +915,11 @@ class AttentionCollector:
         if batch.deployments:
             # the spilled file carries it; it is written when the file is replayed
             self._deployment_written = True
+
+
+def _rows_of(batch: FlushBatch) -> int:
+    """What a batch holds in memory, in rows (aggregate rows and raw events)."""
+    return len(batch.aggregates) + len(batch.events)
 
 
 def _taker(keep: np.ndarray, n_ok: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,8 +1,10 @@
 """Batches that could not be written wait here, one file each, replayed in order.
 
 A file is gzip'd JSON (bytes as base64): a spill file is data, never code, so nothing
-in it is unpickled or executed. Files are written to a temporary name and renamed, so a
-crash leaves either a whole file or none.
+in it is unpickled or executed. Files are written to a temporary name, synced and renamed,
+so a crash or a power loss leaves either a whole file or none. A file that cannot be read
+anyway (a disk fault, a partial copy) is moved to `bad/`, where it no longer blocks the
+files behind it and an operator can look at it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import gzip
 import json
 import os
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -33,19 +36,31 @@ def _dec(d: dict):
     return d
 
 
+class UnreadableSpill(Exception):
+    """A spill file that holds no batch (truncated, corrupt, not ours)."""
+
+
 class SpillDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def put(self, batch: FlushBatch) -> Path:
+        """Write one batch; an OSError (disk full, not writable) leaves no file behind."""
         name = f"{batch.collector_id}-{batch.batch_seq:012d}.json.gz"
         final = self.path / name
         tmp = self.path / (name + ".tmp")
         data = json.dumps(batch.__dict__, default=_enc).encode("utf-8")
-        with gzip.open(tmp, "wb", compresslevel=1) as f:
-            f.write(data)
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as f:
+                    f.write(data)
+                raw.flush()
+                os.fsync(raw.fileno())  # the data on disk before the name points at it
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return final
 
     def pending(self, collector_id: str | None = None) -> list[Path]:
@@ -54,9 +69,23 @@ class SpillDir:
         return sorted(self.path.glob(pat))
 
     def load(self, path: Path) -> FlushBatch:
-        with gzip.open(path, "rb") as f:
-            d = json.loads(f.read().decode("utf-8"), object_hook=_dec)
-        return FlushBatch(**d)
+        """The batch in a spill file; `UnreadableSpill` if it does not hold one."""
+        try:
+            with gzip.open(path, "rb") as f:
+                d = json.loads(f.read().decode("utf-8"), object_hook=_dec)
+            return FlushBatch(**d)
+        except FileNotFoundError:
+            raise  # another process replayed it first
+        except (OSError, EOFError, zlib.error, ValueError, TypeError) as exc:
+            raise UnreadableSpill(f"{path.name}: {type(exc).__name__}: {exc}") from exc
+
+    def quarantine(self, path: Path) -> Path:
+        """Move an unreadable file to bad/ (out of `pending`), keeping it for a person."""
+        bad = self.path / "bad"
+        bad.mkdir(exist_ok=True)
+        dest = bad / path.name
+        os.replace(path, dest)
+        return dest
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)

@@ -50,6 +50,7 @@ class CollectorConfig(_Strict):
     topk_items: int = Field(512, gt=0)
     topk_attr_values: int = Field(128, gt=0)
     late_grace_s: float = Field(5.0, ge=0)
+    max_unsent_rows: int = Field(100_000, ge=0)
 
 
 class RetentionConfig(_Strict):

@@ -119,3 +119,37 @@ def test_aggregate_rows_copied_in_are_the_rows_given(pg_clean_url):
     for r in got:
         r["payload"] = bytes(r["payload"])
     assert got == want
+
+
+def test_a_forked_child_does_not_share_a_given_engines_connection(pg_clean_url):
+    """A collector given `engine=` (no URL): the child of a fork gets its own connection,
+    never the parent's pooled socket (two processes on one socket corrupt both)."""
+    import os
+
+    engine = make_engine(pg_clean_url)
+    c = AttentionCollector(engine=engine, model="m", version="v1", clock=lambda: T0 + 3600)
+    try:
+        with c._get_engine().connect() as conn:  # pooled: checked in, not closed
+            parent = conn.execute(text("select pg_backend_pid()")).scalar_one()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: what its collector thread would use, then a real write
+            code = 1
+            try:
+                with c._get_engine().connect() as conn:
+                    child = conn.execute(text("select pg_backend_pid()")).scalar_one()
+                c.observe(np.ones(4) / 4, timestamp=T0)
+                c.close()
+                os.write(w, f"{child} {c.stats.written}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        child, written = map(int, os.read(r, 100).split())
+        assert child != parent and written == 1
+        with c._get_engine().connect() as conn:  # the parent's connection still works
+            assert conn.execute(text("select 1")).scalar_one() == 1
+    finally:
+        c.close()
+        engine.dispose()

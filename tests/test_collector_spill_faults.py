@@ -1,0 +1,112 @@
+"""The collector's own disk and memory faults: an unreadable spill file, a spill_dir that
+cannot be written, a store down with nowhere to spill. Nothing accepted may vanish
+uncounted, and one bad file must not hold back the store."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+
+import numpy as np
+from test_collector import T0, dirichlet, stored_n
+
+from sqlalchemy import select
+
+from collectors import AttentionCollector
+from monitor.store import make_engine, migrate
+from monitor.store.tables import window_aggregates as wa
+
+
+def _run_minutes(c, clock, rng, minutes, per_minute=50):
+    for minute in minutes:
+        clock[0] = T0 + 60 * minute
+        c.observe_batch(dirichlet(rng, (per_minute,), 8), timestamps=clock[0])
+        assert c.flush()
+
+
+def test_an_unreadable_spill_file_is_moved_aside_and_the_rest_is_written(sqlite_url, tmp_path, caplog):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    # a truncated file (a disk fault, a partial copy), sorted before the collector's own
+    bad = spill / "aaa-host-1-deadbeef-000000000001.json.gz"
+    bad.write_bytes(b"\x1f\x8b\x08garbage")
+    rng, clock = np.random.default_rng(1), [T0]
+    c = AttentionCollector(sqlite_url, model="m", version="v1", spill_dir=spill,
+                           flush_interval_s=0.05, clock=lambda: clock[0])
+    _run_minutes(c, clock, rng, range(3))
+    c.close()
+    assert stored_n(sqlite_url) == 150 == c.stats.written
+    assert c.stats.spilled == 0 and c.stats.bad_spill_files == 1
+    assert list(spill.glob("*.json.gz")) == []
+    assert (spill / "bad" / bad.name).read_bytes() == b"\x1f\x8b\x08garbage"  # kept for a person
+    assert any("unreadable spill file" in r.getMessage() and bad.name in r.getMessage() for r in caplog.records)
+
+
+def test_a_spill_dir_that_cannot_be_written_keeps_batches_in_memory(tmp_path):
+    db = tmp_path / "later" / "store.db"  # the directory does not exist yet: store down
+    url = f"sqlite:///{db}"
+    spill = tmp_path / "spill"
+    rng, clock = np.random.default_rng(2), [T0]
+    c = AttentionCollector(url, model="m", version="v1", spill_dir=spill,
+                           flush_interval_s=0.05, clock=lambda: clock[0])
+    shutil.rmtree(spill)
+    spill.write_text("not a directory")  # every write into it fails (NotADirectoryError)
+    _run_minutes(c, clock, rng, range(4))
+    st = c.stats
+    assert st.accepted == 200 and st.spilled == st.written == st.dropped == 0
+    assert sum(b.n_requests for b in c._unsent) == 200  # (flush() writes open minutes too)
+    db.parent.mkdir()
+    migrate.upgrade(url)
+    c.close()
+    assert stored_n(url) == 200 == c.stats.written == c.stats.accepted
+
+
+def test_spilling_to_a_full_disk_leaves_no_partial_file(tmp_path):
+    """A real write error (the file size limit, EFBIG, as a full disk would give ENOSPC):
+    put raises, and no .tmp file stays behind to fill the disk further."""
+    script = textwrap.dedent(f"""
+        import resource, secrets, signal
+        from datetime import datetime, UTC
+        from collectors.spill import SpillDir
+        from monitor.store.writer import FlushBatch
+        sd = SpillDir({str(tmp_path / "spill")!r})
+        batch = FlushBatch(collector_id="c", batch_seq=1, written_at=datetime.now(UTC),
+                           deployments=[], aggregates=[], events=[{{"x": secrets.token_hex(100_000)}}],
+                           health=[], n_requests=1)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+        try:
+            sd.put(batch)
+        except OSError as exc:
+            print("raised", type(exc).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("raised")
+    assert list((tmp_path / "spill").iterdir()) == []
+
+
+def test_store_down_and_no_spill_dir_drops_the_oldest_beyond_the_bound(tmp_path):
+    db = tmp_path / "later" / "store.db"
+    url = f"sqlite:///{db}"
+    rng, clock = np.random.default_rng(3), [T0]
+    # each minute's batch holds 4 aggregate rows (cohort "default" and "*", heads 0 and
+    # "*") and no events: a bound of 8 rows keeps the newest two minutes
+    c = AttentionCollector(url, model="m", version="v1", sample_rate=0.0, max_unsent_rows=8,
+                           flush_interval_s=0.05, clock=lambda: clock[0])
+    _run_minutes(c, clock, rng, range(6))
+    assert [len(b.aggregates) for b in c._unsent] == [4, 4]
+    st = c.stats
+    assert st.accepted == 300 and st.dropped == 200 and st.written == 0
+    db.parent.mkdir()
+    migrate.upgrade(url)
+    c.close()
+    assert stored_n(url) == 100 == c.stats.written
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        minutes = {r[0].replace(tzinfo=None) for r in conn.execute(select(wa.c.bucket_start).distinct())}
+    engine.dispose()
+    assert minutes == {datetime.fromtimestamp(T0 + 60 * m, UTC).replace(tzinfo=None) for m in (4, 5)}
