@@ -11,9 +11,8 @@ import textwrap
 from datetime import UTC, datetime
 
 import numpy as np
-from test_collector import T0, dirichlet, stored_n
-
 from sqlalchemy import select
+from test_collector import T0, dirichlet, stored_n
 
 from collectors import AttentionCollector
 from monitor.store import make_engine, migrate
