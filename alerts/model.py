@@ -15,8 +15,9 @@ class DeliveryError(Exception):
     """A send failed. `retry` says whether trying again later may help (5xx, 429,
     timeouts, refused connections) or not (400: the payload itself is wrong)."""
 
-    def __init__(self, message: str, *, retry: bool):
+    def __init__(self, message: str, *, retry: bool, retry_after_s: float | None = None):
         self.retry = retry
+        self.retry_after_s = retry_after_s  # the receiver's Retry-After, when it gave one
         super().__init__(message)
 
 

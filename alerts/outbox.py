@@ -35,8 +35,19 @@ Deliver (`Outbox.deliver(now)`, the daemon's deliver job):
   deliver run, so a restarted daemon re-sends one interval after it starts (well
   within Alertmanager's default 5 min resolve_timeout at the default 60 s).
 
-Only the leading daemon runs the deliver job, so rows are not locked while a send is
-in flight.
+Only the leading daemon runs the deliver job. Two may overlap for a moment (a leader
+that lost its lock and has not noticed yet), so a group's rows are claimed before the
+send: their next_attempt_at moves `send deadline + CLAIM_SLACK` ahead in a conditional
+update, and a deliverer that finds them claimed leaves the group alone. A daemon killed
+mid-send leaves the claim to expire, and the group is sent again (same dedup key). The
+job also stops between groups once `keep_going()` is false (lead lost, shutting down).
+
+Each send runs under a deadline of `SEND_DEADLINE_FACTOR × the receiver's timeout_s`:
+the receivers' timeouts apply to each read, so a peer that answers one byte at a time
+could otherwise hold the job (and every other receiver) for hours. A send past its
+deadline counts as a failed try (retry); its thread is left to finish, and while it
+hangs that receiver gets no second one. A `Retry-After` in the answer (429, 503) sets
+the earliest next try when it is later than the backoff.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ import hashlib
 import logging
 import random
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,6 +77,8 @@ from monitor.store.maintenance import as_utc
 log = logging.getLogger("attnmon.alerts")
 
 JITTER = 0.25
+SEND_DEADLINE_FACTOR = 3  # connect, write and read may each take a receiver's timeout_s
+CLAIM_SLACK = timedelta(seconds=30)  # a claim outlives its send's deadline by this much
 RETAIN = timedelta(days=7)  # delivered / failed / silenced rows, resolved alerts
 RETAIN_SILENCES = timedelta(days=30)  # after they end
 MAX_ERROR = 500
@@ -210,14 +224,22 @@ class DeliverResult:
     resent: int = 0  # Alertmanager re-sends (messages)
     errors: list[str] = field(default_factory=list)
     sends: dict[tuple[str, str], int] = field(default_factory=dict)  # (receiver, outcome) -> messages
+    claimed_elsewhere: int = 0  # groups another deliverer was sending
+    reclaimed: int = 0  # rows whose sender stopped mid-send, pending again
+    stopped: bool = False  # keep_going() turned false: the rest waits for the next run
 
     def count(self, receiver: str, outcome: str) -> None:
         self.sends[(receiver, outcome)] = self.sends.get((receiver, outcome), 0) + 1
 
 
+class _ClaimedElsewhere(Exception):
+    """Another deliverer holds some of a group's rows: leave the group to it."""
+
+
 class _Unavailable(Exception):
-    def __init__(self, message: str, retry: bool):
+    def __init__(self, message: str, retry: bool, retry_after_s: float | None = None):
         self.retry = retry
+        self.retry_after_s = retry_after_s
         super().__init__(message)
 
 
@@ -237,6 +259,7 @@ class Outbox:
         self._rng = rng or random.Random()
         self._configs = {rc.name: rc for rc in config.receivers}
         self._last_resend: dict[str, datetime] = {}
+        self._hanging: dict[str, threading.Thread] = {}  # receiver -> a send past its deadline
         self.external_url = strip_credentials(config.external_url) if config.external_url else None
 
     # -- receivers -------------------------------------------------------------------
@@ -258,12 +281,14 @@ class Outbox:
 
     # -- the job ---------------------------------------------------------------------
 
-    def deliver(self, now: datetime) -> DeliverResult:
+    def deliver(self, now: datetime, keep_going: Callable[[], bool] = lambda: True) -> DeliverResult:
+        """Send what is due at `now`; stop between groups once `keep_going()` is false."""
         now = as_utc(now)
         res = DeliverResult()
         with self.engine.connect() as conn:
             active = sil.load(conn, now)
         res.requeued = self._requeue_unsilenced(now, active)
+        res.reclaimed = self._release_expired_claims(now)
         nt = t.notifications
         due = (select(nt.c.receiver, nt.c.group_key, nt.c.dedup_key, func.min(nt.c.next_attempt_at))
                .where(nt.c.status == "pending", nt.c.next_attempt_at <= now)
@@ -272,8 +297,14 @@ class Outbox:
         with self.engine.connect() as conn:
             groups = [tuple(r[:3]) for r in conn.execute(due)]
         for receiver, group_key, dedup in groups:
+            if not keep_going():
+                res.stopped = True
+                return res
             self._deliver_group(receiver, group_key, dedup, now, active, res)
-        self._resend(now, active, res)
+        if keep_going():
+            self._resend(now, active, res)
+        else:
+            res.stopped = True
         return res
 
     def _requeue_unsilenced(self, now: datetime, active: list[sil.Silence]) -> int:
@@ -291,41 +322,20 @@ class Outbox:
     def _deliver_group(self, receiver: str, group_key: str, dedup: str, now: datetime,
                        active: list[sil.Silence], res: DeliverResult) -> None:
         nt = t.notifications
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(nt).where(nt.c.status == "pending", nt.c.receiver == receiver,
-                                 nt.c.group_key == group_key, nt.c.dedup_key == dedup)
-                .order_by(nt.c.event_at, nt.c.id)
-            ).mappings().all()
-            send, muted, muted_incidents, sending_incidents = [], [], set(), set()
-            for r in rows:
-                labels = r["payload"]["alert"]["labels"]
-                incident = (r["fingerprint"], as_utc(r["active_at"]))
-                if r["transition"] == "firing":
-                    if sil.silenced(active, labels, now):
-                        muted.append(r["id"])
-                        muted_incidents.add(incident)
-                    else:
-                        send.append(r)
-                        sending_incidents.add(incident)
-                    continue
-                if incident in muted_incidents:
-                    muted.append(r["id"])
-                elif incident in sending_incidents:
-                    send.append(r)
-                else:
-                    fired = conn.execute(select(nt.c.status).where(
-                        nt.c.fingerprint == r["fingerprint"], nt.c.receiver == receiver,
-                        nt.c.transition == "firing", nt.c.active_at == r["active_at"])).scalar()
-                    if fired == "silenced" or (fired is None and sil.silenced(active, labels, now)):
-                        muted.append(r["id"])
-                    else:
-                        send.append(r)
-            if muted:
-                conn.execute(update(nt).where(nt.c.id.in_(muted), nt.c.status == "pending")
-                             .values(status="silenced", last_attempt_at=now))
-                res.silenced += len(muted)
-            context = self._still_firing(conn, receiver, group_key, dedup, {r["fingerprint"] for r in send})
+        try:
+            with self.engine.begin() as conn:
+                send, muted = self._split(conn, receiver, group_key, dedup, now, active)
+                if muted:
+                    conn.execute(update(nt).where(nt.c.id.in_(muted), nt.c.status == "pending")
+                                 .values(status="silenced", last_attempt_at=now))
+                if send and not self._claim(conn, [r["id"] for r in send], now, receiver):
+                    # undo this transaction (the silenced rows too: the claim's holder decides)
+                    raise _ClaimedElsewhere
+                context = self._still_firing(conn, receiver, group_key, dedup, {r["fingerprint"] for r in send})
+        except _ClaimedElsewhere:
+            res.claimed_elsewhere += 1
+            return
+        res.silenced += len(muted)
         if not send:
             return
         newest: dict[str, Mapping] = {}
@@ -335,19 +345,105 @@ class Outbox:
         note = self._notification(receiver, group_key, dedup, views, send[0]["payload"].get("group_labels", {}))
         error: _Unavailable | None = None
         try:
-            self.receiver(receiver).send(note)
+            self._send_within_deadline(receiver, note)
         except _Unavailable as exc:
             error = exc
         except DeliveryError as exc:
-            error = _Unavailable(scrub(str(exc)) or type(exc).__name__, exc.retry)
+            error = _Unavailable(scrub(str(exc)) or type(exc).__name__, exc.retry, exc.retry_after_s)
         except Exception as exc:  # a receiver's bug must not stop the job: retry later
             error = _Unavailable(scrub(f"{type(exc).__name__}: {exc}"), retry=True)
         self._record(send, now, error, res)
 
+    def _split(self, conn: Connection, receiver: str, group_key: str, dedup: str, now: datetime,
+               active: list[sil.Silence]) -> tuple[list[Mapping], list[int]]:
+        """A group's pending rows: those to send, and the ids of those a silence mutes."""
+        nt = t.notifications
+        rows = conn.execute(
+            select(nt).where(nt.c.status == "pending", nt.c.receiver == receiver,
+                             nt.c.group_key == group_key, nt.c.dedup_key == dedup)
+            .order_by(nt.c.event_at, nt.c.id)
+        ).mappings().all()
+        send, muted, muted_incidents, sending_incidents = [], [], set(), set()
+        for r in rows:
+            labels = r["payload"]["alert"]["labels"]
+            incident = (r["fingerprint"], as_utc(r["active_at"]))
+            if r["transition"] == "firing":
+                if sil.silenced(active, labels, now):
+                    muted.append(r["id"])
+                    muted_incidents.add(incident)
+                else:
+                    send.append(r)
+                    sending_incidents.add(incident)
+                continue
+            if incident in muted_incidents:
+                muted.append(r["id"])
+            elif incident in sending_incidents:
+                send.append(r)
+            else:
+                fired = conn.execute(select(nt.c.status).where(
+                    nt.c.fingerprint == r["fingerprint"], nt.c.receiver == receiver,
+                    nt.c.transition == "firing", nt.c.active_at == r["active_at"])).scalar()
+                if fired == "silenced" or (fired is None and sil.silenced(active, labels, now)):
+                    muted.append(r["id"])
+                else:
+                    send.append(r)
+        return send, muted
+
+    def _deadline_s(self, name: str) -> float:
+        """How long one send to this receiver may take, all of it (its timeout_s is per read)."""
+        timeout = getattr(self._receivers.get(name), "timeout_s", None)
+        rc = self._configs.get(name)
+        if timeout is None and rc is not None:
+            timeout = getattr(getattr(rc, rc.kind), "timeout_s", None)
+        return SEND_DEADLINE_FACTOR * float(timeout or 10.0)
+
+    def _claim(self, conn: Connection, ids: list[int], now: datetime, receiver: str) -> bool:
+        """Take the rows for this send (False: another deliverer has some of them)."""
+        nt = t.notifications
+        until = now + timedelta(seconds=self._deadline_s(receiver)) + CLAIM_SLACK
+        n = conn.execute(update(nt).where(nt.c.id.in_(ids), nt.c.status == "pending")
+                         .values(status="sending", next_attempt_at=until)).rowcount
+        return n == len(ids)
+
+    def _release_expired_claims(self, now: datetime) -> int:
+        """Rows left `sending` by a deliverer that died mid-send: pending again."""
+        nt = t.notifications
+        with self.engine.begin() as conn:
+            n = conn.execute(update(nt).where(nt.c.status == "sending", nt.c.next_attempt_at <= now)
+                             .values(status="pending")).rowcount
+        if n:
+            log.warning("%d notification(s) were being sent by a daemon that stopped mid-send; "
+                        "sending them again (same dedup key)", n)
+        return n
+
+    def _send_within_deadline(self, name: str, note: Notification) -> None:
+        """receiver.send(note) in a thread of its own, waited for at most the deadline."""
+        receiver = self.receiver(name)
+        hung = self._hanging.get(name)
+        if hung is not None and hung.is_alive():
+            raise _Unavailable(f"receiver {name!r}: an earlier send is still waiting for an answer", retry=True)
+        deadline = self._deadline_s(name)
+        failure: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                receiver.send(note)
+            except BaseException as exc:  # handed to the deliver job below
+                failure.append(exc)
+
+        worker = threading.Thread(target=send, name=f"attnmon-send-{name}", daemon=True)
+        worker.start()
+        worker.join(deadline)
+        if worker.is_alive():
+            self._hanging[name] = worker
+            raise _Unavailable(f"receiver {name!r}: no complete answer within {deadline:g} s", retry=True)
+        if failure:
+            raise failure[0]
+
     def _record(self, send: list[Mapping], now: datetime, error: _Unavailable | None, res: DeliverResult) -> None:
         nt = t.notifications
         ids = [r["id"] for r in send]
-        pending = (nt.c.id.in_(ids), nt.c.status == "pending")
+        pending = (nt.c.id.in_(ids), nt.c.status == "sending")  # (claimed by _claim)
         with self.engine.begin() as conn:
             if error is None:
                 conn.execute(update(nt).where(*pending).values(
@@ -368,14 +464,16 @@ class Outbox:
             res.count(send[0]["receiver"], "retry" if retry else "failed")
             if expired:
                 note = msg if not error.retry else f"gave up after {d.max_age_s:g}s: {msg}"
-                conn.execute(update(nt).where(nt.c.id.in_(expired), nt.c.status == "pending").values(
+                conn.execute(update(nt).where(nt.c.id.in_(expired), *pending[1:]).values(
                     status="failed", last_attempt_at=now, attempts=nt.c.attempts + 1, last_error=scrub(note)))
                 res.failed += len(expired)
             if retry:
                 attempt = 1 + max(r["attempts"] for r in send if r["id"] in set(retry))
                 wait = backoff_s(attempt, d.backoff_initial_s, d.backoff_max_s, self._rng)
-                conn.execute(update(nt).where(nt.c.id.in_(retry), nt.c.status == "pending").values(
-                    next_attempt_at=now + timedelta(seconds=wait), last_attempt_at=now,
+                if error.retry_after_s is not None:  # the receiver asked for a longer pause
+                    wait = max(wait, min(error.retry_after_s, d.max_age_s))
+                conn.execute(update(nt).where(nt.c.id.in_(retry), *pending[1:]).values(
+                    status="pending", next_attempt_at=now + timedelta(seconds=wait), last_attempt_at=now,
                     attempts=nt.c.attempts + 1, last_error=msg))
                 res.retrying += len(retry)
         log.warning("notification to %s failed (%s): %s", send[0]["receiver"],
@@ -478,7 +576,7 @@ def counts(engine: Engine, now: datetime) -> Counts:
         a = {(s, sev): n for s, sev, n in conn.execute(
             select(al.c.state, al.c.severity, func.count()).where(al.c.state.in_(("pending", "firing")))
             .group_by(al.c.state, al.c.severity))}
-        p = dict(conn.execute(select(nt.c.receiver, func.count()).where(nt.c.status == "pending")
+        p = dict(conn.execute(select(nt.c.receiver, func.count()).where(nt.c.status.in_(("pending", "sending")))
                               .group_by(nt.c.receiver)).all())
         f = dict(conn.execute(select(nt.c.receiver, func.count()).where(and_(
             nt.c.status == "failed", nt.c.last_attempt_at >= as_utc(now) - timedelta(days=1)))

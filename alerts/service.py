@@ -79,6 +79,8 @@ class AlertService:
         self._pruned: datetime | None = None
         self.last_cycle: AlertCycle | None = None
         self.last_delivery: DeliverResult | None = None
+        # the daemon's "still the leader, not stopping": delivery stops between groups
+        self.keep_going: Callable[[], bool] = lambda: True
 
     def after_cycle(self, engine: Engine, result) -> AlertCycle:
         """A daemon cycle hook: alert states after the window `result` (a CycleResult) ended."""
@@ -94,7 +96,7 @@ class AlertService:
     def deliver(self, engine: Engine, now: datetime) -> DeliverResult:
         """A daemon deliver hook: send what is due, re-send to Alertmanager, prune hourly."""
         now = as_utc(now)
-        res = self.outbox.deliver(now)
+        res = self.outbox.deliver(now, keep_going=self.keep_going)
         if self._metrics:
             for (receiver, outcome), n in res.sends.items():
                 self._metrics.sends.labels(receiver, outcome).inc(n)

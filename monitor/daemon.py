@@ -407,6 +407,7 @@ class Daemon:
         self.store = redact(self.engine.url)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)
+        self.alerts.keep_going = self._may_go_on  # a lost lead stops delivery between groups
         for rule in cannot_fire(self.alerts.rules, config.evaluate):
             log.warning(CANNOT_FIRE.format(name=rule.name, statistic=rule.statistic))
         self.deliver_hooks: list[DeliverHook] = [self.alerts.deliver, *deliver_hooks]

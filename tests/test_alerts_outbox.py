@@ -5,7 +5,7 @@ keys, Alertmanager re-sends. Receivers are fakes implementing the Receiver proto
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from alerting import FakeReceiver, at, config, cycle, drift_row, failing, rule
@@ -207,10 +207,15 @@ def test_a_restart_loses_nothing_and_repeats_only_under_the_same_dedup_key(store
     monkeypatch.setattr(first, "_record", lambda *a: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         first.deliver(at(1))
-    assert {r["status"] for r in outbox_rows(store)} == {"pending"}
-    # a new process: new objects on the same store
+    rows = outbox_rows(store)
+    assert {r["status"] for r in rows} == {"sending"}  # claimed by the dead process
+    claim_ends = {r["next_attempt_at"].replace(tzinfo=UTC) for r in rows}
+    assert claim_ends == {at(1) + timedelta(seconds=3 * 10) + timedelta(seconds=30)}  # deadline + slack
+    # a new process: new objects on the same store; it leaves the claim until it ends
     second = Outbox(store, cfg, {"pager": pager})
-    assert second.deliver(at(1) + 15 * S).delivered == 2
+    assert second.deliver(at(1) + 15 * S).delivered == 0 and len(pager.sent) == 1
+    res = second.deliver(max(claim_ends))
+    assert (res.reclaimed, res.delivered) == (2, 2)
     assert len(pager.sent) == 2 and pager.sent[0].dedup_key == pager.sent[1].dedup_key
     assert pager.sent[0].alerts == pager.sent[1].alerts
     # it resolves (under yet another process); the receiver is told under the same key

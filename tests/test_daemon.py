@@ -585,3 +585,17 @@ def test_a_rule_on_a_statistic_the_evaluator_does_not_write_is_warned_about(stor
         with Daemon(Config(store_url=store, daemon=LOOPBACK)):  # the shipped rules read what is written
             pass
     assert "cannot fire" not in caplog.text
+
+
+def test_delivery_goes_on_only_while_this_daemon_leads(store):
+    """The outbox stops between groups once the daemon has lost the lead or is stopping
+    (tests/test_alerts_delivery_faults.py: what the outbox does with that answer)."""
+    with Daemon(config(store), clock=lambda: at(20)) as daemon:
+        assert daemon.alerts.keep_going() is False  # not the leader yet
+        assert daemon.acquire()
+        assert daemon.alerts.keep_going() is True
+        daemon._leader = False  # what _lease does when the lock's connection is gone
+        assert daemon.alerts.keep_going() is False
+        daemon._leader = True
+        daemon._stop.set()
+        assert daemon.alerts.keep_going() is False

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,6 +102,23 @@ def finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
+def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a Retry-After header asks us to wait (delay-seconds or an HTTP date, RFC
+    9110 §10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
 def retryable(status: int) -> bool:
     """5xx, 429 (rate limited) and 408 (timeout) may pass later; any other 4xx means
     the request itself is wrong, and a 3xx that we were sent elsewhere (we don't follow)."""
@@ -160,6 +178,7 @@ class JsonPoster:
                 + (f": {answer}" if answer else "")
                 + (f" (Retry-After: {after})" if after else ""),
                 retry=retryable(response.status_code),
+                retry_after_s=retry_after_s(after),
             )
         log.debug("%s: HTTP %d from %s", self.what, response.status_code, self.shown)
         return response

@@ -46,6 +46,7 @@ class Alertmanager:
         transport: httpx.BaseTransport | None = None,
     ):
         self.name = name
+        self.timeout_s = timeout_s  # per read; the outbox bounds a whole send by a multiple
         self.resend_interval_s = resend_interval_s
         self._clock = clock
         self._poster = JsonPoster(

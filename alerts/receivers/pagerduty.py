@@ -63,6 +63,7 @@ class PagerDuty:
         transport: httpx.BaseTransport | None = None,
     ):
         self.name = name
+        self.timeout_s = timeout_s  # per read; the outbox bounds a whole send by a multiple
         self._routing_key = routing_key
         self._clock = clock
         self._poster = JsonPoster(

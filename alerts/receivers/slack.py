@@ -49,6 +49,7 @@ class Slack:
         transport: httpx.BaseTransport | None = None,
     ):
         self.name = name
+        self.timeout_s = timeout_s  # per read; the outbox bounds a whole send by a multiple
         self._clock = clock
         self._poster = JsonPoster(
             webhook_url,

@@ -69,6 +69,7 @@ class Webhook:
         transport: httpx.BaseTransport | None = None,
     ):
         self.name = name
+        self.timeout_s = timeout_s  # per read; the outbox bounds a whole send by a multiple
         self._poster = JsonPoster(
             url,
             what=f"webhook receiver {name!r}",

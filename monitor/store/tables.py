@@ -287,7 +287,7 @@ notifications = Table(
     Column("event_at", TS, nullable=False),  # when it fired or resolved
     Column("dedup_key", String(64), nullable=False),  # one per group incident
     Column("payload", JSON, nullable=False),  # the alert as it was at the transition
-    Column("status", String(16), nullable=False),  # pending | delivered | failed | silenced
+    Column("status", String(16), nullable=False),  # pending | sending | delivered | failed | silenced
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", TS, nullable=False),
     Column("last_attempt_at", TS),

@@ -1,9 +1,16 @@
 """The alerting store code on a real PostgreSQL: the outbox and health tests of
-tests/test_alerts_outbox.py and tests/test_alerts_health.py, run against it."""
+tests/test_alerts_outbox.py, tests/test_alerts_health.py and the store-level ones of
+tests/test_alerts_delivery_faults.py, run against it."""
 
 from __future__ import annotations
 
 import pytest
+from test_alerts_delivery_faults import (  # noqa: F401
+    test_a_claim_is_taken_once,
+    test_a_group_being_sent_is_left_alone_by_a_second_deliverer,
+    test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends,
+    test_delivery_stops_between_groups_once_the_lead_is_lost,
+)
 from test_alerts_health import (  # noqa: F401
     test_no_data_fires_after_ten_minutes_and_resolves_when_data_is_back,
     test_notifications_failing_fires_per_receiver_and_resolves,

@@ -1,0 +1,210 @@
+"""Delivery faults beyond a receiver that is down: two deliverers at once (a leader that
+lost its lock and has not noticed), a daemon killed mid-send, a lead lost between groups,
+a receiver that asks us to wait (Retry-After), and one that answers a byte at a time.
+tests/postgres/test_alerts_pg.py runs the store-level ones on PostgreSQL too."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import UTC, timedelta
+
+import httpx
+import pytest
+from alerting import FakeReceiver, at, config, cycle, rule, shifted_rows
+from sqlalchemy import select
+
+from alerts.outbox import CLAIM_SLACK, SEND_DEADLINE_FACTOR, Outbox
+from alerts.receivers.webhook import Webhook
+from monitor.store import make_engine, tables
+
+S = timedelta(seconds=1)
+
+
+@pytest.fixture
+def store_url(sqlite_url):
+    return sqlite_url  # tests/postgres/test_alerts_pg.py gives a PostgreSQL one
+
+
+@pytest.fixture
+def store(store_url):
+    engine = make_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+def rows(engine) -> list[dict]:
+    nt = tables.notifications
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(nt).order_by(nt.c.id)).mappings()]
+
+
+def fire(engine, cfg, names=("Collapse",)) -> None:
+    cycle(engine, [rule(n, **{"for": "0s"}) for n in names], cfg, 0, shifted_rows(0, heads=[2]))
+
+
+def test_a_group_being_sent_is_left_alone_by_a_second_deliverer(store):
+    cfg = config()
+    fire(store, cfg)
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(FakeReceiver):
+        def send(self, notification):
+            started.set()
+            release.wait(10)
+            super().send(notification)
+
+    slow, other = Slow("pager"), FakeReceiver("pager")
+    first, second = Outbox(store, cfg, {"pager": slow}), Outbox(store, cfg, {"pager": other})
+    worker = threading.Thread(target=first.deliver, args=(at(0),))
+    worker.start()
+    try:
+        assert started.wait(10)
+        assert {r["status"] for r in rows(store)} == {"sending"}
+        res = second.deliver(at(0) + 5 * S)  # the other daemon, while the send is in flight
+    finally:
+        release.set()
+        worker.join(10)
+    assert res.notifications == 0 and other.calls == 0
+    assert len(slow.sent) == 1 and {r["status"] for r in rows(store)} == {"delivered"}
+
+
+def test_a_claim_is_taken_once(store):
+    """Two deliverers that both read the group's rows before either claimed them: the
+    conditional update lets one through."""
+    cfg = config()
+    fire(store, cfg)
+    ids = [r["id"] for r in rows(store)]
+    a, b = Outbox(store, cfg, {}), Outbox(store, cfg, {})
+    with store.begin() as conn:
+        assert a._claim(conn, ids, at(0), "pager") is True
+    with store.begin() as conn:
+        assert b._claim(conn, ids, at(0), "pager") is False
+
+
+def test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends(store):
+    cfg = config()
+    fire(store, cfg)
+    box = Outbox(store, cfg, {"pager": FakeReceiver("pager")})
+    with store.begin() as conn:  # what a daemon killed during the send leaves behind
+        assert box._claim(conn, [r["id"] for r in rows(store)], at(0), "pager")
+    ends = at(0) + SEND_DEADLINE_FACTOR * 10 * S + CLAIM_SLACK  # the config's timeout_s: 10
+    assert {r["next_attempt_at"].replace(tzinfo=UTC) for r in rows(store)} == {ends}
+    assert box.deliver(ends - S).notifications == 0
+    res = box.deliver(ends)
+    assert (res.reclaimed, res.notifications) == (1, 1)
+    assert {r["status"] for r in rows(store)} == {"delivered"}
+
+
+def test_delivery_stops_between_groups_once_the_lead_is_lost(store):
+    cfg = config()
+    fire(store, cfg, names=("A", "B"))  # two rules: two groups
+    pager = FakeReceiver("pager")
+    answers = iter([True, False])
+    res = Outbox(store, cfg, {"pager": pager}).deliver(at(0), keep_going=lambda: next(answers, False))
+    assert res.stopped and res.notifications == 1 and len(pager.sent) == 1
+    assert sorted(r["status"] for r in rows(store)) == ["delivered", "pending"]
+
+
+def _webhook_answering(status: int, headers: dict) -> tuple[Webhook, list]:
+    calls: list = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx.Response(status, headers=headers, text="slow down")
+
+    return Webhook("pager", url="http://peer.invalid/hook", transport=httpx.MockTransport(handler)), calls
+
+
+@pytest.mark.parametrize("header, wait_s", [
+    ("3600", 3600.0),
+    ("Fri, 20 Nov 2026 09:00:00 GMT", 3600.0),  # an HTTP date, an hour after at(0)
+    ("999999999", 86_400.0),  # capped at delivery.max_age_s: it is failed then anyway
+])
+def test_retry_after_sets_the_next_try(store, header, wait_s, monkeypatch):
+    import alerts.receivers._http as http
+
+    real = http.retry_after_s
+    monkeypatch.setattr(http, "retry_after_s", lambda v, now=None: real(v, now or at(0)))
+    cfg = config(delivery={"backoff_initial_s": 5, "backoff_max_s": 300, "max_age_s": 86_400})
+    fire(store, cfg)
+    hook, calls = _webhook_answering(429, {"Retry-After": header})
+    box = Outbox(store, cfg, {"pager": hook})
+    box.deliver(at(0))
+    (row,) = rows(store)
+    assert row["status"] == "pending" and "HTTP 429" in row["last_error"]
+    assert row["next_attempt_at"].replace(tzinfo=UTC) == at(0) + timedelta(seconds=wait_s)
+    box.deliver(at(0) + timedelta(seconds=wait_s) - S)
+    assert len(calls) == 1  # nothing before the time it asked for
+
+
+def test_without_retry_after_the_backoff_applies(store):
+    cfg = config(delivery={"backoff_initial_s": 5, "backoff_max_s": 300, "max_age_s": 86_400})
+    fire(store, cfg)
+    hook, _ = _webhook_answering(503, {})
+    Outbox(store, cfg, {"pager": hook}).deliver(at(0))
+    (row,) = rows(store)
+    wait = (row["next_attempt_at"].replace(tzinfo=UTC) - at(0)).total_seconds()
+    assert 5 * 0.75 <= wait <= 5
+
+
+class Trickle:
+    """A peer on loopback that answers one header byte every 0.2 s, for as long as it runs."""
+
+    def __init__(self):
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.srv.settimeout(0.2)
+        self.port = self.srv.getsockname()[1]
+        self.stop = threading.Event()
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            conn.recv(65536)
+            for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if self.stop.wait(0.2):
+                    return
+                try:
+                    conn.send(bytes([b]))
+                except OSError:
+                    return
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.srv.close()
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_at_the_deadline(store):
+    peer = Trickle()
+    try:
+        cfg = config()
+        fire(store, cfg)
+        hook = Webhook("pager", url=f"http://127.0.0.1:{peer.port}/hook", timeout_s=0.5)
+        box = Outbox(store, cfg, {"pager": hook})
+        t0 = time.monotonic()
+        res = box.deliver(at(0))
+        took = time.monotonic() - t0
+        deadline = SEND_DEADLINE_FACTOR * 0.5
+        assert deadline <= took < deadline + 3  # not the hours the trickle would take
+        (row,) = rows(store)
+        assert res.retrying == 1 and row["status"] == "pending"
+        assert row["last_error"] == f"receiver 'pager': no complete answer within {deadline:g} s"
+        # while that send still hangs, the next try does not open a second one
+        res = box.deliver(row["next_attempt_at"].replace(tzinfo=UTC))
+        assert res.retrying == 1 and peer.connections == 1
+        assert "still waiting" in rows(store)[0]["last_error"]
+    finally:
+        peer.close()
