@@ -129,6 +129,10 @@ class DaemonConfig(_Strict):
     misfire_grace_s: float = Field(30, ge=0)
     lease_s: float = Field(10, gt=0)  # how often a waiting daemon tries to take the lead
     retry_s: float = Field(5, gt=0)  # a failed job is retried this soon (store down)
+    # PostgreSQL: a statement or a lock wait of a job's session past these fails the job
+    # (retried retry_s later) instead of holding it forever; 0 = no limit
+    statement_timeout_s: float = Field(900, ge=0)
+    lock_timeout_s: float = Field(60, ge=0)
 
 
 class GrafanaConfig(_Strict):

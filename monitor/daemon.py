@@ -403,7 +403,9 @@ class Daemon:
         self.config = config
         self.clock = clock
         self._own_engine = engine is None
-        self.engine = engine if engine is not None else make_engine(config.store_url)
+        dm = config.daemon
+        self.engine = engine if engine is not None else make_engine(
+            config.store_url, statement_timeout_s=dm.statement_timeout_s, lock_timeout_s=dm.lock_timeout_s)
         self.store = redact(self.engine.url)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)

@@ -34,8 +34,13 @@ def redact(url: str | URL) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def make_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An Engine for the store at `url`; extra keyword arguments go to create_engine."""
+def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
+                lock_timeout_s: float | None = None, **kwargs: Any) -> Engine:
+    """An Engine for the store at `url`; extra keyword arguments go to create_engine.
+
+    On PostgreSQL (psycopg), `statement_timeout_s` and `lock_timeout_s` bound each
+    statement and each lock wait of every session, and TCP keepalives notice a server
+    that vanished: a job that would otherwise wait forever fails and is retried."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -52,7 +57,16 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         # and fail in seconds, not minutes, when the server is not there.
         options["pool_pre_ping"] = True
         if parsed.get_driver_name() in ("psycopg", "psycopg2"):
-            options["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+            args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+            limits = [f"-c {name}={int(1000 * value)}" for name, value in
+                      (("statement_timeout", statement_timeout_s), ("lock_timeout", lock_timeout_s)) if value]
+            if limits:
+                # connect_args replace the URL's own `options` (a search_path, say): keep them
+                given = parsed.query.get("options", ())
+                given = [given] if isinstance(given, str) else list(given)
+                args.update(options=" ".join([*given, *limits]), keepalives=1, keepalives_idle=30,
+                            keepalives_interval=10, keepalives_count=3)
+            options["connect_args"] = args
     options.update(kwargs)
     try:
         engine = create_engine(parsed, **options)

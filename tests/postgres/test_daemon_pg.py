@@ -229,3 +229,26 @@ def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
         assert read_watermark(engine) >= minute(up_at) - timedelta(minutes=1)
     finally:
         engine.dispose()
+
+
+def test_a_job_waiting_on_a_lock_fails_after_lock_timeout_and_runs_again(pg_clean_url):
+    """Another session holds a lock the evaluate job needs (an operator's open
+    transaction, a stuck migration): the job fails after daemon.lock_timeout_s, as a
+    store that is down does, instead of blocking the daemon for good."""
+    produce(pg_clean_url)
+    cfg = Config.model_validate({"store_url": pg_clean_url,
+                                 "daemon": {"listen": "127.0.0.1:0", "lock_timeout_s": 1, "retry_s": 1}})
+    holder = make_engine(pg_clean_url)
+    with Daemon(cfg, clock=lambda: at(30)) as daemon:
+        assert daemon.acquire()
+        with holder.connect() as conn:
+            conn.execute(text("LOCK TABLE daemon_state IN ACCESS EXCLUSIVE MODE"))
+            t0 = time.monotonic()
+            run = daemon.run_job("evaluate", at(30))
+            took = time.monotonic() - t0
+            conn.rollback()
+        assert run is not None and not run.ok and "lock timeout" in run.error
+        assert took < 10
+        again = daemon.run_job("evaluate", at(30))
+        assert again.ok
+    holder.dispose()
