@@ -47,6 +47,7 @@ from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.sketch import _key
 from monitor.store import positions
+from monitor.store.engine import one_line
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
 
@@ -179,6 +180,25 @@ class AttentionCollector:
         self._bad_spill_files = 0
         self._resolve_failures = 0
         self._last_resolve_log = 0.0
+
+    @classmethod
+    def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> AttentionCollector:
+        """A collector set up from attnmon.yaml's `collector:` section and `store_url`
+        (with their environment overrides, ATTNMON_COLLECTOR__* and ATTNMON_STORE_URL);
+        keyword arguments win. `config`: a loaded `monitor.config.Config` (default:
+        `load_config()`, which reads ./attnmon.yaml if it exists)."""
+        from monitor.config import load_config
+
+        cfg = config if config is not None else load_config()
+        options: dict = cfg.collector.model_dump(exclude={"hash_key_env"})
+        options["store_url"] = cfg.store_url
+        if options["hash_item_ids"] and "hash_key" not in kwargs:
+            var = cfg.collector.hash_key_env
+            options["hash_key"] = os.environ.get(var)
+            if not options["hash_key"]:
+                raise ValueError(f"collector.hash_item_ids is set but ${var} (collector.hash_key_env) is empty")
+        options.update(kwargs)
+        return cls(model=model, version=version, **options)
 
     @property
     def _acc(self) -> dict[tuple, sk.Sketch]:
@@ -359,6 +379,13 @@ class AttentionCollector:
         if self._thread is not None:
             self._thread.join(timeout)
         self._closed = True
+        if self._unsent and (self._thread is None or not self._thread.is_alive()):
+            lost = sum(b.n_requests for b in self._unsent)
+            self._totals.dropped += lost
+            log.error("attnmon collector: closed with %d batch(es) (%d requests) that could be neither "
+                      "written nor spilled: they are lost (counted in stats.dropped)",
+                      len(self._unsent), lost)
+            self._unsent.clear()
 
     def __enter__(self) -> AttentionCollector:
         return self
@@ -838,8 +865,9 @@ class AttentionCollector:
                     self._note_written(batch)
                 self._unsent.popleft()
         except Exception as exc:  # the store is down or refusing: keep everything
-            self._log_rarely(logging.WARNING, "attnmon collector: store write failed (%s: %s); %s",
-                             type(exc).__name__, exc, "spilling" if self._spill else "keeping in memory")
+            self._log_rarely(logging.WARNING, "attnmon collector: store write failed (%s); %s",
+                             one_line(exc, self._engine.url if self._engine is not None else None),
+                             "spilling" if self._spill else "keeping in memory")
             if self._spill is not None:
                 self._spill_unsent()
             self._bound_unsent()

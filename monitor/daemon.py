@@ -62,7 +62,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from alerts.model import Receiver
@@ -80,6 +79,7 @@ from monitor.evaluate import (
 )
 from monitor.store import tables as t
 from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, redact
+from monitor.store.engine import one_line as _one_line
 from monitor.store.maintenance import MaintenanceResult, as_utc, maintain
 
 log = logging.getLogger("attnmon.daemon")
@@ -359,17 +359,6 @@ class _Metrics:
 
 def _nan(x: float | None) -> float:
     return math.nan if x is None else x
-
-
-def _one_line(exc: BaseException, url: URL) -> str:
-    """The error in one line, without the store's password."""
-    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    msg = " ".join(str(inner).split())
-    if url.password:
-        msg = msg.replace(str(url.password), "***")
-    if len(msg) > 300:
-        msg = msg[:297] + "..."
-    return f"{type(inner).__name__}: {msg}" if msg else type(inner).__name__
 
 
 # --- the daemon ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,22 @@ def test_interpreter_exit_flushes(sqlite_url):
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert stored_n(sqlite_url) == 123
+
+
+def test_from_config_takes_the_collector_section_and_the_environment(tmp_path, monkeypatch):
+    from monitor.config import load_config
+
+    (tmp_path / "attnmon.yaml").write_text(
+        f"store_url: sqlite:///{tmp_path}/a.db\n"
+        f"collector: {{sample_rate: 0.5, queue_size: 77, spill_dir: {tmp_path}/spill, hash_item_ids: true,"
+        " hash_key_env: MY_KEY, max_unsent_rows: 9}\n")
+    env = {"ATTNMON_COLLECTOR__FLUSH_INTERVAL_S": "7.5"}
+    cfg = load_config(tmp_path / "attnmon.yaml", env)
+    monkeypatch.setenv("MY_KEY", "k1")
+    c = AttentionCollector.from_config("m", "v1", config=cfg, queue_size=5)  # a keyword wins
+    assert (c.store_url, c.sample_rate, c.queue_size, c.flush_interval_s, c.max_unsent_rows) == (
+        f"sqlite:///{tmp_path}/a.db", 0.5, 5, 7.5, 9)
+    assert c._spill.path == Path(tmp_path, "spill") and c._hash_item_ids and c._hash_key == b"k1"
+    monkeypatch.delenv("MY_KEY")
+    with pytest.raises(ValueError, match=r"\$MY_KEY \(collector.hash_key_env\) is empty"):
+        AttentionCollector.from_config("m", "v1", config=cfg)

@@ -109,3 +109,16 @@ def test_store_down_and_no_spill_dir_drops_the_oldest_beyond_the_bound(tmp_path)
         minutes = {r[0].replace(tzinfo=None) for r in conn.execute(select(wa.c.bucket_start).distinct())}
     engine.dispose()
     assert minutes == {datetime.fromtimestamp(T0 + 60 * m, UTC).replace(tzinfo=None) for m in (4, 5)}
+
+
+def test_closing_with_batches_the_store_never_took_counts_them_and_says_so(tmp_path, caplog):
+    url = f"sqlite:///{tmp_path}/missing/store.db"  # its directory never exists
+    rng, clock = np.random.default_rng(4), [T0]
+    c = AttentionCollector(url, model="m", version="v1", flush_interval_s=0.05, clock=lambda: clock[0])
+    _run_minutes(c, clock, rng, range(2))
+    c.close(timeout=5)
+    assert c.stats.accepted == 100 == c.stats.dropped and c.stats.pending_batches == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("store write failed (StoreError: store at sqlite:///" in m and "does not exist" in m
+               for m in messages)
+    assert any("(100 requests) that could be neither written nor spilled" in m for m in messages)

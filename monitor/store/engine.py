@@ -142,3 +142,14 @@ def require_schema(engine: Engine) -> None:
         "run `attnmon db upgrade`",
         shown,
     )
+
+
+def one_line(exc: BaseException, url: URL | None = None) -> str:
+    """A store error in one line (the driver's own message), without the password."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    msg = " ".join(str(inner).split())
+    if url is not None and url.password:
+        msg = msg.replace(str(url.password), "***")
+    if len(msg) > 300:
+        msg = msg[:297] + "..."
+    return f"{type(inner).__name__}: {msg}" if msg else type(inner).__name__
