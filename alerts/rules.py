@@ -70,6 +70,16 @@ class Rule(BaseModel):
             raise ValueError(f"unknown label(s) {bad}; known: {list(LABELS)}")
         return {k: str(x) for k, x in v.items()}
 
+    @field_validator("statistic")
+    @classmethod
+    def _known_statistic(cls, v: str) -> str:
+        # a typo (delta.entropy_nrm) must stop a rule file, not load as a rule that never fires
+        if not any(fnmatch.fnmatchcase(s, v) or fnmatch.fnmatchcase(v, s) for s in known_statistics()):
+            raise ValueError(f"{v!r} names no statistic the monitor writes, under any config "
+                             "(e.g. delta.entropy_norm, psi.top1, js.position_profile, js.attr.<name>, "
+                             "health.no_data_minutes)")
+        return v
+
     def applies(self, statistic: str, labels: dict[str, str]) -> bool:
         return fnmatch.fnmatchcase(statistic, self.statistic) and all(
             _label_matches(str(labels.get(k, "")), pat) for k, pat in self.match.items()
@@ -99,6 +109,17 @@ class RuleFile(BaseModel):
 
 CANNOT_FIRE = ("rule {name} reads {statistic}, which the evaluator does not write with this config "
                "(evaluate.metrics, statistics, statistics_by_metric): it cannot fire")
+
+
+def known_statistics() -> list[str]:
+    """Every statistic name (as globs) some config makes the monitor write."""
+    from alerts.health import STATISTICS as HEALTH
+    from monitor.config import STATISTICS, EvaluateConfig
+    from monitor.evaluate import written_statistics
+    from monitor.metrics import ALL_METRICS
+
+    every = EvaluateConfig(metrics=list(ALL_METRICS), statistics=list(STATISTICS))
+    return [*written_statistics(every), *HEALTH]
 
 
 def cannot_fire(rules: list[Rule], evaluate) -> list[Rule]:

@@ -401,6 +401,9 @@ class Daemon:
         self.alerts.keep_going = self._may_go_on  # a lost lead stops delivery between groups
         for rule in cannot_fire(self.alerts.rules, config.evaluate):
             log.warning(CANNOT_FIRE.format(name=rule.name, statistic=rule.statistic))
+        if not config.alerts.receivers and not receivers:
+            log.warning("no alert receivers are configured (alerts.receivers): alerts fire and show in "
+                        "Grafana and `attnmon alerts list`, but nobody is notified")
         self.deliver_hooks: list[DeliverHook] = [self.alerts.deliver, *deliver_hooks]
         self.cycle_hooks: list[CycleHook] = [self.alerts.after_cycle, *cycle_hooks]
         ev, dm = config.evaluate, config.daemon

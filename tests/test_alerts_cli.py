@@ -79,6 +79,23 @@ def test_check_accepts_the_default_pack_and_names_file_rule_and_field(tmp_path, 
     assert code == 2 and "missing.yaml" in err
 
 
+def test_check_refuses_a_statistic_the_monitor_never_writes(tmp_path, capsys, clean_env):
+    """A typo would load as a rule that can never fire; under no config is it written."""
+    mine = tmp_path / "mine.yaml"
+    for typo in ("delta.entropy_nrm", "bogus", "psi.attr.brand"):
+        mine.write_text(f"rules:\n  - {{name: Typo, statistic: {typo}, op: '>', threshold: 1}}\n")
+        code, out, err = run(capsys, "alerts", "check", str(mine))
+        assert code == 2 and out == "", typo
+        assert f"rule Typo: statistic='{typo}'" in err and "names no statistic the monitor writes" in err
+    # globs, any metric of any statistic, the roll-ups' and the health statistics pass
+    mine.write_text("rules:\n" + "".join(
+        f"  - {{name: R{i}, statistic: '{s}', op: '>', threshold: 1}}\n" for i, s in enumerate(
+            ["js.attr.*", "wasserstein.head_diversity", "mean.sink", "*.entropy_norm", "cusum.entropy_norm",
+             "health.rejected_ratio", "items.hhi"])))
+    code, out, _ = run(capsys, "alerts", "check", str(mine))
+    assert code == 0 and "7 rules OK" in out
+
+
 def write_config(tmp_path: Path, url: str) -> Path:
     path = tmp_path / "attnmon.yaml"
     path.write_text(yaml.safe_dump({

@@ -599,3 +599,15 @@ def test_delivery_goes_on_only_while_this_daemon_leads(store):
         daemon._leader = True
         daemon._stop.set()
         assert daemon.alerts.keep_going() is False
+
+
+def test_a_daemon_with_no_receivers_says_nobody_will_be_notified(store, caplog):
+    with caplog.at_level(logging.WARNING, "attnmon.daemon"), Daemon(config(store), clock=lambda: at(20)):
+        pass
+    assert any("no alert receivers are configured" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    cfg = Config(store_url=store, daemon={"listen": "127.0.0.1:0"}, alerts={
+        "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/x"}}], "route": {"receiver": "hook"}})
+    with caplog.at_level(logging.WARNING, "attnmon.daemon"), Daemon(cfg, clock=lambda: at(20)):
+        pass
+    assert not any("no alert receivers" in r.getMessage() for r in caplog.records)
