@@ -45,6 +45,11 @@ def test_check_finds_a_store_that_differs_from_the_models(sqlite_url: str) -> No
 def test_require_schema(tmp_path: Path, sqlite_url: str) -> None:
     require_schema(make_engine(sqlite_url))  # at head: no error
 
+    missing = tmp_path / "mistyped.db"
+    with pytest.raises(StoreError, match=rf"there is no file {missing} \(a typo in the path\?"):
+        require_schema(make_engine(f"sqlite:///{missing}"))
+    assert not missing.exists()  # not created on the way
+    (tmp_path / "empty.db").touch()
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     expected = (
         f"store at {empty} is at revision none, expected head {migrate.head_revision()}: "

@@ -96,6 +96,15 @@ def _check_sqlite_dir(url: URL, shown: str) -> None:
         )
 
 
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL (None: not SQLite, in memory, or a URI filename)."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.database.startswith("file:") or url.query.get("mode") == "memory":
+        return None
+    return Path(url.database).expanduser().absolute()
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
@@ -126,6 +135,12 @@ def require_schema(engine: Engine) -> None:
     from monitor.store.migrate import head_revision, known_revision, revision_of
 
     shown = redact(engine.url)
+    path = _sqlite_file(engine.url)
+    if path is not None and not path.exists():
+        # connecting would create an empty file, and "run db upgrade" would then build an
+        # empty store where the user most likely mistyped the path of the real one
+        raise StoreError(f"store at {shown}: there is no file {path} (a typo in the path? "
+                         "`attnmon db upgrade` creates a new, empty store)", shown)
     with store_errors(engine.url), engine.connect() as connection:
         revision = revision_of(connection)
     head = head_revision()
