@@ -14,7 +14,7 @@ from pathlib import Path
 
 from monitor.cli_common import emit as _emit
 from monitor.config import Config
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, StoreError
 
 PASSWORD_ENV = "ATTNMON_GRAFANA_DB_PASSWORD"
 
@@ -41,12 +41,18 @@ def _pg_url(config: Config, db_url: str | None) -> str | None:
 
 
 def _connection(db_url: str | None, user: str, sslmode: str):
+    from sqlalchemy.exc import ArgumentError
+
     from dashboards.provision import connection_for
+    from monitor.store import redact
 
     try:
         return connection_for(db_url, user, sslmode)
+    except ArgumentError:
+        raise ConfigError([("--db-url", redact(db_url or ""), "not a database URL "
+                            "(e.g. postgresql+psycopg://db.example:5432/attnmon)")], "argument") from None
     except ValueError as exc:
-        raise ConfigError([("--db-url", db_url, str(exc))], "argument") from None
+        raise ConfigError([("--db-url", redact(db_url or ""), str(exc))], "argument") from None
 
 
 def export(config: Config, out: str, *, db_url: str | None = None, db_user: str = "attnmon_grafana",
@@ -128,6 +134,7 @@ def grant(config: Config, role: str = "attnmon_grafana", schema: str | None = No
 
     from dashboards.role import readonly_role_sql
     from monitor.store import make_engine, redact
+    from monitor.store.engine import store_errors
 
     if not config.store_url.startswith("postgresql"):
         raise ConfigError([("store", redact(config.store_url), "the read-only role is for a PostgreSQL store")])
@@ -136,9 +143,13 @@ def grant(config: Config, role: str = "attnmon_grafana", schema: str | None = No
         raise ConfigError([(PASSWORD_ENV, None, "not set: the role's password")], "environment")
     engine = make_engine(config.store_url)
     try:
-        with engine.begin() as conn:
+        with store_errors(engine.url), engine.begin() as conn:
             schema = schema or conn.execute(text("SELECT current_schema()")).scalar_one()
-            run_script(conn, readonly_role_sql(role, password, schema))
+            try:
+                run_script(conn, readonly_role_sql(role, password, schema))
+            except engine.dialect.loaded_dbapi.Error as exc:  # the driver's own, not wrapped
+                detail = " ".join(str(exc).split())
+                raise StoreError(f"store at {redact(engine.url)}: {detail}", redact(engine.url)) from exc
     finally:
         engine.dispose()
     print(f"role {role}: SELECT on the monitor's tables in schema {schema}, read-only sessions")

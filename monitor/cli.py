@@ -22,12 +22,16 @@ from datetime import UTC, datetime
 
 from monitor.cli_common import emit as _emit
 from monitor.config import Config, load_config
-from monitor.errors import AttnmonError
+from monitor.errors import AttnmonError, ConfigError
 
 EXIT_ERROR = 2  # an AttnmonError or a usage error
 
 
-def _global_options() -> argparse.ArgumentParser:
+STORE_HELP = "store URL (else $ATTNMON_STORE_URL, else the config file, else sqlite:///attnmon.db)"
+CONFIG_HELP = "config file (default: ./attnmon.yaml if it exists)"
+
+
+def _global_options(store_help: str = STORE_HELP, config_help: str = CONFIG_HELP) -> argparse.ArgumentParser:
     # SUPPRESS as the default: the options are accepted before or after the command
     # name, and a subcommand's parser must not overwrite a value given before it.
     options = argparse.ArgumentParser(add_help=False)
@@ -36,13 +40,13 @@ def _global_options() -> argparse.ArgumentParser:
         "--store",
         metavar="URL",
         default=argparse.SUPPRESS,
-        help="store URL (else $ATTNMON_STORE_URL, else the config file, else sqlite:///attnmon.db)",
+        help=store_help,
     )
     group.add_argument(
         "--config",
         metavar="FILE",
         default=argparse.SUPPRESS,
-        help="config file (default: ./attnmon.yaml if it exists)",
+        help=config_help,
     )
     group.add_argument(
         "--debug",
@@ -203,8 +207,19 @@ def demo(config: Config, out: str, defect: bool, store: str | None, serve: bool 
     return run(Path(out), store_url=store, defect=defect, serve=serve)
 
 
+# The demo writes a story of its own and its daemon evaluates whatever the store holds:
+# it never takes the store from $ATTNMON_STORE_URL or the config file (a production
+# store, likely), only from --store, and refuses a store that holds data.
+_DEMO_GLOBALS = _global_options(
+    store_help="an empty store to fill (default: DIR/demo.db, recreated at each run); never "
+               "$ATTNMON_STORE_URL or the config file's store, which the demo would write into",
+    config_help="config file (read and checked, but the demo uses settings of its own)",
+)
+
+
 def _register_demo(commands: argparse._SubParsersAction) -> None:
-    p = add_command(commands, "demo", "simulate a recommender's traffic and a bad deploy, end to end")
+    help = "simulate a recommender's traffic and a bad deploy, end to end"
+    p = commands.add_parser("demo", help=help, description=help, parents=[_DEMO_GLOBALS])
     p.add_argument("--out", default="attnmon-out", metavar="DIR", help="output folder (default: attnmon-out)")
     p.add_argument("--no-defect", dest="defect", action="store_false", help="deploy a harmless v2")
     p.add_argument("--serve", action="store_true", help="keep the daemon running afterwards (/healthz, /metrics)")
@@ -343,10 +358,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _path_options(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> option string of every option that takes a file or folder (metavar FILE or
+    DIR), over all commands."""
+    found: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for dest, option in _path_options(sub).items():
+                    found.setdefault(dest, option)
+        elif action.option_strings and any(w in str(action.metavar or "") for w in ("FILE", "DIR")):
+            found.setdefault(action.dest, action.option_strings[-1])
+    return found
+
+
+def _path_error(parser: argparse.ArgumentParser, args: argparse.Namespace, exc: OSError) -> str | None:
+    """The one-line message for an OSError on a path the user gave (--out FILE, say), or
+    None when the error is about another file (a bug: its traceback is wanted)."""
+    if not exc.filename or not isinstance(exc.filename, str | os.PathLike):
+        return None
+    failed = os.path.abspath(os.fspath(exc.filename))
+    for dest, option in _path_options(parser).items():
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or not value:
+            continue
+        given = os.path.abspath(value)
+        # the path itself, a file under the folder it names, or a folder above it
+        if os.path.commonpath([failed, given]) not in (failed, given):
+            continue
+        cause = exc.strerror or type(exc).__name__
+        if failed != given:
+            cause = f"{exc.filename}: {cause}"
+        if isinstance(exc, FileNotFoundError) and not os.path.isdir(os.path.dirname(failed)):
+            cause += f" (directory {os.path.dirname(failed)} does not exist)"
+        elif isinstance(exc, IsADirectoryError):
+            cause += " (give a file name, not a folder)"
+        elif isinstance(exc, NotADirectoryError | FileExistsError) and failed == given:
+            cause += " (a file is in the way of the folder)"
+        return str(ConfigError([(option, value, cause)], "argument"))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 error or bad usage)."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     debug = getattr(args, "debug", False)
@@ -358,11 +415,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return args.run(config, args)
     except AttnmonError as exc:
+        message = str(exc)
         if debug:
             traceback.print_exc()
-        # One line, whatever a driver put in its message.
-        print(f"attnmon: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_ERROR
+    except OSError as exc:
+        # a file or folder the user named (--out, --rules, ...) cannot be written or read
+        found = _path_error(parser, args, exc)
+        if found is None:
+            raise
+        message = found
+        if debug:
+            traceback.print_exc()
+    # One line, whatever a driver put in its message.
+    print(f"attnmon: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 from monitor.config import Config
@@ -24,16 +25,22 @@ def emit(fmt: str, text: str, data) -> None:
 
 
 def parse_time(value: str, what: str = "time") -> datetime:
-    """ISO 8601 (a time without zone is UTC), or `now`, or `now-2h`/`now-30m`/`now-1d`."""
+    """ISO 8601 (a time without zone is UTC), or `now`, or `now-2h` (the past) /
+    `now+30m` (the future), with s, m, h or d."""
     v = value.strip()
     if v.startswith("now"):
-        rest = v[3:]
+        rest = v[3:].strip()
         if not rest:
             return datetime.now(UTC)
+        bad = ConfigError([(what, value, "use now, now-2h (2 hours ago) or now+2h (in 2 hours); "
+                                         "units s, m, h or d")], "argument")
+        if rest[0] not in "+-":
+            raise bad
         try:
-            return datetime.now(UTC) - parse_duration(rest.lstrip("-"))
-        except ConfigError:
-            pass
+            delta = parse_duration(rest[1:].strip(), what)
+            return datetime.now(UTC) + (delta if rest[0] == "+" else -delta)
+        except (ConfigError, OverflowError):
+            raise bad from None
     try:
         ts = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
@@ -41,10 +48,13 @@ def parse_time(value: str, what: str = "time") -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def parse_duration(value: str) -> timedelta:
+def parse_duration(value: str, what: str = "duration") -> timedelta:
+    """A non-negative number and s, m, h or d: `90s`, `30m`, `2h`, `1.5d`."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         n, unit = float(value[:-1]), value[-1]
+        if not math.isfinite(n) or n < 0:
+            raise ValueError(value)
         return timedelta(seconds=n * units[unit])
-    except (ValueError, KeyError, IndexError):
-        raise ConfigError([("duration", value, "use a number and s, m, h or d (e.g. 2h)")], "argument") from None
+    except (ValueError, KeyError, IndexError, OverflowError):
+        raise ConfigError([(what, value, "use a number and s, m, h or d (e.g. 2h)")], "argument") from None

@@ -26,12 +26,20 @@ def evaluate(config: Config, at: str | None = None, start: str | None = None, en
 
     if (start is None) != (end is None):
         raise ConfigError([("--from/--to", start or end, "give both, or neither")], "argument")
+    if start is not None and at is not None:
+        raise ConfigError([("--at", at, "give either --at or --from/--to, not both")], "argument")
+    t0 = parse_time(start, "--from") if start is not None else None
+    t1 = parse_time(end, "--to") if end is not None else None
+    if t0 is not None and t1 <= t0:
+        raise ConfigError([("--from", start, "is not before --to"), ("--to", end, "must be after --from")],
+                          "argument")
+    when = parse_time(at, "--at") if at else datetime.now(UTC)
     engine = _engine(config)
     try:
-        if start is not None:
-            results = backfill(engine, parse_time(start, "--from"), parse_time(end, "--to"), config.evaluate)
+        if t0 is not None:
+            results = backfill(engine, t0, t1, config.evaluate)
         else:
-            results = [evaluate_cycle(engine, parse_time(at, "--at") if at else datetime.now(UTC), config.evaluate)]
+            results = [evaluate_cycle(engine, when, config.evaluate)]
     finally:
         engine.dispose()
     data = [
@@ -162,6 +170,6 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     p = add_command(sub, "mark", "record when a version really went live")
     p.add_argument("--model", required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--at", metavar="TIME", help="when (default: now)")
+    p.add_argument("--at", metavar="TIME", help="when: ISO 8601, or now-2h / now+2h (default: now)")
     p.add_argument("--weights-id", help="identifies the weights it serves (same weights = same heads)")
     p.set_defaults(run=lambda config, a: deploy_mark(config, a.model, a.version, a.at, a.weights_id))

@@ -23,10 +23,16 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
     from monitor.cli_common import parse_duration, parse_time
     from monitor.rollback import check, render_text
 
+    if candidate is not None and candidate == baseline:
+        raise ConfigError([("--candidate/--baseline", candidate, "the same version: compare it with another one")],
+                          "argument")
+    if fmt == "html" and not out:
+        raise ConfigError([("--out", None, "--format html needs --out FILE")], "argument")
+    at = parse_time(now, "--now") if now else datetime.now(UTC)
+    window = parse_duration(since, "--since") if since else None
     engine = _engine(config)
     try:
-        at = parse_time(now, "--now") if now else datetime.now(UTC)
-        v = check(engine, model, candidate, baseline, parse_duration(since) if since else None, at)
+        v = check(engine, model, candidate, baseline, window, at)
         if fmt == "json":
             text = json.dumps(v.to_json(), indent=2)
         elif fmt == "html":
@@ -38,10 +44,8 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
     finally:
         engine.dispose()
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        Path(out).write_text(text, encoding="utf-8")  # an OSError: one line from monitor.cli.main
         print(f"{v.verdict}: written to {out}")
-    elif fmt == "html":
-        raise ConfigError([("--out", None, "--format html needs --out FILE")], "argument")
     else:
         print(text)
     return v.exit_code
@@ -52,6 +56,8 @@ def explain(config: Config, request_id: str, out: str | None = None, top: int = 
     from monitor.cli_common import open_store as _engine
     from monitor.store import tables as t
 
+    if out:
+        _check_image_format(out)
     engine = _engine(config)
     try:
         with engine.connect() as conn:
@@ -80,6 +86,18 @@ def explain(config: Config, request_id: str, out: str | None = None, top: int = 
         _heatmap(w, items, request_id, out)
         print(f"heatmap written to {out}")
     return 0
+
+
+def _check_image_format(out: str) -> None:
+    """Before any work: matplotlib picks the format from the suffix and rejects others."""
+    from matplotlib.figure import Figure
+
+    formats = sorted(Figure().canvas.get_supported_filetypes())
+    suffix = Path(out).suffix.lower().removeprefix(".")
+    if suffix not in formats:
+        why = f"unknown image format .{suffix}" if suffix else "no file suffix"
+        raise ConfigError([("--out", out, f"{why}: end the name with .png (or .{', .'.join(formats)})")],
+                          "argument")
 
 
 def _heatmap(w: np.ndarray, items: list, request_id: str, out: str) -> None:

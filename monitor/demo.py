@@ -216,6 +216,8 @@ def demo(out: Path, store_url: str | None = None, defect: bool = True, progress:
     from monitor.store import make_engine, migrate
 
     began = time.monotonic()
+    if store_url is not None:
+        require_empty(store_url)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if store_url is None:
         db = out / "demo.db"
@@ -260,6 +262,38 @@ def demo(out: Path, store_url: str | None = None, defect: bool = True, progress:
         hook.close()
         engine.dispose()
     return 0
+
+
+# Tables that hold data once anything was collected, evaluated or alerted on.
+_DATA_TABLES = ("models", "deployments", "window_aggregates", "attention_events", "drift_results", "alerts")
+
+
+def require_empty(store_url: str) -> None:
+    """Refuse a store that holds data: the demo's story would mix with it (its verdict and
+    alerts read back everything), and its daemon would evaluate and alert on that data.
+    Checked before any migration, so a refused store is left exactly as it was."""
+    from sqlalchemy import inspect, literal_column, select, table
+
+    from monitor.errors import ConfigError
+    from monitor.store import make_engine, redact
+    from monitor.store.engine import store_errors
+
+    engine = make_engine(store_url)
+    try:
+        with store_errors(engine.url), engine.connect() as conn:
+            present = set(inspect(conn).get_table_names())
+            used = [name for name in _DATA_TABLES if name in present
+                    and conn.execute(select(literal_column("1")).select_from(table(name)).limit(1)).first()]
+            models = (sorted(r[0] for r in conn.execute(select(literal_column("name")).select_from(table("models"))))
+                      if "models" in used else [])
+    finally:
+        engine.dispose()
+    if used:
+        what = f"models {', '.join(models[:5])}{' ...' if len(models) > 5 else ''}" if models else f"rows in {used[0]}"
+        raise ConfigError([("--store", redact(store_url),
+                            f"already holds data ({what}); the demo needs an empty store, or its story mixes "
+                            "with that data: give a new database, or leave --store out (a fresh DIR/demo.db)")],
+                          "argument")
 
 
 def _artefacts(engine, out: Path, verdict, at: datetime) -> dict[str, Path]:

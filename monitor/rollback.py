@@ -191,6 +191,9 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
         baseline = earlier[-1]["version"]
     if baseline not in names:
         raise RollbackInputError(f"baseline version {baseline!r} of {model!r} does not exist; known: {names}")
+    if baseline == candidate:
+        raise RollbackInputError(f"candidate and baseline are both {model} {candidate}: "
+                                 "a version cannot be judged against itself; pass another --baseline")
     base_dep = deps[names.index(baseline)]
     now = as_utc(now or datetime.now(UTC))
     c_start = cand_dep["deployed_at"] if since is None else max(cand_dep["deployed_at"], now - since)

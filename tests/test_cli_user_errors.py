@@ -1,0 +1,276 @@
+"""A user's mistakes on the command line: one line on stderr, exit status 2, no traceback.
+
+Paths that cannot be written, URLs that are not URLs, unreachable stores, times that do not
+parse, ranges and comparisons that make no sense, and a demo pointed at a used store.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from monitor.cli import main
+from monitor.cli_common import parse_duration, parse_time
+from monitor.demo import Segment, stream
+from monitor.errors import ConfigError
+from monitor.store import make_engine, migrate
+from monitor.store import tables as t
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+MODEL = "demo-sasrec"
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The command's stderr: exactly one line starting `attnmon: error: `."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.startswith("attnmon: error: ") and err.count("\n") == 1, err
+    return err.strip()
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, datetime, str]:
+    """v1 then v2 of demo-sasrec, a few minutes each; and one sampled request id."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('user-errors') / 'store.db'}"
+    migrate.upgrade(url)
+    end = stream(url, [Segment("v1", 3), Segment("v2", 3)], rate=60, sample_rate=0.1)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        request_id = conn.execute(select(t.attention_events.c.request_id).limit(1)).scalar_one()
+    engine.dispose()
+    return url, datetime.fromtimestamp(end, UTC), request_id
+
+
+# -- 1. output paths, URLs and stores --------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_rollback_check_out_that_cannot_be_written(small_store, tmp_path: Path, capsys, where: str) -> None:
+    url, now, _ = small_store
+    out = tmp_path / "no-such-dir" / "r.html" if where == "missing-dir" else tmp_path
+    code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat(),
+                 "--format", "html", "--out", str(out)])
+    line = one_error_line(capsys)
+    assert code == 2
+    assert f"--out={str(out)!r}" in line
+    if where == "missing-dir":
+        assert "No such file or directory" in line and f"directory {tmp_path / 'no-such-dir'} does not exist" in line
+    else:
+        assert "Is a directory" in line
+
+
+def test_debug_still_shows_the_traceback_of_a_path_error(small_store, tmp_path: Path, capsys) -> None:
+    url, now, _ = small_store
+    code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat(),
+                 "--out", str(tmp_path), "--debug"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("attnmon: error: argument: --out=")
+
+
+def test_an_oserror_on_a_file_the_user_did_not_name_is_not_hidden(monkeypatch, sqlite_url: str) -> None:
+    import monitor.cli_evaluate as ce
+
+    def broken(*_a, **_k):
+        raise FileNotFoundError(2, "No such file or directory", "/somewhere/internal.bin")
+
+    monkeypatch.setattr(ce, "_engine", broken)
+    with pytest.raises(FileNotFoundError):
+        main(["evaluate", "--store", sqlite_url])
+
+
+@pytest.mark.parametrize("name", ["x.foo", "x"])
+def test_explain_out_with_an_unknown_image_format(small_store, tmp_path: Path, capsys, name: str) -> None:
+    url, _, request_id = small_store
+    out = tmp_path / name
+    code = main(["explain", "--store", url, "--request-id", request_id, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""  # refused before any work
+    assert captured.err.startswith("attnmon: error: ") and captured.err.count("\n") == 1, captured.err
+    assert f"--out={str(out)!r}" in captured.err and ".png" in captured.err
+    assert not out.exists()
+
+
+def test_explain_out_in_a_missing_directory(small_store, tmp_path: Path, capsys) -> None:
+    url, _, request_id = small_store
+    out = tmp_path / "nope" / "x.png"
+    assert main(["explain", "--store", url, "--request-id", request_id, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith(f"attnmon: error: argument: --out={str(out)!r}") and "does not exist" in err
+
+
+def test_explain_out_png_still_works(small_store, tmp_path: Path, capsys) -> None:
+    url, _, request_id = small_store
+    out = tmp_path / "x.png"
+    assert main(["explain", "--store", url, "--request-id", request_id, "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dashboards_export_db_url_that_is_not_a_url(tmp_path: Path, capsys) -> None:
+    code = main(["dashboards", "export", "--out", str(tmp_path / "g"), "--db-url", "not a url"])
+    line = one_error_line(capsys)
+    assert code == 2 and "--db-url='not a url'" in line and "not a database URL" in line
+    assert not (tmp_path / "g").exists()
+
+
+def test_dashboards_export_out_that_is_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "g").write_text("in the way")
+    assert main(["dashboards", "export", "--out", str(tmp_path / "g")]) == 2
+    assert "--out=" in one_error_line(capsys)
+
+
+def test_dashboards_grant_on_an_unreachable_store(monkeypatch, capsys) -> None:
+    pytest.importorskip("psycopg")
+    monkeypatch.setenv("ATTNMON_GRAFANA_DB_PASSWORD", "x")
+    code = main(["dashboards", "grant", "--store", "postgresql+psycopg://postgres@127.0.0.1:1/x"])
+    line = one_error_line(capsys)
+    assert code == 2 and line.startswith("attnmon: error: store at postgresql+psycopg://postgres@127.0.0.1:1/x: ")
+
+
+def test_report_out_that_cannot_be_created(small_store, tmp_path: Path, capsys) -> None:
+    url, _, _ = small_store
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "figures"
+    code = main(["report", "--store", url, "--out", str(out)])
+    line = one_error_line(capsys)
+    assert code == 2 and f"--out={str(out)!r}" in line
+
+
+# -- 2. now+2h is the future -----------------------------------------------------------------
+
+
+def test_now_plus_is_the_future_and_now_minus_the_past() -> None:
+    before = datetime.now(UTC)
+    later = parse_time("now+2h", "--at")
+    earlier = parse_time("now-2h", "--at")
+    after = datetime.now(UTC)
+    assert before + timedelta(hours=2) <= later <= after + timedelta(hours=2)
+    assert before - timedelta(hours=2) <= earlier <= after - timedelta(hours=2)
+    assert abs(parse_time(" now + 30m ") - (datetime.now(UTC) + timedelta(minutes=30))) < timedelta(seconds=5)
+
+
+@pytest.mark.parametrize("value", ["now2h", "now+", "now+xh", "now--2h", "now-infh", "now+1e300d", "nowish"])
+def test_garbage_after_now_is_an_error_naming_the_option(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_time(value, "--at")
+    assert str(info.value).startswith(f"argument: --at={value!r}: ")
+
+
+@pytest.mark.parametrize("value", ["-2h", "nanh", "2", "infd"])
+def test_bad_durations_name_the_option(value: str) -> None:
+    with pytest.raises(ConfigError, match="--since="):
+        parse_duration(value, "--since")
+
+
+def test_deploy_mark_at_now_plus_records_the_future(sqlite_url: str, capsys) -> None:
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v9", "--at", "now+2h"]) == 0
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        when = conn.execute(select(t.deployments.c.deployed_at)).scalar_one()
+    engine.dispose()
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+    assert when - datetime.now(UTC) > timedelta(hours=1, minutes=59)
+
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v9", "--at", "now+2x"]) == 2
+    assert "--at='now+2x'" in one_error_line(capsys)
+
+
+# -- 4. a version against itself -------------------------------------------------------------
+
+
+def test_rollback_check_of_a_version_against_itself_is_a_usage_error(small_store, capsys) -> None:
+    url, now, _ = small_store
+    code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat(),
+                 "--candidate", "v2", "--baseline", "v2"])
+    line = one_error_line(capsys)
+    assert code == 2 and "--candidate/--baseline='v2'" in line and "same version" in line
+
+
+def test_rollback_check_default_candidate_against_itself(small_store, capsys) -> None:
+    # v2 is the newest deployment, so the default candidate
+    url, now, _ = small_store
+    code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat(), "--baseline", "v2"])
+    line = one_error_line(capsys)
+    assert code == 2 and "against itself" in line
+
+
+def test_rollback_check_since_names_the_option(small_store, capsys) -> None:
+    url, now, _ = small_store
+    assert main(["rollback-check", "--store", url, "--model", MODEL, "--since", "2 hours"]) == 2
+    assert "--since='2 hours'" in one_error_line(capsys)
+
+
+# -- 5. an inverted backfill range -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["2026-11-20T10:30Z", "2026-11-20T10:33Z"])
+def test_evaluate_with_to_not_after_from(sqlite_url: str, capsys, end: str) -> None:
+    code = main(["evaluate", "--store", sqlite_url, "--from", "2026-11-20T10:33Z", "--to", end])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "--from='2026-11-20T10:33Z'" in captured.err
+    assert f"--to={end!r}" in captured.err and "must be after --from" in captured.err
+
+
+def test_evaluate_at_with_a_range_is_an_error(sqlite_url: str, capsys) -> None:
+    code = main(["evaluate", "--store", sqlite_url, "--at", "2026-11-20T10:00Z",
+                 "--from", "2026-11-20T10:30Z", "--to", "2026-11-20T10:33Z"])
+    assert code == 2 and "--at=" in one_error_line(capsys)
+
+
+# -- 3 and 6. the demo's store ---------------------------------------------------------------
+
+
+def test_demo_refuses_a_store_that_holds_data(small_store, tmp_path: Path, capsys) -> None:
+    url, _, _ = small_store
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        before = conn.execute(select(t.deployments.c.version)).scalars().all()
+    engine.dispose()
+    code = main(["demo", "--store", url, "--out", str(tmp_path / "out"), "--no-defect"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert "already holds data (models demo-sasrec)" in captured.err and "empty store" in captured.err
+    assert not (tmp_path / "out").exists()  # refused before writing anything
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(select(t.deployments.c.version)).scalars().all() == before  # left alone
+
+
+def test_demo_refuses_a_used_store_before_migrating_it(tmp_path: Path, capsys) -> None:
+    from monitor.demo import demo
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate.upgrade(url, "0004")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(t.models.insert().values(name="prod-model", created_at=datetime.now(UTC)))
+    engine.dispose()
+    with pytest.raises(ConfigError, match="models prod-model"):
+        demo(tmp_path / "out", store_url=url, progress=False)
+    assert migrate.current(url) == "0004"
+
+
+def test_demo_ignores_the_configured_store(tmp_path: Path, monkeypatch, capsys) -> None:
+    """$ATTNMON_STORE_URL (and the config file) are a real store, likely: never the demo's."""
+    import monitor.demo as demo_module
+
+    used = {}
+    monkeypatch.setattr(demo_module, "demo", lambda out, store_url=None, **kw: used.update(store=store_url) or 0)
+    monkeypatch.setenv("ATTNMON_STORE_URL", f"sqlite:///{tmp_path / 'prod.db'}")
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 0
+    assert used["store"] is None  # the demo's own, fresh DIR/demo.db
+    assert main(["--store", "sqlite:///given.db", "demo"]) == 0
+    assert used["store"] == "sqlite:///given.db"  # given on the command line: used
+
+
+def test_demo_help_says_which_store_it_uses(capsys) -> None:
+    assert main(["demo", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "never $ATTNMON_STORE_URL or the config file's store" in out
+    assert "DIR/demo.db, recreated at each run" in out
