@@ -64,6 +64,18 @@ def parse_matcher(text: str) -> Matcher:
     raise ConfigError([("--match", text, "expected NAME=VALUE, NAME!=VALUE, NAME=~REGEX or NAME!~REGEX")], "argument")
 
 
+SERIES_LABELS = ("alertname", "severity", "statistic", "receiver")  # beside rules.LABELS
+
+
+def unknown_label_names(matchers: list[Matcher], rules) -> list[Matcher]:
+    """Matchers naming a label no alert of these rules carries (a typo: `verson=v2`
+    would silence nothing, `verson!=v2` everything)."""
+    from alerts.rules import LABELS
+
+    known = {*SERIES_LABELS, *LABELS, *(k for r in rules for k in r.labels)}
+    return [m for m in matchers if m.name not in known]
+
+
 @dataclass(frozen=True)
 class Silence:
     id: str

@@ -153,13 +153,18 @@ def send_test(config: Config, name: str, resolve: bool = False, now: datetime | 
 def silence(config: Config, matchers: list[str], duration: str, comment: str,
             author: str | None = None, fmt: str = "text", now: datetime | None = None) -> int:
     from alerts import silences
-    from alerts.rules import parse_duration
+    from alerts.rules import LABELS, load_rule_set, parse_duration
 
     try:
         span = parse_duration(duration)
     except ValueError as exc:
         raise ConfigError([("--for", duration, str(exc))], "argument") from None
     parsed = [silences.parse_matcher(m) for m in matchers]  # errors before touching the store
+    unknown = silences.unknown_label_names(parsed, load_rule_set(config.alerts.rules))
+    if unknown:
+        names = sorted({*silences.SERIES_LABELS, *LABELS})
+        raise ConfigError([("--match", str(m), f"no alert has a label {m.name!r} (labels: "
+                            f"{', '.join(names)}, and those the rules add)") for m in unknown], "argument")
     at = _now(now)
     who = author or _user()
     engine = _engine(config)

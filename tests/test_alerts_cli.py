@@ -156,6 +156,22 @@ def test_test_sends_through_the_receiver_and_exits_2_with_its_error(tmp_path, ca
     assert code == 2 and "known: ['hook', 'pager']" in err
 
 
+def test_a_silence_on_a_label_no_alert_has_is_refused(tmp_path, capsys, clean_env, sqlite_url):
+    code, out, err = run(capsys, "alerts", "silence", "--store", sqlite_url, "--match", "verson=v2",
+                         "--for", "2h", "--comment", "typo")
+    assert code == 2 and out == ""
+    assert "--match='verson=v2': no alert has a label 'verson'" in err and "version" in err
+    assert json.loads(run(capsys, "alerts", "silences", "--store", sqlite_url, "--format", "json")[1]) == []
+    # a label a custom rule adds is a label
+    rules = tmp_path / "team.yaml"
+    rules.write_text("rules:\n  - {name: T, statistic: psi.top1, op: '>', threshold: 1, labels: {team: recs}}\n")
+    conf = tmp_path / "attnmon.yaml"
+    conf.write_text(f"alerts:\n  rules: [{rules}]\n")
+    code, out, _ = run(capsys, "--config", str(conf), "alerts", "silence", "--store", sqlite_url,
+                       "--match", "team=recs", "--match", "alertname=T", "--for", "1h", "--comment", "ok")
+    assert code == 0 and len(out.strip()) == 36
+
+
 def test_silence_silences_unsilence(capsys, clean_env, sqlite_url):
     code, out, _ = run(capsys, "alerts", "silence", "--store", sqlite_url, "--match", "model=m",
                        "--match", "head=~[23]", "--for", "2h", "--comment", "deploy of v3", "--author", "alice")
