@@ -70,8 +70,22 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
     try:
         with engine.begin() as conn:
             pb = t.pinned_baselines
-            if conn.execute(select(pb.c.name).where(pb.c.name == name)).first():
-                raise StoreError(f"a baseline named {name!r} exists: unpin it first or choose another name")
+            before = conn.execute(select(pb.c.active).where(pb.c.name == name)).first()
+            if before is not None:
+                # names are never reused: stored results, alerts and cached sketches refer to them
+                state = "is pinned" if before.active else "was pinned before (and unpinned)"
+                raise StoreError(f"a baseline named {name!r} {state}: a name is never reused, "
+                                 "choose another one")
+            dep = t.deployments
+            versions = conn.execute(select(dep.c.version).where(dep.c.model == model)
+                                    .order_by(dep.c.deployed_at)).scalars().all()
+            if not versions:
+                models = conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars().all()
+                raise ConfigError([("--model", model, f"no such model in the store (models: "
+                                    f"{', '.join(models) or 'none yet'})")], "argument")
+            if version is not None and version not in versions:
+                raise ConfigError([("--version", version, f"model {model} has no such version "
+                                    f"(versions: {', '.join(versions)})")], "argument")
             conn.execute(pb.insert().values(
                 name=name, model=model, version=version, window_start=t0, window_end=t1,
                 comment=comment, created_at=datetime.now(UTC), active=True,

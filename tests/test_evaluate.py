@@ -159,13 +159,22 @@ def test_cli_evaluate_backfill_pin_and_deploy_mark(two_versions, capsys):
     assert choose(engine, "demo-sasrec", "v1", T(140), CFG).kind == "pinned"
     assert main(["baseline", "pin", *store, "--model", "demo-sasrec", "--name", "quiet-monday",
                  "--from", T(0).isoformat(), "--to", T(60).isoformat()]) == 2
-    assert "exists" in capsys.readouterr().err
+    assert "'quiet-monday' is pinned: a name is never reused" in capsys.readouterr().err
+    for bad, what in ((["--model", "nosuch"], "--model='nosuch': no such model in the store (models: demo-sasrec)"),
+                      (["--model", "demo-sasrec", "--version", "v7"], "--version='v7': model demo-sasrec has no such version")):
+        assert main(["baseline", "pin", *store, *bad, "--name", "other",
+                     "--from", T(0).isoformat(), "--to", T(60).isoformat()]) == 2
+        assert what in capsys.readouterr().err
     assert main(["baseline", "list", *store, "--format", "json"]) == 0
     pins = json.loads(capsys.readouterr().out)
     assert [(p["name"], p["active"]) for p in pins] == [("quiet-monday", True)]
     assert main(["baseline", "unpin", *store, "quiet-monday"]) == 0
     assert choose(engine, "demo-sasrec", "v1", T(140), CFG).kind == "trailing"
     assert main(["baseline", "unpin", *store, "quiet-monday"]) == 2
+    capsys.readouterr()
+    assert main(["baseline", "pin", *store, "--model", "demo-sasrec", "--name", "quiet-monday",
+                 "--from", T(0).isoformat(), "--to", T(60).isoformat()]) == 2
+    assert "'quiet-monday' was pinned before (and unpinned): a name is never reused" in capsys.readouterr().err
 
     # the collector first saw v2 at minute 150; it really went live at minute 160
     assert main(["deploy", "mark", *store, "--model", "demo-sasrec", "--version", "v2",
