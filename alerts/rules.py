@@ -151,7 +151,11 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
                 rules = (data or {}).get("rules") or []
                 name = rules[loc[1]].get("name", f"#{loc[1]}") if loc[1] < len(rules) and isinstance(rules[loc[1]], dict) else f"#{loc[1]}"
                 where = f"rule {name}: " + ".".join(str(x) for x in loc[2:])
-            problems.append((where, err.get("input"), err["msg"]))
+            value = "(missing)" if err["type"] == "missing" else err.get("input")
+            if not where:  # the document itself: not a mapping with a rules: list
+                where, value = "top level", type(data).__name__
+                err = {**err, "msg": "expected a mapping with a `rules:` list"}
+            problems.append((where, value, err["msg"]))
         raise ConfigError(problems, str(path)) from None
     names = [r.name for r in parsed.rules]
     dup = sorted({n for n in names if names.count(n) > 1})

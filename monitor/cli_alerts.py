@@ -159,6 +159,8 @@ def silence(config: Config, matchers: list[str], duration: str, comment: str,
         span = parse_duration(duration)
     except ValueError as exc:
         raise ConfigError([("--for", duration, str(exc))], "argument") from None
+    if span.total_seconds() <= 0:
+        raise ConfigError([("--for", duration, "a silence must last longer than 0")], "argument")
     parsed = [silences.parse_matcher(m) for m in matchers]  # errors before touching the store
     unknown = silences.unknown_label_names(parsed, load_rule_set(config.alerts.rules))
     if unknown:

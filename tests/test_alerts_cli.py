@@ -77,6 +77,13 @@ def test_check_accepts_the_default_pack_and_names_file_rule_and_field(tmp_path, 
     assert "unknown variable {{seris}}" in err and "unknown filter |percent" in err
     code, _, err = run(capsys, "alerts", "check", str(tmp_path / "missing.yaml"))
     assert code == 2 and "missing.yaml" in err
+    # a missing field is named as missing (not the whole rule); a list is not a rule file
+    bad.write_text("rules:\n  - {name: X, op: '>', threshold: 1}\n")
+    code, _, err = run(capsys, "alerts", "check", str(bad))
+    assert code == 2 and "rule X: statistic='(missing)': Field required" in err
+    bad.write_text("- {name: x}\n")
+    code, _, err = run(capsys, "alerts", "check", str(bad))
+    assert code == 2 and "top level='list': expected a mapping with a `rules:` list" in err
 
 
 def test_check_refuses_a_statistic_the_monitor_never_writes(tmp_path, capsys, clean_env):
@@ -161,6 +168,9 @@ def test_a_silence_on_a_label_no_alert_has_is_refused(tmp_path, capsys, clean_en
                          "--for", "2h", "--comment", "typo")
     assert code == 2 and out == ""
     assert "--match='verson=v2': no alert has a label 'verson'" in err and "version" in err
+    code, _, err = run(capsys, "alerts", "silence", "--store", sqlite_url, "--match", "model=m",
+                       "--for", "0m", "--comment", "x")
+    assert code == 2 and "--for='0m': a silence must last longer than 0" in err
     assert json.loads(run(capsys, "alerts", "silences", "--store", sqlite_url, "--format", "json")[1]) == []
     # a label a custom rule adds is a label
     rules = tmp_path / "team.yaml"
