@@ -48,6 +48,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 # -- SQLite ---------------------------------------------------------------------------
 
 
+@pytest.fixture
+def store_url(sqlite_url: str) -> str:
+    """The alerting tests' store: SQLite (tests/postgres/test_alerts_pg.py overrides it with a
+    PostgreSQL one and runs the same tests). Modules with a `store` of their own keep theirs."""
+    return sqlite_url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Engine]:
+    engine = make_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Migrate once per session; each test gets a copy (a file copy is much cheaper).

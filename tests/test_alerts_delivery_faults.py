@@ -17,21 +17,9 @@ from sqlalchemy import select
 
 from alerts.outbox import CLAIM_SLACK, SEND_DEADLINE_FACTOR, Outbox
 from alerts.receivers.webhook import Webhook
-from monitor.store import make_engine, tables
+from monitor.store import tables
 
 S = timedelta(seconds=1)
-
-
-@pytest.fixture
-def store_url(sqlite_url):
-    return sqlite_url  # tests/postgres/test_alerts_pg.py gives a PostgreSQL one
-
-
-@pytest.fixture
-def store(store_url):
-    engine = make_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 def rows(engine) -> list[dict]:

@@ -6,26 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import numpy as np
-import pytest
 from alerting import T0, FakeReceiver, at, config, cycle, drift_row, failing, rule
 
 from alerts import health
 from alerts.outbox import Outbox
 from alerts.rules import load_rule_set
 from collectors import AttentionCollector
-from monitor.store import make_engine
-
-
-@pytest.fixture
-def store_url(sqlite_url):
-    return sqlite_url  # tests/postgres/test_alerts_pg.py gives a PostgreSQL one
-
-
-@pytest.fixture
-def store(store_url):
-    engine = make_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 def produce(url: str, minutes: range, nan_share: float = 0.0, rate: int = 20) -> None:

@@ -15,22 +15,10 @@ from alerts import silences
 from alerts.config import AlertsConfig
 from alerts.cycle import evaluate_alerts, read_watermark
 from alerts.outbox import Outbox
-from monitor.store import make_engine, tables
+from monitor.store import tables
 from monitor.store.maintenance import as_utc
 
 S = timedelta(seconds=1)
-
-
-@pytest.fixture
-def store_url(sqlite_url):
-    return sqlite_url  # tests/postgres/test_alerts_pg.py gives a PostgreSQL one
-
-
-@pytest.fixture
-def store(store_url):
-    engine = make_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 def outbox_rows(engine, **where) -> list[dict]:

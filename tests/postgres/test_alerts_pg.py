@@ -17,7 +17,6 @@ from test_alerts_health import (  # noqa: F401
     test_rejecting_collectors_fire_after_for_with_the_reasons,
 )
 from test_alerts_outbox import (  # noqa: F401
-    store,
     test_a_receiver_failing_n_times_then_succeeding_gets_it_once,
     test_a_restart_loses_nothing_and_repeats_only_under_the_same_dedup_key,
     test_alertmanager_receivers_get_firing_alerts_re_sent,
