@@ -171,6 +171,8 @@ def report(config: Config, out: str, *, model: str | None = None, start: str | N
 
     t1 = parse_time(start, "--from") if start else None
     t2 = parse_time(end, "--to") if end else None
+    if t1 is not None and t2 is not None and t2 <= t1:
+        raise ConfigError([("--to", end, "must be after --from")], "argument")
     engine = make_engine(config.store_url)
     try:
         require_schema(engine)

@@ -68,11 +68,16 @@ def data_range(conn: Connection, model: str) -> tuple[datetime, datetime]:
 
 
 def latest_model(conn: Connection) -> str:
-    d = t.deployments
-    row = conn.execute(select(d.c.model).order_by(d.c.deployed_at.desc()).limit(1)).first()
-    if row is None:
+    """The model of the newest deployment that has data (a version marked deployed before
+    its first request has none yet)."""
+    d, wa = t.deployments, t.window_aggregates
+    models = conn.execute(select(d.c.model).order_by(d.c.deployed_at.desc())).scalars().all()
+    if not models:
         raise LookupError("the store has no deployments: nothing to report on")
-    return row[0]
+    for model in dict.fromkeys(models):
+        if conn.execute(select(wa.c.id).where(wa.c.model == model).limit(1)).first() is not None:
+            return model
+    raise LookupError(f"no model has data yet (deployed: {', '.join(dict.fromkeys(models))})")
 
 
 def deployments(conn: Connection, model: str, start: datetime, end: datetime) -> pd.DataFrame:
@@ -256,12 +261,15 @@ def _overrides(conn: Connection, board: Dashboard, model: str, start: datetime, 
 def report(engine: Engine, out: Path, *, boards: tuple[Dashboard, ...], model: str | None = None,
            start: datetime | None = None, end: datetime | None = None) -> list[Rendered]:
     """Render every report panel of `boards` into `out`; returns what was written."""
-    out.mkdir(parents=True, exist_ok=True)
     rendered: list[Rendered] = []
     with engine.connect() as conn:
         model = model or latest_model(conn)
         lo, hi = data_range(conn, model)
         start, end = start or lo, end or hi
+        if start >= hi or end <= lo:
+            raise LookupError(f"model {model!r} has no data from {start:%Y-%m-%d %H:%M} to "
+                              f"{end:%Y-%m-%d %H:%M} UTC (its data: {lo:%Y-%m-%d %H:%M} to {hi:%Y-%m-%d %H:%M})")
+        out.mkdir(parents=True, exist_ok=True)  # (not before: a refused report leaves no folder)
         interval = interval_for(start, end)
         deploys = deployments(conn, model, start, end)
         versions = deploys["version"].tolist()

@@ -244,6 +244,21 @@ def test_report_renders_the_main_panels(story_url: str, tmp_path: Path, capsys) 
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000, p
 
 
+
+def test_report_on_a_range_without_data_says_so_and_writes_nothing(story_url: str, tmp_path: Path,
+                                                                  capsys) -> None:
+    from monitor.cli import main
+
+    out = tmp_path / "report"
+    args = ["report", "--out", str(out), "--store", story_url]
+    assert main([*args, "--from", "2020-01-01T00:00Z", "--to", "2020-01-02T00:00Z"]) == 2
+    err = capsys.readouterr().err
+    assert "has no data from 2020-01-01 00:00 to 2020-01-02 00:00 UTC (its data:" in err
+    assert not out.exists()
+    assert main([*args, "--from", "2020-01-02T00:00Z", "--to", "2020-01-01T00:00Z"]) == 2
+    assert "--to='2020-01-01T00:00Z': must be after --from" in capsys.readouterr().err
+
+
 # -- the position profile and the top items, value by value ------------------------------------
 
 
