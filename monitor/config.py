@@ -219,7 +219,7 @@ def load_config(
         data, problems = _read_yaml(path)
     origins: dict[tuple[str, ...], str] = {}  # field path -> where a non-file value came from
     for keys, var, value in _env_entries(env):
-        _set(data, keys, value)
+        _set(data, keys, _env_value(value))
         origins[keys] = f"environment variable {var}"
     for dotted, value in (overrides or {}).items():
         if value is not None:
@@ -250,6 +250,17 @@ def _env_entries(env: Mapping[str, str]) -> list[tuple[tuple[str, ...], str, str
             keys = tuple(k.lower() for k in var[len(ENV_PREFIX) :].split("__"))
             entries.append((keys, var, value))
     return entries
+
+
+def _env_value(value: str) -> Any:
+    """A variable's text; a list or mapping when written as one, in YAML's flow style
+    (ATTNMON_EVALUATE__METRICS='[entropy_norm, top1]')."""
+    if value.lstrip()[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # validation names the variable and the value
+    return value
 
 
 def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
@@ -284,6 +295,7 @@ _MESSAGES = {
     "model_type": "must be a mapping of keys to values",
     "model_attributes_type": "must be a mapping of keys to values",
     "dict_type": "must be a mapping of keys to values",
+    "list_type": "must be a list, e.g. [a, b]",
 }
 
 

@@ -156,6 +156,19 @@ def test_unknown_keys_are_reported_with_their_path(tmp_path: Path) -> None:
     }
 
 
+def test_lists_and_mappings_from_the_environment_in_flow_style() -> None:
+    env = {"ATTNMON_EVALUATE__METRICS": "[entropy_norm, top1]",
+           "ATTNMON_EVALUATE__STATISTICS_BY_METRIC": "{top1: [psi, js]}"}
+    config = load_config(None, env)
+    assert config.evaluate.metrics == ["entropy_norm", "top1"]
+    assert config.evaluate.statistics_for("top1") == ["psi", "js"]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"ATTNMON_EVALUATE__METRICS": "entropy_norm"})
+    ((field, value, msg),) = info.value.problems
+    assert (field, value) == ("evaluate.metrics", "entropy_norm")
+    assert msg == "must be a list, e.g. [a, b] (from environment variable ATTNMON_EVALUATE__METRICS)"
+
+
 def test_environment_errors_name_the_variable(tmp_path: Path) -> None:
     path = write(tmp_path / "a.yaml", "collector:\n  queue_size: -3\n")
     env = {
