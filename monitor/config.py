@@ -311,9 +311,13 @@ def _problem(err: Any, origins: Mapping[tuple[str, ...], str]) -> tuple[str, obj
     # this field or a section above it, or (an unknown section) the ones below it.
     sources = [origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins][:1]
     sources = sources or [o for keys, o in origins.items() if keys[: len(loc)] == loc]
+    value = err["input"]
+    if err["type"] in ("model_type", "model_attributes_type") and err.get("ctx", {}).get("class_name") == "Secret":
+        # a secret written inline: say how to name it, and never print it back
+        message, value = "a secret is named, never written here: {env: VARIABLE} or {file: PATH}", "(hidden)"
     if sources:
         message += f" (from {', '.join(sources)})"
-    return ".".join(loc) or "(top level)", err["input"], message
+    return ".".join(loc) or "(top level)", value, message
 
 
 def _number(value: Any) -> Any:

@@ -301,3 +301,13 @@ def test_statistics_by_metric_is_lean_by_default_and_yields_to_statistics_set_al
     path.write_text("evaluate:\n  statistics_by_metric: {colour: [psi]}\n")
     with pytest.raises(ConfigError, match="colour"):
         load_config(path, env={})
+
+
+def test_a_secret_written_inline_is_refused_without_printing_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "alerts:\n  receivers:\n"
+                 "    - {name: pd, pagerduty: {routing_key: R0UT1NGKEY}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert "R0UT1NGKEY" not in str(info.value)
+    assert info.value.problems == [("alerts.receivers.0.pagerduty.routing_key", "(hidden)",
+                                    "a secret is named, never written here: {env: VARIABLE} or {file: PATH}")]
