@@ -182,7 +182,8 @@ def build(rules=()) -> Dashboard:
                 "FROM notifications WHERE $__timeFilter(created_at)\nGROUP BY 1, 2 ORDER BY 1, 2"
             ),
         ),
-        "Outbox rows by receiver and status: pending, delivered, failed, silenced.",
+        "Outbox rows by receiver and status: pending, sending (claimed by a send in flight), "
+        "delivered, failed, silenced.",
         width=12,
         needs=("notifications",),
     )
@@ -195,12 +196,14 @@ def build(rules=()) -> Dashboard:
                 "SELECT receiver, rule, transition, status, attempts, last_error, created_at,"
                 " last_attempt_at, next_attempt_at\n"
                 "FROM notifications\n"
-                "WHERE (status = 'failed' OR (status = 'pending' AND attempts > 0))"
+                "WHERE (status IN ('failed', 'sending') OR (status = 'pending' AND attempts > 0))"
                 " AND $__timeFilter(created_at)\nORDER BY created_at DESC LIMIT 50",
                 format="table",
             ),
         ),
-        "Deliveries that gave up (failed) or are being retried (pending after an attempt).",
+        "Deliveries that gave up (failed), are being retried (pending after an attempt) or are "
+        "in flight (sending; one left by a daemon killed mid-send is sent again when its "
+        "claim ends, next_attempt_at).",
         width=12,
         needs=("notifications",),
     )
