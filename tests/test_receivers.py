@@ -455,9 +455,11 @@ def test_build_reads_secrets_from_env_and_files(monkeypatch: pytest.MonkeyPatch,
 
 def test_build_reports_missing_secrets_and_bad_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TEST_UNSET_KEY", raising=False)
-    with pytest.raises(ConfigError, match="TEST_UNSET_KEY"):
+    with pytest.raises(ConfigError) as err:
         build(receiver_config("pd", pagerduty={"routing_key": {"env": "TEST_UNSET_KEY"}}))
-    with pytest.raises(ConfigError, match="unreadable"):
+    assert str(err.value) == ("alerts: receivers.pd.pagerduty.routing_key (env TEST_UNSET_KEY)='(unset)': "
+                              "the secret's variable is not set")
+    with pytest.raises(ConfigError, match=r"receivers.sl.slack.webhook_url \(file .*missing\)='\(unreadable\)'"):
         build(receiver_config("sl", slack={"webhook_url": {"file": str(tmp_path / "missing")}}))
     (tmp_path / "hook").write_text(f"ftp://hooks.example.com/{WEBHOOK_TOKEN}")
     with pytest.raises(ConfigError) as err:

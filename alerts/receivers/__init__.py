@@ -47,14 +47,14 @@ def build(cfg: ReceiverConfig, *, clock: Callable[[], datetime] = utc_now) -> Re
         )
     if kind == "pagerduty":
         _check_url(f"{field}.url", c.url, secret=False)
-        return PagerDuty(cfg.name, routing_key=c.routing_key.read(), url=c.url, timeout_s=c.timeout_s, clock=clock)
+        return PagerDuty(cfg.name, routing_key=_read(f"{field}.routing_key", c.routing_key), url=c.url, timeout_s=c.timeout_s, clock=clock)
     if kind == "slack":
-        url = c.webhook_url.read()
+        url = _read(f"{field}.webhook_url", c.webhook_url)
         _check_url(f"{field}.webhook_url", url, secret=True)
         return Slack(cfg.name, webhook_url=url, timeout_s=c.timeout_s, clock=clock)
     if kind == "webhook":
         secret = c.url_secret is not None
-        url = c.url_secret.read() if secret else c.url
+        url = _read(f"{field}.url_secret", c.url_secret) if secret else c.url
         _check_url(f"{field}.url" + ("_secret" if secret else ""), url, secret=secret)
         return Webhook(cfg.name, url=url, url_is_secret=secret, timeout_s=c.timeout_s)
     if kind == "email":
@@ -66,13 +66,22 @@ def build(cfg: ReceiverConfig, *, clock: Callable[[], datetime] = utc_now) -> Re
             port=c.port,
             starttls=c.starttls,
             username=c.username,
-            password=c.password.read() if c.password is not None else None,
+            password=_read(f"{field}.password", c.password) if c.password is not None else None,
             sender=c.sender,
             to=c.to,
             timeout_s=c.timeout_s,
             clock=clock,
         )
     raise AssertionError(f"unknown receiver kind {kind!r}")  # ReceiverConfig allows no other
+
+
+def _read(field: str, secret) -> str:
+    """A secret's value; a missing one is an error naming the receiver's field too."""
+    try:
+        return secret.read()
+    except ConfigError as exc:
+        raise ConfigError([(f"{field} ({where})", value, msg) for where, value, msg in exc.problems],
+                          "alerts") from None
 
 
 def _check_url(field: str, url: str, *, secret: bool) -> None:
