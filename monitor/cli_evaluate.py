@@ -50,6 +50,7 @@ def evaluate(config: Config, at: str | None = None, start: str | None = None, en
     text = "\n".join(
         f"window {r.window_start:%Y-%m-%d %H:%M}–{r.window_end:%H:%M} UTC: {r.series} series evaluated, "
         f"{r.skipped} below min_samples, {r.written} results written"
+        + (" (evaluated before: its results are kept as they were)" if r.series and not r.written else "")
         for r in results
     )
     _emit(fmt, text, data)

@@ -153,6 +153,9 @@ def test_cli_evaluate_backfill_pin_and_deploy_mark(two_versions, capsys):
     # a rerun of the backfill adds nothing
     assert main(["evaluate", *store, "--from", T(120).isoformat(), "--to", T(125).isoformat(), "--format", "json"]) == 0
     assert sum(o["written"] for o in json.loads(capsys.readouterr().out)) == 0
+    assert main(["evaluate", *store, "--at", T(122).isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert " 0 results written (evaluated before: its results are kept as they were)" in out
 
     assert main(["baseline", "pin", *store, "--model", "demo-sasrec", "--name", "quiet-monday",
                  "--from", T(0).isoformat(), "--to", T(60).isoformat(), "--version", "v1"]) == 0
