@@ -89,7 +89,8 @@ def notifications_failed(conn: Connection, now: datetime) -> list[dict]:
     nt = t.notifications
     failing = or_(
         and_(nt.c.status == "failed", nt.c.last_attempt_at >= as_utc(now) - FAILED_LOOKBACK),
-        and_(nt.c.status == "pending", nt.c.attempts >= FAILING_ATTEMPTS),
+        # (a row being retried is `sending` while the retry is in flight: it still counts)
+        and_(nt.c.status.in_(("pending", "sending")), nt.c.attempts >= FAILING_ATTEMPTS),
     )
     counts = dict(conn.execute(select(nt.c.receiver, func.count()).where(failing).group_by(nt.c.receiver)).all())
     out = []

@@ -56,15 +56,16 @@ import hashlib
 import logging
 import random
 import re
-import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from alerts import sending
 from alerts import silences as sil
 from alerts.config import AlertsConfig, ReceiverConfig, Route
 from alerts.model import AlertView, DeliveryError, Notification, Receiver
@@ -243,6 +244,19 @@ class _Unavailable(Exception):
         super().__init__(message)
 
 
+def _outcome(done: sending.Send) -> _Unavailable | None:
+    """A finished send's error, as the outbox records it (None: delivered)."""
+    try:
+        done.raise_failure()
+    except _Unavailable as exc:
+        return exc
+    except DeliveryError as exc:
+        return _Unavailable(scrub(str(exc)) or type(exc).__name__, exc.retry, exc.retry_after_s)
+    except Exception as exc:  # a receiver's bug must not stop the job: retry later
+        return _Unavailable(scrub(f"{type(exc).__name__}: {exc}"), retry=True)
+    return None
+
+
 class Outbox:
     """Delivers the outbox through `receivers` (name -> Receiver; default: built from
     the config by `alerts.receivers.build`, once each, when first needed)."""
@@ -259,7 +273,9 @@ class Outbox:
         self._rng = rng or random.Random()
         self._configs = {rc.name: rc for rc in config.receivers}
         self._last_resend: dict[str, datetime] = {}
-        self._hanging: dict[str, threading.Thread] = {}  # receiver -> a send past its deadline
+        self._running: dict[str, sending.Send] = {}  # receiver -> its send past the deadline
+        self._now = datetime.now(UTC)  # deliver() sets both
+        self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self.external_url = strip_credentials(config.external_url) if config.external_url else None
 
     # -- receivers -------------------------------------------------------------------
@@ -284,10 +300,16 @@ class Outbox:
     def deliver(self, now: datetime, keep_going: Callable[[], bool] = lambda: True) -> DeliverResult:
         """Send what is due at `now`; stop between groups once `keep_going()` is false."""
         now = as_utc(now)
+        started = time.monotonic()
+        # `now` as the run goes on (sends take time): a claim ends a deadline after it is
+        # taken, not after the run began (rows are dated by `now`)
+        self._now = now
+        self._clock = lambda: now + timedelta(seconds=time.monotonic() - started)
         res = DeliverResult()
         with self.engine.connect() as conn:
             active = sil.load(conn, now)
         res.requeued = self._requeue_unsilenced(now, active)
+        self._settle_running(res)
         res.reclaimed = self._release_expired_claims(now)
         nt = t.notifications
         due = (select(nt.c.receiver, nt.c.group_key, nt.c.dedup_key, func.min(nt.c.next_attempt_at))
@@ -300,6 +322,8 @@ class Outbox:
             if not keep_going():
                 res.stopped = True
                 return res
+            if receiver in self._running:  # one send at a time per receiver
+                continue
             self._deliver_group(receiver, group_key, dedup, now, active, res)
         if keep_going():
             self._resend(now, active, res)
@@ -328,7 +352,8 @@ class Outbox:
                 if muted:
                     conn.execute(update(nt).where(nt.c.id.in_(muted), nt.c.status == "pending")
                                  .values(status="silenced", last_attempt_at=now))
-                if send and not self._claim(conn, [r["id"] for r in send], now, receiver):
+                claim = self._claim(conn, [r["id"] for r in send], receiver) if send else None
+                if send and claim is None:
                     # undo this transaction (the silenced rows too: the claim's holder decides)
                     raise _ClaimedElsewhere
                 context = self._still_firing(conn, receiver, group_key, dedup, {r["fingerprint"] for r in send})
@@ -343,16 +368,17 @@ class Outbox:
             newest[r["fingerprint"]] = r
         views = [from_payload(r["payload"]) for r in newest.values()] + context
         note = self._notification(receiver, group_key, dedup, views, send[0]["payload"].get("group_labels", {}))
-        error: _Unavailable | None = None
         try:
-            self._send_within_deadline(receiver, note)
+            rcv = self.receiver(receiver)
         except _Unavailable as exc:
-            error = exc
-        except DeliveryError as exc:
-            error = _Unavailable(scrub(str(exc)) or type(exc).__name__, exc.retry, exc.retry_after_s)
-        except Exception as exc:  # a receiver's bug must not stop the job: retry later
-            error = _Unavailable(scrub(f"{type(exc).__name__}: {exc}"), retry=True)
-        self._record(send, now, error, res)
+            self._record(send, claim, exc, res)
+            return
+        running = sending.start(receiver, lambda: rcv.send(note), send, claim, self._deadline_s(receiver))
+        if running.running:  # past its deadline: its outcome is recorded when it has one
+            self._running[receiver] = running
+            self._note_running(running)
+            return
+        self._record(send, claim, _outcome(running), res)
 
     def _split(self, conn: Connection, receiver: str, group_key: str, dedup: str, now: datetime,
                active: list[sil.Silence]) -> tuple[list[Mapping], list[int]]:
@@ -397,13 +423,53 @@ class Outbox:
             timeout = getattr(getattr(rc, rc.kind), "timeout_s", None)
         return SEND_DEADLINE_FACTOR * float(timeout or 10.0)
 
-    def _claim(self, conn: Connection, ids: list[int], now: datetime, receiver: str) -> bool:
-        """Take the rows for this send (False: another deliverer has some of them)."""
+    def _claim(self, conn: Connection, ids: list[int], receiver: str) -> datetime | None:
+        """Take the rows for this send: the claim's end, which is also its token (None:
+        another deliverer has some of them)."""
         nt = t.notifications
-        until = now + timedelta(seconds=self._deadline_s(receiver)) + CLAIM_SLACK
+        until = self._claim_end(receiver)
         n = conn.execute(update(nt).where(nt.c.id.in_(ids), nt.c.status == "pending")
                          .values(status="sending", next_attempt_at=until)).rowcount
-        return n == len(ids)
+        return until if n == len(ids) else None
+
+    def _claim_end(self, receiver: str) -> datetime:
+        return self._clock() + timedelta(seconds=self._deadline_s(receiver)) + CLAIM_SLACK
+
+    def _mine(self, ids: list[int], claim: datetime | None) -> tuple:
+        """Where-clauses for rows still under this claim (not released and re-claimed)."""
+        nt = t.notifications
+        return (nt.c.id.in_(ids), nt.c.status == "sending", nt.c.next_attempt_at == claim)
+
+    def _note_running(self, running: sending.Send) -> None:
+        """A send past its deadline: say so on its rows, which stay claimed meanwhile."""
+        if not running.rows:
+            return
+        msg = (f"receiver {running.receiver!r}: no complete answer within "
+               f"{self._deadline_s(running.receiver):g} s; still waiting for it")
+        log.warning("%s", msg)
+        with self.engine.begin() as conn:
+            conn.execute(update(t.notifications).where(*self._mine([r["id"] for r in running.rows], running.claim))
+                         .values(last_error=msg))
+
+    def _settle_running(self, res: DeliverResult) -> None:
+        """Sends that ran past their deadline: record those that ended, keep the claims of
+        those still running, give up on those running for GIVE_UP_S."""
+        for name, running in list(self._running.items()):
+            if running.running and not running.abandoned:
+                if running.rows:  # renew the claim, so that no other deliverer sends them
+                    until = self._claim_end(name)
+                    with self.engine.begin() as conn:
+                        conn.execute(update(t.notifications).where(
+                            *self._mine([r["id"] for r in running.rows], running.claim)).values(next_attempt_at=until))
+                    running.claim = until
+                continue
+            del self._running[name]
+            error = _outcome(running) if not running.running else _Unavailable(
+                f"receiver {name!r}: no answer after {sending.GIVE_UP_S:g} s; gave up waiting", retry=True)
+            if running.rows:
+                self._record(running.rows, running.claim, error, res)
+            elif error is not None:
+                log.warning("re-sending firing alerts to %s failed: %s", name, error)
 
     def _release_expired_claims(self, now: datetime) -> int:
         """Rows left `sending` by a deliverer that died mid-send: pending again."""
@@ -416,38 +482,21 @@ class Outbox:
                         "sending them again (same dedup key)", n)
         return n
 
-    def _send_within_deadline(self, name: str, note: Notification) -> None:
-        """receiver.send(note) in a thread of its own, waited for at most the deadline."""
-        receiver = self.receiver(name)
-        hung = self._hanging.get(name)
-        if hung is not None and hung.is_alive():
-            raise _Unavailable(f"receiver {name!r}: an earlier send is still waiting for an answer", retry=True)
-        deadline = self._deadline_s(name)
-        failure: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                receiver.send(note)
-            except BaseException as exc:  # handed to the deliver job below
-                failure.append(exc)
-
-        worker = threading.Thread(target=send, name=f"attnmon-send-{name}", daemon=True)
-        worker.start()
-        worker.join(deadline)
-        if worker.is_alive():
-            self._hanging[name] = worker
-            raise _Unavailable(f"receiver {name!r}: no complete answer within {deadline:g} s", retry=True)
-        if failure:
-            raise failure[0]
-
-    def _record(self, send: list[Mapping], now: datetime, error: _Unavailable | None, res: DeliverResult) -> None:
+    def _record(self, send: list[Mapping], claim: datetime | None, error: _Unavailable | None,
+                res: DeliverResult) -> None:
+        """What a send did, on the rows it claimed (rows whose claim was released and taken
+        by another deliverer meanwhile are that one's to record)."""
         nt = t.notifications
         ids = [r["id"] for r in send]
-        pending = (nt.c.id.in_(ids), nt.c.status == "sending")  # (claimed by _claim)
+        pending = self._mine(ids, claim)
+        now = self._now
         with self.engine.begin() as conn:
             if error is None:
-                conn.execute(update(nt).where(*pending).values(
-                    status="delivered", delivered_at=now, last_attempt_at=now, attempts=nt.c.attempts + 1))
+                n = conn.execute(update(nt).where(*pending).values(
+                    status="delivered", delivered_at=now, last_attempt_at=now, attempts=nt.c.attempts + 1)).rowcount
+                if n < len(ids):
+                    log.info("%d of %d notification(s) to %s were sent, but their claim had been taken "
+                             "over meanwhile", len(ids) - n, len(ids), send[0]["receiver"])
                 res.notifications += 1
                 res.delivered += len(ids)
                 res.count(send[0]["receiver"], "delivered")
@@ -464,7 +513,7 @@ class Outbox:
             res.count(send[0]["receiver"], "retry" if retry else "failed")
             if expired:
                 note = msg if not error.retry else f"gave up after {d.max_age_s:g}s: {msg}"
-                conn.execute(update(nt).where(nt.c.id.in_(expired), *pending[1:]).values(
+                conn.execute(update(nt).where(*self._mine(expired, claim)).values(
                     status="failed", last_attempt_at=now, attempts=nt.c.attempts + 1, last_error=scrub(note)))
                 res.failed += len(expired)
             if retry:
@@ -472,7 +521,7 @@ class Outbox:
                 wait = backoff_s(attempt, d.backoff_initial_s, d.backoff_max_s, self._rng)
                 if error.retry_after_s is not None:  # the receiver asked for a longer pause
                     wait = max(wait, min(error.retry_after_s, d.max_age_s))
-                conn.execute(update(nt).where(nt.c.id.in_(retry), *pending[1:]).values(
+                conn.execute(update(nt).where(*self._mine(retry, claim)).values(
                     status="pending", next_attempt_at=now + timedelta(seconds=wait), last_attempt_at=now,
                     attempts=nt.c.attempts + 1, last_error=msg))
                 res.retrying += len(retry)
@@ -513,7 +562,7 @@ class Outbox:
             if last is None:  # the interval starts with the first run (delivery just sent them)
                 self._last_resend[rc.name] = now
                 continue
-            if (now - last).total_seconds() < rc.alertmanager.resend_interval_s:
+            if (now - last).total_seconds() < rc.alertmanager.resend_interval_s or rc.name in self._running:
                 continue
             self._last_resend[rc.name] = now
             with self.engine.connect() as conn:
@@ -526,15 +575,20 @@ class Outbox:
                     continue
                 groups.setdefault((r["group_key"], r["dedup_key"]), []).append(r)
             for (group_key, dedup), members in sorted(groups.items()):
+                if rc.name in self._running:  # a re-send past its deadline: no second one
+                    break
                 views = [from_payload(r["payload"]) for r in members]
                 note = self._notification(rc.name, group_key, dedup, views, members[0]["payload"].get("group_labels", {}))
                 try:
                     receiver = self.receiver(rc.name)
                     resend = getattr(receiver, "resend", None)  # Alertmanager's: firing alerts only
-                    if resend is not None:
-                        resend(note.alerts, note.external_url)
-                    else:
-                        receiver.send(note)
+                    fn = ((lambda r=resend, n=note: r(n.alerts, n.external_url)) if resend is not None
+                          else (lambda r=receiver, n=note: r.send(n)))
+                    running = sending.start(rc.name, fn, [], None, self._deadline_s(rc.name))
+                    if running.running:  # past its deadline: the next interval tries again
+                        self._running[rc.name] = running
+                        raise _Unavailable(f"no complete answer within {self._deadline_s(rc.name):g} s", retry=True)
+                    running.raise_failure()
                     res.resent += 1
                     res.count(rc.name, "resent")
                 except Exception as exc:

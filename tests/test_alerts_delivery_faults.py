@@ -15,7 +15,9 @@ import pytest
 from alerting import FakeReceiver, at, config, cycle, rule, shifted_rows
 from sqlalchemy import select
 
-from alerts.outbox import CLAIM_SLACK, SEND_DEADLINE_FACTOR, Outbox
+from alerts.config import AlertsConfig
+from alerts.model import DeliveryError
+from alerts.outbox import CLAIM_SLACK, SEND_DEADLINE_FACTOR, DeliverResult, Outbox
 from alerts.receivers.webhook import Webhook
 from monitor.store import tables
 
@@ -58,31 +60,116 @@ def test_a_group_being_sent_is_left_alone_by_a_second_deliverer(store):
     assert len(slow.sent) == 1 and {r["status"] for r in rows(store)} == {"delivered"}
 
 
-def test_a_claim_is_taken_once(store):
-    """Two deliverers that both read the group's rows before either claimed them: the
-    conditional update lets one through."""
+def test_a_deliverer_that_read_the_rows_before_another_claimed_them_backs_off(store):
+    """Both read the group's pending rows; one claims them first: the other's conditional
+    update takes fewer rows than it read, its transaction is undone, and it sends nothing."""
     cfg = config()
     fire(store, cfg)
-    ids = [r["id"] for r in rows(store)]
-    a, b = Outbox(store, cfg, {}), Outbox(store, cfg, {})
-    with store.begin() as conn:
-        assert a._claim(conn, ids, at(0), "pager") is True
-    with store.begin() as conn:
-        assert b._claim(conn, ids, at(0), "pager") is False
+    late, early = FakeReceiver("pager"), FakeReceiver("pager")
+    b = Outbox(store, cfg, {"pager": late})
+    with store.connect() as conn:
+        read_before = b._split(conn, "pager", *group_of(store), at(0), [])
+    a = Outbox(store, cfg, {"pager": early})
+    assert a.deliver(at(0)).notifications == 1
+    b._split = lambda *args: read_before  # what b read before a's claim
+    res = DeliverResult()
+    b._deliver_group("pager", *group_of(store), at(0), [], res)
+    assert res.claimed_elsewhere == 1 and late.calls == 0 and len(early.sent) == 1
+    assert {r["status"] for r in rows(store)} == {"delivered"}
+
+
+def group_of(engine) -> tuple[str, str]:
+    (row,) = rows(engine)
+    return row["group_key"], row["dedup_key"]
 
 
 def test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends(store):
     cfg = config()
     fire(store, cfg)
     box = Outbox(store, cfg, {"pager": FakeReceiver("pager")})
+    box._clock = lambda: at(0)
     with store.begin() as conn:  # what a daemon killed during the send leaves behind
-        assert box._claim(conn, [r["id"] for r in rows(store)], at(0), "pager")
+        assert box._claim(conn, [r["id"] for r in rows(store)], "pager") is not None
     ends = at(0) + SEND_DEADLINE_FACTOR * 10 * S + CLAIM_SLACK  # the config's timeout_s: 10
     assert {r["next_attempt_at"].replace(tzinfo=UTC) for r in rows(store)} == {ends}
     assert box.deliver(ends - S).notifications == 0
     res = box.deliver(ends)
     assert (res.reclaimed, res.notifications) == (1, 1)
     assert {r["status"] for r in rows(store)} == {"delivered"}
+
+
+class Held(FakeReceiver):
+    """A receiver whose sends wait until released (timeout_s 0.1: a 0.3 s deadline)."""
+
+    timeout_s = 0.1
+
+    def __init__(self, name, fail: Exception | None = None):
+        super().__init__(name)
+        self.release, self.fail = threading.Event(), fail
+
+    def send(self, notification):
+        self.calls += 1
+        self.release.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append(notification)
+
+
+def test_a_send_that_ends_after_its_deadline_is_recorded_once_and_not_sent_again(store):
+    cfg = config()
+    fire(store, cfg, names=("A", "B"))  # two groups for the same receiver
+    held = Held("pager")
+    box = Outbox(store, cfg, {"pager": held})
+    t0 = time.monotonic()
+    res = box.deliver(at(0))
+    assert time.monotonic() - t0 < 3 and res.notifications == 0 and held.calls == 1  # B waits its turn
+    first = {r["rule"]: r for r in rows(store)}
+    assert first["A"]["status"] == "sending" and first["B"]["status"] == "pending"
+    assert first["A"]["last_error"] == "receiver 'pager': no complete answer within 0.3 s; still waiting for it"
+    res = box.deliver(at(1))  # still running: its claim is renewed, nothing sent again
+    again = {r["rule"]: r for r in rows(store)}
+    assert held.calls == 1 and again["A"]["status"] == "sending"
+    assert again["A"]["next_attempt_at"] > first["A"]["next_attempt_at"]
+    held.release.set()
+    box._running["pager"].thread.join(5)
+    res = box.deliver(at(2))  # it ended: recorded, then B goes
+    assert res.notifications == 2 and held.calls == 2
+    assert {r["rule"]: r["status"] for r in rows(store)} == {"A": "delivered", "B": "delivered"}
+
+
+def test_a_send_that_fails_after_its_deadline_is_retried(store):
+    cfg = config()
+    fire(store, cfg)
+    held = Held("pager", fail=DeliveryError("HTTP 503 from the peer", retry=True))
+    box = Outbox(store, cfg, {"pager": held})
+    box.deliver(at(0))
+    held.release.set()
+    box._running["pager"].thread.join(5)
+    res = box.deliver(at(1))
+    (row,) = rows(store)
+    assert res.retrying == 1 and row["status"] == "pending" and row["last_error"] == "HTTP 503 from the peer"
+
+
+def test_a_record_does_not_overwrite_a_claim_taken_over_meanwhile(store):
+    cfg = config()
+    fire(store, cfg)
+    ids = [r["id"] for r in rows(store)]
+    slow, other = Outbox(store, cfg, {}), Held("pager")
+    slow._clock = lambda: at(0)
+    with store.begin() as conn:
+        token = slow._claim(conn, ids, "pager")
+    # its claim ends; another deliverer releases and claims the group, and is sending it
+    second = Outbox(store, cfg, {"pager": other})
+    second.deliver(token)
+    (row,) = rows(store)
+    assert row["status"] == "sending" and row["next_attempt_at"].replace(tzinfo=UTC) > token
+    slow._record(rows(store), token, None, DeliverResult())  # the slow send's late outcome
+    assert rows(store)[0]["status"] == "sending"  # not the slow one's to record
+    other.release.set()
+    second._running["pager"].thread.join(5)
+    assert second.deliver(token + S).notifications == 1
+    (row,) = rows(store)
+    assert row["status"] == "delivered" and row["attempts"] == 1 and len(other.sent) == 1
 
 
 def test_delivery_stops_between_groups_once_the_lead_is_lost(store):
@@ -188,11 +275,32 @@ def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_at_the_deadline(store):
         deadline = SEND_DEADLINE_FACTOR * 0.5
         assert deadline <= took < deadline + 3  # not the hours the trickle would take
         (row,) = rows(store)
-        assert res.retrying == 1 and row["status"] == "pending"
-        assert row["last_error"] == f"receiver 'pager': no complete answer within {deadline:g} s"
-        # while that send still hangs, the next try does not open a second one
-        res = box.deliver(row["next_attempt_at"].replace(tzinfo=UTC))
-        assert res.retrying == 1 and peer.connections == 1
-        assert "still waiting" in rows(store)[0]["last_error"]
+        assert res.notifications == 0 and row["status"] == "sending"
+        assert row["last_error"] == f"receiver 'pager': no complete answer within {deadline:g} s; still waiting for it"
+        # while that send still runs, later runs open no second one
+        for minute in (1, 2):
+            box.deliver(at(minute))
+        assert peer.connections == 1 and rows(store)[0]["status"] == "sending"
     finally:
         peer.close()
+
+
+def test_an_alertmanager_re_send_is_bounded_too_and_not_repeated_while_it_runs(store):
+    cfg = AlertsConfig.model_validate({
+        "receivers": [{"name": "am", "alertmanager": {"url": "http://127.0.0.1:9", "resend_interval_s": 60,
+                                                      "timeout_s": 0.1}}],
+        "route": {"receiver": "am", "group_wait_s": 0},
+    })
+    am = FakeReceiver("am")
+    box = Outbox(store, cfg, {"am": am})
+    cycle(store, [rule(**{"for": "0s", "keep_firing_for": "0s"})], cfg, 0, shifted_rows(0, heads=[2]))
+    assert box.deliver(at(0)).notifications == 1
+    release, calls = threading.Event(), []
+    am.send = lambda n: (calls.append(n), release.wait(10))  # the peer stops answering
+    t0 = time.monotonic()
+    res = box.deliver(at(1))
+    assert time.monotonic() - t0 < 3 and res.resent == 0 and res.sends == {("am", "resend_error"): 1}
+    assert box.deliver(at(2)).sends == {} and len(calls) == 1  # no second one while it runs
+    release.set()
+    box._running["am"].thread.join(5)
+    assert box.deliver(at(3)).resent == 1 and len(calls) == 2

@@ -90,3 +90,20 @@ def test_notifications_failing_fires_per_receiver_and_resolves(store):
         "attnmon cannot deliver notifications to pager (1 failing; last error: HTTP 503 from https://events.example)")
     assert [a.rule for n in backup.sent for a in n.alerts] == ["NotificationsFailing"] * 2
     assert [n.status for n in backup.sent] == ["firing", "resolved"]
+
+
+def test_a_failing_receiver_still_counts_while_its_retry_is_in_flight(store):
+    from sqlalchemy import update
+
+    from monitor.store import tables
+
+    cfg = config()
+    cycle(store, [rule(**{"for": "0s"})], cfg, 0, [drift_row(at(0), -3.0)])
+    nt = tables.notifications
+    with store.begin() as conn:
+        conn.execute(update(nt).values(attempts=health.FAILING_ATTEMPTS))
+    for status in ("pending", "sending"):
+        with store.begin() as conn:
+            conn.execute(update(nt).values(status=status))
+            (row,) = health.notifications_failed(conn, at(1))
+        assert (row["receiver"], row["value"]) == ("pager", 1.0), status

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 from test_alerts_delivery_faults import (  # noqa: F401
-    test_a_claim_is_taken_once,
+    test_a_deliverer_that_read_the_rows_before_another_claimed_them_backs_off,
     test_a_group_being_sent_is_left_alone_by_a_second_deliverer,
+    test_a_record_does_not_overwrite_a_claim_taken_over_meanwhile,
+    test_a_send_that_ends_after_its_deadline_is_recorded_once_and_not_sent_again,
     test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends,
     test_delivery_stops_between_groups_once_the_lead_is_lost,
 )
