@@ -191,7 +191,8 @@ class AttentionCollector:
 
         cfg = config if config is not None else load_config()
         options: dict = cfg.collector.model_dump(exclude={"hash_key_env"})
-        options["store_url"] = cfg.store_url
+        if kwargs.get("engine") is None:  # (an engine given is the store: no URL beside it)
+            options["store_url"] = cfg.store_url
         if options["hash_item_ids"] and "hash_key" not in kwargs:
             var = cfg.collector.hash_key_env
             options["hash_key"] = os.environ.get(var)

@@ -10,6 +10,7 @@ files behind it and an operator can look at it.
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import json
 import os
@@ -36,6 +37,9 @@ def _dec(d: dict):
     return d
 
 
+_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN}
+
+
 class UnreadableSpill(Exception):
     """A spill file that holds no batch (truncated, corrupt, not ours)."""
 
@@ -58,6 +62,7 @@ class SpillDir:
                 raw.flush()
                 os.fsync(raw.fileno())  # the data on disk before the name points at it
             os.replace(tmp, final)
+            _sync_dir(self.path)  # the rename itself on disk
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -74,9 +79,13 @@ class SpillDir:
             with gzip.open(path, "rb") as f:
                 d = json.loads(f.read().decode("utf-8"), object_hook=_dec)
             return FlushBatch(**d)
-        except FileNotFoundError:
-            raise  # another process replayed it first
-        except (OSError, EOFError, zlib.error, ValueError, TypeError) as exc:
+        except OSError as exc:
+            # gone (another process replayed it), or the process is short of descriptors
+            # or memory: not the file's fault, so try it again at the next flush
+            if isinstance(exc, FileNotFoundError) or exc.errno in _TRANSIENT:
+                raise
+            raise UnreadableSpill(f"{path.name}: {type(exc).__name__}: {exc}") from exc
+        except (EOFError, zlib.error, ValueError, TypeError) as exc:
             raise UnreadableSpill(f"{path.name}: {type(exc).__name__}: {exc}") from exc
 
     def quarantine(self, path: Path) -> Path:
@@ -89,3 +98,11 @@ class SpillDir:
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -330,6 +330,10 @@ def test_from_config_takes_the_collector_section_and_the_environment(tmp_path, m
     assert (c.store_url, c.sample_rate, c.queue_size, c.flush_interval_s, c.max_unsent_rows) == (
         f"sqlite:///{tmp_path}/a.db", 0.5, 5, 7.5, 9)
     assert c._spill.path == Path(tmp_path, "spill") and c._hash_item_ids and c._hash_key == b"k1"
+    engine = make_engine(f"sqlite:///{tmp_path}/b.db")
+    given = AttentionCollector.from_config("m", "v1", config=cfg, engine=engine)
+    assert given.store_url is None and given._engine is engine  # the engine, not the config's URL
+    engine.dispose()
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(ValueError, match=r"\$MY_KEY \(collector.hash_key_env\) is empty"):
         AttentionCollector.from_config("m", "v1", config=cfg)

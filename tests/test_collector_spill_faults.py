@@ -4,6 +4,7 @@ uncounted, and one bad file must not hold back the store."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,26 @@ def test_closing_with_batches_the_store_never_took_counts_them_and_says_so(tmp_p
     assert any("store write failed (StoreError: store at sqlite:///" in m and "does not exist" in m
                for m in messages)
     assert any("(100 requests) that could be neither written nor spilled" in m for m in messages)
+
+
+def test_a_file_the_process_cannot_open_for_now_is_not_called_unreadable(tmp_path, monkeypatch):
+    """Out of descriptors (EMFILE) is the process's state, not the file's: the file stays
+    where it is, to be replayed at the next flush; EIO or a corrupt body moves it aside."""
+    import errno
+    import gzip
+
+    import pytest
+
+    from collectors.spill import SpillDir, UnreadableSpill
+
+    sd = SpillDir(tmp_path / "spill")
+    path = sd.path / "c-000000000001.json.gz"
+    path.write_bytes(b"")
+    for code, moved in ((errno.EMFILE, False), (errno.ENFILE, False), (errno.EIO, True)):
+        def fail(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(gzip, "open", fail)
+        with pytest.raises(UnreadableSpill if moved else OSError) as info:
+            sd.load(path)
+        assert isinstance(info.value, UnreadableSpill) is moved, code
