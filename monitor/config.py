@@ -312,6 +312,10 @@ def _problem(err: Any, origins: Mapping[tuple[str, ...], str]) -> tuple[str, obj
     sources = [origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins][:1]
     sources = sources or [o for keys, o in origins.items() if keys[: len(loc)] == loc]
     value = err["input"]
+    if err["type"] == "missing":
+        value = "(missing)"  # (the input is the mapping that lacks it: it may hold secrets)
+    elif isinstance(value, Mapping):
+        value = "{" + ", ".join(str(k) for k in value) + "}"  # its keys only, for the same reason
     if err["type"] in ("model_type", "model_attributes_type") and err.get("ctx", {}).get("class_name") == "Secret":
         # a secret written inline: say how to name it, and never print it back
         message, value = "a secret is named, never written here: {env: VARIABLE} or {file: PATH}", "(hidden)"

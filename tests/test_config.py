@@ -151,7 +151,7 @@ def test_unknown_keys_are_reported_with_their_path(tmp_path: Path) -> None:
     problems = {field: (value, msg) for field, value, msg in info.value.problems}
     assert problems == {
         "collector.sampel_rate": (0.1, "unknown key"),
-        "alerts_typo": ({"x": 1}, "unknown key"),
+        "alerts_typo": ("{x}", "unknown key"),  # a mapping by its keys: its values may be secrets
         "store_ulr": ("sqlite://", "unknown key"),
     }
 
@@ -311,3 +311,15 @@ def test_a_secret_written_inline_is_refused_without_printing_it(tmp_path: Path) 
     assert "R0UT1NGKEY" not in str(info.value)
     assert info.value.problems == [("alerts.receivers.0.pagerduty.routing_key", "(hidden)",
                                     "a secret is named, never written here: {env: VARIABLE} or {file: PATH}")]
+
+
+def test_an_error_beside_an_inline_secret_does_not_print_it(tmp_path: Path) -> None:
+    """A missing field's input is the mapping around it, inline password included."""
+    path = write(tmp_path / "a.yaml", "alerts:\n  receivers:\n    - name: mail\n      email:\n"
+                 "        {host: smtp, from: a@b, username: u, password: HUNTER2}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert "HUNTER2" not in str(info.value)
+    problems = {field: (value, msg) for field, value, msg in info.value.problems}
+    assert problems["alerts.receivers.0.email.to"] == ("(missing)", "Field required")
+    assert problems["alerts.receivers.0.email.password"][0] == "(hidden)"
