@@ -74,7 +74,7 @@ class Rule(BaseModel):
     @classmethod
     def _known_statistic(cls, v: str) -> str:
         # a typo (delta.entropy_nrm) must stop a rule file, not load as a rule that never fires
-        if not any(fnmatch.fnmatchcase(s, v) or fnmatch.fnmatchcase(v, s) for s in known_statistics()):
+        if not could_be_written(v):
             raise ValueError(f"{v!r} names no statistic the monitor writes, under any config "
                              "(e.g. delta.entropy_norm, psi.top1, js.position_profile, js.attr.<name>, "
                              "health.no_data_minutes)")
@@ -111,15 +111,15 @@ CANNOT_FIRE = ("rule {name} reads {statistic}, which the evaluator does not writ
                "(evaluate.metrics, statistics, statistics_by_metric): it cannot fire")
 
 
-def known_statistics() -> list[str]:
-    """Every statistic name (as globs) some config makes the monitor write."""
+def could_be_written(statistic: str) -> bool:
+    """Whether some config makes the monitor write a statistic this glob names."""
     from alerts.health import STATISTICS as HEALTH
     from monitor.config import STATISTICS, EvaluateConfig
-    from monitor.evaluate import written_statistics
+    from monitor.evaluate import is_written
     from monitor.metrics import ALL_METRICS
 
     every = EvaluateConfig(metrics=list(ALL_METRICS), statistics=list(STATISTICS))
-    return [*written_statistics(every), *HEALTH]
+    return is_written(statistic, every) or any(fnmatch.fnmatchcase(h, statistic) for h in HEALTH)
 
 
 def cannot_fire(rules: list[Rule], evaluate) -> list[Rule]:

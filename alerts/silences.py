@@ -64,16 +64,13 @@ def parse_matcher(text: str) -> Matcher:
     raise ConfigError([("--match", text, "expected NAME=VALUE, NAME!=VALUE, NAME=~REGEX or NAME!~REGEX")], "argument")
 
 
-SERIES_LABELS = ("alertname", "severity", "statistic", "receiver")  # beside rules.LABELS
+def alert_label_names(rules, stored: Iterable[str] = ()) -> set[str]:
+    """The label names alerts carry: alertname and severity, a series' labels, those the
+    rules add, and (`stored`) those of alerts already in the store."""
+    from alerts.state import EXTRA_SERIES_LABELS, SERIES_LABELS
 
-
-def unknown_label_names(matchers: list[Matcher], rules) -> list[Matcher]:
-    """Matchers naming a label no alert of these rules carries (a typo: `verson=v2`
-    would silence nothing, `verson!=v2` everything)."""
-    from alerts.rules import LABELS
-
-    known = {*SERIES_LABELS, *LABELS, *(k for r in rules for k in r.labels)}
-    return [m for m in matchers if m.name not in known]
+    return {"alertname", "severity", *SERIES_LABELS, *EXTRA_SERIES_LABELS,
+            *(k for r in rules for k in r.labels), *stored}
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ def send_test(config: Config, name: str, resolve: bool = False, now: datetime | 
 def silence(config: Config, matchers: list[str], duration: str, comment: str,
             author: str | None = None, fmt: str = "text", now: datetime | None = None) -> int:
     from alerts import silences
-    from alerts.rules import LABELS, load_rule_set, parse_duration
+    from alerts.rules import load_rule_set, parse_duration
+    from monitor.store import tables as t
 
     try:
         span = parse_duration(duration)
@@ -162,15 +163,22 @@ def silence(config: Config, matchers: list[str], duration: str, comment: str,
     if span.total_seconds() <= 0:
         raise ConfigError([("--for", duration, "a silence must last longer than 0")], "argument")
     parsed = [silences.parse_matcher(m) for m in matchers]  # errors before touching the store
-    unknown = silences.unknown_label_names(parsed, load_rule_set(config.alerts.rules))
-    if unknown:
-        names = sorted({*silences.SERIES_LABELS, *LABELS})
-        raise ConfigError([("--match", str(m), f"no alert has a label {m.name!r} (labels: "
-                            f"{', '.join(names)}, and those the rules add)") for m in unknown], "argument")
+    try:
+        rules = load_rule_set(config.alerts.rules)
+    except ConfigError as exc:  # mid-incident, a silence must not wait for a rules file
+        print(f"attnmon: warning: label names checked against the stored alerts only ({exc})", file=sys.stderr)
+        rules = []
     at = _now(now)
     who = author or _user()
     engine = _engine(config)
     try:
+        with engine.connect() as conn:
+            stored = {k for (labels,) in conn.execute(select(t.alerts.c.labels)) for k in labels or {}}
+        known = silences.alert_label_names(rules, stored)
+        unknown = [m for m in parsed if m.name not in known]
+        if unknown:  # a typo: `verson=v2` would silence nothing, `verson!=v2` everything
+            raise ConfigError([("--match", str(m), f"no alert has a label {m.name!r} (labels: "
+                                f"{', '.join(sorted(known))})") for m in unknown], "argument")
         sid = silences.create(engine, parsed, span, comment, who, at)
     finally:
         engine.dispose()

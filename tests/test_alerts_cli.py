@@ -180,6 +180,25 @@ def test_a_silence_on_a_label_no_alert_has_is_refused(tmp_path, capsys, clean_en
     code, out, _ = run(capsys, "--config", str(conf), "alerts", "silence", "--store", sqlite_url,
                        "--match", "team=recs", "--match", "alertname=T", "--for", "1h", "--comment", "ok")
     assert code == 0 and len(out.strip()) == 36
+    # the rules file is not on this host (mid-incident): warned, and checked against the
+    # labels of the alerts in the store (a stored alert carries team=recs)
+    from sqlalchemy import insert
+
+    from monitor.store import make_engine, tables
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(insert(tables.alerts).values(
+            fingerprint="f" * 32, rule="T", labels={"alertname": "T", "team": "recs"}, annotations={},
+            severity="warning", state="firing", active_at=at(0), fired_at=at(0), last_eval_at=at(0)))
+    engine.dispose()
+    conf.write_text("alerts:\n  rules: [/nowhere/team.yaml]\n")
+    code, out, err = run(capsys, "--config", str(conf), "alerts", "silence", "--store", sqlite_url,
+                         "--match", "team=recs", "--for", "1h", "--comment", "mid-incident")
+    assert code == 0 and len(out.strip()) == 36
+    assert "warning: label names checked against the stored alerts only" in err and "/nowhere/team.yaml" in err
+    code, _, err = run(capsys, "--config", str(conf), "alerts", "silence", "--store", sqlite_url,
+                       "--match", "taem=recs", "--for", "1h", "--comment", "typo")
+    assert code == 2 and "no alert has a label 'taem'" in err
 
 
 def test_silence_silences_unsilence(capsys, clean_env, sqlite_url):
