@@ -343,3 +343,12 @@ def check_drift_key_order(url: str) -> None:
 
 def test_0005_keeps_results_and_keys_them_by_window_end_first(sqlite_url: str) -> None:
     check_drift_key_order(sqlite_url)
+
+
+def test_a_sqlite_path_under_home_means_one_file_for_every_command(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///~/store.db"
+    migrate.upgrade(url)
+    assert (tmp_path / "store.db").is_file() and not (tmp_path / "~").exists()
+    require_schema(make_engine(url))  # the same file, at head

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,9 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     backend = parsed.get_backend_name()
     options: dict[str, Any] = {}
     if backend == "sqlite":
+        if parsed.database and parsed.database.startswith("~"):
+            # sqlite3 would take "~" as a folder's name: every command must mean one file
+            parsed = parsed.set(database=os.path.expanduser(parsed.database))
         _check_sqlite_dir(parsed, shown)
     elif backend == "postgresql":
         # A daemon outlives connections (restarts, failovers): test each one before use,
@@ -88,7 +92,7 @@ def _check_sqlite_dir(url: URL, shown: str) -> None:
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    parent = Path(database).expanduser().absolute().parent
+    parent = Path(database).absolute().parent
     if not parent.is_dir():
         # SQLite's own message is "unable to open database file", which names nothing.
         raise StoreError(
@@ -102,7 +106,7 @@ def _sqlite_file(url: URL) -> Path | None:
         return None
     if url.database.startswith("file:") or url.query.get("mode") == "memory":
         return None
-    return Path(url.database).expanduser().absolute()
+    return Path(url.database).absolute()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
