@@ -37,16 +37,19 @@ Deliver (`Outbox.deliver(now)`, the daemon's deliver job):
 
 Only the leading daemon runs the deliver job. Two may overlap for a moment (a leader
 that lost its lock and has not noticed yet), so a group's rows are claimed before the
-send: their next_attempt_at moves `send deadline + CLAIM_SLACK` ahead in a conditional
-update, and a deliverer that finds them claimed leaves the group alone. A daemon killed
+send: status `sending`, next_attempt_at `send deadline + CLAIM_SLACK` ahead (the claim's
+token), in a conditional update; a deliverer that finds a row of the group claimed leaves
+the whole group alone (a "resolved" must not overtake its "firing"). A daemon killed
 mid-send leaves the claim to expire, and the group is sent again (same dedup key). The
 job also stops between groups once `keep_going()` is false (lead lost, shutting down).
 
 Each send runs under a deadline of `SEND_DEADLINE_FACTOR × the receiver's timeout_s`:
 the receivers' timeouts apply to each read, so a peer that answers one byte at a time
 could otherwise hold the job (and every other receiver) for hours. A send past its
-deadline counts as a failed try (retry); its thread is left to finish, and while it
-hangs that receiver gets no second one. A `Retry-After` in the answer (429, 503) sets
+deadline keeps its rows claimed (renewed each run) and is recorded when it ends (see
+alerts/sending.py); meanwhile that receiver gets no other send. One still running after
+GIVE_UP_S (10 min) is given up: its rows are retried, and a second send may then run
+beside it. A `Retry-After` in the answer (429, 503) sets
 the earliest next try when it is later than the backoff.
 """
 
@@ -227,6 +230,7 @@ class DeliverResult:
     sends: dict[tuple[str, str], int] = field(default_factory=dict)  # (receiver, outcome) -> messages
     claimed_elsewhere: int = 0  # groups another deliverer was sending
     reclaimed: int = 0  # rows whose sender stopped mid-send, pending again
+    in_flight: int = 0  # rows of sends past their deadline, still running (recorded later)
     stopped: bool = False  # keep_going() turned false: the rest waits for the next run
 
     def count(self, receiver: str, outcome: str) -> None:
@@ -348,6 +352,10 @@ class Outbox:
         nt = t.notifications
         try:
             with self.engine.begin() as conn:
+                if self._in_flight(conn, receiver, group_key, dedup):
+                    # a row of the group is being sent: newer ones wait for it, or a
+                    # "resolved" could overtake its "firing"
+                    raise _ClaimedElsewhere
                 send, muted = self._split(conn, receiver, group_key, dedup, now, active)
                 if muted:
                     conn.execute(update(nt).where(nt.c.id.in_(muted), nt.c.status == "pending")
@@ -377,8 +385,18 @@ class Outbox:
         if running.running:  # past its deadline: its outcome is recorded when it has one
             self._running[receiver] = running
             self._note_running(running)
+            res.in_flight += len(send)
+            res.errors.append(f"{receiver}: no complete answer within {self._deadline_s(receiver):g} s; "
+                              "still waiting for it")
             return
         self._record(send, claim, _outcome(running), res)
+
+    @staticmethod
+    def _in_flight(conn: Connection, receiver: str, group_key: str, dedup: str) -> bool:
+        nt = t.notifications
+        return conn.execute(select(nt.c.id).where(
+            nt.c.status == "sending", nt.c.receiver == receiver, nt.c.group_key == group_key,
+            nt.c.dedup_key == dedup).limit(1)).first() is not None
 
     def _split(self, conn: Connection, receiver: str, group_key: str, dedup: str, now: datetime,
                active: list[sil.Silence]) -> tuple[list[Mapping], list[int]]:
@@ -459,17 +477,19 @@ class Outbox:
                 if running.rows:  # renew the claim, so that no other deliverer sends them
                     until = self._claim_end(name)
                     with self.engine.begin() as conn:
-                        conn.execute(update(t.notifications).where(
-                            *self._mine([r["id"] for r in running.rows], running.claim)).values(next_attempt_at=until))
-                    running.claim = until
+                        n = conn.execute(update(t.notifications).where(
+                            *self._mine([r["id"] for r in running.rows], running.claim)).values(
+                            next_attempt_at=until)).rowcount
+                    # (none left under it: another deliverer took them over; its to record)
+                    running.rows, running.claim = (running.rows, until) if n else ([], None)
                 continue
-            del self._running[name]
             error = _outcome(running) if not running.running else _Unavailable(
                 f"receiver {name!r}: no answer after {sending.GIVE_UP_S:g} s; gave up waiting", retry=True)
             if running.rows:
-                self._record(running.rows, running.claim, error, res)
+                self._record(running.rows, running.claim, error, res)  # (raises: kept for the next run)
             elif error is not None:
                 log.warning("re-sending firing alerts to %s failed: %s", name, error)
+            del self._running[name]
 
     def _release_expired_claims(self, now: datetime) -> int:
         """Rows left `sending` by a deliverer that died mid-send: pending again."""

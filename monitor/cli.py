@@ -265,11 +265,14 @@ def run(config: Config, once: bool = False, fmt: str = "text") -> int:
             result = daemon.evaluate()
             daemon.deliver()  # the store's errors go to store_errors; receivers' stay in the result
             got = daemon.alerts.last_delivery
-            sent = {"delivered": got.delivered, "retrying": got.retrying, "failed": got.failed}
+            sent = {"delivered": got.delivered, "retrying": got.retrying, "failed": got.failed,
+                    "in_flight": got.in_flight}
             undelivered = None
-            if got.retrying or got.failed:
-                undelivered = (f"{got.retrying} kept in the outbox for the next run, {got.failed} given up"
-                               + (f": {'; '.join(got.errors)}" if got.errors else ""))
+            if got.retrying or got.failed or got.in_flight:
+                # (a send still running when this process exits is cut off: its rows wait
+                # for their claim to end, then go with the next run)
+                undelivered = (f"{got.retrying + got.in_flight} kept in the outbox for the next run, "
+                               f"{got.failed} given up" + (f": {'; '.join(got.errors)}" if got.errors else ""))
     windows = result.windows
     data = {
         "leader": True,

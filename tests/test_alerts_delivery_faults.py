@@ -8,26 +8,31 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from datetime import UTC, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
 from alerting import FakeReceiver, at, config, cycle, rule, shifted_rows
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
+from alerts import sending
 from alerts.config import AlertsConfig
 from alerts.model import DeliveryError
 from alerts.outbox import CLAIM_SLACK, SEND_DEADLINE_FACTOR, DeliverResult, Outbox
 from alerts.receivers.webhook import Webhook
 from monitor.store import tables
+from monitor.store.maintenance import as_utc
 
 S = timedelta(seconds=1)
 
 
 def rows(engine) -> list[dict]:
+    """The outbox, its times in UTC (SQLite gives them naive, PostgreSQL in the session's zone)."""
     nt = tables.notifications
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(nt).order_by(nt.c.id)).mappings()]
+        return [{k: as_utc(v) if isinstance(v, datetime) else v for k, v in r.items()}
+                for r in conn.execute(select(nt).order_by(nt.c.id)).mappings()]
 
 
 def fire(engine, cfg, names=("Collapse",)) -> None:
@@ -61,20 +66,40 @@ def test_a_group_being_sent_is_left_alone_by_a_second_deliverer(store):
 
 
 def test_a_deliverer_that_read_the_rows_before_another_claimed_them_backs_off(store):
-    """Both read the group's pending rows; one claims them first: the other's conditional
-    update takes fewer rows than it read, its transaction is undone, and it sends nothing."""
+    """Both read the group's pending rows (one to send, one a silence mutes); one claims
+    them first: the other's conditional update takes fewer rows than it read, and its
+    whole transaction is undone, the muting included, and it sends nothing."""
     cfg = config()
-    fire(store, cfg)
+    fire(store, cfg, names=("A",))
+    cycle(store, [rule("A", **{"for": "0s"})], cfg, 1, shifted_rows(1, heads=[2, 3]))  # head 3 joins the group
+    first, muted = rows(store)
     late, early = FakeReceiver("pager"), FakeReceiver("pager")
     b = Outbox(store, cfg, {"pager": late})
-    with store.connect() as conn:
-        read_before = b._split(conn, "pager", *group_of(store), at(0), [])
+    b._split = lambda *args: ([first], [muted["id"]])  # what b read before a's claim
+    b._in_flight = lambda *args: False  # (a claimed after b looked)
     a = Outbox(store, cfg, {"pager": early})
-    assert a.deliver(at(0)).notifications == 1
-    b._split = lambda *args: read_before  # what b read before a's claim
+    a._clock = lambda: at(1)
+    with store.begin() as conn:
+        assert a._claim(conn, [first["id"]], "pager") is not None
     res = DeliverResult()
-    b._deliver_group("pager", *group_of(store), at(0), [], res)
-    assert res.claimed_elsewhere == 1 and late.calls == 0 and len(early.sent) == 1
+    b._deliver_group("pager", first["group_key"], first["dedup_key"], at(1), [], res)
+    assert res.claimed_elsewhere == 1 and res.silenced == 0 and late.calls == 0
+    assert {r["id"]: r["status"] for r in rows(store)} == {first["id"]: "sending", muted["id"]: "pending"}
+
+
+def test_a_group_with_a_row_in_flight_waits_so_resolved_never_overtakes_firing(store):
+    cfg = config()
+    fire(store, cfg)
+    pager = FakeReceiver("pager")
+    box = Outbox(store, cfg, {"pager": pager})
+    box._clock = lambda: at(0.5)
+    with store.begin() as conn:  # a daemon killed while sending "firing"
+        claim = box._claim(conn, [r["id"] for r in rows(store)], "pager")
+    cycle(store, [rule(**{"for": "0s", "keep_firing_for": "0s"})], cfg, 1)  # it resolves
+    assert box.deliver(at(1)).notifications == 0 and pager.sent == []  # not "resolved" first
+    assert claim > at(1)
+    box.deliver(claim)  # the claim has ended: both rows go, as one message, the newest
+    assert [n.status for n in pager.sent] == ["resolved"]
     assert {r["status"] for r in rows(store)} == {"delivered"}
 
 
@@ -91,7 +116,7 @@ def test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends(store):
     with store.begin() as conn:  # what a daemon killed during the send leaves behind
         assert box._claim(conn, [r["id"] for r in rows(store)], "pager") is not None
     ends = at(0) + SEND_DEADLINE_FACTOR * 10 * S + CLAIM_SLACK  # the config's timeout_s: 10
-    assert {r["next_attempt_at"].replace(tzinfo=UTC) for r in rows(store)} == {ends}
+    assert {r["next_attempt_at"] for r in rows(store)} == {ends}
     assert box.deliver(ends - S).notifications == 0
     res = box.deliver(ends)
     assert (res.reclaimed, res.notifications) == (1, 1)
@@ -137,6 +162,45 @@ def test_a_send_that_ends_after_its_deadline_is_recorded_once_and_not_sent_again
     assert {r["rule"]: r["status"] for r in rows(store)} == {"A": "delivered", "B": "delivered"}
 
 
+def test_a_late_outcome_survives_a_store_error_while_recording_it(store, monkeypatch):
+    cfg = config()
+    fire(store, cfg)
+    held = Held("pager")
+    box = Outbox(store, cfg, {"pager": held})
+    res = box.deliver(at(0))
+    assert res.in_flight == 1 and res.errors == ["pager: no complete answer within 0.3 s; still waiting for it"]
+    held.release.set()
+    box._running["pager"].thread.join(5)
+    record, calls = box._record, []
+
+    def locked_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE notifications", {}, Exception("database is locked"))
+        return record(*args)
+
+    monkeypatch.setattr(box, "_record", locked_once)
+    with pytest.raises(OperationalError):
+        box.deliver(at(1))  # the job fails (and is retried); the outcome is kept
+    assert box.deliver(at(2)).notifications == 1 and held.calls == 1
+    assert {r["status"] for r in rows(store)} == {"delivered"}
+
+
+def test_a_send_running_past_give_up_is_retried(store, monkeypatch):
+    monkeypatch.setattr(sending, "GIVE_UP_S", 0.5)
+    cfg = config(delivery={"backoff_initial_s": 5, "backoff_max_s": 300, "max_age_s": 86_400})
+    fire(store, cfg)
+    held = Held("pager")
+    box = Outbox(store, cfg, {"pager": held})
+    box.deliver(at(0))
+    time.sleep(0.6)
+    res = box.deliver(at(1))
+    (row,) = rows(store)
+    assert res.retrying == 1 and row["status"] == "pending" and "pager" not in box._running
+    assert row["last_error"] == "receiver 'pager': no answer after 0.5 s; gave up waiting"
+    held.release.set()
+
+
 def test_a_send_that_fails_after_its_deadline_is_retried(store):
     cfg = config()
     fire(store, cfg)
@@ -162,7 +226,7 @@ def test_a_record_does_not_overwrite_a_claim_taken_over_meanwhile(store):
     second = Outbox(store, cfg, {"pager": other})
     second.deliver(token)
     (row,) = rows(store)
-    assert row["status"] == "sending" and row["next_attempt_at"].replace(tzinfo=UTC) > token
+    assert row["status"] == "sending" and row["next_attempt_at"] > token
     slow._record(rows(store), token, None, DeliverResult())  # the slow send's late outcome
     assert rows(store)[0]["status"] == "sending"  # not the slow one's to record
     other.release.set()
@@ -209,7 +273,7 @@ def test_retry_after_sets_the_next_try(store, header, wait_s, monkeypatch):
     box.deliver(at(0))
     (row,) = rows(store)
     assert row["status"] == "pending" and "HTTP 429" in row["last_error"]
-    assert row["next_attempt_at"].replace(tzinfo=UTC) == at(0) + timedelta(seconds=wait_s)
+    assert row["next_attempt_at"] == at(0) + timedelta(seconds=wait_s)
     box.deliver(at(0) + timedelta(seconds=wait_s) - S)
     assert len(calls) == 1  # nothing before the time it asked for
 
@@ -220,7 +284,7 @@ def test_without_retry_after_the_backoff_applies(store):
     hook, _ = _webhook_answering(503, {})
     Outbox(store, cfg, {"pager": hook}).deliver(at(0))
     (row,) = rows(store)
-    wait = (row["next_attempt_at"].replace(tzinfo=UTC) - at(0)).total_seconds()
+    wait = (row["next_attempt_at"] - at(0)).total_seconds()
     assert 5 * 0.75 <= wait <= 5
 
 

@@ -5,7 +5,7 @@ keys, Alertmanager re-sends. Receivers are fakes implementing the Receiver proto
 from __future__ import annotations
 
 import random
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 import pytest
 from alerting import FakeReceiver, at, config, cycle, drift_row, failing, rule
@@ -197,7 +197,7 @@ def test_a_restart_loses_nothing_and_repeats_only_under_the_same_dedup_key(store
         first.deliver(at(1))
     rows = outbox_rows(store)
     assert {r["status"] for r in rows} == {"sending"}  # claimed by the dead process
-    (claim_end,) = {r["next_attempt_at"].replace(tzinfo=UTC) for r in rows}
+    (claim_end,) = {as_utc(r["next_attempt_at"]) for r in rows}
     ends = at(1) + timedelta(seconds=3 * 10) + timedelta(seconds=30)  # deadline + slack, from the claim
     assert ends <= claim_end < ends + 5 * S
     # a new process: new objects on the same store; it leaves the claim until it ends

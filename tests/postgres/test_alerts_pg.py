@@ -8,6 +8,8 @@ import pytest
 from test_alerts_delivery_faults import (  # noqa: F401
     test_a_deliverer_that_read_the_rows_before_another_claimed_them_backs_off,
     test_a_group_being_sent_is_left_alone_by_a_second_deliverer,
+    test_a_group_with_a_row_in_flight_waits_so_resolved_never_overtakes_firing,
+    test_a_late_outcome_survives_a_store_error_while_recording_it,
     test_a_record_does_not_overwrite_a_claim_taken_over_meanwhile,
     test_a_send_that_ends_after_its_deadline_is_recorded_once_and_not_sent_again,
     test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends,
