@@ -48,8 +48,8 @@ the receivers' timeouts apply to each read, so a peer that answers one byte at a
 could otherwise hold the job (and every other receiver) for hours. A send past its
 deadline keeps its rows claimed (renewed each run) and is recorded when it ends (see
 alerts/sending.py); meanwhile that receiver gets no other send. One still running after
-GIVE_UP_S (10 min) is given up: its rows are retried, and a second send may then run
-beside it. A `Retry-After` in the answer (429, 503) sets
+4 deadlines (2 min at the default timeout) is given up: its rows are retried, and a
+second send may then run beside it. A `Retry-After` in the answer (429, 503) sets
 the earliest next try when it is later than the backoff.
 """
 
@@ -471,7 +471,7 @@ class Outbox:
 
     def _settle_running(self, res: DeliverResult) -> None:
         """Sends that ran past their deadline: record those that ended, keep the claims of
-        those still running, give up on those running for GIVE_UP_S."""
+        those still running, give up on those running for GIVE_UP_DEADLINES deadlines."""
         for name, running in list(self._running.items()):
             if running.running and not running.abandoned:
                 if running.rows:  # renew the claim, so that no other deliverer sends them
@@ -484,7 +484,7 @@ class Outbox:
                     running.rows, running.claim = (running.rows, until) if n else ([], None)
                 continue
             error = _outcome(running) if not running.running else _Unavailable(
-                f"receiver {name!r}: no answer after {sending.GIVE_UP_S:g} s; gave up waiting", retry=True)
+                f"receiver {name!r}: no answer after {running.give_up_s:g} s; gave up waiting", retry=True)
             if running.rows:
                 self._record(running.rows, running.claim, error, res)  # (raises: kept for the next run)
             elif error is not None:

@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-GIVE_UP_S = 600.0  # a send still running this long is abandoned (its thread left to end)
+# a send still running this many deadlines after it started is abandoned (its thread left
+# to end): 2 minutes at the default timeout, within Alertmanager's 5-minute resolve_timeout
+GIVE_UP_DEADLINES = 4
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Send:
     rows: list[Mapping]  # the notification rows it claimed ([] for an Alertmanager re-send)
     claim: datetime | None  # the rows' next_attempt_at as claimed: the claim's token
     thread: threading.Thread | None = None
+    give_up_s: float = 0.0
     failure: list[BaseException] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -32,7 +35,7 @@ class Send:
 
     @property
     def abandoned(self) -> bool:
-        return self.running and time.monotonic() - self.started > GIVE_UP_S
+        return self.running and time.monotonic() - self.started > self.give_up_s
 
     def raise_failure(self) -> None:
         """Re-raise what the send raised, if anything (in the caller's thread)."""
@@ -43,7 +46,7 @@ class Send:
 def start(receiver: str, fn: Callable[[], None], rows: list[Mapping], claim: datetime | None,
           deadline_s: float) -> Send:
     """Run `fn` in a daemon thread and wait for it at most `deadline_s`."""
-    send = Send(receiver, rows, claim)
+    send = Send(receiver, rows, claim, give_up_s=GIVE_UP_DEADLINES * deadline_s)
 
     def run() -> None:
         try:

@@ -186,18 +186,19 @@ def test_a_late_outcome_survives_a_store_error_while_recording_it(store, monkeyp
     assert {r["status"] for r in rows(store)} == {"delivered"}
 
 
-def test_a_send_running_past_give_up_is_retried(store, monkeypatch):
-    monkeypatch.setattr(sending, "GIVE_UP_S", 0.5)
+def test_a_send_running_past_give_up_is_retried(store):
     cfg = config(delivery={"backoff_initial_s": 5, "backoff_max_s": 300, "max_age_s": 86_400})
     fire(store, cfg)
     held = Held("pager")
     box = Outbox(store, cfg, {"pager": held})
     box.deliver(at(0))
-    time.sleep(0.6)
+    res = box.deliver(at(0) + 30 * S)  # within 4 deadlines (4 x 0.3 s): still waited for
+    assert res.retrying == 0 and "pager" in box._running
+    time.sleep(sending.GIVE_UP_DEADLINES * 0.3)
     res = box.deliver(at(1))
     (row,) = rows(store)
     assert res.retrying == 1 and row["status"] == "pending" and "pager" not in box._running
-    assert row["last_error"] == "receiver 'pager': no answer after 0.5 s; gave up waiting"
+    assert row["last_error"] == "receiver 'pager': no answer after 1.2 s; gave up waiting"
     held.release.set()
 
 
