@@ -179,7 +179,6 @@ class AttentionCollector:
         self._last_log: dict[str, float] = {}
         self._bad_spill_files = 0
         self._resolve_failures = 0
-        self._last_resolve_log = 0.0
 
     @classmethod
     def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> AttentionCollector:
@@ -382,7 +381,7 @@ class AttentionCollector:
         self._closed = True
         if self._unsent and (self._thread is None or not self._thread.is_alive()):
             lost = sum(b.n_requests for b in self._unsent)
-            self._totals.dropped += lost
+            self._count_dropped(lost)
             log.error("attnmon collector: closed with %d batch(es) (%d requests) that could be neither "
                       "written nor spilled: they are lost (counted in stats.dropped)",
                       len(self._unsent), lost)
@@ -442,8 +441,7 @@ class AttentionCollector:
             return
         with self._lock:
             dropped, self._dropped_hot = self._dropped_hot, 0
-        self._minute_health().dropped += dropped
-        self._totals.dropped += dropped
+        self._count_dropped(dropped)
         blocks: list[Block] = []
         raw, summaries = [], []
         for e in entries:
@@ -558,14 +556,15 @@ class AttentionCollector:
 
     def _lost(self, pending, exc: Exception) -> None:
         n = int(getattr(pending, "size", 1))
+        self._count_dropped(n)
+        self._resolve_failures += 1
+        self._log_rarely(logging.ERROR, "attnmon collector: on-device summaries lost (%d requests; "
+                         "%d batch(es) so far)", n, self._resolve_failures, exc_info=exc)
+
+    def _count_dropped(self, n: int) -> None:
+        """Requests accepted and then lost: in this minute's health and in the totals."""
         self._minute_health().dropped += n
         self._totals.dropped += n
-        self._resolve_failures += 1
-        now = time.monotonic()
-        if now - self._last_resolve_log > 30:
-            self._last_resolve_log = now
-            log.error("attnmon collector: on-device summaries lost (%d requests; %d batch(es) so far)",
-                      n, self._resolve_failures, exc_info=exc)
 
     def _group(self, b: Block, kept) -> _Groups:
         """The accepted requests grouped by (minute, cohort), groups in first-seen order."""
@@ -918,19 +917,18 @@ class AttentionCollector:
             if batch.deployments:
                 self._deployment_written = False  # the next batch carries it again
         if lost:
-            self._totals.dropped += lost
-            self._minute_health().dropped += lost
+            self._count_dropped(lost)
             self._log_rarely(logging.ERROR, "attnmon collector: store unreachable and nowhere to spill; "
                              "dropping the oldest unsent batches (%d requests now; max_unsent_rows=%d)",
                              lost, self.max_unsent_rows)
 
-    def _log_rarely(self, level: int, msg: str, *args) -> None:
+    def _log_rarely(self, level: int, msg: str, *args, **kwargs) -> None:
         """Log each message at most every 30 s: a store that stays down must not flood the
         log (the counters in stats and collector_health keep the full count)."""
         now = time.monotonic()
         if now - self._last_log.get(msg, -1e9) > 30:
             self._last_log[msg] = now
-            log.log(level, msg, *args)
+            log.log(level, msg, *args, **kwargs)
 
     def _note_written(self, batch: FlushBatch) -> None:
         self._totals.written += batch.n_requests
