@@ -89,10 +89,10 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
 
 
 def _check_sqlite_dir(url: URL, shown: str) -> None:
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    path = _sqlite_file(url)
+    if path is None:
         return
-    parent = Path(database).absolute().parent
+    parent = path.parent
     if not parent.is_dir():
         # SQLite's own message is "unable to open database file", which names nothing.
         raise StoreError(
