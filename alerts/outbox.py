@@ -384,10 +384,7 @@ class Outbox:
         running = sending.start(receiver, lambda: rcv.send(note), send, claim, self._deadline_s(receiver))
         if running.running:  # past its deadline: its outcome is recorded when it has one
             self._running[receiver] = running
-            self._note_running(running)
-            res.in_flight += len(send)
-            res.errors.append(f"{receiver}: no complete answer within {self._deadline_s(receiver):g} s; "
-                              "still waiting for it")
+            self._note_running(running, res)
             return
         self._record(send, claim, _outcome(running), res)
 
@@ -458,12 +455,16 @@ class Outbox:
         nt = t.notifications
         return (nt.c.id.in_(ids), nt.c.status == "sending", nt.c.next_attempt_at == claim)
 
-    def _note_running(self, running: sending.Send) -> None:
-        """A send past its deadline: say so on its rows, which stay claimed meanwhile."""
-        if not running.rows:
-            return
-        msg = (f"receiver {running.receiver!r}: no complete answer within "
-               f"{self._deadline_s(running.receiver):g} s; still waiting for it")
+    def _cut_off(self, name: str) -> str:
+        return f"no complete answer within {self._deadline_s(name):g} s"
+
+    def _note_running(self, running: sending.Send, res: DeliverResult) -> None:
+        """A send past its deadline: say so in the result and on its rows, which stay
+        claimed meanwhile."""
+        name = running.receiver
+        res.in_flight += len(running.rows)
+        res.errors.append(f"{name}: {self._cut_off(name)}; still waiting for it")
+        msg = f"receiver {name!r}: {self._cut_off(name)}; still waiting for it"
         log.warning("%s", msg)
         with self.engine.begin() as conn:
             conn.execute(update(t.notifications).where(*self._mine([r["id"] for r in running.rows], running.claim))
@@ -607,7 +608,7 @@ class Outbox:
                     running = sending.start(rc.name, fn, [], None, self._deadline_s(rc.name))
                     if running.running:  # past its deadline: the next interval tries again
                         self._running[rc.name] = running
-                        raise _Unavailable(f"no complete answer within {self._deadline_s(rc.name):g} s", retry=True)
+                        raise _Unavailable(self._cut_off(rc.name), retry=True)
                     running.raise_failure()
                     res.resent += 1
                     res.count(rc.name, "resent")
