@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import delete, func, select, update
 
 from collectors import AttentionCollector
 from monitor import Store
 from monitor.sketch import Sketch
-from monitor.store import make_engine, positions, tables
+from monitor.store import maintenance, make_engine, positions, tables
 from monitor.store.maintenance import (
     BANDS_CURSOR,
     fill_position_bands,
@@ -59,6 +61,60 @@ def test_compaction_merges_rows_exactly(sqlite_url):
         np.testing.assert_allclose(s.pos, sk_after[key].pos, rtol=1e-12)
     # compaction is idempotent: nothing left to merge
     assert merge_buckets(store.engine, datetime.fromtimestamp(T0 + 7200, UTC)).merged_groups == 0
+
+
+
+def _total_n(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.sum(tables.window_aggregates.c.n))).scalar_one()
+
+
+def merge_while_another_merges(url, monkeypatch, before, **kw) -> None:
+    """Run merge_buckets in a thread that stops after reading its first group's rows,
+    run a second one to the end meanwhile, then let the first go on: what two `attnmon
+    maintain` runs, or a daemon that lost its lead and its successor, can do."""
+    engine = make_engine(url)
+    n_before = _total_n(engine)
+    read, other_done = threading.Event(), threading.Event()
+    real = Sketch.from_row
+
+    def from_row(row):
+        if threading.current_thread().name == "first" and not read.is_set():
+            read.set()
+            other_done.wait(30)
+        return real(row)
+
+    monkeypatch.setattr(maintenance.Sketch, "from_row", staticmethod(from_row))
+    results, errors = [], []
+
+    def first():
+        try:
+            results.append(merge_buckets(engine, before, **kw))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=first, name="first")
+    thread.start()
+    try:
+        assert read.wait(30)
+        second = merge_buckets(make_engine(url), before, **kw)
+    finally:
+        other_done.set()
+        thread.join(60)
+    assert not errors and not thread.is_alive()
+    # every row is counted once: before the fix the first run inserted its merge of rows
+    # the second had already merged and deleted
+    assert _total_n(engine) == n_before
+    assert second.merged_groups > 0 and results[0].merged_groups == 0
+    # nothing is left to merge
+    assert merge_buckets(engine, before, **kw).merged_groups == 0
+
+
+@pytest.mark.parametrize("kw", [{}, {"source_seconds": 60, "target_seconds": 3600}],
+                         ids=["compaction", "roll-up"])
+def test_two_merges_at_once_count_every_row_once(sqlite_url, monkeypatch, kw):
+    _write_two_collectors(sqlite_url)
+    merge_while_another_merges(sqlite_url, monkeypatch, datetime.fromtimestamp(T0 + 7200, UTC), **kw)
 
 
 def test_hourly_rollup_and_retention(sqlite_url):

@@ -47,6 +47,15 @@ def _bucket(ts: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=UTC)
 
 
+RACE_RETRIES = 3
+
+
+class _Raced(Exception):
+    """Rows this merge read were deleted before it deleted them: another merge (a second
+    `attnmon maintain`, or a daemon that lost its lead) got there first. Inserting this
+    merge's row as well would count those rows twice, so its chunk is rolled back."""
+
+
 def merge_buckets(
     engine: Engine,
     before: datetime,
@@ -74,40 +83,58 @@ def merge_buckets(
         targets.setdefault((*series, _bucket(start, target_seconds)), []).append(start)
     items = list(targets.items())
     for i in range(0, len(items), chunk):
-        with engine.begin() as conn:
-            for (*series, target), starts in items[i : i + chunk]:
-                cond = and_(
-                    *[wa.c[c] == v for c, v in zip(SERIES, series, strict=True)],
-                    wa.c.bucket_seconds == source_seconds,
-                    wa.c.bucket_start.in_(starts),
-                )
-                if target_seconds != source_seconds:
-                    # an hour row written by an earlier roll-up of the same hour joins in
-                    cond = cond | and_(
-                        *[wa.c[c] == v for c, v in zip(SERIES, series, strict=True)],
-                        wa.c.bucket_seconds == target_seconds,
-                        wa.c.bucket_start == target,
-                    )
-                rows = conn.execute(select(wa).where(cond)).mappings().all()
-                if len(rows) <= 1 and source_seconds == target_seconds:
-                    continue
-                merged = Sketch()
-                for r in rows:
-                    merged = merged.merge(Sketch.from_row(r))
-                conn.execute(delete(wa).where(wa.c.id.in_([r["id"] for r in rows])))
-                new = merged.to_row()
-                new.update(positions.band_sums(merged.pos))
-                new.update(dict(zip(SERIES, series, strict=True)))
-                new.update(
-                    bucket_start=target,
-                    bucket_seconds=target_seconds,
-                    collector_id=None,
-                    written_at=max(r["written_at"] for r in rows),
-                )
-                conn.execute(wa.insert().values(**new))
-                groups += 1
-                rows_removed += len(rows) - 1
+        part = items[i : i + chunk]
+        for _ in range(RACE_RETRIES):
+            try:
+                g, r = _merge_chunk(engine, part, source_seconds, target_seconds)
+            except _Raced:
+                continue
+            groups += g
+            rows_removed += r
+            break
+        else:
+            log.warning("another maintenance run kept merging the same rows; %d groups are left "
+                        "for the next run", len(part))
     return MaintenanceResult(merged_groups=groups, rows_removed=rows_removed)
+
+
+def _merge_chunk(engine: Engine, part: list, source_seconds: int, target_seconds: int) -> tuple[int, int]:
+    """Merge each (series, target bucket) of `part` in one transaction: (groups, rows removed)."""
+    wa = t.window_aggregates
+    groups = rows_removed = 0
+    with engine.begin() as conn:
+        for (*series, target), starts in part:
+            same_series = [wa.c[c] == v for c, v in zip(SERIES, series, strict=True)]
+            cond = and_(*same_series, wa.c.bucket_seconds == source_seconds, wa.c.bucket_start.in_(starts))
+            if target_seconds != source_seconds:
+                # an hour row written by an earlier roll-up of the same hour joins in
+                cond = cond | and_(*same_series, wa.c.bucket_seconds == target_seconds,
+                                   wa.c.bucket_start == target)
+            rows = conn.execute(select(wa).where(cond)).mappings().all()
+            # compaction needs two rows; a roll-up, one source row (another merge may have
+            # taken them since the keys were read)
+            sources = sum(r["bucket_seconds"] == source_seconds for r in rows)
+            if sources < (2 if source_seconds == target_seconds else 1):
+                continue
+            merged = Sketch()
+            for r in rows:
+                merged = merged.merge(Sketch.from_row(r))
+            gone = conn.execute(delete(wa).where(wa.c.id.in_([r["id"] for r in rows]))).rowcount
+            if gone != len(rows):
+                raise _Raced
+            new = merged.to_row()
+            new.update(positions.band_sums(merged.pos))
+            new.update(dict(zip(SERIES, series, strict=True)))
+            new.update(
+                bucket_start=target,
+                bucket_seconds=target_seconds,
+                collector_id=None,
+                written_at=max(r["written_at"] for r in rows),
+            )
+            conn.execute(wa.insert().values(**new))
+            groups += 1
+            rows_removed += len(rows) - 1
+    return groups, rows_removed
 
 
 BANDS_CURSOR = "maintenance.position_bands"  # daemon_state: how far fill_position_bands read
