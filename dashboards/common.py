@@ -25,7 +25,7 @@ MODEL = Variable(
 VERSION = Variable(
     "version",
     "version",
-    "SELECT version FROM deployments WHERE model = '$model' ORDER BY deployed_at DESC",
+    "SELECT version FROM deployments WHERE model = ${model:sqlstring} ORDER BY deployed_at DESC",
     multi=True,
     include_all=True,
     default="$__all",
@@ -33,7 +33,7 @@ VERSION = Variable(
 COHORT = Variable(
     "cohort",
     "cohort (* = all)",
-    "SELECT cohort FROM window_aggregates WHERE model = '$model' AND $__timeFilter(bucket_start) "
+    "SELECT cohort FROM window_aggregates WHERE model = ${model:sqlstring} AND $__timeFilter(bucket_start) "
     "GROUP BY cohort ORDER BY cohort <> '*', cohort",
     default=ROLLUP,
     on_time_range=True,
@@ -41,14 +41,14 @@ COHORT = Variable(
 LAYER = Variable(
     "layer",
     "layer",
-    "SELECT layer FROM window_aggregates WHERE model = '$model' AND $__timeFilter(bucket_start) "
+    "SELECT layer FROM window_aggregates WHERE model = ${model:sqlstring} AND $__timeFilter(bucket_start) "
     "GROUP BY layer ORDER BY LENGTH(layer), layer",
     on_time_range=True,
 )
 HEAD = Variable(
     "head",
     "head (* = head average)",
-    "SELECT head FROM window_aggregates WHERE model = '$model' AND layer = '$layer' "
+    "SELECT head FROM window_aggregates WHERE model = ${model:sqlstring} AND layer = ${layer:sqlstring} "
     "AND $__timeFilter(bucket_start) GROUP BY head ORDER BY head <> '*', LENGTH(head), head",
     default=ROLLUP,
     on_time_range=True,
@@ -59,7 +59,7 @@ DEPLOYMENTS = Annotation(
     "SELECT deployed_at AS \"time\", "
     "'deployed ' || version || COALESCE(' (weights ' || weights_id || ')', '') || ' [' || source || ']' AS text, "
     "'deployment,' || version AS tags "
-    "FROM deployments WHERE model = '$model' AND $__timeFilter(deployed_at) ORDER BY 1",
+    "FROM deployments WHERE model = ${model:sqlstring} AND $__timeFilter(deployed_at) ORDER BY 1",
     "blue",
 )
 ALERTS = Annotation(
@@ -67,7 +67,7 @@ ALERTS = Annotation(
     "SELECT fired_at AS \"time\", resolved_at AS timeend, "
     "rule || ' (' || severity || ') ' || COALESCE(annotations ->> 'summary', '') AS text, "
     "'alert,' || severity || ',' || rule AS tags "
-    "FROM alerts WHERE fired_at IS NOT NULL AND (labels ->> 'model') = '$model' "
+    "FROM alerts WHERE fired_at IS NOT NULL AND (labels ->> 'model') = ${model:sqlstring} "
     "AND (fired_at <= $__timeTo() AND (resolved_at IS NULL OR resolved_at >= $__timeFrom())) "
     "ORDER BY 1",
     "red",
@@ -85,10 +85,12 @@ def mean(metric: str) -> str:
     return f"SUM(sum_{metric}) / NULLIF(SUM(n), 0)"
 
 
-def series_filter(*, version: str = "IN ($version)", cohort: str | None = "'$cohort'",
-                  layer: str | None = "'$layer'", head: str | None = "'$head'") -> str:
-    """`model = '$model' AND version IN ($version) AND ...` on the series labels."""
-    parts = ["model = '$model'", f"version {version}"]
+def series_filter(*, version: str = "IN (${version:sqlstring})", cohort: str | None = "${cohort:sqlstring}",
+                  layer: str | None = "${layer:sqlstring}",
+                  head: str | None = "${head:sqlstring}") -> str:
+    """`model = ${model:sqlstring} AND version IN (${version:sqlstring}) AND ...` on the
+    series labels."""
+    parts = ["model = ${model:sqlstring}", f"version {version}"]
     for label, value in (("cohort", cohort), ("layer", layer), ("head", head)):
         if value is not None:
             parts.append(f"{label} = {value}")

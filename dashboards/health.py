@@ -22,7 +22,7 @@ MODELS = Variable(
     default="$__all",
     on_time_range=True,
 )
-HEALTH = "model IN ($model) AND $__timeFilter(minute)"
+HEALTH = "model IN (${model:sqlstring}) AND $__timeFilter(minute)"
 
 
 def _rule_line(rules, statistic: str, scale: float = 1.0) -> tuple[Threshold, ...]:
@@ -126,7 +126,7 @@ def build(rules=()) -> Dashboard:
             Query(
                 # $__timeGroup(col, '1s') is the column's epoch seconds on every dialect
                 "SELECT $__unixEpochTo() - MAX($__timeGroup(bucket_start, '1s')) AS seconds\n"
-                "FROM window_aggregates WHERE model IN ($model) AND $__timeFilter(bucket_start)",
+                "FROM window_aggregates WHERE model IN (${model:sqlstring}) AND $__timeFilter(bucket_start)",
                 format="table",
             ),
         ),

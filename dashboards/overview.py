@@ -43,8 +43,8 @@ def drift_panels(rules) -> tuple[Panel, ...]:
         worst = "MIN" if rule.op in ("<", "<=") else "MAX"
         x = "value - COALESCE(baseline_value, 0)" if rule.compare == "change" else "value"
         where = [
-            "model = '$model'",
-            "version IN ($version)",
+            "model = ${model:sqlstring}",
+            "version IN (${version:sqlstring})",
             like_glob("statistic", rule.statistic),
             f"n_current >= {int(rule.min_samples)}",
         ]
@@ -115,7 +115,7 @@ def build(rules) -> Dashboard:
         (
             Query(
                 "SELECT COUNT(*) AS firing FROM alerts\n"
-                "WHERE state = 'firing' AND (labels ->> 'model') = '$model'",
+                "WHERE state = 'firing' AND (labels ->> 'model') = ${model:sqlstring}",
                 format="table",
             ),
         ),
@@ -146,7 +146,7 @@ def build(rules) -> Dashboard:
                 "SELECT state, severity, rule, labels ->> 'version' AS version,\n"
                 "  labels ->> 'cohort' AS cohort, labels ->> 'layer' AS layer, labels ->> 'head' AS head,\n"
                 "  value, baseline_value, active_at, fired_at, annotations ->> 'summary' AS summary\n"
-                "FROM alerts\nWHERE state IN ('firing', 'pending') AND (labels ->> 'model') = '$model'\n"
+                "FROM alerts\nWHERE state IN ('firing', 'pending') AND (labels ->> 'model') = ${model:sqlstring}\n"
                 "ORDER BY state <> 'firing', severity <> 'critical', active_at DESC",
                 format="table",
             ),

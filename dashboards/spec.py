@@ -3,8 +3,8 @@
 One spec feeds three consumers: `dashboards.grafana` builds Grafana JSON from it,
 `dashboards.report` renders its panels with matplotlib, and the tests run every query
 against a real store. The SQL is written once, in Grafana's PostgreSQL macro language
-(`$__timeFilter(col)`, `$__timeGroupAlias(col, $__interval)`, `'$model'`,
-`IN ($version)`), restricted to what PostgreSQL and SQLite both accept;
+(`$__timeFilter(col)`, `$__timeGroupAlias(col, $__interval)`, `${model:sqlstring}`,
+`IN (${version:sqlstring})`), restricted to what PostgreSQL and SQLite both accept;
 `dashboards.sql.expand` turns it into either dialect.
 
     >>> from dashboards.catalog import dashboards

@@ -4,11 +4,13 @@ Grafana turns a panel's `rawSql` into SQL in two steps, and `expand` does the sa
 that the tests and `attnmon report` run exactly what Grafana would send:
 
 1. the browser replaces template variables the way the PostgreSQL datasource's
-   `interpolateVariable` does: a single-valued variable as its raw text (quotes
-   doubled, no quotes added: write `'$model'`), a multi-valued or include-all one as a
-   comma-joined list of quoted literals (write `IN ($version)`); `${v:csv}`,
-   `${v:sqlstring}` and `${v:raw}` format explicitly; `$__interval`, `$__interval_ms`,
-   `$__from`, `$__to` are built in;
+   `interpolateVariable` does: a multi-valued or include-all one as a comma-joined list
+   of quoted literals; a single-valued one as its raw text, quotes doubled on Grafana 10+
+   but passed through as is on 7-9 (`Context.single_value_escaped=False`). So the
+   dashboards never rely on that default: every variable is written `${v:sqlstring}`
+   (quoted, quotes doubled, single- or multi-valued, on every Grafana since 7.0);
+   `${v:csv}`, `${v:raw}` and `${v:singlequote}` are modelled too, and `$__interval`,
+   `$__interval_ms`, `$__from`, `$__to` are built in;
 2. the server expands `$__name(args)` macros as the plugin's `macros.go` does
    (`$__timeFilter`, `$__timeFrom`, `$__timeTo`, `$__timeGroup[Alias]`, `$__time`,
    `$__timeEpoch`, `$__unixEpochFilter`, `$__unixEpochGroup[Alias]`, ...).
@@ -20,7 +22,7 @@ same macros written for SQLite's storage of timestamps (SQLAlchemy's
     >>> from datetime import datetime, UTC
     >>> ctx = Context(datetime(2026, 11, 20, 8, tzinfo=UTC), datetime(2026, 11, 20, 10, tzinfo=UTC),
     ...               {"model": "demo"})
-    >>> expand("SELECT 1 WHERE model = '$model' AND $__timeFilter(ts)", ctx)
+    >>> expand("SELECT 1 WHERE model = ${model:sqlstring} AND $__timeFilter(ts)", ctx)
     "SELECT 1 WHERE model = 'demo' AND ts BETWEEN '2026-11-20T08:00:00Z' AND '2026-11-20T10:00:00Z'"
 """
 
@@ -57,6 +59,8 @@ class Context:
     values: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
     multi: frozenset[str] = frozenset()  # names of multi-value or include-all variables
     interval: timedelta = timedelta(minutes=1)
+    # Grafana 10+ doubles the quotes of a single value; 7-9 passed it through as is
+    single_value_escaped: bool = True
 
 
 def expand(sql: str, ctx: Context, dialect: str = "postgresql") -> str:
@@ -84,11 +88,11 @@ def _builtins(ctx: Context) -> dict[str, str]:
     }
 
 
-def _format(value: str | Sequence[str], fmt: str | None, multi: bool) -> str:
+def _format(value: str | Sequence[str], fmt: str | None, multi: bool, escape_single: bool = True) -> str:
     values = [value] if isinstance(value, str) else list(value)
     if fmt is None:  # the SQL datasources' interpolateVariable
         if isinstance(value, str) and not multi:
-            return value.replace("'", "''")
+            return value.replace("'", "''") if escape_single else value
         return ",".join(_quote_literal(v) for v in values)
     if fmt == "raw":
         return ",".join(values)
@@ -111,7 +115,7 @@ def interpolate_variables(sql: str, ctx: Context) -> str:
             return builtins[name]
         if name not in ctx.values:
             return m.group(0)  # not a variable: Grafana leaves it as written
-        return _format(ctx.values[name], fmt, name in ctx.multi)
+        return _format(ctx.values[name], fmt, name in ctx.multi, ctx.single_value_escaped)
 
     return _VARIABLE.sub(replace, sql)
 

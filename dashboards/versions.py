@@ -21,17 +21,17 @@ from dashboards.common import (
 from dashboards.spec import Dashboard, Panel, Query, Variable
 
 UID = "attnmon-versions"
-PAIR = "IN ('$baseline', '$candidate')"
+PAIR = "IN (${baseline:sqlstring}, ${candidate:sqlstring})"
 
 CANDIDATE = Variable(
     "candidate",
     "candidate",
-    "SELECT version FROM deployments WHERE model = '$model' ORDER BY deployed_at DESC",
+    "SELECT version FROM deployments WHERE model = ${model:sqlstring} ORDER BY deployed_at DESC",
 )
 BASELINE = Variable(
     "baseline",
     "baseline",
-    "SELECT version FROM deployments WHERE model = '$model' AND version <> '$candidate' "
+    "SELECT version FROM deployments WHERE model = ${model:sqlstring} AND version <> ${candidate:sqlstring} "
     "ORDER BY deployed_at DESC",
 )
 METRICS = ("entropy_norm", "top1", "gini", "recency5", "distance", "head_diversity")
@@ -58,8 +58,8 @@ def _side_by_side(metric: str) -> Panel:
 
 def _side(metric: str, version: str) -> str:
     return (
-        f"SUM(CASE WHEN version = '${version}' THEN sum_{metric} END)"
-        f" / NULLIF(SUM(CASE WHEN version = '${version}' THEN n END), 0)"
+        f"SUM(CASE WHEN version = ${{{version}:sqlstring}} THEN sum_{metric} END)"
+        f" / NULLIF(SUM(CASE WHEN version = ${{{version}:sqlstring}} THEN n END), 0)"
     )
 
 
@@ -78,8 +78,8 @@ def build() -> Dashboard:
         (
             Query(
                 "SELECT layer, head,\n"
-                "  SUM(CASE WHEN version = '$baseline' THEN n ELSE 0 END) AS n_baseline,\n"
-                "  SUM(CASE WHEN version = '$candidate' THEN n ELSE 0 END) AS n_candidate,\n"
+                "  SUM(CASE WHEN version = ${baseline:sqlstring} THEN n ELSE 0 END) AS n_baseline,\n"
+                "  SUM(CASE WHEN version = ${candidate:sqlstring} THEN n ELSE 0 END) AS n_candidate,\n"
                 + ",\n".join(table_cols)
                 + f"\nFROM window_aggregates\nWHERE {series_filter(version=PAIR, layer=None, head=None)}"
                 " AND $__timeFilter(bucket_start)\n"
@@ -102,7 +102,7 @@ def build() -> Dashboard:
                 "SELECT statistic, COUNT(*) AS results, MIN(value) AS min_value, AVG(value) AS mean_value,\n"
                 "  MAX(value) AS max_value, MAX(window_end) AS last_window\n"
                 "FROM drift_results\n"
-                "WHERE model = '$model' AND version = '$candidate' AND baseline_kind IN ('previous_version', 'retrain')\n"
+                "WHERE model = ${model:sqlstring} AND version = ${candidate:sqlstring} AND baseline_kind IN ('previous_version', 'retrain')\n"
                 "  AND (statistic IN ('mean.entropy_norm', 'delta.entropy_norm', 'psi.entropy_norm', 'js.position_profile',"
                 " 'delta.recency5', 'items.top10_share', 'items.new_in_top')"
                 " OR statistic LIKE 'mover.attr.%')\n"
@@ -125,8 +125,8 @@ def build() -> Dashboard:
                 f"SELECT {TIME_GROUP}, version AS metric,\n"
                 "  CAST(SUM(n) AS DOUBLE PRECISION) / NULLIF(COUNT(DISTINCT layer), 0) * 60000.0 / $__interval_ms"
                 " AS predictions\n"
-                "FROM window_aggregates\nWHERE model = '$model' AND version IN ('$baseline', '$candidate')"
-                " AND cohort = '$cohort' AND head = '*' AND $__timeFilter(bucket_start)\n"
+                "FROM window_aggregates\nWHERE model = ${model:sqlstring} AND version IN (${baseline:sqlstring}, ${candidate:sqlstring})"
+                " AND cohort = ${cohort:sqlstring} AND head = '*' AND $__timeFilter(bucket_start)\n"
                 "GROUP BY 1, 2 ORDER BY 1, 2"
             ),
         ),
