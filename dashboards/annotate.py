@@ -20,6 +20,7 @@ instead (they then show through its built-in annotation query).
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,7 +42,7 @@ class Event:
     key: str  # what happened, stable across runs: "deployment:<model>:<version>:<time>"
     at: datetime
     tags: tuple[str, ...]
-    text: str
+    text: str  # HTML-escaped: Grafana renders an annotation's text as (sanitised) HTML
 
     @property
     def epoch_ms(self) -> int:
@@ -67,7 +68,7 @@ def _deployments(conn, since: datetime, until: datetime | None) -> list[Event]:
             f"deployment:{r['model']}:{r['version']}:{at.isoformat()}",
             at,
             (TAG, "deployment", f"model:{r['model']}", f"version:{r['version']}"),
-            f"{r['model']} {r['version']} deployed ({r['source']}{weights})",
+            html.escape(f"{r['model']} {r['version']} deployed ({r['source']}{weights})", quote=False),
         ))
     return out
 
@@ -93,7 +94,8 @@ def _alerts(conn, since: datetime, until: datetime | None) -> list[Event]:
             text = f"{r['rule']} {state} ({r['severity']}) [{series}]"
             if state == "firing" and summary:
                 text += f": {summary}"
-            out.append(Event(f"alert:{r['fingerprint']}:{state}:{at.isoformat()}", at, (*base, state), text))
+            out.append(Event(f"alert:{r['fingerprint']}:{state}:{at.isoformat()}", at, (*base, state),
+                             html.escape(text, quote=False)))
     return out
 
 
@@ -127,7 +129,7 @@ def annotate(engine: Engine, api, *, since: datetime, grafana_url: str,
             dashboard_uid=dashboard_uid,
             time_from=event.epoch_ms,
             tags=list(event.tags),
-            text=event.text,
+            text=event.text,  # HTML-escaped: Grafana renders it as (sanitised) HTML
         )
         value = {"event": event.key, "id": (answer or {}).get("id"), "dashboard_uid": dashboard_uid}
         try:

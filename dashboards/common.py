@@ -54,10 +54,20 @@ HEAD = Variable(
     on_time_range=True,
 )
 
+
+
+def html_text(expr: str) -> str:
+    """`expr` with `&`, `<` and `>` as entities: Grafana renders an annotation's text as
+    (sanitised) HTML, and a version or an alert summary is data, not markup."""
+    return f"REPLACE(REPLACE(REPLACE({expr}, '&', '&amp;'), '<', '&lt;'), '>', '&gt;')"
+
+
 DEPLOYMENTS = Annotation(
     "Deployments",
     "SELECT deployed_at AS \"time\", "
-    "'deployed ' || version || COALESCE(' (weights ' || weights_id || ')', '') || ' [' || source || ']' AS text, "
+    + html_text("'deployed ' || version || COALESCE(' (weights ' || weights_id || ')', '')"
+                " || ' [' || source || ']'")
+    + " AS text, "
     "'deployment,' || version AS tags "
     "FROM deployments WHERE model = ${model:sqlstring} AND $__timeFilter(deployed_at) ORDER BY 1",
     "blue",
@@ -65,7 +75,8 @@ DEPLOYMENTS = Annotation(
 ALERTS = Annotation(
     "Alerts (fired → resolved)",
     "SELECT fired_at AS \"time\", resolved_at AS timeend, "
-    "rule || ' (' || severity || ') ' || COALESCE(annotations ->> 'summary', '') AS text, "
+    + html_text("rule || ' (' || severity || ') ' || COALESCE(annotations ->> 'summary', '')")
+    + " AS text, "
     "'alert,' || severity || ',' || rule AS tags "
     "FROM alerts WHERE fired_at IS NOT NULL AND (labels ->> 'model') = ${model:sqlstring} "
     "AND (fired_at <= $__timeTo() AND (resolved_at IS NULL OR resolved_at >= $__timeFrom())) "

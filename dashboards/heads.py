@@ -74,7 +74,7 @@ def position_profile_sql() -> str:
 def build() -> Dashboard:
     entropy = _head_heatmap(
         "head-entropy", "entropy_norm per head over time", "entropy_norm",
-        "Each row is one head (cohort $cohort, versions $version). A row turning dark is "
+        "Each row is one head (the cohort and versions selected above). A row turning dark is "
         "a head whose attention collapsed onto few items.",
         min=0, max=1, report=True,
     )
@@ -122,7 +122,7 @@ def build() -> Dashboard:
     )
     distance = _line(
         "distance", "How far back it looks: mean distance from the end", f"{mean('distance')} AS distance",
-        "Attention-weighted distance from the most recent item (layer $layer, head $head).",
+        "Attention-weighted distance from the most recent item (the layer and head selected above).",
     )
     sink = _line(
         "sink", "Attention sink: mass on the oldest position", f"{mean('sink')} AS sink",

@@ -106,7 +106,7 @@ def build() -> Dashboard:
             ),
         ),
         "Jensen–Shannon distance between the attention shares of each attribute's values "
-        "and the baseline's (cohort $cohort, layer $layer, head $head).",
+        "and the baseline's (the cohort, layer and head selected above).",
         width=12,
         height=10,
         min=0,
@@ -125,7 +125,7 @@ def build() -> Dashboard:
             ),
         ),
         "For each attribute, the value whose share of attention moved most against the "
-        "baseline in each window, and its share now (cohort $cohort, layer $layer, head $head).",
+        "baseline in each window, and its share now (the cohort, layer and head selected above).",
         width=12,
         unit="percentunit",
         min=0,

@@ -49,7 +49,7 @@ def _side_by_side(metric: str) -> Panel:
         f"{metric}: $baseline vs $candidate",
         "timeseries",
         (Query(sql),),
-        f"Per-minute mean of {metric}, layer $layer, head $head, cohort $cohort{note}.",
+        f"Per-minute mean of {metric} in the layer, head and cohort selected above{note}.",
         width=8,
         min=0,
         report=metric == "entropy_norm",
@@ -87,7 +87,7 @@ def build() -> Dashboard:
                 format="table",
             ),
         ),
-        "Means over the time range of each version's traffic (cohort $cohort). Compare "
+        "Means over the time range of each version's traffic (the cohort selected above). Compare "
         "head by head only when both versions share weights.",
         width=24,
         height=10,

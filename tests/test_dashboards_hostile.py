@@ -154,3 +154,53 @@ def hostile_pg(pg_url: str) -> Iterator[str]:
 @pytest.mark.parametrize("legacy", [False, True], ids=["grafana-10+", "grafana-7-9"])
 def test_hostile_labels_stay_data_in_every_query_postgresql(hostile_pg: str, legacy: bool) -> None:
     _check_board_isolation(hostile_pg, legacy)
+# -- markup -----------------------------------------------------------------------------
+
+
+def test_panel_descriptions_interpolate_no_user_data() -> None:
+    """Grafana interpolates variables into a panel's description and renders it as
+    markdown (sanitised HTML): a cohort or version would become links and images."""
+    for board in dashboards():
+        names = {v.name for v in board.variables}
+        for p in board.panels:
+            used = {m.group(1) or m.group(2) or m.group(4) for m in _VARIABLE.finditer(p.description)}
+            assert not used & names, (board.uid, p.key, p.description)
+
+
+def test_annotation_texts_are_html_escaped(tmp_path) -> None:
+    """Grafana renders an annotation's text as (sanitised) HTML: a version or an alert
+    summary must arrive as text."""
+    from monitor.store import tables
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    labels = {"model": OTHER, "version": MARKUP, "cohort": MARKUP, "layer": "0", "head": "*"}
+    with engine.begin() as conn:
+        conn.execute(tables.models.insert().values(name=OTHER, created_at=T(0)))
+        conn.execute(tables.deployments.insert().values(
+            model=OTHER, version=MARKUP, first_seen=T(1), deployed_at=T(1), source="manual",
+            weights_id="<i>w</i>"))
+        conn.execute(tables.alerts.insert().values(
+            fingerprint="f" * 32, rule="R", severity="critical", labels=labels,
+            annotations={"summary": f"cohort {MARKUP} & more"}, state="firing", value=1.0,
+            baseline_value=0.0, active_at=T(1), fired_at=T(2), resolved_at=None, last_eval_at=T(3),
+            last_true_at=T(3)))
+    try:
+        board = next(b for b in dashboards() if b.uid == "attnmon-overview")
+        ctx = context(board, {"model": OTHER}, *RANGE)
+        with engine.connect() as conn:
+            for ann in board.annotations:
+                df = fetch(conn, expand(ann.sql, ctx, "sqlite"))
+                assert len(df) == 1, ann.name
+                assert "<" not in df["text"][0] and ">" not in df["text"][0], df["text"][0]
+                assert "&lt;img src=https://evil.example/p.png&gt;" in df["text"][0] or ann.name.startswith("Alerts")
+        from dashboards.annotate import events
+
+        for e in events(engine, T(0)):
+            assert "<" not in e.text and ">" not in e.text, e.text
+            assert "&lt;img" in e.text
+    finally:
+        engine.dispose()
+
+
