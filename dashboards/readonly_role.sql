@@ -10,7 +10,9 @@
 -- It may SELECT the tables the dashboards read, and nothing else: not the raw sampled
 -- requests (attention_events: user histories), not the sketches' payload tables, no
 -- INSERT/UPDATE/DELETE, no CREATE. Sessions start read-only and time out, so a heavy
--- dashboard cannot hold the store. psql does not expand :variables inside the DO block,
+-- dashboard cannot hold the store. These are session defaults: any Grafana user who can
+-- send a query (Explore, or /api/ds/query) can SET them back, so the grants are the
+-- boundary. psql does not expand :variables inside the DO block,
 -- hence the set_config hand-over.
 
 SELECT set_config('attnmon.readonly_role', :'role', false),
@@ -39,6 +41,10 @@ BEGIN
   EXECUTE format('ALTER ROLE %I SET search_path = %I', r, s);
   EXECUTE format('ALTER ROLE %I SET default_transaction_read_only = on', r);
   EXECUTE format('ALTER ROLE %I SET statement_timeout = %L', r, '30s');
+  -- Grafana escapes a quote in a variable's value by doubling it, which is only enough
+  -- while a backslash is an ordinary character in '...' (a server or database with
+  -- standard_conforming_strings off would read \'' as an escaped quote plus the end)
+  EXECUTE format('ALTER ROLE %I SET standard_conforming_strings = on', r);
 END
 $attnmon$;
 

@@ -204,3 +204,23 @@ def test_annotation_texts_are_html_escaped(tmp_path) -> None:
         engine.dispose()
 
 
+def test_readonly_role_pins_standard_conforming_strings(pg_url: str) -> None:
+    """Doubled quotes are the only escaping Grafana does; with standard_conforming_strings
+    off a backslash escapes the quote (`\\'` + `'`) and the value ends the literal."""
+    from dashboards.cli import run_script
+    from dashboards.role import readonly_role_sql
+
+    role = f"attnmon_ro_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            run_script(conn, readonly_role_sql(role, "pw", "public"))
+            settings = conn.execute(text(
+                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                "WHERE r.rolname = :r AND s.setdatabase = 0"), {"r": role}).scalar_one()
+        assert "standard_conforming_strings=on" in settings, settings
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        engine.dispose()
