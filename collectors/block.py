@@ -7,6 +7,7 @@ Every rejection is a per-request code, so that the valid rows of a batch are kep
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,10 @@ SHAPE_REASONS = ("shape", "dtype", "length_mismatch", "too_long", "bad_label", "
 REASON_NAMES = mx.REASONS + SHAPE_REASONS
 CODE = {name: i for i, name in enumerate(REASON_NAMES)}
 MAX_VALUE_CHARS = 256
+MAX_LABEL_CHARS = 200  # monitor.store.tables.LABEL (not imported: it would load SQLAlchemy here)
+# Grafana's server expands `$name(...)` anywhere in a panel's SQL, inside a quoted value too:
+# one version or cohort holding it would break every panel that lists it
+_GRAFANA_MACRO = re.compile(r"\$\w+\(")
 DEFAULT_COHORT = "default"
 
 
@@ -42,8 +47,17 @@ class Block:
     cohort_keys: np.ndarray | None = None
 
 
+def label_problem(x: object) -> str | None:
+    """Why `x` cannot be a label (model, version, cohort, attribute name); None if it can."""
+    if not isinstance(x, str) or not 0 < len(x) <= MAX_LABEL_CHARS or not x.isprintable():
+        return f"must be a printable label of 1–{MAX_LABEL_CHARS} characters"
+    if _GRAFANA_MACRO.search(x):
+        return "must not contain '$' followed by a name and '(' (Grafana reads that as a macro in the dashboards' SQL)"
+    return None
+
+
 def label_ok(x: object) -> bool:
-    return isinstance(x, str) and 0 < len(x) <= 200 and x.isprintable()
+    return label_problem(x) is None
 
 
 def _layout(shape: tuple[int, ...]) -> tuple[int, int] | None:

@@ -40,6 +40,7 @@ from collectors.block import (
     block_from_summaries,
     blocks_from_singles,
     check_block,
+    label_problem,
 )
 from collectors.spill import SpillDir, UnreadableSpill
 from monitor import metrics as mx
@@ -116,11 +117,9 @@ class AttentionCollector:
         engine=None,
         seed: int | None = None,
     ):
-        from monitor.store.tables import LABEL
-
         for name, value in (("model", model), ("version", version)):
-            if not isinstance(value, str) or not value or len(value) > LABEL or not value.isprintable():
-                raise ValueError(f"{name}={value!r}: must be a printable label of 1–{LABEL} characters")
+            if problem := label_problem(value):
+                raise ValueError(f"{name}={value!r}: {problem}")
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate!r}: must be within [0, 1]")
         if not isinstance(max_unsent_rows, int) or max_unsent_rows < 0:

@@ -137,9 +137,14 @@ def baseline_unpin(config: Config, name: str) -> int:
 def deploy_mark(config: Config, model: str, version: str, at: str | None = None,
                 weights_id: str | None = None) -> int:
     """Record (or correct) when a version went live, and what weights it serves."""
+    from collectors.block import label_problem
     from monitor.store import tables as t
     from monitor.store.writer import register_deployment
 
+    bad = [(flag, value, problem) for flag, value in (("--model", model), ("--version", version))
+           if (problem := label_problem(value))]
+    if bad:
+        raise ConfigError(bad, "argument")
     when = parse_time(at, "--at") if at else datetime.now(UTC)
     engine = _engine(config)
     try:

@@ -179,6 +179,20 @@ def test_deploy_mark_at_now_plus_records_the_future(sqlite_url: str, capsys) -> 
     assert "--at='now+2x'" in one_error_line(capsys)
 
 
+
+@pytest.mark.parametrize("model, version, bad", [
+    ("m", "v$__timeFrom()x", "--version"),  # Grafana's server would expand it inside the SQL
+    ("m", "x" * 201, "--version"),
+    ("m\tx", "v1", "--model"),
+])
+def test_deploy_mark_refuses_what_a_collector_refuses(sqlite_url: str, capsys, model, version, bad) -> None:
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", model, "--version", version]) == 2
+    assert f"{bad}=" in one_error_line(capsys)
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(t.deployments.c.version)).all() == []
+    engine.dispose()
+
 # -- 4. a version against itself -------------------------------------------------------------
 
 

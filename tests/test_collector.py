@@ -184,6 +184,22 @@ def test_hostile_labels_and_values_are_stored_verbatim(sqlite_url):
     assert sorted(e[0] for e in events) == sorted(hostile)
 
 
+def test_a_label_grafana_would_read_as_a_macro_is_refused(sqlite_url):
+    # Grafana's server expands $name(...) even inside a quoted value: such a cohort or
+    # version would break every dashboard panel that lists it
+    macro = "v$__timeFrom()x"
+    with pytest.raises(ValueError, match=r"version='v\$__timeFrom\(\)x': .*macro"):
+        AttentionCollector(sqlite_url, model="m", version=macro)
+    w = np.full((3, 4), 0.25, np.float32)
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(w, cohorts=["web", macro, "a $5 (promo)"], timestamps=T0)
+        c.flush()
+        stats = c.stats
+    assert stats.rejected == {"bad_label": 1} and stats.accepted == 2
+    with Store(sqlite_url) as store:
+        assert sorted(store.summary("m", by=["cohort"])["cohort"]) == ["a $5 (promo)", "web"]
+
+
 def test_queue_full_drops_newest_and_counts(sqlite_url):
     c = AttentionCollector(sqlite_url, model="m", version="v1", queue_size=5, clock=fixed_clock())
     c._start = lambda: None  # keep the thread from draining: the queue stays full
