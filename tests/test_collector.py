@@ -353,3 +353,37 @@ def test_from_config_takes_the_collector_section_and_the_environment(tmp_path, m
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(ValueError, match=r"\$MY_KEY \(collector.hash_key_env\) is empty"):
         AttentionCollector.from_config("m", "v1", config=cfg)
+
+
+def _store_over_two_minutes(url: str) -> None:
+    w = np.full((4, 4), 0.25, np.float32)
+    with AttentionCollector(url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(w, cohorts=["web", "web", "app", "app"], timestamps=T0 + np.array([5, 10, 65, 70.0]))
+
+
+def test_summary_reads_a_time_range_in_any_zone(store_url):
+    from datetime import UTC, datetime, timedelta, timezone
+
+    _store_over_two_minutes(store_url)
+    second = datetime.fromtimestamp(T0 + 60, UTC)
+    berlin = timezone(timedelta(hours=1))
+    with Store(store_url) as store:
+        for start in (second, second.astimezone(berlin), second.replace(tzinfo=None)):
+            # the same instant: only the second minute (2 requests)
+            assert store.summary("m", start=start, by=["version"])["n"].tolist() == [2], start
+            assert store.summary("m", end=start, by=["version"])["n"].tolist() == [2], start
+        with pytest.raises(ValueError, match=r"start='2026-01-01': must be a datetime"):
+            store.summary("m", start="2026-01-01")
+
+
+def test_summary_and_sketches_refuse_a_misspelt_label(store_url):
+    _store_over_two_minutes(store_url)
+    with Store(store_url) as store:
+        # one label may be given as a string
+        assert store.summary("m", by="cohort")["cohort"].tolist() == ["app", "web"]
+        assert sorted(store.sketches("m", by="cohort")) == [("app",), ("web",)]
+        for read in (store.summary, store.sketches):
+            with pytest.raises(ValueError, match=r"cohrt='web': not a label to filter on \(labels: version, "):
+                read("m", cohrt="web")  # before: sketches read every cohort
+            with pytest.raises(ValueError, match=r"by='cohorts': not a label"):
+                read("m", by=["cohorts"])

@@ -7,7 +7,7 @@ what a minute costs and the means are exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -49,9 +49,9 @@ class Store:
         wa = t.window_aggregates
         conds = [wa.c.model == model]
         if start is not None:
-            conds.append(wa.c.bucket_start >= start)
+            conds.append(wa.c.bucket_start >= _utc(start, "start"))
         if end is not None:
-            conds.append(wa.c.bucket_start < end)
+            conds.append(wa.c.bucket_start < _utc(end, "end"))
         for label in LABELS:
             value = filters.get(label)
             if value is not None:
@@ -77,9 +77,7 @@ class Store:
         (the layer's head-averaged attention, which also carries head_diversity).
         Pass `cohort="mobile"`, `head="*"`, ... to pick values explicitly.
         """
-        bad = [b for b in by if b not in LABELS]
-        if bad or any(k not in LABELS for k in filters):
-            raise ValueError(f"by/filters must be among {LABELS}: got {list(by)} {list(filters)}")
+        by = _labels(by, filters)
         wa = t.window_aggregates
         cols = [wa.c[b] for b in by]
         aggs = [func.sum(wa.c.n).label("n"), func.sum(wa.c.rejected).label("rejected")]
@@ -108,6 +106,7 @@ class Store:
     ) -> dict[tuple, Sketch]:
         """Merged sketches per group of `by`, for the statistics that need histograms,
         position profiles or top-K summaries."""
+        by = _labels(by, filters)
         wa = t.window_aggregates
         q = select(wa).where(*self._where(model, start, end, by, filters))
         out: dict[tuple, Sketch] = {}
@@ -117,3 +116,25 @@ class Store:
                 s = Sketch.from_row(row)
                 out[key] = out[key].merge(s) if key in out else s
         return out
+
+
+def _labels(by: Sequence[str] | str, filters: dict) -> tuple[str, ...]:
+    """`by` as a tuple (one label may be given as a string), checked with the filters: a
+    misspelt filter would otherwise read every value of its label."""
+    by = (by,) if isinstance(by, str) else tuple(by)
+    names = ", ".join(LABELS)
+    for b in by:
+        if b not in LABELS:
+            raise ValueError(f"by={b!r}: not a label (labels: {names})")
+    for k in filters:
+        if k not in LABELS:
+            raise ValueError(f"{k}={filters[k]!r}: not a label to filter on (labels: {names})")
+    return by
+
+
+def _utc(ts: datetime, name: str) -> datetime:
+    """The store holds UTC: an aware time is converted, a naive one taken as UTC (SQLite
+    would compare an aware time's own fields, PostgreSQL a naive one in its session zone)."""
+    if not isinstance(ts, datetime):
+        raise ValueError(f"{name}={ts!r}: must be a datetime")
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

@@ -153,3 +153,11 @@ def test_a_forked_child_does_not_share_a_given_engines_connection(pg_clean_url):
     finally:
         c.close()
         engine.dispose()
+
+
+def test_summary_reads_a_time_range_in_any_zone_on_postgres(pg_clean_url, monkeypatch):
+    # a naive time would otherwise be read in the session's zone, not as UTC
+    from tests.test_collector import test_summary_reads_a_time_range_in_any_zone
+
+    monkeypatch.setenv("PGTZ", "America/New_York")  # libpq's session zone, read per connection
+    test_summary_reads_a_time_range_in_any_zone(pg_clean_url)
