@@ -81,7 +81,8 @@ def merge_buckets(
     targets: dict[tuple, list[datetime]] = {}
     for *series, start in keys:
         targets.setdefault((*series, _bucket(start, target_seconds)), []).append(start)
-    items = list(targets.items())
+    # one order for every merge, so that two at once on PostgreSQL lock rows alike (no deadlock)
+    items = sorted(targets.items())
     for i in range(0, len(items), chunk):
         part = items[i : i + chunk]
         for _ in range(RACE_RETRIES):
