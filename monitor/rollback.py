@@ -358,17 +358,31 @@ def _layer_reasons(layer: str, b: Sketch, c: Sketch, same: bool) -> list[Reason]
 
 
 def _cohort_reasons(bs: dict, cs: dict, same: bool) -> list[Reason]:
-    """Per cohort, the layers' head-averaged attention by position."""
+    """Per cohort, the layers' head-averaged attention by position.
+
+    A cohort is judged on its own only with MIN_PREDICTIONS on each side: the JS distance
+    of two samples of one behaviour is ~0.05 at 300 predictions (the same-weights limit)
+    and ~0.02 at 1,000, so a small cohort would otherwise be 'rolled back' for its noise."""
     out = []
+    small: set[str] = set()
     lim = (SAME_WEIGHTS_POSITION_JS, SAME_WEIGHTS_POSITION_JS) if same else (POSITION_JS_ROLLBACK, POSITION_JS_WATCH)
     for (cohort, layer, head), c in sorted(cs.items()):
         if cohort == ROLLUP or head != ROLLUP or (cohort, layer, head) not in bs:
+            continue
+        if min(c.n, bs[(cohort, layer, head)].n) < MIN_PREDICTIONS:
+            small.add(cohort)
             continue
         js = stats.js_profile(bs[(cohort, layer, head)].pos, c.pos)
         if js >= lim[1]:
             out.append(Reason("critical" if js >= lim[0] else "warning", "position", _where(cohort, layer, head),
                               "position_profile", 0.0, js, None,
                               f"{_where(cohort, layer, head)}: attention moved across positions (JS {js:.2f})"))
+    if small:
+        many = len(small) > 1
+        out.append(Reason("info", "data", "cohorts", "predictions", None, None, None,
+                          f"cohort{'s' if many else ''} {', '.join(sorted(small))}: under {MIN_PREDICTIONS:,} "
+                          f"predictions on one side, so not judged on {'their' if many else 'its'} own "
+                          "(still counted in the all-cohort figures)"))
     return out
 
 
@@ -380,7 +394,7 @@ def render_text(v: Verdict) -> str:
         f"{v.baseline_window[1]:%Y-%m-%d %H:%M} UTC: {v.predictions['baseline']:,} over {v.minutes['baseline']} minutes",
         f"  weights: {'the same (heads compared one to one)' if v.same_weights else 'new (heads matched by their distributions)'}",
     ]
-    if not v.reasons:
+    if not any(r.severity != "info" for r in v.reasons):
         lines.append("  no head, position, item or attribute moved beyond what a harmless update does")
     for i, r in enumerate(v.reasons, 1):
         lines.append(f"  {i}. [{r.severity}] {r.text}")
