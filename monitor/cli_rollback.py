@@ -14,7 +14,8 @@ from monitor.config import Config
 from monitor.errors import AttnmonError, ConfigError
 
 EXIT_HELP = """exit status: 0 PROCEED, 3 WATCH (not enough data yet, or only warnings),
-4 ROLLBACK, 2 usage or store error (e.g. a version that does not exist)"""
+4 ROLLBACK, 2 usage or store error (e.g. a version that does not exist, or a
+baseline with too little data in the day before the candidate's deployment)"""
 
 
 def rollback_check(config: Config, model: str, candidate: str | None = None, baseline: str | None = None,
@@ -126,7 +127,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True)
     p.add_argument("--candidate", help="version to judge (default: the newest deployment)")
-    p.add_argument("--baseline", help="version to compare with (default: the one deployed before it)")
+    p.add_argument("--baseline", help="version to compare with (default: of the versions deployed before it, the one that served most in the day before its deployment)")
     p.add_argument("--since", metavar="DURATION", help="only the candidate's last DURATION (e.g. 2h)")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
     p.add_argument("--out", metavar="FILE", help="write the report there (needed for html)")

@@ -133,6 +133,24 @@ def _sketches(engine: Engine, model: str, version: str, start: datetime, end: da
     return {k: merge_all(v) for k, v in parts.items()}
 
 
+def _served_most(engine: Engine, model: str, versions: list[str], deployed_at: datetime) -> str | None:
+    """The version of `versions` that served most predictions in the day before `deployed_at`.
+
+    The one deployed last is not always the one the candidate replaced: a canary that was
+    rolled back is deployed later than the version that went on serving. Ties go to the
+    later deployment; None when none of them served then."""
+    wa = t.window_aggregates
+    q = (select(wa.c.version, func.sum(wa.c.n))
+         .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.cohort == ROLLUP, wa.c.layer == "0",
+                wa.c.head == ROLLUP, wa.c.bucket_start >= deployed_at - timedelta(hours=24),
+                wa.c.bucket_start < deployed_at)
+         .group_by(wa.c.version))
+    with engine.connect() as conn:
+        served = {v: float(n or 0) for v, n in conn.execute(q)}
+    best = max(versions, key=lambda v: (served.get(v, 0.0), versions.index(v)))
+    return best if served.get(best, 0.0) > 0 else None
+
+
 def _alerts_since(engine: Engine, model: str, version: str, since: datetime) -> list[dict]:
     """Alerts that fired for the candidate since its deployment (if alerting is set up)."""
     alerts = t.metadata.tables.get("alerts")
@@ -188,7 +206,8 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
         earlier = [d for d in deps if d["deployed_at"] < cand_dep["deployed_at"] and d["version"] != candidate]
         if not earlier:
             raise RollbackInputError(f"{model} {candidate} has no earlier version to compare with; pass --baseline")
-        baseline = earlier[-1]["version"]
+        baseline = _served_most(engine, model, [d["version"] for d in earlier], cand_dep["deployed_at"]) \
+            or earlier[-1]["version"]
     if baseline not in names:
         raise RollbackInputError(f"baseline version {baseline!r} of {model!r} does not exist; known: {names}")
     if baseline == candidate:
@@ -208,6 +227,14 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     predictions = {"candidate": int(cb[key][0].sum()) if key in cb else 0,
                    "baseline": int(bb[key][0].sum()) if key in bb else 0}
     minutes = {"candidate": len(cb[key][0]) if key in cb else 0, "baseline": len(bb[key][0]) if key in bb else 0}
+    base_short = predictions["baseline"] < MIN_PREDICTIONS or minutes["baseline"] < MIN_MINUTES
+    if base_short and b_end <= c_start and b_end <= now:
+        # the baseline's window is over: waiting cannot fill it, so this is no WATCH
+        raise RollbackInputError(
+            f"baseline {model} {baseline} has {predictions['baseline']:,} predictions over {minutes['baseline']} "
+            f"minutes in the day before {candidate} was deployed ({b_start:%Y-%m-%d %H:%M} to {b_end:%Y-%m-%d %H:%M} "
+            f"UTC); a verdict needs {MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes and that window will not fill "
+            "(the version served little then, or its data is gone): pass --baseline with a version that served then")
     reasons: list[Reason] = []
     matching: dict[str, dict[str, str]] = {}
     enough = all(predictions[s] >= MIN_PREDICTIONS and minutes[s] >= MIN_MINUTES for s in predictions)

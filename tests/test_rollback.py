@@ -204,3 +204,33 @@ def test_a_small_cohort_is_not_rolled_back_for_its_sampling_noise():
     assert [(r.severity, r.series) for r in judged] == [("critical", "layer 0 all heads averaged, cohort web")]
     assert [r.text for r in reasons if r.severity == "info"] == [
         "cohort tv: under 1,000 predictions on one side, so not judged on its own (still counted in the all-cohort figures)"]
+
+
+def test_the_default_baseline_is_the_version_that_was_serving_not_a_rolled_back_canary(tmp_path_factory, capsys):
+    """v2 was a bad canary, rolled back to v1 after 5 minutes; v3 (v1's model) then went out.
+    v3 replaced v1: comparing it with v2 (99 predictions) answered WATCH 'not enough data
+    yet' for ever, and with a longer canary judged a good version against a bad one."""
+    url, now = _store(tmp_path_factory, "canary", [
+        Segment("v1", 60), Segment("v2", 5, DEFECT), Segment("v1", 30), Segment("v3", 20)])
+    v = check(make_engine(url), "demo-sasrec", now=now)
+    assert (v.candidate, v.baseline, v.verdict) == ("v3", "v1", "PROCEED"), [r.text for r in v.reasons]
+    # asked for, the canary is still the baseline, and its short window is an error, not a WATCH
+    code, _, err = run_cli(["rollback-check", "--store", url, "--model", "demo-sasrec", "--baseline", "v2",
+                            "--now", now.isoformat()], capsys)
+    assert code == 2 and "baseline demo-sasrec v2 has 500 predictions over 5 minutes" in err
+
+
+def test_a_baseline_without_data_in_its_window_is_an_error_not_watch(tmp_path_factory, capsys):
+    """v1's data before v2's deployment is gone (or it never served then): waiting cannot
+    fix that, so a pipeline must not be told 'not enough data yet' (exit 3) for ever."""
+    path = tmp_path_factory.mktemp("gone") / "store.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    from monitor.demo import START
+
+    stream(url, [Segment("v1", 20)], rate=100)
+    end = stream(url, [Segment("v2", 20)], rate=100, start=START + 2 * 86400)
+    code, out, err = run_cli(["rollback-check", "--store", url, "--model", "demo-sasrec",
+                              "--now", datetime.fromtimestamp(end, UTC).isoformat()], capsys)
+    assert code == 2 and out == ""
+    assert "baseline demo-sasrec v1 has 0 predictions over 0 minutes" in err and "pass --baseline" in err
