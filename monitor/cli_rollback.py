@@ -127,7 +127,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True)
     p.add_argument("--candidate", help="version to judge (default: the newest deployment)")
-    p.add_argument("--baseline", help="version to compare with (default: of the versions deployed before it, the one that served most in the day before its deployment)")
+    p.add_argument("--baseline", help="version to compare with (default: of the versions deployed before it, the one that served most in the hour (else the day) before its deployment)")
     p.add_argument("--since", metavar="DURATION", help="only the candidate's last DURATION (e.g. 2h)")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
     p.add_argument("--out", metavar="FILE", help="write the report there (needed for html)")

@@ -134,21 +134,25 @@ def _sketches(engine: Engine, model: str, version: str, start: datetime, end: da
 
 
 def _served_most(engine: Engine, model: str, versions: list[str], deployed_at: datetime) -> str | None:
-    """The version of `versions` that served most predictions in the day before `deployed_at`.
+    """The version of `versions` that served most predictions in the hour (else the day)
+    before `deployed_at`: the one the candidate replaced.
 
-    The one deployed last is not always the one the candidate replaced: a canary that was
-    rolled back is deployed later than the version that went on serving. Ties go to the
-    later deployment; None when none of them served then."""
+    The one deployed last is not always it: a canary that was rolled back is deployed
+    later than the version that went on serving. Ties go to the later deployment; None
+    when none of them served in the day before."""
     wa = t.window_aggregates
-    q = (select(wa.c.version, func.sum(wa.c.n))
-         .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.cohort == ROLLUP, wa.c.layer == "0",
-                wa.c.head == ROLLUP, wa.c.bucket_start >= deployed_at - timedelta(hours=24),
-                wa.c.bucket_start < deployed_at)
-         .group_by(wa.c.version))
-    with engine.connect() as conn:
-        served = {v: float(n or 0) for v, n in conn.execute(q)}
-    best = max(versions, key=lambda v: (served.get(v, 0.0), versions.index(v)))
-    return best if served.get(best, 0.0) > 0 else None
+    for hours in (1, 24):
+        q = (select(wa.c.version, func.sum(wa.c.n))
+             .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.cohort == ROLLUP, wa.c.layer == "0",
+                    wa.c.head == ROLLUP, wa.c.bucket_start >= deployed_at - timedelta(hours=hours),
+                    wa.c.bucket_start < deployed_at)
+             .group_by(wa.c.version))
+        with engine.connect() as conn:
+            served = {v: float(n or 0) for v, n in conn.execute(q)}
+        best = max(versions, key=lambda v: (served.get(v, 0.0), versions.index(v)))
+        if served.get(best, 0.0) > 0:
+            return best
+    return None
 
 
 def _alerts_since(engine: Engine, model: str, version: str, since: datetime) -> list[dict]:

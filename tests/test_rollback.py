@@ -220,6 +220,12 @@ def test_the_default_baseline_is_the_version_that_was_serving_not_a_rolled_back_
     assert code == 2 and "baseline demo-sasrec v2 has 500 predictions over 5 minutes" in err
 
 
+def test_the_default_baseline_is_the_version_serving_just_before_even_if_younger(tmp_path_factory):
+    """v1 served 60 minutes of the day, v2 the last 30, then v3: v3 replaced v2."""
+    url, now = _store(tmp_path_factory, "succession", [Segment("v1", 60), Segment("v2", 30), Segment("v3", 15)])
+    assert check(make_engine(url), "demo-sasrec", now=now).baseline == "v2"
+
+
 def test_a_baseline_without_data_in_its_window_is_an_error_not_watch(tmp_path_factory, capsys):
     """v1's data before v2's deployment is gone (or it never served then): waiting cannot
     fix that, so a pipeline must not be told 'not enough data yet' (exit 3) for ever."""
