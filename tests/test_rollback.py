@@ -14,6 +14,7 @@ from monitor.cli import main
 from monitor.demo import DEFECT, Segment, stream
 from monitor.rollback import EXIT_CODES, check
 from monitor.simulate import Defect
+from monitor.sketch import Sketch
 from monitor.store import make_engine, migrate
 
 
@@ -177,11 +178,10 @@ def test_a_layer_that_lost_recency_is_a_rollback_reason():
     assert _layer_reasons("1", base, layer(0.30, 12.0), same=False) == []  # a seed's wobble
 
 
-def _layer_sketch(n: int, profile) -> "Sketch":
+def _layer_sketch(n: int, profile) -> Sketch:
     import numpy as np
 
     from monitor.metrics import ALL_METRICS
-    from monitor.sketch import Sketch
 
     sums = np.zeros(len(ALL_METRICS))
     return Sketch(n=n, sums=sums, sumsq=sums.copy(), pos=np.asarray(profile, dtype=float) * n)
