@@ -663,20 +663,33 @@ class AttentionCapture:
         st = self._live()
         if st is None:
             return None
+        if st.failed:  # nothing more is read from this forward: leave its calls alone
+            st.calls.append(None)
+            return None
+        try:
+            return self._mha_call(st, args, kwargs)
+        except Exception:
+            # a pre-hook that raises fails the caller's forward: leave this call as made
+            st.calls.append(None)
+            self._fail(st, "preparing an nn.MultiheadAttention call failed")
+            return None
+
+    def _mha_call(self, st: _State, args: tuple, kwargs: dict):
         if len(args) > 3:  # need_weights & co. given by position: name them
             kwargs = {**dict(zip(_MHA_ARGS, args[3:], strict=False)), **kwargs}
             args = args[:3]
-        if args[0].dim() != 3:  # unbatched
+        query = args[0] if args else kwargs["query"]  # attn(query=q, key=k, value=v) is legal
+        if query.dim() != 3:  # unbatched
             st.calls.append(None)
             return None
-        st.calls.append((kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True)))
-        if args[0].is_nested and st.nested_n is None:
+        if query.is_nested and st.nested_n is None:
             # nn.TransformerEncoder's nested path (right padding, no mask left): the
             # weights come back padded to the longest sequence, masks gone
-            st.nested_n = _nested_lengths(args[0])
+            st.nested_n = _nested_lengths(query)
         kpm = kwargs.get("key_padding_mask")
         if st.mask is None and kpm is not None and kpm.dim() == 2:
             st.mask = ~kpm if kpm.dtype == torch.bool else kpm == 0
+        st.calls.append((kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True)))
         return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
 
     def _mha_post(self, module, args, kwargs, output):

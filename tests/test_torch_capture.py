@@ -826,3 +826,50 @@ def test_strict_raises_the_first_invalid_row_on_both_paths(on_device, sqlite_url
 def test_on_device_needs_observe_summaries():
     with pytest.raises(TypeError, match="observe_summaries"):
         AttentionCapture(fresh(SASRec), ListCollector(), on_device=True)
+
+
+# --- the serving path: whatever happens, the caller's forward runs as without capture ------
+class ByKeyword(nn.Module):
+    """Calls its nn.MultiheadAttention as attn(query=, key=, value=): legal, and some models do."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, query, key, value, **kwargs):
+        return self.mha(query=query, key=key, value=value, **kwargs)
+
+
+def test_attention_called_by_keyword_is_captured():
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(20), 6, model.L)
+    cap = AttentionCapture(model, ListCollector())
+    with torch.no_grad(), cap.batch() as by_position:
+        before = model(seq)
+    cap.remove()
+    model.attn = nn.ModuleList(ByKeyword(a) for a in model.attn)
+    cap = AttentionCapture(model, ListCollector())
+    with torch.no_grad(), cap.batch() as by_keyword:
+        after = model(seq)
+    assert torch.equal(after, before) and by_keyword.captured
+    np.testing.assert_array_equal(by_keyword.weights, by_position.weights)
+
+
+def test_a_failing_pre_hook_leaves_the_call_alone(monkeypatch):
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(21), 6, model.L)
+    with torch.no_grad():
+        before = model(seq)
+    col = ListCollector()
+    col.strict = False
+    cap = AttentionCapture(model, col)
+
+    def broken(*args):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(cap, "_mha_call", broken)
+    with torch.no_grad(), cap.batch() as b:
+        during = model(seq)
+    assert torch.equal(during, before) and not b.captured and not col.batches
+    assert cap.stats.errors == 1 and no_hooks(model)
+
