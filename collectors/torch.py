@@ -470,7 +470,12 @@ class AttentionCapture:
                 m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
             if not self._mha:
                 raise ValueError(f"{type(model).__name__} has no nn.MultiheadAttention and is no "
-                                 "Hugging Face model: pass modules=[...]")
+                                 "Hugging Face model: its attention cannot be captured")
+            # the pre-hook passes need_weights= and average_attn_weights=: any other module
+            # would raise TypeError in every sampled forward, so refuse it here, at startup
+            other = [type(m).__name__ for m in self._mha if not isinstance(m, nn.MultiheadAttention)]
+            if other:
+                raise TypeError(f"modules: only nn.MultiheadAttention can be captured, not {', '.join(other)}")
         self._hf_before: dict | None = None  # hooks present before transformers added its own
         self._hf_added: list | None = None
         self._hf_flags: list = []

@@ -873,3 +873,10 @@ def test_a_failing_pre_hook_leaves_the_call_alone(monkeypatch):
     assert torch.equal(during, before) and not b.captured and not col.batches
     assert cap.stats.errors == 1 and no_hooks(model)
 
+
+def test_modules_other_than_multihead_attention_are_refused_at_construction():
+    model = fresh(SASRec)
+    # its forward takes no need_weights=: every sampled forward would raise TypeError
+    with pytest.raises(TypeError, match="nn.MultiheadAttention"):
+        AttentionCapture(model, ListCollector(), modules=[model.attn[0], model.ffn[0]])
+    assert no_hooks(model)
