@@ -493,6 +493,7 @@ class AttentionCapture:
         self._handles: list = []
         self._removed = False
         self._n = dict(batches=0, sampled=0, captured=0, sequences=0, empty=0, missed=0, errors=0)
+        self._last_log: dict[tuple, float] = {}
         if hooks == "always":
             self._handles = self._attach()
 
@@ -659,9 +660,20 @@ class AttentionCapture:
     def _fail(self, st: _State, what: str) -> None:
         st.failed = True
         self._n["errors"] += 1
-        log.exception("attnmon capture: %s", what)
         if self._strict:
+            log.exception("attnmon capture: %s", what)
             raise
+        # a failure that repeats on every sampled batch must not flood the serving
+        # process's log with tracebacks: stats.errors keeps the full count
+        self._log_rarely(logging.ERROR, "attnmon capture: %s", what, exc_info=True)
+
+    def _log_rarely(self, level: int, msg: str, *args, **kwargs) -> None:
+        """Log each message at most every 30 s (as the collector does)."""
+        key = (msg, *args)
+        now = time.monotonic()
+        if now - self._last_log.get(key, -1e9) > 30:
+            self._last_log[key] = now
+            log.log(level, msg, *args, **kwargs)
 
     # nn.MultiheadAttention
     def _mha_pre(self, module, args, kwargs):

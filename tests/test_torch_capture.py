@@ -880,3 +880,20 @@ def test_modules_other_than_multihead_attention_are_refused_at_construction():
     with pytest.raises(TypeError, match="nn.MultiheadAttention"):
         AttentionCapture(model, ListCollector(), modules=[model.attn[0], model.ffn[0]])
     assert no_hooks(model)
+
+
+def test_a_repeated_failure_is_counted_every_time_and_logged_once(monkeypatch, caplog):
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(22), 6, model.L)
+    col = ListCollector()
+    col.strict = False
+    cap = AttentionCapture(model, col)
+    monkeypatch.setattr(cap, "_rows", lambda st, w: torch.zeros(()).view(7))  # raises every time
+    with torch.no_grad():
+        for _ in range(50):
+            with cap.batch():
+                model(seq)
+    assert cap.stats.errors == 50 and cap.stats.captured == 0
+    logged = [r for r in caplog.records if r.name == "attnmon.capture"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
