@@ -574,6 +574,12 @@ class AttentionCapture:
     # --- sampling and hooks ---------------------------------------------------------------
     def _decide(self) -> bool:
         self._n["batches"] += 1
+        if getattr(self.collector, "_closed", False):
+            # nothing drains a closed collector's queue: capturing would copy every
+            # sampled batch into it until queue_size, for nothing (the model still serves)
+            self._log_rarely(logging.WARNING, "attnmon capture: the collector is closed; nothing is "
+                             "captured (call AttentionCapture.remove() before closing the collector)")
+            return False
         if self.sample_rate is not None:
             hit = bool(self._rng.random() < self.sample_rate)
         else:

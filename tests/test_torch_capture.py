@@ -897,3 +897,21 @@ def test_a_repeated_failure_is_counted_every_time_and_logged_once(monkeypatch, c
     logged = [r for r in caplog.records if r.name == "attnmon.capture"]
     assert len(logged) == 1 and logged[0].exc_info is not None
 
+
+def test_a_closed_collector_is_left_alone(sqlite_url):
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(23), 6, model.L)
+    col = AttentionCollector(sqlite_url, model="sasrec", version="v1")
+    cap = AttentionCapture(model, col)
+    with torch.no_grad():
+        before = model(seq)
+        with cap.batch(item_ids=seq) as b:
+            model(seq)
+        assert b.captured
+        col.close()
+        for _ in range(5):  # the model still serves; nothing is queued where nothing reads
+            with cap.batch(item_ids=seq) as b:
+                assert no_hooks(model)
+                assert torch.equal(model(seq), before)
+            assert not b.sampled
+    assert col.stats.queue_depth == 0 and cap.stats.sampled == 1
