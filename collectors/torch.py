@@ -826,7 +826,7 @@ class AttentionCapture:
         return torch.where(q < 0, q + Lq, q).clamp(0, Lq - 1)
 
     def _finish(self, st: _State) -> None:
-        if not st.rows:
+        if not st.rows or st.rows[0].shape[0] == 0:  # an empty batch has nothing to hand over
             return
         with torch.no_grad():
             W = torch.stack(st.rows, 1)  # (B, layers, heads, S)

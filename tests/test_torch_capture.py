@@ -915,3 +915,14 @@ def test_a_closed_collector_is_left_alone(sqlite_url):
                 assert torch.equal(model(seq), before)
             assert not b.sampled
     assert col.stats.queue_depth == 0 and cap.stats.sampled == 1
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_an_empty_batch_is_no_error(on_device, sqlite_url):
+    model = fresh(SASRec)
+    seq = torch.zeros((0, model.L), dtype=torch.long)
+    with AttentionCollector(sqlite_url, model="sasrec", version="v1") as col:
+        cap = AttentionCapture(model, col, on_device=on_device)
+        with torch.no_grad(), cap.batch(item_ids=seq) as b:
+            assert model(seq).shape == (0, model.L, D)
+    assert not b.captured and cap.stats.errors == 0 and col.stats.observed == 0
