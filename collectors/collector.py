@@ -134,6 +134,7 @@ class AttentionCollector:
         self.model, self.version, self.weights_id = model, version, weights_id
         self.sample_rate = sample_rate
         self.queue_size = queue_size
+        self._capacity = queue_size  # what the serving calls check; 0 once closed
         self.flush_interval_s = flush_interval_s
         self.strict = strict
         self.max_length = max_length
@@ -237,7 +238,7 @@ class AttentionCollector:
     ) -> None:
         """One prediction: weights (L,), (heads, L) or (layers, heads, L); never raises
         unless strict."""
-        if len(self._q) >= self.queue_size:
+        if len(self._q) >= self._capacity:
             self._drop(1)
             return
         ts = self.clock() if timestamp is None else _epoch(timestamp)
@@ -271,7 +272,7 @@ class AttentionCollector:
         """A batch: weights (B, L), (B, heads, L) or (B, layers, heads, L); `lengths`
         (B,) valid positions per row, padded on the `padding` side ("left": the last
         column is the most recent interaction, as SASRec pads)."""
-        if len(self._q) >= self.queue_size:
+        if len(self._q) >= self._capacity:
             self._drop(len(weights) if hasattr(weights, "__len__") else 1)
             return
         ts = self.clock() if timestamps is None else timestamps
@@ -303,7 +304,7 @@ class AttentionCollector:
         background thread, and the result is what the copy path writes for the same rows.
         Never raises unless strict: a strict collector resolves at once, on the caller's
         thread, and raises InvalidAttention for the first invalid row."""
-        if len(self._q) >= self.queue_size:
+        if len(self._q) >= self._capacity:
             self._drop(getattr(pending, "size", 1))
             return
         if self.strict:
@@ -326,6 +327,14 @@ class AttentionCollector:
     def _drop(self, n: int) -> None:
         with self._lock:
             self._dropped_hot += n
+        if self._closed:
+            self._log_rarely(logging.WARNING, "attnmon collector %s %s: observed after close(); dropped "
+                             "(counted in stats.dropped)", self.model, self.version)
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has run: later observations are dropped and counted."""
+        return self._closed
 
     def _strict_enqueue(self, entry) -> None:
         """Validate now, keep the valid rows, raise for the first invalid one."""
@@ -378,6 +387,8 @@ class AttentionCollector:
         if self._thread is not None:
             self._thread.join(timeout)
         self._closed = True
+        # no thread drains the queue any more: later calls are dropped and counted
+        self._capacity = 0
         if self._unsent and (self._thread is None or not self._thread.is_alive()):
             lost = sum(b.n_requests for b in self._unsent)
             self._count_dropped(lost)

@@ -574,7 +574,7 @@ class AttentionCapture:
     # --- sampling and hooks ---------------------------------------------------------------
     def _decide(self) -> bool:
         self._n["batches"] += 1
-        if getattr(self.collector, "_closed", False):
+        if getattr(self.collector, "closed", False):
             # nothing drains a closed collector's queue: capturing would copy every
             # sampled batch into it until queue_size, for nothing (the model still serves)
             self._log_rarely(logging.WARNING, "attnmon capture: the collector is closed; nothing is "

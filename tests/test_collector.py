@@ -387,3 +387,19 @@ def test_summary_and_sketches_refuse_a_misspelt_label(store_url):
                 read("m", cohrt="web")  # before: sketches read every cohort
             with pytest.raises(ValueError, match=r"by='cohorts': not a label"):
                 read("m", by=["cohorts"])
+
+
+def test_observing_after_close_is_dropped_and_counted_not_queued(sqlite_url, caplog):
+    c = AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock())
+    c.observe(np.ones(4) / 4, timestamp=T0)
+    c.close()
+    assert c.closed and c.stats.accepted == 1
+    with caplog.at_level("WARNING", logger="attnmon"):
+        for _ in range(50):
+            c.observe(np.ones(4) / 4, timestamp=T0)
+            c.observe_batch(np.full((3, 4), 0.25, np.float32), timestamps=T0)
+    # nothing drains the queue of a closed collector: before, every call stayed in it
+    assert len(c._q) == 0
+    assert c.stats.dropped == 50 * 4 and c.stats.accepted == 1
+    assert sum("observed after close()" in r.getMessage() for r in caplog.records) == 1
+    assert stored_n(sqlite_url) == 1
