@@ -882,6 +882,17 @@ def test_modules_other_than_multihead_attention_are_refused_at_construction():
     assert no_hooks(model)
 
 
+def test_a_compiled_model_is_refused_for_sampled_hooks():
+    # the review measured recompiles of 0.3-4 s on the serving thread per sampled batch,
+    # then dynamo's recompile limit, after which 39 of 40 sampled batches were missed
+    model = fresh(SASRec)
+    compiled = torch.compile(model)  # compiles at its first call, not here
+    with pytest.raises(ValueError, match="torch.compile'd model"):
+        AttentionCapture(compiled, ListCollector())
+    assert no_hooks(model)
+    AttentionCapture(compiled, ListCollector(), hooks="always").remove()
+    assert no_hooks(model)
+
 def test_a_repeated_failure_is_counted_every_time_and_logged_once(monkeypatch, caplog):
     model = fresh(SASRec)
     seq, _ = sequences(np.random.default_rng(22), 6, model.L)
