@@ -1,7 +1,8 @@
 """Baselines: what a series' current window is compared with (DESIGN §5).
 
 - `previous_version`: in a version's first `previous_version_hours` after its
-  deployment, the previous version's last `baseline_hours` before that deployment, when
+  deployment, the last `baseline_hours` before that deployment of the version it replaced
+  (the one that served most in the hour before; `replaced`), when
   both run the same weights (equal `weights_id`: the same heads, a new pipeline or config);
 - `retrain`: the same window of the previous version when the weights differ or are not
   known to be equal. Heads of a retrain are not the same heads: the evaluator compares
@@ -49,6 +50,7 @@ from monitor.sketch import Sketch, encode_payload, from_parts, merge_all, merge_
 from monitor.store import tables as t
 from monitor.store.bulk import bulk_insert
 from monitor.store.maintenance import as_utc
+from monitor.store.reader import ROLLUP
 
 log = logging.getLogger(__name__)
 SeriesKey = tuple[str, str, str]  # (cohort, layer, head)
@@ -97,6 +99,45 @@ def active_pin(engine: Engine, model: str) -> dict | None:
     return dict(row) if row else None
 
 
+_REPLACED: dict[tuple, str | None] = {}  # (url, model, deployed_at, versions before) -> version
+
+
+def replaced(engine: Engine, model: str, deployed_at: datetime, before: list[dict]) -> dict:
+    """Of the deployments `before` one deployed at `deployed_at`, the one it replaced: the
+    version that served most predictions in the hour (else the day) before, and the one
+    deployed last if none served then. Not always the last deployed: a canary that was
+    rolled back is deployed later than the version that went on serving.
+
+    Cached once that hour is past (the daemon asks every cycle): its rows no longer change
+    but for late data."""
+    key = (str(engine.url), model, deployed_at, tuple(d["version"] for d in before))
+    name = _REPLACED.get(key)
+    if name is None and key not in _REPLACED:
+        name = _served_most(engine, model, [d["version"] for d in before], deployed_at)
+        if deployed_at <= datetime.now(UTC):
+            if len(_REPLACED) > 4096:
+                _REPLACED.clear()
+            _REPLACED[key] = name
+    return next((d for d in before if d["version"] == name), before[-1])
+
+
+def _served_most(engine: Engine, model: str, versions: list[str], deployed_at: datetime) -> str | None:
+    wa = t.window_aggregates
+    for hours in (1, 24):
+        q = (select(wa.c.version, func.sum(wa.c.n))
+             .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.cohort == ROLLUP, wa.c.layer == "0",
+                    wa.c.head == ROLLUP, wa.c.bucket_start >= deployed_at - timedelta(hours=hours),
+                    wa.c.bucket_start < deployed_at)
+             .group_by(wa.c.version))
+        with engine.connect() as conn:
+            served = {v: float(n or 0) for v, n in conn.execute(q)}
+        # ties go to the later deployment
+        best = max(versions, key=lambda v: (served.get(v, 0.0), versions.index(v)))
+        if served.get(best, 0.0) > 0:
+            return best
+    return None
+
+
 def choose(
     engine: Engine, model: str, version: str, window_end: datetime, cfg: EvaluateConfig,
     deps: list[dict] | None = None, pin: dict | None | bool = False,
@@ -109,8 +150,8 @@ def choose(
         since = window_end - mine["deployed_at"]
         before = [d for d in deps if d["deployed_at"] < mine["deployed_at"] and d["version"] != version]
         if before and timedelta(0) <= since <= timedelta(hours=cfg.previous_version_hours):
-            prev = before[-1]
             at = mine["deployed_at"]
+            prev = replaced(engine, model, at, before)
             same = bool(mine.get("weights_id")) and mine.get("weights_id") == prev.get("weights_id")
             return BaselineRef(
                 "previous_version" if same else RETRAIN, f"{prev['version']}@{_iso(at)}", prev["version"],

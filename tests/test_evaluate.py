@@ -33,6 +33,25 @@ def two_versions(tmp_path_factory):
     return url
 
 
+def test_a_version_after_a_rolled_back_canary_is_compared_with_the_one_that_served(tmp_path):
+    """v1 serves, canary v2 for 10 minutes, v1 again (a rollback), then v3: v3 replaced
+    v1, not v2 (the version deployed last before it, with 10 minutes of data)."""
+    from monitor import baselines
+    from monitor.store import migrate
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 60, weights_id="w1"), Segment("v2", 10, weights_id="w2"),
+                 Segment("v1", 50, weights_id="w1"), Segment("v3", 20, weights_id="w1")], rate=20)
+    engine = make_engine(url)
+    baselines._REPLACED.clear()
+    ref = choose(engine, "demo-sasrec", "v3", T(135), CFG)
+    assert (ref.kind, ref.version) == ("previous_version", "v1")  # the same weights as v1
+    assert T(120) <= ref.end < T(121)
+    # nothing served in the day before: the one deployed last
+    deps = deployments(engine, "demo-sasrec")
+    assert baselines.replaced(engine, "demo-sasrec", T(-60), deps[:2])["version"] == "v2"
+
 def _count(engine, table, **where):
     with engine.connect() as conn:
         q = select(func.count()).select_from(table)
