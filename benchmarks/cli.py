@@ -3,6 +3,7 @@
 Sections (`--only` takes a comma-separated list of these names):
   observe     observe() hot path
   throughput  background throughput
+  serving     serving-call latency while the collector's thread works, beside none
   sizing      storage sizing
   writes      SQLite and PostgreSQL writes (needs the sizing traffic: it is made either way)
   evaluate    evaluation cycle beside evidently's DataDriftPreset
@@ -19,12 +20,21 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import detection, evaluation, hot_path, pg, sizing, store_writes, throughput
+from benchmarks import (
+    detection,
+    evaluation,
+    hot_path,
+    pg,
+    serving,
+    sizing,
+    store_writes,
+    throughput,
+)
 from benchmarks.report import Row, machine, table, write_json
 from benchmarks.workload import replicas_traffic
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-SECTIONS = ("observe", "throughput", "sizing", "writes", "evaluate", "detection", "capture")
+SECTIONS = ("observe", "throughput", "serving", "sizing", "writes", "evaluate", "detection", "capture")
 
 
 def sections_arg(value: str) -> set[str]:
@@ -68,6 +78,7 @@ ratio = cost relative to the bare reference (time per unit ÷ bare time per unit
 cheap, 3 = three times the cost). Bare references, measured in the same run:
   observe()    deque.append(arr.copy()) of the same array, timed interleaved with it
   background   numpy -(p*np.log(p)).sum(-1) over the same (N, 50) float32 per-head vectors
+  serving      the same paced serving loop with deque.append of copies and no collector
   PostgreSQL   raw psycopg COPY (FORMAT BINARY) of the same rows, one transaction per batch,
                into CREATE TABLE copy_t (LIKE t INCLUDING ALL)
   SQLite       raw sqlite3 executemany of the same rows into the same table (other file)
@@ -99,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += section("observe() hot path", lambda: hot_path.run(args.quick))
     if "throughput" in only:
         rows += section("background throughput", lambda: throughput.run(args.quick))
+    if "serving" in only:
+        rows += section("serving latency", lambda: serving.run(args.quick))
     ok, server = pg.reachable(args.pg_url)
     if "sizing" in only or "writes" in only:
         size, agg_batches = section(
