@@ -11,10 +11,20 @@ How versions are compared follows what was measured on a real SASRec (DESIGN §5
   matched (best assignment on their entropy and position distributions) and judged on
   pathologies (collapse, concentration on items or attribute values) and on shifts well
   beyond what a harmless retrain produces.
+
+Both sides are compared at the same cohort mix: the candidate's. A canary by cohort (web
+first) moves the all-cohort roll-ups by the mix alone when cohorts attend differently
+(short mobile histories), so the baseline's figures are rebuilt from its per-cohort
+series, each cohort weighted to its share of the candidate's predictions (`reweight`;
+sketch counts, sums, histograms and position profiles are linear in the counts).
+Cohorts only one side served are left out and named in an info reason, and the
+bootstrap resamples each cohort's minutes on its own. The top-K items are kept on the
+all-cohort roll-up only, so they stay the roll-up's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +40,7 @@ from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch, merge_all
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
+from monitor.topk import TopK, merge_many
 
 PROCEED, WATCH, ROLLBACK = "PROCEED", "WATCH", "ROLLBACK"
 EXIT_CODES = {PROCEED: 0, WATCH: 3, ROLLBACK: 4}
@@ -56,6 +67,8 @@ POSITION_JS_WATCH = 0.15
 RECENCY_DROP_ROLLBACK = 0.07
 SAME_WEIGHTS_SD = 0.5  # same weights: a shift of half a baseline SD is not noise
 SAME_WEIGHTS_POSITION_JS = 0.05
+# cohort shares that differ by this much (total variation) are named in an info reason
+MIX_INFO_TV = 0.05
 
 
 class RollbackInputError(AttnmonError):
@@ -171,15 +184,161 @@ def _alerts_since(engine: Engine, model: str, version: str, since: datetime) -> 
 # --- statistics ----------------------------------------------------------------------
 
 
-def bootstrap_diff(base: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndarray], j: int,
-                   rng: np.random.Generator, reps: int = 400) -> tuple[float, float]:
-    """95% interval of mean(candidate) - mean(baseline) of metric j, resampling buckets."""
-    def draws(n, s):
-        idx = rng.integers(0, len(n), (reps, len(n)))
-        return s[idx, j].sum(1) / np.maximum(n[idx].sum(1), 1)
+Buckets = tuple[np.ndarray, np.ndarray]  # (bucket n (K,), bucket sums (K, M)) of one series
+Strata = list[tuple[float, Buckets, Buckets]]  # per cohort: (its share, baseline's, candidate's)
 
-    d = draws(*cand) - draws(*base)
-    return float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
+
+def _resampled_means(buckets: Buckets, rng: np.random.Generator, reps: int) -> np.ndarray:
+    """(reps, M) means of every metric over `reps` resamples (with replacement) of the buckets."""
+    n, s = buckets
+    k = len(n)
+    idx = rng.integers(0, k, (reps, k))
+    times = np.bincount((idx + k * np.arange(reps)[:, None]).ravel(), minlength=reps * k).reshape(reps, k)
+    return (times @ s) / np.maximum(times @ n, 1)[:, None]
+
+
+def diff_draws(strata: Strata, rng: np.random.Generator, reps: int = 400) -> np.ndarray:
+    """(reps, M) bootstrap draws of mean(candidate) - mean(baseline) of every metric.
+
+    Each stratum (a cohort) has its minute buckets resampled on its own, on each side, and
+    the strata's means are combined with their shares: the baseline at the candidate's
+    cohort mix, as `reweight` builds it. One stratum of share 1 is the plain bootstrap."""
+    out = 0.0
+    for share, base, cand in strata:
+        out = out + share * (_resampled_means(cand, rng, reps) - _resampled_means(base, rng, reps))
+    return np.asarray(out)
+
+
+def _ci(draws: np.ndarray | None, j: int) -> tuple[float, float] | None:
+    if draws is None:
+        return None
+    return float(np.quantile(draws[:, j], 0.025)), float(np.quantile(draws[:, j], 0.975))
+
+
+def bootstrap_diff(base: Buckets, cand: Buckets, j: int, rng: np.random.Generator,
+                   reps: int = 400) -> tuple[float, float]:
+    """95% interval of mean(candidate) - mean(baseline) of metric j, resampling buckets."""
+    return _ci(diff_draws([(1.0, base, cand)], rng, reps), j)  # type: ignore[return-value]
+
+
+def _scaled(tk: TopK, w: float) -> TopK:
+    # a summary of w times each mass: counters, total and bound all scale by w
+    return TopK(tk.k, tk.keys, tk.counts * w, tk.total * w)
+
+
+def reweight(parts: Mapping[str, Sketch], weights: Mapping[str, float]) -> Sketch:
+    """The sketch of the stream in which each vector of cohort c counts weights[c] times:
+    the sum over c of weights[c] times parts[c] (cohorts without a positive weight left out).
+
+    n, sums, sumsq, histograms and position profiles are sums over vectors, so this is
+    exact for them (n and the histograms become fractional counts); top-K counters and
+    totals scale with their bound. An attribute is kept only if every part has it (a
+    part without it would shrink its total). The items' top-K are not weighted: a
+    per-cohort series has none (they ride on the all-cohort roll-up)."""
+    use = [(parts[c], float(w)) for c, w in weights.items() if c in parts and w > 0]
+    if not use:
+        return Sketch()
+    names = [a for a in use[0][0].attrs if all(a in s.attrs for s, _ in use)]
+    return Sketch(
+        sum(s.n * w for s, w in use),
+        sum(s.rejected * w for s, w in use),
+        sum(s.sums * w for s, w in use),
+        sum(s.sumsq * w for s, w in use),
+        sum(s.hist * w for s, w in use),
+        sum(s.pos * w for s, w in use),
+        None,
+        {a: merge_many([_scaled(s.attrs[a], w) for s, w in use]) for a in names},
+    )
+
+
+@dataclass(frozen=True)
+class CohortMix:
+    """Predictions per cohort on each side (cohort label != "*")."""
+
+    baseline: dict[str, float]
+    candidate: dict[str, float]
+
+    @property
+    def known(self) -> bool:  # a store (or a collector) without per-cohort series: roll-ups only
+        return bool(self.baseline) and bool(self.candidate)
+
+    @property
+    def common(self) -> list[str]:
+        return sorted(set(self.baseline) & set(self.candidate))
+
+    def shares(self, side: str, cohorts: list[str]) -> dict[str, float]:
+        n = getattr(self, side)
+        total = sum(n[c] for c in cohorts)
+        return {c: n[c] / total for c in cohorts} if total > 0 else {}
+
+
+def _cohort_predictions(buckets: dict) -> dict[str, float]:
+    return {k[0]: float(v[0].sum()) for k, v in buckets.items()
+            if k[0] != ROLLUP and k[1] == "0" and k[2] == ROLLUP and v[0].sum() > 0}
+
+
+def _at_candidate_mix(bs: dict, cs: dict, bb: dict, cb: dict, mix: CohortMix):
+    """The all-cohort series of both sides at the candidate's cohort mix.
+
+    Per (layer, head): the candidate over the cohorts both sides served, the baseline's
+    per-cohort sketches weighted to the candidate's shares of them (its n kept), and the
+    cohorts' shares (the bootstrap's strata). Without per-cohort series, the roll-ups as
+    they are, as one stratum ("*")."""
+    bcmp, ccmp, shares = {}, {}, {}
+    for key in sorted(set(bs) & set(cs)):
+        if key[0] != ROLLUP:
+            continue
+        _, layer, head = key
+        cohorts = [c for c in mix.common if (c, layer, head) in bs and (c, layer, head) in cs
+                   and bs[(c, layer, head)].n > 0 and cs[(c, layer, head)].n > 0] if mix.known else []
+        if not cohorts:
+            bcmp[key], ccmp[key], shares[key] = bs[key], cs[key], {ROLLUP: 1.0}
+        else:
+            cn = {c: float(cs[(c, layer, head)].n) for c in cohorts}
+            bn = {c: float(bs[(c, layer, head)].n) for c in cohorts}
+            share = {c: cn[c] / sum(cn.values()) for c in cohorts}
+            b_total = sum(bn.values())
+            b = reweight({c: bs[(c, layer, head)] for c in cohorts}, {c: share[c] * b_total / bn[c] for c in cohorts})
+            c_ = reweight({c: cs[(c, layer, head)] for c in cohorts}, dict.fromkeys(cohorts, 1.0))
+            b.items, c_.items = bs[key].items, cs[key].items  # the items' top-K: roll-up only
+            bcmp[key], ccmp[key], shares[key] = b, c_, share
+    return bcmp, ccmp, shares
+
+
+def _strata(bb: dict, cb: dict, layer: str, b_head: str, c_head: str, shares: dict[str, float]) -> Strata | None:
+    """Per cohort: its share, the baseline head's buckets and the (matched) candidate head's."""
+    out = []
+    for cohort, share in shares.items():
+        b, c = bb.get((cohort, layer, b_head)), cb.get((cohort, layer, c_head))
+        if b is None or c is None:
+            return None
+        out.append((share, b, c))
+    return out or None
+
+
+def _mix_reason(mix: CohortMix) -> Reason | None:
+    """Info: the cohorts compared, at whose shares, and those left out."""
+    common = mix.common
+    only_b = sorted(set(mix.baseline) - set(mix.candidate))
+    only_c = sorted(set(mix.candidate) - set(mix.baseline))
+    bs_all = mix.shares("baseline", sorted(mix.baseline))
+    cs_all = mix.shares("candidate", sorted(mix.candidate))
+    tv = 0.5 * sum(abs(bs_all.get(c, 0.0) - cs_all.get(c, 0.0)) for c in set(bs_all) | set(cs_all))
+    if not (only_b or only_c or tv >= MIX_INFO_TV) or not common:
+        return None
+
+    def listed(sh: dict[str, float]) -> str:
+        return ", ".join(f"{c} {_pct(s)}" for c, s in sorted(sh.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    text = (f"the versions served different cohort mixes (candidate: {listed(cs_all)}; baseline: {listed(bs_all)}), "
+            f"so they are compared on the cohorts both served ({', '.join(common)}), the baseline weighted to the "
+            "candidate's shares of them")
+    if only_b:
+        text += f"; {', '.join(only_b)} served by the baseline only, left out"
+    if only_c:
+        text += f"; {', '.join(only_c)} served by the candidate only, left out"
+    text += " (the top-10 items are still the all-cohort figures)"
+    return Reason("info", "data", "cohort mix", "cohort_share", None, tv, None, text)
 
 
 def _pct(x: float) -> str:
@@ -242,23 +401,39 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     reasons: list[Reason] = []
     matching: dict[str, dict[str, str]] = {}
     enough = all(predictions[s] >= MIN_PREDICTIONS and minutes[s] >= MIN_MINUTES for s in predictions)
+    mix = CohortMix(_cohort_predictions(bb), _cohort_predictions(cb))
+    if enough and mix.known:
+        shared = {s: sum(getattr(mix, s)[c] for c in mix.common) for s in predictions}
+        if min(shared.values()) < MIN_PREDICTIONS:
+            enough = False
+            reasons.append(Reason(
+                "warning", "data", "cohort mix", "predictions", shared["baseline"], shared["candidate"], None,
+                f"not enough data in the cohorts both versions served ({', '.join(mix.common) or 'none'}): the "
+                f"candidate has {shared['candidate']:,.0f} predictions there and the baseline {shared['baseline']:,.0f} "
+                f"(candidate's cohorts: {', '.join(sorted(mix.candidate))}; baseline's: "
+                f"{', '.join(sorted(mix.baseline))}); a verdict needs {MIN_PREDICTIONS:,} on each side "
+                "(a cohort only one version served is not compared)"))
     if enough:
         cs, bs = _sketches(engine, model, candidate, c_start, now), _sketches(engine, model, baseline, b_start, b_end)
+        bcmp, ccmp, shares = _at_candidate_mix(bs, cs, bb, cb, mix)
         rng = np.random.default_rng(seed)
-        layers = sorted({k[1] for k in cs if k[0] == ROLLUP} & {k[1] for k in bs if k[0] == ROLLUP})
+        layers = sorted({k[1] for k in ccmp})
         for layer in layers:
-            bh = {k[2]: s for k, s in bs.items() if k[0] == ROLLUP and k[1] == layer and k[2] != ROLLUP}
-            ch = {k[2]: s for k, s in cs.items() if k[0] == ROLLUP and k[1] == layer and k[2] != ROLLUP}
+            bh = {k[2]: s for k, s in bcmp.items() if k[1] == layer and k[2] != ROLLUP}
+            ch = {k[2]: s for k, s in ccmp.items() if k[1] == layer and k[2] != ROLLUP}
             pairs = {h: h for h in ch if h in bh} if same else match_heads(bh, ch)
             matching[layer] = pairs
             for c_head, b_head in pairs.items():
+                st = _strata(bb, cb, layer, b_head, c_head, shares.get((ROLLUP, layer, c_head), {}))
                 reasons += _head_reasons(layer, c_head, b_head, bh[b_head], ch[c_head],
-                                         bb.get((ROLLUP, layer, b_head)), cb.get((ROLLUP, layer, c_head)), same, rng)
-            b_all, c_all = bs.get((ROLLUP, layer, ROLLUP)), cs.get((ROLLUP, layer, ROLLUP))
+                                         diff_draws(st, rng) if st else None, same)
+            b_all, c_all = bcmp.get((ROLLUP, layer, ROLLUP)), ccmp.get((ROLLUP, layer, ROLLUP))
             if b_all is not None and c_all is not None:
                 reasons += _layer_reasons(layer, b_all, c_all, same)
         reasons += _cohort_reasons(bs, cs, same)
-    else:
+        if (r := _mix_reason(mix)) is not None:
+            reasons.append(r)
+    elif not any(r.kind == "data" for r in reasons):
         reasons.append(Reason(
             "warning", "data", "all", "predictions", predictions["baseline"], predictions["candidate"], None,
             f"not enough data yet: the candidate has {predictions['candidate']:,} predictions over "
@@ -298,12 +473,13 @@ def _alert_reasons(alerts: list[dict], candidate: str) -> list[Reason]:
     return out
 
 
-def _head_reasons(layer, c_head, b_head, b: Sketch, c: Sketch, bbuck, cbuck, same, rng) -> list[Reason]:
+def _head_reasons(layer, c_head, b_head, b: Sketch, c: Sketch, boot: np.ndarray | None, same) -> list[Reason]:
+    """`boot`: bootstrap draws of candidate - baseline (diff_draws), None if there are none."""
     out = []
     where = f"layer {layer} head {c_head}" + ("" if same or c_head == b_head else f" (matched to baseline head {b_head})")
     j = COL["entropy_norm"]
     be, ce = b.sums[j] / b.n, c.sums[j] / c.n
-    ci = bootstrap_diff(bbuck, cbuck, j, rng) if bbuck is not None and cbuck is not None else None
+    ci = _ci(boot, j)
     drop = be - ce
     sure = ci is None or ci[1] < 0
     if drop >= COLLAPSE_DROP and sure:
@@ -316,11 +492,11 @@ def _head_reasons(layer, c_head, b_head, b: Sketch, c: Sketch, bbuck, cbuck, sam
         out.append(Reason("warning", "collapse", where, "entropy_norm", be, ce, ci,
                           f"{where}: attention narrower — entropy_norm {be:.2f} → {ce:.2f}"))
     if same:
-        out += _same_weights_shift(where, b, c, bbuck, cbuck, rng)
+        out += _same_weights_shift(where, b, c, boot)
     return out
 
 
-def _same_weights_shift(where, b, c, bbuck, cbuck, rng) -> list[Reason]:
+def _same_weights_shift(where, b, c, boot) -> list[Reason]:
     """Same weights: a shift beyond sampling noise means the pipeline changed."""
     out = []
     std = sketch_std(b)
@@ -328,7 +504,7 @@ def _same_weights_shift(where, b, c, bbuck, cbuck, rng) -> list[Reason]:
         j = COL[m]
         be, ce = b.sums[j] / b.n, c.sums[j] / c.n
         d = stats.delta_sd(ce, be, std[j])
-        ci = bootstrap_diff(bbuck, cbuck, j, rng) if bbuck is not None and cbuck is not None else None
+        ci = _ci(boot, j)
         if abs(d) >= SAME_WEIGHTS_SD and (ci is None or ci[0] > 0 or ci[1] < 0):
             out.append(Reason("critical", "shift", where, m, be, ce, ci,
                               f"{where}: {m} {be:.3g} → {ce:.3g} ({d:+.1f} baseline SDs) with the same weights: "

@@ -240,3 +240,161 @@ def test_a_baseline_without_data_in_its_window_is_an_error_not_watch(tmp_path_fa
                               "--now", datetime.fromtimestamp(end, UTC).isoformat()], capsys)
     assert code == 2 and out == ""
     assert "baseline demo-sasrec v1 has 0 predictions over 0 minutes" in err and "pass --baseline" in err
+
+
+# --- a canary by cohort: a different cohort mix is no attention change -------------------
+
+MOBILE = ("ios", "android")
+
+
+def _mix_store(tmp_path_factory, name, *, same_weights: bool, defect: Defect | None = None,
+               before: int = 120, after: int = 60, rate: int = 100, relabel: str | None = None):
+    """v1 serves every cohort for `before` minutes; then v2 (the same model, with `defect`)
+    serves web while v1 keeps ios and android. The mobile apps send only their last 6
+    interactions, web whole histories, so the cohorts attend differently by position.
+    With `relabel`, v2's web traffic is labelled with that cohort instead."""
+    import numpy as np
+
+    from collectors import AttentionCollector
+    from monitor.demo import MODEL, START
+    from monitor.simulate import SimModel, Traffic, make_catalogue
+
+    path = tmp_path_factory.mktemp(name) / "store.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    rng = np.random.default_rng(7)
+    cat = make_catalogue(rng)
+    traffic = Traffic(cat, rng)
+    clock = [START]
+    models = {"v1": SimModel(cat, seed=7), "v2": SimModel(cat, seed=7, defect=defect or Defect())}
+    kw = dict(model=MODEL, sample_rate=0.02, weights_id="w1" if same_weights else None,
+              clock=lambda: clock[0], flush_interval_s=3600)
+    cols = {"v1": AttentionCollector(url, version="v1", seed=7, **kw)}
+    for m in range(before + after):
+        clock[0] = START + 60 * m
+        if m == before:
+            cols["v2"] = AttentionCollector(url, version="v2", seed=8, **kw)
+        hist, lengths, cohorts = traffic.requests(rate)
+        mobile = np.isin(cohorts, MOBILE)
+        lengths = np.where(mobile, np.minimum(lengths, 6), lengths)
+        hist = np.where(np.arange(hist.shape[1])[None, :] >= (hist.shape[1] - lengths)[:, None], hist, 0)
+        served = {"v1": np.ones(rate, bool)} if m < before else {"v1": mobile, "v2": ~mobile}
+        for version, rows in served.items():
+            h, ln, co = hist[rows], lengths[rows], cohorts[rows]
+            if relabel and version == "v2":
+                co = np.full(len(ln), relabel, dtype=object)
+            cols[version].observe_batch(
+                models[version].attention(h, ln, co).astype(np.float32), item_ids=h, lengths=ln,
+                cohorts=co.tolist(), attributes={"brand": cat.brand[h], "category": cat.category[h]},
+                timestamps=clock[0] + np.sort(rng.uniform(0, 60, len(ln))))
+        if m % 30 == 29:
+            clock[0] += 60
+            for c in cols.values():
+                c.flush()
+    clock[0] = START + 60 * (before + after + 1)
+    for c in cols.values():
+        c.close()
+    return url, datetime.fromtimestamp(START + 60 * (before + after), UTC)
+
+
+@pytest.mark.parametrize("same_weights", [True, False], ids=["same-weights", "new-weights"])
+def test_a_canary_on_one_cohort_with_the_same_model_is_not_rolled_back(tmp_path_factory, capsys, same_weights):
+    """v2 = v1's weights, serving web only while v1 keeps the mobile apps (6-item histories):
+    the all-cohort roll-ups differ by the mix alone (the last 5 items' share 71% → 42%,
+    position JS 0.32), which was ROLLBACK with 36 critical reasons (same weights) or 4."""
+    url, now = _mix_store(tmp_path_factory, "mix", same_weights=same_weights)
+    v = check(make_engine(url), "demo-sasrec", now=now)
+    assert (v.candidate, v.baseline, v.same_weights) == ("v2", "v1", same_weights)
+    assert v.verdict == "PROCEED", [r.text for r in v.reasons]
+    info = [r for r in v.reasons if r.severity == "info" and r.kind == "data" and r.series == "cohort mix"]
+    assert len(info) == 1, [r.text for r in v.reasons]
+    assert "candidate: web 100.0%" in info[0].text and "android, ios served by the baseline only, left out" in info[0].text
+    code, out, _ = run_cli(["rollback-check", "--store", url, "--model", "demo-sasrec", "--now", now.isoformat()], capsys)
+    assert code == 0 and out.startswith("PROCEED") and "android, ios served by the baseline only" in out
+
+
+@pytest.mark.parametrize("same_weights", [True, False], ids=["same-weights", "new-weights"])
+def test_a_defect_in_the_canary_cohort_is_still_rolled_back(tmp_path_factory, same_weights):
+    """The same cohort-mix canary, but v2 collapses layer 1 head 2: ROLLBACK, for that
+    head, and nothing on layer 0 (which the defect does not touch; the mix moved it)."""
+    url, now = _mix_store(tmp_path_factory, "mixdefect", same_weights=same_weights,
+                          defect=Defect(collapse_head=(1, 2)))
+    v = check(make_engine(url), "demo-sasrec", now=now)
+    assert v.verdict == "ROLLBACK"
+    first = v.reasons[0]
+    assert first.kind == "collapse" and first.series.startswith("layer 1 head 2"), [r.text for r in v.reasons]
+    assert first.ci is not None and first.ci[1] < 0
+    critical = [r for r in v.reasons if r.severity == "critical"]
+    assert not [r.text for r in critical if r.series.startswith("layer 0")]
+
+
+def test_no_cohort_in_common_is_watch_not_a_comparison_of_different_users(tmp_path_factory):
+    """v2 serves only a cohort the baseline never served: nothing to compare it with."""
+    url, now = _mix_store(tmp_path_factory, "nocommon", same_weights=True, before=30, after=40, relabel="beta")
+    v = check(make_engine(url), "demo-sasrec", now=now)
+    assert v.verdict == "WATCH" and v.predictions["candidate"] >= 1000
+    assert [(r.severity, r.series) for r in v.reasons] == [("warning", "cohort mix")]
+    assert "cohorts both versions served (none)" in v.reasons[0].text and "beta" in v.reasons[0].text
+
+
+def test_reweight_is_the_sketch_of_the_weighted_vectors():
+    """Each vector of cohort c counted w_c times: means, histograms, position profiles
+    and attribute shares as computed from the vectors directly; an integer weight is
+    merging that cohort's sketch that many times."""
+    import numpy as np
+
+    from monitor.metrics import ALL_METRICS
+    from monitor.rollback import reweight
+    from monitor.sketch import build, factorize, merge_all, topk_by_group
+    from monitor.topk import TopK
+
+    rng = np.random.default_rng(3)
+    R, L, M = 40, 8, len(ALL_METRICS)
+    group = np.r_[np.zeros(25, int), np.ones(15, int)]
+    values = rng.uniform(0, 1, (R, M))
+    attn = rng.dirichlet(np.ones(L), R)
+    brands = rng.choice(np.array(["a", "b", "c", "d"], dtype=object), (R, L))
+    web, ios = build(group, 2, values, attn, np.full(R, L))
+    codes, keys = factorize(brands)
+    for sk, tk in zip((web, ios), topk_by_group(group, 2, codes, keys, attn, np.ones((R, L), bool), 16), strict=True):
+        sk.attrs["brand"] = tk
+    w = {"web": 0.4, "ios": 3.0}
+    got = reweight({"web": web, "ios": ios, "tv": web}, w)  # tv has no weight: left out
+    vw = np.where(group == 0, w["web"], w["ios"])
+    assert got.n == vw.sum()
+    np.testing.assert_allclose(got.sums / got.n, (vw[:, None] * values).sum(0) / vw.sum())
+    np.testing.assert_allclose(got.sumsq, (vw[:, None] * values ** 2).sum(0))
+    np.testing.assert_allclose(got.pos[:L], (vw[:, None] * attn[:, ::-1]).sum(0))
+    mass = {k: float((vw[:, None] * attn * (brands == k)).sum()) for k in "abcd"}
+    shares = got.attrs["brand"].shares()
+    assert shares == pytest.approx({k: m / sum(mass.values()) for k, m in mass.items()})
+    twice = merge_all([web, web, ios])
+    same = reweight({"web": web, "ios": ios}, {"web": 2, "ios": 1})
+    assert same.n == twice.n and (same.hist == twice.hist).all()
+    np.testing.assert_allclose(same.sums, twice.sums)
+    np.testing.assert_allclose(same.pos, twice.pos)
+    assert isinstance(same.attrs["brand"], TopK) and same.attrs["brand"].total == pytest.approx(twice.attrs["brand"].total)
+
+
+def test_the_stratified_bootstrap_is_centred_on_the_reweighted_difference():
+    """Each cohort's minutes resampled on their own, the differences combined at the
+    candidate's shares; one stratum of share 1 is bootstrap_diff."""
+    import numpy as np
+
+    from monitor.rollback import bootstrap_diff, diff_draws
+
+    rng = np.random.default_rng(0)
+
+    def buckets(mean, k=60, n=30):
+        ns = np.full(k, float(n))
+        return ns, (ns * (mean + rng.normal(0, 0.02, k)))[:, None]
+
+    # cohort a moved by +0.1, cohort b not at all; the candidate is 90% a
+    strata = [(0.9, buckets(0.2), buckets(0.3)), (0.1, buckets(0.8), buckets(0.8))]
+    d = diff_draws(strata, np.random.default_rng(1))
+    assert d.shape == (400, 1)
+    assert np.quantile(d, 0.025) < 0.09 < np.quantile(d, 0.975) and abs(np.median(d) - 0.09) < 0.005
+    base, cand = buckets(0.2), buckets(0.2)
+    single = diff_draws([(1.0, base, cand)], np.random.default_rng(2))[:, 0]
+    assert bootstrap_diff(base, cand, 0, np.random.default_rng(2)) == (
+        float(np.quantile(single, 0.025)), float(np.quantile(single, 0.975)))
