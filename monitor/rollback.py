@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from monitor import stats
-from monitor.baselines import deployments, sketch_std
+from monitor.baselines import deployments, replaced, sketch_std
 from monitor.errors import AttnmonError
 from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
@@ -144,28 +144,6 @@ def _sketches(engine: Engine, model: str, version: str, start: datetime, end: da
         for row in conn.execute(q).mappings():
             parts.setdefault((row["cohort"], row["layer"], row["head"]), []).append(Sketch.from_row(row))
     return {k: merge_all(v) for k, v in parts.items()}
-
-
-def _served_most(engine: Engine, model: str, versions: list[str], deployed_at: datetime) -> str | None:
-    """The version of `versions` that served most predictions in the hour (else the day)
-    before `deployed_at`: the one the candidate replaced.
-
-    The one deployed last is not always it: a canary that was rolled back is deployed
-    later than the version that went on serving. Ties go to the later deployment; None
-    when none of them served in the day before."""
-    wa = t.window_aggregates
-    for hours in (1, 24):
-        q = (select(wa.c.version, func.sum(wa.c.n))
-             .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.cohort == ROLLUP, wa.c.layer == "0",
-                    wa.c.head == ROLLUP, wa.c.bucket_start >= deployed_at - timedelta(hours=hours),
-                    wa.c.bucket_start < deployed_at)
-             .group_by(wa.c.version))
-        with engine.connect() as conn:
-            served = {v: float(n or 0) for v, n in conn.execute(q)}
-        best = max(versions, key=lambda v: (served.get(v, 0.0), versions.index(v)))
-        if served.get(best, 0.0) > 0:
-            return best
-    return None
 
 
 def _alerts_since(engine: Engine, model: str, version: str, since: datetime) -> list[dict]:
@@ -369,8 +347,7 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
         earlier = [d for d in deps if d["deployed_at"] < cand_dep["deployed_at"] and d["version"] != candidate]
         if not earlier:
             raise RollbackInputError(f"{model} {candidate} has no earlier version to compare with; pass --baseline")
-        baseline = _served_most(engine, model, [d["version"] for d in earlier], cand_dep["deployed_at"]) \
-            or earlier[-1]["version"]
+        baseline = replaced(engine, model, cand_dep["deployed_at"], earlier)["version"]
     if baseline not in names:
         raise RollbackInputError(f"baseline version {baseline!r} of {model!r} does not exist; known: {names}")
     if baseline == candidate:
