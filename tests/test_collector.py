@@ -403,3 +403,9 @@ def test_observing_after_close_is_dropped_and_counted_not_queued(sqlite_url, cap
     assert c.stats.dropped == 50 * 4 and c.stats.accepted == 1
     assert sum("observed after close()" in r.getMessage() for r in caplog.records) == 1
     assert stored_n(sqlite_url) == 1
+
+
+def test_the_label_limit_is_the_store_columns_width():
+    from collectors.block import MAX_LABEL_CHARS
+
+    assert MAX_LABEL_CHARS == tables.LABEL
