@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +33,8 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
         raise ConfigError([("--out", None, "--format html needs --out FILE")], "argument")
     at = parse_time(now, "--now") if now else datetime.now(UTC)
     window = parse_duration(since, "--since") if since else None
+    if out:
+        _check_out(out)
     engine = _engine(config)
     try:
         v = check(engine, model, candidate, baseline, window, at)
@@ -50,6 +54,16 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
     else:
         print(text)
     return v.exit_code
+
+
+def _check_out(out: str) -> None:
+    """An --out that cannot be written fails before the comparison, not after it (the
+    OSError becomes one line naming --out in monitor.cli.main)."""
+    path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), out)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), out)
 
 
 def explain(config: Config, request_id: str, out: str | None = None, top: int = 5) -> int:
