@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from monitor.rollback import ROLLBACK, WATCH, Verdict, _sketches
+from monitor.rollback import ROLLBACK, WATCH, Verdict, _sketches, compared
 from monitor.store import tables as t
 
 EVENT_COLUMNS = ["entropy_norm", "top1", "recency5", "distance", "gini"]
@@ -48,8 +48,9 @@ def figures(engine: Engine, v: Verdict, now: datetime) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    b = _sketches(engine, v.model, v.baseline, *v.baseline_window)
-    c = _sketches(engine, v.model, v.candidate, v.candidate_since, now)
+    # what the verdict compared: the baseline at the candidate's cohort mix
+    b, c = compared(_sketches(engine, v.model, v.baseline, *v.baseline_window),
+                    _sketches(engine, v.model, v.candidate, v.candidate_since, now))
     out = {}
     layers = sorted({k[1] for k in c if k[0] == "*"} & {k[1] for k in b if k[0] == "*"})
     if not layers:
@@ -132,10 +133,12 @@ Weights: {'the same (heads compared one to one)' if v.same_weights else 'new (he
 <h2>Reasons, most severe first</h2>
 <table>{rows}</table>
 <h2>Heads and positions</h2>
+<p>As the verdict compares them: on the cohorts both versions served, the baseline weighted to the candidate's
+share of each.</p>
 {imgs}
 <h2>Sampled events: evidently DataDriftPreset (baseline = reference, candidate = current)</h2>
 <p>{len(ref):,} baseline and {len(cur):,} candidate sampled events; columns {', '.join(EVENT_COLUMNS)} of each
-event's last layer, head-averaged.</p>
+event's last layer, head-averaged. These are raw samples of all cohorts: a change of cohort mix shows here.</p>
 {ev}
 </body></html>
 """

@@ -255,7 +255,17 @@ def _cohort_predictions(buckets: dict) -> dict[str, float]:
             if k[0] != ROLLUP and k[1] == "0" and k[2] == ROLLUP and v[0].sum() > 0}
 
 
-def _at_candidate_mix(bs: dict, cs: dict, bb: dict, cb: dict, mix: CohortMix):
+def compared(bs: dict, cs: dict) -> tuple[dict, dict]:
+    """The all-cohort sketches of both sides as `check` compares them, at the candidate's
+    cohort mix (for the HTML report's figures)."""
+    def served(sk: dict) -> dict[str, float]:
+        return {k[0]: float(v.n) for k, v in sk.items() if k[0] != ROLLUP and k[1] == "0" and k[2] == ROLLUP and v.n > 0}
+
+    b, c, _ = _at_candidate_mix(bs, cs, CohortMix(served(bs), served(cs)))
+    return b, c
+
+
+def _at_candidate_mix(bs: dict, cs: dict, mix: CohortMix):
     """The all-cohort series of both sides at the candidate's cohort mix.
 
     Per (layer, head): the candidate over the cohorts both sides served, the baseline's
@@ -392,7 +402,7 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
                 "(a cohort only one version served is not compared)"))
     if enough:
         cs, bs = _sketches(engine, model, candidate, c_start, now), _sketches(engine, model, baseline, b_start, b_end)
-        bcmp, ccmp, shares = _at_candidate_mix(bs, cs, bb, cb, mix)
+        bcmp, ccmp, shares = _at_candidate_mix(bs, cs, mix)
         rng = np.random.default_rng(seed)
         layers = sorted({k[1] for k in ccmp})
         for layer in layers:

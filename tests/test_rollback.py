@@ -311,6 +311,22 @@ def test_a_canary_on_one_cohort_with_the_same_model_is_not_rolled_back(tmp_path_
     assert "candidate: web 100.0%" in info[0].text and "android, ios served by the baseline only, left out" in info[0].text
     code, out, _ = run_cli(["rollback-check", "--store", url, "--model", "demo-sasrec", "--now", now.isoformat()], capsys)
     assert code == 0 and out.startswith("PROCEED") and "android, ios served by the baseline only" in out
+    # the HTML report's figures show what the verdict compared, not the raw roll-ups
+    from monitor.report import figures
+    from monitor.rollback import _sketches, compared
+
+    engine = make_engine(url)
+    bs = _sketches(engine, "demo-sasrec", "v1", *v.baseline_window)
+    cs = _sketches(engine, "demo-sasrec", "v2", v.candidate_since, now)
+    b, c = compared(bs, cs)
+
+    def last5(sk):
+        return sk.position_profile()[:5].sum()
+
+    key = ("*", "1", "*")
+    assert abs(last5(bs[key]) - last5(cs[key])) > 0.2  # the mix alone
+    assert abs(last5(b[key]) - last5(c[key])) < 0.03
+    assert set(figures(engine, v, now)) == {"heads", "positions"}
 
 
 @pytest.mark.parametrize("same_weights", [True, False], ids=["same-weights", "new-weights"])
