@@ -67,6 +67,7 @@ POSITION_JS_WATCH = 0.15
 RECENCY_DROP_ROLLBACK = 0.07
 SAME_WEIGHTS_SD = 0.5  # same weights: a shift of half a baseline SD is not noise
 SAME_WEIGHTS_POSITION_JS = 0.05
+TEXT_REASONS = 12  # the text output lists the most severe; one cause can move every head
 # cohort shares that differ by this much (total variation) are named in an info reason
 MIX_INFO_TV = 0.05
 
@@ -590,6 +591,11 @@ def render_text(v: Verdict) -> str:
     ]
     if not any(r.severity != "info" for r in v.reasons):
         lines.append("  no head, position, item or attribute moved beyond what a harmless update does")
-    for i, r in enumerate(v.reasons, 1):
+    for i, r in enumerate(v.reasons[:TEXT_REASONS], 1):
         lines.append(f"  {i}. [{r.severity}] {r.text}")
+    if len(v.reasons) > TEXT_REASONS:
+        rest = v.reasons[TEXT_REASONS:]
+        counts = ", ".join(f"{n} {s}" for s in ("critical", "warning", "info")
+                           if (n := sum(r.severity == s for r in rest)))
+        lines.append(f"  ... and {len(rest)} more ({counts}): --format json or html lists them all")
     return "\n".join(lines)

@@ -414,3 +414,19 @@ def test_the_stratified_bootstrap_is_centred_on_the_reweighted_difference():
     single = diff_draws([(1.0, base, cand)], np.random.default_rng(2))[:, 0]
     assert bootstrap_diff(base, cand, 0, np.random.default_rng(2)) == (
         float(np.quantile(single, 0.025)), float(np.quantile(single, 0.975)))
+
+
+def test_the_text_output_lists_the_most_severe_reasons_and_counts_the_rest():
+    """One cause (a pipeline change with the same weights) can move every head and
+    metric: 36 critical lines hid the point. JSON keeps them all."""
+    from monitor.rollback import TEXT_REASONS, Reason, Verdict, render_text
+
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    reasons = [Reason("critical", "shift", f"layer 0 head {i}", "distance", 1.0, 2.0, None, f"head {i} moved")
+               for i in range(TEXT_REASONS + 5)] + [Reason("info", "data", "cohorts", "n", None, None, None, "small")]
+    v = Verdict("ROLLBACK", "m", "v2", "v1", t0, (t0, t0), True, {"candidate": 1, "baseline": 1},
+                {"candidate": 1, "baseline": 1}, {}, reasons)
+    lines = render_text(v).splitlines()
+    assert f"  {TEXT_REASONS}. [critical] head {TEXT_REASONS - 1} moved" in lines
+    assert lines[-1] == "  ... and 6 more (5 critical, 1 info): --format json or html lists them all"
+    assert len(v.to_json()["reasons"]) == TEXT_REASONS + 6
