@@ -28,8 +28,12 @@ Deliver (`Outbox.deliver(now)`, the daemon's deliver job):
   before its commit re-sends the same message with the same key: a receiver that
   deduplicates (PagerDuty, Alertmanager) sees one incident.
 - Alertmanager receivers: every `resend_interval_s` the deliver job re-posts the alerts
-  the receiver was told are firing (latest row for it: firing, delivered, not silenced
-  now), or Alertmanager would resolve them after its `resolve_timeout`. Re-sends are not
+  the receiver was told are firing (latest row for it: firing, delivered), or
+  Alertmanager would resolve them when their `endsAt` passes (4 intervals). A silence
+  created after the firing was delivered does not stop these re-sends: they repeat what
+  Alertmanager already holds and notify nobody, whereas stopping them would make
+  Alertmanager resolve an alert that still fires (its receivers told "resolved", then
+  "firing" again when the silence ends). Re-sends are not
   outbox rows: they repeat what is already delivered, and a failed one is simply
   tried again next interval. The interval's clock is in memory and starts at the first
   deliver run, so a restarted daemon re-sends one interval after it starts (well
@@ -330,7 +334,7 @@ class Outbox:
                 continue
             self._deliver_group(receiver, group_key, dedup, now, active, res)
         if keep_going():
-            self._resend(now, active, res)
+            self._resend(now, res)
         else:
             res.stopped = True
         return res
@@ -574,7 +578,7 @@ class Outbox:
 
     # -- Alertmanager re-sends -------------------------------------------------------
 
-    def _resend(self, now: datetime, active: list[sil.Silence], res: DeliverResult) -> None:
+    def _resend(self, now: datetime, res: DeliverResult) -> None:
         nt = t.notifications
         for rc in self.config.receivers:
             if rc.kind != "alertmanager":
@@ -590,9 +594,8 @@ class Outbox:
                 rows = self._latest_rows(conn, nt.c.receiver == rc.name)
             groups: dict[tuple[str, str], list[Mapping]] = {}
             for r in rows:
+                # (silenced or not: Alertmanager was told it fires, and it still does)
                 if r["transition"] != "firing" or r["status"] != "delivered":
-                    continue
-                if sil.silenced(active, r["payload"]["alert"]["labels"], now):
                     continue
                 groups.setdefault((r["group_key"], r["dedup_key"]), []).append(r)
             for (group_key, dedup), members in sorted(groups.items()):

@@ -253,11 +253,19 @@ def test_alertmanager_receivers_get_firing_alerts_re_sent(store):
     silences.create(store, ["head=3"], timedelta(hours=1), "known", "carol", at(1))
     cycle(store, rules, cfg, 2, shifted(2, heads=[2, 3], layers=[1]))
     assert box.deliver(at(2) + 1 * S).resent == 1
-    assert [a.labels["head"] for a in am.sent[-1].alerts] == ["2"]  # a silenced alert is not re-sent
-    cycle(store, rules, cfg, 3)  # both resolve
-    res = box.deliver(at(3) + 2 * S)
+    # silenced after Alertmanager was told it fires: still re-sent, or Alertmanager would
+    # resolve it when its endsAt passes while it still fires
+    assert [a.labels["head"] for a in am.sent[-1].alerts] == ["2", "3"]
+    # an alert silenced before it was ever delivered is not re-sent (nobody heard of it)
+    silences.create(store, ["head=4"], timedelta(hours=1), "known too", "carol", at(2))
+    cycle(store, rules, cfg, 2.5, shifted(2.5, heads=[2, 3, 4], layers=[1]))
+    assert box.deliver(at(2.5) + 1 * S).silenced == 1
+    box.deliver(at(3.5))
+    assert [a.labels["head"] for a in am.sent[-1].alerts] == ["2", "3"]
+    cycle(store, rules, cfg, 4)  # all resolve
+    res = box.deliver(at(4) + 2 * S)
     assert am.sent[-1].status == "resolved" and res.resent == 0
-    assert box.deliver(at(5)).resent == 0  # nothing fires: nothing to re-send
+    assert box.deliver(at(6)).resent == 0  # nothing fires: nothing to re-send
 
 
 def test_prune_keeps_what_still_fires(store):
