@@ -9,14 +9,19 @@ touched, the outbox rows of its transitions and the alerts watermark (`daemon_st
 key `alerts.watermark`) commit together. A window at or before the watermark was
 evaluated already: a second call (the daemon re-running a window after a crash) does
 nothing, so nothing is ever enqueued twice.
+
+A window more than `OUTAGE_TOLERANCE` after the watermark (windows skipped, e.g. a daemon
+down past `evaluate.catchup_max_windows`) restarts the `for` clock of pending alerts, as
+Prometheus' `rules.alert.for-outage-tolerance` does: `for` means true at every cycle, and
+nobody looked in between. Firing alerts keep their state (and resolve if now false).
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,6 +35,7 @@ from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
 WATERMARK_KEY = "alerts.watermark"
+OUTAGE_TOLERANCE = timedelta(hours=1)  # Prometheus' default for-outage-tolerance
 _DRIFT = ("model", "version", "cohort", "layer", "head", "baseline_kind", "statistic", "value",
           "baseline_value", "n_current", "n_baseline", "detail")
 
@@ -120,6 +126,8 @@ def evaluate_alerts(engine: Engine, rules: Iterable[Rule], config: AlertsConfig,
             return AlertCycle(end, False)
         seen = observations(rules, _rows(conn, rules, end, start, now), (start, end))
         prior = _prior(conn, seen)
+        if wm is not None and end - wm > OUTAGE_TOLERANCE:  # unevaluated windows: `for` starts over
+            prior = {fp: replace(a, phase=Phase()) if a.state == "pending" else a for fp, a in prior.items()}
         step = evaluate(rules, seen, prior, end, external_url=config.external_url)
         al = t.alerts
         for a in step.alerts:

@@ -299,3 +299,14 @@ def test_the_configured_receivers_are_built_and_their_errors_stored_without_secr
     assert errors["hook"] and "SECRET" not in str(outbox_rows(store))
     assert errors["nokey"].startswith("cannot set up receiver 'nokey': ")
     assert "ATTNMON_TEST_UNSET_KEY" in errors["nokey"]
+
+
+def test_a_pending_alert_starts_its_for_over_after_windows_nobody_evaluated(store):
+    # the daemon was down longer than catchup_max_windows: windows 1..179 were skipped.
+    # One true window before the gap and one after are not `for: 5m` of a true condition
+    rules, cfg = [rule(**{"for": "5m"})], config()
+    cycle(store, rules, cfg, 0, shifted(0, heads=[2], layers=[1]))
+    assert cycle(store, rules, cfg, 180, shifted(180, heads=[2], layers=[1])).transitions == ()
+    assert alert_states(store) == {"2": "pending"}
+    fired = [m for m in range(181, 186) if cycle(store, rules, cfg, m, shifted(m, heads=[2], layers=[1])).transitions]
+    assert fired == [185]  # five minutes after the first window after the gap
