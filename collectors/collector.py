@@ -42,6 +42,7 @@ from collectors.block import (
     check_block,
     label_problem,
 )
+from collectors.rarely import RareLog
 from collectors.spill import SpillDir, UnreadableSpill
 from monitor import metrics as mx
 from monitor import sketch as sk
@@ -176,7 +177,7 @@ class AttentionCollector:
         self._last_flush = 0.0
         self._totals = _Minute()
         self._dropped_hot = 0
-        self._last_log: dict[str, float] = {}
+        self._log_rarely = RareLog(log)
         self._bad_spill_files = 0
         self._resolve_failures = 0
 
@@ -937,14 +938,6 @@ class AttentionCollector:
             self._log_rarely(logging.ERROR, "attnmon collector: store unreachable and nowhere to spill; "
                              "dropping the oldest unsent batches (%d requests now; max_unsent_rows=%d)",
                              lost, self.max_unsent_rows)
-
-    def _log_rarely(self, level: int, msg: str, *args, **kwargs) -> None:
-        """Log each message at most every 30 s: a store that stays down must not flood the
-        log (the counters in stats and collector_health keep the full count)."""
-        now = time.monotonic()
-        if now - self._last_log.get(msg, -1e9) > 30:
-            self._last_log[msg] = now
-            log.log(level, msg, *args, **kwargs)
 
     def _note_written(self, batch: FlushBatch) -> None:
         self._totals.written += batch.n_requests

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collectors.rarely import RareLog
 from monitor import metrics as mx
 from monitor.sketch import POSITIONS
 
@@ -498,7 +499,7 @@ class AttentionCapture:
         self._handles: list = []
         self._removed = False
         self._n = dict(batches=0, sampled=0, captured=0, sequences=0, empty=0, missed=0, errors=0)
-        self._last_log: dict[tuple, float] = {}
+        self._log_rarely = RareLog(log)
         if hooks == "always":
             self._handles = self._attach()
 
@@ -676,15 +677,7 @@ class AttentionCapture:
             raise
         # a failure that repeats on every sampled batch must not flood the serving
         # process's log with tracebacks: stats.errors keeps the full count
-        self._log_rarely(logging.ERROR, "attnmon capture: %s", what, exc_info=True)
-
-    def _log_rarely(self, level: int, msg: str, *args, **kwargs) -> None:
-        """Log each message at most every 30 s (as the collector does)."""
-        key = (msg, *args)
-        now = time.monotonic()
-        if now - self._last_log.get(key, -1e9) > 30:
-            self._last_log[key] = now
-            log.log(level, msg, *args, **kwargs)
+        self._log_rarely(logging.ERROR, "attnmon capture: %s", what, key=what, exc_info=True)
 
     # nn.MultiheadAttention
     def _mha_pre(self, module, args, kwargs):

@@ -251,18 +251,25 @@ class CohortMix:
         return {c: n[c] / total for c in cohorts} if total > 0 else {}
 
 
-def _cohort_predictions(buckets: dict) -> dict[str, float]:
-    return {k[0]: float(v[0].sum()) for k, v in buckets.items()
-            if k[0] != ROLLUP and k[1] == "0" and k[2] == ROLLUP and v[0].sum() > 0}
+def _cohort_predictions(series: dict, count) -> dict[str, float]:
+    """Predictions per cohort (its layer 0 head-average series), `count` reading them from
+    a series' buckets or its sketch."""
+    out = {}
+    for (cohort, layer, head), v in series.items():
+        if cohort != ROLLUP and layer == "0" and head == ROLLUP and (n := float(count(v))) > 0:
+            out[cohort] = n
+    return out
+
+
+def _bucket_n(buckets: Buckets) -> float:
+    return buckets[0].sum()
 
 
 def compared(bs: dict, cs: dict) -> tuple[dict, dict]:
     """The all-cohort sketches of both sides as `check` compares them, at the candidate's
     cohort mix (for the HTML report's figures)."""
-    def served(sk: dict) -> dict[str, float]:
-        return {k[0]: float(v.n) for k, v in sk.items() if k[0] != ROLLUP and k[1] == "0" and k[2] == ROLLUP and v.n > 0}
-
-    b, c, _ = _at_candidate_mix(bs, cs, CohortMix(served(bs), served(cs)))
+    mix = CohortMix(*(_cohort_predictions(x, lambda s: s.n) for x in (bs, cs)))
+    b, c, _ = _at_candidate_mix(bs, cs, mix)
     return b, c
 
 
@@ -389,7 +396,7 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     reasons: list[Reason] = []
     matching: dict[str, dict[str, str]] = {}
     enough = all(predictions[s] >= MIN_PREDICTIONS and minutes[s] >= MIN_MINUTES for s in predictions)
-    mix = CohortMix(_cohort_predictions(bb), _cohort_predictions(cb))
+    mix = CohortMix(_cohort_predictions(bb, _bucket_n), _cohort_predictions(cb, _bucket_n))
     if enough and mix.known:
         shared = {s: sum(getattr(mix, s)[c] for c in mix.common) for s in predictions}
         if min(shared.values()) < MIN_PREDICTIONS:

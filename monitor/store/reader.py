@@ -7,7 +7,7 @@ what a minute costs and the means are exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch
 from monitor.store import tables as t
 from monitor.store.engine import make_engine
+from monitor.store.maintenance import as_utc
 
 LABELS = ("version", "cohort", "layer", "head")
 ROLLUP = "*"
@@ -137,4 +138,4 @@ def _utc(ts: datetime, name: str) -> datetime:
     would compare an aware time's own fields, PostgreSQL a naive one in its session zone)."""
     if not isinstance(ts, datetime):
         raise ValueError(f"{name}={ts!r}: must be a datetime")
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return as_utc(ts)
