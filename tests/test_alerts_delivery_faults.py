@@ -5,6 +5,7 @@ tests/postgres/test_alerts_pg.py runs the store-level ones on PostgreSQL too."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from alerts import sending
 from alerts.config import AlertsConfig
 from alerts.model import DeliveryError
 from alerts.outbox import CLAIM_SLACK, SEND_DEADLINE_FACTOR, DeliverResult, Outbox
+from alerts.receivers.alertmanager import Alertmanager
 from alerts.receivers.webhook import Webhook
 from monitor.store import tables
 from monitor.store.maintenance import as_utc
@@ -369,3 +371,36 @@ def test_an_alertmanager_re_send_is_bounded_too_and_not_repeated_while_it_runs(s
     release.set()
     box._running["am"].thread.join(5)
     assert box.deliver(at(3)).resent == 1 and len(calls) == 2
+
+
+def test_an_alertmanager_batch_failing_mid_send_is_retried_whole_and_nothing_is_lost(store):
+    # 130 series in one group: three POSTs of 64, 64, 2. The second fails once (503)
+    cfg = AlertsConfig.model_validate({
+        "receivers": [{"name": "am", "alertmanager": {"url": "http://am.example:9093"}}],
+        "route": {"receiver": "am", "group_wait_s": 0},
+    })
+    held: dict[tuple, dict] = {}  # what Alertmanager holds: one alert per label set, the latest post
+    posts: list[int] = []
+
+    def alertmanager(request: httpx.Request) -> httpx.Response:
+        batch = json.loads(request.content)
+        posts.append(len(batch))
+        if len(posts) == 2:
+            return httpx.Response(503, text="overloaded")
+        held.update({tuple(sorted(a["labels"].items())): a for a in batch})
+        return httpx.Response(200)
+
+    am = Alertmanager("am", "http://am.example:9093", clock=lambda: at(0),
+                      transport=httpx.MockTransport(alertmanager))
+    box = Outbox(store, cfg, {"am": am})
+    cycle(store, [rule(**{"for": "0s"})], cfg, 0, shifted_rows(0, heads=range(13), layers=range(10)))
+    res = box.deliver(at(0))
+    assert (res.notifications, res.retrying, posts) == (0, 130, [64, 64])
+    assert len(held) == 64 and {r["status"] for r in rows(store)} == {"pending"}
+    assert "HTTP 503" in rows(store)[0]["last_error"] and "batch 2 of 3" in rows(store)[0]["last_error"]
+    res = box.deliver(at(0) + 10 * S)  # past the backoff: the whole group again, every batch
+    assert (res.notifications, res.delivered, posts) == (1, 130, [64, 64, 64, 64, 2])
+    assert {r["status"] for r in rows(store)} == {"delivered"}
+    assert sorted((a["labels"]["layer"], a["labels"]["head"]) for a in held.values()) == sorted(
+        (str(ly), str(h)) for ly in range(10) for h in range(13))
+    assert box.deliver(at(1)).resent == 1 and posts[5:] == [64, 64, 2]  # re-sends are batched too

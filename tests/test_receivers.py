@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from peers import T0, Answer, HttpPeer, Request, alert, closed_port, notification, silent_port
 
@@ -326,6 +327,60 @@ def test_alertmanager_payload_keeps_firing_alerts_and_ends_resolved_ones(made: l
     assert a["annotations"]["team_name"] == "x" and a["annotations"]["value"] == "-1.8"
     assert a["generatorURL"] == "https://attnmon.example.com/alerts?rule=AttentionEntropyCollapse"
     assert [x["labels"]["head"] for x in resent.json] == ["3"]
+
+
+def test_alertmanager_posts_a_large_group_in_batches_of_64_in_order(made: list) -> None:
+    alerts = [alert(layer=i // 10, head=i % 10) for i in range(130)]
+    with HttpPeer(Answer(200)) as peer:
+        am = make("alertmanager", peer.url, made)
+        am.send(notification(alerts))
+        sent = [peer.next().json for _ in range(3)]
+        am.resend(alerts)
+        resent = [peer.next().json for _ in range(3)]
+        assert peer.requests.empty()
+    assert [len(b) for b in sent] == [len(b) for b in resent] == [64, 64, 2]
+    posted = [(a["labels"]["layer"], a["labels"]["head"]) for b in sent for a in b]
+    assert posted == [(x.labels["layer"], x.labels["head"]) for x in alerts]
+    assert [a["labels"] for b in resent for a in b] == [a["labels"] for b in sent for a in b]
+
+
+def scripted(*statuses: int) -> tuple[httpx.MockTransport, list[list[dict]]]:
+    """A transport answering each POST with the next status (then 200), and the bodies
+    it was sent."""
+    queue, bodies = list(statuses), []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(queue.pop(0) if queue else 200)
+
+    return httpx.MockTransport(answer), bodies
+
+
+def test_alertmanager_stops_at_a_failing_batch_the_retry_posts_them_all(made: list) -> None:
+    alerts = [alert(layer=i // 10, head=i % 10) for i in range(130)]
+    transport, bodies = scripted(200, 503)
+    am = Alertmanager("am", "http://am.example:9093", clock=clock, transport=transport)
+    made.append(am)
+    with pytest.raises(DeliveryError) as err:
+        am.send(notification(alerts))
+    assert err.value.retry is True and "HTTP 503" in str(err.value) and "(batch 2 of 3, 64 alerts)" in str(err.value)
+    assert [len(b) for b in bodies] == [64, 64]  # the third batch waits for the retry
+    am.send(notification(alerts))  # the outbox's retry: every batch again, in order
+    assert [len(b) for b in bodies[2:]] == [64, 64, 2]
+    assert [(a["labels"]["layer"], a["labels"]["head"]) for b in bodies[2:] for a in b] == [
+        (x.labels["layer"], x.labels["head"]) for x in alerts
+    ]
+
+
+def test_alertmanager_posts_the_batches_after_one_it_refuses(made: list) -> None:
+    # a 400 is about that batch's content: the alerts of the other batches still go
+    transport, bodies = scripted(400)
+    am = Alertmanager("am", "http://am.example:9093", clock=clock, transport=transport)
+    made.append(am)
+    with pytest.raises(DeliveryError) as err:
+        am.resend([alert(layer=i // 10, head=i % 10) for i in range(130)])
+    assert err.value.retry is False and "HTTP 400" in str(err.value) and "(batch 1 of 3, 64 alerts)" in str(err.value)
+    assert [len(b) for b in bodies] == [64, 64, 2]
 
 
 # -- answers → DeliveryError(retry=...) --------------------------------------------------

@@ -62,6 +62,14 @@ def recent(rule: str, **kw) -> tuple:
     return alert(rule=rule, starts_at=starts, **kw), starts
 
 
+def held_alerts(am_url: str, rule: str) -> list[dict]:
+    """The alerts of `rule` that Alertmanager holds."""
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        f"{am_url}/api/v2/alerts?filter=alertname%3D%22{rule}%22", timeout=5
+    ) as response:
+        return json.load(response)
+
+
 def test_firing_then_resolved_reach_alertmanagers_webhook(am: Alertmanager, hook: HttpPeer) -> None:
     rule = "AttnmonTestFiringThenResolved"
     firing, starts = recent(rule)
@@ -88,14 +96,19 @@ def test_resend_keeps_a_firing_alert_for_four_intervals(am: Alertmanager, am_url
     firing, _ = recent(rule)
     before = datetime.now(UTC)
     am.resend([firing, alert(rule=rule, head=2, status="resolved")])
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-        f"{am_url}/api/v2/alerts?filter=alertname%3D%22{rule}%22", timeout=5
-    ) as response:
-        alerts = json.load(response)
-    (a,) = alerts  # the resolved one was not sent
+    (a,) = held_alerts(am_url, rule)  # the resolved one was not sent
     assert a["labels"]["head"] == "1" and a["status"]["state"] == "active"
     # endsAt = now + 4 × resend_interval_s (30 s)
     assert before + timedelta(seconds=119) <= parse(a["endsAt"]) <= datetime.now(UTC) + timedelta(seconds=121)
+
+
+def test_a_large_group_posted_in_batches_is_all_held(am: Alertmanager, am_url: str) -> None:
+    rule = "AttnmonTestBatches"
+    starts = datetime.now(UTC) - timedelta(minutes=3)
+    am.send(notification([alert(rule=rule, starts_at=starts, layer=i // 10, head=i % 10) for i in range(130)]))
+    held = held_alerts(am_url, rule)
+    assert len(held) == 130 and {a["status"]["state"] for a in held} == {"active"}
+    assert {(a["labels"]["layer"], a["labels"]["head"]) for a in held} == {(str(i // 10), str(i % 10)) for i in range(130)}
 
 
 def test_generic_webhook_json_has_alertmanagers_shape(am: Alertmanager, hook: HttpPeer) -> None:

@@ -5,6 +5,14 @@ Alertmanager identifies an alert by its labels and forgets a firing one when its
 and re-posted (`resend`) every `resend_interval` — as Prometheus does. A resolved alert
 is posted once more with `endsAt` = its resolution time, in the past.
 
+Alerts go in POSTs of at most BATCH_SIZE, in order, as Prometheus' notifier sends them
+(a group of 1,000 series was one 8.5 MB request). When a batch fails with a retryable
+error (peer down, 5xx, 429, timeout) the send stops and raises it: the outbox retries
+the whole notification, and re-posting the batches that got through is harmless, since
+Alertmanager identifies an alert by its labels and keeps the latest post. A batch
+refused for good (other 4xx: its content) does not stop the later batches, which may be
+fine; the send then raises that refusal.
+
     >>> am = Alertmanager("am", "http://alertmanager:9093", resend_interval_s=60)
     >>> am.send(notification)           # firing or resolved, as the alerts say
     >>> am.resend(still_firing_alerts)  # every resend_interval_s, from the outbox
@@ -19,11 +27,15 @@ from typing import Any
 
 import httpx
 
-from alerts.model import AlertView, Notification
+from alerts.model import AlertView, DeliveryError, Notification
 from alerts.receivers._http import JsonPoster, finite, rfc3339
 from alerts.receivers._text import utc_now
 
 _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
+# Prometheus sent 64 alerts per POST up to 3.3 (notifier.go `maxBatchSize`); 3.4 made it
+# a flag, --alertmanager.notification-batch-size, default 256. Ours carry long
+# annotations (~8.5 KB an alert): 64 keeps a POST near 0.5 MB.
+BATCH_SIZE = 64
 
 
 def label_name(key: str) -> str:
@@ -42,12 +54,14 @@ class Alertmanager:
         *,
         resend_interval_s: float = 60,
         timeout_s: float = 10,
+        batch_size: int = BATCH_SIZE,
         clock: Callable[[], datetime] = utc_now,
         transport: httpx.BaseTransport | None = None,
     ):
         self.name = name
         self.timeout_s = timeout_s  # per read; the outbox bounds a whole send by a multiple
         self.resend_interval_s = resend_interval_s
+        self.batch_size = batch_size
         self._clock = clock
         self._poster = JsonPoster(
             url.rstrip("/") + "/api/v2/alerts",
@@ -70,8 +84,20 @@ class Alertmanager:
 
     def _post(self, alerts: Iterable[AlertView], external_url: str | None) -> None:
         body = self.payload(alerts, external_url)
-        if body:
-            self._poster.post(body)
+        size = self.batch_size
+        batches = [body[i : i + size] for i in range(0, len(body), size)]
+        refused: DeliveryError | None = None
+        for k, batch in enumerate(batches, 1):
+            try:
+                self._poster.post(batch)
+            except DeliveryError as exc:
+                where = f" (batch {k} of {len(batches)}, {len(batch)} alerts)" if len(batches) > 1 else ""
+                error = DeliveryError(f"{exc}{where}", retry=exc.retry, retry_after_s=exc.retry_after_s)
+                if exc.retry:  # the outbox re-sends every batch; Alertmanager dedups by labels
+                    raise error from None
+                refused = refused or error  # this batch's content: the others may still pass
+        if refused is not None:
+            raise refused
 
     @staticmethod
     def _alert(a: AlertView, keep_until: datetime, now: datetime, external_url: str | None) -> dict[str, Any]:
