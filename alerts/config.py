@@ -63,6 +63,7 @@ class WebhookReceiver(_Strict):
     url: str | None = None
     url_secret: Secret | None = None  # when the URL itself carries a token
     timeout_s: float = Field(10, gt=0)
+    max_alerts: int = Field(0, ge=0)  # as Alertmanager's: alerts per message, 0 = all
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookReceiver:

@@ -11,6 +11,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from alerts.config import ReceiverConfig
 from alerts.model import DeliveryError
 from alerts.receivers import Alertmanager, Email, PagerDuty, Slack, Webhook, build
 from alerts.receivers._http import shown_url
+from monitor.config import load_config
 from monitor.errors import ConfigError
 
 ROUTING_KEY = "R0UT1NGk3ys3cr3tQ0123456789abcde"  # 32 characters, as PagerDuty's are
@@ -301,6 +303,36 @@ def test_webhook_posts_alertmanager_webhook_json(made: list) -> None:
         assert body["commonLabels"].items() <= x["labels"].items()
         assert body["commonAnnotations"].items() <= x["annotations"].items()
     assert "head" not in body["commonLabels"]
+
+
+def test_webhook_max_alerts_keeps_that_many_and_counts_the_rest(made: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first 10 alerts are cohort=web, the other 15 cohort=ios: cohort is common to the
+    # alerts kept, not to the group, so commonLabels must not claim it
+    alerts = [alert(layer=i // 5, head=i % 5) for i in range(25)]
+    alerts = [replace(a, labels={**a.labels, "cohort": "web" if i < 10 else "ios"}) for i, a in enumerate(alerts)]
+    hook = build(receiver_config("tools", webhook={"url": "http://127.0.0.1:9/hook", "max_alerts": 10}))
+    made.append(hook)
+    body = hook.payload(notification(alerts))
+    assert len(body["alerts"]) == 10 and body["truncatedAlerts"] == 15
+    assert [a["labels"] for a in body["alerts"]] == [{k: str(v) for k, v in a.labels.items()} for a in alerts[:10]]
+    assert body["commonLabels"] == {"alertname": "AttentionEntropyCollapse", "severity": "critical",
+                                    "model": "sasrec", "version": "v42"}
+    assert body["status"] == "firing" and body["groupKey"] == notification(alerts).group_key
+    # 0, the default, and a limit the group fits in: every alert, nothing truncated
+    for limit in (0, 25):
+        whole = Webhook("tools", url="http://127.0.0.1:9/hook", max_alerts=limit).payload(notification(alerts))
+        assert len(whole["alerts"]) == 25 and whole["truncatedAlerts"] == 0
+        assert whole["commonLabels"] == body["commonLabels"]
+    assert Webhook("tools", url="http://127.0.0.1:9/hook").max_alerts == 0
+
+
+def test_a_negative_webhook_max_alerts_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "attnmon.yaml"
+    path.write_text("alerts:\n  receivers:\n    - {name: tools, webhook: {url: 'http://h/hook', max_alerts: -1}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert err.value.problems == [("alerts.receivers.0.webhook.max_alerts", -1, "must be ≥ 0")]
+    assert "alerts.receivers.0.webhook.max_alerts" in str(err.value)
 
 
 # -- Alertmanager receiver, its payload -------------------------------------------------

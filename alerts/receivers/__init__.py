@@ -56,7 +56,7 @@ def build(cfg: ReceiverConfig, *, clock: Callable[[], datetime] = utc_now) -> Re
         secret = c.url_secret is not None
         url = _read(f"{field}.url_secret", c.url_secret) if secret else c.url
         _check_url(f"{field}.url" + ("_secret" if secret else ""), url, secret=secret)
-        return Webhook(cfg.name, url=url, url_is_secret=secret, timeout_s=c.timeout_s)
+        return Webhook(cfg.name, url=url, url_is_secret=secret, timeout_s=c.timeout_s, max_alerts=c.max_alerts)
     if kind == "email":
         if c.username and c.password is None:
             raise ConfigError([(f"{field}.password", None, "a username needs a password")], "alerts")

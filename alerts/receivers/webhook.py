@@ -1,7 +1,13 @@
 """A generic JSON webhook in Alertmanager's webhook format (version 4), so that tools
 that already take Alertmanager's webhooks take ours unchanged.
 
-    >>> hook = Webhook("tools", url="http://tooling:8080/alerts")
+`max_alerts` is Alertmanager's webhook_config option: a message holds at most that many
+alerts (0: all; the outbox puts firing ones first) and `truncatedAlerts` counts those
+left out. One difference: Alertmanager computes `status`, `commonLabels` and
+`commonAnnotations` from the alerts it kept, so they can claim a label that the left-out
+alerts do not share; ours hold for the whole group.
+
+    >>> hook = Webhook("tools", url="http://tooling:8080/alerts", max_alerts=100)
     >>> hook.send(notification)  # 2xx ok; 408/429/5xx → retry; other 4xx → no retry
 """
 
@@ -33,8 +39,9 @@ def alert_json(a: AlertView, external_url: str | None = None) -> dict[str, Any]:
     }
 
 
-def webhook_json(n: Notification) -> dict[str, Any]:
-    """The body Alertmanager's webhook_config would POST for this notification."""
+def webhook_json(n: Notification, max_alerts: int = 0) -> dict[str, Any]:
+    """The body Alertmanager's webhook_config would POST for this notification, with at
+    most `max_alerts` alerts (0: all)."""
     alerts = [alert_json(a, n.external_url) for a in n.alerts]
     common_labels = {k: str(v) for k, v in n.common_labels.items()}
     if alerts:  # as for each alert, so commonLabels ⊆ every alert's labels
@@ -42,17 +49,18 @@ def webhook_json(n: Notification) -> dict[str, Any]:
             values = {x["labels"][key] for x in alerts}
             if len(values) == 1:
                 common_labels[key] = values.pop()
+    kept = alerts[:max_alerts] if max_alerts else alerts
     return {
         "receiver": n.receiver,
         "status": n.status,
-        "alerts": alerts,
+        "alerts": kept,
         "groupLabels": dict(n.group_labels),
         "commonLabels": common_labels,
         "commonAnnotations": dict(n.common_annotations),
         "externalURL": n.external_url or "",
         "version": "4",
         "groupKey": n.group_key,
-        "truncatedAlerts": 0,
+        "truncatedAlerts": len(alerts) - len(kept),
     }
 
 
@@ -66,10 +74,12 @@ class Webhook:
         url: str,
         url_is_secret: bool = False,
         timeout_s: float = 10,
+        max_alerts: int = 0,
         transport: httpx.BaseTransport | None = None,
     ):
         self.name = name
         self.timeout_s = timeout_s  # per read; the outbox bounds a whole send by a multiple
+        self.max_alerts = max_alerts
         self._poster = JsonPoster(
             url,
             what=f"webhook receiver {name!r}",
@@ -82,9 +92,8 @@ class Webhook:
     def send(self, notification: Notification) -> None:
         self._poster.post(self.payload(notification))
 
-    @staticmethod
-    def payload(n: Notification) -> dict[str, Any]:
-        return webhook_json(n)
+    def payload(self, n: Notification) -> dict[str, Any]:
+        return webhook_json(n, self.max_alerts)
 
     def close(self) -> None:
         self._poster.close()
