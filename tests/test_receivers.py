@@ -76,20 +76,31 @@ def check_mrkdwn(text: str) -> None:
     assert not re.search(r"&(?!amp;|lt;|gt;)", bare), text
 
 
+def check_text(t: dict, limit: int) -> None:
+    """A Block Kit text object."""
+    assert t["type"] in ("mrkdwn", "plain_text") and 0 < len(t["text"]) <= limit
+    assert set(t) <= ({"type", "text", "emoji"} if t["type"] == "plain_text" else {"type", "text", "verbatim"})
+    if t["type"] == "mrkdwn":
+        check_mrkdwn(t["text"])
+
+
 def check_slack(body: dict) -> None:
     """Slack incoming webhook: `text` (the fallback) plus Block Kit `blocks`."""
     assert set(body) <= {"text", "blocks", "attachments", "mrkdwn", "unfurl_links", "unfurl_media"}
     assert isinstance(body["text"], str) and 0 < len(body["text"]) <= 40_000
+    assert isinstance(body.get("mrkdwn", True), bool)
     blocks = body.get("blocks", [])
     assert isinstance(blocks, list) and len(blocks) <= 50
     for b in blocks:
         if b["type"] == "header":
             assert b["text"]["type"] == "plain_text" and 0 < len(b["text"]["text"]) <= 150
         elif b["type"] == "section":
-            assert b["text"]["type"] in ("mrkdwn", "plain_text")
-            assert 0 < len(b["text"]["text"]) <= 3000
-            if b["text"]["type"] == "mrkdwn":
-                check_mrkdwn(b["text"]["text"])
+            assert "text" in b or "fields" in b
+            if "text" in b:
+                check_text(b["text"], 3000)
+            assert len(b.get("fields", [])) <= 10
+            for field in b.get("fields", []):
+                check_text(field, 2000)
         elif b["type"] == "context":
             assert 1 <= len(b["elements"]) <= 10
             for el in b["elements"]:
@@ -226,6 +237,26 @@ def test_non_finite_values_are_sent_as_null(made: list) -> None:
 # -- Slack ------------------------------------------------------------------------------
 
 
+def slack_texts(body: dict) -> list[tuple[str, str]]:
+    """(type, text) of every text object in the blocks, in order."""
+    out = []
+    for b in body["blocks"]:
+        for t in ([b["text"]] if "text" in b else []) + b.get("fields", []) + b.get("elements", []):
+            out.append((t["type"], t["text"]))
+    return out
+
+
+def slack_fields(body: dict) -> dict[str, dict]:
+    """The (label, data) field pairs of the sections: {"What": its text object, ...}."""
+    out = {}
+    for b in body["blocks"]:
+        fields = b.get("fields", [])
+        for label, data in zip(fields[::2], fields[1::2], strict=True):
+            assert label["type"] == "mrkdwn" and re.fullmatch(r"\*[A-Z][a-z]+:\*", label["text"]), label
+            out[label["text"][1:-2]] = data
+    return out
+
+
 def test_slack_message_tells_what_where_value_since_runbook_and_dashboard(made: list) -> None:
     with HttpPeer(validating(check_slack, SLACK_OK, SLACK_INVALID)) as peer:
         make("slack", peer.url, made).send(notification())
@@ -233,10 +264,7 @@ def test_slack_message_tells_what_where_value_since_runbook_and_dashboard(made: 
     assert request.path == f"/services/T0001/B0001/{SLACK_TOKEN}"
     body = request.json
     check_slack(body)
-    text = "\n".join(
-        [b["text"]["text"] for b in body["blocks"] if "text" in b]
-        + [el["text"] for b in body["blocks"] for el in b.get("elements", [])]
-    )
+    text = "\n".join(t for _, t in slack_texts(body))
     assert "FIRING: AttentionEntropyCollapse (critical)" in body["blocks"][0]["text"]["text"]
     assert "attention entropy collapsed" in text  # what
     assert "model=sasrec version=v42 cohort=all layer=0 head=1" in text  # where
@@ -245,6 +273,7 @@ def test_slack_message_tells_what_where_value_since_runbook_and_dashboard(made: 
     assert "The series' attention now falls on far fewer history items than in its baseline." in text
     assert "Look at the heads" not in text  # the runbook's first sentence only
     assert "<https://grafana.example.com/d/attnmon-heads?var-model=sasrec|Dashboard>" in text
+    assert list(slack_fields(body)) == ["What", "Where", "Value", "Since", "Runbook"]
     # the fallback says the same in one line
     assert body["text"].startswith(":red_circle: FIRING: AttentionEntropyCollapse (critical): model=sasrec")
     assert "since 2026-11-26 03:12:05 UTC" in body["text"]
@@ -254,15 +283,18 @@ def test_slack_lists_a_large_group_compactly(made: list) -> None:
     slack = make("slack", "http://127.0.0.1:9", made)
     body = slack.payload(notification(group(25)))
     check_slack(body)
-    series = next(b["text"]["text"] for b in body["blocks"] if b["text"]["text"].startswith("*Series:*"))
+    texts = slack_texts(body)
+    kind, series = texts[texts.index(("mrkdwn", "*Series:*")) + 1]
     lines = series.splitlines()
-    assert lines[1] == "• layer=0 head=0: -1.5 vs baseline 0"
-    assert len([x for x in lines if x.startswith("• ")]) == 10 and lines[-1] == "_and 15 more_"
-    assert body["blocks"][1]["text"]["text"].startswith(
-        "*What:* model=sasrec version=v42 layer=0 head=0: attention entropy collapsed (-1.5 baseline SDs)"
+    assert kind == "plain_text" and lines[0] == "• layer=0 head=0: -1.5 vs baseline 0"
+    assert len([x for x in lines if x.startswith("• ")]) == 10 and lines[-1] == "and 15 more"
+    fields = slack_fields(body)
+    assert fields["What"]["text"] == (
+        "model=sasrec version=v42 layer=0 head=0: attention entropy collapsed (-1.5 baseline SDs)"
         " (and 24 more series)"
     )
-    assert "*Where:* `model=sasrec version=v42 cohort=all`" in body["blocks"][1]["text"]["text"]
+    assert fields["Where"]["text"] == "model=sasrec version=v42 cohort=all"
+    assert "Value" not in fields  # one per series, in the list
 
 
 def test_slack_resolved_message_and_escaping(made: list) -> None:
@@ -270,10 +302,43 @@ def test_slack_resolved_message_and_escaping(made: list) -> None:
     resolved = alert(status="resolved", summary="p<0.01 & drop>5% on <head 1>")
     body = slack.payload(notification([resolved]))
     check_slack(body)
-    main = body["blocks"][1]["text"]["text"]
-    assert "p&lt;0.01 &amp; drop&gt;5% on &lt;head 1&gt;" in main
-    assert "2026-11-26 03:12:05 UTC until 2026-11-26 03:40:05 UTC (28 min)" in main
+    fields = slack_fields(body)
+    assert fields["What"] == {"type": "plain_text", "text": "p<0.01 & drop>5% on <head 1>", "emoji": False}
+    assert "p&lt;0.01 &amp; drop&gt;5% on &lt;head 1&gt;" in body["text"]  # the fallback is parsed: escaped
+    assert fields["Since"]["text"] == "2026-11-26 03:12:05 UTC until 2026-11-26 03:40:05 UTC (28 min)"
     assert body["blocks"][0]["text"]["text"].startswith(":large_green_circle: RESOLVED")
+
+
+HOSTILE = ("a*b_c~d`e<f>&g", "`; DROP TABLE x; --", "*bold* _it_ ~gone~ `code` <!channel> :fire:")
+
+
+def test_slack_shows_stored_data_as_written_never_as_mrkdwn(made: list) -> None:
+    """Label values and summaries with mrkdwn's characters reach Slack only in plain_text
+    objects, exactly as stored; mrkdwn text holds only our labels and links."""
+    cohort, version, summary = HOSTILE
+    alerts = [alert(head=h, summary=summary if h == 1 else "other") for h in (1, 2)]
+    alerts = [replace(a, labels={**a.labels, "cohort": cohort, "version": version, "attribute": f"{h}*_~`"})
+              for a, h in zip(alerts, ("x", "y"), strict=True)]
+    body = make("slack", "http://127.0.0.1:9", made).payload(notification(alerts))
+    check_slack(body)
+    fields = slack_fields(body)
+    assert fields["What"]["text"] == f"{summary} (and 1 more series)"
+    assert fields["Where"]["text"] == f"model=sasrec version={version} cohort={cohort} layer=0"
+    texts = slack_texts(body)
+    series = texts[texts.index(("mrkdwn", "*Series:*")) + 1]
+    assert series == ("plain_text", "• head=1 attribute=x*_~`: -1.8 vs baseline 0\n• head=2 attribute=y*_~`: -1.8 vs baseline 0")
+    for kind, text in texts:
+        if kind == "plain_text":
+            continue
+        for value in (*HOSTILE, "x*_~`", "DROP TABLE", "a*b", "<!channel>", "&lt;!channel&gt;", ":fire:"):
+            assert value not in text, (value, text)
+    assert [t for k, t in texts if k == "mrkdwn" and not t.startswith("severity ")] == [
+        "*What:*", "*Where:*", "*Since:*", "*Series:*", "*Runbook:*"]
+    assert all(f["emoji"] is False for f in fields.values())  # a ":fire:" in the data stays text
+    # the fallback: not parsed as mrkdwn, and Slack's control characters escaped
+    assert body["mrkdwn"] is False
+    assert f"cohort={cohort}".replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in body["text"]
+    assert "<f>" not in body["text"] and "<!channel>" not in body["text"]
 
 
 # -- generic webhook (Alertmanager's webhook format) ------------------------------------

@@ -4,6 +4,13 @@
 what, where, value vs baseline, since when, the runbook's first sentence, the links.
 The webhook URL is the secret (its path is the token): errors show its host only.
 
+Label values, summaries and series are data: `*`, `_`, `~` and backticks in them would be
+read as mrkdwn formatting, and mrkdwn has no way to escape those. So data goes only in
+`plain_text` text objects (shown as written, emoji codes too), and mrkdwn carries only our
+own words: the bold labels ("What:") and the links. The fallback `text` is sent with
+`"mrkdwn": false` (no formatting parsed), and &, < and > in it are escaped, as Slack asks
+of any message text.
+
     >>> slack = Slack("oncall", webhook_url="https://hooks.slack.com/services/T/B/X")
     >>> slack.send(notification)  # 200 ok; 400/403/404/410 → no retry; 429/5xx → retry
 """
@@ -21,13 +28,16 @@ from alerts.receivers._http import JsonPoster
 from alerts.receivers._text import Digest, digest, truncate, utc_now
 
 ICON = {"firing": ":red_circle:", "resolved": ":large_green_circle:"}
-MAX_HEADER = 150  # Slack's limits: header text, section text, fallback text
+# Slack's limits: header text; section text and fallback text; a field's text; fields
+MAX_HEADER = 150
 MAX_SECTION = 3000
 MAX_TEXT = 3000
+MAX_FIELD = 2000
+MAX_FIELDS = 10
 
 
 def escape(text: str) -> str:
-    """Slack mrkdwn: &, < and > are control characters."""
+    """&, < and > are control characters in the text Slack parses (mrkdwn, the fallback)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -64,7 +74,7 @@ class Slack:
 
     def payload(self, n: Notification) -> dict[str, Any]:
         d = digest(n, now=self._clock())
-        return {"text": truncate(fallback(d), MAX_TEXT), "blocks": blocks(d)}
+        return {"text": truncate(fallback(d), MAX_TEXT), "mrkdwn": False, "blocks": blocks(d)}
 
     def close(self) -> None:
         self._poster.close()
@@ -82,31 +92,42 @@ def fallback(d: Digest) -> str:
 
 
 def blocks(d: Digest) -> list[dict[str, Any]]:
-    main = [f"*What:* {escape(d.what)}"]
+    main = [("What", d.what)]
     if d.where:
-        main.append(f"*Where:* `{escape(d.where)}`")
+        main.append(("Where", d.where))
     if d.count == 1 and d.series:
-        main.append(f"*Value:* {escape(d.series[0])}")
-    main.append(f"*Since:* {escape(d.since)}")
+        main.append(("Value", d.series[0]))
+    main.append(("Since", d.since))
     out: list[dict[str, Any]] = [
         {
             "type": "header",
             "text": {"type": "plain_text", "text": truncate(f"{ICON.get(d.status, '')} {d.title}", MAX_HEADER), "emoji": True},
         },
-        _section("\n".join(main)),
+        _fields(main),
     ]
     if d.count > 1:
-        lines = [f"• {escape(s)}" for s in d.series]
-        if d.more:
-            lines.append(f"_and {d.more} more_")
-        out.append(_section("*Series:*\n" + "\n".join(lines)))
+        lines = [f"• {s}" for s in d.series] + ([f"and {d.more} more"] if d.more else [])
+        out.append({"type": "section", "text": _mrkdwn("*Series:*")})
+        out.append({"type": "section", "text": _plain("\n".join(lines), MAX_SECTION)})
     if d.runbook:
-        out.append(_section(f"*Runbook:* {escape(d.runbook)}"))
+        out.append(_fields([("Runbook", d.runbook)]))
     links = [link(u, t) for u, t in ((d.dashboard_url, "Dashboard"), (d.runbook_url, "Runbook")) if u]
-    context = " · ".join([f"severity {d.severity}", *links, "attnmon"])
-    out.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
+    context = " · ".join([f"severity {escape(d.severity)}", *links, "attnmon"])
+    out.append({"type": "context", "elements": [_mrkdwn(context)]})
     return out
 
 
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, MAX_SECTION)}}
+def _fields(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """A section of (label, data) pairs, two columns: the label in bold mrkdwn, the data
+    as plain text."""
+    fields = [f for label, data in pairs for f in (_mrkdwn(f"*{label}:*"), _plain(data, MAX_FIELD))]
+    return {"type": "section", "fields": fields[:MAX_FIELDS]}
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": truncate(text, MAX_SECTION)}
+
+
+def _plain(data: str, limit: int) -> dict[str, Any]:
+    # emoji off: a ":fire:" in a label value stays text
+    return {"type": "plain_text", "text": truncate(data, limit) or "(empty)", "emoji": False}
