@@ -316,10 +316,7 @@ def test_slack_shows_stored_data_as_written_never_as_mrkdwn(made: list) -> None:
     """Label values and summaries with mrkdwn's characters reach Slack only in plain_text
     objects, exactly as stored; mrkdwn text holds only our labels and links."""
     cohort, version, summary = HOSTILE
-    alerts = [alert(head=h, summary=summary if h == 1 else "other") for h in (1, 2)]
-    alerts = [replace(a, labels={**a.labels, "cohort": cohort, "version": version, "attribute": f"{h}*_~`"})
-              for a, h in zip(alerts, ("x", "y"), strict=True)]
-    body = make("slack", "http://127.0.0.1:9", made).payload(notification(alerts))
+    body = make("slack", "http://127.0.0.1:9", made).payload(hostile_notification())
     check_slack(body)
     fields = slack_fields(body)
     assert fields["What"]["text"] == f"{summary} (and 1 more series)"
@@ -339,6 +336,53 @@ def test_slack_shows_stored_data_as_written_never_as_mrkdwn(made: list) -> None:
     assert body["mrkdwn"] is False
     assert f"cohort={cohort}".replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in body["text"]
     assert "<f>" not in body["text"] and "<!channel>" not in body["text"]
+
+
+def hostile_notification():
+    """Two series whose cohort, version, summary and own labels carry markup characters."""
+    cohort, version, summary = HOSTILE
+    alerts = [alert(head=h, summary=summary if h == 1 else "other") for h in (1, 2)]
+    return notification([replace(a, labels={**a.labels, "cohort": cohort, "version": version, "attribute": f"{h}*_~`"})
+                         for a, h in zip(alerts, ("x", "y"), strict=True)])
+
+
+def test_pagerduty_carries_stored_data_as_plain_json_strings(made: list) -> None:
+    cohort, version, summary = HOSTILE
+    e = make("pagerduty", "http://127.0.0.1:9", made).payload(hostile_notification())
+    check_pagerduty(e)
+    where = f"model=sasrec version={version} cohort={cohort} layer=0"
+    p = e["payload"]
+    assert p["custom_details"]["where"] == where and p["group"] == version and p["source"] == f"sasrec@{version}"
+    assert p["summary"] == f"AttentionEntropyCollapse on 2 series of {where}: {summary}, and 1 more"
+    assert [s["labels"] for s in p["custom_details"]["series"]] == [
+        f"{where} head={h} attribute={a}*_~`" for h, a in (("1", "x"), ("2", "y"))]
+    assert json.loads(json.dumps(e)) == e  # as written: no entity, no markup added
+
+
+def test_email_html_escapes_stored_data_and_the_text_part_keeps_it_as_written() -> None:
+    from html.parser import HTMLParser
+
+    cohort, version, summary = HOSTILE
+    msg = Email("ops", host="127.0.0.1", sender="attnmon@example.com", to=["ops@example.com"],
+                clock=clock).message(hostile_notification())
+    where = f"model=sasrec version={version} cohort={cohort} layer=0"
+
+    class Read(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self.tags.add(tag)
+
+        def handle_data(self, data: str) -> None:
+            self.text += data
+
+    page = Read(convert_charrefs=True)
+    page.tags, page.text = set(), ""
+    page.feed(msg.get_body(("html",)).get_content())
+    # "<f>" in a cohort, "<!channel>" in a summary: text, not markup
+    assert page.tags <= {"html", "body", "h2", "table", "tr", "th", "td", "code", "a", "p", "ul", "li"}
+    assert where in page.text and summary in page.text and "head=1 attribute=x*_~`" in page.text
+    plain = msg.get_body(("plain",)).get_content()
+    assert f"Where: {where}" in plain and summary in plain
+    assert msg["Subject"] == f"[FIRING:2] AttentionEntropyCollapse (critical) {where}"
 
 
 # -- generic webhook (Alertmanager's webhook format) ------------------------------------
