@@ -2,7 +2,12 @@
 
 Compares every series of the candidate since its deployment with the baseline version's
 last day before it, with bootstrap intervals over minute buckets, and answers PROCEED,
-WATCH or ROLLBACK with reasons ranked by severity (DESIGN §8).
+WATCH or ROLLBACK with reasons ranked by severity (DESIGN §8). Where maintenance has
+rolled minutes older than a few days up to hours, the buckets are those hours (`_buckets`):
+the same sums, so the same means, and an hour counts as the minutes it spans. A rolled-up
+baseline day (24 hours) gives intervals about as wide as its minutes did (wider where
+the mean drifts from hour to hour, which minute buckets miss); a side rolled up into two
+or three hours gives rough ones.
 
 How versions are compared follows what was measured on a real SASRec (DESIGN §5):
 - same weights (equal `weights_id`): heads are the same heads, so any shift beyond the
@@ -24,12 +29,13 @@ all-cohort roll-up only, so they stay the roll-up's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Engine
 
 from monitor import stats
@@ -120,27 +126,57 @@ class Verdict:
 # --- reading -------------------------------------------------------------------------
 
 
-def _buckets(engine: Engine, model: str, version: str, start: datetime, end: datetime):
-    """Per series: (bucket n (K,), bucket sums (K, M)) for the bootstrap; from SQL sums only."""
+HOUR = 3600  # the width of maintenance's roll-up rows (`attnmon maintain`)
+
+
+def _in_window(start: datetime, end: datetime) -> tuple:
+    """Where-clauses for a version's rows of [start, end): a minute row whose minute starts
+    in it, and an hour row (minutes older than a few days, rolled up by maintenance) whose
+    hour overlaps it. An hour row across an edge also holds the version's own traffic just
+    outside the window (the baseline's after the candidate's deployment, the candidate's
+    before its `deployed_at`); it is kept, as leaving it out would leave out the minutes
+    inside too: a candidate deployed at 10:30 would lose 10:30-10:59."""
     wa = t.window_aggregates
-    cols = [wa.c.cohort, wa.c.layer, wa.c.head, wa.c.bucket_start]
+    return (wa.c.bucket_start > start - timedelta(seconds=HOUR), wa.c.bucket_start < end,
+            or_(wa.c.bucket_start >= start, wa.c.bucket_seconds > 60))
+
+
+def _buckets(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> tuple[dict, dict]:
+    """Per series: (bucket n (K,), bucket sums (K, M)) for the bootstrap, from SQL sums only;
+    and per series the minutes of [start, end) its buckets cover.
+
+    A bucket is a minute, or an hour where maintenance rolled the minutes up: the bootstrap
+    then resamples hours, as exact in its means (the sums are the same) and no narrower
+    for the minutes' sampling noise on average, but rougher with few hours. An hour row
+    covers the minutes of its hour inside the window, all of them: the roll-up keeps no
+    count of the minutes that had traffic, so a version that served 10 minutes of a
+    rolled-up hour counts 60 there."""
+    wa = t.window_aggregates
+    cols = [wa.c.cohort, wa.c.layer, wa.c.head, wa.c.bucket_start, wa.c.bucket_seconds]
     q = (
         select(*cols, func.sum(wa.c.n), *[func.sum(wa.c[f"sum_{m}"]) for m in ALL_METRICS])
-        .where(wa.c.model == model, wa.c.version == version, wa.c.bucket_start >= start, wa.c.bucket_start < end)
+        .where(wa.c.model == model, wa.c.version == version, *_in_window(start, end))
         .group_by(*cols)
     )
     out: dict[tuple, list] = {}
+    covered: dict[tuple, set] = {}
+    lo, hi = start.timestamp(), end.timestamp()
     with engine.connect() as conn:
         for r in conn.execute(q):
-            out.setdefault(tuple(r[:3]), []).append((float(r[4]), [float(x) for x in r[5:]]))
-    return {k: (np.array([n for n, _ in v]), np.array([s for _, s in v])) for k, v in out.items()}
+            key = tuple(r[:3])
+            out.setdefault(key, []).append((float(r[5]), [float(x) for x in r[6:]]))
+            first = as_utc(r[3]).timestamp()
+            # minutes as numbers since the epoch; an open minute at `end` counts, as before
+            minutes = range(int(max(first, lo) // 60), math.ceil(min(first + r[4], hi) / 60))
+            covered.setdefault(key, set()).update(minutes)
+    buckets = {k: (np.array([n for n, _ in v]), np.array([s for _, s in v])) for k, v in out.items()}
+    return buckets, {k: len(v) for k, v in covered.items()}
 
 
 def _sketches(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[tuple, Sketch]:
     wa = t.window_aggregates
     parts: dict[tuple, list[Sketch]] = {}
-    q = select(wa).where(wa.c.model == model, wa.c.version == version,
-                         wa.c.bucket_start >= start, wa.c.bucket_start < end)
+    q = select(wa).where(wa.c.model == model, wa.c.version == version, *_in_window(start, end))
     with engine.connect() as conn:
         for row in conn.execute(q).mappings():
             parts.setdefault((row["cohort"], row["layer"], row["head"]), []).append(Sketch.from_row(row))
@@ -380,11 +416,12 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     b_start = b_end - timedelta(hours=24)
     same = bool(cand_dep["weights_id"]) and cand_dep["weights_id"] == base_dep["weights_id"]
 
-    cb, bb = _buckets(engine, model, candidate, c_start, now), _buckets(engine, model, baseline, b_start, b_end)
+    cb, c_min = _buckets(engine, model, candidate, c_start, now)
+    bb, b_min = _buckets(engine, model, baseline, b_start, b_end)
     key = (ROLLUP, "0", ROLLUP)
     predictions = {"candidate": int(cb[key][0].sum()) if key in cb else 0,
                    "baseline": int(bb[key][0].sum()) if key in bb else 0}
-    minutes = {"candidate": len(cb[key][0]) if key in cb else 0, "baseline": len(bb[key][0]) if key in bb else 0}
+    minutes = {"candidate": c_min.get(key, 0), "baseline": b_min.get(key, 0)}
     base_short = predictions["baseline"] < MIN_PREDICTIONS or minutes["baseline"] < MIN_MINUTES
     if base_short and b_end <= c_start and b_end <= now:
         # the baseline's window is over: waiting cannot fill it, so this is no WATCH

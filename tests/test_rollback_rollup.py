@@ -1,0 +1,85 @@
+"""rollback-check after maintenance rolled the minutes up to hours: the verdict it gave on
+the minutes, with the same data counted (DESIGN §4: minute rows older than a few days
+become hour rows; §8: bootstrap over buckets)."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from monitor.cli import main
+from monitor.demo import DEFECT, MODEL, START, Segment, stream
+from monitor.rollback import EXIT_CODES, check
+from monitor.store import make_engine, migrate, tables
+from monitor.store.maintenance import maintain
+
+DEPLOYED = datetime.fromtimestamp(START, UTC) + timedelta(minutes=150)  # v2, mid-hour: 10:30
+LATE = DEPLOYED + timedelta(days=4)  # the check runs days later; the candidate served 40 minutes
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    """v1 serves 08:00 to 10:30, then v2 for 40 minutes: v2 collapses a head (ROLLBACK) or
+    is a harmless retrain (PROCEED). Each test rolls up a copy."""
+    out = {}
+    for name, v2 in [("collapsed", Segment("v2", 40, DEFECT)), ("retrained", Segment("v2", 40, model_seed=8))]:
+        path = tmp_path_factory.mktemp(name) / "store.db"
+        migrate.upgrade(f"sqlite:///{path}")
+        stream(f"sqlite:///{path}", [Segment("v1", 150), v2], rate=100)
+        out[name] = path
+    return out
+
+
+def _copy(path, tmp_path) -> str:
+    # SQLite's backup, not a file copy: the last writes may still be in the WAL file
+    dest = tmp_path / "store.db"
+    with closing(sqlite3.connect(path)) as src, closing(sqlite3.connect(dest)) as dst:
+        src.backup(dst)
+    return f"sqlite:///{dest}"
+
+
+def _rows(engine, version: str) -> dict[int, int]:
+    """Rows of a version by bucket width (60: minutes, 3600: hours)."""
+    wa = tables.window_aggregates
+    with engine.connect() as conn:
+        q = select(wa.c.bucket_seconds, func.count()).where(wa.c.version == version).group_by(wa.c.bucket_seconds)
+        return dict(conn.execute(q).all())
+
+
+def _judged(v) -> list[tuple]:
+    return sorted((r.severity, r.kind, r.series, r.metric) for r in v.reasons)
+
+
+@pytest.mark.parametrize("scenario, verdict", [("collapsed", "ROLLBACK"), ("retrained", "PROCEED")])
+@pytest.mark.parametrize("rolled", ["baseline", "both"])
+def test_a_rolled_up_baseline_gives_the_verdict_it_gave_on_minutes(streamed, tmp_path, capsys, scenario, verdict,
+                                                                 rolled):
+    """v1's 150 minutes became 3 hour rows, each counted as one minute: 'baseline v1 has
+    15,000 predictions over 3 minutes ... will not fill', exit 2, where the minutes gave
+    ROLLBACK or PROCEED. An hour row is one bootstrap bucket but covers its minutes."""
+    url = _copy(streamed[scenario], tmp_path)
+    engine = make_engine(url)
+    before = check(engine, MODEL, now=LATE)
+    assert (before.verdict, before.baseline, before.minutes) == (verdict, "v1", {"baseline": 150, "candidate": 40})
+    # 'baseline': maintenance ran 3 days after v2's deployment (only v1's rows were old
+    # enough); 'both': 4 days after, everything is hours
+    maintain(engine, DEPLOYED + timedelta(days=3) if rolled == "baseline" else LATE)
+    assert _rows(engine, "v1") == {3600: _rows(engine, "v1")[3600]}
+    assert (3600 in _rows(engine, "v2")) == (rolled == "both")
+
+    after = check(engine, MODEL, now=LATE)
+    assert (after.verdict, after.baseline, after.predictions) == (verdict, "v1", before.predictions)
+    assert _judged(after) == _judged(before)
+    # v1 served every minute of 08:00-10:30; v2's last hour row (11:00, 10 minutes served)
+    # counts as the hour it spans: the roll-up keeps no count of the minutes in it
+    assert after.minutes == {"baseline": 150, "candidate": 40 if rolled == "baseline" else 30 + 60}
+    if verdict == "ROLLBACK":
+        first = after.reasons[0]
+        assert first.kind == "collapse" and first.series.startswith("layer 1 head 2") and first.ci[1] < 0
+    code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", LATE.isoformat()])
+    assert code == EXIT_CODES[verdict] and capsys.readouterr().out.startswith(verdict)
+
