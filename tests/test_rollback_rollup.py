@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from monitor import baselines
 from monitor.cli import main
 from monitor.demo import DEFECT, MODEL, START, Segment, stream
 from monitor.rollback import EXIT_CODES, check
@@ -83,3 +84,29 @@ def test_a_rolled_up_baseline_gives_the_verdict_it_gave_on_minutes(streamed, tmp
     code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", LATE.isoformat()])
     assert code == EXIT_CODES[verdict] and capsys.readouterr().out.startswith(verdict)
 
+
+def test_the_replaced_version_is_the_same_once_its_hour_is_rolled_up(tmp_path, monkeypatch):
+    """v1 served until 10:01, v2 for 4 minutes, v3 from 10:05: v1 served most in the hour
+    before v3. Rolled up, that hour read only the 10:00 hour row (its bucket starts in the
+    hour), where v2's 4 minutes beat v1's 1: v2 became the baseline (400 predictions,
+    an error) where the minutes gave v1."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    end = stream(url, [Segment("v1", 121), Segment("v2", 4, DEFECT), Segment("v3", 20)], rate=50)
+    now = datetime.fromtimestamp(end, UTC) + timedelta(days=4)
+    engine = make_engine(url)
+    deps = baselines.deployments(engine, MODEL)
+    v3 = deps[-1]
+
+    def fresh_replaced() -> str:
+        monkeypatch.setattr(baselines, "_REPLACED", {})  # as in a new process: no cached answer
+        return baselines.replaced(engine, MODEL, v3["deployed_at"], deps[:-1])["version"]
+
+    assert fresh_replaced() == "v1"
+    before = check(engine, MODEL, now=now)
+    maintain(engine, now)
+    assert set(_rows(engine, "v1")) == set(_rows(engine, "v2")) == {3600}
+    assert fresh_replaced() == "v1"
+    monkeypatch.setattr(baselines, "_REPLACED", {})
+    after = check(engine, MODEL, now=now)
+    assert (after.baseline, after.verdict, after.predictions) == ("v1", before.verdict, before.predictions)
