@@ -146,8 +146,8 @@ def _served(engine: Engine, model: str, versions: list[str], start: datetime, en
     lo, hi = as_utc(start).timestamp(), as_utc(end).timestamp()
     served: dict[str, float] = defaultdict(float)
     with engine.connect() as conn:
-        for version, first, seconds, n in conn.execute(q):
-            first = as_utc(first).timestamp()
+        for version, bucket_start, seconds, n in conn.execute(q):
+            first = as_utc(bucket_start).timestamp()
             if seconds <= 60:
                 share = 1.0 if first >= lo else 0.0
             else:
