@@ -146,8 +146,8 @@ def _buckets(engine: Engine, model: str, version: str, start: datetime, end: dat
     and per series the minutes of [start, end) its buckets cover.
 
     A bucket is a minute, or an hour where maintenance rolled the minutes up: the bootstrap
-    then resamples hours, as exact in its means (the sums are the same) and no narrower
-    for the minutes' sampling noise on average, but rougher with few hours. An hour row
+    then resamples hours, with the same means (the sums are the same) and intervals about
+    as wide over a day of hours, but rough (often narrower) over two or three. An hour row
     covers the minutes of its hour inside the window, all of them: the roll-up keeps no
     count of the minutes that had traffic, so a version that served 10 minutes of a
     rolled-up hour counts 60 there."""
