@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import Row
-from collectors import AttentionCollector
+from collectors import AttentionCollector, ProcessCollector
 from monitor.store import migrate
 
 BATCH, LAYERS, HEADS, LENGTH = 16, 2, 2, 50
@@ -67,28 +67,39 @@ def run(quick: bool) -> list[Row]:
 
     seconds = 1.0 if quick else 5.0
     bare_q: deque = deque(maxlen=1000)
-    times: dict[str, list[np.ndarray]] = {"bare": [], "collector": []}
+    kinds = ("bare", "collector", "process")
+    times: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'serving.db'}"
         migrate.upgrade(url)
-        c = AttentionCollector(url, model="bench", version="v1", sample_rate=0.01)  # flushes every 2 s
+        # both flush every 2 s; the process collector's worker starts before its first phase
+        c = AttentionCollector(url, model="bench", version="v1", sample_rate=0.01)
+        p = ProcessCollector(url, model="bench", version="v2", sample_rate=0.01)
+        p.flush()
+        observe = {
+            "bare": lambda: bare_q.append((w.copy(), ids.copy(), brand.copy())),
+            "collector": lambda: c.observe_batch(w, item_ids=ids, attributes={"brand": brand}),
+            "process": lambda: p.observe_batch(w, item_ids=ids, attributes={"brand": brand}),
+        }
         try:
             for _ in range(PHASES // 2):
-                times["bare"].append(_loop(lambda: bare_q.append((w.copy(), ids.copy(), brand.copy())),
-                                           seconds, model))
-                times["collector"].append(_loop(
-                    lambda: c.observe_batch(w, item_ids=ids, attributes={"brand": brand}), seconds, model))
+                for k in kinds:
+                    times[k].append(_loop(observe[k], seconds, model))
                 c.flush()
+                p.flush()
         finally:
             c.close()
-        stats = c.stats
-    bare, coll = (np.concatenate(times[k]) * 1e9 for k in ("bare", "collector"))
-    extra = {"batch": [BATCH, LAYERS, HEADS, LENGTH], "calls_per_s": CALLS_PER_S,
-             "requests_per_s": BATCH * CALLS_PER_S, "calls": [len(bare), len(coll)],
-             "accepted": stats.accepted, "dropped": stats.dropped}
+            p.close()
+        stats = {"collector": c.stats, "process": p.stats}
+    bare = np.concatenate(times["bare"]) * 1e9
     rows = []
-    for q in (50, 99, 99.9):
-        rows.append(Row(f"serving call p{q:g}, collector working", "time", float(np.percentile(coll, q)), "ns",
-                        float(np.percentile(bare, q)), "the same loop with deque.append",
-                        goal="(report)", extra=extra if q == 50 else {}))
+    for k, label in (("collector", "collector working"), ("process", "ProcessCollector")):
+        coll = np.concatenate(times[k]) * 1e9
+        extra = {"batch": [BATCH, LAYERS, HEADS, LENGTH], "calls_per_s": CALLS_PER_S,
+                 "requests_per_s": BATCH * CALLS_PER_S, "calls": [len(bare), len(coll)],
+                 "accepted": stats[k].accepted, "dropped": stats[k].dropped}
+        for q in (50, 99, 99.9):
+            rows.append(Row(f"serving call p{q:g}, {label}", "time", float(np.percentile(coll, q)), "ns",
+                            float(np.percentile(bare, q)), "the same loop with deque.append",
+                            goal="(report)", extra=extra if q == 50 else {}))
     return rows

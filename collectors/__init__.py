@@ -4,6 +4,7 @@
 """
 
 from collectors.collector import AttentionCollector, CollectorStats
+from collectors.process import ProcessCollector
 from monitor.errors import InvalidAttention
 
-__all__ = ["AttentionCollector", "CollectorStats", "InvalidAttention"]
+__all__ = ["AttentionCollector", "CollectorStats", "InvalidAttention", "ProcessCollector"]

@@ -937,3 +937,18 @@ def test_an_empty_batch_is_no_error(on_device, sqlite_url):
         with torch.no_grad(), cap.batch(item_ids=seq) as b:
             assert model(seq).shape == (0, model.L, D)
     assert not b.captured and cap.stats.errors == 0 and col.stats.observed == 0
+
+
+def test_on_device_summaries_through_a_process_collector(sqlite_url, second_url):
+    # the sender thread waits for the device's copy and the worker takes the summaries:
+    # what lands is what the in-process collector writes
+    from collectors import ProcessCollector
+
+    kw = dict(model="sasrec", version="v1", sample_rate=1.0)
+    with AttentionCollector(sqlite_url, **kw) as c:
+        serve("sasrec", c, on_device=True)
+    with ProcessCollector(second_url, **kw) as p:
+        serve("sasrec", p, on_device=True)
+    assert p.stats.accepted == c.stats.accepted > 0 and p.stats.rejected == c.stats.rejected
+    assert p.stats.written == c.stats.written
+    assert_same_store(sqlite_url, second_url)

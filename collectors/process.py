@@ -1,0 +1,449 @@
+"""ProcessCollector: AttentionCollector's work in a process of its own.
+
+An AttentionCollector summarises on a thread of the serving process, and that thread's
+Python competes with the serving threads for the GIL: each time a serving thread comes
+back from the model (torch and numpy release the GIL), it may wait for the collector's
+thread. `benchmarks.serving` measures this in the request's p99 and p99.9.
+
+A ProcessCollector takes the same calls and makes the same copies, and a thread sends
+them, pickled, down a pipe to `python -m collectors.worker`, which runs an
+AttentionCollector with the same options: validation, metrics, sketches and SQL all
+happen there. What stays in the serving process is a deque, pickling (a memory copy for
+numeric and fixed-width string arrays) and pipe writes, which release the GIL.
+
+- The worker starts with the first call, on the sender thread. If it dies, what it had
+  not yet written is lost and counted (about: from its last stats, a second old at most);
+  a new one starts, at most every `restart_every_s`.
+- The serving process exiting, or being killed, ends the worker's input: it writes (or
+  spills) what it holds and exits. `close()` and interpreter exit do the same, and wait.
+- After `os.fork()` the child starts a worker of its own; the parent's stays the parent's.
+- Not supported: `strict=True` (it validates on the calling thread, for tests and batch
+  jobs: use AttentionCollector) and `engine=` (an engine cannot cross to another process:
+  give `store_url`).
+
+    >>> with ProcessCollector("postgresql+psycopg://...", model="sasrec", version="v1") as c:
+    ...     c.observe_batch(weights, item_ids=history, lengths=lengths)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from collectors.collector import (
+    AttentionCollector,
+    CollectorStats,
+    _epoch,
+    batch_entry,
+    entry_size,
+    one_entry,
+)
+from collectors.rarely import RareLog
+
+log = logging.getLogger("attnmon.collector")
+
+POLL_S = 0.05  # how often the sender looks at the queue: one pipe write per look
+_ZERO = CollectorStats(0, 0, {}, 0, 0, 0, 0, 0, 0)
+
+
+class WorkerDown(Exception):
+    """The worker process cannot be reached (it exited, or could not start)."""
+
+
+class Resolved:
+    """On-device summaries resolved in the serving process (the copy waited for on the
+    sender thread): what crosses the pipe in place of a PendingSummaries."""
+
+    def __init__(self, summaries, size: int):
+        self._s, self.size = summaries, size
+
+    def ready(self) -> bool:
+        return True
+
+    def resolve(self):
+        return self._s
+
+
+class ProcessCollector:
+    """The AttentionCollector interface, with the work done in a worker process.
+
+    Takes AttentionCollector's options (checked here, at construction) and
+    `restart_every_s`, the least time between two worker starts.
+    """
+
+    def __init__(self, store_url: str | None = None, model: str = "", version: str = "", *,
+                 restart_every_s: float = 5.0, **options):
+        if options.get("engine") is not None:
+            raise ValueError("engine=: an engine cannot cross to the worker process; give store_url")
+        if options.get("strict"):
+            raise ValueError("strict=True validates on the calling thread; use AttentionCollector for it")
+        if store_url is None:
+            store_url = os.environ.get("ATTNMON_STORE_URL", "sqlite:///attnmon.db")
+        # the same checks, and the same errors, as an in-process collector's
+        probe = AttentionCollector(store_url, model, version, **options)
+        # what AttentionCapture reads of its collector
+        self.queue_size, self.clock, self.sample_rate = probe.queue_size, probe.clock, probe.sample_rate
+        self.tol, self.max_length, self.strict = probe.tol, probe.max_length, False
+        try:
+            pickle.dumps(options)
+        except Exception as exc:
+            raise ValueError(f"the options must be picklable to reach the worker process: {exc}") from None
+        self.store_url, self.model, self.version = store_url, model, version
+        self.restart_every_s = restart_every_s
+        self._spec = {"store_url": store_url, "model": model, "version": version, **options}
+        self._reset_state()
+        _live.add(self)
+
+    @classmethod
+    def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> ProcessCollector:
+        """As AttentionCollector.from_config (attnmon.yaml's `collector:` section)."""
+        from monitor.config import load_config
+
+        cfg = config if config is not None else load_config()
+        options: dict = cfg.collector.model_dump(exclude={"hash_key_env"})
+        options["store_url"] = cfg.store_url
+        if options["hash_item_ids"] and "hash_key" not in kwargs:
+            var = cfg.collector.hash_key_env
+            options["hash_key"] = os.environ.get(var)
+            if not options["hash_key"]:
+                raise ValueError(f"collector.hash_item_ids is set but ${var} (collector.hash_key_env) is empty")
+        options.update(kwargs)
+        return cls(model=model, version=version, **options)
+
+    @property
+    def weights_id(self) -> str | None:
+        return self._spec.get("weights_id")
+
+    @weights_id.setter
+    def weights_id(self, value: str | None) -> None:
+        # AttentionCapture sets it when it wraps the model, before any call; a running
+        # worker has written its deployment already
+        if self._proc is not None and value != self.weights_id:
+            log.warning("attnmon collector %s %s: weights_id set after the worker started; the deployment "
+                        "row keeps the old one", self.model, self.version)
+        self._spec["weights_id"] = value
+
+    def _reset_state(self) -> None:
+        self._pid = os.getpid()
+        self._q: deque = deque()
+        self._capacity = self.queue_size  # 0 once closed
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # guards the counters below
+        self._flushed = threading.Condition(self._lock)
+        self._flush_req = self._flush_done = 0
+        self._flush_ok = True
+        self._dropped_hot = 0  # dropped here, not yet told to a worker (its health counts them)
+        self._finished = _ZERO  # the sum of the last stats of workers that ended
+        self._current = _ZERO  # the running worker's last stats
+        self._sent = 0  # requests sent to the running worker
+        self._proc: subprocess.Popen | None = None
+        self._out: Connection | None = None
+        self._in: Connection | None = None
+        self._thread: threading.Thread | None = None
+        self._last_start = -1e18
+        self._stop = False
+        self._closed = False
+        self._log_rarely = RareLog(log)
+
+    # --- the serving path: as AttentionCollector's --------------------------------------
+    def observe(self, weights, item_ids: Sequence | None = None, cohort: str | None = None,
+                attributes: Mapping[str, Sequence] | None = None, request_id: str | None = None,
+                timestamp: float | datetime | None = None) -> None:
+        """One prediction (see AttentionCollector.observe); never raises."""
+        if len(self._q) >= self._capacity:
+            self._drop(1)
+            return
+        ts = self.clock() if timestamp is None else _epoch(timestamp)
+        self._put(one_entry(weights, item_ids, cohort, attributes, request_id, ts))
+
+    def observe_batch(self, weights, item_ids=None, lengths=None, cohorts: str | Sequence[str] | None = None,
+                      attributes: Mapping[str, object] | None = None, request_ids: Sequence[str] | None = None,
+                      timestamps=None, padding: str = "left") -> None:
+        """A batch (see AttentionCollector.observe_batch); never raises."""
+        if len(self._q) >= self._capacity:
+            self._drop(len(weights) if hasattr(weights, "__len__") else 1)
+            return
+        ts = self.clock() if timestamps is None else timestamps
+        self._put(batch_entry(weights, item_ids, lengths, cohorts, attributes, request_ids, ts, padding))
+
+    def observe_summaries(self, pending) -> None:
+        """On-device summaries (see AttentionCollector.observe_summaries): the sender
+        thread waits for the device's copy, and the worker checks and takes them."""
+        if len(self._q) >= self._capacity:
+            self._drop(getattr(pending, "size", 1))
+            return
+        self._put(("summaries", pending, None))
+
+    def _put(self, entry: tuple) -> None:
+        self._q.append(entry)
+        if self._thread is None:
+            self._start()
+
+    def _drop(self, n: int) -> None:
+        with self._lock:
+            self._dropped_hot += n
+        if self._closed:
+            self._log_rarely(logging.WARNING, "attnmon collector %s %s: observed after close(); dropped "
+                             "(counted in stats.dropped)", self.model, self.version)
+
+    # --- control -------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once close() has run: later observations are dropped and counted."""
+        return self._closed
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The running worker's process id (None before the first call, or while down)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"attnmon-sender-{self.model}", daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Have the worker process and write everything observed so far. True when it
+        was written (or spilled) within `timeout`."""
+        if self._closed:
+            return True
+        self._start()
+        with self._flushed:
+            self._flush_req += 1
+            want = self._flush_req
+        self._wake.set()
+        with self._flushed:
+            if not self._flushed.wait_for(lambda: self._flush_done >= want, timeout):
+                return False
+            return self._flush_ok
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what was accepted, stop the worker and the thread. Idempotent."""
+        if self._closed or os.getpid() != self._pid:
+            return
+        self._capacity = 0
+        if self._thread is not None:
+            self._stop = True
+            self._wake.set()
+            self._thread.join(timeout)
+        self._closed = True
+
+    def __enter__(self) -> ProcessCollector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> CollectorStats:
+        """The workers' counts (the running one's as of its last report, about a second
+        old) and what was dropped here."""
+        with self._lock:
+            hot = self._dropped_hot
+            total = _add(self._finished, self._current)
+        return CollectorStats(
+            observed=total.observed + hot, accepted=total.accepted, rejected=total.rejected,
+            dropped=total.dropped + hot, spilled=total.spilled, written=total.written,
+            queue_depth=len(self._q) + self._current.queue_depth,
+            pending_batches=self._current.pending_batches, bad_spill_files=total.bad_spill_files)
+
+    # --- the sender thread -------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            with self._lock:
+                want = self._flush_req
+                dropped, self._dropped_hot = self._dropped_hot, 0
+            entries = []
+            while self._q:
+                entries.append(self._q.popleft())
+            ok = True
+            try:
+                if entries or dropped or want > self._flush_done or self._stop:
+                    self._send_entries(entries, dropped)
+                    dropped = 0
+                    if want > self._flush_done or self._stop:
+                        ok = self._ask(("close",) if self._stop else ("flush", want))
+                if not self._stop:  # (a closed worker's end of output is no loss)
+                    self._read_stats()
+            except WorkerDown as exc:
+                ok = False
+                self._worker_lost(exc, sum(entry_size(e) for e in entries) + dropped)
+            except Exception:  # never let the thread die: the serving path relies on it
+                log.exception("attnmon collector: sender step failed")
+            if want > self._flush_done:
+                with self._flushed:
+                    self._flush_done = want
+                    self._flush_ok = ok
+                    self._flushed.notify_all()
+            if self._stop:
+                self._end_worker()
+                return
+
+    def _send_entries(self, entries: list[tuple], dropped: int) -> None:
+        out = self._worker()
+        blobs = []
+        for e in entries:
+            if e[0] == "summaries":
+                try:  # waits for the device's copy, here and not on a serving thread
+                    e = ("summaries", Resolved(e[1].resolve(), int(getattr(e[1], "size", 1))), None)
+                except Exception as exc:
+                    dropped += int(getattr(e[1], "size", 1))
+                    self._log_rarely(logging.ERROR, "attnmon collector: on-device summaries lost", exc_info=exc)
+                    continue
+            blobs.append(pickle.dumps(e, protocol=5))
+            time.sleep(0)  # between entries, let a serving thread have the GIL
+        try:
+            out.send_bytes(pickle.dumps(("obs", blobs, dropped), protocol=5))
+        except OSError as exc:
+            raise WorkerDown(f"the worker stopped reading: {exc}") from exc
+        self._sent += sum(entry_size(e) for e in entries) + dropped
+
+    def _ask(self, msg: tuple) -> bool:
+        """Send a flush or close, and wait for the worker's answer (its stats)."""
+        try:
+            self._out.send_bytes(pickle.dumps(msg, protocol=5))
+        except OSError as exc:
+            raise WorkerDown(f"the worker stopped reading: {exc}") from exc
+        while True:
+            while not self._in.poll(1.0):
+                if self._proc.poll() is not None:
+                    raise WorkerDown(f"the worker exited with status {self._proc.returncode}")
+            _, stats, token, ok = self._recv()
+            self._note_stats(stats)
+            if token is not None:
+                return bool(ok)
+
+    def _read_stats(self) -> None:
+        """Take the reports the worker sent since the last look, without waiting."""
+        inp = self._in
+        while inp is not None and inp.poll(0):
+            _, stats, _, _ = self._recv()
+            self._note_stats(stats)
+
+    def _recv(self) -> tuple:
+        try:
+            return pickle.loads(self._in.recv_bytes())
+        except (EOFError, OSError) as exc:
+            raise WorkerDown("the worker exited") from exc
+
+    def _note_stats(self, stats: dict) -> None:
+        with self._lock:
+            self._current = CollectorStats(**stats)
+
+    def _worker(self) -> Connection:
+        """The running worker's input, starting one if there is none."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._out
+        if self._proc is not None:
+            raise WorkerDown(f"the worker exited with status {self._proc.returncode}")
+        wait = self._last_start + self.restart_every_s - time.monotonic()
+        if wait > 0:
+            raise WorkerDown(f"the worker is down; the next start in {wait:.1f} s")
+        self._last_start = time.monotonic()
+        env = dict(os.environ)
+        # the worker imports this package from where the serving process found it
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "collectors.worker"], env=env,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        except OSError as exc:
+            raise WorkerDown(f"the worker could not start: {exc}") from exc
+        self._out = Connection(os.dup(self._proc.stdin.fileno()), readable=False)
+        self._in = Connection(os.dup(self._proc.stdout.fileno()), writable=False)
+        self._proc.stdin.close()
+        self._proc.stdout.close()
+        self._sent = 0
+        try:
+            self._out.send_bytes(pickle.dumps(("spec", self._spec), protocol=5))
+        except OSError as exc:
+            raise WorkerDown(f"the worker stopped reading: {exc}") from exc
+        return self._out
+
+    def _worker_lost(self, exc: WorkerDown, in_hand: int) -> None:
+        """The worker is gone: count what it held and had not written, and what was in
+        hand here, as dropped; the next call starts another."""
+        with self._lock:
+            cur = self._current
+            unwritten = self._sent - (cur.written + cur.spilled + cur.dropped + sum(cur.rejected.values()))
+            self._finished = _add(self._finished, cur)
+            self._current = _ZERO
+            # (in_hand: entries taken from the queue; unwritten: what the worker held)
+            self._dropped_hot += in_hand + (max(unwritten, 0) if self._proc is not None else 0)
+        self._sent = 0
+        self._close_pipes()
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None  # reaped: the next call may start another
+        self._log_rarely(logging.ERROR, "attnmon collector %s %s: %s; observations are dropped (and counted) "
+                         "until a worker runs again", self.model, self.version, exc)
+
+    def _end_worker(self) -> None:
+        if self._proc is None:
+            return
+        self._close_pipes()  # (the worker reads end of input and exits, if close did not reach it)
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        with self._lock:
+            self._finished = _add(self._finished, self._current)
+            self._current = _ZERO
+        self._proc = None
+
+    def _close_pipes(self) -> None:
+        for conn in (self._out, self._in):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        self._out = self._in = None
+
+    def _after_fork(self) -> None:
+        # the worker is the parent's: close this process's copies of its pipes (else the
+        # worker would not see the parent's exit) and start afresh, lazily
+        self._close_pipes()
+        self._reset_state()
+
+
+def _add(a: CollectorStats, b: CollectorStats) -> CollectorStats:
+    return CollectorStats(
+        observed=a.observed + b.observed, accepted=a.accepted + b.accepted,
+        rejected=dict(Counter(a.rejected) + Counter(b.rejected)), dropped=a.dropped + b.dropped,
+        spilled=a.spilled + b.spilled, written=a.written + b.written, queue_depth=0, pending_batches=0,
+        bad_spill_files=a.bad_spill_files + b.bad_spill_files)
+
+
+_live: weakref.WeakSet[ProcessCollector] = weakref.WeakSet()
+
+
+def _close_all() -> None:
+    for c in list(_live):
+        try:
+            c.close(timeout=10.0)
+        except Exception:
+            log.exception("attnmon collector: closing the worker at exit failed")
+
+
+def _reset_children() -> None:
+    for c in list(_live):
+        c._after_fork()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_reset_children)

@@ -1,0 +1,90 @@
+"""The process behind a ProcessCollector: an AttentionCollector fed over a pipe.
+
+Started by `collectors.process` as `python -m collectors.worker`. Frames (pickles, each
+length-prefixed by `multiprocessing.connection`) come in on stdin and go out on a copy of
+stdout; fd 1 itself is pointed at stderr, so that a stray print cannot break a frame.
+
+In:  ("spec", kwargs)                 first: the AttentionCollector to run
+     ("obs", [pickled entries], n)    queue entries, and n requests the parent dropped
+     ("flush", token)                 write everything; answer with the token
+     ("close",)                       flush, stop, answer, exit
+Out: ("stats", stats dict, token, ok) about once a second, and after a flush or close
+
+End of input (the serving process exited or was killed) closes the collector, which
+writes or spills what it holds, and exits. SIGTERM does the same; SIGINT is ignored, as
+a Ctrl-C in a terminal reaches the whole process group and the parent decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection
+
+from collectors.collector import AttentionCollector, entry_size
+
+STATS_EVERY_S = 1.0
+
+log = logging.getLogger("attnmon.collector")
+
+
+def _stats(c: AttentionCollector, token: int | None, ok: bool) -> bytes:
+    return pickle.dumps(("stats", dataclasses.asdict(c.stats), token, ok), protocol=5)
+
+
+def serve(conn_in: Connection, conn_out: Connection) -> None:
+    kind, spec = pickle.loads(conn_in.recv_bytes())
+    if kind != "spec":
+        raise SystemExit(f"attnmon worker: expected a spec first, got {kind!r}")
+    c = AttentionCollector(**spec)
+    last = time.monotonic()
+    try:
+        while True:
+            if time.monotonic() - last >= STATS_EVERY_S:
+                conn_out.send_bytes(_stats(c, None, True))
+                last = time.monotonic()
+            if not conn_in.poll(STATS_EVERY_S):
+                continue
+            try:
+                msg = pickle.loads(conn_in.recv_bytes())
+            except EOFError:  # the serving process is gone: keep what it handed over
+                return
+            if msg[0] == "obs":
+                _, entries, dropped = msg
+                if dropped:
+                    c._drop(dropped)
+                for raw in entries:
+                    entry = pickle.loads(raw)
+                    c._offer(entry, entry_size(entry))
+            elif msg[0] == "flush":
+                ok = c.flush()
+                conn_out.send_bytes(_stats(c, msg[1], ok))
+            elif msg[0] == "close":
+                c.close()
+                conn_out.send_bytes(_stats(c, -1, True))
+                return
+    finally:
+        c.close()
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds into serve's close()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s attnmon-worker[%(process)d] %(levelname)s %(message)s")
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    conn_in, conn_out = Connection(0, writable=False), Connection(out_fd, readable=False)
+    try:
+        serve(conn_in, conn_out)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent stopped reading: it is exiting; close() above kept the data
+
+
+if __name__ == "__main__":
+    main()
