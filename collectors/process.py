@@ -47,6 +47,7 @@ from collectors.collector import (
     CollectorStats,
     _epoch,
     batch_entry,
+    config_options,
     entry_size,
     one_entry,
 )
@@ -109,18 +110,7 @@ class ProcessCollector:
     @classmethod
     def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> ProcessCollector:
         """As AttentionCollector.from_config (attnmon.yaml's `collector:` section)."""
-        from monitor.config import load_config
-
-        cfg = config if config is not None else load_config()
-        options: dict = cfg.collector.model_dump(exclude={"hash_key_env"})
-        options["store_url"] = cfg.store_url
-        if options["hash_item_ids"] and "hash_key" not in kwargs:
-            var = cfg.collector.hash_key_env
-            options["hash_key"] = os.environ.get(var)
-            if not options["hash_key"]:
-                raise ValueError(f"collector.hash_item_ids is set but ${var} (collector.hash_key_env) is empty")
-        options.update(kwargs)
-        return cls(model=model, version=version, **options)
+        return cls(model=model, version=version, **config_options(config, kwargs))
 
     @property
     def weights_id(self) -> str | None:

@@ -221,3 +221,15 @@ def test_a_full_queue_drops_the_newest_and_counts(sqlite_url):
     for _ in range(5):
         c.observe_batch(w, item_ids=ids)
     assert len(c._q) == 2 and c.stats.dropped == 3 * 40
+
+
+def test_from_config_takes_the_collector_section(tmp_path, sqlite_url):
+    from monitor.config import load_config
+
+    path = tmp_path / "attnmon.yaml"
+    path.write_text(f"store_url: {sqlite_url}\ncollector:\n  sample_rate: 0.5\n  queue_size: 7\n")
+    cfg = load_config(path)
+    c = ProcessCollector.from_config("m", "v1", config=cfg, restart_every_s=1.0)
+    assert (c.store_url, c.sample_rate, c.queue_size, c.restart_every_s) == (sqlite_url, 0.5, 7, 1.0)
+    assert c._spec["queue_size"] == 7  # and the worker gets them
+    c.close()
