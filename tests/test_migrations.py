@@ -25,7 +25,7 @@ def test_empty_head_base_head_on_sqlite(
 
 
 def test_sqlite_url_fixture_is_at_head(sqlite_url: str) -> None:
-    assert migrate.current(sqlite_url) == migrate.head_revision() == "0005"
+    assert migrate.current(sqlite_url) == migrate.head_revision() == "0006"
     migrate.check(sqlite_url)
 
 
@@ -343,6 +343,40 @@ def check_drift_key_order(url: str) -> None:
 
 def test_0005_keeps_results_and_keys_them_by_window_end_first(sqlite_url: str) -> None:
     check_drift_key_order(sqlite_url)
+
+
+# -- 0006: window_aggregates.minute_mask -------------------------------------------------------
+
+
+def check_minute_mask(url: str) -> None:
+    """0006's downgrade drops the column and keeps every row; the upgrade brings it back
+    NULL (every minute of the bucket), as collectors write it."""
+    from sqlalchemy import func, update
+
+    migrate.upgrade(url)
+    _write_some_rows(url)
+    wa = tables.window_aggregates
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            rows = conn.execute(select(func.count(), func.sum(wa.c.n))).one()
+            assert conn.execute(select(func.count(wa.c.minute_mask))).scalar_one() == 0  # collectors: NULL
+            conn.execute(update(wa).values(minute_mask=2**59 + 1))  # the 60th bit fits
+        migrate.downgrade(url, "0005")
+        with engine.connect() as conn:
+            assert "minute_mask" not in {c["name"] for c in inspect(conn).get_columns("window_aggregates")}
+        engine.dispose()
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count(), func.sum(wa.c.n))).one() == rows
+            assert conn.execute(select(func.count(wa.c.minute_mask))).scalar_one() == 0
+    finally:
+        engine.dispose()
+    migrate.check(url)
+
+
+def test_0006_adds_a_nullable_minute_mask_and_drops_it_again(sqlite_url: str) -> None:
+    check_minute_mask(sqlite_url)
 
 
 def test_a_sqlite_path_under_home_means_one_file_for_every_command(tmp_path: Path, monkeypatch) -> None:

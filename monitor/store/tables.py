@@ -95,6 +95,10 @@ window_aggregates = Table(
     # from the end: pos_0, pos_1, pos_2, pos_3_4, ..., pos_100_255 (see positions.py).
     # NULL: a row from before 0004 whose payload has not been read yet.
     *[Column(name, Float(53)) for name in positions.COLUMNS],
+    # (migration 0006) the minutes of the bucket with traffic: bit i = its minute i, set by
+    # the hour roll-up (monitor.store.maintenance). NULL: every minute of the bucket (a
+    # minute row, a full hour, or an hour rolled up before 0006).
+    Column("minute_mask", BigInteger),
     Index(None, "model", "bucket_start", "version"),
     Index(None, "bucket_seconds", "bucket_start"),
 )
