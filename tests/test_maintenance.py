@@ -20,18 +20,21 @@ from monitor.store.maintenance import (
     fill_position_bands,
     maintain,
     merge_buckets,
+    minute_mask,
     purge,
+    served_minutes,
 )
 
 T0 = 1_800_000_000.0
 
 
-def _write_two_collectors(url, minutes=3, seed=0):
+def _write_two_collectors(url, minutes=3, seed=0, first=0):
+    """Two collectors each write the minutes first, first + 1, ... of T0's hour."""
     rng = np.random.default_rng(seed)
     for k in range(2):
         with AttentionCollector(url, model="m", version="v1", sample_rate=0.5,
                                 clock=lambda: T0 + 7200, seed=k) as c:
-            for m in range(minutes):
+            for m in range(first, first + minutes):
                 w = rng.dirichlet(np.ones(12), size=(40, 2)).astype(np.float32)
                 c.observe_batch(w, item_ids=rng.integers(0, 30, (40, 12)),
                                 cohorts=rng.choice(["a", "b"], 40).tolist(),
@@ -108,6 +111,18 @@ def merge_while_another_merges(url, monkeypatch, before, **kw) -> None:
     assert second.merged_groups > 0 and results[0].merged_groups == 0
     # nothing is left to merge
     assert merge_buckets(engine, before, **kw).merged_groups == 0
+    # the merged rows hold minutes 0-2 (_write_two_collectors): a minute row's NULL is its minute
+    assert _masks(engine) == ({3600: {0b111}} if kw.get("target_seconds") == 3600 else {60: {None}})
+
+
+def _masks(engine) -> dict[int, set]:
+    """The minute_mask values of the rows, by bucket width."""
+    wa = tables.window_aggregates
+    out: dict[int, set] = {}
+    with engine.connect() as conn:
+        for seconds, mask in conn.execute(select(wa.c.bucket_seconds, wa.c.minute_mask).distinct()):
+            out.setdefault(seconds, set()).add(mask)
+    return out
 
 
 @pytest.mark.parametrize("kw", [{}, {"source_seconds": 60, "target_seconds": 3600}],
@@ -141,6 +156,38 @@ def test_hourly_rollup_and_retention(sqlite_url):
             .where(tables.window_aggregates.c.cohort == "*", tables.window_aggregates.c.head == "*")
         ).scalar_one()
     assert hours == 1  # one layer, one hour: one roll-up row
+
+
+def test_the_rollup_records_the_minutes_of_its_hour_that_had_rows(sqlite_url):
+    """rollback-check counts an hour row as the minutes it records (minute_mask): several
+    collectors' rows of one minute are one minute, and late minute rows rolled into an
+    existing hour row add the minutes it did not hold yet."""
+    engine = make_engine(sqlite_url)
+    now = datetime.fromtimestamp(T0, UTC) + timedelta(days=4)
+    _write_two_collectors(sqlite_url, minutes=3, first=10)
+    merge_buckets(engine, now)  # compaction: still minute rows, each its one minute
+    assert _masks(engine) == {60: {None}}
+    maintain(engine, now, minute_aggregates_days=3)
+    assert _masks(engine) == {3600: {0b111 << 10}}
+    # late rows: minute 11 again (another collector's spill, replayed) and minutes 40-41
+    _write_two_collectors(sqlite_url, minutes=1, first=11, seed=1)
+    _write_two_collectors(sqlite_url, minutes=2, first=40, seed=2)
+    maintain(engine, now, minute_aggregates_days=3)
+    (mask,) = _masks(engine)[3600]
+    assert served_minutes(datetime.fromtimestamp(T0, UTC), 3600, mask) == [
+        int(T0) // 60 + m for m in (10, 11, 12, 40, 41)]
+    assert Store(engine=engine).summary("m", by=["layer"])["n"].tolist() == [2 * 40 * 6]
+    # an hour rolled up before migration 0006 (NULL: all 60 minutes, as it was counted
+    # then) stays whole when late minutes join it
+    with engine.begin() as conn:
+        conn.execute(update(tables.window_aggregates).values(minute_mask=None))
+    _write_two_collectors(sqlite_url, minutes=1, first=50, seed=3)
+    maintain(engine, now, minute_aggregates_days=3)
+    assert _masks(engine) == {3600: {None}}
+    # and a full hour of minutes is NULL too: every minute of its bucket
+    hour = datetime.fromtimestamp(T0, UTC)
+    assert minute_mask([{"bucket_start": hour + timedelta(minutes=m), "bucket_seconds": 60, "minute_mask": None}
+                        for m in range(60)], hour, 3600) is None
 
 
 def test_purge_keeps_recent_events(sqlite_url):

@@ -3,8 +3,9 @@
 Compaction merges the rows that several collectors (or several flushes) wrote for one
 series and bucket into one row, once the bucket is closed. The roll-up merges old minute
 rows into hour rows. Both are exact (sketches merge), so every reader keeps working
-across them; merged rows get their position bands from the merged sketch. Rows from
-before migration 0004 that its upgrade left without bands get them from their payload
+across them; merged rows get their position bands from the merged sketch, and a roll-up
+row records which of its minutes had rows (`minute_mask`). Rows from before migration
+0004 that its upgrade left without bands get them from their payload
 (`fill_position_bands`). Retention deletes raw sampled events and old batch keys.
 """
 
@@ -45,6 +46,29 @@ def as_utc(ts: datetime) -> datetime:
 def _bucket(ts: datetime, seconds: int) -> datetime:
     epoch = as_utc(ts).timestamp()
     return datetime.fromtimestamp(epoch - epoch % seconds, tz=UTC)
+
+
+def minute_mask(rows, target: datetime, target_seconds: int) -> int | None:
+    """The minutes of the bucket at `target` that `rows` (of that bucket) hold, as the
+    window_aggregates.minute_mask of their merge: bit i for its minute i, None for all of
+    them. A row's own mask NULL means all of its bucket (a minute row; an hour rolled up
+    before migration 0006, so counted as 60 minutes, as before it). Minutes, not rows:
+    several collectors' rows of one minute set one bit, and an hour row merged again with
+    late minute rows keeps its bits (a late minute it already holds is not added twice)."""
+    mask = 0
+    for r in rows:
+        own = r["minute_mask"]
+        if own is None:
+            own = (1 << (r["bucket_seconds"] // 60)) - 1
+        offset = int((as_utc(r["bucket_start"]) - target).total_seconds()) // 60
+        mask |= own << offset
+    return None if mask == (1 << (target_seconds // 60)) - 1 else mask
+
+
+def served_minutes(bucket_start: datetime, bucket_seconds: int, mask: int | None) -> list[int]:
+    """The minutes (since the epoch) a window_aggregates row holds traffic of."""
+    first = int(as_utc(bucket_start).timestamp()) // 60
+    return [first + i for i in range(bucket_seconds // 60) if mask is None or (mask >> i) & 1]
 
 
 RACE_RETRIES = 3
@@ -129,6 +153,7 @@ def _merge_chunk(engine: Engine, part: list, source_seconds: int, target_seconds
             new.update(
                 bucket_start=target,
                 bucket_seconds=target_seconds,
+                minute_mask=minute_mask(rows, target, target_seconds),
                 collector_id=None,
                 written_at=max(r["written_at"] for r in rows),
             )
