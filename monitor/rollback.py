@@ -4,10 +4,10 @@ Compares every series of the candidate since its deployment with the baseline ve
 last day before it, with bootstrap intervals over minute buckets, and answers PROCEED,
 WATCH or ROLLBACK with reasons ranked by severity (DESIGN §8). Where maintenance has
 rolled minutes older than a few days up to hours, the buckets are those hours (`_buckets`):
-the same sums, so the same means, and an hour counts as the minutes it spans. A rolled-up
-baseline day (24 hours) gives intervals about as wide as its minutes did (wider where
-the mean drifts from hour to hour, which minute buckets miss); a side rolled up into two
-or three hours gives rough ones.
+the same sums, so the same means, and an hour counts as the minutes of it that had
+traffic. A rolled-up baseline day (24 hours) gives intervals about as wide as its minutes
+did (wider where the mean drifts from hour to hour, which minute buckets miss); a side
+rolled up into two or three hours gives rough ones.
 
 How versions are compared follows what was measured on a real SASRec (DESIGN §5):
 - same weights (equal `weights_id`): heads are the same heads, so any shift beyond the
@@ -45,7 +45,7 @@ from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch, merge_all
 from monitor.store import tables as t
-from monitor.store.maintenance import as_utc
+from monitor.store.maintenance import as_utc, served_minutes
 from monitor.topk import TopK, merge_many
 
 PROCEED, WATCH, ROLLBACK = "PROCEED", "WATCH", "ROLLBACK"
@@ -148,11 +148,12 @@ def _buckets(engine: Engine, model: str, version: str, start: datetime, end: dat
     A bucket is a minute, or an hour where maintenance rolled the minutes up: the bootstrap
     then resamples hours, with the same means (the sums are the same) and intervals about
     as wide over a day of hours, but rough (often narrower) over two or three. An hour row
-    covers the minutes of its hour inside the window, all of them: the roll-up keeps no
-    count of the minutes that had traffic, so a version that served 10 minutes of a
-    rolled-up hour counts 60 there."""
+    covers the minutes of its hour that had traffic (its minute_mask) and lie inside the
+    window, so a version that served 8 minutes of a rolled-up hour counts 8, wherever the
+    window's edge falls. An hour rolled up before migration 0006 has no mask: all 60 of
+    its minutes count (inside the window), as they did before."""
     wa = t.window_aggregates
-    cols = [wa.c.cohort, wa.c.layer, wa.c.head, wa.c.bucket_start, wa.c.bucket_seconds]
+    cols = [wa.c.cohort, wa.c.layer, wa.c.head, wa.c.bucket_start, wa.c.bucket_seconds, wa.c.minute_mask]
     q = (
         select(*cols, func.sum(wa.c.n), *[func.sum(wa.c[f"sum_{m}"]) for m in ALL_METRICS])
         .where(wa.c.model == model, wa.c.version == version, *_in_window(start, end))
@@ -160,15 +161,14 @@ def _buckets(engine: Engine, model: str, version: str, start: datetime, end: dat
     )
     out: dict[tuple, list] = {}
     covered: dict[tuple, set] = {}
-    lo, hi = start.timestamp(), end.timestamp()
+    # minutes as numbers since the epoch; an open minute at `end` counts, as before
+    lo, hi = int(start.timestamp() // 60), math.ceil(end.timestamp() / 60)
     with engine.connect() as conn:
         for r in conn.execute(q):
             key = tuple(r[:3])
-            out.setdefault(key, []).append((float(r[5]), [float(x) for x in r[6:]]))
-            first = as_utc(r[3]).timestamp()
-            # minutes as numbers since the epoch; an open minute at `end` counts, as before
-            minutes = range(int(max(first, lo) // 60), math.ceil(min(first + r[4], hi) / 60))
-            covered.setdefault(key, set()).update(minutes)
+            out.setdefault(key, []).append((float(r[6]), [float(x) for x in r[7:]]))
+            minutes = served_minutes(r[3], r[4], r[5])
+            covered.setdefault(key, set()).update(m for m in minutes if lo <= m < hi)
     buckets = {k: (np.array([n for n, _ in v]), np.array([s for _, s in v])) for k, v in out.items()}
     return buckets, {k: len(v) for k, v in covered.items()}
 

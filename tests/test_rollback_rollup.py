@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from monitor import baselines
 from monitor.cli import main
 from monitor.demo import DEFECT, MODEL, START, Segment, stream
-from monitor.rollback import EXIT_CODES, check
+from monitor.rollback import EXIT_CODES, RollbackInputError, check
 from monitor.store import make_engine, migrate, tables
 from monitor.store.maintenance import maintain
 
@@ -75,9 +75,9 @@ def test_a_rolled_up_baseline_gives_the_verdict_it_gave_on_minutes(streamed, tmp
     after = check(engine, MODEL, now=LATE)
     assert (after.verdict, after.baseline, after.predictions) == (verdict, "v1", before.predictions)
     assert _judged(after) == _judged(before)
-    # v1 served every minute of 08:00-10:30; v2's last hour row (11:00, 10 minutes served)
-    # counts as the hour it spans: the roll-up keeps no count of the minutes in it
-    assert after.minutes == {"baseline": 150, "candidate": 40 if rolled == "baseline" else 30 + 60}
+    # v1 served every minute of 08:00-10:30; v2's hour rows count the minutes they recorded
+    # (10:30-10:59 and 11:00-11:09), not the 30 + 60 of the window they span
+    assert after.minutes == before.minutes
     if verdict == "ROLLBACK":
         first = after.reasons[0]
         assert first.kind == "collapse" and first.series.startswith("layer 1 head 2") and first.ci[1] < 0
@@ -110,3 +110,45 @@ def test_the_replaced_version_is_the_same_once_its_hour_is_rolled_up(tmp_path, m
     monkeypatch.setattr(baselines, "_REPLACED", {})
     after = check(engine, MODEL, now=now)
     assert (after.baseline, after.verdict, after.predictions) == ("v1", before.verdict, before.predictions)
+
+
+@pytest.fixture(scope="module")
+def eight_minutes(tmp_path_factory):
+    """v1 serves 08:00 to 10:30, v2 8 minutes (1,200 predictions), then v3 40 minutes."""
+    path = tmp_path_factory.mktemp("eight") / "store.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    stream(f"sqlite:///{path}", [Segment("v1", 150), Segment("v2", 8, model_seed=8), Segment("v3", 40)],
+           rate=150)
+    return path
+
+
+def test_a_version_that_served_8_minutes_of_a_rolled_up_hour_has_not_enough_data(eight_minutes, tmp_path,
+                                                                                  capsys):
+    """v2's 8 minutes became part of its 10:00 hour row, which counted as the 30 minutes of
+    the hour after its deployment (as candidate) or the 38 before v3's (as baseline): a
+    verdict where its minutes gave 'not enough data' (MIN_MINUTES is 10). Now the row
+    counts the 8 minutes it recorded, and the outcome is the one the minutes gave."""
+    url = _copy(eight_minutes, tmp_path)
+    engine = make_engine(url)
+
+    def outcomes():
+        short = check(engine, MODEL, candidate="v2", now=LATE)  # the baseline is v1's 150 minutes
+        with pytest.raises(RollbackInputError) as info:
+            check(engine, MODEL, candidate="v3", baseline="v2", now=LATE)
+        return short, str(info.value)
+
+    before, refused = outcomes()
+    assert (before.verdict, before.baseline) == ("WATCH", "v1")
+    assert before.minutes == {"baseline": 150, "candidate": 8} and before.predictions["candidate"] == 1200
+    assert [r.kind for r in before.reasons] == ["data"]
+    assert "has 1,200 predictions over 8 minutes" in refused
+    maintain(engine, LATE)
+    assert set(_rows(engine, "v2")) == {3600}
+
+    after, refused_after = outcomes()
+    assert (after.verdict, after.minutes, after.predictions) == ("WATCH", before.minutes, before.predictions)
+    assert [r.text for r in after.reasons] == [r.text for r in before.reasons]
+    assert refused_after == refused
+    for args, code in [(["--candidate", "v2"], EXIT_CODES["WATCH"]), (["--candidate", "v3", "--baseline", "v2"], 2)]:
+        assert main(["rollback-check", "--store", url, "--model", MODEL, "--now", LATE.isoformat(), *args]) == code
+    capsys.readouterr()
