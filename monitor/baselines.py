@@ -49,7 +49,7 @@ from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch, encode_payload, from_parts, merge_all, merge_encoded
 from monitor.store import tables as t
 from monitor.store.bulk import bulk_insert
-from monitor.store.maintenance import as_utc
+from monitor.store.maintenance import as_utc, served_minutes
 from monitor.store.reader import ROLLUP
 
 log = logging.getLogger(__name__)
@@ -133,26 +133,26 @@ def _served_most(engine: Engine, model: str, versions: list[str], deployed_at: d
 
 def _served(engine: Engine, model: str, versions: list[str], start: datetime, end: datetime) -> dict[str, float]:
     """Predictions per version in [start, end): minute rows whose minute starts in it, and
-    hour rows (minutes rolled up by maintenance) by the share of their hour inside it,
-    as if traffic were even over the hour. Counting a whole hour row for its start (or
-    not at all) would weigh the hour after the deployment (or the one before) 60 times
-    what a minute weighs: a version that served the 4 minutes before 10:05 beat one that
-    served the 56 before that."""
+    hour rows (minutes rolled up by maintenance) by the share of the minutes they hold
+    (minute_mask; all 60 for an hour rolled up before migration 0006) that start in it,
+    as if traffic were even over those minutes. Counting a whole hour row for its start
+    (or not at all) would weigh the hour after the deployment (or the one before) 60
+    times what a minute weighs: a version that served the 4 minutes before 10:05 beat
+    one that served the 56 before that. By the share of its hour alone, a version that
+    served 09:00-09:04 would count 55/60 of those 5 minutes in [09:05, 10:05)."""
     wa = t.window_aggregates
-    q = (select(wa.c.version, wa.c.bucket_start, wa.c.bucket_seconds, func.sum(wa.c.n))
+    cols = [wa.c.version, wa.c.bucket_start, wa.c.bucket_seconds, wa.c.minute_mask]
+    q = (select(*cols, func.sum(wa.c.n))
          .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.cohort == ROLLUP, wa.c.layer == "0",
                 wa.c.head == ROLLUP, wa.c.bucket_start > start - timedelta(hours=1), wa.c.bucket_start < end)
-         .group_by(wa.c.version, wa.c.bucket_start, wa.c.bucket_seconds))
+         .group_by(*cols))
     lo, hi = as_utc(start).timestamp(), as_utc(end).timestamp()
     served: dict[str, float] = defaultdict(float)
     with engine.connect() as conn:
-        for version, bucket_start, seconds, n in conn.execute(q):
-            first = as_utc(bucket_start).timestamp()
-            if seconds <= 60:
-                share = 1.0 if first >= lo else 0.0
-            else:
-                share = max(0.0, min(first + seconds, hi) - max(first, lo)) / seconds
-            served[version] += float(n or 0) * share
+        for version, bucket_start, seconds, mask, n in conn.execute(q):
+            minutes = served_minutes(bucket_start, seconds, mask)
+            inside = sum(lo <= 60 * m < hi for m in minutes)
+            served[version] += float(n or 0) * inside / max(len(minutes), 1)
     return served
 
 

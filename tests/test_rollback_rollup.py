@@ -112,6 +112,30 @@ def test_the_replaced_version_is_the_same_once_its_hour_is_rolled_up(tmp_path, m
     assert (after.baseline, after.verdict, after.predictions) == ("v1", before.verdict, before.predictions)
 
 
+def test_the_replaced_version_is_the_one_that_served_in_the_hour_before_though_rolled_up(tmp_path, monkeypatch):
+    """v1 served 09:00-09:04, v2 10:00-10:04, v3 from 10:05: in the hour before v3 only v2
+    served. Rolled up and weighed by the share of their hour inside 09:05-10:05, v1's
+    09:00 row counted 55/60 of its predictions and v2's 10:00 row 5/60 of its own: v1
+    became the baseline. The rows' minute masks say when each version served."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    nine = START + 3600
+    stream(url, [Segment("v1", 5)], rate=50, start=nine)
+    stream(url, [Segment("v2", 5)], rate=50, start=nine + 3600)
+    end = stream(url, [Segment("v3", 20)], rate=50, start=nine + 3900)
+    engine = make_engine(url)
+    deps = baselines.deployments(engine, MODEL)
+
+    def fresh_replaced() -> str:
+        monkeypatch.setattr(baselines, "_REPLACED", {})  # as in a new process: no cached answer
+        return baselines.replaced(engine, MODEL, deps[-1]["deployed_at"], deps[:-1])["version"]
+
+    assert fresh_replaced() == "v2"
+    maintain(engine, datetime.fromtimestamp(end, UTC) + timedelta(days=4))
+    assert set(_rows(engine, "v1")) == set(_rows(engine, "v2")) == {3600}
+    assert fresh_replaced() == "v2"
+
+
 @pytest.fixture(scope="module")
 def eight_minutes(tmp_path_factory):
     """v1 serves 08:00 to 10:30, v2 8 minutes (1,200 predictions), then v3 40 minutes."""
