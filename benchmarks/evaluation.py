@@ -166,7 +166,7 @@ VARYING = ("version", "bucket_start", "written_at")
 
 
 def _static(row: dict, cols: list[str]) -> tuple:
-    return tuple(None if c == "collector_id" else row[c] for c in cols)  # compacted rows
+    return tuple(None if c == "collector_id" else row.get(c) for c in cols)  # compacted rows
 
 
 def _sqlite_ts(ts: datetime) -> str:

@@ -89,7 +89,7 @@ def copy_pg(engine, table: str, cols: list[str], rows: list[dict],
                 if types:
                     cp.set_types(types)
                 for r in rows:
-                    cp.write_row(tuple(_pg_value(r[c]) for c in cols))
+                    cp.write_row(tuple(_pg_value(r.get(c)) for c in cols))
         conn.commit()
     finally:
         raw.close()
@@ -108,7 +108,7 @@ def executemany_sqlite(engine, table: str, cols: list[str], rows: list[dict]) ->
     try:
         conn = raw.driver_connection
         sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        conn.executemany(sql, [tuple(_sqlite_value(r[c]) for c in cols) for r in rows])
+        conn.executemany(sql, [tuple(_sqlite_value(r.get(c)) for c in cols) for r in rows])
         conn.commit()
     finally:
         raw.close()
