@@ -10,10 +10,13 @@ A serving loop on the main thread, paced at a fixed rate: each call runs a small
 few float32 array operations, which release and retake the GIL like a real forward) and then hands
 the batch's attention to the collector (`observe_batch` with item ids and one attribute).
 The collector is a real one: its thread validates, computes, sketches and writes to a
-SQLite file every 2 s (the defaults). The bare reference is the same loop with `deque.append` of
-copies in place of the collector and no thread. Phases alternate (bare, collector, bare,
-collector), each collector phase ending with a flush, so that drift in the machine's
-load hits both alike. Latency is each call's own time, from its start to its end.
+SQLite file every 2 s (the defaults). So is the ProcessCollector, whose worker process
+does the same while the serving process only copies, pickles and writes to a pipe. The
+bare reference is the same loop with `deque.append` of copies in place of the collector
+and no thread. Phases alternate (bare, collector, process; twice), each with a collector
+of its own, flushed and closed at its end, so that drift in the machine's load hits all
+alike and no phase has another's thread around. Latency is each call's own time, from
+its start to its end.
 """
 
 from __future__ import annotations
