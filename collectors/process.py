@@ -255,6 +255,8 @@ class ProcessCollector:
         while True:
             self._wake.wait(POLL_S)
             self._wake.clear()
+            # read before the queue is drained: what a caller put in before close() is sent
+            stop = self._stop
             with self._lock:
                 want = self._flush_req
                 dropped, self._dropped_hot = self._dropped_hot, 0
@@ -263,12 +265,12 @@ class ProcessCollector:
                 entries.append(self._q.popleft())
             ok = True
             try:
-                if entries or dropped or want > self._flush_done or self._stop:
+                if entries or dropped or want > self._flush_done or stop:
                     self._send_entries(entries, dropped)
                     dropped = 0
-                    if want > self._flush_done or self._stop:
-                        ok = self._ask(("close",) if self._stop else ("flush", want))
-                if not self._stop:  # (a closed worker's end of output is no loss)
+                    if want > self._flush_done or stop:
+                        ok = self._ask(("close",) if stop else ("flush", want))
+                if not stop:  # (a closed worker's end of output is no loss)
                     self._read_stats()
             except WorkerDown as exc:
                 ok = False
@@ -280,7 +282,7 @@ class ProcessCollector:
                     self._flush_done = want
                     self._flush_ok = ok
                     self._flushed.notify_all()
-            if self._stop:
+            if stop:
                 self._end_worker()
                 return
 

@@ -23,6 +23,6 @@ def test_public_exports():
     import collectors
     import monitor
 
-    assert collectors.__all__ == ["AttentionCollector", "CollectorStats", "InvalidAttention"]
+    assert collectors.__all__ == ["AttentionCollector", "CollectorStats", "InvalidAttention", "ProcessCollector"]
     assert monitor.__all__ == ["Store"]
     assert monitor.Store.__name__ == "Store"

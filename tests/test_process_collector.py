@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -233,3 +234,27 @@ def test_from_config_takes_the_collector_section(tmp_path, sqlite_url):
     assert (c.store_url, c.sample_rate, c.queue_size, c.restart_every_s) == (sqlite_url, 0.5, 7, 1.0)
     assert c._spec["queue_size"] == 7  # and the worker gets them
     c.close()
+
+
+def test_close_sends_what_arrived_while_a_send_was_in_flight(sqlite_url, monkeypatch):
+    rng = np.random.default_rng(7)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0)
+    c.observe_batch(w, item_ids=ids, timestamps=T0)
+    assert c.flush()
+    send = ProcessCollector._send_entries
+    entered = threading.Event()
+
+    def slow(self, entries, dropped):
+        if entries:
+            entered.set()
+            time.sleep(0.3)
+        return send(self, entries, dropped)
+
+    monkeypatch.setattr(ProcessCollector, "_send_entries", slow)
+    c.observe_batch(w, item_ids=ids, timestamps=T0 + 1)
+    assert entered.wait(5)
+    c.observe_batch(w, item_ids=ids, timestamps=T0 + 2)  # while the one before is on its way
+    c.close()
+    assert c.stats.accepted == c.stats.written == 120
+    assert stored_n(sqlite_url, "v1") == 120
