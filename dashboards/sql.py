@@ -204,7 +204,8 @@ def _macro(name: str, args: list[str], ctx: Context, dialect: str) -> str:
         # the third argument (fill mode) is applied by Grafana after the query: ignored here
         s = go_float(parse_interval(args[1]).total_seconds())
         if name == "__unixEpochGroup":
-            return f"floor(({args[0]})/{s})*{s}"
+            # SQLite has floor() only when built with its math functions: integer division
+            return f"floor(({args[0]})/{s})*{s}" if pg else f"(CAST(({args[0]}) AS INTEGER)/{s})*{s}"
         if pg:
             return f"floor(extract(epoch from {args[0]})/{s})*{s}"
         return f"(CAST(strftime('%s', {args[0]}) AS INTEGER)/{s})*{s}"

@@ -98,6 +98,9 @@ def test_sqlite_dialect_filters_and_groups_like_postgresql() -> None:
     assert [t - start for t, _, _ in got] == [0, 1800, 3600, 5400, 7200]  # rows to minute 148
     assert sum(n for _, n, _ in got) == len([m for _, m in rows if 0 <= m <= 150])
     assert db.execute(expand("SELECT $__timeFrom() < $__timeTo()", CTX, "sqlite")).fetchone() == (1,)
+    # epoch seconds: integer division, as SQLite has floor() only when built with its math functions
+    epoch = expand("SELECT $__unixEpochGroupAlias(e, '5m') FROM (SELECT 1795161899 AS e)", CTX, "sqlite")
+    assert "floor" not in epoch and db.execute(epoch).fetchone() == (1795161600,)
 
 
 def test_like_glob() -> None:
