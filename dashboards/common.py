@@ -89,6 +89,36 @@ ALERTS = Annotation(
 TIME_GROUP = "$__timeGroupAlias(bucket_start, $__interval)"
 # per minute, whatever the group's width
 PER_MINUTE = "* 60000.0 / $__interval_ms"
+# the minutes of an hour, 0..59, as a derived table
+MINUTES = "(" + " UNION ALL ".join(["SELECT 0 AS i", *[f"SELECT {i}" for i in range(1, 60)]]) + ")"
+
+
+def predictions_per_minute(where: str) -> str:
+    """Predictions per minute by version at the panel's interval, from the rows `where`
+    selects (one layer's rows count each prediction once: divided by the layers seen).
+
+    `attnmon maintain` rolls minute rows older than a few days up into hour rows. Grouped
+    by its start, an hour row puts the whole hour in one group: at a 5-minute interval, a
+    12x spike and then 55 minutes of nothing. So each row is first spread evenly over the
+    minutes it holds traffic of (a minute row: its own; an hour row: its minute_mask, NULL
+    meaning all 60) and the minutes are grouped: over whole hours the rate is the minute
+    rows' exactly, and inside an hour it is the hour's rate over its served minutes.
+    Minutes after the range's end are left out, as their minute rows were; an hour row
+    that starts before the range is left out whole, as $__timeFilter(bucket_start) has it.
+    """
+    return (
+        "SELECT $__unixEpochGroupAlias(minute, $__interval), version AS metric,\n"
+        f"  SUM(share) / NULLIF(COUNT(DISTINCT layer), 0) {PER_MINUTE} AS predictions\n"
+        "FROM (\n"
+        "  SELECT version, layer, $__timeGroup(bucket_start, '1s') + 60 * k.i AS minute,\n"
+        "    CAST(n AS DOUBLE PRECISION) / COUNT(*) OVER (PARTITION BY w.id) AS share\n"
+        f"  FROM window_aggregates AS w JOIN {MINUTES} AS k\n"
+        "    ON k.i < w.bucket_seconds / 60 AND (w.minute_mask IS NULL OR ((w.minute_mask >> k.i) & 1) = 1)\n"
+        f"  WHERE {where} AND $__timeFilter(bucket_start)\n"
+        ") AS m\n"
+        "WHERE minute <= $__unixEpochTo()\n"
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    )
 
 
 def mean(metric: str) -> str:

@@ -11,11 +11,11 @@ from dashboards.common import (
     HEAD,
     LAYER,
     MODEL,
-    PER_MINUTE,
     TIME_GROUP,
     VERSION,
     like_glob,
     mean,
+    predictions_per_minute,
     series_filter,
 )
 from dashboards.spec import Dashboard, Panel, Query, Threshold
@@ -79,13 +79,7 @@ def build(rules) -> Dashboard:
         "Predictions per minute by version",
         "timeseries",
         (
-            Query(
-                # every layer logs one vector per prediction: divide by the layers seen
-                f"SELECT {TIME_GROUP}, version AS metric,\n"
-                f"  CAST(SUM(n) AS DOUBLE PRECISION) / NULLIF(COUNT(DISTINCT layer), 0) {PER_MINUTE} AS predictions\n"
-                f"FROM window_aggregates\nWHERE {series_filter(cohort=ALL, layer=None, head=ALL)}"
-                " AND $__timeFilter(bucket_start)\nGROUP BY 1, 2 ORDER BY 1, 2"
-            ),
+            Query(predictions_per_minute(series_filter(cohort=ALL, layer=None, head=ALL))),
         ),
         "Predictions logged by the collectors (all cohorts), per minute.",
         unit="reqpm",

@@ -9,6 +9,7 @@ table is for versions that share weights; across a retrain, read the layer roll-
 from __future__ import annotations
 
 from dashboards.common import (
+    ALL,
     COHORT,
     DEPLOYMENTS,
     HEAD,
@@ -16,6 +17,7 @@ from dashboards.common import (
     MODEL,
     TIME_GROUP,
     mean,
+    predictions_per_minute,
     series_filter,
 )
 from dashboards.spec import Dashboard, Panel, Query, Variable
@@ -121,14 +123,7 @@ def build() -> Dashboard:
         "Predictions per minute: $baseline vs $candidate",
         "timeseries",
         (
-            Query(
-                f"SELECT {TIME_GROUP}, version AS metric,\n"
-                "  CAST(SUM(n) AS DOUBLE PRECISION) / NULLIF(COUNT(DISTINCT layer), 0) * 60000.0 / $__interval_ms"
-                " AS predictions\n"
-                "FROM window_aggregates\nWHERE model = ${model:sqlstring} AND version IN (${baseline:sqlstring}, ${candidate:sqlstring})"
-                " AND cohort = ${cohort:sqlstring} AND head = '*' AND $__timeFilter(bucket_start)\n"
-                "GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
+            Query(predictions_per_minute(series_filter(version=PAIR, layer=None, head=ALL))),
         ),
         unit="reqpm",
         width=24,
