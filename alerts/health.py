@@ -8,7 +8,7 @@ like any other statistic:
 
 | statistic | series | value | from |
 | --- | --- | --- | --- |
-| `health.no_data_minutes` | per model (`version="*"`) | minutes from the end of the newest minute of data to the window's end | window_aggregates |
+| `health.no_data_minutes` | per model (`version="*"`) | minutes from the end of the newest minute of data (of a rolled-up hour: its last served minute) to the window's end | window_aggregates |
 | `health.rejected_ratio` | per model and version | rejected / (accepted + rejected) in the window; `n` = their sum | collector_health |
 | `health.notifications_failed` | per receiver (label `receiver`) | notifications that failed for good in the last hour, plus pending ones that failed `FAILING_ATTEMPTS` times or more | notifications |
 
@@ -21,13 +21,13 @@ longer than `NO_DATA_FORGET` counts as retired: it drops out (and its alert reso
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from monitor.store import tables as t
-from monitor.store.maintenance import as_utc
+from monitor.store.maintenance import as_utc, served_minutes
 
 NO_DATA = "health.no_data_minutes"
 REJECTED = "health.rejected_ratio"
@@ -46,6 +46,22 @@ def _row(statistic: str, value: float, *, model: str = ROLLUP, version: str = RO
             "baseline_value": None, "n_current": n, "n_baseline": 0, "detail": detail, **extra}
 
 
+def _data_end(conn: Connection, model: str, seconds: int, start: datetime) -> datetime:
+    """The end of the last minute with data among `model`'s rows of the bucket at `start`.
+    An hour row (`attnmon maintain` rolls minutes older than a few days up) ends with its
+    last served minute (minute_mask), not the hour: a model silent since 3-7 days ago
+    would otherwise read up to 59 minutes less silent once its last minutes roll up."""
+    if seconds == 60:
+        return start + timedelta(minutes=1)
+    wa = t.window_aggregates
+    masks = conn.execute(select(wa.c.minute_mask).where(
+        wa.c.model == model, wa.c.bucket_seconds == seconds, wa.c.bucket_start == start)).scalars()
+    minutes = [m for mask in masks for m in served_minutes(start, seconds, mask)]
+    if not minutes:  # merged away since the newest bucket was read: the bucket's end
+        return start + timedelta(seconds=seconds)
+    return datetime.fromtimestamp(60 * (max(minutes) + 1), UTC)
+
+
 def no_data(conn: Connection, window_end: datetime) -> list[dict]:
     wa, end = t.window_aggregates, as_utc(window_end)
     out = []
@@ -53,7 +69,7 @@ def no_data(conn: Connection, window_end: datetime) -> list[dict]:
         q = (select(wa.c.bucket_seconds, func.max(wa.c.bucket_start))
              .where(wa.c.model == model, wa.c.bucket_start >= end - NO_DATA_FORGET, wa.c.bucket_start < end)
              .group_by(wa.c.bucket_seconds))
-        ends = [as_utc(start) + timedelta(seconds=secs) for secs, start in conn.execute(q)]
+        ends = [_data_end(conn, model, secs, as_utc(start)) for secs, start in conn.execute(q).all()]
         if not ends:
             continue  # never sent data, or retired
         last = min(max(ends), end)

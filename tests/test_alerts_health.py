@@ -52,6 +52,39 @@ def test_no_data_fires_after_ten_minutes_and_resolves_when_data_is_back(store_ur
     assert alert.annotations["summary"] == "m: no attention data for 10 minutes (last: 2026-11-20 08:20 UTC)"
 
 
+def test_no_data_after_the_rollup_still_reads_the_last_minute_with_data(store_url, store):
+    """4 days on, a silent model's newest minutes are rolled up into an hour row: its
+    minute_mask, not its end, says when data stopped, so the firing alert's value and
+    summary (re-sent while it fires) do not jump by the rest of that hour."""
+    from sqlalchemy import select
+
+    from monitor.store import tables
+    from monitor.store.maintenance import maintain
+
+    produce(store_url, range(0, 20))  # minutes 0..19 of 08:00's hour: data ends at 08:20
+    rules, cfg = load_rule_set(), config(())
+    late = 4 * 24 * 60  # past the roll-up age (3 days), within NO_DATA_FORGET (7)
+    wa, al = tables.window_aggregates, tables.alerts
+    seen = []
+    for minute in (late, late + 1):
+        if minute > late:
+            maintain(store, at(minute))
+            with store.connect() as conn:
+                rows = conn.execute(select(wa.c.bucket_seconds, wa.c.minute_mask).distinct()).all()
+            assert rows == [(3600, 2**20 - 1)]  # one hour row per series, minutes 0..19
+        cycle(store, rules, cfg, minute)
+        with store.connect() as conn:
+            seen.append(conn.execute(select(al.c.state, al.c.value, al.c.annotations)
+                                     .where(al.c.rule == "NoAttentionData")).one())
+    assert [(state, value) for state, value, _ in seen] == [("firing", late - 20), ("firing", late - 19)]
+    assert seen[1][2]["summary"] == f"m: no attention data for {late - 19:,} minutes (last: 2026-11-20 08:20 UTC)"
+    # an hour rolled up before migration 0006 (mask NULL) holds all its minutes: its end
+    with store.begin() as conn:
+        conn.execute(wa.update().values(minute_mask=None))
+        (row,) = health.no_data(conn, at(late))
+    assert (row["value"], row["detail"]["last_data"]) == (late - 60, "2026-11-20 09:00 UTC")
+
+
 def test_rejecting_collectors_fire_after_for_with_the_reasons(store_url, store):
     produce(store_url, range(0, 40), nan_share=0.25)
     rules, cfg = load_rule_set(), config(())

@@ -16,6 +16,7 @@ from test_alerts_delivery_faults import (  # noqa: F401
     test_delivery_stops_between_groups_once_the_lead_is_lost,
 )
 from test_alerts_health import (  # noqa: F401
+    test_no_data_after_the_rollup_still_reads_the_last_minute_with_data,
     test_no_data_fires_after_ten_minutes_and_resolves_when_data_is_back,
     test_notifications_failing_fires_per_receiver_and_resolves,
     test_rejecting_collectors_fire_after_for_with_the_reasons,
