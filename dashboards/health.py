@@ -132,7 +132,8 @@ def build(rules=()) -> Dashboard:
         ),
         "Time from the end of the range to the newest minute in the store: with the range "
         "ending now, how stale the data is. Collectors write closed minutes, so a minute "
-        "or two is normal.",
+        "or two is normal. Past the roll-up age (3 days) the newest row is an hour row, "
+        "counted from the hour's start.",
         unit="s",
         width=6,
         # NoAttentionData counts minutes
