@@ -27,6 +27,10 @@ RANGE = (HOUR0, HOUR0 + timedelta(hours=3))
 # minutes 20-29 and v2 starts at 90 (mid-hour) and stops at 170, so the masks have holes
 TRAFFIC = [("v1", 0, 20, 30), ("v1", 30, 60, 30), ("v1", 60, 90, 20), ("v2", 90, 120, 25), ("v2", 120, 170, 25)]
 PANELS = [("attnmon-overview", "traffic"), ("attnmon-versions", "compare-traffic")]
+# ratios of sums over the same rows (means, shares) and totals: hour rows leave them as
+# they were wherever a group holds whole hours
+RATIOS = [("attnmon-overview", "entropy"), ("attnmon-overview", "predictions"), ("attnmon-heads", "head-entropy"),
+          ("attnmon-heads", "position-bands"), ("attnmon-heads", "head-table"), ("attnmon-versions", "compare-heads")]
 
 
 def write_traffic(url: str) -> dict[str, int]:
@@ -52,12 +56,15 @@ def write_traffic(url: str) -> dict[str, int]:
 
 
 def rates(url: str, uid: str, key: str, interval: timedelta, span: tuple[datetime, datetime] = RANGE) -> pd.DataFrame:
+    """The panel's first query: a time series as Grafana's series, a table as it is."""
     board = by_uid(uid)
+    panel = board.panel(key)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             ctx = context(board, resolve_variables(conn, board, *span), *span, interval)
-            return wide(run_panel(conn, board.panel(key), ctx)[0])
+            df = run_panel(conn, panel, ctx)[0]
+            return df if panel.queries[0].format == "table" else wide(df)
     finally:
         engine.dispose()
 
@@ -66,6 +73,7 @@ def check_rates_survive_the_rollup(url: str) -> None:
     totals = write_traffic(url)
     intervals = (timedelta(minutes=5), timedelta(hours=2))
     before = {(p, iv): rates(url, *p, iv) for p in PANELS for iv in intervals}
+    ratios = {p: rates(url, *p, intervals[1]) for p in RATIOS}
     # a range that ends inside an hour (at minute 150): that hour's minutes up to its end
     part = (RANGE[0], RANGE[0] + timedelta(minutes=150))
     part_before = rates(url, *PANELS[0], intervals[0], part)
@@ -85,6 +93,10 @@ def check_rates_survive_the_rollup(url: str) -> None:
         minutes = iv / timedelta(minutes=1)
         for version, total in totals.items():
             assert abs(now[version].sum() * minutes - total) < 1e-6, (panel, iv, version)
+    for panel, was in ratios.items():
+        assert len(was) and not was.isna().all().all(), panel
+        pd.testing.assert_frame_equal(rates(url, *panel, intervals[1]), was, check_exact=False, rtol=1e-9,
+                                      check_dtype=False, obj=str(panel))
     pd.testing.assert_frame_equal(rates(url, *PANELS[0], intervals[0], part), part_before, check_exact=False,
                                   rtol=1e-9)
     assert part_before.index.max() == part[1]
