@@ -3,7 +3,7 @@
 Sections (`--only` takes a comma-separated list of these names):
   observe     observe() hot path
   throughput  background throughput
-  serving     serving-call latency while the collector's thread works, beside none
+  serving     serving-call latency beside an AttentionCollector, a ProcessCollector and none
   sizing      storage sizing
   writes      SQLite and PostgreSQL writes (needs the sizing traffic: it is made either way)
   evaluate    evaluation cycle beside evidently's DataDriftPreset
