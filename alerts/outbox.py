@@ -47,7 +47,8 @@ the whole group alone (a "resolved" must not overtake its "firing"). A daemon ki
 mid-send leaves the claim to expire, and the group is sent again (same dedup key). The
 job also stops between groups once `keep_going()` is false (lead lost, shutting down).
 
-Each send runs under a deadline of `SEND_DEADLINE_FACTOR × the receiver's timeout_s`:
+Each send runs under a deadline of `SEND_DEADLINE_FACTOR × the receiver's timeout_s`
+(times its POSTs for an Alertmanager receiver, which posts 64 alerts at a time):
 the receivers' timeouts apply to each read, so a peer that answers one byte at a time
 could otherwise hold the job (and every other receiver) for hours. A send past its
 deadline keeps its rows claimed (renewed each run) and is recorded when it ends (see
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 import time
@@ -76,6 +78,7 @@ from alerts import sending
 from alerts import silences as sil
 from alerts.config import AlertsConfig, ReceiverConfig, Route
 from alerts.model import AlertView, DeliveryError, Notification, Receiver
+from alerts.receivers.alertmanager import BATCH_SIZE as AM_BATCH_SIZE
 from alerts.routing import route
 from alerts.state import Transition
 from alerts.template import strip_credentials
@@ -364,11 +367,13 @@ class Outbox:
                 if muted:
                     conn.execute(update(nt).where(nt.c.id.in_(muted), nt.c.status == "pending")
                                  .values(status="silenced", last_attempt_at=now))
-                claim = self._claim(conn, [r["id"] for r in send], receiver) if send else None
+                fingerprints = {r["fingerprint"] for r in send}
+                context = self._still_firing(conn, receiver, group_key, dedup, fingerprints)
+                deadline = self._deadline_s(receiver, len(fingerprints) + len(context))
+                claim = self._claim(conn, [r["id"] for r in send], deadline) if send else None
                 if send and claim is None:
                     # undo this transaction (the silenced rows too: the claim's holder decides)
                     raise _ClaimedElsewhere
-                context = self._still_firing(conn, receiver, group_key, dedup, {r["fingerprint"] for r in send})
         except _ClaimedElsewhere:
             res.claimed_elsewhere += 1
             return
@@ -385,7 +390,7 @@ class Outbox:
         except _Unavailable as exc:
             self._record(send, claim, exc, res)
             return
-        running = sending.start(receiver, lambda: rcv.send(note), send, claim, self._deadline_s(receiver))
+        running = sending.start(receiver, lambda: rcv.send(note), send, claim, deadline)
         if running.running:  # past its deadline: its outcome is recorded when it has one
             self._running[receiver] = running
             self._note_running(running, res)
@@ -434,41 +439,47 @@ class Outbox:
                     send.append(r)
         return send, muted
 
-    def _deadline_s(self, name: str) -> float:
-        """How long one send to this receiver may take, all of it (its timeout_s is per read)."""
-        timeout = getattr(self._receivers.get(name), "timeout_s", None)
-        rc = self._configs.get(name)
+    def _deadline_s(self, name: str, alerts: int = 1) -> float:
+        """How long one send of `alerts` alerts to this receiver may take, all of it: its
+        timeout_s is per read, and an Alertmanager receiver makes a POST per batch."""
+        rcv, rc = self._receivers.get(name), self._configs.get(name)
+        timeout = getattr(rcv, "timeout_s", None)
         if timeout is None and rc is not None:
             timeout = getattr(getattr(rc, rc.kind), "timeout_s", None)
-        return SEND_DEADLINE_FACTOR * float(timeout or 10.0)
+        batch = getattr(rcv, "batch_size", None)
+        if batch is None and rc is not None and rc.kind == "alertmanager":
+            batch = AM_BATCH_SIZE
+        posts = max(1, math.ceil(alerts / batch)) if batch else 1
+        return SEND_DEADLINE_FACTOR * float(timeout or 10.0) * posts
 
-    def _claim(self, conn: Connection, ids: list[int], receiver: str) -> datetime | None:
-        """Take the rows for this send: the claim's end, which is also its token (None:
-        another deliverer has some of them)."""
+    def _claim(self, conn: Connection, ids: list[int], deadline_s: float) -> datetime | None:
+        """Take the rows for a send of that deadline: the claim's end, which is also its
+        token (None: another deliverer has some of them)."""
         nt = t.notifications
-        until = self._claim_end(receiver)
+        until = self._claim_end(deadline_s)
         n = conn.execute(update(nt).where(nt.c.id.in_(ids), nt.c.status == "pending")
                          .values(status="sending", next_attempt_at=until)).rowcount
         return until if n == len(ids) else None
 
-    def _claim_end(self, receiver: str) -> datetime:
-        return self._clock() + timedelta(seconds=self._deadline_s(receiver)) + CLAIM_SLACK
+    def _claim_end(self, deadline_s: float) -> datetime:
+        return self._clock() + timedelta(seconds=deadline_s) + CLAIM_SLACK
 
     def _mine(self, ids: list[int], claim: datetime | None) -> tuple:
         """Where-clauses for rows still under this claim (not released and re-claimed)."""
         nt = t.notifications
         return (nt.c.id.in_(ids), nt.c.status == "sending", nt.c.next_attempt_at == claim)
 
-    def _cut_off(self, name: str) -> str:
-        return f"no complete answer within {self._deadline_s(name):g} s"
+    @staticmethod
+    def _cut_off(running: sending.Send) -> str:
+        return f"no complete answer within {running.deadline_s:g} s"
 
     def _note_running(self, running: sending.Send, res: DeliverResult) -> None:
         """A send past its deadline: say so in the result and on its rows, which stay
         claimed meanwhile."""
         name = running.receiver
         res.in_flight += len(running.rows)
-        res.errors.append(f"{name}: {self._cut_off(name)}; still waiting for it")
-        msg = f"receiver {name!r}: {self._cut_off(name)}; still waiting for it"
+        res.errors.append(f"{name}: {self._cut_off(running)}; still waiting for it")
+        msg = f"receiver {name!r}: {self._cut_off(running)}; still waiting for it"
         log.warning("%s", msg)
         with self.engine.begin() as conn:
             conn.execute(update(t.notifications).where(*self._mine([r["id"] for r in running.rows], running.claim))
@@ -480,7 +491,7 @@ class Outbox:
         for name, running in list(self._running.items()):
             if running.running and not running.abandoned:
                 if running.rows:  # renew the claim, so that no other deliverer sends them
-                    until = self._claim_end(name)
+                    until = self._claim_end(running.deadline_s)
                     with self.engine.begin() as conn:
                         n = conn.execute(update(t.notifications).where(
                             *self._mine([r["id"] for r in running.rows], running.claim)).values(
@@ -608,10 +619,10 @@ class Outbox:
                     resend = getattr(receiver, "resend", None)  # Alertmanager's: firing alerts only
                     fn = ((lambda r=resend, n=note: r(n.alerts, n.external_url)) if resend is not None
                           else (lambda r=receiver, n=note: r.send(n)))
-                    running = sending.start(rc.name, fn, [], None, self._deadline_s(rc.name))
+                    running = sending.start(rc.name, fn, [], None, self._deadline_s(rc.name, len(views)))
                     if running.running:  # past its deadline: the next interval tries again
                         self._running[rc.name] = running
-                        raise _Unavailable(self._cut_off(rc.name), retry=True)
+                        raise _Unavailable(self._cut_off(running), retry=True)
                     running.raise_failure()
                     res.resent += 1
                     res.count(rc.name, "resent")

@@ -25,6 +25,7 @@ class Send:
     rows: list[Mapping]  # the notification rows it claimed ([] for an Alertmanager re-send)
     claim: datetime | None  # the rows' next_attempt_at as claimed: the claim's token
     thread: threading.Thread | None = None
+    deadline_s: float = 0.0  # how long the deliver job waited for it
     give_up_s: float = 0.0
     failure: list[BaseException] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -46,7 +47,7 @@ class Send:
 def start(receiver: str, fn: Callable[[], None], rows: list[Mapping], claim: datetime | None,
           deadline_s: float) -> Send:
     """Run `fn` in a daemon thread and wait for it at most `deadline_s`."""
-    send = Send(receiver, rows, claim, give_up_s=GIVE_UP_DEADLINES * deadline_s)
+    send = Send(receiver, rows, claim, deadline_s=deadline_s, give_up_s=GIVE_UP_DEADLINES * deadline_s)
 
     def run() -> None:
         try:

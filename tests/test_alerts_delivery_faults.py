@@ -82,7 +82,7 @@ def test_a_deliverer_that_read_the_rows_before_another_claimed_them_backs_off(st
     a = Outbox(store, cfg, {"pager": early})
     a._clock = lambda: at(1)
     with store.begin() as conn:
-        assert a._claim(conn, [first["id"]], "pager") is not None
+        assert a._claim(conn, [first["id"]], a._deadline_s("pager")) is not None
     res = DeliverResult()
     b._deliver_group("pager", first["group_key"], first["dedup_key"], at(1), [], res)
     assert res.claimed_elsewhere == 1 and res.silenced == 0 and late.calls == 0
@@ -96,7 +96,7 @@ def test_a_group_with_a_row_in_flight_waits_so_resolved_never_overtakes_firing(s
     box = Outbox(store, cfg, {"pager": pager})
     box._clock = lambda: at(0.5)
     with store.begin() as conn:  # a daemon killed while sending "firing"
-        claim = box._claim(conn, [r["id"] for r in rows(store)], "pager")
+        claim = box._claim(conn, [r["id"] for r in rows(store)], box._deadline_s("pager"))
     cycle(store, [rule(**{"for": "0s", "keep_firing_for": "0s"})], cfg, 1)  # it resolves
     assert box.deliver(at(1)).notifications == 0 and pager.sent == []  # not "resolved" first
     assert claim > at(1)
@@ -116,7 +116,7 @@ def test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends(store):
     box = Outbox(store, cfg, {"pager": FakeReceiver("pager")})
     box._clock = lambda: at(0)
     with store.begin() as conn:  # what a daemon killed during the send leaves behind
-        assert box._claim(conn, [r["id"] for r in rows(store)], "pager") is not None
+        assert box._claim(conn, [r["id"] for r in rows(store)], box._deadline_s("pager")) is not None
     ends = at(0) + SEND_DEADLINE_FACTOR * 10 * S + CLAIM_SLACK  # the config's timeout_s: 10
     assert {r["next_attempt_at"] for r in rows(store)} == {ends}
     assert box.deliver(ends - S).notifications == 0
@@ -224,7 +224,7 @@ def test_a_record_does_not_overwrite_a_claim_taken_over_meanwhile(store):
     slow, other = Outbox(store, cfg, {}), Held("pager")
     slow._clock = lambda: at(0)
     with store.begin() as conn:
-        token = slow._claim(conn, ids, "pager")
+        token = slow._claim(conn, ids, slow._deadline_s("pager"))
     # its claim ends; another deliverer releases and claims the group, and is sending it
     second = Outbox(store, cfg, {"pager": other})
     second.deliver(token)
@@ -404,3 +404,27 @@ def test_an_alertmanager_batch_failing_mid_send_is_retried_whole_and_nothing_is_
     assert sorted((a["labels"]["layer"], a["labels"]["head"]) for a in held.values()) == sorted(
         (str(ly), str(h)) for ly in range(10) for h in range(13))
     assert box.deliver(at(1)).resent == 1 and posts[5:] == [64, 64, 2]  # re-sends are batched too
+
+
+def test_an_alertmanager_send_of_many_batches_gets_a_deadline_per_post(store):
+    # 130 series in one group: three POSTs, each 0.4 s at a peer with timeout_s 0.2 (a
+    # deadline of 0.6 s a POST). The whole send (1.2 s) is within three POSTs' deadlines;
+    # one POST's deadline would have cut it off and kept the rows claimed for a later run
+    cfg = AlertsConfig.model_validate({
+        "receivers": [{"name": "am", "alertmanager": {"url": "http://am.example:9093", "timeout_s": 0.2}}],
+        "route": {"receiver": "am", "group_wait_s": 0},
+    })
+    posts: list[int] = []
+
+    def slow_alertmanager(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.4)
+        posts.append(len(json.loads(request.content)))
+        return httpx.Response(200)
+
+    am = Alertmanager("am", "http://am.example:9093", timeout_s=0.2, clock=lambda: at(0),
+                      transport=httpx.MockTransport(slow_alertmanager))
+    box = Outbox(store, cfg, {"am": am})
+    cycle(store, [rule(**{"for": "0s"})], cfg, 0, shifted_rows(0, heads=range(13), layers=range(10)))
+    res = box.deliver(at(0))
+    assert (res.delivered, res.in_flight, posts) == (130, 0, [64, 64, 2])
+    assert {r["status"] for r in rows(store)} == {"delivered"}
