@@ -42,6 +42,8 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
+
 from collectors.collector import (
     AttentionCollector,
     CollectorStats,
@@ -276,6 +278,7 @@ class ProcessCollector:
                 ok = False
                 self._worker_lost(exc, sum(entry_size(e) for e in entries) + dropped)
             except Exception:  # never let the thread die: the serving path relies on it
+                ok = False
                 log.exception("attnmon collector: sender step failed")
             if want > self._flush_done:
                 with self._flushed:
@@ -297,13 +300,19 @@ class ProcessCollector:
                     dropped += int(getattr(e[1], "size", 1))
                     self._log_rarely(logging.ERROR, "attnmon collector: on-device summaries lost", exc_info=exc)
                     continue
-            blobs.append(pickle.dumps(e, protocol=5))
+            n = entry_size(e)
+            try:
+                blobs.append((n, pickle.dumps(_crossable(e), protocol=5)))
+            except Exception as exc:  # one call's values must not cost the others theirs
+                dropped += n
+                self._log_rarely(logging.ERROR, "attnmon collector %s %s: a call's values could not be sent to "
+                                 "the worker (%s); dropped (counted)", self.model, self.version, exc)
             time.sleep(0)  # between entries, let a serving thread have the GIL
         try:
             out.send_bytes(pickle.dumps(("obs", blobs, dropped), protocol=5))
         except OSError as exc:
             raise WorkerDown(f"the worker stopped reading: {exc}") from exc
-        self._sent += sum(entry_size(e) for e in entries) + dropped
+        self._sent += sum(n for n, _ in blobs) + dropped
 
     def _ask(self, msg: tuple) -> bool:
         """Send a flush or close, and wait for the worker's answer (its stats)."""
@@ -411,6 +420,62 @@ class ProcessCollector:
         # worker would not see the parent's exit) and start afresh, lazily
         self._close_pipes()
         self._reset_state()
+
+
+# what crosses to the worker as itself: builtins and numpy, nothing the worker must import
+_PLAIN = {str, bytes, bytearray, int, float, bool, type(None)}
+
+
+def _plain(v) -> bool:
+    return type(v) in _PLAIN or isinstance(v, np.generic)
+
+
+def _crossable(e: tuple) -> tuple:
+    """The entry with only builtins and numpy values in it. Unpickling anything else would
+    import the serving code in the worker (or fail: a class of __main__, a lock). A value
+    of another type becomes its str(), which is what the in-process collector keys it by; a
+    label (cohort, attribute name, padding) of another type becomes b"", rejected as the
+    object would be (bad_label, shape). Summaries are left as they are."""
+    if e[0] == "one":
+        _, w, ids, cohort, attrs, rid, ts = e
+        return ("one", _values(w), _values(ids), _label(cohort), _attrs(attrs), _value(rid), ts)
+    if e[0] == "batch":
+        _, w, ids, lengths, cohorts, attrs, rids, ts, padding = e
+        if isinstance(cohorts, list):
+            cohorts = [_label(x) for x in cohorts]
+        if rids is not None:
+            rids = [_value(x) for x in rids]
+        return ("batch", _values(w), _values(ids), _values(lengths), _label(cohorts), _attrs(attrs),
+                rids, ts, _label(padding))
+    return e
+
+
+def _values(a):
+    if not isinstance(a, np.ndarray) or a.dtype != object or all(
+            t in _PLAIN or issubclass(t, np.generic) for t in set(map(type, a.flat))):
+        return a
+    out = np.empty(a.shape, dtype=object)
+    out.flat[:] = [_value(v) for v in a.flat]
+    return out
+
+
+def _value(v):
+    if _plain(v):
+        return v
+    try:
+        return str(v)
+    except Exception:
+        return "\x00"  # a NUL: the worker rejects the row (bad_value)
+
+
+def _label(x):
+    if _plain(x) or isinstance(x, list):
+        return x
+    return str.__str__(x) if isinstance(x, str) else b""
+
+
+def _attrs(attrs: dict | None) -> dict | None:
+    return None if attrs is None else {_label(k): _values(v) for k, v in attrs.items()}
 
 
 def _add(a: CollectorStats, b: CollectorStats) -> CollectorStats:

@@ -5,7 +5,8 @@ length-prefixed by `multiprocessing.connection`) come in on stdin and go out on 
 stdout; fd 1 itself is pointed at stderr, so that a stray print cannot break a frame.
 
 In:  ("spec", kwargs)                 first: the AttentionCollector to run
-     ("obs", [pickled entries], n)    queue entries, and n requests the parent dropped
+     ("obs", [(size, pickled entry)], n)   queue entries (size: requests in each), and n
+                                      requests the parent dropped
      ("flush", token)                 write everything; answer with the token
      ("close",)                       flush, stop, answer, exit
 Out: ("stats", stats dict, token, ok) about once a second, and after a flush or close
@@ -26,7 +27,8 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
-from collectors.collector import AttentionCollector, entry_size
+from collectors.collector import AttentionCollector
+from collectors.rarely import RareLog
 
 STATS_EVERY_S = 1.0
 
@@ -42,6 +44,7 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
     if kind != "spec":
         raise SystemExit(f"attnmon worker: expected a spec first, got {kind!r}")
     c = AttentionCollector(**spec)
+    log_rarely = RareLog(log)
     last = time.monotonic()
     try:
         while True:
@@ -58,9 +61,15 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 _, entries, dropped = msg
                 if dropped:
                     c._drop(dropped)
-                for raw in entries:
-                    entry = pickle.loads(raw)
-                    c._offer(entry, entry_size(entry))
+                for n, raw in entries:
+                    try:
+                        entry = pickle.loads(raw)
+                    except Exception as exc:  # one call's values must not end the worker
+                        c._drop(n)
+                        log_rarely(logging.ERROR, "attnmon worker: a call's values could not be loaded "
+                                   "(%s); dropped (counted)", exc)
+                        continue
+                    c._offer(entry, n)
             elif msg[0] == "flush":
                 ok = c.flush()
                 conn_out.send_bytes(_stats(c, msg[1], ok))

@@ -1,0 +1,104 @@
+"""ProcessCollector under faults: values the worker cannot load, a worker that is
+terminated, hangs or dies after spilling, big batches. What was handed in ends written,
+rejected or dropped, and is counted once."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+
+import numpy as np
+from test_process_collector import T0, batch, stored_n
+
+from collectors import AttentionCollector, ProcessCollector
+from monitor import Store
+
+
+class Brand:
+    """A type of the serving code's own, passed as attribute values."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __str__(self) -> str:
+        return f"brand-{self.n}"
+
+
+class LockedBrand(Brand):
+    """One that cannot be pickled at all."""
+
+    def __init__(self, n: int):
+        super().__init__(n)
+        self.lock = threading.Lock()
+
+
+def test_values_of_the_callers_own_types_are_taken_as_in_process(sqlite_url, monkeypatch):
+    # a module the worker cannot import (as the serving app's __main__ would be)
+    nowhere = types.ModuleType("attnmon_nowhere")
+    nowhere.Brand = type("Brand", (Brand,), {"__module__": "attnmon_nowhere"})
+    monkeypatch.setitem(sys.modules, "attnmon_nowhere", nowhere)
+    rng = np.random.default_rng(8)
+    w, ids, brand = batch(rng)
+    unloadable = np.array([[nowhere.Brand(j % 3) for j in range(30)] for _ in range(40)], dtype=object)
+    locked = np.array([[LockedBrand(j % 3) for j in range(30)] for _ in range(40)], dtype=object)
+    # the reference: the in-process collector given their str() (it would key each
+    # object apart, text alike or not, which splits a value's share between them)
+    as_text = np.vectorize(str)(unloadable)
+    stats = {}
+    for cls, version in ((AttentionCollector, "in"), (ProcessCollector, "out")):
+        c = cls(sqlite_url, model="m", version=version, sample_rate=0.0)
+        a, b = (as_text, as_text) if cls is AttentionCollector else (unloadable, locked)
+        c.observe_batch(w, item_ids=ids, attributes={"brand": brand}, timestamps=T0)
+        c.observe_batch(w, item_ids=ids, attributes={"brand": a}, timestamps=T0)
+        c.observe_batch(w, item_ids=ids, attributes={"brand": b}, timestamps=T0)
+        c.observe(w[0], item_ids=ids[0], attributes={"brand": list(b[0])}, timestamp=T0)
+        c.observe(w[0], item_ids=ids[0], cohort=nowhere.Brand(1), timestamp=T0)  # not a str: bad_label
+        assert c.flush(timeout=20) is True
+        c.close()
+        stats[version] = c.stats
+    assert stats["out"].accepted == stats["in"].accepted == 121
+    assert stats["out"].rejected == stats["in"].rejected == {"bad_label": 1}
+    assert stats["out"].written == 121 and stats["out"].dropped == 0
+    assert stored_n(sqlite_url, "out") == stored_n(sqlite_url, "in") == 121
+    s = Store(sqlite_url)
+    ka, kb = s.sketches("m", by=("layer",), version="in"), s.sketches("m", by=("layer",), version="out")
+    assert ka.keys() == kb.keys()
+    for key, sk_in in ka.items():
+        assert sk_in.attrs["brand"].shares() == kb[key].attrs["brand"].shares()
+        assert "brand-1" in sk_in.attrs["brand"].shares()
+
+
+class Pending:
+    """On-device summaries whose copy resolves to `value` (size requests)."""
+
+    def __init__(self, value, size: int):
+        self.value, self.size = value, size
+
+    def ready(self) -> bool:
+        return True
+
+    def resolve(self):
+        return self.value
+
+
+def test_summaries_that_cannot_cross_cost_only_themselves(sqlite_url, monkeypatch):
+    nowhere = types.ModuleType("attnmon_nowhere")
+    nowhere.Brand = type("Brand", (Brand,), {"__module__": "attnmon_nowhere"})
+    monkeypatch.setitem(sys.modules, "attnmon_nowhere", nowhere)
+    rng = np.random.default_rng(9)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0)
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T0)
+        assert c.flush(timeout=20)
+        worker = c.worker_pid
+        c.observe_summaries(Pending(LockedBrand(1), 5))  # cannot be pickled here
+        c.observe_summaries(Pending(nowhere.Brand(1), 7))  # cannot be loaded there
+        c.observe_batch(w, item_ids=ids, timestamps=T0 + 1)
+        assert c.flush(timeout=20)
+        assert c.worker_pid == worker  # (the one that could not be loaded did not end it)
+    finally:
+        c.close()
+    st = c.stats
+    assert st.written == 80 == stored_n(sqlite_url, "v1") and st.dropped == 12
