@@ -379,6 +379,10 @@ class ProcessCollector:
     def _worker_lost(self, exc: WorkerDown, in_hand: int) -> None:
         """The worker is gone: count what it held and had not written, and what was in
         hand here, as dropped; the next call starts another."""
+        try:  # its last reports are still in the pipe: a worker that was stopped (SIGTERM,
+            self._read_stats()  # end of input) wrote what it held first, and said so
+        except Exception:
+            pass
         with self._lock:
             cur = self._current
             unwritten = self._sent - (cur.written + cur.spilled + cur.dropped + sum(cur.rejected.values()))
@@ -388,8 +392,15 @@ class ProcessCollector:
             self._dropped_hot += in_hand + (max(unwritten, 0) if self._proc is not None else 0)
         self._sent = 0
         self._close_pipes()
-        if self._proc is not None and self._proc.poll() is not None:
-            self._proc = None  # reaped: the next call may start another
+        if self._proc is not None:
+            # its pipes are closed: it is exiting, or must (else a next call would be handed
+            # the closed pipes of a worker not yet reaped)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None  # the next call may start another
         self._log_rarely(logging.ERROR, "attnmon collector %s %s: %s; observations are dropped (and counted) "
                          "until a worker runs again", self.model, self.version, exc)
 

@@ -9,7 +9,8 @@ In:  ("spec", kwargs)                 first: the AttentionCollector to run
                                       requests the parent dropped
      ("flush", token)                 write everything; answer with the token
      ("close",)                       flush, stop, answer, exit
-Out: ("stats", stats dict, token, ok) about once a second, and after a flush or close
+Out: ("stats", stats dict, token, ok) about once a second, after a flush or close, and
+     last before exit (token None), however the worker was stopped
 
 End of input (the serving process exited or was killed) closes the collector, which
 writes or spills what it holds, and exits. SIGTERM does the same; SIGINT is ignored, as
@@ -79,11 +80,20 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 return
     finally:
         c.close()
+        try:  # the last word, however the loop ended: the parent counts what was written
+            conn_out.send_bytes(_stats(c, None, True))
+        except OSError:
+            pass
+
+
+def _terminate(*_) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let close() finish
+    sys.exit(0)  # unwinds into serve's close()
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds into serve's close()
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s attnmon-worker[%(process)d] %(levelname)s %(message)s")
     out_fd = os.dup(1)

@@ -4,15 +4,24 @@ rejected or dropped, and is counted once."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import threading
 import types
 
 import numpy as np
-from test_process_collector import T0, batch, stored_n
+from test_process_collector import T0, batch, stored_n, wait_for
 
 from collectors import AttentionCollector, ProcessCollector
 from monitor import Store
+
+T_OPEN = 4_102_444_800.0  # 2100: a minute still open, so the worker holds it until a flush
+
+
+def gone(pid: int) -> bool:
+    return subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
 
 
 class Brand:
@@ -102,3 +111,23 @@ def test_summaries_that_cannot_cross_cost_only_themselves(sqlite_url, monkeypatc
         c.close()
     st = c.stats
     assert st.written == 80 == stored_n(sqlite_url, "v1") and st.dropped == 12
+
+
+def test_a_terminated_worker_writes_what_it_holds_and_is_not_counted_as_losing_it(sqlite_url):
+    rng = np.random.default_rng(10)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, restart_every_s=0.2)
+    try:
+        for i in range(5):
+            c.observe_batch(w, item_ids=ids, timestamps=T_OPEN + i)
+        assert wait_for(lambda: c.stats.accepted == 200)
+        first = c.worker_pid
+        os.kill(first, signal.SIGTERM)  # as a service manager stops it: it writes what it holds
+        assert wait_for(lambda: gone(first) and stored_n(sqlite_url, "v1") == 200)
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN + 60)
+        assert wait_for(lambda: c.flush(timeout=10))
+        assert c.worker_pid not in (None, first)
+    finally:
+        c.close()
+    st = c.stats
+    assert stored_n(sqlite_url, "v1") == st.written == 240 and st.dropped == 0
