@@ -269,7 +269,7 @@ class ProcessCollector:
             try:
                 if entries or dropped or want > self._flush_done or stop:
                     self._send_entries(entries, dropped)
-                    dropped = 0
+                    entries, dropped = [], 0  # sent: the worker's count has them now
                     if want > self._flush_done or stop:
                         ok = self._ask(("close",) if stop else ("flush", want))
                 if not stop:  # (a closed worker's end of output is no loss)

@@ -131,3 +131,32 @@ def test_a_terminated_worker_writes_what_it_holds_and_is_not_counted_as_losing_i
         c.close()
     st = c.stats
     assert stored_n(sqlite_url, "v1") == st.written == 240 and st.dropped == 0
+
+
+def test_a_worker_dying_before_it_answers_a_flush_costs_what_it_held_once(sqlite_url, monkeypatch):
+    rng = np.random.default_rng(11)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, restart_every_s=0.1)
+    ask = ProcessCollector._ask
+    dying = {"on": False}
+
+    def ask_after_a_kill(self, msg):  # the batch is on its way; the worker dies before answering
+        if dying["on"] and msg[0] == "flush":
+            dying["on"] = False
+            self._proc.kill()
+            self._proc.wait()
+        return ask(self, msg)
+
+    monkeypatch.setattr(ProcessCollector, "_ask", ask_after_a_kill)
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)
+        assert c.flush(timeout=20)
+        dying["on"] = True
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN + 1)
+        assert c.flush(timeout=20) is False
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN + 2)
+        assert wait_for(lambda: c.flush(timeout=10))
+    finally:
+        c.close()
+    st = c.stats
+    assert stored_n(sqlite_url, "v1") == st.written == 80 and st.dropped == 40
