@@ -139,6 +139,7 @@ class ProcessCollector:
         self._dropped_hot = 0  # dropped here, not yet told to a worker (its health counts them)
         self._finished = _ZERO  # the sum of the last stats of workers that ended
         self._current = _ZERO  # the running worker's last stats
+        self._settled = 0  # of what it was sent: written, rejected, dropped or spilled (its report)
         self._sent = 0  # requests sent to the running worker
         self._proc: subprocess.Popen | None = None
         self._out: Connection | None = None
@@ -324,8 +325,8 @@ class ProcessCollector:
             while not self._in.poll(1.0):
                 if self._proc.poll() is not None:
                     raise WorkerDown(f"the worker exited with status {self._proc.returncode}")
-            _, stats, token, ok = self._recv()
-            self._note_stats(stats)
+            _, stats, token, ok, settled = self._recv()
+            self._note_stats(stats, settled)
             if token is not None:
                 return bool(ok)
 
@@ -333,8 +334,8 @@ class ProcessCollector:
         """Take the reports the worker sent since the last look, without waiting."""
         inp = self._in
         while inp is not None and inp.poll(0):
-            _, stats, _, _ = self._recv()
-            self._note_stats(stats)
+            _, stats, _, _, settled = self._recv()
+            self._note_stats(stats, settled)
 
     def _recv(self) -> tuple:
         try:
@@ -342,9 +343,10 @@ class ProcessCollector:
         except (EOFError, OSError) as exc:
             raise WorkerDown("the worker exited") from exc
 
-    def _note_stats(self, stats: dict) -> None:
+    def _note_stats(self, stats: dict, settled: int) -> None:
         with self._lock:
             self._current = CollectorStats(**stats)
+            self._settled = settled
 
     def _worker(self) -> Connection:
         """The running worker's input, starting one if there is none."""
@@ -385,9 +387,9 @@ class ProcessCollector:
             pass
         with self._lock:
             cur = self._current
-            unwritten = self._sent - (cur.written + cur.spilled + cur.dropped + sum(cur.rejected.values()))
+            unwritten = self._sent - self._settled
             self._finished = _add(self._finished, cur)
-            self._current = _ZERO
+            self._current, self._settled = _ZERO, 0
             # (in_hand: entries taken from the queue; unwritten: what the worker held)
             self._dropped_hot += in_hand + (max(unwritten, 0) if self._proc is not None else 0)
         self._sent = 0

@@ -9,8 +9,9 @@ In:  ("spec", kwargs)                 first: the AttentionCollector to run
                                       requests the parent dropped
      ("flush", token)                 write everything; answer with the token
      ("close",)                       flush, stop, answer, exit
-Out: ("stats", stats dict, token, ok) about once a second, after a flush or close, and
-     last before exit (token None), however the worker was stopped
+Out: ("stats", stats dict, token, ok, settled) about once a second, after a flush or close, and
+     last before exit (token None), however the worker was stopped; settled: requests
+     written, rejected, dropped or in a spill file (what a worker killed then did not lose)
 
 End of input (the serving process exited or was killed) closes the collector, which
 writes or spills what it holds, and exits. SIGTERM does the same; SIGINT is ignored, as
@@ -36,15 +37,35 @@ STATS_EVERY_S = 1.0
 log = logging.getLogger("attnmon.collector")
 
 
-def _stats(c: AttentionCollector, token: int | None, ok: bool) -> bytes:
-    return pickle.dumps(("stats", dataclasses.asdict(c.stats), token, ok), protocol=5)
+class _Collector(AttentionCollector):
+    """Counts what it writes back from its own spill files: a replayed batch is in both
+    `spilled` and `written`, and the parent must not take it for two."""
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self._spilled_batches: dict[int, int] = {}  # batch_seq -> requests, spilled, not replayed
+        self.replayed = 0
+
+    def _note_spilled(self, batch) -> None:
+        super()._note_spilled(batch)
+        self._spilled_batches[batch.batch_seq] = batch.n_requests
+
+    def _note_written(self, batch) -> None:
+        super()._note_written(batch)
+        self.replayed += self._spilled_batches.pop(batch.batch_seq, 0)
+
+
+def _stats(c: _Collector, token: int | None, ok: bool) -> bytes:
+    st = c.stats
+    settled = st.written + sum(st.rejected.values()) + st.dropped + st.spilled - c.replayed
+    return pickle.dumps(("stats", dataclasses.asdict(st), token, ok, settled), protocol=5)
 
 
 def serve(conn_in: Connection, conn_out: Connection) -> None:
     kind, spec = pickle.loads(conn_in.recv_bytes())
     if kind != "spec":
         raise SystemExit(f"attnmon worker: expected a spec first, got {kind!r}")
-    c = AttentionCollector(**spec)
+    c = _Collector(**spec)
     log_rarely = RareLog(log)
     last = time.monotonic()
     try:

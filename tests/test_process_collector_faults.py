@@ -16,6 +16,7 @@ from test_process_collector import T0, batch, stored_n, wait_for
 
 from collectors import AttentionCollector, ProcessCollector
 from monitor import Store
+from monitor.store import migrate
 
 T_OPEN = 4_102_444_800.0  # 2100: a minute still open, so the worker holds it until a flush
 
@@ -160,3 +161,29 @@ def test_a_worker_dying_before_it_answers_a_flush_costs_what_it_held_once(sqlite
         c.close()
     st = c.stats
     assert stored_n(sqlite_url, "v1") == st.written == 80 and st.dropped == 40
+
+
+def test_a_worker_killed_after_it_replayed_its_spill_counts_what_it_held(tmp_path):
+    db = tmp_path / "later" / "store.db"  # the store is down: its directory is not there yet
+    url = f"sqlite:///{db}"
+    rng = np.random.default_rng(12)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(url, model="m", version="v1", sample_rate=0.0, spill_dir=tmp_path / "spill",
+                         restart_every_s=0.1)
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)
+        assert c.flush(timeout=20) and c.stats.spilled == 40
+        db.parent.mkdir()
+        migrate.upgrade(url)
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN + 60)
+        assert c.flush(timeout=20)  # the spill replayed, then this batch: 80 written
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN + 120)  # held, not written
+        assert wait_for(lambda: c.stats.accepted == 120)
+        worker = c.worker_pid
+        os.kill(worker, signal.SIGKILL)
+        assert wait_for(lambda: gone(worker))
+        assert wait_for(lambda: c.flush(timeout=10))
+    finally:
+        c.close()
+    st = c.stats
+    assert stored_n(url, "v1") == st.written == 80 and st.dropped == 40
