@@ -147,6 +147,7 @@ class ProcessCollector:
         self._thread: threading.Thread | None = None
         self._last_start = -1e18
         self._stop = False
+        self._give_up = False  # close() timed out: no new worker for what is left
         self._closed = False
         self._log_rarely = RareLog(log)
 
@@ -224,7 +225,9 @@ class ProcessCollector:
             return self._flush_ok
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush what was accepted, stop the worker and the thread. Idempotent."""
+        """Flush what was accepted, stop the worker and the thread. Idempotent. A worker
+        that has not written what it holds and exited within `timeout` (hung, stopped, a
+        store that does not answer) is killed, and what it held is counted as dropped."""
         if self._closed or os.getpid() != self._pid:
             return
         self._capacity = 0
@@ -232,6 +235,14 @@ class ProcessCollector:
             self._stop = True
             self._wake.set()
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                # the sender waits on the worker (a pipe write, or the answer to close):
+                # killing it ends the wait, and the sender counts the loss
+                self._give_up = True
+                proc = self._proc
+                if proc is not None:
+                    proc.kill()
+                self._thread.join(5.0)
         self._closed = True
 
     def __enter__(self) -> ProcessCollector:
@@ -354,6 +365,8 @@ class ProcessCollector:
             return self._out
         if self._proc is not None:
             raise WorkerDown(f"the worker exited with status {self._proc.returncode}")
+        if self._give_up:
+            raise WorkerDown("closed before the worker finished")
         wait = self._last_start + self.restart_every_s - time.monotonic()
         if wait > 0:
             raise WorkerDown(f"the worker is down; the next start in {wait:.1f} s")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 
 import numpy as np
@@ -187,3 +188,28 @@ def test_a_worker_killed_after_it_replayed_its_spill_counts_what_it_held(tmp_pat
         c.close()
     st = c.stats
     assert stored_n(url, "v1") == st.written == 80 and st.dropped == 40
+
+
+def test_close_gives_up_on_a_hung_worker_within_its_timeout_and_counts_the_loss(sqlite_url):
+    rng = np.random.default_rng(13)
+    w, ids, _ = batch(rng, L=200)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, queue_size=20)
+    c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)
+    assert wait_for(lambda: c.stats.accepted == 40)  # the worker holds them
+    worker = c.worker_pid
+    os.kill(worker, signal.SIGSTOP)  # hung: it reads nothing and answers nothing
+    try:
+        handed = 40
+        for i in range(100):  # fills the pipe, then the queue: the serving calls drop and count
+            c.observe_batch(w, item_ids=ids, timestamps=T_OPEN + i)
+            handed += 40
+            time.sleep(0.002)
+        start = time.monotonic()
+        c.close(timeout=2)
+        assert time.monotonic() - start < 10
+        assert wait_for(lambda: gone(worker), 5)  # killed and reaped, not left stopped
+    finally:
+        if not gone(worker):
+            os.kill(worker, signal.SIGCONT)
+    st = c.stats
+    assert st.written == 0 == stored_n(sqlite_url, "v1") and st.dropped == handed
