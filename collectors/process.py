@@ -92,6 +92,9 @@ class ProcessCollector:
             raise ValueError("engine=: an engine cannot cross to the worker process; give store_url")
         if options.get("strict"):
             raise ValueError("strict=True validates on the calling thread; use AttentionCollector for it")
+        if isinstance(restart_every_s, bool) or not isinstance(restart_every_s, int | float) \
+                or not 0 <= restart_every_s < float("inf"):
+            raise ValueError(f"restart_every_s={restart_every_s!r}: must be a number of seconds >= 0")
         if store_url is None:
             store_url = os.environ.get("ATTNMON_STORE_URL", "sqlite:///attnmon.db")
         # the same checks, and the same errors, as an in-process collector's

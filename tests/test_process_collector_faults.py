@@ -13,6 +13,7 @@ import time
 import types
 
 import numpy as np
+import pytest
 from test_process_collector import T0, batch, stored_n, wait_for
 
 from collectors import AttentionCollector, ProcessCollector
@@ -213,3 +214,11 @@ def test_close_gives_up_on_a_hung_worker_within_its_timeout_and_counts_the_loss(
             os.kill(worker, signal.SIGCONT)
     st = c.stats
     assert st.written == 0 == stored_n(sqlite_url, "v1") and st.dropped == handed
+
+
+@pytest.mark.parametrize("value", ["5", float("nan"), -1.0, None])
+def test_a_bad_restart_every_s_is_refused_here(sqlite_url, value):
+    # (a str reached the sender thread, which failed on it at the first call: every
+    # observation lost, uncounted)
+    with pytest.raises(ValueError, match="restart_every_s="):
+        ProcessCollector(sqlite_url, model="m", version="v1", restart_every_s=value)
