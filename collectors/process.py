@@ -58,6 +58,7 @@ from collectors.rarely import RareLog
 log = logging.getLogger("attnmon.collector")
 
 POLL_S = 0.05  # how often the sender looks at the queue: one pipe write per look
+OUT_OF_BAND = 1 << 16  # bytes: an array this big is sent as it is, not copied into a pickle
 _ZERO = CollectorStats(0, 0, {}, 0, 0, 0, 0, 0, 0)
 
 
@@ -306,7 +307,7 @@ class ProcessCollector:
 
     def _send_entries(self, entries: list[tuple], dropped: int) -> None:
         out = self._worker()
-        blobs = []
+        items, bufs = [], []  # (requests, pickle, sizes of its buffers); the buffers, in order
         for e in entries:
             if e[0] == "summaries":
                 try:  # waits for the device's copy, here and not on a serving thread
@@ -316,18 +317,27 @@ class ProcessCollector:
                     self._log_rarely(logging.ERROR, "attnmon collector: on-device summaries lost", exc_info=exc)
                     continue
             n = entry_size(e)
+            big: list[memoryview] = []
             try:
-                blobs.append((n, pickle.dumps(_crossable(e), protocol=5)))
+                # a big array goes down the pipe from its own memory (a pipe write releases
+                # the GIL) rather than copied into the pickle, and again into the frame
+                blob = pickle.dumps(_crossable(e), protocol=5, buffer_callback=lambda b, big=big: (
+                    b.raw().nbytes < OUT_OF_BAND or big.append(b.raw())))
             except Exception as exc:  # one call's values must not cost the others theirs
                 dropped += n
                 self._log_rarely(logging.ERROR, "attnmon collector %s %s: a call's values could not be sent to "
                                  "the worker (%s); dropped (counted)", self.model, self.version, exc)
+                continue
+            items.append((n, blob, [m.nbytes for m in big]))
+            bufs.extend(big)
             time.sleep(0)  # between entries, let a serving thread have the GIL
         try:
-            out.send_bytes(pickle.dumps(("obs", blobs, dropped), protocol=5))
+            out.send_bytes(pickle.dumps(("obs", items, dropped), protocol=5))
+            for m in bufs:
+                out.send_bytes(m)
         except OSError as exc:
             raise WorkerDown(f"the worker stopped reading: {exc}") from exc
-        self._sent += sum(n for n, _ in blobs) + dropped
+        self._sent += sum(n for n, _, _ in items) + dropped
 
     def _ask(self, msg: tuple) -> bool:
         """Send a flush or close, and wait for the worker's answer (its stats)."""

@@ -5,8 +5,10 @@ length-prefixed by `multiprocessing.connection`) come in on stdin and go out on 
 stdout; fd 1 itself is pointed at stderr, so that a stray print cannot break a frame.
 
 In:  ("spec", kwargs)                 first: the AttentionCollector to run
-     ("obs", [(size, pickled entry)], n)   queue entries (size: requests in each), and n
-                                      requests the parent dropped
+     ("obs", [(size, pickled entry, [buffer sizes])], n)   queue entries (size: requests in
+                                      each), n requests the parent dropped; then each
+                                      entry's big arrays (pickle's out-of-band buffers),
+                                      a frame each, in order
      ("flush", token)                 write everything; answer with the token
      ("close",)                       flush, stop, answer, exit
 Out: ("stats", stats dict, token, ok, settled) about once a second, after a flush or close, and
@@ -83,9 +85,13 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 _, entries, dropped = msg
                 if dropped:
                     c._drop(dropped)
-                for n, raw in entries:
+                for n, raw, sizes in entries:
+                    # its big arrays follow as frames of their own, into writable memory
+                    buffers = [bytearray(size) for size in sizes]
+                    for buf in buffers:
+                        conn_in.recv_bytes_into(buf)
                     try:
-                        entry = pickle.loads(raw)
+                        entry = pickle.loads(raw, buffers=buffers)
                     except Exception as exc:  # one call's values must not end the worker
                         c._drop(n)
                         log_rarely(logging.ERROR, "attnmon worker: a call's values could not be loaded "
