@@ -5,6 +5,7 @@ rejected or dropped, and is counted once."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from test_process_collector import T0, batch, stored_n, wait_for
 
 from collectors import AttentionCollector, ProcessCollector
+from collectors.collector import one_entry
 from monitor import Store
 from monitor.store import migrate
 
@@ -249,3 +251,26 @@ def test_a_big_batch_crosses_without_copies_in_the_serving_process(sqlite_url):
     assert peak < 1.5 * w.nbytes
     assert c.stats.written == 4097 == stored_n(sqlite_url, "v1")
 
+
+def test_the_sender_keeps_up_with_many_small_calls(sqlite_url):
+    rng = np.random.default_rng(15)
+    w = rng.dirichlet(np.ones(50), size=(2, 2)).astype(np.float32)
+    entries = [one_entry(w, rng.integers(0, 1000, 50), "web", None, None, T0) for _ in range(5000)]
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0)
+    try:  # this thread sends, in the sender's place
+        c._send_entries(entries[:1], 0)
+        assert c._ask(("flush", 1))  # the worker is up
+        start = time.perf_counter()
+        for e in entries:
+            pickle.dumps(e, protocol=5)
+        pickling = time.perf_counter() - start
+        start = time.perf_counter()
+        c._send_entries(entries, 0)
+        sending = time.perf_counter() - start
+        assert c._ask(("flush", 2))
+    finally:
+        c._end_worker()
+    # a GIL yield after each entry (~0.1 ms each) cost several times the pickling: the
+    # sender fell behind ~7,000 single calls a second, and the serving side dropped them
+    assert sending < 3 * pickling + 0.1, (sending, pickling)
+    assert c.stats.written == 5001 == stored_n(sqlite_url, "v1")
