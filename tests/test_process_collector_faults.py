@@ -9,10 +9,12 @@ import pickle
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import tracemalloc
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +276,61 @@ def test_the_sender_keeps_up_with_many_small_calls(sqlite_url):
     # sender fell behind ~7,000 single calls a second, and the serving side dropped them
     assert sending < 3 * pickling + 0.1, (sending, pickling)
     assert c.stats.written == 5001 == stored_n(sqlite_url, "v1")
+
+
+def test_hostile_inputs_are_rejected_for_the_reasons_given_in_process(sqlite_url):
+    w = np.random.default_rng(16).dirichlet(np.ones(4), size=(3, 2, 2)).astype(np.float32)
+    batches = [
+        dict(item_ids=[["a", b"b", 3, 4.5]] * 3, attributes={"brand": [["x", b"\xff\xfe", "y", "z"]] * 3}),
+        dict(item_ids=[["a\x00b", "c", "d", "e"]] * 3),
+        dict(cohorts=["c" * 10_000, "web", "x\x00y"]),
+        dict(attributes={"k" * 10_000: [["a"] * 4] * 3}),
+        dict(attributes={"brand": [["v" * 10_000] * 4] * 3}),
+        dict(request_ids=["r1", b"r2", None]),
+        dict(lengths=np.array([4, 3.0, "x"], dtype=object)),
+        dict(padding="middle"),
+    ]
+    singles = [
+        dict(item_ids=["a", b"\x00", "c", "d"], cohort=b"web"),
+        dict(attributes={"brand": ["a", "b"]}),
+        dict(attributes={"brand": [b"a", "b", 1, None]}),
+    ]
+    stats = {}
+    for cls, version in ((AttentionCollector, "in"), (ProcessCollector, "out")):
+        with cls(sqlite_url, model="m", version=version, sample_rate=1.0, seed=1) as c:
+            for kw in batches:
+                c.observe_batch(w, timestamps=T0, **kw)
+            for kw in singles:
+                c.observe(w[0], timestamp=T0, **kw)
+            c.observe_batch(w.astype(object), timestamps=T0)
+        stats[version] = c.stats
+    assert stats["out"] == stats["in"] and stats["in"].written == 5
+    assert stats["in"].rejected == {"bad_label": 6, "length_mismatch": 7, "bad_value": 6, "dtype": 3, "shape": 3}
+    assert stored_n(sqlite_url, "out") == stored_n(sqlite_url, "in") == 5
+
+
+def test_interpreter_exit_without_close_writes_what_two_workers_hold(sqlite_url):
+    script = textwrap.dedent(f"""
+        import threading, time
+        import numpy as np
+        from collectors import ProcessCollector
+        rng = np.random.default_rng(0)
+        w = rng.dirichlet(np.ones(30), size=(40, 2, 2)).astype(np.float32)
+        a = ProcessCollector({sqlite_url!r}, model="m", version="a", sample_rate=0.0)
+        b = ProcessCollector({sqlite_url!r}, model="m", version="b", sample_rate=0.0)
+        def serve(c):
+            for i in range(25):
+                c.observe_batch(w, timestamps={T_OPEN})
+                c.observe(w[0], timestamp={T_OPEN})
+        threads = [threading.Thread(target=serve, args=(c,)) for c in (a, b) for _ in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        while min(c.stats.accepted + c.stats.dropped for c in (a, b)) < 4 * 25 * 41:
+            time.sleep(0.05)  # the workers hold them (their minute is open): exit now
+        print(a.stats.dropped, b.stats.dropped)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    dropped = [int(x) for x in proc.stdout.split()]
+    assert [stored_n(sqlite_url, v) for v in "ab"] == [4 * 25 * 41 - d for d in dropped]
