@@ -85,6 +85,8 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 _, entries, dropped = msg
                 if dropped:
                     c._drop(dropped)
+                    if not entries:  # the collector's thread counts drops (into its health
+                        c._offer(("blocks", []), 0)  # rows) only as it takes an entry
                 for n, raw, sizes in entries:
                     # its big arrays follow as frames of their own, into writable memory
                     buffers = [bytearray(size) for size in sizes]

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import func, select
 from test_process_collector import T0, batch, stored_n, wait_for
 
 from collectors import AttentionCollector, ProcessCollector
 from collectors.collector import one_entry
 from monitor import Store
 from monitor.store import migrate
+from monitor.store import tables as t
+from monitor.store.engine import make_engine
 
 T_OPEN = 4_102_444_800.0  # 2100: a minute still open, so the worker holds it until a flush
 
@@ -334,3 +337,25 @@ def test_interpreter_exit_without_close_writes_what_two_workers_hold(sqlite_url)
     assert proc.returncode == 0, proc.stderr
     dropped = [int(x) for x in proc.stdout.split()]
     assert [stored_n(sqlite_url, v) for v in "ab"] == [4 * 25 * 41 - d for d in dropped]
+
+
+def test_drops_reach_collector_health_when_no_call_follows_them(sqlite_url):
+    rng = np.random.default_rng(17)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, restart_every_s=0.1)
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)
+        assert wait_for(lambda: c.stats.accepted == 40)
+        worker = c.worker_pid
+        os.kill(worker, signal.SIGKILL)
+        assert wait_for(lambda: gone(worker))
+        assert wait_for(lambda: c.flush(timeout=10))  # a new worker, told of the 40 lost; no calls
+    finally:
+        c.close()
+    assert c.stats.dropped == 40
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(func.sum(t.collector_health.c.dropped))).scalar() == 40
+    finally:
+        engine.dispose()
