@@ -236,7 +236,11 @@ class ProcessCollector:
     def close(self, timeout: float = 30.0) -> None:
         """Flush what was accepted, stop the worker and the thread. Idempotent. A worker
         that has not written what it holds and exited within `timeout` (hung, stopped, a
-        store that does not answer) is killed, and what it held is counted as dropped."""
+        store that does not answer) is killed, and what it held is counted as dropped.
+        (At interpreter exit it is left to finish instead: no one reads the counts then.)"""
+        self._close(timeout, kill=True)
+
+    def _close(self, timeout: float, kill: bool) -> None:
         if self._closed or os.getpid() != self._pid:
             return
         self._capacity = 0
@@ -244,7 +248,7 @@ class ProcessCollector:
             self._stop = True
             self._wake.set()
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            if kill and self._thread.is_alive():
                 # the sender waits on the worker (a pipe write, or the answer to close):
                 # killing it ends the wait, and the sender counts the loss
                 self._give_up = True
@@ -538,8 +542,8 @@ _live: weakref.WeakSet[ProcessCollector] = weakref.WeakSet()
 
 def _close_all() -> None:
     for c in list(_live):
-        try:
-            c.close(timeout=10.0)
+        try:  # a worker not done in time writes what it holds on its own, once we are gone
+            c._close(10.0, kill=False)
         except Exception:
             log.exception("attnmon collector: closing the worker at exit failed")
 

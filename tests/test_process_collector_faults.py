@@ -386,3 +386,33 @@ def test_on_device_summaries_reach_the_worker_without_torch(sqlite_url):
             c.close()
         stats[version] = c.stats
     assert stats["out"] == stats["in"] and stats["in"].written > 0
+
+
+def test_at_exit_a_slow_worker_is_left_to_finish_not_killed(sqlite_url, tmp_path):
+    # close() at exit waits 10 s; a worker slower than that (here: stopped for a while,
+    # as a store that takes its time) still writes what it holds once the process is gone
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        import numpy as np
+        from collectors import ProcessCollector
+        c = ProcessCollector({sqlite_url!r}, model="m", version="v1", sample_rate=0.0)
+        w = np.random.default_rng(0).dirichlet(np.ones(20), size=(50, 1, 2)).astype(np.float32)
+        c.observe_batch(w, timestamps={T_OPEN})
+        while c.stats.accepted < 50:
+            time.sleep(0.05)
+        print(c.worker_pid, flush=True)
+        os.kill(c.worker_pid, signal.SIGSTOP)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out, err = tmp_path / "out", tmp_path / "err"  # (files: the worker keeps its stderr open)
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.run([sys.executable, "-c", script], env=env, stdout=o, stderr=e, timeout=60)
+    assert proc.returncode == 0, err.read_text()
+    worker = int(out.read_text().split()[0])
+    try:
+        assert not gone(worker)
+    finally:
+        if not gone(worker):
+            os.kill(worker, signal.SIGCONT)
+    assert wait_for(lambda: stored_n(sqlite_url, "v1") == 50, timeout=30)
+    assert wait_for(lambda: gone(worker), 10)
