@@ -191,8 +191,21 @@ class ProcessCollector:
 
     def _put(self, entry: tuple) -> None:
         self._q.append(entry)
-        if self._thread is None:
+        if self._closed:  # close() ran while this call made its copy: no one will send it
+            self._drop_left()
+        elif self._thread is None:
             self._start()
+
+    def _drop_left(self) -> None:
+        """Drop and count what is in the queue once the sender has taken its last."""
+        n = 0
+        while True:
+            try:
+                n += entry_size(self._q.popleft())
+            except IndexError:
+                break
+        if n:
+            self._drop(n)
 
     def _drop(self, n: int) -> None:
         with self._lock:
@@ -214,7 +227,7 @@ class ProcessCollector:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name=f"attnmon-sender-{self.model}", daemon=True)
                 self._thread.start()
 
@@ -257,6 +270,7 @@ class ProcessCollector:
                     proc.kill()
                 self._thread.join(5.0)
         self._closed = True
+        self._drop_left()  # calls that passed the queue check before close() and ended after
 
     def __enter__(self) -> ProcessCollector:
         return self

@@ -416,3 +416,29 @@ def test_at_exit_a_slow_worker_is_left_to_finish_not_killed(sqlite_url, tmp_path
             os.kill(worker, signal.SIGCONT)
     assert wait_for(lambda: stored_n(sqlite_url, "v1") == 50, timeout=30)
     assert wait_for(lambda: gone(worker), 10)
+
+
+def test_a_call_that_ends_while_close_runs_is_counted(sqlite_url, monkeypatch):
+    import collectors.process as process
+
+    rng = np.random.default_rng(19)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0)
+    c.observe_batch(w, item_ids=ids, timestamps=T0)
+    assert c.flush(timeout=20)
+    copying = threading.Event()
+    make = process.batch_entry
+
+    def slow_copy(*args):  # a big batch's copy, on a serving thread, as close() runs
+        copying.set()
+        time.sleep(0.5)
+        return make(*args)
+
+    monkeypatch.setattr(process, "batch_entry", slow_copy)
+    serving = threading.Thread(target=c.observe_batch, args=(w,), kwargs={"timestamps": T0})
+    serving.start()
+    assert copying.wait(5)
+    c.close()
+    serving.join()
+    st = c.stats
+    assert len(c._q) == 0 and st.written == 40 and st.dropped == 40
