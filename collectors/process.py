@@ -506,11 +506,10 @@ def _crossable(e: tuple) -> tuple:
         return ("one", _values(w), _values(ids), _label(cohort), _attrs(attrs), _value(rid), ts)
     if e[0] == "batch":
         _, w, ids, lengths, cohorts, attrs, rids, ts, padding = e
-        if isinstance(cohorts, list):
-            cohorts = [_label(x) for x in cohorts]
+        cohorts = [_label(x) for x in cohorts] if isinstance(cohorts, list) else _label(cohorts)
         if rids is not None:
             rids = [_value(x) for x in rids]
-        return ("batch", _values(w), _values(ids), _values(lengths), _label(cohorts), _attrs(attrs),
+        return ("batch", _values(w), _values(ids), _values(lengths), cohorts, _attrs(attrs),
                 rids, ts, _label(padding))
     return e
 
@@ -534,7 +533,7 @@ def _value(v):
 
 
 def _label(x):
-    if _plain(x) or isinstance(x, list):
+    if _plain(x):
         return x
     return str.__str__(x) if isinstance(x, str) else b""
 
