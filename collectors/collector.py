@@ -372,6 +372,9 @@ class AttentionCollector:
                       len(self._unsent), lost)
             self._unsent.clear()
 
+    def _at_exit(self) -> None:
+        self.close(timeout=10.0)
+
     def __enter__(self) -> AttentionCollector:
         return self
 
@@ -1433,14 +1436,15 @@ def _epoch(ts: float | datetime) -> float:
     return float(ts)
 
 
-# Interpreter exit and fork: flush what was accepted; children start afresh.
-_live: weakref.WeakSet[AttentionCollector] = weakref.WeakSet()
+# Interpreter exit and fork: flush what was accepted; children start afresh. Both kinds
+# of collector (collectors.process registers its own here) have _at_exit and _after_fork.
+_live: weakref.WeakSet = weakref.WeakSet()
 
 
 def _close_all() -> None:
     for c in list(_live):
         try:
-            c.close(timeout=10.0)
+            c._at_exit()
         except Exception:
             log.exception("attnmon collector: flush at exit failed")
 

@@ -27,7 +27,6 @@ numeric and fixed-width string arrays) and pipe writes, which release the GIL.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import pickle
@@ -35,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -49,6 +47,7 @@ from collectors.collector import (
     AttentionCollector,
     CollectorStats,
     _epoch,
+    _live,
     batch_entry,
     config_options,
     entry_size,
@@ -116,7 +115,7 @@ class ProcessCollector:
         self.restart_every_s = restart_every_s
         self._spec = {"store_url": store_url, "model": model, "version": version, **options}
         self._reset_state()
-        _live.add(self)
+        _live.add(self)  # (collectors.collector's: closed at exit, reset after a fork)
 
     @classmethod
     def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> ProcessCollector:
@@ -271,6 +270,10 @@ class ProcessCollector:
                 self._thread.join(5.0)
         self._closed = True
         self._drop_left()  # calls that passed the queue check before close() and ended after
+
+    def _at_exit(self) -> None:
+        # a worker not done in time writes what it holds on its own, once we are gone
+        self._close(10.0, kill=False)
 
     def __enter__(self) -> ProcessCollector:
         return self
@@ -548,23 +551,3 @@ def _add(a: CollectorStats, b: CollectorStats) -> CollectorStats:
         rejected=dict(Counter(a.rejected) + Counter(b.rejected)), dropped=a.dropped + b.dropped,
         spilled=a.spilled + b.spilled, written=a.written + b.written, queue_depth=0, pending_batches=0,
         bad_spill_files=a.bad_spill_files + b.bad_spill_files)
-
-
-_live: weakref.WeakSet[ProcessCollector] = weakref.WeakSet()
-
-
-def _close_all() -> None:
-    for c in list(_live):
-        try:  # a worker not done in time writes what it holds on its own, once we are gone
-            c._close(10.0, kill=False)
-        except Exception:
-            log.exception("attnmon collector: closing the worker at exit failed")
-
-
-def _reset_children() -> None:
-    for c in list(_live):
-        c._after_fork()
-
-
-atexit.register(_close_all)
-os.register_at_fork(after_in_child=_reset_children)
