@@ -87,7 +87,62 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-class AttentionCollector:
+class ServingCalls:
+    """The serving calls both collectors share (AttentionCollector, ProcessCollector): a
+    queue check, private copies, then the collector's own `_put`. Never raise unless
+    the collector is strict."""
+
+    def observe(
+        self,
+        weights,
+        item_ids: Sequence | None = None,
+        cohort: str | None = None,
+        attributes: Mapping[str, Sequence] | None = None,
+        request_id: str | None = None,
+        timestamp: float | datetime | None = None,
+    ) -> None:
+        """One prediction: weights (L,), (heads, L) or (layers, heads, L); never raises
+        unless strict."""
+        if len(self._q) >= self._capacity:
+            self._drop(1)
+            return
+        ts = self.clock() if timestamp is None else _epoch(timestamp)
+        self._put(one_entry(weights, item_ids, cohort, attributes, request_id, ts))
+
+    def observe_batch(
+        self,
+        weights,
+        item_ids=None,
+        lengths=None,
+        cohorts: str | Sequence[str] | None = None,
+        attributes: Mapping[str, object] | None = None,
+        request_ids: Sequence[str] | None = None,
+        timestamps=None,
+        padding: str = "left",
+    ) -> None:
+        """A batch: weights (B, L), (B, heads, L) or (B, layers, heads, L); `lengths`
+        (B,) valid positions per row, padded on the `padding` side ("left": the last
+        column is the most recent interaction, as SASRec pads)."""
+        if len(self._q) >= self._capacity:
+            self._drop(len(weights) if hasattr(weights, "__len__") else 1)
+            return
+        ts = self.clock() if timestamps is None else timestamps
+        self._put(batch_entry(weights, item_ids, lengths, cohorts, attributes, request_ids, ts, padding))
+
+    def _drop(self, n: int) -> None:
+        with self._lock:
+            self._dropped_hot += n
+        if self._closed:
+            self._log_rarely(logging.WARNING, "attnmon collector %s %s: observed after close(); dropped "
+                             "(counted in stats.dropped)", self.model, self.version)
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has run: later observations are dropped and counted."""
+        return self._closed
+
+
+class AttentionCollector(ServingCalls):
     """Summarise the attention of each prediction and write it to the store.
 
     >>> with AttentionCollector("sqlite:///attnmon.db", model="sasrec", version="v1") as c:
@@ -215,44 +270,7 @@ class AttentionCollector:
                 self._engine = None
         self._reset_state()
 
-    # --- the serving path --------------------------------------------------------
-    def observe(
-        self,
-        weights,
-        item_ids: Sequence | None = None,
-        cohort: str | None = None,
-        attributes: Mapping[str, Sequence] | None = None,
-        request_id: str | None = None,
-        timestamp: float | datetime | None = None,
-    ) -> None:
-        """One prediction: weights (L,), (heads, L) or (layers, heads, L); never raises
-        unless strict."""
-        if len(self._q) >= self._capacity:
-            self._drop(1)
-            return
-        ts = self.clock() if timestamp is None else _epoch(timestamp)
-        self._put(one_entry(weights, item_ids, cohort, attributes, request_id, ts))
-
-    def observe_batch(
-        self,
-        weights,
-        item_ids=None,
-        lengths=None,
-        cohorts: str | Sequence[str] | None = None,
-        attributes: Mapping[str, object] | None = None,
-        request_ids: Sequence[str] | None = None,
-        timestamps=None,
-        padding: str = "left",
-    ) -> None:
-        """A batch: weights (B, L), (B, heads, L) or (B, layers, heads, L); `lengths`
-        (B,) valid positions per row, padded on the `padding` side ("left": the last
-        column is the most recent interaction, as SASRec pads)."""
-        if len(self._q) >= self._capacity:
-            self._drop(len(weights) if hasattr(weights, "__len__") else 1)
-            return
-        ts = self.clock() if timestamps is None else timestamps
-        self._put(batch_entry(weights, item_ids, lengths, cohorts, attributes, request_ids, ts, padding))
-
+    # --- the serving path (observe, observe_batch: ServingCalls) ---------------------
     def observe_summaries(self, pending) -> None:
         """A batch already reduced on the model's device: what
         `collectors.torch.AttentionCapture(model, collector, on_device=True)` hands over, a
@@ -298,18 +316,6 @@ class AttentionCollector:
         if b.codes.any():
             row = int(np.flatnonzero(b.codes)[0])
             raise InvalidAttention(b.reason_names[b.codes[row]], row)
-
-    def _drop(self, n: int) -> None:
-        with self._lock:
-            self._dropped_hot += n
-        if self._closed:
-            self._log_rarely(logging.WARNING, "attnmon collector %s %s: observed after close(); dropped "
-                             "(counted in stats.dropped)", self.model, self.version)
-
-    @property
-    def closed(self) -> bool:
-        """True once close() has run: later observations are dropped and counted."""
-        return self._closed
 
     def _strict_enqueue(self, entry) -> None:
         """Validate now, keep the valid rows, raise for the first invalid one."""

@@ -35,8 +35,6 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
-from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,12 +44,10 @@ import numpy as np
 from collectors.collector import (
     AttentionCollector,
     CollectorStats,
-    _epoch,
+    ServingCalls,
     _live,
-    batch_entry,
     config_options,
     entry_size,
-    one_entry,
 )
 from collectors.rarely import RareLog
 
@@ -84,7 +80,7 @@ class Resolved:
         return SimpleNamespace(**self._fields)
 
 
-class ProcessCollector:
+class ProcessCollector(ServingCalls):
     """The AttentionCollector interface, with the work done in a worker process.
 
     Takes AttentionCollector's options (checked here, at construction) and
@@ -160,26 +156,6 @@ class ProcessCollector:
         self._log_rarely = RareLog(log)
 
     # --- the serving path: as AttentionCollector's --------------------------------------
-    def observe(self, weights, item_ids: Sequence | None = None, cohort: str | None = None,
-                attributes: Mapping[str, Sequence] | None = None, request_id: str | None = None,
-                timestamp: float | datetime | None = None) -> None:
-        """One prediction (see AttentionCollector.observe); never raises."""
-        if len(self._q) >= self._capacity:
-            self._drop(1)
-            return
-        ts = self.clock() if timestamp is None else _epoch(timestamp)
-        self._put(one_entry(weights, item_ids, cohort, attributes, request_id, ts))
-
-    def observe_batch(self, weights, item_ids=None, lengths=None, cohorts: str | Sequence[str] | None = None,
-                      attributes: Mapping[str, object] | None = None, request_ids: Sequence[str] | None = None,
-                      timestamps=None, padding: str = "left") -> None:
-        """A batch (see AttentionCollector.observe_batch); never raises."""
-        if len(self._q) >= self._capacity:
-            self._drop(len(weights) if hasattr(weights, "__len__") else 1)
-            return
-        ts = self.clock() if timestamps is None else timestamps
-        self._put(batch_entry(weights, item_ids, lengths, cohorts, attributes, request_ids, ts, padding))
-
     def observe_summaries(self, pending) -> None:
         """On-device summaries (see AttentionCollector.observe_summaries): the sender
         thread waits for the device's copy, and the worker checks and takes them."""
@@ -206,19 +182,7 @@ class ProcessCollector:
         if n:
             self._drop(n)
 
-    def _drop(self, n: int) -> None:
-        with self._lock:
-            self._dropped_hot += n
-        if self._closed:
-            self._log_rarely(logging.WARNING, "attnmon collector %s %s: observed after close(); dropped "
-                             "(counted in stats.dropped)", self.model, self.version)
-
     # --- control -------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        """True once close() has run: later observations are dropped and counted."""
-        return self._closed
-
     @property
     def worker_pid(self) -> int | None:
         """The running worker's process id (None before the first call, or while down)."""

@@ -419,7 +419,7 @@ def test_at_exit_a_slow_worker_is_left_to_finish_not_killed(sqlite_url, tmp_path
 
 
 def test_a_call_that_ends_while_close_runs_is_counted(sqlite_url, monkeypatch):
-    import collectors.process as process
+    import collectors.collector as collector
 
     rng = np.random.default_rng(19)
     w, ids, _ = batch(rng)
@@ -427,14 +427,14 @@ def test_a_call_that_ends_while_close_runs_is_counted(sqlite_url, monkeypatch):
     c.observe_batch(w, item_ids=ids, timestamps=T0)
     assert c.flush(timeout=20)
     copying = threading.Event()
-    make = process.batch_entry
+    make = collector.batch_entry
 
     def slow_copy(*args):  # a big batch's copy, on a serving thread, as close() runs
         copying.set()
         time.sleep(0.5)
         return make(*args)
 
-    monkeypatch.setattr(process, "batch_entry", slow_copy)
+    monkeypatch.setattr(collector, "batch_entry", slow_copy)
     serving = threading.Thread(target=c.observe_batch, args=(w,), kwargs={"timestamps": T0})
     serving.start()
     assert copying.wait(5)
