@@ -30,6 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -140,6 +141,12 @@ class ServingCalls:
     def closed(self) -> bool:
         """True once close() has run: later observations are dropped and counted."""
         return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class AttentionCollector(ServingCalls):
@@ -380,12 +387,6 @@ class AttentionCollector(ServingCalls):
 
     def _at_exit(self) -> None:
         self.close(timeout=10.0)
-
-    def __enter__(self) -> AttentionCollector:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     @property
     def stats(self) -> CollectorStats:

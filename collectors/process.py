@@ -239,12 +239,6 @@ class ProcessCollector(ServingCalls):
         # a worker not done in time writes what it holds on its own, once we are gone
         self._close(10.0, kill=False)
 
-    def __enter__(self) -> ProcessCollector:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     @property
     def stats(self) -> CollectorStats:
         """The workers' counts (the running one's as of its last report, about a second
