@@ -15,7 +15,11 @@ numeric and fixed-width string arrays) and pipe writes, which release the GIL.
   not yet written is lost and counted (about: from its last stats, a second old at most);
   a new one starts, at most every `restart_every_s`.
 - The serving process exiting, or being killed, ends the worker's input: it writes (or
-  spills) what it holds and exits. `close()` and interpreter exit do the same, and wait.
+  spills) what it holds and exits. `close(timeout)` does the same and waits, then kills a
+  worker not done by then and counts what it held; at interpreter exit a slow worker is
+  left to finish on its own.
+- Values other than builtins and numpy cross as their str() (what the in-process
+  collector keys them by), so the worker never imports the serving code.
 - After `os.fork()` the child starts a worker of its own; the parent's stays the parent's.
 - Not supported: `strict=True` (it validates on the calling thread, for tests and batch
   jobs: use AttentionCollector) and `engine=` (an engine cannot cross to another process:
