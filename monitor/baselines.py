@@ -49,7 +49,7 @@ from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch, encode_payload, from_parts, merge_all, merge_encoded
 from monitor.store import tables as t
 from monitor.store.bulk import bulk_insert
-from monitor.store.maintenance import as_utc, served_minutes
+from monitor.store.maintenance import as_utc, rows_in, served_minutes
 from monitor.store.reader import ROLLUP
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _served(engine: Engine, model: str, versions: list[str], start: datetime, en
     cols = [wa.c.version, wa.c.bucket_start, wa.c.bucket_seconds, wa.c.minute_mask]
     q = (select(*cols, func.sum(wa.c.n))
          .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.cohort == ROLLUP, wa.c.layer == "0",
-                wa.c.head == ROLLUP, wa.c.bucket_start > start - timedelta(hours=1), wa.c.bucket_start < end)
+                wa.c.head == ROLLUP, *rows_in(start, end))
          .group_by(*cols))
     lo, hi = as_utc(start).timestamp(), as_utc(end).timestamp()
     served: dict[str, float] = defaultdict(float)

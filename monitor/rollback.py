@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from monitor import stats
@@ -45,7 +45,7 @@ from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch, merge_all
 from monitor.store import tables as t
-from monitor.store.maintenance import as_utc, served_minutes
+from monitor.store.maintenance import as_utc, rows_in, served_minutes
 from monitor.topk import TopK, merge_many
 
 PROCEED, WATCH, ROLLBACK = "PROCEED", "WATCH", "ROLLBACK"
@@ -126,21 +126,6 @@ class Verdict:
 # --- reading -------------------------------------------------------------------------
 
 
-HOUR = 3600  # the width of maintenance's roll-up rows (`attnmon maintain`)
-
-
-def _in_window(start: datetime, end: datetime) -> tuple:
-    """Where-clauses for a version's rows of [start, end): a minute row whose minute starts
-    in it, and an hour row (minutes older than a few days, rolled up by maintenance) whose
-    hour overlaps it. An hour row across an edge also holds the version's own traffic just
-    outside the window (the baseline's after the candidate's deployment, the candidate's
-    before its `deployed_at`); it is kept, as leaving it out would leave out the minutes
-    inside too: a candidate deployed at 10:30 would lose 10:30-10:59."""
-    wa = t.window_aggregates
-    return (wa.c.bucket_start > start - timedelta(seconds=HOUR), wa.c.bucket_start < end,
-            or_(wa.c.bucket_start >= start, wa.c.bucket_seconds > 60))
-
-
 def _buckets(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> tuple[dict, dict]:
     """Per series: (bucket n (K,), bucket sums (K, M)) for the bootstrap, from SQL sums only;
     and per series the minutes of [start, end) its buckets cover.
@@ -156,7 +141,7 @@ def _buckets(engine: Engine, model: str, version: str, start: datetime, end: dat
     cols = [wa.c.cohort, wa.c.layer, wa.c.head, wa.c.bucket_start, wa.c.bucket_seconds, wa.c.minute_mask]
     q = (
         select(*cols, func.sum(wa.c.n), *[func.sum(wa.c[f"sum_{m}"]) for m in ALL_METRICS])
-        .where(wa.c.model == model, wa.c.version == version, *_in_window(start, end))
+        .where(wa.c.model == model, wa.c.version == version, *rows_in(start, end))
         .group_by(*cols)
     )
     out: dict[tuple, list] = {}
@@ -176,7 +161,7 @@ def _buckets(engine: Engine, model: str, version: str, start: datetime, end: dat
 def _sketches(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[tuple, Sketch]:
     wa = t.window_aggregates
     parts: dict[tuple, list[Sketch]] = {}
-    q = select(wa).where(wa.c.model == model, wa.c.version == version, *_in_window(start, end))
+    q = select(wa).where(wa.c.model == model, wa.c.version == version, *rows_in(start, end))
     with engine.connect() as conn:
         for row in conn.execute(q).mappings():
             parts.setdefault((row["cohort"], row["layer"], row["head"]), []).append(Sketch.from_row(row))

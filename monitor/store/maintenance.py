@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from monitor.sketch import Sketch, decode_payload
@@ -26,6 +26,7 @@ from monitor.store import tables as t
 log = logging.getLogger("attnmon.maintenance")
 
 SERIES = ("model", "version", "cohort", "layer", "head")
+ROLLUP_SECONDS = 3600  # the width of the rows old minutes are rolled up into
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,18 @@ def served_minutes(bucket_start: datetime, bucket_seconds: int, mask: int | None
     """The minutes (since the epoch) a window_aggregates row holds traffic of."""
     first = int(as_utc(bucket_start).timestamp()) // 60
     return [first + i for i in range(bucket_seconds // 60) if mask is None or (mask >> i) & 1]
+
+
+def rows_in(start: datetime, end: datetime) -> tuple:
+    """Where-clauses for the window_aggregates rows that hold traffic of [start, end): a
+    minute row whose minute starts in it, and an hour row (rolled up by `maintain`) whose
+    hour overlaps it. An hour row across an edge also holds traffic just outside the
+    window; readers that count minutes take its served minutes inside (served_minutes),
+    and leaving it out would leave out the minutes inside too: a version deployed at 10:30
+    would lose 10:30-10:59."""
+    wa = t.window_aggregates
+    return (wa.c.bucket_start > start - timedelta(seconds=ROLLUP_SECONDS), wa.c.bucket_start < end,
+            or_(wa.c.bucket_start >= start, wa.c.bucket_seconds > 60))
 
 
 RACE_RETRIES = 3
@@ -261,7 +274,7 @@ def maintain(
     """Everything above, in the order that keeps every reader exact."""
     c = merge_buckets(engine, now - timedelta(seconds=closed_after_s))
     r = merge_buckets(
-        engine, now - timedelta(days=minute_aggregates_days), source_seconds=60, target_seconds=3600
+        engine, now - timedelta(days=minute_aggregates_days), source_seconds=60, target_seconds=ROLLUP_SECONDS
     )
     # after the merges, which give their rows bands: only untouched old rows are left
     f = fill_position_bands(engine, limit=fill_bands) if fill_bands > 0 else 0
