@@ -294,18 +294,18 @@ class ProcessCollector(ServingCalls):
                 return
 
     def _send_entries(self, entries: list[tuple], dropped: int) -> None:
-        out = self._worker()
+        self._worker()
         items, bufs = [], []  # (requests, pickle, sizes of its buffers); the buffers, in order
         last_yield = time.perf_counter()
         for e in entries:
+            n = entry_size(e)
             if e[0] == "summaries":
                 try:  # waits for the device's copy, here and not on a serving thread
-                    e = ("summaries", Resolved(e[1].resolve(), int(getattr(e[1], "size", 1))), None)
+                    e = ("summaries", Resolved(e[1].resolve(), n), None)
                 except Exception as exc:
-                    dropped += int(getattr(e[1], "size", 1))
+                    dropped += n
                     self._log_rarely(logging.ERROR, "attnmon collector: on-device summaries lost", exc_info=exc)
                     continue
-            n = entry_size(e)
             big: list[memoryview] = []
             try:
                 # a big array goes down the pipe from its own memory (a pipe write releases
@@ -322,20 +322,12 @@ class ProcessCollector(ServingCalls):
             if time.perf_counter() - last_yield > YIELD_S:
                 time.sleep(0)  # let a serving thread have the GIL
                 last_yield = time.perf_counter()
-        try:
-            out.send_bytes(pickle.dumps(("obs", items, dropped), protocol=5))
-            for m in bufs:
-                out.send_bytes(m)
-        except OSError as exc:
-            raise WorkerDown(f"the worker stopped reading: {exc}") from exc
+        self._write(pickle.dumps(("obs", items, dropped), protocol=5), *bufs)
         self._sent += sum(n for n, _, _ in items) + dropped
 
     def _ask(self, msg: tuple) -> bool:
         """Send a flush or close, and wait for the worker's answer (its stats)."""
-        try:
-            self._out.send_bytes(pickle.dumps(msg, protocol=5))
-        except OSError as exc:
-            raise WorkerDown(f"the worker stopped reading: {exc}") from exc
+        self._write(pickle.dumps(msg, protocol=5))
         while True:
             while not self._in.poll(1.0):
                 if self._proc.poll() is not None:
@@ -344,6 +336,13 @@ class ProcessCollector(ServingCalls):
             self._note_stats(stats, settled)
             if token is not None:
                 return bool(ok)
+
+    def _write(self, *frames) -> None:
+        try:
+            for frame in frames:
+                self._out.send_bytes(frame)
+        except OSError as exc:
+            raise WorkerDown(f"the worker stopped reading: {exc}") from exc
 
     def _read_stats(self) -> None:
         """Take the reports the worker sent since the last look, without waiting."""
@@ -389,10 +388,7 @@ class ProcessCollector(ServingCalls):
         self._proc.stdin.close()
         self._proc.stdout.close()
         self._sent = 0
-        try:
-            self._out.send_bytes(pickle.dumps(("spec", self._spec), protocol=5))
-        except OSError as exc:
-            raise WorkerDown(f"the worker stopped reading: {exc}") from exc
+        self._write(pickle.dumps(("spec", self._spec), protocol=5))
         return self._out
 
     def _worker_lost(self, exc: WorkerDown, in_hand: int) -> None:
@@ -410,30 +406,31 @@ class ProcessCollector(ServingCalls):
             # (in_hand: entries taken from the queue; unwritten: what the worker held)
             self._dropped_hot += in_hand + (max(unwritten, 0) if self._proc is not None else 0)
         self._sent = 0
-        self._close_pipes()
-        if self._proc is not None:
-            # its pipes are closed: it is exiting, or must (else a next call would be handed
-            # the closed pipes of a worker not yet reaped)
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None  # the next call may start another
+        # reaped before the next call: it would be handed the closed pipes of a worker
+        # not yet reaped; then the next call may start another
+        self._reap(timeout=5)
         self._log_rarely(logging.ERROR, "attnmon collector %s %s: %s; observations are dropped (and counted) "
                          "until a worker runs again", self.model, self.version, exc)
 
     def _end_worker(self) -> None:
         if self._proc is None:
             return
-        self._close_pipes()  # (the worker reads end of input and exits, if close did not reach it)
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        self._reap(timeout=30)
         with self._lock:
             self._finished = _add(self._finished, self._current)
             self._current = _ZERO
+
+    def _reap(self, timeout: float) -> None:
+        """Close the worker's pipes (it reads the end of its input, writes what it holds
+        and exits, if a close did not reach it) and wait for it; kill it past `timeout`."""
+        self._close_pipes()
+        if self._proc is None:
+            return
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         self._proc = None
 
     def _close_pipes(self) -> None:
