@@ -142,6 +142,14 @@ class ServingCalls:
         """True once close() has run: later observations are dropped and counted."""
         return self._closed
 
+    @classmethod
+    def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> Self:
+        """A collector set up from attnmon.yaml's `collector:` section and `store_url`
+        (with their environment overrides, ATTNMON_COLLECTOR__* and ATTNMON_STORE_URL);
+        keyword arguments win. `config`: a loaded `monitor.config.Config` (default:
+        `load_config()`, which reads ./attnmon.yaml if it exists)."""
+        return cls(model=model, version=version, **config_options(config, kwargs))
+
     def __enter__(self) -> Self:
         return self
 
@@ -242,14 +250,6 @@ class AttentionCollector(ServingCalls):
         self._log_rarely = RareLog(log)
         self._bad_spill_files = 0
         self._resolve_failures = 0
-
-    @classmethod
-    def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> AttentionCollector:
-        """A collector set up from attnmon.yaml's `collector:` section and `store_url`
-        (with their environment overrides, ATTNMON_COLLECTOR__* and ATTNMON_STORE_URL);
-        keyword arguments win. `config`: a loaded `monitor.config.Config` (default:
-        `load_config()`, which reads ./attnmon.yaml if it exists)."""
-        return cls(model=model, version=version, **config_options(config, kwargs))
 
     @property
     def _acc(self) -> dict[tuple, sk.Sketch]:

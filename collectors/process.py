@@ -50,7 +50,6 @@ from collectors.collector import (
     CollectorStats,
     ServingCalls,
     _live,
-    config_options,
     entry_size,
 )
 from collectors.rarely import RareLog
@@ -116,11 +115,6 @@ class ProcessCollector(ServingCalls):
         self._spec = {"store_url": store_url, "model": model, "version": version, **options}
         self._reset_state()
         _live.add(self)  # (collectors.collector's: closed at exit, reset after a fork)
-
-    @classmethod
-    def from_config(cls, model: str, version: str, *, config=None, **kwargs) -> ProcessCollector:
-        """As AttentionCollector.from_config (attnmon.yaml's `collector:` section)."""
-        return cls(model=model, version=version, **config_options(config, kwargs))
 
     @property
     def weights_id(self) -> str | None:
