@@ -17,7 +17,7 @@ from monitor import metrics as mx
 from monitor.sketch import _key, factorize
 
 # reasons found before the numbers are looked at; codes follow monitor.metrics.REASONS
-SHAPE_REASONS = ("shape", "dtype", "length_mismatch", "too_long", "bad_label", "bad_value")
+SHAPE_REASONS = ("shape", "dtype", "length_mismatch", "too_long", "bad_label", "bad_value", "bad_timestamp")
 REASON_NAMES = mx.REASONS + SHAPE_REASONS
 CODE = {name: i for i, name in enumerate(REASON_NAMES)}
 MAX_VALUE_CHARS = 256
@@ -26,6 +26,9 @@ MAX_LABEL_CHARS = 200  # monitor.store.tables.LABEL (not imported: it would load
 # one version or cohort holding it would break every panel that lists it
 _GRAFANA_MACRO = re.compile(r"\$\w+\(")
 DEFAULT_COHORT = "default"
+# Epoch seconds a request may carry: 1970 to 2106. Milliseconds (1.8e12 today) and
+# nanoseconds fall outside, as do NaN and inf, which no minute can hold.
+TS_MAX = float(2**32)
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Block:
     # set by check_block: code of each row's cohort into cohort_keys (-1: None/NaN)
     cohort_codes: np.ndarray | None = None
     cohort_keys: np.ndarray | None = None
+    detail: str = ""  # why a call was unreadable (what a strict collector's error says)
 
 
 def label_problem(x: object) -> str | None:
@@ -79,8 +83,10 @@ def _as_float(w: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _shape_block(n: int, ts, reason: str, rows=None) -> Block:
+def rejected_block(n: int, ts, reason: str, rows=None, detail: str = "") -> Block:
+    """`n` requests all rejected for `reason`, before any was read as weights."""
     return Block(
+        detail=detail,
         rows=np.arange(n) if rows is None else np.asarray(rows),
         layout=None,
         weights=None,
@@ -102,7 +108,7 @@ def blocks_from_singles(entries: list, *, max_length: int) -> list[Block]:
             bad.append((e, "dtype" if w is None else "shape"))
         else:
             groups.setdefault(lay, []).append((e, w))
-    out = [_shape_block(1, e[6], reason, rows=[0]) for e, reason in bad]
+    out = [rejected_block(1, e[6], reason, rows=[0]) for e, reason in bad]
     for (ly, h), items in groups.items():
         out.append(_pack_singles(items, ly, h, max_length))
     return out
@@ -168,10 +174,10 @@ def block_from_batch(e, *, max_length: int) -> Block:
     )
     w = _as_float(weights)
     if w is None:
-        return _shape_block(B, ts_arr, "dtype")
+        return rejected_block(B, ts_arr, "dtype")
     lay = _layout(w.shape[1:]) if w.ndim >= 2 else None
     if lay is None or padding not in ("left", "right"):
-        return _shape_block(B, ts_arr, "shape")
+        return rejected_block(B, ts_arr, "shape")
     ly, h = lay
     L = w.shape[-1]
     W = w.reshape(B, ly, h, L)
@@ -265,6 +271,7 @@ def block_from_summaries(s, *, max_length: int) -> Block:
         request_ids=rids,
     )
     _attach_keys(block, item_vals, attr_vals)
+    _check_times(block)
     _check_labels(block)
     fresh = block.codes == 0
     block.codes[fresh] = np.asarray(s.codes)[fresh]
@@ -479,7 +486,8 @@ def _attach_keys(block: Block, item_vals, attr_vals: dict) -> None:
 
 
 def check_block(block: Block, *, tol: float) -> None:
-    """Labels, then the numbers: set each request's code, zero the padding."""
+    """Times and labels, then the numbers: set each request's code, zero the padding."""
+    _check_times(block)
     _check_labels(block)
     if block.layout is None:
         return
@@ -507,6 +515,17 @@ def _zero_padding_inplace(flat: np.ndarray, lens: np.ndarray) -> None:
     rows = flat[short]
     np.copyto(rows, 0, where=~keep)  # a masked write: padding NaN must not survive
     flat[short] = rows
+
+
+def _check_times(block: Block) -> None:
+    """bad_timestamp for each row (not yet rejected) whose time is not epoch seconds in
+    [0, TS_MAX)."""
+    block.codes[~time_ok(block.ts) & (block.codes == 0)] = CODE["bad_timestamp"]
+
+
+def time_ok(ts: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (ts >= 0) & (ts < TS_MAX)  # (NaN compares False)
 
 
 def _check_labels(block: Block) -> None:

@@ -41,7 +41,10 @@ from collectors.block import (
     block_from_summaries,
     blocks_from_singles,
     check_block,
+    label_ok,
     label_problem,
+    rejected_block,
+    time_ok,
 )
 from collectors.rarely import RareLog
 from collectors.spill import SpillDir, UnreadableSpill
@@ -102,13 +105,19 @@ class ServingCalls:
         request_id: str | None = None,
         timestamp: float | datetime | None = None,
     ) -> None:
-        """One prediction: weights (L,), (heads, L) or (layers, heads, L); never raises
-        unless strict."""
+        """One prediction: weights (L,), (heads, L) or (layers, heads, L); `timestamp`
+        epoch seconds or an aware datetime (None: now). Never raises unless strict: an
+        argument it cannot read rejects the call (counted by reason)."""
         if len(self._q) >= self._capacity:
             self._drop(1)
             return
-        ts = self.clock() if timestamp is None else _epoch(timestamp)
-        self._put(one_entry(weights, item_ids, cohort, attributes, request_id, ts))
+        try:
+            ts = self.clock() if timestamp is None else _epoch(timestamp)
+            entry = one_entry(weights, item_ids, cohort, attributes, request_id, ts)
+        except Exception as exc:
+            entry = self._unreadable(1, exc, timestamp=timestamp, weights=weights, item_ids=item_ids,
+                                     attributes=attributes)
+        self._put(entry)
 
     def observe_batch(
         self,
@@ -123,12 +132,37 @@ class ServingCalls:
     ) -> None:
         """A batch: weights (B, L), (B, heads, L) or (B, layers, heads, L); `lengths`
         (B,) valid positions per row, padded on the `padding` side ("left": the last
-        column is the most recent interaction, as SASRec pads)."""
+        column is the most recent interaction, as SASRec pads); `timestamps` one for all
+        or one per row (epoch seconds or aware datetimes; None: now)."""
         if len(self._q) >= self._capacity:
-            self._drop(len(weights) if hasattr(weights, "__len__") else 1)
+            self._drop(_requests(weights))
             return
-        ts = self.clock() if timestamps is None else timestamps
-        self._put(batch_entry(weights, item_ids, lengths, cohorts, attributes, request_ids, ts, padding))
+        try:
+            ts = self.clock() if timestamps is None else _timestamps(timestamps)
+            entry = batch_entry(weights, item_ids, lengths, cohorts, attributes, request_ids, ts, padding)
+        except Exception as exc:
+            entry = self._unreadable(_requests(weights), exc, timestamps=timestamps, weights=weights,
+                                     item_ids=item_ids, lengths=lengths, cohorts=cohorts,
+                                     attributes=attributes, request_ids=request_ids)
+        self._put(entry)
+
+    def _unreadable(self, n: int, exc: Exception, **args) -> tuple:
+        """The queue entry of a call with an argument that cannot be read: its `n`
+        requests are rejected on the background thread, counted like any other rejection
+        (a strict collector raises there). Which argument, and so the reason, is found
+        again here, off the fast path."""
+        reason, detail = "bad_value", f"{type(exc).__name__}: {exc}"
+        for name, value in args.items():
+            if value is not None:
+                reason_of, read = _READERS[name]
+                try:
+                    read(value)
+                except Exception as e:
+                    reason, detail = reason_of, f"{name}: {type(e).__name__}: {e}"
+                    break
+        self._log_rarely(logging.WARNING, "attnmon collector %s %s: a call was rejected (%s): %s",
+                         self.model, self.version, reason, detail, key=("unreadable", reason))
+        return ("rejected", n, self.clock(), reason, detail)
 
     def _drop(self, n: int) -> None:
         with self._lock:
@@ -332,13 +366,13 @@ class AttentionCollector(ServingCalls):
             if block.codes is not None and block.codes.any():
                 row = int(np.flatnonzero(block.codes)[0])
                 reason = block.reason_names[block.codes[row]]
-                bad = (reason, int(block.rows[row]))
+                bad = (reason, int(block.rows[row]), block.detail)
                 first_bad = bad if first_bad is None or bad[1] < first_bad[1] else first_bad
         self._q.append(("blocks", blocks))
         if self._thread is None:
             self._start()
         if first_bad is not None:
-            raise InvalidAttention(first_bad[0], first_bad[1])
+            raise InvalidAttention(*first_bad)
 
     # --- control -------------------------------------------------------------------
     def _start(self) -> None:
@@ -458,14 +492,35 @@ class AttentionCollector(ServingCalls):
             _yield_gil()
 
     def _to_blocks(self, entries) -> list[Block]:
+        """The blocks of queued calls, checked. A call that fails to convert (a value no
+        check foresaw) is rejected alone, as bad_value: the rest of the drain is kept."""
         singles = [e for e in entries if e[0] == "one"]
-        out = blocks_from_singles(singles, max_length=self.max_length) if singles else []
+        out = self._converted(singles, lambda: blocks_from_singles(singles, max_length=self.max_length))
         for e in entries:
             if e[0] == "batch":
-                out.append(block_from_batch(e, max_length=self.max_length))
-        for b in out:
-            check_block(b, tol=self.tol)
+                out += self._converted([e], lambda e=e: [block_from_batch(e, max_length=self.max_length)])
+            elif e[0] == "rejected":
+                _, n, ts, reason, detail = e
+                out.append(rejected_block(n, ts, reason, detail=detail))
         return out
+
+    def _converted(self, entries: list, convert: Callable[[], list[Block]]) -> list[Block]:
+        if not entries:
+            return []
+        try:
+            blocks = convert()
+            for b in blocks:
+                check_block(b, tol=self.tol)
+            return blocks
+        except Exception as exc:
+            if len(entries) > 1:  # find the culprit: the others are converted one by one
+                return [b for e in entries for b in self._converted([e], lambda e=e: blocks_from_singles(
+                    [e], max_length=self.max_length))]
+            self._log_rarely(logging.ERROR, "attnmon collector %s %s: a call could not be read (%s: %s); "
+                             "rejected as bad_value", self.model, self.version, type(exc).__name__, exc,
+                             key="unconvertible")
+            return [rejected_block(entry_size(entries[0]), self.clock(), "bad_value",
+                                   detail=f"{type(exc).__name__}: {exc}")]
 
     def _minute_health(self) -> _Minute:
         m = int(self.clock() // 60)
@@ -683,8 +738,13 @@ class AttentionCollector(ServingCalls):
     def _count_rejected(self, b: Block, bad: np.ndarray) -> None:
         """Rejected requests count on the head="*" series of each layer of their cohort."""
         ly, _ = b.layout
+        usable = {}  # a cohort that is not a label (bad_label) must not become a series
         for ts, cohort in zip(b.ts[bad], b.cohorts[bad], strict=True):
-            if cohort is None:
+            if not isinstance(cohort, str) or not time_ok(ts):
+                continue
+            if (ok := usable.get(cohort)) is None:
+                ok = usable[cohort] = label_ok(cohort)
+            if not ok:
                 continue
             for layer in range(ly):
                 self._series.add_rejected((int(ts // 60), str(cohort), str(layer), ROLLUP))
@@ -1388,6 +1448,14 @@ def config_options(config, kwargs: dict) -> dict:
     return options
 
 
+def _requests(weights) -> int:
+    """How many requests a batch call holds, as far as can be told without reading it."""
+    try:
+        return len(weights)
+    except Exception:  # (a scalar, a 0-d array)
+        return 1
+
+
 def one_entry(weights, item_ids, cohort, attributes, request_id, ts: float) -> tuple:
     """`observe`'s queue entry: private copies of what the caller may reuse."""
     return (
@@ -1411,7 +1479,7 @@ def batch_entry(weights, item_ids, lengths, cohorts, attributes, request_ids, ts
         cohorts if cohorts is None or isinstance(cohorts, str) else list(cohorts),
         None if attributes is None else {k: _copy(v) for k, v in attributes.items()},
         None if request_ids is None else list(request_ids),
-        ts if np.isscalar(ts) else np.array([_epoch(t) for t in ts], dtype=np.float64),
+        ts,
         padding,
     )
 
@@ -1422,6 +1490,8 @@ def entry_size(entry: tuple) -> int:
         return len(entry[1]) if entry[1].ndim >= 1 else 1
     if entry[0] == "summaries":
         return int(getattr(entry[1], "size", 1))
+    if entry[0] == "rejected":
+        return entry[1]
     return 1
 
 
@@ -1435,12 +1505,46 @@ def _copy(values) -> np.ndarray:
         return out
 
 
+def _attributes(attributes) -> dict:
+    if not isinstance(attributes, Mapping):
+        raise TypeError(f"must be a mapping of name to values, got {type(attributes).__name__}")
+    return {k: _copy(v) for k, v in attributes.items()}
+
+
 def _epoch(ts: float | datetime) -> float:
     if isinstance(ts, datetime):
         if ts.tzinfo is None:
             raise ValueError("timestamp must be timezone-aware (UTC)")
         return ts.timestamp()
+    if isinstance(ts, np.datetime64):
+        raise ValueError("a numpy datetime64 has no time zone: give epoch seconds or aware datetimes")
     return float(ts)
+
+
+def _timestamps(ts) -> float | np.ndarray:
+    """A batch's times: one for all (epoch seconds or an aware datetime), or one per
+    request, as float64 epoch seconds."""
+    if np.isscalar(ts) or isinstance(ts, datetime):
+        return _epoch(ts)
+    a = np.asarray(ts)
+    if a.ndim == 0:
+        return _epoch(a.item())
+    if a.dtype.kind in "iuf":
+        return a.astype(np.float64)  # (a copy)
+    return np.array([_epoch(t) for t in a.reshape(-1)], dtype=np.float64).reshape(a.shape)
+
+
+# What `_unreadable` reads each argument with, to name the one a call failed on
+_READERS: dict[str, tuple[str, Callable]] = {
+    "timestamp": ("bad_timestamp", _epoch),
+    "timestamps": ("bad_timestamp", _timestamps),
+    "weights": ("shape", lambda w: np.array(w, copy=True)),
+    "item_ids": ("bad_value", _copy),
+    "lengths": ("length_mismatch", _copy),
+    "cohorts": ("bad_label", lambda c: c if isinstance(c, str) else list(c)),
+    "attributes": ("bad_value", _attributes),
+    "request_ids": ("bad_value", list),
+}
 
 
 # Interpreter exit and fork: flush what was accepted; children start afresh. Both kinds

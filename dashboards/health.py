@@ -66,7 +66,7 @@ def build(rules=()) -> Dashboard:
             ),
         ),
         "Attention vectors the collectors refused (nan, negative, not_normalised, shape, "
-        "length_mismatch, too_long, ...). Rejections point at the serving pipeline.",
+        "length_mismatch, too_long, bad_timestamp, ...). Rejections point at the serving pipeline.",
         unit="short",
         min=0,
         report=True,

@@ -51,7 +51,8 @@ class PlainCollector(AttentionCollector):
             t.rejected.update(reasons)
         if b.layout is not None and bad.any():
             for ts, cohort in zip(b.ts[bad], b.cohorts[bad], strict=True):
-                if cohort is None:
+                # no series for a cohort that is no label, nor for a time in no minute
+                if not blk.label_ok(cohort) or not blk.time_ok(np.float64(ts)):
                     continue
                 for layer in range(b.layout[0]):
                     label = (int(ts // 60), str(cohort), str(layer), col.ROLLUP)

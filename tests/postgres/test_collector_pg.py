@@ -161,3 +161,20 @@ def test_summary_reads_a_time_range_in_any_zone_on_postgres(pg_clean_url, monkey
 
     monkeypatch.setenv("PGTZ", "America/New_York")  # libpq's session zone, read per connection
     test_summary_reads_a_time_range_in_any_zone(pg_clean_url)
+
+
+def test_a_rejected_long_cohort_does_not_block_the_write(pg_clean_url):
+    # a row rejected as bad_label must not become a series: a 201-character cohort does
+    # not fit PostgreSQL's label column, and the whole flush, good rows too, would fail
+    w = np.full((3, 4), 0.25, np.float32)
+    with AttentionCollector(pg_clean_url, model="m", version="v1", clock=lambda: T0 + 3600) as c:
+        c.observe_batch(w, cohorts=["web", "c" * 201, "$__timeFrom("], timestamps=T0)
+        assert c.flush()
+        assert c.stats.rejected == {"bad_label": 2} and c.stats.written == 1
+    engine = make_engine(pg_clean_url)
+    try:
+        with engine.connect() as conn:
+            cohorts = set(conn.execute(text("SELECT DISTINCT cohort FROM window_aggregates")).scalars())
+    finally:
+        engine.dispose()
+    assert cohorts == {"web", "*"}  # (and the roll-up over cohorts)
