@@ -266,6 +266,7 @@ class AttentionCollector(ServingCalls):
         self._flushed = threading.Condition(threading.Lock())
         self._flush_req = 0
         self._flush_done = 0
+        self._flush_ok = True  # whether the last flush left nothing unsent
         self._thread: threading.Thread | None = None
         self._stop = False
         self._closed = False
@@ -386,7 +387,8 @@ class AttentionCollector(ServingCalls):
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Process and write everything observed so far, open minutes included.
-        True when it was written (or spilled) within `timeout`."""
+        True when it was written (or spilled) within `timeout`; False when it was not,
+        for example a store that is down with no spill_dir (it waits in memory)."""
         if self._closed:
             return True
         if self._thread is None:
@@ -396,7 +398,7 @@ class AttentionCollector(ServingCalls):
             want = self._flush_req
         self._wake.set()
         with self._flushed:
-            return self._flushed.wait_for(lambda: self._flush_done >= want, timeout)
+            return self._flushed.wait_for(lambda: self._flush_done >= want, timeout) and self._flush_ok
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what was accepted and stop the thread. Idempotent."""
@@ -447,17 +449,19 @@ class AttentionCollector(ServingCalls):
             self._wake.clear()
             with self._flushed:
                 want = self._flush_req
+            ok = False
             try:
                 self._drain()
                 now = self.clock()
                 final = want > self._flush_done or self._stop
                 if final or time.monotonic() - self._last_flush >= self.flush_interval_s:
                     self._flush(now, final=final)
+                ok = not self._unsent  # (all written or spilled)
             except Exception:  # never let the thread die: the serving path relies on it
                 log.exception("attnmon collector: background step failed")
             if want > self._flush_done:
                 with self._flushed:
-                    self._flush_done = want
+                    self._flush_done, self._flush_ok = want, ok
                     self._flushed.notify_all()
             if self._stop and not self._q:
                 return

@@ -20,11 +20,12 @@ from monitor.store import make_engine, migrate
 from monitor.store.tables import window_aggregates as wa
 
 
-def _run_minutes(c, clock, rng, minutes, per_minute=50):
+def _run_minutes(c, clock, rng, minutes, per_minute=50, written=True):
+    """`written`: what flush() must say (False: what it took waits in memory)."""
     for minute in minutes:
         clock[0] = T0 + 60 * minute
         c.observe_batch(dirichlet(rng, (per_minute,), 8), timestamps=clock[0])
-        assert c.flush()
+        assert c.flush() is written
 
 
 def test_an_unreadable_spill_file_is_moved_aside_and_the_rest_is_written(sqlite_url, tmp_path, caplog):
@@ -54,12 +55,13 @@ def test_a_spill_dir_that_cannot_be_written_keeps_batches_in_memory(tmp_path):
                            flush_interval_s=0.05, clock=lambda: clock[0])
     shutil.rmtree(spill)
     spill.write_text("not a directory")  # every write into it fails (NotADirectoryError)
-    _run_minutes(c, clock, rng, range(4))
+    _run_minutes(c, clock, rng, range(4), written=False)
     st = c.stats
     assert st.accepted == 200 and st.spilled == st.written == st.dropped == 0
     assert sum(b.n_requests for b in c._unsent) == 200  # (flush() writes open minutes too)
     db.parent.mkdir()
     migrate.upgrade(url)
+    assert c.flush()  # the store is back: written now
     c.close()
     assert stored_n(url) == 200 == c.stats.written == c.stats.accepted
 
@@ -97,7 +99,7 @@ def test_store_down_and_no_spill_dir_drops_the_oldest_beyond_the_bound(tmp_path)
     # "*") and no events: a bound of 8 rows keeps the newest two minutes
     c = AttentionCollector(url, model="m", version="v1", sample_rate=0.0, max_unsent_rows=8,
                            flush_interval_s=0.05, clock=lambda: clock[0])
-    _run_minutes(c, clock, rng, range(6))
+    _run_minutes(c, clock, rng, range(6), written=False)
     assert [len(b.aggregates) for b in c._unsent] == [4, 4]
     st = c.stats
     assert st.accepted == 300 and st.dropped == 200 and st.written == 0
@@ -116,7 +118,7 @@ def test_closing_with_batches_the_store_never_took_counts_them_and_says_so(tmp_p
     url = f"sqlite:///{tmp_path}/missing/store.db"  # its directory never exists
     rng, clock = np.random.default_rng(4), [T0]
     c = AttentionCollector(url, model="m", version="v1", flush_interval_s=0.05, clock=lambda: clock[0])
-    _run_minutes(c, clock, rng, range(2))
+    _run_minutes(c, clock, rng, range(2), written=False)
     c.close(timeout=5)
     assert c.stats.accepted == 100 == c.stats.dropped and c.stats.pending_batches == 0
     messages = [r.getMessage() for r in caplog.records]
