@@ -64,6 +64,10 @@ ROLLUP = "*"
 
 @dataclass(frozen=True)
 class CollectorStats:
+    """Counts since the collector started. `observed`: requests the background examined
+    (accepted + rejected), as collector_health counts them; `dropped` apart: turned away
+    by a full queue (or after close), or accepted and then lost."""
+
     observed: int
     accepted: int
     rejected: dict[str, int]
@@ -430,7 +434,7 @@ class AttentionCollector(ServingCalls):
         with self._lock:
             dropped = t.dropped + self._dropped_hot
         return CollectorStats(
-            observed=t.observed + self._dropped_hot,
+            observed=t.observed,  # (examined: accepted + rejected; drops are apart)
             accepted=t.accepted,
             rejected=dict(t.rejected),
             dropped=dropped,
@@ -467,14 +471,15 @@ class AttentionCollector(ServingCalls):
                 return
 
     def _drain(self) -> None:
+        with self._lock:
+            dropped, self._dropped_hot = self._dropped_hot, 0
+        if dropped:  # (now, even with no entry to follow: health rows must have them)
+            self._count_dropped(dropped)
         entries = []
         while self._q:
             entries.append(self._q.popleft())
         if not entries:
             return
-        with self._lock:
-            dropped, self._dropped_hot = self._dropped_hot, 0
-        self._count_dropped(dropped)
         blocks: list[Block] = []
         raw, summaries = [], []
         for e in entries:

@@ -245,7 +245,7 @@ class ProcessCollector(ServingCalls):
             hot = self._dropped_hot
             total = _add(self._finished, self._current)
         return CollectorStats(
-            observed=total.observed + hot, accepted=total.accepted, rejected=total.rejected,
+            observed=total.observed, accepted=total.accepted, rejected=total.rejected,
             dropped=total.dropped + hot, spilled=total.spilled, written=total.written,
             queue_depth=len(self._q) + self._current.queue_depth,
             pending_batches=self._current.pending_batches, bad_spill_files=total.bad_spill_files)

@@ -206,11 +206,20 @@ def test_queue_full_drops_newest_and_counts(sqlite_url):
     for _ in range(12):
         c.observe(np.ones(3) / 3, timestamp=T0)
     assert len(c._q) == 5
-    assert c.stats.dropped == 7
+    # observed: what the thread examined (accepted + rejected), as in collector_health;
+    # drops are apart, before the thread takes them and after (it used to count them in
+    # observed until then: a counter that went down)
+    assert c.stats.dropped == 7 and c.stats.observed == 0
     del c._start
     c.close()
-    assert c.stats.accepted == 5 and c.stats.dropped == 7
+    assert c.stats.accepted == 5 and c.stats.dropped == 7 and c.stats.observed == 5
     assert stored_n(sqlite_url) == 5
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        health = conn.execute(select(func.sum(tables.collector_health.c.observed),
+                                     func.sum(tables.collector_health.c.dropped))).one()
+    engine.dispose()
+    assert tuple(health) == (5, 7)
 
 
 def test_sampling_off_hashing_and_deployment(sqlite_url):
