@@ -11,7 +11,8 @@ and its own health in one transaction. A store that is down sends the batch to
 `spill_dir`; spilled batches are replayed in order, and `(collector_id, batch_seq)` makes
 a replay count once. With no spill_dir, or one that cannot be written (disk full), batches
 wait in memory up to `max_unsent_rows` rows; beyond that the oldest are dropped and
-counted. An unreadable spill file is moved to `spill_dir/bad` and counted.
+counted. A write that takes longer than `write_timeout_s` (a lock held, a stalled
+server) fails like a store that is down. An unreadable spill file is moved to `spill_dir/bad` and counted.
 """
 
 from __future__ import annotations
@@ -220,6 +221,7 @@ class AttentionCollector(ServingCalls):
         topk_attr_values: int = 128,
         late_grace_s: float = 5.0,
         max_unsent_rows: int = 100_000,
+        write_timeout_s: float = 30.0,
         tol: float = 1e-3,
         weights_id: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -233,6 +235,9 @@ class AttentionCollector(ServingCalls):
             raise ValueError(f"sample_rate={sample_rate!r}: must be within [0, 1]")
         if not isinstance(max_unsent_rows, int) or max_unsent_rows < 0:
             raise ValueError(f"max_unsent_rows={max_unsent_rows!r}: must be an integer >= 0")
+        if isinstance(write_timeout_s, bool) or not isinstance(write_timeout_s, int | float) \
+                or not 0 < write_timeout_s < float("inf"):
+            raise ValueError(f"write_timeout_s={write_timeout_s!r}: must be a number of seconds > 0")
         if hash_item_ids and not hash_key:
             hash_key = os.environ.get("ATTNMON_HASH_KEY")
             if not hash_key:
@@ -250,6 +255,7 @@ class AttentionCollector(ServingCalls):
         self.topk_items, self.topk_attr_values = topk_items, topk_attr_values
         self.late_grace_s = late_grace_s
         self.max_unsent_rows = max_unsent_rows
+        self.write_timeout_s = write_timeout_s
         self.tol = tol
         self.clock = clock
         self._hash_key = hash_key.encode() if isinstance(hash_key, str) else hash_key
@@ -912,7 +918,12 @@ class AttentionCollector(ServingCalls):
         if self._engine is None:
             from monitor.store.engine import make_engine
 
-            self._engine = make_engine(self.store_url)
+            # A write that waits on a lock or a stalled server fails after write_timeout_s
+            # and is spilled (or kept), instead of holding the thread while the queue fills.
+            # (SQLite: how long to wait for another writer's lock; its default is 5 s.)
+            t = self.write_timeout_s
+            extra = {"connect_args": {"timeout": t}} if str(self.store_url).startswith("sqlite") else {}
+            self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, **extra)
         return self._engine
 
     def _send_all(self) -> None:

@@ -51,6 +51,7 @@ class CollectorConfig(_Strict):
     topk_attr_values: int = Field(128, gt=0)
     late_grace_s: float = Field(5.0, ge=0)
     max_unsent_rows: int = Field(100_000, ge=0)
+    write_timeout_s: float = Field(30.0, gt=0)
 
 
 class RetentionConfig(_Strict):

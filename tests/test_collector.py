@@ -347,7 +347,7 @@ def test_from_config_takes_the_collector_section_and_the_environment(tmp_path, m
     (tmp_path / "attnmon.yaml").write_text(
         f"store_url: sqlite:///{tmp_path}/a.db\n"
         f"collector: {{sample_rate: 0.5, queue_size: 77, spill_dir: {tmp_path}/spill, hash_item_ids: true,"
-        " hash_key_env: MY_KEY, max_unsent_rows: 9}\n")
+        " hash_key_env: MY_KEY, max_unsent_rows: 9, write_timeout_s: 4}\n")
     env = {"ATTNMON_COLLECTOR__FLUSH_INTERVAL_S": "7.5"}
     cfg = load_config(tmp_path / "attnmon.yaml", env)
     monkeypatch.setenv("MY_KEY", "k1")
@@ -355,6 +355,9 @@ def test_from_config_takes_the_collector_section_and_the_environment(tmp_path, m
     assert (c.store_url, c.sample_rate, c.queue_size, c.flush_interval_s, c.max_unsent_rows) == (
         f"sqlite:///{tmp_path}/a.db", 0.5, 5, 7.5, 9)
     assert c._spill.path == Path(tmp_path, "spill") and c._hash_item_ids and c._hash_key == b"k1"
+    assert c.write_timeout_s == 4
+    with pytest.raises(ValueError, match=r"write_timeout_s=0: must be a number of seconds > 0"):
+        AttentionCollector.from_config("m", "v1", config=cfg, write_timeout_s=0)
     engine = make_engine(f"sqlite:///{tmp_path}/b.db")
     given = AttentionCollector.from_config("m", "v1", config=cfg, engine=engine)
     assert given.store_url is None and given._engine is engine  # the engine, not the config's URL

@@ -178,3 +178,28 @@ def test_a_rejected_long_cohort_does_not_block_the_write(pg_clean_url):
     finally:
         engine.dispose()
     assert cohorts == {"web", "*"}  # (and the roll-up over cohorts)
+
+
+def test_a_write_held_by_a_lock_gives_up_after_write_timeout_and_spills(pg_clean_url, tmp_path):
+    # another session holds window_aggregates (a migration, a VACUUM FULL, a stuck
+    # transaction): the write fails after write_timeout_s and is spilled, instead of
+    # holding the collector's thread while its queue fills; it is replayed after
+    w = np.full((50, 4), 0.25, np.float32)
+    blocker = make_engine(pg_clean_url)
+    c = AttentionCollector(pg_clean_url, model="m", version="v1", spill_dir=tmp_path / "spill",
+                           write_timeout_s=1.0, clock=lambda: T0 + 3600)
+    try:
+        with blocker.connect() as conn:
+            conn.execute(text("LOCK TABLE window_aggregates IN ACCESS EXCLUSIVE MODE"))
+            c.observe_batch(w, timestamps=T0)
+            assert c.flush(timeout=20)  # spilled, within seconds
+            assert c.stats.spilled == 50 and c.stats.written == 0
+            conn.rollback()  # the lock is released
+        c.observe_batch(w, timestamps=T0 + 60)
+        assert c.flush(timeout=20)
+        assert c.stats.written == 100
+    finally:
+        c.close()
+        blocker.dispose()
+    with Store(pg_clean_url) as store:
+        assert int(store.summary("m", by=["layer"])["n"].sum()) == 100
