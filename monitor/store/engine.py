@@ -21,6 +21,7 @@ from monitor.errors import StoreError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 5
+TCP_USER_TIMEOUT_S = 60  # the most that sent data may wait for the server's acknowledgement
 
 
 def redact(url: str | URL) -> str:
@@ -40,8 +41,9 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     """An Engine for the store at `url`; extra keyword arguments go to create_engine.
 
     On PostgreSQL (psycopg), `statement_timeout_s` and `lock_timeout_s` bound each
-    statement and each lock wait of every session, and TCP keepalives notice a server
-    that vanished: a job that would otherwise wait forever fails and is retried."""
+    statement and each lock wait of every session, and TCP keepalives and a TCP user
+    timeout notice a server that vanished: a job that would otherwise wait forever (or
+    the kernel's ~15 minutes of retransmissions) fails and is retried."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -68,8 +70,13 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
                 # connect_args replace the URL's own `options` (a search_path, say): keep them
                 given = parsed.query.get("options", ())
                 given = [given] if isinstance(given, str) else list(given)
+                # keepalives notice a dead peer on an idle connection; tcp_user_timeout one
+                # that stops acknowledging what was sent (a failover's old address, a
+                # partition), where a query or pool_pre_ping's ping would wait ~15 minutes
+                unacked_s = min(TCP_USER_TIMEOUT_S, *(v for v in (statement_timeout_s, lock_timeout_s) if v))
                 args.update(options=" ".join([*given, *limits]), keepalives=1, keepalives_idle=30,
-                            keepalives_interval=10, keepalives_count=3)
+                            keepalives_interval=10, keepalives_count=3,
+                            tcp_user_timeout=max(1, int(1000 * unacked_s)))
             options["connect_args"] = args
     options.update(kwargs)
     try:
