@@ -101,6 +101,8 @@ class ServingCalls:
     queue check, private copies, then the collector's own `_put`. Never raise unless
     the collector is strict."""
 
+    _WORKER_OPTIONS = False  # from_config passes attnmon.yaml's collector.worker
+
     def observe(
         self,
         weights,
@@ -187,7 +189,7 @@ class ServingCalls:
         (with their environment overrides, ATTNMON_COLLECTOR__* and ATTNMON_STORE_URL);
         keyword arguments win. `config`: a loaded `monitor.config.Config` (default:
         `load_config()`, which reads ./attnmon.yaml if it exists)."""
-        return cls(model=model, version=version, **config_options(config, kwargs))
+        return cls(model=model, version=version, **config_options(config, kwargs, worker=cls._WORKER_OPTIONS))
 
     def __enter__(self) -> Self:
         return self
@@ -401,14 +403,24 @@ class AttentionCollector(ServingCalls):
         for example a store that is down with no spill_dir (it waits in memory)."""
         if self._closed:
             return True
+        return bool(self._flush_wait(self._flush_ask(), timeout))
+
+    def _flush_ask(self) -> int:
+        """Ask the thread for a flush; the token to wait for."""
         if self._thread is None:
             self._start()
         with self._flushed:
             self._flush_req += 1
             want = self._flush_req
         self._wake.set()
+        return want
+
+    def _flush_wait(self, want: int, timeout: float | None) -> bool | None:
+        """The flush's result (see flush), or None if it is not done within `timeout`."""
         with self._flushed:
-            return self._flushed.wait_for(lambda: self._flush_done >= want, timeout) and self._flush_ok
+            if not self._flushed.wait_for(lambda: self._flush_done >= want, timeout):
+                return None
+            return self._flush_ok
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what was accepted and stop the thread. Idempotent."""
@@ -1450,13 +1462,16 @@ def _yield_gil() -> None:
     time.sleep(0)
 
 
-def config_options(config, kwargs: dict) -> dict:
+def config_options(config, kwargs: dict, worker: bool = False) -> dict:
     """A collector's options from attnmon.yaml's `collector:` section and `store_url`
-    (`config`: a loaded `monitor.config.Config`, else `load_config()`); `kwargs` win."""
+    (`config`: a loaded `monitor.config.Config`, else `load_config()`); `kwargs` win.
+    `worker`: with `collector.worker`'s, for a ProcessCollector."""
     from monitor.config import load_config
 
     cfg = config if config is not None else load_config()
-    options: dict = cfg.collector.model_dump(exclude={"hash_key_env"})
+    options: dict = cfg.collector.model_dump(exclude={"hash_key_env", "worker"})
+    if worker:
+        options.update(cfg.collector.worker.model_dump())
     if kwargs.get("engine") is None:  # (an engine given is the store: no URL beside it)
         options["store_url"] = cfg.store_url
     if options["hash_item_ids"] and "hash_key" not in kwargs:

@@ -13,7 +13,10 @@ numeric and fixed-width string arrays) and pipe writes, which release the GIL.
 
 - The worker starts with the first call, on the sender thread. If it dies, what it had
   not yet written is lost and counted (about: from its last stats, a second old at most);
-  a new one starts, at most every `restart_every_s`.
+  a new one starts, at most every `restart_every_s`. One that reports nothing for
+  `hang_after_s` (it reports every second) is killed first, by a watch thread: the
+  sender may be blocked writing to it. One that cannot take its options says why, and
+  no other is started.
 - The serving process exiting, or being killed, ends the worker's input: it writes (or
   spills) what it holds and exits. `close(timeout)` does the same and waits, then kills a
   worker not done by then and counts what it held; at interpreter exit a slow worker is
@@ -34,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import threading
@@ -86,12 +90,21 @@ class Resolved:
 class ProcessCollector(ServingCalls):
     """The AttentionCollector interface, with the work done in a worker process.
 
-    Takes AttentionCollector's options (checked here, at construction) and
-    `restart_every_s`, the least time between two worker starts.
+    Takes AttentionCollector's options (checked here, at construction) and the worker's:
+    - `restart_every_s`: the least time between two worker starts;
+    - `hang_after_s`: a worker that sends nothing for this long (it reports every second,
+      flushing or not) is taken for hung, killed and replaced; what it held is counted as
+      dropped. None: never;
+    - `python`: the interpreter that runs the worker (default: sys.executable). Give it
+      where the serving process is not a python executable (uWSGI embeds one); it
+      must import numpy, SQLAlchemy and the store's driver.
     """
 
+    _WORKER_OPTIONS = True
+
     def __init__(self, store_url: str | None = None, model: str = "", version: str = "", *,
-                 restart_every_s: float = 5.0, **options):
+                 restart_every_s: float = 5.0, hang_after_s: float | None = 60.0, python: str | None = None,
+                 **options):
         if options.get("engine") is not None:
             raise ValueError("engine=: an engine cannot cross to the worker process; give store_url")
         if options.get("strict"):
@@ -99,6 +112,12 @@ class ProcessCollector(ServingCalls):
         if isinstance(restart_every_s, bool) or not isinstance(restart_every_s, int | float) \
                 or not 0 <= restart_every_s < float("inf"):
             raise ValueError(f"restart_every_s={restart_every_s!r}: must be a number of seconds >= 0")
+        if hang_after_s is not None and (isinstance(hang_after_s, bool) or not isinstance(hang_after_s, int | float)
+                                         or not 0 < hang_after_s < float("inf")):
+            raise ValueError(f"hang_after_s={hang_after_s!r}: must be a number of seconds > 0, or None (never)")
+        executable = shutil.which(python) if isinstance(python, str) and python else None
+        if python is not None and executable is None:
+            raise ValueError(f"python={python!r}: not an executable file (the worker's interpreter)")
         if store_url is None:
             store_url = os.environ.get("ATTNMON_STORE_URL", "sqlite:///attnmon.db")
         # the same checks, and the same errors, as an in-process collector's
@@ -110,8 +129,14 @@ class ProcessCollector(ServingCalls):
             pickle.dumps(options)
         except Exception as exc:
             raise ValueError(f"the options must be picklable to reach the worker process: {exc}") from None
+        for name, value in options.items():
+            # pickled by reference to __main__, which in the worker is collectors.worker
+            if "__main__" in (getattr(value, "__module__", None), type(value).__module__):
+                raise ValueError(f"{name}={value!r} is defined in __main__, which the worker process "
+                                 "cannot import: define it in a module of its own")
         self.store_url, self.model, self.version = store_url, model, version
-        self.restart_every_s = restart_every_s
+        self.restart_every_s, self.hang_after_s = restart_every_s, hang_after_s
+        self.python = executable or sys.executable
         self._spec = {"store_url": store_url, "model": model, "version": version, **options}
         self._reset_state()
         _live.add(self)  # (collectors.collector's: closed at exit, reset after a fork)
@@ -148,6 +173,8 @@ class ProcessCollector(ServingCalls):
         self._in: Connection | None = None
         self._thread: threading.Thread | None = None
         self._last_start = -1e18
+        self._heard = time.monotonic()  # when the running worker last reported
+        self._failed: str | None = None  # why a worker could not take its options
         self._stop = False
         self._give_up = False  # close() timed out: no new worker for what is left
         self._closed = False
@@ -191,6 +218,9 @@ class ProcessCollector(ServingCalls):
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name=f"attnmon-sender-{self.model}", daemon=True)
                 self._thread.start()
+                if self.hang_after_s is not None:
+                    threading.Thread(target=self._watch, args=(self._thread,), daemon=True,
+                                     name=f"attnmon-watch-{self.model}").start()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Have the worker process and write everything observed so far. True when it
@@ -249,6 +279,21 @@ class ProcessCollector(ServingCalls):
             dropped=total.dropped + hot, spilled=total.spilled, written=total.written,
             queue_depth=len(self._q) + self._current.queue_depth,
             pending_batches=self._current.pending_batches, bad_spill_files=total.bad_spill_files)
+
+    def _watch(self, sender: threading.Thread) -> None:
+        """Kill a worker that has said nothing for hang_after_s (stopped, or stuck): the
+        sender, which may be waiting on it, then counts what it held and starts another.
+        (A thread of its own: the sender may be blocked in a write to that worker.)"""
+        while sender.is_alive():
+            sender.join(min(1.0, self.hang_after_s / 4))
+            proc = self._proc
+            silent = time.monotonic() - self._heard
+            if proc is not None and silent > self.hang_after_s and proc.poll() is None:
+                self._log_rarely(logging.ERROR, "attnmon collector %s %s: the worker (pid %d) has sent nothing "
+                                 "for %.0f s (hung or stopped): killed, and replaced", self.model,
+                                 self.version, proc.pid, silent)
+                proc.kill()
+                self._heard = time.monotonic()
 
     # --- the sender thread -------------------------------------------------------------
     def _run(self) -> None:
@@ -347,14 +392,23 @@ class ProcessCollector(ServingCalls):
 
     def _recv(self) -> tuple:
         try:
-            return pickle.loads(self._in.recv_bytes())
+            msg = pickle.loads(self._in.recv_bytes())
         except (EOFError, OSError) as exc:
             raise WorkerDown("the worker exited") from exc
+        if msg[0] == "failed":
+            self._failed = msg[1]
+            raise WorkerDown(self._failed_why())
+        return msg
+
+    def _failed_why(self) -> str:
+        return (f"the worker could not take the collector's options ({self._failed}); no other is started, "
+                "as it would fail the same way")
 
     def _note_stats(self, stats: dict, settled: int) -> None:
         with self._lock:
             self._current = CollectorStats(**stats)
             self._settled = settled
+        self._heard = time.monotonic()
 
     def _worker(self) -> Connection:
         """The running worker's input, starting one if there is none."""
@@ -364,6 +418,8 @@ class ProcessCollector(ServingCalls):
             raise WorkerDown(f"the worker exited with status {self._proc.returncode}")
         if self._give_up:
             raise WorkerDown("closed before the worker finished")
+        if self._failed is not None:
+            raise WorkerDown(self._failed_why())
         wait = self._last_start + self.restart_every_s - time.monotonic()
         if wait > 0:
             raise WorkerDown(f"the worker is down; the next start in {wait:.1f} s")
@@ -373,7 +429,7 @@ class ProcessCollector(ServingCalls):
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "collectors.worker"], env=env,
+            self._proc = subprocess.Popen([self.python, "-m", "collectors.worker"], env=env,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         except OSError as exc:
             raise WorkerDown(f"the worker could not start: {exc}") from exc
@@ -382,6 +438,7 @@ class ProcessCollector(ServingCalls):
         self._proc.stdin.close()
         self._proc.stdout.close()
         self._sent = 0
+        self._heard = time.monotonic()
         self._write(pickle.dumps(("spec", self._spec), protocol=5))
         return self._out
 
@@ -392,6 +449,8 @@ class ProcessCollector(ServingCalls):
             self._read_stats()  # end of input) wrote what it held first, and said so
         except Exception:
             pass
+        if self._failed is not None:  # (the pipe breaking is not the news)
+            exc = WorkerDown(self._failed_why())
         with self._lock:
             cur = self._current
             unwritten = self._sent - self._settled

@@ -11,9 +11,11 @@ In:  ("spec", kwargs)                 first: the AttentionCollector to run
                                       a frame each, in order
      ("flush", token)                 write everything; answer with the token
      ("close",)                       flush, stop, answer, exit
-Out: ("stats", stats dict, token, ok, settled) about once a second, after a flush or close, and
-     last before exit (token None), however the worker was stopped; settled: requests
-     written, rejected, dropped or in a spill file (what a worker killed then did not lose)
+Out: ("stats", stats dict, token, ok, settled) about once a second (while a flush waits on
+     the store too), after a flush or close, and last before exit (token None), however
+     the worker was stopped; settled: requests written, rejected, dropped or in a spill
+     file (what a worker killed then did not lose)
+     ("failed", message)              instead, when the spec cannot be loaded or run
 
 End of input (the serving process exited or was killed) closes the collector, which
 writes or spills what it holds, and exits. SIGTERM does the same; SIGINT is ignored, as
@@ -35,6 +37,7 @@ from collectors.collector import AttentionCollector
 from collectors.rarely import RareLog
 
 STATS_EVERY_S = 1.0
+FLUSH_TIMEOUT_S = 30.0  # as AttentionCollector.flush's
 
 log = logging.getLogger("attnmon.collector")
 
@@ -63,11 +66,30 @@ def _stats(c: _Collector, token: int | None, ok: bool) -> bytes:
     return pickle.dumps(("stats", dataclasses.asdict(st), token, ok, settled), protocol=5)
 
 
+def _flush(c: _Collector, conn_out: Connection, timeout: float = FLUSH_TIMEOUT_S) -> bool:
+    """c.flush(), reporting while it waits on the store: the parent takes a worker that
+    says nothing for its hang_after_s for hung, and kills it."""
+    want = c._flush_ask()
+    deadline = time.monotonic() + timeout
+    while (done := c._flush_wait(want, STATS_EVERY_S)) is None:
+        if time.monotonic() >= deadline:
+            return False
+        conn_out.send_bytes(_stats(c, None, True))
+    return done
+
+
 def serve(conn_in: Connection, conn_out: Connection) -> None:
-    kind, spec = pickle.loads(conn_in.recv_bytes())
-    if kind != "spec":
-        raise SystemExit(f"attnmon worker: expected a spec first, got {kind!r}")
-    c = _Collector(**spec)
+    try:
+        kind, spec = pickle.loads(conn_in.recv_bytes())
+        if kind != "spec":
+            raise ValueError(f"expected a spec first, got {kind!r}")
+        c = _Collector(**spec)
+    except EOFError:
+        return  # the parent went before it said what to run
+    except Exception as exc:  # (an option's value this process cannot import, say)
+        # the parent logs it and starts no other: the next would fail the same way
+        conn_out.send_bytes(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}"), protocol=5))
+        raise SystemExit(3) from None
     log_rarely = RareLog(log)
     last = time.monotonic()
     try:
@@ -101,9 +123,10 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                         continue
                     c._offer(entry, n)
             elif msg[0] == "flush":
-                ok = c.flush()
+                ok = _flush(c, conn_out)
                 conn_out.send_bytes(_stats(c, msg[1], ok))
             elif msg[0] == "close":
+                _flush(c, conn_out)
                 c.close()
                 conn_out.send_bytes(_stats(c, -1, True))
                 return

@@ -38,6 +38,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
+class WorkerConfig(_Strict):
+    """ProcessCollector's worker process (an AttentionCollector ignores these)."""
+
+    restart_every_s: float = Field(5.0, ge=0)
+    hang_after_s: float | None = Field(60.0, gt=0)
+    python: str | None = None
+
+
 class CollectorConfig(_Strict):
     sample_rate: float = Field(0.01, ge=0, le=1)
     queue_size: int = Field(10_000, gt=0)
@@ -52,6 +60,7 @@ class CollectorConfig(_Strict):
     late_grace_s: float = Field(5.0, ge=0)
     max_unsent_rows: int = Field(100_000, ge=0)
     write_timeout_s: float = Field(30.0, gt=0)
+    worker: WorkerConfig = WorkerConfig()
 
 
 class RetentionConfig(_Strict):

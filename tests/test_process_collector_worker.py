@@ -1,0 +1,168 @@
+"""ProcessCollector's worker process: one that hangs is replaced, one that cannot take
+its options says why (once), the interpreter that runs it, and its settings in
+attnmon.yaml."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+from test_process_collector import T0, batch, stored_n, wait_for
+from test_process_collector_faults import T_OPEN, gone
+
+import collectors.process as process
+from collectors import AttentionCollector, ProcessCollector
+
+
+def test_a_worker_that_stops_answering_is_killed_and_replaced(sqlite_url):
+    rng = np.random.default_rng(21)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=2.0,
+                         restart_every_s=0.0)
+    handed = 0
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)  # held (an open minute) by the worker
+        handed += 40
+        assert wait_for(lambda: c.stats.accepted == 40)
+        first = c.worker_pid
+        os.kill(first, signal.SIGSTOP)  # hung: it reads nothing and reports nothing
+        # before the watchdog: this worker stayed, every later call was dropped, for good
+        deadline = time.monotonic() + 20
+        while c.worker_pid in (None, first) and time.monotonic() < deadline:
+            c.observe_batch(w, item_ids=ids, timestamps=T0)
+            handed += 40
+            time.sleep(0.2)
+        assert c.worker_pid not in (None, first)
+        assert wait_for(lambda: gone(first), 5)  # killed and reaped
+        c.observe_batch(w, item_ids=ids, timestamps=T0 + 60)
+        handed += 40
+        assert c.flush(timeout=30)
+    finally:
+        c.close()
+    st = c.stats
+    assert st.written == stored_n(sqlite_url, "v1") >= 40  # the new worker writes
+    assert st.dropped >= 40  # what the stopped one held, at least
+    assert st.written + st.dropped == handed
+
+
+def test_a_flush_waiting_on_the_store_is_not_taken_for_a_hang(sqlite_url):
+    # another writer holds SQLite's lock for longer than hang_after_s: the worker's flush
+    # waits (up to write_timeout_s) and reports meanwhile, so it is not killed
+    rng = np.random.default_rng(22)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=1.0,
+                         write_timeout_s=4.0)
+    lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=10)
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T0)
+        assert c.flush(timeout=30)
+        pid = c.worker_pid
+        lock.execute("BEGIN EXCLUSIVE")
+        c.observe_batch(w, item_ids=ids, timestamps=T0 + 60)
+        started = time.monotonic()
+        assert not c.flush(timeout=30)  # kept in memory: no spill_dir
+        assert time.monotonic() - started > 3  # it did wait on the lock, silent flushes and all
+        lock.rollback()
+        assert c.flush(timeout=30)
+        assert c.worker_pid == pid
+    finally:
+        lock.close()
+        c.close()
+    assert c.stats.dropped == 0 and c.stats.written == 80 == stored_n(sqlite_url, "v1")
+
+
+def _unimportable_clock():
+    return T0
+
+
+def test_options_the_worker_cannot_load_are_reported_once_and_every_call_is_counted(
+        sqlite_url, monkeypatch, caplog):
+    # a clock from a module the serving process has and the worker does not
+    nowhere = types.ModuleType("attnmon_nowhere")
+    nowhere.clock = _unimportable_clock
+    monkeypatch.setitem(sys.modules, "attnmon_nowhere", nowhere)
+    monkeypatch.setattr(_unimportable_clock, "__module__", "attnmon_nowhere")
+    monkeypatch.setattr(_unimportable_clock, "__qualname__", "clock")
+    starts = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(process.subprocess, "Popen", lambda *a, **k: starts.append(1) or popen(*a, **k))
+    rng = np.random.default_rng(23)
+    w, ids, _ = batch(rng)
+    caplog.set_level(logging.ERROR, "attnmon.collector")
+    c = ProcessCollector(sqlite_url, model="m", version="v1", clock=_unimportable_clock, restart_every_s=0.0)
+    try:
+        for i in range(10):
+            c.observe_batch(w, item_ids=ids, timestamps=T0 + i)
+            time.sleep(0.2)
+        assert not c.flush(timeout=10)
+    finally:
+        c.close()
+    # before: a new worker every restart_every_s, each dying on the same options
+    assert len(starts) == 1
+    assert c.stats.dropped == 400 and c.stats.written == 0
+    assert "could not take the collector's options" in caplog.text and "attnmon_nowhere" in caplog.text
+
+
+def test_an_option_from_main_is_refused_at_construction(sqlite_url, monkeypatch):
+    main = sys.modules["__main__"]
+
+    def clock():
+        return T0
+
+    clock.__module__, clock.__qualname__ = "__main__", "attnmon_test_clock"
+    monkeypatch.setattr(main, "attnmon_test_clock", clock, raising=False)
+    with pytest.raises(ValueError, match=r"clock=.* __main__, which the worker process cannot import"):
+        ProcessCollector(sqlite_url, model="m", version="v1", clock=clock)
+    AttentionCollector(sqlite_url, model="m", version="v1", clock=clock).close()  # in process: fine
+
+
+def test_python_names_the_worker_s_interpreter(sqlite_url, tmp_path):
+    # a wrapper that records it ran, then runs this interpreter
+    marker = tmp_path / "ran"
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\ntouch {marker}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    rng = np.random.default_rng(24)
+    w, ids, _ = batch(rng)
+    with ProcessCollector(sqlite_url, model="m", version="v1", python=str(wrapper)) as c:
+        c.observe_batch(w, item_ids=ids, timestamps=T0)
+        assert c.flush(timeout=30)
+    assert marker.exists() and stored_n(sqlite_url, "v1") == 40
+
+
+@pytest.mark.parametrize("python", ["/nowhere/python3", "", 3])
+def test_a_python_that_is_not_an_executable_is_refused(sqlite_url, python):
+    with pytest.raises(ValueError, match="python="):
+        ProcessCollector(sqlite_url, model="m", version="v1", python=python)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), "60", True])
+def test_a_bad_hang_after_s_is_refused(sqlite_url, value):
+    with pytest.raises(ValueError, match="hang_after_s="):
+        ProcessCollector(sqlite_url, model="m", version="v1", hang_after_s=value)
+
+
+def test_the_worker_settings_come_from_attnmon_yaml_and_the_environment(tmp_path, sqlite_url, monkeypatch):
+    from monitor.config import ConfigError, load_config
+
+    path = tmp_path / "attnmon.yaml"
+    path.write_text(f"store_url: {sqlite_url}\ncollector:\n  worker:\n    hang_after_s: 12\n"
+                    f"    python: {sys.executable}\n")
+    monkeypatch.setenv("ATTNMON_COLLECTOR__WORKER__RESTART_EVERY_S", "2.5")
+    cfg = load_config(path)
+    c = ProcessCollector.from_config("m", "v1", config=cfg)
+    assert (c.hang_after_s, c.restart_every_s, c.python) == (12.0, 2.5, sys.executable)
+    assert "hang_after_s" not in c._spec  # the worker's collector is not given them
+    c.close()
+    AttentionCollector.from_config("m", "v1", config=cfg).close()  # which it would refuse
+    path.write_text("collector:\n  worker:\n    hang_after_s: -3\n")
+    with pytest.raises(ConfigError, match="hang_after_s"):
+        load_config(path)
