@@ -54,7 +54,7 @@ from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.sketch import _key
 from monitor.store import positions
-from monitor.store.engine import one_line
+from monitor.store.engine import one_line, schema_behind
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
 
@@ -958,9 +958,11 @@ class AttentionCollector(ServingCalls):
                 self._unsent.popleft()
                 _yield_gil()
         except Exception as exc:  # the store is down or refusing: keep everything
-            self._log_rarely(logging.WARNING, "attnmon collector: store write failed (%s); %s",
+            hint = ("; the store's schema is older than this collector's: run `attnmon db upgrade` (what "
+                    "waits is written then)" if schema_behind(exc) else "")
+            self._log_rarely(logging.WARNING, "attnmon collector: store write failed (%s); %s%s",
                              one_line(exc, self._engine.url if self._engine is not None else None),
-                             "spilling" if self._spill else "keeping in memory")
+                             "spilling" if self._spill else "keeping in memory", hint)
             if self._spill is not None:
                 self._spill_unsent()
             self._bound_unsent()

@@ -148,3 +148,30 @@ def test_a_file_the_process_cannot_open_for_now_is_not_called_unreadable(tmp_pat
         with pytest.raises(UnreadableSpill if moved else OSError) as info:
             sd.load(path)
         assert isinstance(info.value, UnreadableSpill) is moved, code
+
+
+def collector_before_the_upgrade(url, tmp_path, caplog):
+    """A collector deployed before its store was upgraded (the README says: upgrade first):
+    its writes fail on the missing column and are spilled, the log says what to run, and
+    the upgrade lets everything through, counted once. (Run on PostgreSQL too.)"""
+    import logging
+
+    migrate.upgrade(url, "0005")  # before window_aggregates.minute_mask
+    rng, clock = np.random.default_rng(9), [T0]
+    caplog.set_level(logging.WARNING, "attnmon.collector")
+    c = AttentionCollector(url, model="m", version="v1", spill_dir=tmp_path / "spill",
+                           flush_interval_s=0.05, clock=lambda: clock[0])
+    try:
+        _run_minutes(c, clock, rng, range(2))
+        assert c.stats.spilled == 100 and c.stats.written == 0
+        assert "run `attnmon db upgrade`" in caplog.text
+        migrate.upgrade(url)
+        _run_minutes(c, clock, rng, range(2, 3))
+        assert c.stats.written == 150
+    finally:
+        c.close()
+    assert stored_n(url) == 150
+
+
+def test_a_collector_newer_than_its_store_says_to_upgrade(tmp_path, caplog):
+    collector_before_the_upgrade(f"sqlite:///{tmp_path / 'old.db'}", tmp_path, caplog)

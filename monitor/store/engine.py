@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,6 +169,16 @@ def require_schema(engine: Engine) -> None:
         "run `attnmon db upgrade`",
         shown,
     )
+
+
+def schema_behind(exc: BaseException) -> bool:
+    """The error says a table or column is missing: the store's schema is older than the
+    code's (not upgraded), or was never created."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if getattr(inner, "sqlstate", None) in ("42703", "42P01"):  # PostgreSQL: undefined column, table
+        return True
+    return isinstance(inner, sqlite3.OperationalError) and bool(
+        re.search(r"no such (table|column)|has no column named", str(inner)))
 
 
 def one_line(exc: BaseException, url: URL | None = None) -> str:

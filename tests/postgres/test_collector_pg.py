@@ -203,3 +203,9 @@ def test_a_write_held_by_a_lock_gives_up_after_write_timeout_and_spills(pg_clean
         blocker.dispose()
     with Store(pg_clean_url) as store:
         assert int(store.summary("m", by=["layer"])["n"].sum()) == 100
+
+
+def test_a_collector_newer_than_its_store_says_to_upgrade_on_postgres(pg_empty_url, tmp_path, caplog):
+    from tests.test_collector_spill_faults import collector_before_the_upgrade
+
+    collector_before_the_upgrade(pg_empty_url, tmp_path, caplog)
