@@ -54,7 +54,7 @@ from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.sketch import _key
 from monitor.store import positions
-from monitor.store.engine import one_line, schema_behind
+from monitor.store.engine import Cutter, one_line, schema_behind
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
 
@@ -264,6 +264,7 @@ class AttentionCollector(ServingCalls):
         self._hash_item_ids = hash_item_ids
         self._spill = SpillDir(spill_dir) if spill_dir is not None else None
         self._engine = engine
+        self._cutter = None  # cuts the engine's connections when a write overruns (ours only)
         self._seed = seed
         self._reset_state()
         _live.add(self)
@@ -321,7 +322,7 @@ class AttentionCollector(ServingCalls):
         if self._engine is not None:
             self._engine.dispose(close=False)
             if self.store_url is not None:
-                self._engine = None
+                self._engine = self._cutter = None
         self._reset_state()
 
     # --- the serving path (observe, observe_batch: ServingCalls) ---------------------
@@ -936,7 +937,17 @@ class AttentionCollector(ServingCalls):
             t = self.write_timeout_s
             extra = {"connect_args": {"timeout": t}} if str(self.store_url).startswith("sqlite") else {}
             self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, **extra)
+            if self._engine.dialect.name == "postgresql":
+                self._cutter = Cutter(self._engine)
         return self._engine
+
+    def _store_write(self, engine, batch: FlushBatch) -> bool:
+        """write_batch, given up after 2 × write_timeout_s on a server or proxy that stopped
+        answering (it ends the statements it does get after write_timeout_s)."""
+        if self._cutter is None:
+            return write_batch(engine, batch)
+        with self._cutter.deadline(2 * self.write_timeout_s):
+            return write_batch(engine, batch)
 
     def _send_all(self) -> None:
         """Replay spilled batches in order, then the unsent ones; spill what fails (or,
@@ -948,12 +959,12 @@ class AttentionCollector(ServingCalls):
                     batch = self._load_spilled(path)
                     if batch is None:
                         continue
-                    if write_batch(engine, batch) and batch.collector_id == self.collector_id:
+                    if self._store_write(engine, batch) and batch.collector_id == self.collector_id:
                         self._note_written(batch)
                     self._spill.remove(path)
             while self._unsent:
                 batch = self._unsent[0]
-                if write_batch(engine, batch):
+                if self._store_write(engine, batch):
                     self._note_written(batch)
                 self._unsent.popleft()
                 _yield_gil()

@@ -1,4 +1,4 @@
-"""A network path to PostgreSQL that can be cut without a word: a black hole.
+"""Network paths to PostgreSQL that fail without a word: a black hole, a stalled proxy.
 
 A server that goes away cleanly refuses or resets connections, and clients see it at
 once. A failover's old address, or a partition, answers nothing at all: a client waits
@@ -13,6 +13,10 @@ error comes back. `restore()` sets it up again. Needs root (CAP_NET_ADMIN, CAP_S
 and iproute2's `ip`: without them the test skips, or fails where ATTNMON_REQUIRE_PEERS=1.
 
 Run as a script, it is the forwarder: `python blackhole.py HOST PORT UNIX_PATH`.
+
+`StalledProxy` is a TCP proxy on 127.0.0.1 that can stop passing data on while keeping
+its connections open, as a frozen server or pooler does: TCP acknowledges everything,
+keepalives are answered, and nothing comes back.
 """
 
 from __future__ import annotations
@@ -54,6 +58,53 @@ def forward(listener: socket.socket, connect) -> None:
             return  # the listener was closed
         for a, b in ((client, server), (server, client)):
             threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+
+class StalledProxy:
+    """127.0.0.1:`port` to host:port; `stall()` holds what arrives, `resume()` passes it on."""
+
+    def __init__(self, host: str, port: int):
+        self._open = threading.Event()
+        self._open.set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._target = (host, port)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self._target, 5)
+            except OSError:
+                return
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pass, args=(a, b), daemon=True).start()
+
+    def _pass(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                while not self._open.wait(0.1):  # held, with the connection open
+                    pass
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stall(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._open.set()
+        self._listener.close()
 
 
 @dataclass

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -190,3 +193,35 @@ def one_line(exc: BaseException, url: URL | None = None) -> str:
     if len(msg) > 300:
         msg = msg[:297] + "..."
     return f"{type(inner).__name__}: {msg}" if msg else type(inner).__name__
+
+
+class Cutter:
+    """Cuts the connections `engine` opened, from another thread: for a write whose server
+    or proxy stopped answering and keeps the connection open (a frozen or paused server,
+    storage that hangs, a stalled pooler). No server-side timeout fires there, and TCP
+    sees nothing wrong, so only the client can end the wait: shutting a socket down wakes
+    the driver, which fails the statement."""
+
+    def __init__(self, engine: Engine):
+        self._conns: weakref.WeakSet = weakref.WeakSet()
+        event.listen(engine, "connect", lambda dbapi_conn, _record: self._conns.add(dbapi_conn))
+
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Cut every connection if the block has not ended within `seconds` (an idle
+        one cut with them is replaced at its next checkout: pool_pre_ping)."""
+        timer = threading.Timer(seconds, self.cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def cut(self) -> None:
+        for conn in list(self._conns):
+            try:
+                with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, ValueError, AttributeError):  # closed already, or not a socket
+                pass

@@ -4,15 +4,18 @@ kernel's ~15 minutes of TCP retransmissions while its queue fills and drops."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from collectors import AttentionCollector
 from monitor import Store
-from tests.blackhole import black_hole
+from monitor.store import make_engine
+from tests.blackhole import StalledProxy, black_hole
 from tests.peers import unavailable
 
 T0 = 1_800_000_000.0
@@ -51,5 +54,45 @@ def test_a_silent_network_fails_the_write_in_seconds_and_it_is_spilled(hole_url,
     finally:
         hole.restore()
         c.close()
+    with Store(pg_clean_url) as store:
+        assert int(store.summary("m", by=["layer"])["n"].sum()) == 120
+
+
+def test_a_server_that_stops_answering_mid_write_is_cut_off_and_the_write_spilled(pg_clean_url, tmp_path):
+    # a frozen server (paused VM, hung storage) or pooler: the connection stays open, TCP
+    # acknowledges, and no answer comes, not even the server's own timeout error. The
+    # collector cuts its connection after 2 × write_timeout_s and spills.
+    url = make_url(pg_clean_url)
+    proxy = StalledProxy(url.host or "127.0.0.1", url.port or 5432)
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    w = np.full((40, 4), 0.25, np.float32)
+    c = AttentionCollector(via, model="m", version="v1", spill_dir=tmp_path / "spill",
+                           write_timeout_s=2.0, clock=lambda: T0 + 3600)
+    blocker = make_engine(pg_clean_url)
+    try:
+        c.observe_batch(w, timestamps=T0)
+        assert c.flush(timeout=20) and c.stats.written == 40
+        with blocker.connect() as conn:
+            conn.execute(text("LOCK TABLE window_aggregates IN ACCESS EXCLUSIVE MODE"))
+            c.observe_batch(w, timestamps=T0 + 60)
+            done = {}
+            flushing = threading.Thread(target=lambda: done.update(ok=c.flush(timeout=30)))
+            started = time.monotonic()
+            flushing.start()
+            time.sleep(0.5)  # the write is in flight, waiting on the lock
+            proxy.stall()  # ...and its answer (lock_timeout's error, after 2 s) never comes
+            flushing.join(40)
+            conn.rollback()
+        assert done["ok"]  # before: the write waited until the proxy resumed; flush gave up
+        assert c.stats.spilled == 40 and time.monotonic() - started < 30
+        proxy.resume()
+        c.observe_batch(w, timestamps=T0 + 120)
+        assert c.flush(timeout=30)
+        assert c.stats.written == 120
+    finally:
+        proxy.resume()
+        proxy.close()
+        c.close()
+        blocker.dispose()
     with Store(pg_clean_url) as store:
         assert int(store.summary("m", by=["layer"])["n"].sum()) == 120
