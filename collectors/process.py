@@ -64,6 +64,8 @@ POLL_S = 0.05  # how often the sender looks at the queue: one pipe write per loo
 OUT_OF_BAND = 1 << 16  # bytes: an array this big is sent as it is, not copied into a pickle
 YIELD_S = 0.0005  # the sender's Python between two yields of the GIL (a yield costs ~0.1 ms:
 # one after each entry capped the sender at ~7,000 single observe() calls a second)
+MIN_HANG_S = 2.0  # hang_after_s: twice the worker's report interval, at least
+START_S = 30.0  # a new worker's time to import and report, at least (a slow disk, a busy host)
 _ZERO = CollectorStats(0, 0, {}, 0, 0, 0, 0, 0, 0)
 
 
@@ -113,8 +115,9 @@ class ProcessCollector(ServingCalls):
                 or not 0 <= restart_every_s < float("inf"):
             raise ValueError(f"restart_every_s={restart_every_s!r}: must be a number of seconds >= 0")
         if hang_after_s is not None and (isinstance(hang_after_s, bool) or not isinstance(hang_after_s, int | float)
-                                         or not 0 < hang_after_s < float("inf")):
-            raise ValueError(f"hang_after_s={hang_after_s!r}: must be a number of seconds > 0, or None (never)")
+                                         or not MIN_HANG_S <= hang_after_s < float("inf")):
+            raise ValueError(f"hang_after_s={hang_after_s!r}: must be a number of seconds >= {MIN_HANG_S} (the "
+                             "worker reports every second), or None (never)")
         executable = shutil.which(python) if isinstance(python, str) and python else None
         if python is not None and executable is None:
             raise ValueError(f"python={python!r}: not an executable file (the worker's interpreter)")
@@ -173,7 +176,8 @@ class ProcessCollector(ServingCalls):
         self._in: Connection | None = None
         self._thread: threading.Thread | None = None
         self._last_start = -1e18
-        self._heard = time.monotonic()  # when the running worker last reported
+        self._heard = time.monotonic()  # when the running worker last reported (or started)
+        self._reported = False  # whether it has reported yet: until then it may be importing
         self._failed: str | None = None  # why a worker could not take its options
         self._stop = False
         self._give_up = False  # close() timed out: no new worker for what is left
@@ -288,7 +292,8 @@ class ProcessCollector(ServingCalls):
             sender.join(min(1.0, self.hang_after_s / 4))
             proc = self._proc
             silent = time.monotonic() - self._heard
-            if proc is not None and silent > self.hang_after_s and proc.poll() is None:
+            limit = self.hang_after_s if self._reported else max(self.hang_after_s, START_S)
+            if proc is not None and silent > limit and proc.poll() is None:
                 self._log_rarely(logging.ERROR, "attnmon collector %s %s: the worker (pid %d) has sent nothing "
                                  "for %.0f s (hung or stopped): killed, and replaced", self.model,
                                  self.version, proc.pid, silent)
@@ -408,7 +413,7 @@ class ProcessCollector(ServingCalls):
         with self._lock:
             self._current = CollectorStats(**stats)
             self._settled = settled
-        self._heard = time.monotonic()
+        self._heard, self._reported = time.monotonic(), True
 
     def _worker(self) -> Connection:
         """The running worker's input, starting one if there is none."""
@@ -438,7 +443,7 @@ class ProcessCollector(ServingCalls):
         self._proc.stdin.close()
         self._proc.stdout.close()
         self._sent = 0
-        self._heard = time.monotonic()
+        self._heard, self._reported = time.monotonic(), False
         self._write(pickle.dumps(("spec", self._spec), protocol=5))
         return self._out
 

@@ -42,7 +42,7 @@ class WorkerConfig(_Strict):
     """ProcessCollector's worker process (an AttentionCollector ignores these)."""
 
     restart_every_s: float = Field(5.0, ge=0)
-    hang_after_s: float | None = Field(60.0, gt=0)
+    hang_after_s: float | None = Field(60.0, ge=2)  # (the worker reports every second)
     python: str | None = None
 
 

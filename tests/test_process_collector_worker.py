@@ -58,8 +58,8 @@ def test_a_flush_waiting_on_the_store_is_not_taken_for_a_hang(sqlite_url):
     # waits (up to write_timeout_s) and reports meanwhile, so it is not killed
     rng = np.random.default_rng(22)
     w, ids, _ = batch(rng)
-    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=1.0,
-                         write_timeout_s=4.0)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=2.0,
+                         write_timeout_s=6.0)
     lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=10)
     try:
         c.observe_batch(w, item_ids=ids, timestamps=T0)
@@ -69,7 +69,7 @@ def test_a_flush_waiting_on_the_store_is_not_taken_for_a_hang(sqlite_url):
         c.observe_batch(w, item_ids=ids, timestamps=T0 + 60)
         started = time.monotonic()
         assert not c.flush(timeout=30)  # kept in memory: no spill_dir
-        assert time.monotonic() - started > 3  # it did wait on the lock, silent flushes and all
+        assert time.monotonic() - started > 5  # it did wait on the lock, past hang_after_s
         lock.rollback()
         assert c.flush(timeout=30)
         assert c.worker_pid == pid
@@ -144,7 +144,7 @@ def test_a_python_that_is_not_an_executable_is_refused(sqlite_url, python):
         ProcessCollector(sqlite_url, model="m", version="v1", python=python)
 
 
-@pytest.mark.parametrize("value", [0, -1.0, float("inf"), "60", True])
+@pytest.mark.parametrize("value", [0, 1.5, -1.0, float("inf"), "60", True])
 def test_a_bad_hang_after_s_is_refused(sqlite_url, value):
     with pytest.raises(ValueError, match="hang_after_s="):
         ProcessCollector(sqlite_url, model="m", version="v1", hang_after_s=value)
