@@ -229,8 +229,14 @@ def load_config(
         data, problems = _read_yaml(path)
     origins: dict[tuple[str, ...], str] = {}  # field path -> where a non-file value came from
     for keys, var, value in _env_entries(env):
-        _set(data, keys, _env_value(value))
+        blocked = _set(data, keys, _env_value(value))
         origins[keys] = f"environment variable {var}"
+        if blocked is not None:
+            # The file holds a list or a value where the variable reaches inside it
+            # (ATTNMON_ALERTS__RECEIVERS__0__URL): it would be ignored without a word.
+            problems.append((".".join(keys), value, f"{var} cannot set a key inside {'.'.join(blocked)}, "
+                             "which is a list or a value, not a mapping: set "
+                             f"ATTNMON_{'__'.join(blocked).upper()} as a whole (YAML flow style)"))
     for dotted, value in (overrides or {}).items():
         if value is not None:
             keys = tuple(dotted.split("."))
@@ -273,17 +279,19 @@ def _env_value(value: str) -> Any:
     return value
 
 
-def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> tuple[str, ...] | None:
+    """Set data[k0][k1]... = value; None, or the keys of the non-mapping in the way."""
     node = data
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1], 1):
         child = node.get(key)
         if not isinstance(child, dict):
             # A section the file left out (or got wrong: validation reports that).
             if child is not None:
-                return
+                return keys[:depth]
             child = node[key] = {}
         node = child
     node[keys[-1]] = value
+    return None
 
 
 # pydantic's words -> the short words a person reads in a one-line error

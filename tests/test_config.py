@@ -317,3 +317,26 @@ def test_a_secret_written_inline_is_never_printed_back(tmp_path: Path) -> None:
     assert problems == {"alerts.receivers.0.pagerduty.routing_key": hidden,
                         "alerts.receivers.1.email.password": hidden,
                         "alerts.receivers.1.email.to": ("(missing)", "Field required")}
+
+
+@pytest.mark.parametrize(
+    ("var", "blocked"),
+    [
+        ("ATTNMON_ALERTS__RECEIVERS__0__WEBHOOK__URL", "alerts.receivers"),  # a list in the file
+        ("ATTNMON_COLLECTOR__SPILL_DIR__PATH", "collector.spill_dir"),  # a value in the file
+    ],
+)
+def test_a_variable_reaching_inside_a_list_or_value_of_the_file_is_an_error_not_ignored(
+    tmp_path: Path, var: str, blocked: str
+) -> None:
+    path = write(
+        tmp_path / "a.yaml",
+        "collector:\n  spill_dir: /var/spool/attnmon\n"
+        "alerts:\n  receivers:\n    - name: oncall\n      webhook: {url: http://hooks.internal/x}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {var: "http://other"})
+    ((field, value, msg),) = info.value.problems
+    assert field == ".".join(k.lower() for k in var.removeprefix("ATTNMON_").split("__"))
+    assert value == "http://other"
+    assert var in msg and blocked in msg and "as a whole" in msg
