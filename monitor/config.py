@@ -144,6 +144,19 @@ class DaemonConfig(_Strict):
     statement_timeout_s: float = Field(900, ge=0)
     lock_timeout_s: float = Field(60, ge=0)
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        # Checked with the rest of the file, not first when `attnmon run` binds: every
+        # other command (and `run --once`) would take a listen the daemon cannot use.
+        from monitor.health import parse_listen
+
+        try:
+            parse_listen(value)
+        except ValueError:
+            raise ValueError("expected HOST:PORT, a port from 0 to 65535 (e.g. 127.0.0.1:9464)") from None
+        return value
+
 
 class GrafanaConfig(_Strict):
     """Where the daemon's annotate job posts deployments and alert transitions (and where

@@ -340,3 +340,18 @@ def test_a_variable_reaching_inside_a_list_or_value_of_the_file_is_an_error_not_
     assert field == ".".join(k.lower() for k in var.removeprefix("ATTNMON_").split("__"))
     assert value == "http://other"
     assert var in msg and blocked in msg and "as a whole" in msg
+
+
+@pytest.mark.parametrize("listen", ["9464", "localhost", "127.0.0.1:99999", "127.0.0.1:http", ""])
+def test_a_listen_address_the_daemon_cannot_bind_is_a_config_error_for_every_command(tmp_path: Path, listen: str) -> None:
+    path = write(tmp_path / "a.yaml", f"daemon:\n  listen: '{listen}'\ncollector:\n  sample_rate: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    problems = {field: (value, msg) for field, value, msg in info.value.problems}
+    assert problems["daemon.listen"] == (listen, "expected HOST:PORT, a port from 0 to 65535 (e.g. 127.0.0.1:9464)")
+    assert "collector.sample_rate" in problems  # all at once
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "0.0.0.0:0", ":9464", "[::1]:9464"])
+def test_listen_addresses_that_bind_are_accepted(listen: str) -> None:
+    assert load_config(None, {"ATTNMON_DAEMON__LISTEN": listen}).daemon.listen == listen
