@@ -32,6 +32,14 @@ ENV_PREFIX = "ATTNMON_"
 ENV_STORE_URL = "ATTNMON_STORE_URL"
 
 
+# Upper bounds. A duration past a century (say 1e6 days, to mean "keep forever") overflows
+# the date arithmetic of the jobs, which then fail at every run; PostgreSQL takes a
+# statement or lock timeout of at most 2^31-1 ms, and refuses every connection past it.
+CENTURY_DAYS = 36_500
+CENTURY_S = CENTURY_DAYS * 86_400
+PG_TIMEOUT_MAX_S = 2_147_483
+
+
 class _Strict(BaseModel):
     # A misspelled key is an error, not a silently ignored setting; NaN and inf are
     # never a meaningful rate, size or interval.
@@ -41,15 +49,15 @@ class _Strict(BaseModel):
 class WorkerConfig(_Strict):
     """ProcessCollector's worker process (an AttentionCollector ignores these)."""
 
-    restart_every_s: float = Field(5.0, ge=0)
-    hang_after_s: float | None = Field(60.0, ge=2)  # (the worker reports every second)
+    restart_every_s: float = Field(5.0, ge=0, le=CENTURY_S)
+    hang_after_s: float | None = Field(60.0, ge=2, le=CENTURY_S)  # (the worker reports every second)
     python: str | None = None
 
 
 class CollectorConfig(_Strict):
     sample_rate: float = Field(0.01, ge=0, le=1)
     queue_size: int = Field(10_000, gt=0)
-    flush_interval_s: float = Field(2.0, gt=0)
+    flush_interval_s: float = Field(2.0, gt=0, le=CENTURY_S)
     spill_dir: str | None = None
     hash_item_ids: bool = False
     # the name of the variable that holds the key, never the key itself
@@ -57,18 +65,18 @@ class CollectorConfig(_Strict):
     max_length: int = Field(4096, gt=0)
     topk_items: int = Field(512, gt=0)
     topk_attr_values: int = Field(128, gt=0)
-    late_grace_s: float = Field(5.0, ge=0)
+    late_grace_s: float = Field(5.0, ge=0, le=CENTURY_S)
     max_unsent_rows: int = Field(100_000, ge=0)
-    write_timeout_s: float = Field(30.0, gt=0)
+    write_timeout_s: float = Field(30.0, gt=0, le=PG_TIMEOUT_MAX_S)
     worker: WorkerConfig = WorkerConfig()
 
 
 class RetentionConfig(_Strict):
-    events_days: float = Field(7, gt=0)
-    minute_aggregates_days: float = Field(3, gt=0)
-    write_batches_days: float = Field(14, gt=0)
+    events_days: float = Field(7, gt=0, le=CENTURY_DAYS)
+    minute_aggregates_days: float = Field(3, gt=0, le=CENTURY_DAYS)
+    write_batches_days: float = Field(14, gt=0, le=CENTURY_DAYS)
     # drift results grow with series x statistics x minutes (1,000 series: ~17M rows a day)
-    drift_results_days: float = Field(30, gt=0)
+    drift_results_days: float = Field(30, gt=0, le=CENTURY_DAYS)
 
 
 Statistic = Literal["mean", "delta", "psi", "js", "wasserstein"]
@@ -76,8 +84,8 @@ STATISTICS = ("mean", "delta", "psi", "js", "wasserstein")  # per-metric statist
 
 
 class EvaluateConfig(_Strict):
-    window_minutes: int = Field(15, gt=0)
-    lag_minutes: int = Field(1, ge=0)  # the window ends this long ago, for late data
+    window_minutes: int = Field(15, gt=0, le=CENTURY_DAYS * 1440)
+    lag_minutes: int = Field(1, ge=0, le=CENTURY_DAYS * 1440)  # the window ends this long ago, for late data
     # below this many vectors in the window or the baseline, a series is not compared
     min_samples: int = Field(300, gt=0)
     metrics: list[str] = ["entropy_norm", "top1", "recency5", "distance", "gini"]
@@ -91,9 +99,9 @@ class EvaluateConfig(_Strict):
     statistics_by_metric: dict[str, list[Statistic]] = {
         "top1": ["psi"], "distance": ["psi"], "gini": ["psi"], "head_diversity": ["psi"],
     }
-    baseline_hours: float = Field(24, gt=0)
-    trailing_gap_hours: float = Field(1, ge=0)
-    previous_version_hours: float = Field(24, ge=0)  # how long after a deploy it is compared with its predecessor
+    baseline_hours: float = Field(24, gt=0, le=CENTURY_DAYS * 24)
+    trailing_gap_hours: float = Field(1, ge=0, le=CENTURY_DAYS * 24)
+    previous_version_hours: float = Field(24, ge=0, le=CENTURY_DAYS * 24)  # how long after a deploy it is compared with its predecessor
     catchup_max_windows: int = Field(120, ge=0)  # a restarted daemon evaluates at most this many missed minutes
 
     @field_validator("metrics")
@@ -133,16 +141,16 @@ class EvaluateConfig(_Strict):
 
 class DaemonConfig(_Strict):
     listen: str = "127.0.0.1:9464"  # /healthz and /metrics; loopback unless you say otherwise
-    evaluate_every_s: float = Field(60, gt=0)
-    deliver_every_s: float = Field(15, gt=0)
-    maintain_every_s: float = Field(3600, gt=0)
-    misfire_grace_s: float = Field(30, ge=0)
-    lease_s: float = Field(10, gt=0)  # how often a waiting daemon tries to take the lead
-    retry_s: float = Field(5, gt=0)  # a failed job is retried this soon (store down)
+    evaluate_every_s: float = Field(60, gt=0, le=CENTURY_S)
+    deliver_every_s: float = Field(15, gt=0, le=CENTURY_S)
+    maintain_every_s: float = Field(3600, gt=0, le=CENTURY_S)
+    misfire_grace_s: float = Field(30, ge=0, le=CENTURY_S)
+    lease_s: float = Field(10, gt=0, le=CENTURY_S)  # how often a waiting daemon tries to take the lead
+    retry_s: float = Field(5, gt=0, le=CENTURY_S)  # a failed job is retried this soon (store down)
     # PostgreSQL: a statement or a lock wait of a job's session past these fails the job
     # (retried retry_s later) instead of holding it forever; 0 = no limit
-    statement_timeout_s: float = Field(900, ge=0)
-    lock_timeout_s: float = Field(60, ge=0)
+    statement_timeout_s: float = Field(900, ge=0, le=PG_TIMEOUT_MAX_S)
+    lock_timeout_s: float = Field(60, ge=0, le=PG_TIMEOUT_MAX_S)
 
     @field_validator("listen")
     @classmethod
@@ -167,9 +175,9 @@ class GrafanaConfig(_Strict):
     token: Secret = Secret(env="ATTNMON_GRAFANA_TOKEN")
     folder: str = Field("attnmon", min_length=1, max_length=40)  # the dashboards' folder uid (push)
     dashboard_uid: str | None = None  # pin annotations to one dashboard; None: organisation-wide, by tag
-    annotate_every_s: float = Field(60.0, gt=0)
-    annotate_days: float = Field(7.0, gt=0)  # look back this far for events not posted yet
-    timeout_s: float = Field(10.0, gt=0)
+    annotate_every_s: float = Field(60.0, gt=0, le=CENTURY_S)
+    annotate_days: float = Field(7.0, gt=0, le=CENTURY_DAYS)  # look back this far for events not posted yet
+    timeout_s: float = Field(10.0, gt=0, le=CENTURY_S)
 
     @field_validator("url")
     @classmethod

@@ -355,3 +355,36 @@ def test_a_listen_address_the_daemon_cannot_bind_is_a_config_error_for_every_com
 @pytest.mark.parametrize("listen", ["127.0.0.1:9464", "0.0.0.0:0", ":9464", "[::1]:9464"])
 def test_listen_addresses_that_bind_are_accepted(listen: str) -> None:
     assert load_config(None, {"ATTNMON_DAEMON__LISTEN": listen}).daemon.listen == listen
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "field"),
+    [
+        ("ATTNMON_RETENTION__EVENTS_DAYS", "1e6", "retention.events_days"),  # "keep forever"
+        ("ATTNMON_RETENTION__DRIFT_RESULTS_DAYS", "1e10", "retention.drift_results_days"),
+        ("ATTNMON_EVALUATE__WINDOW_MINUTES", "100000000000", "evaluate.window_minutes"),
+        ("ATTNMON_EVALUATE__LAG_MINUTES", "100000000000", "evaluate.lag_minutes"),
+        ("ATTNMON_DAEMON__LEASE_S", "1e10", "daemon.lease_s"),
+        ("ATTNMON_DAEMON__STATEMENT_TIMEOUT_S", "3e6", "daemon.statement_timeout_s"),  # > 2^31-1 ms
+        ("ATTNMON_DAEMON__LOCK_TIMEOUT_S", "3e6", "daemon.lock_timeout_s"),
+        ("ATTNMON_COLLECTOR__WRITE_TIMEOUT_S", "3e6", "collector.write_timeout_s"),
+    ],
+)
+def test_durations_the_jobs_cannot_use_are_config_errors(var: str, value: str, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {var: value})
+    ((where, given, msg),) = info.value.problems
+    assert (where, given) == (field, value)
+    assert msg.startswith("must be ≤ ")
+
+
+def test_the_largest_retention_and_timeouts_accepted_still_work(sqlite_url: str, capsys, monkeypatch) -> None:
+    from monitor.cli import main
+
+    for var, value in [("ATTNMON_RETENTION__EVENTS_DAYS", "36500"), ("ATTNMON_RETENTION__DRIFT_RESULTS_DAYS", "36500"),
+                       ("ATTNMON_RETENTION__MINUTE_AGGREGATES_DAYS", "36500"),
+                       ("ATTNMON_RETENTION__WRITE_BATCHES_DAYS", "36500"),
+                       ("ATTNMON_EVALUATE__WINDOW_MINUTES", str(36500 * 1440))]:
+        monkeypatch.setenv(var, value)
+    assert main(["maintain", "--store", sqlite_url]) == 0
+    assert main(["evaluate", "--store", sqlite_url]) == 0
