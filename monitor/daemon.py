@@ -87,6 +87,7 @@ log = logging.getLogger("attnmon.daemon")
 JOBS = ("evaluate", "deliver", "maintain")
 ANNOTATE = "annotate"  # a job only when the config has a grafana: section
 WATERMARK_KEY = "evaluate.watermark"
+TCP_KEEPIDLE_MAX_S = 32767  # Linux's limit on a socket's keepalive idle time
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
 FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
@@ -240,10 +241,12 @@ class _PgAdvisoryLock(_Alone):
 
     def __init__(self, url: URL, lease_s: float):
         connect_args: dict[str, Any] = {}
+        # Linux refuses a TCP_KEEPIDLE over 32767 s: with a longer lease_s every attempt to
+        # connect failed (setsockopt: Invalid argument) and no daemon could ever lead.
+        idle = min(max(1, int(lease_s)), TCP_KEEPIDLE_MAX_S)
         if url.get_driver_name() in ("psycopg", "psycopg2"):
             # A leader whose server vanishes must notice (and step down) in seconds, not
             # at the kernel's two-hour keepalive default...
-            idle = max(1, int(lease_s))
             connect_args = {
                 "connect_timeout": PG_CONNECT_TIMEOUT_S,
                 "application_name": "attnmon-daemon-lead",
@@ -258,7 +261,6 @@ class _PgAdvisoryLock(_Alone):
         )
         # ...and the server must notice a vanished leader as soon, to free the lock: its
         # keepalive settings, for this session only (the default is the kernel's 2 hours)
-        idle = max(1, int(lease_s))
         self._server_keepalives = [
             f"SET tcp_keepalives_idle = {idle}",
             f"SET tcp_keepalives_interval = {idle}",

@@ -252,3 +252,13 @@ def test_a_job_waiting_on_a_lock_fails_after_lock_timeout_and_runs_again(pg_clea
         again = daemon.run_job("evaluate", at(30))
         assert again.ok
     holder.dispose()
+
+
+def test_a_long_lease_still_takes_the_lead(pg_clean_url):
+    """lease_s is turned into TCP keepalive settings; past Linux's limit on those
+    (32767 s) the lead's connection could never be opened, so no daemon ever led."""
+    cfg = Config.model_validate({"store_url": pg_clean_url,
+                                 "daemon": {"listen": "127.0.0.1:0", "lease_s": 40_000}})
+    with Daemon(cfg, clock=lambda: at(30)) as daemon:
+        assert daemon.acquire()
+        assert daemon.is_leader
