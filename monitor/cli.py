@@ -25,6 +25,7 @@ from monitor.config import Config, load_config
 from monitor.errors import AttnmonError, ConfigError
 
 EXIT_ERROR = 2  # an AttnmonError or a usage error
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (`... | head`)
 
 
 STORE_HELP = "store URL (else $ATTNMON_STORE_URL, else the config file, else sqlite:///attnmon.db)"
@@ -403,7 +404,8 @@ def _path_error(parser: argparse.ArgumentParser, args: argparse.Namespace, exc: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 2 error or bad usage)."""
+    """Run one command; returns the exit status (0 ok, 2 error or bad usage, 141 stdout
+    closed by its reader)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -421,6 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc)
         if debug:
             traceback.print_exc()
+    except BrokenPipeError:
+        # The reader went away (`attnmon alerts list | head -1`): no traceback, and no
+        # second one when Python flushes stdout at exit. Not 0: not all was written.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         # a file or folder the user named (--out, --rules, ...) cannot be written or read
         found = _path_error(parser, args, exc)

@@ -152,3 +152,15 @@ def test_python_dash_m_monitor_help() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: attnmon")
     assert "db" in done.stdout and "--store URL" in done.stdout
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(sqlite_url: str) -> None:
+    # `attnmon alerts list | head -1`: the pipe is closed before attnmon writes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "db", "current", "--store", sqlite_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""
