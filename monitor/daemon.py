@@ -15,7 +15,9 @@ each with an explicit id, `coalesce=True`, `max_instances=1`, `misfire_grace_tim
   due, retries, re-sends firing alerts to Alertmanager).
 - `maintain` (every `daemon.maintain_every_s`): compaction, hourly roll-up and retention
   (`monitor.store.maintenance.maintain`), and drops materialised baselines older than
-  two days (`monitor.baselines.prune`).
+  two days (`monitor.baselines.prune`). When it is next due is kept in `daemon_state`
+  (`maintain.due`), so a restarted daemon keeps the hourly rhythm instead of starting
+  the hour again (a new store: an interval after its first daemon started).
 - `annotate` (every `grafana.annotate_every_s`, only with a `grafana:` section): posts
   the deployments and alert transitions of the last `grafana.annotate_days` that this
   Grafana has not had yet (`dashboards.annotate.annotate`, which records each one in
@@ -87,6 +89,7 @@ log = logging.getLogger("attnmon.daemon")
 JOBS = ("evaluate", "deliver", "maintain")
 ANNOTATE = "annotate"  # a job only when the config has a grafana: section
 WATERMARK_KEY = "evaluate.watermark"
+MAINTAIN_DUE_KEY = "maintain.due"  # when the maintain job is next due, kept across restarts
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's limit on a socket's keepalive idle time
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
@@ -166,15 +169,30 @@ def read_watermark(engine: Engine) -> datetime | None:
 
 def write_watermark(engine: Engine, end: datetime) -> None:
     """Move the watermark to `end`, never back (the ISO text of UTC minutes sorts as time)."""
+    _write_time(engine, WATERMARK_KEY, end, only_forward=True)
+
+
+def read_maintain_due(engine: Engine) -> datetime | None:
+    ds = t.daemon_state
+    with engine.connect() as conn:
+        value = conn.execute(select(ds.c.value).where(ds.c.key == MAINTAIN_DUE_KEY)).scalar()
+    return as_utc(datetime.fromisoformat(value)) if value else None
+
+
+def write_maintain_due(engine: Engine, due: datetime) -> None:
+    _write_time(engine, MAINTAIN_DUE_KEY, due)
+
+
+def _write_time(engine: Engine, key: str, value: datetime, *, only_forward: bool = False) -> None:
     ds = t.daemon_state
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(engine.dialect.name)
     if insert is None:
         raise NotImplementedError(f"daemon_state upsert on {engine.dialect.name}")
-    stmt = insert(ds).values(key=WATERMARK_KEY, value=_iso(end), updated_at=utc_now())
+    stmt = insert(ds).values(key=key, value=_iso(value), updated_at=utc_now())
     stmt = stmt.on_conflict_do_update(
         index_elements=[ds.c.key],
         set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-        where=ds.c.value < stmt.excluded.value,
+        where=(ds.c.value < stmt.excluded.value) if only_forward else None,
     )
     with engine.begin() as conn:
         conn.execute(stmt)
@@ -563,7 +581,30 @@ class Daemon:
             minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
             drift_results_days=r.drift_results_days,
         )
-        return Maintained(result, prune(self.engine, now - BASELINE_KEEP))
+        done = Maintained(result, prune(self.engine, now - BASELINE_KEEP))
+        write_maintain_due(self.engine, now + timedelta(seconds=self._every["maintain"]))
+        return done
+
+    def maintain_due(self, now: datetime) -> datetime:
+        """When the maintain job is next due: as the store says, at most an interval from
+        `now`. Kept in the store because a daemon restarted more often than
+        maintain_every_s (rollouts, a crash loop) would otherwise never maintain, and raw
+        events would outlive their retention. A store that says nothing is told now."""
+        every = timedelta(seconds=self._every["maintain"])
+        try:
+            due = read_maintain_due(self.engine)
+            if due is None:
+                due = now + every
+                write_maintain_due(self.engine, due)
+        except Exception as exc:  # the store is down: the job's own retries take over
+            log.warning("cannot read when maintenance is due: %s", _one_line(exc, self.engine.url))
+            return now + every
+        return min(due, now + every)
+
+    def _maintain_in(self) -> timedelta:
+        """How long from now (the daemon's clock) until maintain_due, never negative."""
+        now = self.clock()
+        return max(timedelta(0), self.maintain_due(now) - now)
 
     def annotate(self, now: datetime | None = None) -> Any:
         """Post the deployments and alert transitions Grafana has not had yet; returns
@@ -653,14 +694,13 @@ class Daemon:
         """Run the jobs due at `now` (default: the clock) synchronously, the same code the
         scheduler runs; for a simulated clock. Takes the lead first if it can.
 
-        The first tick runs evaluate and deliver; maintain runs one interval later, as
-        under the scheduler. A failed job is due again `retry_s` later."""
+        The first tick runs evaluate and deliver; maintain runs when `maintain_due` says
+        (a new store: one interval later), as under the scheduler. A failed job is due again `retry_s` later."""
         now = as_utc(now) if now is not None else self.clock()
         if not self.acquire():
             return {}
         if self._due is None:
-            self._due = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=self._every["maintain"]),
-                         ANNOTATE: now}
+            self._due = {"evaluate": now, "deliver": now, "maintain": self.maintain_due(now), ANNOTATE: now}
         runs: dict[str, JobRun] = {}
         for job in self.jobs:
             if now < self._due[job]:
@@ -700,9 +740,11 @@ class Daemon:
                 self._leader = False
             log.warning("lost the lead on %s (its connection ended); trying to take it again", self.store)
         if not self._leader and self.acquire() and self._scheduler is not None:
-            for job in ("evaluate", "deliver"):  # catch up at once, not an interval later
+            # catch up at once, not an interval later; maintain when the store says
+            due = {"evaluate": utc_now(), "deliver": utc_now(), "maintain": utc_now() + self._maintain_in()}
+            for job, when in due.items():
                 try:
-                    self._scheduler.modify_job(job, next_run_time=utc_now())
+                    self._scheduler.modify_job(job, next_run_time=when)
                 except Exception:
                     pass
         if not self._leader:
@@ -739,8 +781,7 @@ class Daemon:
             self._lease()
         scheduler = BackgroundScheduler(timezone=UTC)
         now = utc_now()
-        first = {"evaluate": now, "deliver": now, "maintain": now + timedelta(seconds=dm.maintain_every_s),
-                 ANNOTATE: now}
+        first = {"evaluate": now, "deliver": now, "maintain": now + self._maintain_in(), ANNOTATE: now}
         for job in self.jobs:
             scheduler.add_job(
                 self.run_job, "interval", args=[job], id=job, name=f"attnmon {job}",

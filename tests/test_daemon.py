@@ -611,3 +611,21 @@ def test_a_daemon_with_no_receivers_says_nobody_will_be_notified(store, caplog):
     with caplog.at_level(logging.WARNING, "attnmon.daemon"), Daemon(cfg, clock=lambda: at(20)):
         pass
     assert not any("no alert receivers" in r.getMessage() for r in caplog.records)
+
+
+def test_maintenance_is_not_starved_by_restarts_more_often_than_its_interval(store):
+    """A daemon restarted every 30 minutes (rollouts, a crash loop, preemptible nodes) with
+    maintain_every_s=3600 must still maintain hourly: raw events past their retention
+    would otherwise be kept for good. When it is due is kept in the store."""
+    cfg = config(store, maintain_every_s=3600)
+    maintained = []
+    for start in range(0, 150, 30):  # five lives of 30 minutes each
+        with Daemon(cfg, clock=lambda: at(20)) as daemon:
+            for minute in (start, start + 15, start + 29):
+                if "maintain" in daemon.tick(at(20 + minute)):
+                    maintained.append(minute)
+    assert maintained == [60, 120]
+    # a daemon whose interval is now shorter than what the store says is due runs sooner
+    with Daemon(config(store, maintain_every_s=600), clock=lambda: at(20)) as daemon:
+        assert "maintain" not in daemon.tick(at(20 + 150))
+        assert "maintain" in daemon.tick(at(20 + 160))
