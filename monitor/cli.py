@@ -423,6 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc)
         if debug:
             traceback.print_exc()
+    except OverflowError as exc:
+        # datetime's range is years 1 to 9999: `--for 100000000d`, `--now 0001-01-01`
+        # reach past it in the command's date arithmetic. The user's input, not a bug.
+        message = f"a time or duration given is out of range (dates run from year 1 to 9999): {exc}"
+        if debug:
+            traceback.print_exc()
     except BrokenPipeError:
         # The reader went away (`attnmon alerts list | head -1`): no traceback, and no
         # second one when Python flushes stdout at exit. Not 0: not all was written.

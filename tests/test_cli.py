@@ -164,3 +164,19 @@ def test_a_reader_that_stops_early_gets_no_traceback(sqlite_url: str) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert err == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["alerts", "list", "--resolved-within", "100000000d"],
+        ["alerts", "silence", "--match", "model=m", "--for", "100000000d", "--comment", "x"],
+        ["maintain", "--now", "0001-01-01"],
+        ["evaluate", "--at", "0001-01-01T00:00Z"],
+    ],
+)
+def test_a_time_or_duration_past_the_calendar_is_one_line(
+    sqlite_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--store", sqlite_url]) == 2
+    assert "out of range" in stderr_line(capsys)
