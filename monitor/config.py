@@ -358,6 +358,11 @@ def _problem(err: Any, origins: Mapping[tuple[str, ...], str]) -> tuple[str, obj
     if err["type"] in ("model_type", "model_attributes_type") and err.get("ctx", {}).get("class_name") == "Secret":
         # a secret written inline: say how to name it, and never print it back
         message, value = "a secret is named, never written here: {env: VARIABLE} or {file: PATH}", "(hidden)"
+    if err["type"] == "extra_forbidden" and isinstance(err["input"], str) and any(o.startswith("environment") for o in sources):
+        # A variable that is no setting may be a receiver's secret someone named
+        # ATTNMON_ALERTS__PAGERDUTY_KEY: its value must not reach stderr or a log.
+        value = "(hidden)"
+        message += " (a secret's variable must not be named ATTNMON_<SECTION>__<KEY>)"
     if sources:
         message += f" (from {', '.join(sources)})"
     return ".".join(loc) or "(top level)", value, message

@@ -184,8 +184,9 @@ def test_environment_errors_name_the_variable(tmp_path: Path) -> None:
         "must be ≤ 1 (from environment variable ATTNMON_COLLECTOR__SAMPLE_RATE)",
     )
     assert problems["collector.sampel_rate"] == (
-        "0.1",
-        "unknown key (from environment variable ATTNMON_COLLECTOR__SAMPEL_RATE)",
+        "(hidden)",  # it may be a secret: see the test below
+        "unknown key (a secret's variable must not be named ATTNMON_<SECTION>__<KEY>) "
+        "(from environment variable ATTNMON_COLLECTOR__SAMPEL_RATE)",
     )
     assert problems["deamon"][1] == "unknown key (from environment variable ATTNMON_DEAMON__PORT)"
     # the file's own error is still there, without an environment source
@@ -388,3 +389,23 @@ def test_the_largest_retention_and_timeouts_accepted_still_work(sqlite_url: str,
         monkeypatch.setenv(var, value)
     assert main(["maintain", "--store", sqlite_url]) == 0
     assert main(["evaluate", "--store", sqlite_url]) == 0
+
+
+def test_a_secret_in_a_variable_shaped_like_a_setting_is_never_printed() -> None:
+    # a receiver's key, named `{env: ATTNMON_ALERTS__PAGERDUTY_KEY}` in the file
+    env = {"ATTNMON_ALERTS__PAGERDUTY_KEY": "R0UT1NGKEY-sekrit"}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env)
+    assert "R0UT1NGKEY" not in str(info.value)
+    ((field, value, msg),) = info.value.problems
+    assert (field, value) == ("alerts.pagerduty_key", "(hidden)")
+    assert "ATTNMON_ALERTS__PAGERDUTY_KEY" in msg
+
+
+def test_a_secret_in_a_variable_shaped_like_a_setting_never_reaches_stderr(monkeypatch, capsys) -> None:
+    from monitor.cli import main
+
+    monkeypatch.setenv("ATTNMON_ALERTS__PAGERDUTY_KEY", "R0UT1NGKEY-sekrit")
+    assert main(["db", "current", "--store", "sqlite://"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key" in err and "R0UT1NGKEY" not in err
