@@ -218,12 +218,13 @@ class Config(_Strict):
 
         try:
             url = make_url(value)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             raise ValueError("not a SQLAlchemy URL (e.g. sqlite:///attnmon.db)") from None
         try:
             url.get_dialect()  # loads the dialect class only, not the driver
         except NoSuchModuleError:
-            raise ValueError(f"unknown database dialect {url.drivername!r}") from None
+            hint = " (PostgreSQL: postgresql+psycopg://...)" if url.drivername == "postgres" else ""
+            raise ValueError(f"unknown database dialect {url.drivername!r}{hint}") from None
         return value
 
 
@@ -358,6 +359,10 @@ def _problem(err: Any, origins: Mapping[tuple[str, ...], str]) -> tuple[str, obj
     if err["type"] in ("model_type", "model_attributes_type") and err.get("ctx", {}).get("class_name") == "Secret":
         # a secret written inline: say how to name it, and never print it back
         message, value = "a secret is named, never written here: {env: VARIABLE} or {file: PATH}", "(hidden)"
+    if loc == ("store_url",) and isinstance(value, str):
+        from monitor.store.engine import redact
+
+        value = redact(value)  # a URL that failed validation still carries its password
     if err["type"] == "extra_forbidden" and isinstance(err["input"], str) and any(o.startswith("environment") for o in sources):
         # A variable that is no setting may be a receiver's secret someone named
         # ATTNMON_ALERTS__PAGERDUTY_KEY: its value must not reach stderr or a log.

@@ -409,3 +409,24 @@ def test_a_secret_in_a_variable_shaped_like_a_setting_never_reaches_stderr(monke
     assert main(["db", "current", "--store", "sqlite://"]) == 2
     err = capsys.readouterr().err
     assert "unknown key" in err and "R0UT1NGKEY" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgres://attnmon:Sup3rSecret@db:5432/attnmon", "unknown database dialect 'postgres' (PostgreSQL: "),
+        ("postgresql+nodriver://attnmon:Sup3rSecret@db/attnmon", "unknown database dialect"),
+        ("postgresql+psycopg://attnmon:Sup3rSecret@db:notaport/attnmon", "not a SQLAlchemy URL"),
+    ],
+)
+def test_a_bad_store_url_is_reported_without_its_password(url: str, message: str, capsys) -> None:
+    from monitor.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"ATTNMON_STORE_URL": url})
+    [(field, value, msg)] = info.value.problems
+    assert field == "store_url" and "Sup3rSecret" not in str(info.value)
+    assert value == url.replace("Sup3rSecret", "***")
+    assert message in msg
+    assert main(["db", "current", "--store", url]) == 2
+    assert "Sup3rSecret" not in capsys.readouterr().err

@@ -34,7 +34,7 @@ def redact(url: str | URL) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Not parseable, but may still hold a secret: hide whatever sits between
         # "user:" and "@".
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
