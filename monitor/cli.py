@@ -26,6 +26,7 @@ from monitor.errors import AttnmonError, ConfigError
 
 EXIT_ERROR = 2  # an AttnmonError or a usage error
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (`... | head`)
+EXIT_INTERRUPTED = 130  # ... and for one stopped by Ctrl-C (SIGINT)
 
 
 STORE_HELP = "store URL (else $ATTNMON_STORE_URL, else the config file, else sqlite:///attnmon.db)"
@@ -404,8 +405,8 @@ def _path_error(parser: argparse.ArgumentParser, args: argparse.Namespace, exc: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 2 error or bad usage, 141 stdout
-    closed by its reader)."""
+    """Run one command; returns the exit status (0 ok, 2 error or bad usage, 130 stopped
+    by Ctrl-C, 141 stdout closed by its reader)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -429,6 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"a time or duration given is out of range (dates run from year 1 to 9999): {exc}"
         if debug:
             traceback.print_exc()
+    except KeyboardInterrupt:
+        # Ctrl-C: the user knows; a traceback from wherever it landed tells them nothing.
+        # (What a command writes to the store is one transaction: rolled back.)
+        if debug:
+            traceback.print_exc()
+        print("attnmon: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`attnmon alerts list | head -1`): no traceback, and no
         # second one when Python flushes stdout at exit. Not 0: not all was written.

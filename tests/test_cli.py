@@ -180,3 +180,16 @@ def test_a_time_or_duration_past_the_calendar_is_one_line(
 ) -> None:
     assert main([*argv, "--store", sqlite_url]) == 2
     assert "out of range" in stderr_line(capsys)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import monitor.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_config", interrupted)  # wherever a command is when it lands
+    assert main(["db", "current", "--store", "sqlite:///x.db"]) == 130
+    err = capsys.readouterr().err
+    assert err == "attnmon: interrupted\n"
