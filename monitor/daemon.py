@@ -89,6 +89,7 @@ log = logging.getLogger("attnmon.daemon")
 JOBS = ("evaluate", "deliver", "maintain")
 ANNOTATE = "annotate"  # a job only when the config has a grafana: section
 WATERMARK_KEY = "evaluate.watermark"
+AHEAD_S = 120  # a watermark this far past the clock is not skew between hosts' clocks
 MAINTAIN_DUE_KEY = "maintain.due"  # when the maintain job is next due, kept across restarts
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's limit on a socket's keepalive idle time
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
@@ -482,14 +483,17 @@ class Daemon:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of /healthz: 200 while the evaluate lag is below
-        `healthy_lag_s` (or the daemon is younger than that and has no watermark yet)."""
+        `healthy_lag_s` (or the daemon is younger than that and has no watermark yet);
+        503 "watermark_ahead" when the watermark is past this daemon's clock (nothing is
+        evaluated until the clock gets there: a clock behind, or a watermark written by
+        one ahead)."""
         now = self.clock()
         lag = self.lag_s(now)
         if lag is None:
             young = (now - self._started_at).total_seconds() < self.healthy_lag_s
             status = "starting" if young else "no_watermark"
         else:
-            status = "ok" if lag < self.healthy_lag_s else "lagging"
+            status = "watermark_ahead" if lag < -AHEAD_S else "ok" if lag < self.healthy_lag_s else "lagging"
         body = {
             "status": status,
             "leader": self.is_leader,
@@ -520,6 +524,11 @@ class Daemon:
         else:
             missed = int((target - wm).total_seconds() // 60)
             ends = [wm + timedelta(minutes=i) for i in range(1, missed + 1)]
+            if (wm - now).total_seconds() > AHEAD_S:
+                log.warning(
+                    "the watermark (%s) is ahead of this daemon's clock (%s): nothing is evaluated until the "
+                    "clock gets there. Check the clock (NTP) on this host and the last leader's; a watermark "
+                    "written by a wrong clock is the row evaluate.watermark in daemon_state", _iso(wm), _iso(now))
         limit = max(1, cfg.catchup_max_windows)
         skipped = max(0, len(ends) - limit)
         if skipped:

@@ -629,3 +629,21 @@ def test_maintenance_is_not_starved_by_restarts_more_often_than_its_interval(sto
     with Daemon(config(store, maintain_every_s=600), clock=lambda: at(20)) as daemon:
         assert "maintain" not in daemon.tick(at(20 + 150))
         assert "maintain" in daemon.tick(at(20 + 160))
+
+
+def test_a_watermark_ahead_of_the_clock_is_said_not_silent(store, caplog):
+    # a leader whose clock ran ahead (or a run with ATTNMON_FAKE_NOW) wrote it: this
+    # daemon evaluates nothing until its clock gets there, and must say so
+    from monitor.daemon import write_watermark
+
+    now = [at(20)]
+    engine = make_engine(store)
+    write_watermark(engine, at(20) + timedelta(hours=3))
+    engine.dispose()
+    caplog.set_level(logging.WARNING, "attnmon.daemon")
+    with Daemon(config(store), clock=lambda: now[0], registry=CollectorRegistry()) as daemon:
+        runs = daemon.tick()
+        assert runs["evaluate"].ok
+        code, body = daemon.health()
+    assert code == 503 and body["status"] == "watermark_ahead" and body["lag_s"] < 0
+    assert "ahead of this daemon's clock" in caplog.text
