@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from collectors.block import (
+    MAX_LABEL_CHARS,
     Block,
     block_from_batch,
     block_from_summaries,
@@ -807,7 +808,7 @@ class AttentionCollector(ServingCalls):
                 "model": self.model,
                 "version": self.version,
                 "cohort": str(b.cohorts[i]),
-                "request_id": None if b.request_ids is None else b.request_ids[i],
+                "request_id": None if b.request_ids is None else _request_id(b.request_ids[i]),
                 "ts": _utc(float(b.ts[i])),
                 "collector_id": self.collector_id,
                 "n_layers": int(w.shape[0]),
@@ -1040,6 +1041,21 @@ class AttentionCollector(ServingCalls):
         if batch.deployments:
             # the spilled file carries it; it is written when the file is replayed
             self._deployment_written = True
+
+
+def _request_id(rid) -> str | None:
+    """A sampled request's id as the store can take it: its text (an id from a numpy array,
+    a UUID), or None where it has none that fits the column. The id as given (np.int64,
+    UUID) fails the whole batch's write and its spill, at every flush, holding back every
+    batch after it."""
+    if rid is None:
+        return None
+    try:
+        text = str.__str__(rid) if isinstance(rid, str) else str(rid)
+        text.encode("utf-8")  # (a lone surrogate cannot be stored)
+    except Exception:
+        return None
+    return text if len(text) <= MAX_LABEL_CHARS and "\x00" not in text else None
 
 
 def _rows_of(batch: FlushBatch) -> int:

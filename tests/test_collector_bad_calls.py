@@ -165,3 +165,36 @@ def test_process_collector_rejects_unreadable_calls_in_the_worker(sqlite_url):
     assert stats.rejected == {"shape": 1, "bad_timestamp": 1, "bad_label": 3}
     assert stats.accepted == 1
     assert health_reasons(sqlite_url) == {"shape": 1, "bad_timestamp": 1, "bad_label": 3}
+
+
+def stored_request_ids(url) -> list:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return sorted(conn.execute(select(tables.attention_events.c.request_id)).scalars(),
+                          key=lambda x: (x is None, x))
+    finally:
+        engine.dispose()
+
+
+def test_request_ids_the_store_cannot_bind_do_not_block_the_writes(sqlite_url, tmp_path):
+    # request ids from a numpy array (np.int64), a uuid.UUID, an object: a sampled row's
+    # id went to the store as it was, which SQLite (and psycopg, numpy's) cannot bind and
+    # a spill file cannot hold. The batch then failed at every flush, first in line, and
+    # nothing after it was ever written. Ids are stored as their text; one that has none
+    # that fits the column (or no str at all) is stored as NULL.
+    import uuid
+
+    uid = uuid.UUID(int=7)
+    with AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=1.0, clock=clock,
+                            spill_dir=tmp_path / "spill") as c:
+        c.observe_batch(BATCH, request_ids=np.array([1, 2, 3], dtype=np.int64), timestamps=T0)
+        c.observe(GOOD, request_id=uid, timestamp=T0)
+        c.observe(GOOD, request_id=NoStr(), timestamp=T0)
+        c.observe(GOOD, request_id="r" * 300, timestamp=T0)
+        assert c.flush(timeout=20)
+        c.observe(GOOD, request_id="after", timestamp=T0 + 60)
+        assert c.flush(timeout=20)
+        assert c.stats.written == 7 and c.stats.spilled == 0 and c.stats.accepted == 7
+    assert stored_n(sqlite_url) == 7
+    assert stored_request_ids(sqlite_url) == sorted(["1", "2", "3", str(uid), "after"]) + [None, None]

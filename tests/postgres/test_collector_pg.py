@@ -209,3 +209,22 @@ def test_a_collector_newer_than_its_store_says_to_upgrade_on_postgres(pg_empty_u
     from tests.test_collector_spill_faults import collector_before_the_upgrade
 
     collector_before_the_upgrade(pg_empty_url, tmp_path, caplog)
+
+
+def test_request_ids_postgres_cannot_take_do_not_block_the_writes(pg_clean_url, tmp_path):
+    # psycopg cannot adapt numpy's integers, and a 300-character id does not fit the
+    # column: either failed the whole batch at every flush, and the batches behind it
+    w = np.full((2, 4), 0.25, np.float32)
+    with AttentionCollector(pg_clean_url, model="m", version="v1", sample_rate=1.0, spill_dir=tmp_path / "s",
+                            clock=lambda: T0 + 3600) as c:
+        c.observe_batch(w, request_ids=np.array([1, 2]), timestamps=T0)
+        c.observe_batch(w, request_ids=["r" * 300, "ok"], timestamps=T0)
+        assert c.flush(timeout=20)
+        assert c.stats.written == 4 and c.stats.spilled == 0
+    engine = make_engine(pg_clean_url)
+    try:
+        with engine.connect() as conn:
+            ids = conn.execute(text("SELECT request_id FROM attention_events")).scalars().all()
+    finally:
+        engine.dispose()
+    assert sorted(ids, key=str) == ["1", "2", None, "ok"]
