@@ -179,6 +179,17 @@ class ServingCalls:
             self._log_rarely(logging.WARNING, "attnmon collector %s %s: observed after close(); dropped "
                              "(counted in stats.dropped)", self.model, self.version)
 
+    def _drop_left(self) -> None:
+        """Drop and count what is in the queue once the thread has taken its last."""
+        n = 0
+        while True:
+            try:
+                n += entry_size(self._q.popleft())
+            except IndexError:
+                break
+        if n:
+            self._drop(n)
+
     @property
     def closed(self) -> bool:
         """True once close() has run: later observations are dropped and counted."""
@@ -283,6 +294,7 @@ class AttentionCollector(ServingCalls):
         self._flush_ok = True  # whether the last flush left nothing unsent
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._exited = False  # the thread has stopped, its queue empty (under _lock)
         self._closed = False
         self._rng = np.random.default_rng(self._seed)
         self._batch_seq = 0
@@ -343,17 +355,25 @@ class AttentionCollector(ServingCalls):
         if self.strict:
             self._strict_summaries(pending)
             return
-        self._q.append(("summaries", pending, None))
-        if self._thread is None:
-            self._start()
+        self._enqueue(("summaries", pending, None))
 
     def _put(self, entry: tuple) -> None:
         if self.strict:
             self._strict_enqueue(entry)
             return
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: tuple) -> None:
         self._q.append(entry)
         if self._thread is None:
             self._start()
+        elif self._stop:
+            # close() ran while this call made its copy: if the thread has taken its last
+            # (see _run's end), no one will, and the call would be in no count
+            with self._lock:
+                exited = self._exited
+            if exited:
+                self._drop_left()
 
     def _offer(self, entry: tuple, n: int) -> None:
         """An entry made elsewhere (a ProcessCollector's worker), taken as `observe` takes
@@ -366,9 +386,7 @@ class AttentionCollector(ServingCalls):
     def _strict_summaries(self, pending) -> None:
         s = pending.resolve()
         b = block_from_summaries(s, max_length=self.max_length)
-        self._q.append(("summaries", pending, (s, b)))
-        if self._thread is None:
-            self._start()
+        self._enqueue(("summaries", pending, (s, b)))
         if b.codes.any():
             row = int(np.flatnonzero(b.codes)[0])
             raise InvalidAttention(b.reason_names[b.codes[row]], row)
@@ -383,9 +401,7 @@ class AttentionCollector(ServingCalls):
                 reason = block.reason_names[block.codes[row]]
                 bad = (reason, int(block.rows[row]), block.detail)
                 first_bad = bad if first_bad is None or bad[1] < first_bad[1] else first_bad
-        self._q.append(("blocks", blocks))
-        if self._thread is None:
-            self._start()
+        self._enqueue(("blocks", blocks))
         if first_bad is not None:
             raise InvalidAttention(*first_bad)
 
@@ -487,8 +503,11 @@ class AttentionCollector(ServingCalls):
                 with self._flushed:
                     self._flush_done, self._flush_ok = want, ok
                     self._flushed.notify_all()
-            if self._stop and not self._q:
-                return
+            if self._stop:
+                with self._lock:  # (_enqueue drops what comes after this: one or the other)
+                    if not self._q:
+                        self._exited = True
+                        return
 
     def _drain(self) -> None:
         with self._lock:

@@ -200,17 +200,6 @@ class ProcessCollector(ServingCalls):
         elif self._thread is None:
             self._start()
 
-    def _drop_left(self) -> None:
-        """Drop and count what is in the queue once the sender has taken its last."""
-        n = 0
-        while True:
-            try:
-                n += entry_size(self._q.popleft())
-            except IndexError:
-                break
-        if n:
-            self._drop(n)
-
     # --- control -------------------------------------------------------------------
     @property
     def worker_pid(self) -> int | None:

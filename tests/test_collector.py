@@ -421,3 +421,28 @@ def test_the_label_limit_is_the_store_columns_width():
     from collectors.block import MAX_LABEL_CHARS
 
     assert MAX_LABEL_CHARS == tables.LABEL
+
+
+def test_a_call_that_ends_after_close_is_counted(sqlite_url):
+    # a serving thread passes the queue check, then close() runs (and the thread takes
+    # its last) while that call makes its copy: the call appended to a queue no one would
+    # drain again, and it was in no count (ProcessCollector's _put already drops it)
+    import threading
+
+    in_call, closed = threading.Event(), threading.Event()
+
+    def clock():
+        if threading.current_thread().name == "serving" and not in_call.is_set():
+            in_call.set()
+            closed.wait(10)
+        return T0 + 3600
+
+    c = AttentionCollector(sqlite_url, model="m", version="v1", clock=clock)
+    c.observe(np.ones(4) / 4, timestamp=T0)
+    serving = threading.Thread(target=lambda: c.observe(np.ones(4) / 4), name="serving")
+    serving.start()
+    assert in_call.wait(10)
+    c.close()
+    closed.set()
+    serving.join(10)
+    assert c.stats.accepted == 1 and c.stats.dropped == 1 and c.stats.queue_depth == 0
