@@ -167,6 +167,10 @@ class ProcessCollector(ServingCalls):
         self._flush_req = self._flush_done = 0
         self._flush_ok = True
         self._dropped_hot = 0  # dropped here, not yet told to a worker (its health counts them)
+        # drops taken from _dropped_hot for the running worker (or in hand), and how many of
+        # them its last report has: stats counts the rest, else they were in no count
+        # between the sender taking them and that report (stats.dropped went down)
+        self._told = self._acked = 0
         self._finished = _ZERO  # the sum of the last stats of workers that ended
         self._current = _ZERO  # the running worker's last stats
         self._settled = 0  # of what it was sent: written, rejected, dropped or spilled (its report)
@@ -265,7 +269,7 @@ class ProcessCollector(ServingCalls):
         """The workers' counts (the running one's as of its last report, about a second
         old) and what was dropped here."""
         with self._lock:
-            hot = self._dropped_hot
+            hot = self._dropped_hot + max(self._told - self._acked, 0)
             total = _add(self._finished, self._current)
         return CollectorStats(
             observed=total.observed, accepted=total.accepted, rejected=total.rejected,
@@ -299,6 +303,7 @@ class ProcessCollector(ServingCalls):
             with self._lock:
                 want = self._flush_req
                 dropped, self._dropped_hot = self._dropped_hot, 0
+                self._told += dropped
             entries = []
             while self._q:
                 entries.append(self._q.popleft())
@@ -365,8 +370,8 @@ class ProcessCollector(ServingCalls):
             while not self._in.poll(1.0):
                 if self._proc.poll() is not None:
                     raise WorkerDown(f"the worker exited with status {self._proc.returncode}")
-            _, stats, token, ok, settled = self._recv()
-            self._note_stats(stats, settled)
+            _, stats, token, ok, settled, told = self._recv()
+            self._note_stats(stats, settled, told)
             if token is not None:
                 return bool(ok)
 
@@ -381,8 +386,8 @@ class ProcessCollector(ServingCalls):
         """Take the reports the worker sent since the last look, without waiting."""
         inp = self._in
         while inp is not None and inp.poll(0):
-            _, stats, _, _, settled = self._recv()
-            self._note_stats(stats, settled)
+            _, stats, _, _, settled, told = self._recv()
+            self._note_stats(stats, settled, told)
 
     def _recv(self) -> tuple:
         try:
@@ -398,10 +403,10 @@ class ProcessCollector(ServingCalls):
         return (f"the worker could not take the collector's options ({self._failed}); no other is started, "
                 "as it would fail the same way")
 
-    def _note_stats(self, stats: dict, settled: int) -> None:
+    def _note_stats(self, stats: dict, settled: int, told: int) -> None:
         with self._lock:
             self._current = CollectorStats(**stats)
-            self._settled = settled
+            self._settled, self._acked = settled, told
         self._heard, self._reported = time.monotonic(), True
 
     def _worker(self) -> Connection:
@@ -450,6 +455,7 @@ class ProcessCollector(ServingCalls):
             unwritten = self._sent - self._settled
             self._finished = _add(self._finished, cur)
             self._current, self._settled = _ZERO, 0
+            self._told = self._acked = 0  # (what it was not told is in in_hand, or unwritten)
             # (in_hand: entries taken from the queue; unwritten: what the worker held)
             self._dropped_hot += in_hand + (max(unwritten, 0) if self._proc is not None else 0)
         self._sent = 0
@@ -466,6 +472,7 @@ class ProcessCollector(ServingCalls):
         with self._lock:
             self._finished = _add(self._finished, self._current)
             self._current = _ZERO
+            self._told = self._acked = 0
 
     def _reap(self, timeout: float) -> None:
         """Close the worker's pipes (it reads the end of its input, writes what it holds

@@ -11,10 +11,11 @@ In:  ("spec", kwargs)                 first: the AttentionCollector to run
                                       a frame each, in order
      ("flush", token)                 write everything; answer with the token
      ("close",)                       flush, stop, answer, exit
-Out: ("stats", stats dict, token, ok, settled) about once a second (while a flush waits on
+Out: ("stats", stats dict, token, ok, settled, told) about once a second (while a flush waits on
      the store too), after a flush or close, and last before exit (token None), however
      the worker was stopped; settled: requests written, rejected, dropped or in a spill
-     file (what a worker killed then did not lose)
+     file (what a worker killed then did not lose); told: the parent's drops received
+     (stats has them), so that the parent counts those still on their way
      ("failed", message)              instead, when the spec cannot be loaded or run
 
 End of input (the serving process exited or was killed) closes the collector, which
@@ -50,6 +51,7 @@ class _Collector(AttentionCollector):
         super()._reset_state()
         self._spilled_batches: dict[int, int] = {}  # batch_seq -> requests, spilled, not replayed
         self.replayed = 0
+        self.told = 0  # requests the parent said it dropped
 
     def _note_spilled(self, batch) -> None:
         super()._note_spilled(batch)
@@ -63,7 +65,7 @@ class _Collector(AttentionCollector):
 def _stats(c: _Collector, token: int | None, ok: bool) -> bytes:
     st = c.stats
     settled = st.written + sum(st.rejected.values()) + st.dropped + st.spilled - c.replayed
-    return pickle.dumps(("stats", dataclasses.asdict(st), token, ok, settled), protocol=5)
+    return pickle.dumps(("stats", dataclasses.asdict(st), token, ok, settled, c.told), protocol=5)
 
 
 def _flush(c: _Collector, conn_out: Connection, timeout: float = FLUSH_TIMEOUT_S) -> bool:
@@ -107,6 +109,7 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 _, entries, dropped = msg
                 if dropped:
                     c._drop(dropped)
+                    c.told += dropped
                     if not entries:  # the collector's thread counts drops (into its health
                         c._offer(("blocks", []), 0)  # rows) only as it takes an entry
                 for n, raw, sizes in entries:

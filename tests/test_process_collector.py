@@ -258,3 +258,26 @@ def test_close_sends_what_arrived_while_a_send_was_in_flight(sqlite_url, monkeyp
     c.close()
     assert c.stats.accepted == c.stats.written == 120
     assert stored_n(sqlite_url, "v1") == 120
+
+
+def test_stats_dropped_never_goes_down_while_drops_cross_to_the_worker(sqlite_url):
+    # the sender takes the serving side's drops to tell the worker; until the worker's
+    # next report has them, stats counted them nowhere: stats.dropped went down (by all
+    # the drops) for up to a second, more while a worker starts
+    w = np.full(4, 0.25, np.float32)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", queue_size=2)
+    try:
+        for _ in range(50):
+            c.observe(w, timestamp=T0)
+        seen = [c.stats.dropped]
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            seen.append(c.stats.dropped)
+            time.sleep(0.002)
+        assert c.flush(timeout=30)
+        seen.append(c.stats.dropped)
+        assert seen[0] > 0
+        assert seen == sorted(seen), sorted(set(seen))
+        assert c.stats.dropped + c.stats.observed == 50
+    finally:
+        c.close()
