@@ -35,6 +35,7 @@ from typing import Self
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import event
 
 from collectors.block import (
     MAX_LABEL_CHARS,
@@ -959,6 +960,13 @@ class AttentionCollector(ServingCalls):
             self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, **extra)
             if self._engine.dialect.name == "postgresql":
                 self._cutter = Cutter(self._engine)
+            elif self._engine.dialect.name == "sqlite":
+                # make_engine's PRAGMA busy_timeout (10 s), run on each connection, replaces
+                # the driver's timeout: ours goes after it, or a lock held waits 10 s whatever
+                # write_timeout_s says
+                ms = max(1, int(1000 * t))
+                event.listen(self._engine, "connect",
+                             lambda dbapi_conn, _record: dbapi_conn.execute(f"PRAGMA busy_timeout={ms}"))
         return self._engine
 
     def _store_write(self, engine, batch: FlushBatch) -> bool:

@@ -175,3 +175,35 @@ def collector_before_the_upgrade(url, tmp_path, caplog):
 
 def test_a_collector_newer_than_its_store_says_to_upgrade(tmp_path, caplog):
     collector_before_the_upgrade(f"sqlite:///{tmp_path / 'old.db'}", tmp_path, caplog)
+
+
+def test_a_write_waiting_on_a_sqlite_lock_gives_up_after_write_timeout_s(sqlite_url, tmp_path):
+    # another process holds SQLite's write lock (a long transaction, a backup): the write
+    # fails after write_timeout_s and is spilled. make_engine's PRAGMA busy_timeout (10 s,
+    # run on every connection) replaced the driver's timeout, so a write waited 10 s
+    # whatever write_timeout_s said
+    import sqlite3
+    import time
+
+    import numpy as np
+
+    from collectors import AttentionCollector
+
+    path = sqlite_url.removeprefix("sqlite:///")
+    t0 = 1_800_000_000.0
+    c = AttentionCollector(sqlite_url, model="m", version="v1", spill_dir=tmp_path / "spill",
+                           write_timeout_s=0.5, clock=lambda: t0 + 3600)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock
+        c.observe_batch(np.full((5, 4), 0.25, np.float32), timestamps=t0)
+        started = time.monotonic()
+        assert c.flush(timeout=30)
+        took = time.monotonic() - started
+        assert c.stats.spilled == 5 and c.stats.written == 0
+        assert took < 5, took
+    finally:
+        holder.rollback()
+        holder.close()
+        c.close()
+    assert c.stats.written == 5  # replayed at close, once the lock was released
