@@ -423,6 +423,9 @@ class ProcessCollector(ServingCalls):
         if wait > 0:
             raise WorkerDown(f"the worker is down; the next start in {wait:.1f} s")
         self._last_start = time.monotonic()
+        # before the new worker is _proc: the watch thread must not measure its silence
+        # from the last report of the one before (it would kill it as it starts)
+        self._heard, self._reported = time.monotonic(), False
         env = dict(os.environ)
         # the worker imports this package from where the serving process found it
         root = str(Path(__file__).resolve().parent.parent)
@@ -437,7 +440,7 @@ class ProcessCollector(ServingCalls):
         self._proc.stdin.close()
         self._proc.stdout.close()
         self._sent = 0
-        self._heard, self._reported = time.monotonic(), False
+        self._heard = time.monotonic()
         self._write(pickle.dumps(("spec", self._spec), protocol=5))
         return self._out
 

@@ -166,3 +166,32 @@ def test_the_worker_settings_come_from_attnmon_yaml_and_the_environment(tmp_path
     path.write_text("collector:\n  worker:\n    hang_after_s: -3\n")
     with pytest.raises(ConfigError, match="hang_after_s"):
         load_config(path)
+
+
+def test_a_worker_started_long_after_the_last_report_is_not_taken_for_hung(sqlite_url, monkeypatch):
+    # the watch thread measures silence from the last report. A worker started a while
+    # after the previous one died had, until _worker() reset that clock, the dead one's
+    # (old) last report and "reported": a watch look in that moment killed the new worker
+    # at once. A slow start (a busy host) widens the moment to a second here.
+    w = np.full((40, 4), 0.25, np.float32)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=2.0,
+                         restart_every_s=0.0)
+    try:
+        c.observe_batch(w, timestamps=T0)
+        assert c.flush(timeout=30)
+        first = c.worker_pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: c._proc is None, 10)  # the sender saw it go
+        time.sleep(2.5)  # no worker, nothing to hear: past hang_after_s
+        real = process.Connection
+
+        def slow_pipe(*args, **kwargs):
+            time.sleep(1.0)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(process, "Connection", slow_pipe)
+        c.observe_batch(w, timestamps=T0 + 60)
+        assert c.flush(timeout=30)
+    finally:
+        c.close()
+    assert c.stats.written == 80 and c.stats.dropped == 0
