@@ -56,7 +56,7 @@ from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.sketch import _key
 from monitor.store import positions
-from monitor.store.engine import Cutter, one_line, schema_behind
+from monitor.store.engine import PG_CONNECT_TIMEOUT_S, Cutter, one_line, schema_behind
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
 
@@ -970,11 +970,16 @@ class AttentionCollector(ServingCalls):
         return self._engine
 
     def _store_write(self, engine, batch: FlushBatch) -> bool:
-        """write_batch, given up after 2 × write_timeout_s on a server or proxy that stopped
-        answering (it ends the statements it does get after write_timeout_s)."""
+        """write_batch, cut off on a server or proxy that stopped answering: once it has
+        taken longer than its statements could on a live server, which ends each after
+        write_timeout_s (a slow write that makes progress is never cut: it would be cut
+        again at every replay, and hold back every batch behind it)."""
         if self._cutter is None:
             return write_batch(engine, batch)
-        with self._cutter.deadline(2 * self.write_timeout_s):
+        # the pre-ping, write_batches, deployments, rows, events, health, commit; a
+        # duplicate's check; and a new connection's connect_timeout
+        statements = 4 + len(batch.deployments) + bool(batch.aggregates) + bool(batch.events) + bool(batch.health)
+        with self._cutter.deadline(statements * self.write_timeout_s + PG_CONNECT_TIMEOUT_S):
             return write_batch(engine, batch)
 
     def _send_all(self) -> None:

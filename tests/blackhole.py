@@ -61,9 +61,12 @@ def forward(listener: socket.socket, connect) -> None:
 
 
 class StalledProxy:
-    """127.0.0.1:`port` to host:port; `stall()` holds what arrives, `resume()` passes it on."""
+    """127.0.0.1:`port` to host:port; `stall()` holds what arrives, `resume()` passes it on.
+    `delay_s`: each chunk waits this long before it is passed on (a slow path that still
+    makes progress)."""
 
     def __init__(self, host: str, port: int):
+        self.delay_s = 0.0
         self._open = threading.Event()
         self._open.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -86,6 +89,7 @@ class StalledProxy:
             while data := a.recv(65536):
                 while not self._open.wait(0.1):  # held, with the connection open
                     pass
+                time.sleep(self.delay_s)
                 b.sendall(data)
         except OSError:
             pass

@@ -209,19 +209,29 @@ class Cutter:
     @contextmanager
     def deadline(self, seconds: float) -> Iterator[None]:
         """Cut every connection if the block has not ended within `seconds` (an idle
-        one cut with them is replaced at its next checkout: pool_pre_ping)."""
-        timer = threading.Timer(seconds, self.cut)
+        one cut with them is replaced at its next checkout: pool_pre_ping). A cut is
+        all done before the block ends, or not at all: never on the next block's write."""
+        lock, ended = threading.Lock(), [False]
+
+        def cut_unless_ended() -> None:
+            with lock:
+                if not ended[0]:
+                    self.cut()
+
+        timer = threading.Timer(seconds, cut_unless_ended)
         timer.daemon = True
         timer.start()
         try:
             yield
         finally:
             timer.cancel()
+            with lock:
+                ended[0] = True
 
     def cut(self) -> None:
         for conn in list(self._conns):
             try:
                 with socket.socket(fileno=os.dup(conn.fileno())) as sock:
                     sock.shutdown(socket.SHUT_RDWR)
-            except (OSError, ValueError, AttributeError):  # closed already, or not a socket
+            except Exception:  # closed already (psycopg raises its own error), not a socket
                 pass

@@ -61,13 +61,14 @@ def test_a_silent_network_fails_the_write_in_seconds_and_it_is_spilled(hole_url,
 def test_a_server_that_stops_answering_mid_write_is_cut_off_and_the_write_spilled(pg_clean_url, tmp_path):
     # a frozen server (paused VM, hung storage) or pooler: the connection stays open, TCP
     # acknowledges, and no answer comes, not even the server's own timeout error. The
-    # collector cuts its connection after 2 × write_timeout_s and spills.
+    # collector cuts its connection once the write has taken longer than its statements
+    # could on a live server (write_timeout_s each, ~6 here: 11 s) and spills.
     url = make_url(pg_clean_url)
     proxy = StalledProxy(url.host or "127.0.0.1", url.port or 5432)
     via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     w = np.full((40, 4), 0.25, np.float32)
     c = AttentionCollector(via, model="m", version="v1", spill_dir=tmp_path / "spill",
-                           write_timeout_s=2.0, clock=lambda: T0 + 3600)
+                           write_timeout_s=1.0, clock=lambda: T0 + 3600)
     blocker = make_engine(pg_clean_url)
     try:
         c.observe_batch(w, timestamps=T0)
@@ -80,7 +81,7 @@ def test_a_server_that_stops_answering_mid_write_is_cut_off_and_the_write_spille
             started = time.monotonic()
             flushing.start()
             time.sleep(0.5)  # the write is in flight, waiting on the lock
-            proxy.stall()  # ...and its answer (lock_timeout's error, after 2 s) never comes
+            proxy.stall()  # ...and its answer (lock_timeout's error, after 1 s) never comes
             flushing.join(40)
             conn.rollback()
         assert done["ok"]  # before: the write waited until the proxy resumed; flush gave up
@@ -96,3 +97,27 @@ def test_a_server_that_stops_answering_mid_write_is_cut_off_and_the_write_spille
         blocker.dispose()
     with Store(pg_clean_url) as store:
         assert int(store.summary("m", by=["layer"])["n"].sum()) == 120
+
+
+def test_a_slow_write_that_makes_progress_is_not_cut(pg_clean_url, tmp_path):
+    # every packet takes 0.15 s each way: the write's round trips add up to several
+    # write_timeout_s, but each statement is answered. Cut at 2 × write_timeout_s (the
+    # first cut-off), it was spilled, and cut again at every replay: never written.
+    url = make_url(pg_clean_url)
+    proxy = StalledProxy(url.host or "127.0.0.1", url.port or 5432)
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    w = np.full((40, 4), 0.25, np.float32)
+    c = AttentionCollector(via, model="m", version="v1", spill_dir=tmp_path / "spill",
+                           write_timeout_s=1.0, clock=lambda: T0 + 3600)
+    try:
+        c.observe_batch(w, timestamps=T0)
+        assert c.flush(timeout=20) and c.stats.written == 40  # connected, and the deployment row
+        proxy.delay_s = 0.15
+        c.observe_batch(w, timestamps=T0 + 60)
+        started = time.monotonic()
+        assert c.flush(timeout=60)
+        assert c.stats.written == 80 and c.stats.spilled == 0
+        assert time.monotonic() - started > 2  # it did take longer than 2 × write_timeout_s
+    finally:
+        proxy.close()
+        c.close()
