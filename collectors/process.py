@@ -118,6 +118,8 @@ class ProcessCollector(ServingCalls):
                                          or not MIN_HANG_S <= hang_after_s < float("inf")):
             raise ValueError(f"hang_after_s={hang_after_s!r}: must be a number of seconds >= {MIN_HANG_S} (the "
                              "worker reports every second), or None (never)")
+        if isinstance(python, os.PathLike):
+            python = os.fspath(python)
         executable = shutil.which(python) if isinstance(python, str) and python else None
         if python is not None and executable is None:
             raise ValueError(f"python={python!r}: not an executable file (the worker's interpreter)")
@@ -286,7 +288,9 @@ class ProcessCollector(ServingCalls):
             proc = self._proc
             silent = time.monotonic() - self._heard
             limit = self.hang_after_s if self._reported else max(self.hang_after_s, START_S)
-            if proc is not None and silent > limit and proc.poll() is None:
+            # (closing: the worker may be silent while it writes what it holds, and close()
+            # has a timeout of its own)
+            if proc is not None and silent > limit and not self._stop and proc.poll() is None:
                 self._log_rarely(logging.ERROR, "attnmon collector %s %s: the worker (pid %d) has sent nothing "
                                  "for %.0f s (hung or stopped): killed, and replaced", self.model,
                                  self.version, proc.pid, silent)

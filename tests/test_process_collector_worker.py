@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -79,6 +80,30 @@ def test_a_flush_waiting_on_the_store_is_not_taken_for_a_hang(sqlite_url):
     assert c.stats.dropped == 0 and c.stats.written == 80 == stored_n(sqlite_url, "v1")
 
 
+def test_a_worker_closing_on_a_locked_store_is_not_taken_for_hung(sqlite_url):
+    # close(): the worker's first flush fails on the lock (6 s), its collector's close()
+    # waits on it again, silent; the lock goes at 9.5 s and the write gets through. The
+    # watch (2 s) killed it at ~8 s and the 40 were lost; close() has a timeout of its own.
+    rng = np.random.default_rng(25)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=2.0,
+                         write_timeout_s=6.0)
+    lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=10)
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)  # an open minute: held until close
+        assert wait_for(lambda: c.stats.accepted == 40)
+        lock.execute("BEGIN EXCLUSIVE")
+        closing = threading.Thread(target=c.close, kwargs={"timeout": 60})
+        closing.start()
+        time.sleep(9.5)
+        lock.rollback()
+        closing.join(60)
+    finally:
+        lock.close()
+        c.close()
+    assert c.stats.written == 40 and c.stats.dropped == 0
+
+
 def _unimportable_clock():
     return T0
 
@@ -132,7 +157,7 @@ def test_python_names_the_worker_s_interpreter(sqlite_url, tmp_path):
     wrapper.chmod(0o755)
     rng = np.random.default_rng(24)
     w, ids, _ = batch(rng)
-    with ProcessCollector(sqlite_url, model="m", version="v1", python=str(wrapper)) as c:
+    with ProcessCollector(sqlite_url, model="m", version="v1", python=wrapper) as c:  # (a Path)
         c.observe_batch(w, item_ids=ids, timestamps=T0)
         assert c.flush(timeout=30)
     assert marker.exists() and stored_n(sqlite_url, "v1") == 40
