@@ -18,6 +18,7 @@ server) fails like a store that is down. An unreadable spill file is moved to `s
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -56,7 +57,7 @@ from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.sketch import _key
 from monitor.store import positions
-from monitor.store.engine import PG_CONNECT_TIMEOUT_S, Cutter, one_line, schema_behind
+from monitor.store.engine import PG_CONNECT_TIMEOUT_S, Cutter, one_line, refused, schema_behind
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
 
@@ -243,8 +244,8 @@ class AttentionCollector(ServingCalls):
         engine=None,
         seed: int | None = None,
     ):
-        for name, value in (("model", model), ("version", version)):
-            if problem := label_problem(value):
+        for name, value in (("model", model), ("version", version), ("weights_id", weights_id)):
+            if (value is not None or name != "weights_id") and (problem := label_problem(value)):
                 raise ValueError(f"{name}={value!r}: {problem}")
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate!r}: must be within [0, 1]")
@@ -982,6 +983,48 @@ class AttentionCollector(ServingCalls):
         with self._cutter.deadline(statements * self.write_timeout_s + PG_CONNECT_TIMEOUT_S):
             return write_batch(engine, batch)
 
+    def _write_or_set_aside(self, engine, batch: FlushBatch, path=None) -> bool | None:
+        """Write the batch; True, or False when it was written before. If the store refuses
+        its values (not the store being down), it would be refused at every try and hold
+        back every batch behind it: try it without its raw events and deployment row (the
+        values most likely to blame: callers' ids), else set it aside (None): moved to
+        spill_dir/bad for a person (`path`: its spill file), or dropped, and counted."""
+        try:
+            return self._store_write(engine, batch)
+        except Exception as exc:
+            if not refused(exc):
+                raise
+            why = one_line(exc, engine.url)
+        if batch.events or batch.deployments:
+            lean = dataclasses.replace(batch, events=[], deployments=[])
+            try:
+                written = self._store_write(engine, lean)
+            except Exception as exc:
+                if not refused(exc):
+                    raise
+            else:
+                if batch.deployments:
+                    self._deployment_written = True  # (else every batch would carry it again)
+                log.error("attnmon collector: the store refused batch %d (%s); written without its %d raw "
+                          "event(s)%s", batch.batch_seq, why, len(batch.events),
+                          " and deployment row" if batch.deployments else "")
+                return written
+        where = "dropped"
+        if self._spill is not None:
+            try:
+                where = f"moved to {self._spill.quarantine(path or self._spill.put(batch))}"
+            except OSError as exc:
+                where = f"dropped (it could not be set aside: {exc})"
+        if batch.collector_id == self.collector_id:
+            self._count_dropped(batch.n_requests)
+            self._note_set_aside(batch)
+        log.error("attnmon collector: the store refused batch %d of %s (%s): %s, counted as dropped; the "
+                  "batches behind it go on", batch.batch_seq, batch.collector_id, why, where)
+        return None
+
+    def _note_set_aside(self, batch: FlushBatch) -> None:
+        """(A hook: the worker process's collector keeps its own count of spilled batches.)"""
+
     def _send_all(self) -> None:
         """Replay spilled batches in order, then the unsent ones; spill what fails (or,
         where it cannot be spilled, keep it in memory up to `max_unsent_rows`)."""
@@ -992,12 +1035,12 @@ class AttentionCollector(ServingCalls):
                     batch = self._load_spilled(path)
                     if batch is None:
                         continue
-                    if self._store_write(engine, batch) and batch.collector_id == self.collector_id:
+                    if self._write_or_set_aside(engine, batch, path) and batch.collector_id == self.collector_id:
                         self._note_written(batch)
                     self._spill.remove(path)
             while self._unsent:
                 batch = self._unsent[0]
-                if self._store_write(engine, batch):
+                if self._write_or_set_aside(engine, batch):
                     self._note_written(batch)
                 self._unsent.popleft()
                 _yield_gil()

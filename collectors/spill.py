@@ -89,7 +89,8 @@ class SpillDir:
             raise UnreadableSpill(f"{path.name}: {type(exc).__name__}: {exc}") from exc
 
     def quarantine(self, path: Path) -> Path:
-        """Move an unreadable file to bad/ (out of `pending`), keeping it for a person."""
+        """Move a file to bad/ (out of `pending`), keeping it for a person: one that cannot
+        be read, or whose batch the store refuses."""
         bad = self.path / "bad"
         bad.mkdir(exist_ok=True)
         dest = bad / path.name

@@ -61,6 +61,9 @@ class _Collector(AttentionCollector):
         super()._note_written(batch)
         self.replayed += self._spilled_batches.pop(batch.batch_seq, 0)
 
+    def _note_set_aside(self, batch) -> None:  # refused after it was spilled: dropped now
+        self.replayed += self._spilled_batches.pop(batch.batch_seq, 0)
+
 
 def _stats(c: _Collector, token: int | None, ok: bool) -> bytes:
     st = c.stats

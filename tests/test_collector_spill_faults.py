@@ -207,3 +207,24 @@ def test_a_write_waiting_on_a_sqlite_lock_gives_up_after_write_timeout_s(sqlite_
         holder.close()
         c.close()
     assert c.stats.written == 5  # replayed at close, once the lock was released
+
+
+def test_a_batch_sqlite_refuses_is_set_aside_and_the_rest_goes_on(sqlite_url, tmp_path):
+    # (tests/postgres/test_collector_pg.py has the PostgreSQL one, with a CHECK constraint)
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TRIGGER attnmon_test_no_poison BEFORE INSERT ON window_aggregates "
+                             "WHEN NEW.cohort = 'poison' BEGIN SELECT RAISE(ABORT, 'poison'); END")
+    engine.dispose()
+    rng, clock = np.random.default_rng(11), [T0]
+    c = AttentionCollector(sqlite_url, model="m", version="v1", flush_interval_s=0.05, sample_rate=0.0,
+                           clock=lambda: clock[0])  # no spill_dir: set aside means dropped
+    try:
+        c.observe_batch(dirichlet(rng, (20,), 8), cohorts="poison", timestamps=T0)
+        assert c.flush()
+        c.observe_batch(dirichlet(rng, (20,), 8), cohorts="web", timestamps=T0 + 60)
+        assert c.flush()
+    finally:
+        c.close()
+    assert c.stats.written == 20 and c.stats.dropped == 20
+    assert stored_n(sqlite_url, cohort="web") == 20

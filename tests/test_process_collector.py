@@ -100,6 +100,8 @@ def test_bad_options_are_refused_here_with_the_same_errors(sqlite_url):
         ProcessCollector(sqlite_url, model="m", version="v1", clock=lambda: T0)
     with pytest.raises(ValueError, match="version="):
         ProcessCollector(sqlite_url, model="m", version="v$__timeFrom()")
+    with pytest.raises(ValueError, match="weights_id="):  # (it did not fit PostgreSQL's column)
+        ProcessCollector(sqlite_url, model="m", version="v1", weights_id="w" * 300)
 
 
 def test_close_flushes_and_later_calls_are_dropped_and_counted(sqlite_url):

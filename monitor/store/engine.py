@@ -184,6 +184,21 @@ def schema_behind(exc: BaseException) -> bool:
         re.search(r"no such (table|column)|has no column named", str(inner)))
 
 
+def refused(exc: BaseException) -> bool:
+    """The store is up and refuses these values (too long, out of range, a NUL, a
+    constraint, a type the driver cannot send): trying them again cannot help, unlike a
+    store that is down, locked, timed out, behind on its schema or denying access."""
+    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    state = getattr(inner, "sqlstate", None)
+    if isinstance(state, str):
+        return state[:2] in ("22", "23")  # PostgreSQL: data exception, integrity violation
+    if isinstance(inner, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError):
+        return True  # (InterfaceError: a value it cannot bind)
+    # psycopg, before the server sees it: "cannot adapt type", "cannot dump"...
+    return type(inner).__module__.startswith("psycopg") and type(inner).__name__ in (
+        "ProgrammingError", "DataError", "IntegrityError")
+
+
 def one_line(exc: BaseException, url: URL | None = None) -> str:
     """A store error in one line (the driver's own message), without the password."""
     inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc

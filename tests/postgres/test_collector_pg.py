@@ -228,3 +228,48 @@ def test_request_ids_postgres_cannot_take_do_not_block_the_writes(pg_clean_url, 
     finally:
         engine.dispose()
     assert sorted(ids, key=str) == ["1", "2", None, "ok"]
+
+
+def test_a_batch_the_store_refuses_is_set_aside_and_the_rest_goes_on(pg_clean_url, tmp_path):
+    # a value the store refuses at every try (here: a constraint of the store's own) used
+    # to stay first in line: every later batch was spilled behind it, and none written
+    engine = make_engine(pg_clean_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE window_aggregates ADD CONSTRAINT attnmon_test_no_poison "
+                          "CHECK (cohort <> 'poison')"))
+    spill = tmp_path / "spill"
+    w = np.full((30, 4), 0.25, np.float32)
+    c = AttentionCollector(pg_clean_url, model="m", version="v1", spill_dir=spill, sample_rate=0.0,
+                           clock=lambda: T0 + 3600)
+    try:
+        c.observe_batch(w, cohorts="poison", timestamps=T0)
+        assert c.flush()
+        c.observe_batch(w, cohorts="web", timestamps=T0 + 60)
+        assert c.flush()
+        st = c.stats
+    finally:
+        c.close()
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE window_aggregates DROP CONSTRAINT attnmon_test_no_poison"))
+        engine.dispose()
+    assert st.written == 30 and st.dropped == 30 and st.spilled == 0
+    assert len(list((spill / "bad").iterdir())) == 1  # kept for a person
+    with Store(pg_clean_url) as store:
+        assert set(store.summary("m", by=["cohort"])["cohort"]) == {"web"}
+
+
+def test_a_deployment_row_the_store_refuses_costs_only_itself(pg_clean_url, tmp_path):
+    # a weights_id longer than the column (set after construction, as AttentionCapture
+    # sets it): the batch is written without its deployment row, and the next ones too
+    w = np.full((30, 4), 0.25, np.float32)
+    c = AttentionCollector(pg_clean_url, model="m", version="v1", spill_dir=tmp_path / "spill",
+                           clock=lambda: T0 + 3600)
+    c.weights_id = "w" * 300
+    try:
+        c.observe_batch(w, timestamps=T0)
+        assert c.flush()
+        c.observe_batch(w, timestamps=T0 + 60)
+        assert c.flush()
+        assert c.stats.written == 60 and c.stats.spilled == 0 and c.stats.dropped == 0
+    finally:
+        c.close()
