@@ -512,10 +512,10 @@ class AttentionCollector(ServingCalls):
                         return
 
     def _drain(self) -> None:
-        with self._lock:
+        with self._lock:  # moved to the totals in one step: stats.dropped never dips
             dropped, self._dropped_hot = self._dropped_hot, 0
-        if dropped:  # (now, even with no entry to follow: health rows must have them)
-            self._count_dropped(dropped)
+            if dropped:  # (now, even with no entry to follow: health rows must have them)
+                self._count_dropped(dropped)
         entries = []
         while self._q:
             entries.append(self._q.popleft())

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +222,41 @@ def test_queue_full_drops_newest_and_counts(sqlite_url):
                                      func.sum(tables.collector_health.c.dropped))).one()
     engine.dispose()
     assert tuple(health) == (5, 7)
+
+
+def test_stats_dropped_never_dips_while_the_thread_takes_the_drops(sqlite_url, monkeypatch):
+    import collectors.collector as cc
+
+    c = AttentionCollector(sqlite_url, model="m", version="v1", queue_size=2, clock=fixed_clock())
+    c._start = lambda: None
+    for _ in range(6):
+        c.observe(np.ones(3) / 3, timestamp=T0)
+    assert c.stats.dropped == 4
+    health = cc.AttentionCollector._minute_health
+
+    def slow_health(self):  # widens the moment between taking the drops and counting them
+        time.sleep(0.2)
+        return health(self)
+
+    monkeypatch.setattr(cc.AttentionCollector, "_minute_health", slow_health)
+    seen, done = [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            seen.append(c.stats.dropped)
+            time.sleep(0.005)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        c._drain()
+    finally:
+        done.set()
+        reader.join()
+        monkeypatch.undo()
+        del c._start
+        c.close()
+    assert min(seen) == 4 and c.stats.dropped == 4  # (it read 0 while they crossed)
 
 
 def test_sampling_off_hashing_and_deployment(sqlite_url):
