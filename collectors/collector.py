@@ -57,7 +57,14 @@ from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.sketch import _key
 from monitor.store import positions
-from monitor.store.engine import PG_CONNECT_TIMEOUT_S, Cutter, one_line, refused, schema_behind
+from monitor.store.engine import (
+    PG_CONNECT_TIMEOUT_S,
+    PG_TIMEOUT_MAX_S,
+    Cutter,
+    one_line,
+    refused,
+    schema_behind,
+)
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
 
@@ -252,8 +259,9 @@ class AttentionCollector(ServingCalls):
         if not isinstance(max_unsent_rows, int) or max_unsent_rows < 0:
             raise ValueError(f"max_unsent_rows={max_unsent_rows!r}: must be an integer >= 0")
         if isinstance(write_timeout_s, bool) or not isinstance(write_timeout_s, int | float) \
-                or not 0 < write_timeout_s < float("inf"):
-            raise ValueError(f"write_timeout_s={write_timeout_s!r}: must be a number of seconds > 0")
+                or not 0 < write_timeout_s <= PG_TIMEOUT_MAX_S:
+            raise ValueError(f"write_timeout_s={write_timeout_s!r}: must be a number of seconds > 0 and at most "
+                             f"{PG_TIMEOUT_MAX_S:,} (PostgreSQL's limit)")
         if hash_item_ids and not hash_key:
             hash_key = os.environ.get("ATTNMON_HASH_KEY")
             if not hash_key:

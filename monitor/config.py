@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alerts.config import AlertsConfig, Secret
 from monitor.errors import ConfigError
+from monitor.store.engine import PG_TIMEOUT_MAX_S
 
 DEFAULT_PATH = Path("attnmon.yaml")
 ENV_PREFIX = "ATTNMON_"
@@ -37,7 +38,6 @@ ENV_STORE_URL = "ATTNMON_STORE_URL"
 # statement or lock timeout of at most 2^31-1 ms, and refuses every connection past it.
 CENTURY_DAYS = 36_500
 CENTURY_S = CENTURY_DAYS * 86_400
-PG_TIMEOUT_MAX_S = 2_147_483
 
 
 class _Strict(BaseModel):

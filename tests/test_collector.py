@@ -395,6 +395,9 @@ def test_from_config_takes_the_collector_section_and_the_environment(tmp_path, m
     assert c.write_timeout_s == 4
     with pytest.raises(ValueError, match=r"write_timeout_s=0: must be a number of seconds > 0"):
         AttentionCollector.from_config("m", "v1", config=cfg, write_timeout_s=0)
+    # (PostgreSQL refused every connection with it: every write spilled, for good)
+    with pytest.raises(ValueError, match=r"write_timeout_s=3000000: .* \(PostgreSQL's limit\)"):
+        AttentionCollector.from_config("m", "v1", config=cfg, write_timeout_s=3_000_000)
     engine = make_engine(f"sqlite:///{tmp_path}/b.db")
     given = AttentionCollector.from_config("m", "v1", config=cfg, engine=engine)
     assert given.store_url is None and given._engine is engine  # the engine, not the config's URL

@@ -25,6 +25,7 @@ from monitor.errors import StoreError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 5
+PG_TIMEOUT_MAX_S = 2_147_483  # PostgreSQL's largest statement/lock timeout (2^31-1 ms): past it, every connection is refused
 TCP_USER_TIMEOUT_S = 60  # the most that sent data may wait for the server's acknowledgement
 
 
