@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def _pipe(a: socket.socket, b: socket.socket) -> None:
+def _pipe(a: socket.socket, b: socket.socket, hold=lambda: None) -> None:
+    """Pass what `a` sends on to `b` (after `hold()`), until either side closes."""
     try:
         while data := a.recv(65536):
+            hold()
             b.sendall(data)
     except OSError:
         pass
@@ -82,23 +84,12 @@ class StalledProxy:
             except OSError:
                 return
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pass, args=(a, b), daemon=True).start()
+                threading.Thread(target=_pipe, args=(a, b, self._hold), daemon=True).start()
 
-    def _pass(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                while not self._open.wait(0.1):  # held, with the connection open
-                    pass
-                time.sleep(self.delay_s)
-                b.sendall(data)
-        except OSError:
+    def _hold(self) -> None:
+        while not self._open.wait(0.1):  # held, with the connection open
             pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        time.sleep(self.delay_s)
 
     def stall(self) -> None:
         self._open.clear()

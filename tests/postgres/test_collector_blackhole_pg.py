@@ -58,24 +58,38 @@ def test_a_silent_network_fails_the_write_in_seconds_and_it_is_spilled(hole_url,
         assert int(store.summary("m", by=["layer"])["n"].sum()) == 120
 
 
-def test_a_server_that_stops_answering_mid_write_is_cut_off_and_the_write_spilled(pg_clean_url, tmp_path):
+W = np.full((40, 4), 0.25, np.float32)
+
+
+@pytest.fixture
+def proxied(pg_clean_url, tmp_path):
+    """A collector (write_timeout_s=1, a spill_dir) whose store is behind a StalledProxy,
+    with its first 40 requests written: a connection in its pool, the deployment row."""
+    url = make_url(pg_clean_url)
+    proxy = StalledProxy(url.host or "127.0.0.1", url.port or 5432)
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    c = AttentionCollector(via, model="m", version="v1", spill_dir=tmp_path / "spill",
+                           write_timeout_s=1.0, clock=lambda: T0 + 3600)
+    try:
+        c.observe_batch(W, timestamps=T0)
+        assert c.flush(timeout=20) and c.stats.written == 40
+        yield proxy, c
+    finally:
+        proxy.close()
+        c.close()
+
+
+def test_a_server_that_stops_answering_mid_write_is_cut_off_and_the_write_spilled(proxied, pg_clean_url):
     # a frozen server (paused VM, hung storage) or pooler: the connection stays open, TCP
     # acknowledges, and no answer comes, not even the server's own timeout error. The
     # collector cuts its connection once the write has taken longer than its statements
     # could on a live server (write_timeout_s each, ~6 here: 11 s) and spills.
-    url = make_url(pg_clean_url)
-    proxy = StalledProxy(url.host or "127.0.0.1", url.port or 5432)
-    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    w = np.full((40, 4), 0.25, np.float32)
-    c = AttentionCollector(via, model="m", version="v1", spill_dir=tmp_path / "spill",
-                           write_timeout_s=1.0, clock=lambda: T0 + 3600)
+    proxy, c = proxied
     blocker = make_engine(pg_clean_url)
     try:
-        c.observe_batch(w, timestamps=T0)
-        assert c.flush(timeout=20) and c.stats.written == 40
         with blocker.connect() as conn:
             conn.execute(text("LOCK TABLE window_aggregates IN ACCESS EXCLUSIVE MODE"))
-            c.observe_batch(w, timestamps=T0 + 60)
+            c.observe_batch(W, timestamps=T0 + 60)
             done = {}
             flushing = threading.Thread(target=lambda: done.update(ok=c.flush(timeout=30)))
             started = time.monotonic()
@@ -87,37 +101,24 @@ def test_a_server_that_stops_answering_mid_write_is_cut_off_and_the_write_spille
         assert done["ok"]  # before: the write waited until the proxy resumed; flush gave up
         assert c.stats.spilled == 40 and time.monotonic() - started < 30
         proxy.resume()
-        c.observe_batch(w, timestamps=T0 + 120)
+        c.observe_batch(W, timestamps=T0 + 120)
         assert c.flush(timeout=30)
         assert c.stats.written == 120
     finally:
         proxy.resume()
-        proxy.close()
-        c.close()
         blocker.dispose()
     with Store(pg_clean_url) as store:
         assert int(store.summary("m", by=["layer"])["n"].sum()) == 120
 
 
-def test_a_slow_write_that_makes_progress_is_not_cut(pg_clean_url, tmp_path):
+def test_a_slow_write_that_makes_progress_is_not_cut(proxied):
     # every packet takes 0.15 s each way: the write's round trips add up to several
     # write_timeout_s, but each statement is answered. Cut at 2 × write_timeout_s (the
     # first cut-off), it was spilled, and cut again at every replay: never written.
-    url = make_url(pg_clean_url)
-    proxy = StalledProxy(url.host or "127.0.0.1", url.port or 5432)
-    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    w = np.full((40, 4), 0.25, np.float32)
-    c = AttentionCollector(via, model="m", version="v1", spill_dir=tmp_path / "spill",
-                           write_timeout_s=1.0, clock=lambda: T0 + 3600)
-    try:
-        c.observe_batch(w, timestamps=T0)
-        assert c.flush(timeout=20) and c.stats.written == 40  # connected, and the deployment row
-        proxy.delay_s = 0.15
-        c.observe_batch(w, timestamps=T0 + 60)
-        started = time.monotonic()
-        assert c.flush(timeout=60)
-        assert c.stats.written == 80 and c.stats.spilled == 0
-        assert time.monotonic() - started > 2  # it did take longer than 2 × write_timeout_s
-    finally:
-        proxy.close()
-        c.close()
+    proxy, c = proxied
+    proxy.delay_s = 0.15
+    c.observe_batch(W, timestamps=T0 + 60)
+    started = time.monotonic()
+    assert c.flush(timeout=60)
+    assert c.stats.written == 80 and c.stats.spilled == 0
+    assert time.monotonic() - started > 2  # it did take longer than 2 × write_timeout_s
