@@ -32,7 +32,7 @@ from dashboards.run import (
 )
 from dashboards.spec import Dashboard, Panel
 from monitor.store import tables as t
-from monitor.store.maintenance import as_utc
+from monitor.store.maintenance import as_utc, served_minutes
 
 INTERVALS = [timedelta(minutes=m) for m in (1, 2, 5, 10, 15, 30, 60, 120, 360, 720, 1440)]
 MAX_POINTS = 240
@@ -58,13 +58,23 @@ def interval_for(start: datetime, end: datetime) -> timedelta:
 
 
 def data_range(conn: Connection, model: str) -> tuple[datetime, datetime]:
+    """From the model's first minute to the end of its last served one. An hour row
+    (rolled up by `attnmon maintain`) holds its hour at its start: its end is its last
+    minute with traffic (minute_mask), not its first."""
     wa = t.window_aggregates
-    lo, hi = conn.execute(
-        select(func.min(wa.c.bucket_start), func.max(wa.c.bucket_start)).where(wa.c.model == model)
-    ).one()
-    if lo is None:
+    newest = conn.execute(
+        select(wa.c.bucket_seconds, func.min(wa.c.bucket_start), func.max(wa.c.bucket_start))
+        .where(wa.c.model == model).group_by(wa.c.bucket_seconds)
+    ).all()
+    if not newest:
         raise LookupError(f"no aggregates for model {model!r} in the store")
-    return as_utc(lo), as_utc(hi) + timedelta(minutes=1)
+    ends = []
+    for seconds, _, last in newest:
+        masks = conn.execute(select(wa.c.minute_mask).where(
+            wa.c.model == model, wa.c.bucket_seconds == seconds, wa.c.bucket_start == last)).scalars()
+        served = max(max(served_minutes(last, seconds, mask), default=0) for mask in masks)
+        ends.append(datetime.fromtimestamp(60 * (served + 1), UTC))
+    return min(as_utc(lo) for _, lo, _ in newest), max(ends)
 
 
 def latest_model(conn: Connection) -> str:

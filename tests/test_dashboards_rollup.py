@@ -109,3 +109,21 @@ def check_rates_survive_the_rollup(url: str) -> None:
 
 def test_rates_survive_the_rollup_on_sqlite(sqlite_url: str) -> None:
     check_rates_survive_the_rollup(sqlite_url)
+
+
+def test_the_report_s_default_range_ends_at_the_last_served_minute_after_the_rollup(sqlite_url: str) -> None:
+    # `attnmon report` without --to: it ended at the last hour row's first minute, and
+    # cut off the whole last hour once it was rolled up (v2's last 50 minutes here)
+    from dashboards.report import data_range
+
+    write_traffic(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            before = data_range(conn, "m")
+        maintain(engine, RANGE[1] + timedelta(days=4))
+        with engine.connect() as conn:
+            after = data_range(conn, "m")
+    finally:
+        engine.dispose()
+    assert before == after == (HOUR0, HOUR0 + timedelta(minutes=170))
