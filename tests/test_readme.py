@@ -25,6 +25,7 @@ def test_runnable_blocks_run_as_written(tmp_path):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("ATTNMON_STORE_URL", None)
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # the README's blocks run beside `make demo`'s .venv
     for _, name, body in blocks():
         if name:
             (tmp_path / name).write_text(body)
