@@ -92,6 +92,9 @@ def db_upgrade(config: Config, revision: str = "head") -> int:
 
 def db_downgrade(config: Config, revision: str) -> int:
     """Migrate the store down to `revision` ("base" drops every table)."""
+    from monitor.store.engine import require_file
+
+    require_file(config.store_url)
     return _migrate(config, "downgrade", revision)
 
 
@@ -111,10 +114,16 @@ def _migrate(config: Config, direction: str, revision: str) -> int:
 def db_current(config: Config, fmt: str = "text") -> int:
     """Print the store's revision and whether it is the newest."""
     from monitor.store import migrate, redact
+    from monitor.store.engine import sqlite_file
 
-    revision = migrate.current(config.store_url)
     head = migrate.head_revision()
     store = redact(config.store_url)
+    path = sqlite_file(config.store_url)
+    if path is not None and path.parent.is_dir() and not path.exists():  # (connecting would leave an empty file)
+        data = {"store": store, "revision": None, "head": head, "is_head": False, "exists": False}
+        _emit(fmt, f"{store}: none (no file {path}) (head is {head})", data)
+        return 0
+    revision = migrate.current(config.store_url)
     data = {"store": store, "revision": revision, "head": head, "is_head": revision == head}
     _emit(fmt, f"{store}: {_describe(revision, head)}", data)
     return 0
@@ -123,7 +132,9 @@ def db_current(config: Config, fmt: str = "text") -> int:
 def db_check(config: Config, fmt: str = "text") -> int:
     """Check that the store is at head and matches monitor.store.tables (else an error)."""
     from monitor.store import migrate, redact
+    from monitor.store.engine import require_file
 
+    require_file(config.store_url)
     migrate.check(config.store_url)
     store = redact(config.store_url)
     head = migrate.head_revision()

@@ -30,7 +30,7 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
         raise ConfigError([("--candidate/--baseline", candidate, "the same version: compare it with another one")],
                           "argument")
     if fmt == "html" and not out:
-        raise ConfigError([("--out", None, "--format html needs --out FILE")], "argument")
+        raise ConfigError([("--format", fmt, "html needs --out FILE")], "argument")
     at = parse_time(now, "--now") if now else datetime.now(UTC)
     window = parse_duration(since, "--since") if since else None
     if out:
@@ -142,7 +142,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--candidate", help="version to judge (default: the newest deployment)")
     p.add_argument("--baseline", help="version to compare with (default: of the versions deployed before it, the one that served most in the hour (else the day) before its deployment)")
-    p.add_argument("--since", metavar="DURATION", help="only the candidate's last DURATION (e.g. 2h)")
+    p.add_argument("--since", metavar="DURATION", help="only the candidate's data of the last DURATION before now (e.g. 2h)")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
     p.add_argument("--out", metavar="FILE", help="write the report there (needed for html)")
     p.add_argument("--now", metavar="TIME", help=argparse.SUPPRESS)  # simulated time (demo, tests)

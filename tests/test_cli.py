@@ -24,7 +24,8 @@ def stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_upgrade_then_current(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     assert main(["db", "current", "--store", url]) == 0
-    assert capsys.readouterr().out == f"{url}: none (empty store) (head is 0006)\n"
+    assert capsys.readouterr().out == f"{url}: none (no file {tmp_path / 'store.db'}) (head is 0006)\n"
+    assert not (tmp_path / "store.db").exists()  # (it used to be left there, empty)
 
     assert main(["db", "upgrade", "--store", url]) == 0
     assert capsys.readouterr().out == f"store at {url}: upgraded none → 0006 (head)\n"
@@ -44,6 +45,7 @@ def test_current_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         "revision": None,
         "head": "0006",
         "is_head": False,
+        "exists": False,
     }
     migrate.upgrade(url)
     assert main(["db", "current", "--format", "json", "--store", url]) == 0

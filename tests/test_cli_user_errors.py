@@ -288,3 +288,12 @@ def test_demo_help_says_which_store_it_uses(capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "never $ATTNMON_STORE_URL or the config file's store" in out
     assert "DIR/demo.db, recreated at each run" in out
+
+
+@pytest.mark.parametrize("argv", [["db", "check"], ["db", "downgrade", "base"]])
+def test_db_commands_on_a_mistyped_sqlite_path_leave_no_file(tmp_path: Path, capsys, argv: list[str]) -> None:
+    # (`db current` says there is no file: tests/test_cli.py)
+    typo = tmp_path / "atnmon.db"
+    assert main([*argv, "--store", f"sqlite:///{typo}"]) == 2
+    assert "there is no file" in capsys.readouterr().err
+    assert not typo.exists()

@@ -101,7 +101,7 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
 
 
 def _check_sqlite_dir(url: URL, shown: str) -> None:
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is None:
         return
     parent = path.parent
@@ -112,8 +112,9 @@ def _check_sqlite_dir(url: URL, shown: str) -> None:
         )
 
 
-def _sqlite_file(url: URL) -> Path | None:
+def sqlite_file(url: str | URL) -> Path | None:
     """The file of a SQLite URL (None: not SQLite, in memory, or a URI filename)."""
+    url = make_url(url)
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     if url.database.startswith("file:") or url.query.get("mode") == "memory":
@@ -145,18 +146,24 @@ def store_errors(url: str | URL) -> Iterator[None]:
         raise StoreError(f"store at {shown}: {detail}", shown) from exc
 
 
+def require_file(url: str | URL) -> None:
+    """Raise StoreError if `url` is a SQLite file that does not exist. Connecting would
+    create an empty one, and "run db upgrade" would then build an empty store where the
+    user most likely mistyped the path of the real one."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        shown = redact(url)
+        raise StoreError(f"store at {shown}: there is no file {path} (a typo in the path? "
+                         "`attnmon db upgrade` creates a new, empty store)", shown)
+
+
 def require_schema(engine: Engine) -> None:
     """Raise StoreError unless the store's schema is at the newest migration."""
     # Imported here: Alembic is needed only by the few callers that check the schema.
     from monitor.store.migrate import head_revision, known_revision, revision_of
 
     shown = redact(engine.url)
-    path = _sqlite_file(engine.url)
-    if path is not None and not path.exists():
-        # connecting would create an empty file, and "run db upgrade" would then build an
-        # empty store where the user most likely mistyped the path of the real one
-        raise StoreError(f"store at {shown}: there is no file {path} (a typo in the path? "
-                         "`attnmon db upgrade` creates a new, empty store)", shown)
+    require_file(engine.url)
     with store_errors(engine.url), engine.connect() as connection:
         revision = revision_of(connection)
     head = head_revision()
