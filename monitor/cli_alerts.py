@@ -98,7 +98,8 @@ def list_alerts(config: Config, fmt: str = "text", resolved_within: str = "1h",
         state = "resolved" if d["recently_resolved"] else d["state"]
         summary = d["annotations"].get("summary", d["series"])
         lines.append(f"{state:<9}{d['severity']:<10}{d['alertname']:<36}{since_[:16]}  {summary}")
-    text = "\n".join(lines) if lines else "no alerts pending, firing or recently resolved"
+    header = f"{'STATE':<9}{'SEVERITY':<10}{'ALERT':<36}{'SINCE (UTC)':<16}  SUMMARY"
+    text = "\n".join([header, *lines]) if lines else "no alerts pending, firing or recently resolved"
     _emit(fmt, text, data)
     return 0
 

@@ -139,6 +139,7 @@ def test_list_shows_active_and_recently_resolved_alerts_without_secrets(tmp_path
     assert "GRAFANA_PASSWORD" not in out
     code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "100000d")
     assert code == 0 and out.splitlines()[-1].startswith("resolved critical  Collapse")
+    assert out.splitlines()[0].split() == ["STATE", "SEVERITY", "ALERT", "SINCE", "(UTC)", "SUMMARY"]
 
 
 def test_test_sends_through_the_receiver_and_exits_2_with_its_error(tmp_path, capsys, clean_env, sqlite_url, monkeypatch):
