@@ -66,6 +66,7 @@ YIELD_S = 0.0005  # the sender's Python between two yields of the GIL (a yield c
 # one after each entry capped the sender at ~7,000 single observe() calls a second)
 MIN_HANG_S = 2.0  # hang_after_s: twice the worker's report interval, at least
 START_S = 30.0  # a new worker's time to import and report, at least (a slow disk, a busy host)
+MAX_BACKOFF_S = 300.0  # the longest wait between starts of workers that die at once
 _ZERO = CollectorStats(0, 0, {}, 0, 0, 0, 0, 0, 0)
 
 
@@ -185,6 +186,7 @@ class ProcessCollector(ServingCalls):
         self._heard = time.monotonic()  # when the running worker last reported (or started)
         self._reported = False  # whether it has reported yet: until then it may be importing
         self._failed: str | None = None  # why a worker could not take its options
+        self._early_deaths = 0  # workers in a row that died before their first report
         self._stop = False
         self._give_up = False  # close() timed out: no new worker for what is left
         self._closed = False
@@ -423,7 +425,7 @@ class ProcessCollector(ServingCalls):
             raise WorkerDown("closed before the worker finished")
         if self._failed is not None:
             raise WorkerDown(self._failed_why())
-        wait = self._last_start + self.restart_every_s - time.monotonic()
+        wait = self._last_start + self._restart_delay() - time.monotonic()
         if wait > 0:
             raise WorkerDown(f"the worker is down; the next start in {wait:.1f} s")
         self._last_start = time.monotonic()
@@ -448,6 +450,14 @@ class ProcessCollector(ServingCalls):
         self._write(pickle.dumps(("spec", self._spec), protocol=5))
         return self._out
 
+    def _restart_delay(self) -> float:
+        """restart_every_s; doubled for each worker in a row that died before its first
+        report (an interpreter that is not a python, or cannot import numpy: it would be
+        started, and die, at every call), up to MAX_BACKOFF_S."""
+        if not self._early_deaths:
+            return self.restart_every_s
+        return min(max(self.restart_every_s, 1.0) * 2 ** (self._early_deaths - 1), MAX_BACKOFF_S)
+
     def _worker_lost(self, exc: WorkerDown, in_hand: int) -> None:
         """The worker is gone: count what it held and had not written, and what was in
         hand here, as dropped; the next call starts another."""
@@ -457,6 +467,11 @@ class ProcessCollector(ServingCalls):
             pass
         if self._failed is not None:  # (the pipe breaking is not the news)
             exc = WorkerDown(self._failed_why())
+        elif self._proc is not None:
+            self._early_deaths = 0 if self._reported else self._early_deaths + 1
+            if self._early_deaths:
+                exc = WorkerDown(f"{exc}, before its first report (is {self.python} a python that imports numpy, "
+                                 f"SQLAlchemy and this package?); the next start in {self._restart_delay():.0f} s")
         with self._lock:
             cur = self._current
             unwritten = self._sent - self._settled

@@ -163,6 +163,34 @@ def test_python_names_the_worker_s_interpreter(sqlite_url, tmp_path):
     assert marker.exists() and stored_n(sqlite_url, "v1") == 40
 
 
+def test_an_interpreter_that_dies_at_once_is_retried_ever_more_slowly(sqlite_url, tmp_path, monkeypatch, caplog):
+    # not a python that can run the worker: it exits before its first report. It was
+    # started again at every call (with restart_every_s=0: every 50 ms), for good
+    fake = tmp_path / "not-python"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    starts = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(process.subprocess, "Popen", lambda *a, **k: starts.append(time.monotonic()) or popen(*a, **k))
+    caplog.set_level(logging.ERROR, "attnmon.collector")
+    rng = np.random.default_rng(26)
+    w, ids, _ = batch(rng)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", python=fake, restart_every_s=0.0)
+    try:
+        deadline = time.monotonic() + 4.5
+        n = 0
+        while time.monotonic() < deadline:
+            c.observe_batch(w, item_ids=ids, timestamps=T0)
+            n += 40
+            time.sleep(0.05)
+    finally:
+        c.close(timeout=5)
+    assert 2 <= len(starts) <= 4  # at 0, then 1 s, 2 s, 4 s later
+    assert all(b - a >= 0.9 for a, b in zip(starts, starts[1:], strict=False))
+    assert c.stats.dropped == n and c.stats.written == 0
+    assert "before its first report" in caplog.text and str(fake) in caplog.text
+
+
 @pytest.mark.parametrize("python", ["/nowhere/python3", "", 3])
 def test_a_python_that_is_not_an_executable_is_refused(sqlite_url, python):
     with pytest.raises(ValueError, match="python="):
