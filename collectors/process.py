@@ -456,7 +456,7 @@ class ProcessCollector(ServingCalls):
         started, and die, at every call), up to MAX_BACKOFF_S."""
         if not self._early_deaths:
             return self.restart_every_s
-        return min(max(self.restart_every_s, 1.0) * 2 ** (self._early_deaths - 1), MAX_BACKOFF_S)
+        return min(max(self.restart_every_s, 1.0) * 2 ** min(self._early_deaths - 1, 16), MAX_BACKOFF_S)
 
     def _worker_lost(self, exc: WorkerDown, in_hand: int) -> None:
         """The worker is gone: count what it held and had not written, and what was in
