@@ -36,7 +36,6 @@ from typing import Self
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import event
 
 from collectors.block import (
     MAX_LABEL_CHARS,
@@ -963,19 +962,11 @@ class AttentionCollector(ServingCalls):
 
             # A write that waits on a lock or a stalled server fails after write_timeout_s
             # and is spilled (or kept), instead of holding the thread while the queue fills.
-            # (SQLite: how long to wait for another writer's lock; its default is 5 s.)
+            # (SQLite: how long to wait for another writer's lock.)
             t = self.write_timeout_s
-            extra = {"connect_args": {"timeout": t}} if str(self.store_url).startswith("sqlite") else {}
-            self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, **extra)
+            self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, busy_timeout_s=t)
             if self._engine.dialect.name == "postgresql":
                 self._cutter = Cutter(self._engine)
-            elif self._engine.dialect.name == "sqlite":
-                # make_engine's PRAGMA busy_timeout (10 s), run on each connection, replaces
-                # the driver's timeout: ours goes after it, or a lock held waits 10 s whatever
-                # write_timeout_s says
-                ms = max(1, int(1000 * t))
-                event.listen(self._engine, "connect",
-                             lambda dbapi_conn, _record: dbapi_conn.execute(f"PRAGMA busy_timeout={ms}"))
         return self._engine
 
     def _store_write(self, engine, batch: FlushBatch) -> bool:

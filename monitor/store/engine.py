@@ -42,8 +42,12 @@ def redact(url: str | URL) -> str:
 
 
 def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
-                lock_timeout_s: float | None = None, **kwargs: Any) -> Engine:
+                lock_timeout_s: float | None = None, busy_timeout_s: float | None = None,
+                **kwargs: Any) -> Engine:
     """An Engine for the store at `url`; extra keyword arguments go to create_engine.
+
+    On SQLite, `busy_timeout_s` is how long a connection waits for another writer's
+    lock (default: SQLITE_BUSY_TIMEOUT_MS).
 
     On PostgreSQL (psycopg), `statement_timeout_s` and `lock_timeout_s` bound each
     statement and each lock wait of every session, and TCP keepalives and a TCP user
@@ -96,7 +100,8 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
             shown,
         ) from None
     if backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect)
+        busy_ms = SQLITE_BUSY_TIMEOUT_MS if busy_timeout_s is None else max(1, int(1000 * busy_timeout_s))
+        event.listen(engine, "connect", lambda dbapi_connection, _record: _sqlite_on_connect(dbapi_connection, busy_ms))
     return engine
 
 
@@ -122,14 +127,14 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(url.database).absolute()
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, busy_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     try:
         # WAL lets the daemon read while collectors write; the busy timeout makes a
         # writer wait for the lock instead of failing at once; SQLite leaves foreign
         # keys off unless asked, per connection.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
@@ -182,10 +187,15 @@ def require_schema(engine: Engine) -> None:
     )
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception inside SQLAlchemy's wrapper (else `exc` itself)."""
+    return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+
+
 def schema_behind(exc: BaseException) -> bool:
     """The error says a table or column is missing: the store's schema is older than the
     code's (not upgraded), or was never created."""
-    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    inner = _driver_error(exc)
     if getattr(inner, "sqlstate", None) in ("42703", "42P01"):  # PostgreSQL: undefined column, table
         return True
     return isinstance(inner, sqlite3.OperationalError) and bool(
@@ -196,7 +206,7 @@ def refused(exc: BaseException) -> bool:
     """The store is up and refuses these values (too long, out of range, a NUL, a
     constraint, a type the driver cannot send): trying them again cannot help, unlike a
     store that is down, locked, timed out, behind on its schema or denying access."""
-    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    inner = _driver_error(exc)
     state = getattr(inner, "sqlstate", None)
     if isinstance(state, str):
         return state[:2] in ("22", "23")  # PostgreSQL: data exception, integrity violation
@@ -209,7 +219,7 @@ def refused(exc: BaseException) -> bool:
 
 def one_line(exc: BaseException, url: URL | None = None) -> str:
     """A store error in one line (the driver's own message), without the password."""
-    inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    inner = _driver_error(exc)
     msg = " ".join(str(inner).split())
     if url is not None and url.password:
         msg = msg.replace(str(url.password), "***")
