@@ -162,10 +162,7 @@ class JobRun:
 
 
 def read_watermark(engine: Engine) -> datetime | None:
-    ds = t.daemon_state
-    with engine.connect() as conn:
-        value = conn.execute(select(ds.c.value).where(ds.c.key == WATERMARK_KEY)).scalar()
-    return as_utc(datetime.fromisoformat(value)) if value else None
+    return _read_time(engine, WATERMARK_KEY)
 
 
 def write_watermark(engine: Engine, end: datetime) -> None:
@@ -174,14 +171,18 @@ def write_watermark(engine: Engine, end: datetime) -> None:
 
 
 def read_maintain_due(engine: Engine) -> datetime | None:
-    ds = t.daemon_state
-    with engine.connect() as conn:
-        value = conn.execute(select(ds.c.value).where(ds.c.key == MAINTAIN_DUE_KEY)).scalar()
-    return as_utc(datetime.fromisoformat(value)) if value else None
+    return _read_time(engine, MAINTAIN_DUE_KEY)
 
 
 def write_maintain_due(engine: Engine, due: datetime) -> None:
     _write_time(engine, MAINTAIN_DUE_KEY, due)
+
+
+def _read_time(engine: Engine, key: str) -> datetime | None:
+    ds = t.daemon_state
+    with engine.connect() as conn:
+        value = conn.execute(select(ds.c.value).where(ds.c.key == key)).scalar()
+    return as_utc(datetime.fromisoformat(value)) if value else None
 
 
 def _write_time(engine: Engine, key: str, value: datetime, *, only_forward: bool = False) -> None:
