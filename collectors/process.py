@@ -446,7 +446,6 @@ class ProcessCollector(ServingCalls):
         self._proc.stdin.close()
         self._proc.stdout.close()
         self._sent = 0
-        self._heard = time.monotonic()
         self._write(pickle.dumps(("spec", self._spec), protocol=5))
         return self._out
 
