@@ -50,8 +50,9 @@ def _pipe(a: socket.socket, b: socket.socket, hold=lambda: None) -> None:
                 pass
 
 
-def forward(listener: socket.socket, connect) -> None:
-    """Accept on `listener` for ever, joining each connection to a new `connect()`."""
+def forward(listener: socket.socket, connect, hold=lambda: None) -> None:
+    """Accept on `listener` for ever, joining each connection to a new `connect()`
+    (each chunk passed on after `hold()`)."""
     while True:
         try:
             client, _ = listener.accept()
@@ -59,7 +60,7 @@ def forward(listener: socket.socket, connect) -> None:
         except OSError:
             return  # the listener was closed
         for a, b in ((client, server), (server, client)):
-            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=_pipe, args=(a, b, hold), daemon=True).start()
 
 
 class StalledProxy:
@@ -73,18 +74,8 @@ class StalledProxy:
         self._open.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self._target = (host, port)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-                server = socket.create_connection(self._target, 5)
-            except OSError:
-                return
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=_pipe, args=(a, b, self._hold), daemon=True).start()
+        threading.Thread(target=forward, args=(self._listener, lambda: socket.create_connection((host, port), 5),
+                                               self._hold), daemon=True).start()
 
     def _hold(self) -> None:
         while not self._open.wait(0.1):  # held, with the connection open
