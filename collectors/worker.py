@@ -110,11 +110,9 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 return
             if msg[0] == "obs":
                 _, entries, dropped = msg
-                if dropped:
+                if dropped:  # (the collector's thread takes them into its health rows)
                     c._drop(dropped)
                     c.told += dropped
-                    if not entries:  # the collector's thread counts drops (into its health
-                        c._offer(("blocks", []), 0)  # rows) only as it takes an entry
                 for n, raw, sizes in entries:
                     # its big arrays follow as frames of their own, into writable memory
                     buffers = [bytearray(size) for size in sizes]
