@@ -268,9 +268,9 @@ def run(config: Config, once: bool = False, fmt: str = "text") -> int:
     spec = os.environ.get(d.FAKE_NOW_ENV)
     clock = d.fake_clock(spec) if spec else d.utc_now
     with d.Daemon(config, clock=clock) as daemon:
-        require_schema(daemon.engine)
         if not once:
-            return d.serve(daemon)
+            return d.serve(daemon)  # waits for a store that is down, checks its schema
+        require_schema(daemon.engine)
         if not daemon.acquire():
             _emit(fmt, "another daemon leads this store: nothing done", {"leader": False, "windows": 0})
             return 0

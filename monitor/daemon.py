@@ -45,6 +45,8 @@ an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one host.
 
 A failing job (store down) logs one line without secrets, counts the error, and runs
 again `daemon.retry_s` later; the evaluate job's catch-up covers the windows missed.
+A store that cannot be reached when `serve` starts is waited for (`wait_for_store`),
+with /healthz saying so, rather than exiting.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from alerts.rules import CANNOT_FIRE, cannot_fire
 from alerts.service import AlertService
 from monitor.baselines import Baselines, prune
 from monitor.config import Config
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, StoreError
 from monitor.evaluate import (
     CycleResult,
     WindowReader,
@@ -80,7 +82,13 @@ from monitor.evaluate import (
     window_for,
 )
 from monitor.store import tables as t
-from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, redact
+from monitor.store.engine import (
+    PG_CONNECT_TIMEOUT_S,
+    make_engine,
+    redact,
+    require_schema,
+    unreachable,
+)
 from monitor.store.engine import one_line as _one_line
 from monitor.store.maintenance import MaintenanceResult, as_utc, maintain
 
@@ -94,6 +102,7 @@ MAINTAIN_DUE_KEY = "maintain.due"  # when the maintain job is next due, kept acr
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's limit on a socket's keepalive idle time
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
+STORE_WAIT_MAX_S = 30.0  # a store down at start is tried again at most this far apart
 FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
 
 Clock = Callable[[], datetime]
@@ -449,6 +458,7 @@ class Daemon:
         self._lead_lock = threading.Lock()
         self._lease_failing = False
         self._watermark: datetime | None = None
+        self._store_down: str | None = None  # why the store cannot be reached, while waiting for it at start
         self._last_run: dict[str, datetime | None] = dict.fromkeys(self.jobs)
         self._errors = dict.fromkeys(self.jobs, 0)
         self._failing = dict.fromkeys(self.jobs, 0)  # consecutive failures
@@ -487,10 +497,12 @@ class Daemon:
         `healthy_lag_s` (or the daemon is younger than that and has no watermark yet);
         503 "watermark_ahead" when the watermark is past this daemon's clock (nothing is
         evaluated until the clock gets there: a clock behind, or a watermark written by
-        one ahead)."""
+        one ahead); 503 "store_unreachable" while `wait_for_store` waits."""
         now = self.clock()
         lag = self.lag_s(now)
-        if lag is None:
+        if self._store_down is not None:
+            status = "store_unreachable"
+        elif lag is None:
             young = (now - self._started_at).total_seconds() < self.healthy_lag_s
             status = "starting" if young else "no_watermark"
         else:
@@ -504,6 +516,8 @@ class Daemon:
             "last_run": {job: _iso(ts) if ts else None for job, ts in self._last_run.items()},
             "errors": dict(self._errors),
         }
+        if self._store_down is not None:
+            body["error"] = self._store_down
         return (200 if status in ("ok", "starting") else 503), body
 
     # -- the jobs --------------------------------------------------------------------
@@ -772,20 +786,56 @@ class Daemon:
 
     # -- life cycle --------------------------------------------------------------------
 
+    def listen(self) -> None:
+        """Serve /healthz and /metrics (once)."""
+        from monitor.health import HealthServer
+
+        if self._server is not None:
+            return
+        listen = self.config.daemon.listen
+        try:
+            self._server = HealthServer(listen, self.health, self.registry)
+        except (OSError, ValueError) as exc:  # a bad address, or the port is taken
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError([("daemon.listen", listen, f"cannot listen there: {reason}")]) from None
+        self._server.start()
+        log.info("serving /healthz and /metrics on %s", self._server.url)
+
+    def wait_for_store(self, stop: threading.Event, *, max_wait_s: float = STORE_WAIT_MAX_S) -> bool:
+        """Check the store's schema, waiting (True) for a store that cannot be reached, or
+        until `stop` is set (False). Meanwhile /healthz answers 503 "store_unreachable".
+
+        Waiting, rather than exiting for a restart policy to try again: systemd gives a
+        unit up after 5 failed starts in 10 s, and a Kubernetes pod in CrashLoopBackOff
+        may wait 5 minutes after the store is back. A schema that is not this attnmon's
+        (or a SQLite file that is not there) still raises StoreError: waiting would not
+        fix it."""
+        delay, told, told_at = 1.0, None, 0.0
+        while True:
+            try:
+                require_schema(self.engine)
+            except StoreError as exc:
+                if not unreachable(exc):
+                    raise
+                self._store_down = str(exc)
+                if self._store_down != told or time.monotonic() - told_at > 600:  # once per cause, then every 10 min
+                    log.warning("%s; waiting for it (/healthz: 503 store_unreachable)", exc)
+                    told, told_at = self._store_down, time.monotonic()
+                if stop.wait(delay):
+                    return False
+                delay = min(2 * delay, max_wait_s)
+                continue
+            if told is not None:
+                log.info("%s answers: starting", self.store)
+            self._store_down = None
+            return True
+
     def start(self) -> None:
         """Serve /healthz and /metrics, take the lead if free, start the scheduler."""
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        from monitor.health import HealthServer
-
         dm = self.config.daemon
-        try:
-            self._server = HealthServer(dm.listen, self.health, self.registry)
-        except (OSError, ValueError) as exc:  # a bad address, or the port is taken
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError([("daemon.listen", dm.listen, f"cannot listen there: {reason}")]) from None
-        self._server.start()
-        log.info("serving /healthz and /metrics on %s", self._server.url)
+        self.listen()
         if not self.acquire():
             log.info("another daemon leads %s: waiting (trying every %gs)", self.store, dm.lease_s)
             self._lease()
@@ -839,7 +889,8 @@ class Daemon:
 
 
 def serve(daemon: Daemon, stop: threading.Event | None = None) -> int:
-    """Run `daemon` until SIGTERM or SIGINT (or `stop` is set), then shut down cleanly."""
+    """Run `daemon` until SIGTERM or SIGINT (or `stop` is set), then shut down cleanly.
+    A store that cannot be reached at start is waited for (`Daemon.wait_for_store`)."""
     stop = stop or threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -850,6 +901,9 @@ def serve(daemon: Daemon, stop: threading.Event | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        daemon.listen()
+        if not daemon.wait_for_store(stop):
+            return 0
         daemon.start()
         while not stop.wait(0.5):
             pass

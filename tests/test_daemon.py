@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,10 +26,13 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
 
+import monitor.daemon as d
 from collectors import AttentionCollector
 from monitor.config import Config, GrafanaConfig
 from monitor.daemon import WATERMARK_KEY, Daemon, fake_clock, read_watermark
+from monitor.errors import StoreError
 from monitor.health import HealthServer, parse_listen
 from monitor.store import make_engine, tables
 
@@ -435,6 +439,106 @@ def test_a_taken_port_is_one_clear_error(store, tmp_path, capsys):
         assert main(["run", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"daemon.listen='127.0.0.1:{taken}': cannot listen there: Address already in use" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_waits_for_a_store_that_refuses_connections_and_says_so_on_healthz(tmp_path):
+    # nothing listens on the port: every connection is refused, as when PostgreSQL is down
+    url = f"postgresql+psycopg://attnmon:s3cret-pw@127.0.0.1:{_free_port()}/attnmon"
+    cfg = _write_config(tmp_path, url)
+    log = tmp_path / "daemon.log"
+    proc, base = _start(cfg, at(30).isoformat(), log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            code, body = _get(f"{base}/healthz")
+            if body["status"] == "store_unreachable" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert code == 503 and body["status"] == "store_unreachable", body
+        assert "Connection refused" in body["error"] and "s3cret-pw" not in body["error"]
+        assert body["leader"] is False and body["watermark"] is None
+        time.sleep(3.5)  # tries at 0, 1 and 3 s: one log line for one cause
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert text.count("waiting for it (/healthz: 503 store_unreachable)") == 1, text
+    assert "attnmon:***@" in text and "s3cret-pw" not in text and "Traceback" not in text
+
+
+def test_wait_for_store_tries_again_until_the_store_answers_then_the_daemon_leads(store, monkeypatch):
+    real, tries, seen = d.require_schema, [], []
+
+    def flaky(engine):
+        tries.append(time.monotonic())
+        if len(tries) <= 2:
+            try:
+                raise OperationalError("SELECT 1", {}, Exception(f"server closed the connection ({len(tries)})"))
+            except OperationalError as exc:
+                raise StoreError(f"store at x: try {len(tries)} failed", "x") from exc
+        real(engine)
+
+    monkeypatch.setattr(d, "require_schema", flaky)
+    with Daemon(config(store), clock=lambda: at(20)) as daemon:
+        daemon.listen()
+        base = f"http://127.0.0.1:{daemon.http_port}"
+
+        class Stop:  # reads /healthz between the tries
+            def wait(self, timeout):
+                seen.append(_get(f"{base}/healthz"))
+                return False
+
+        assert daemon.wait_for_store(Stop()) is True
+        assert len(tries) == 3
+        assert [(code, body["status"], body["error"]) for code, body in seen] == [
+            (503, "store_unreachable", "store at x: try 1 failed"),
+            (503, "store_unreachable", "store at x: try 2 failed"),
+        ]
+        code, body = _get(f"{base}/healthz")
+        assert (code, body["status"]) == (200, "starting") and "error" not in body
+        assert daemon.tick()["evaluate"].ok and daemon.is_leader
+
+
+def test_wait_for_store_ends_when_stopped_and_backs_off(store, monkeypatch):
+    waits: list[float] = []
+
+    def down(engine):
+        try:
+            raise OperationalError("SELECT 1", {}, Exception("refused"))
+        except OperationalError as exc:
+            raise StoreError("store at x: refused", "x") from exc
+
+    class Stop:
+        def wait(self, timeout):
+            waits.append(timeout)
+            return len(waits) == 7
+
+    monkeypatch.setattr(d, "require_schema", down)
+    with Daemon(config(store)) as daemon:
+        assert daemon.wait_for_store(Stop(), max_wait_s=10) is False
+    assert waits == [1, 2, 4, 8, 10, 10, 10]
+
+
+def test_run_with_a_schema_behind_exits_2_at_once(tmp_path, capsys):
+    from monitor.cli import main
+
+    db = tmp_path / "old.db"
+    sqlite3.connect(db).close()  # a store no `db upgrade` has run on
+    cfg = _write_config(tmp_path, f"sqlite:///{db}")
+    started = time.monotonic()
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert time.monotonic() - started < 10
+    assert "run `attnmon db upgrade`" in capsys.readouterr().err
 
 
 # -- the annotate job (a grafana: section), against the stand-in Grafana ----------------------

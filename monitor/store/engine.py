@@ -187,6 +187,12 @@ def require_schema(engine: Engine) -> None:
     )
 
 
+def unreachable(exc: StoreError) -> bool:
+    """`exc` came from the driver (server down or refusing, bad credentials, a locked
+    file): trying again later may succeed. Not a check of ours (schema, missing file)."""
+    return isinstance(exc.__cause__, DBAPIError)
+
+
 def _driver_error(exc: BaseException) -> BaseException:
     """The driver's own exception inside SQLAlchemy's wrapper (else `exc` itself)."""
     return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc

@@ -231,6 +231,30 @@ def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
         engine.dispose()
 
 
+def test_a_store_down_at_start_is_waited_for_then_led(own_database, tmp_path):
+    db = own_database
+    produce(db.url)
+    db.block(True)
+    cfg = write_config(tmp_path, db.url, evaluate_every_s=0.3, lease_s=2)
+    daemon = Proc(cfg, Clock(), "daemon")
+    try:
+        daemon.wait_serving()
+        down = daemon.wait_for(lambda b: b["status"] == "store_unreachable", 10, "the store is down")
+        assert "not currently accepting connections" in down["error"] and "s3cret-pw" not in down["error"]
+        assert not down["leader"]
+        time.sleep(1.5)
+        assert daemon.proc.poll() is None
+        db.block(False)
+        daemon.wait_for(lambda b: b["leader"] and b["watermark"], 45, "the lead and a first evaluation")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+    log = daemon.log.read_text()
+    assert "waiting for it (/healthz: 503 store_unreachable)" in log and "answers: starting" in log
+    assert "s3cret-pw" not in log and "Traceback" not in log
+    check_every_window_once(db.url)
+
+
 def test_a_job_waiting_on_a_lock_fails_after_lock_timeout_and_runs_again(pg_clean_url):
     """Another session holds a lock the evaluate job needs (an operator's open
     transaction, a stuck migration): the job fails after daemon.lock_timeout_s, as a
