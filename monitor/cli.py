@@ -170,39 +170,34 @@ def _register_db(commands: argparse._SubParsersAction) -> None:
 
 
 def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
-    """Compact closed minutes, roll old minutes up to hours, enforce retention."""
+    """Compact closed minutes, roll old minutes up to hours, enforce retention, drop old
+    materialised baselines: what the daemon's maintain job does."""
     from dataclasses import asdict
 
     from monitor.cli_common import parse_time
+    from monitor.daemon import maintain_store
     from monitor.store import make_engine, require_schema
-    from monitor.store.maintenance import maintain as run
 
     engine = make_engine(config.store_url)
     try:
         require_schema(engine)
-        r = config.retention
-        result = run(
-            engine,
-            parse_time(now, "--now") if now else datetime.now(UTC),
-            events_days=r.events_days,
-            minute_aggregates_days=r.minute_aggregates_days,
-            write_batches_days=r.write_batches_days,
-            drift_results_days=r.drift_results_days,
-        )
+        done = maintain_store(engine, config, parse_time(now, "--now") if now else datetime.now(UTC))
     finally:
         engine.dispose()
+    result = done.maintenance
     text = (
         f"merged {result.merged_groups} groups ({result.rows_removed} rows removed), "
-        f"deleted {result.events_deleted} events, {result.batches_deleted} batch keys and "
-        f"{result.results_deleted} drift results"
+        f"deleted {result.events_deleted} events, {result.batches_deleted} batch keys, "
+        f"{result.results_deleted} drift results and {done.baselines_pruned} materialised baselines"
     )
-    _emit(fmt, text, asdict(result))
+    _emit(fmt, text, asdict(result) | {"baselines_pruned": done.baselines_pruned})
     return 0
 
 
 def _register_maintain(commands: argparse._SubParsersAction) -> None:
     p = add_command(
-        commands, "maintain", "compact closed minutes, roll old minutes up to hours, apply retention", lists=True
+        commands, "maintain",
+        "compact closed minutes, roll old minutes up to hours, apply retention, drop old baselines", lists=True
     )
     p.add_argument("--now", metavar="TIME", help="act as if it were TIME (ISO 8601; default: now)")
     p.set_defaults(run=lambda config, args: maintain(config, args.format, args.now))

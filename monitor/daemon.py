@@ -157,6 +157,18 @@ class Maintained:
     baselines_pruned: int
 
 
+def maintain_store(engine: Engine, config: Config, now: datetime) -> Maintained:
+    """The maintain job's work, also `attnmon maintain`'s: compaction, roll-up and the
+    retention of `config.retention`, then materialised baselines older than two days."""
+    r = config.retention
+    result = maintain(
+        engine, now, events_days=r.events_days,
+        minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
+        drift_results_days=r.drift_results_days,
+    )
+    return Maintained(result, prune(engine, now - BASELINE_KEEP))
+
+
 @dataclass(frozen=True)
 class JobRun:
     job: str
@@ -599,13 +611,7 @@ class Daemon:
 
     def maintain(self, now: datetime | None = None) -> Maintained:
         now = as_utc(now) if now is not None else self.clock()
-        r = self.config.retention
-        result = maintain(
-            self.engine, now, events_days=r.events_days,
-            minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
-            drift_results_days=r.drift_results_days,
-        )
-        done = Maintained(result, prune(self.engine, now - BASELINE_KEEP))
+        done = maintain_store(self.engine, self.config, now)
         write_maintain_due(self.engine, now + timedelta(seconds=self._every["maintain"]))
         return done
 
