@@ -73,7 +73,7 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
         options["pool_pre_ping"] = True
         if parsed.get_driver_name() in ("psycopg", "psycopg2"):
             args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-            limits = [f"-c {name}={int(1000 * value)}" for name, value in
+            limits = [f"-c {name}={max(1, round(1000 * value))}" for name, value in
                       (("statement_timeout", statement_timeout_s), ("lock_timeout", lock_timeout_s)) if value]
             if limits:
                 # connect_args replace the URL's own `options` (a search_path, say): keep them

@@ -93,3 +93,18 @@ def test_0006_adds_a_nullable_minute_mask_and_drops_it_again_on_postgresql(pg_em
     from test_migrations import check_minute_mask
 
     check_minute_mask(pg_empty_url)
+
+
+@pytest.mark.parametrize(("given", "shown"), [(2.5, "2500ms"), (0.0004, "1ms"), (0, "0")])
+def test_make_engine_sets_the_sessions_timeouts_and_never_rounds_one_down_to_none(
+    pg_clean_url: str, given: float, shown: str
+) -> None:
+    # 0 is PostgreSQL's "no limit": a limit under a millisecond must not become that
+    engine = make_engine(pg_clean_url, statement_timeout_s=given, lock_timeout_s=given)
+    try:
+        with engine.connect() as conn:
+            got = (conn.execute(text("SHOW statement_timeout")).scalar_one(),
+                   conn.execute(text("SHOW lock_timeout")).scalar_one())
+    finally:
+        engine.dispose()
+    assert got == (shown, shown)
