@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import (
+    Select,
     Text,
     and_,
     cast,
@@ -400,15 +401,19 @@ def _total(partial: dict[SeriesKey, Sketch]) -> int:
 def _hour_totals(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[datetime, int]:
     """Vectors summed over every row (all series) of each hour in [start, end): what the
     hour's partial, merged from those rows, holds in total (the sum of its series' n)."""
-    wa = t.window_aggregates
-    q = (select(wa.c.bucket_start, func.sum(wa.c.n))
-         .where(wa.c.model == model, wa.c.version == version, wa.c.bucket_start >= start, wa.c.bucket_start < end)
-         .group_by(wa.c.bucket_start))
     out: dict[datetime, int] = defaultdict(int)
     with engine.connect() as conn:
-        for minute, n in conn.execute(q):
+        for minute, n in conn.execute(hour_totals_query(model, version, start, end)):
             out[_floor_hour(minute)] += int(n or 0)
     return out
+
+
+def hour_totals_query(model: str, version: str, start: datetime, end: datetime) -> Select:
+    """n summed per bucket: read from the index alone (migration 0007 put n in it)."""
+    wa = t.window_aggregates
+    return (select(wa.c.bucket_start, func.sum(wa.c.n))
+            .where(wa.c.model == model, wa.c.version == version, wa.c.bucket_start >= start, wa.c.bucket_start < end)
+            .group_by(wa.c.bucket_start))
 
 
 def prune(engine: Engine, older_than: datetime) -> int:

@@ -24,17 +24,17 @@ def stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_upgrade_then_current(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     assert main(["db", "current", "--store", url]) == 0
-    assert capsys.readouterr().out == f"{url}: none (no file {tmp_path / 'store.db'}) (head is 0006)\n"
+    assert capsys.readouterr().out == f"{url}: none (no file {tmp_path / 'store.db'}) (head is 0007)\n"
     assert not (tmp_path / "store.db").exists()  # (it used to be left there, empty)
 
     assert main(["db", "upgrade", "--store", url]) == 0
-    assert capsys.readouterr().out == f"store at {url}: upgraded none → 0006 (head)\n"
+    assert capsys.readouterr().out == f"store at {url}: upgraded none → 0007 (head)\n"
     assert main(["db", "upgrade", "--store", url]) == 0
-    assert capsys.readouterr().out == f"store at {url}: already at 0006 (head)\n"
+    assert capsys.readouterr().out == f"store at {url}: already at 0007 (head)\n"
 
     # global options are accepted before the command too
     assert main(["--store", url, "db", "current"]) == 0
-    assert capsys.readouterr().out == f"{url}: 0006 (head)\n"
+    assert capsys.readouterr().out == f"{url}: 0007 (head)\n"
 
 
 def test_current_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,7 +43,7 @@ def test_current_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads(capsys.readouterr().out) == {
         "store": url,
         "revision": None,
-        "head": "0006",
+        "head": "0007",
         "is_head": False,
         "exists": False,
     }
@@ -56,12 +56,12 @@ def test_downgrade_and_check(sqlite_url: str, capsys: pytest.CaptureFixture[str]
     assert main(["db", "check", "--store", sqlite_url, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "store": sqlite_url,
-        "revision": "0006",
+        "revision": "0007",
         "ok": True,
     }
 
     assert main(["db", "downgrade", "base", "--store", sqlite_url]) == 0
-    assert "downgraded 0006 → none" in capsys.readouterr().out
+    assert "downgraded 0007 → none" in capsys.readouterr().out
     assert migrate.current(sqlite_url) is None
 
     assert main(["db", "check", "--store", sqlite_url]) == 2
@@ -144,7 +144,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_commands_are_plain_functions(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert db_current(Config(store_url=sqlite_url), fmt="json") == 0
-    assert json.loads(capsys.readouterr().out)["revision"] == "0006"
+    assert json.loads(capsys.readouterr().out)["revision"] == "0007"
 
 
 def test_python_dash_m_monitor_help() -> None:

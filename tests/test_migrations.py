@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def test_empty_head_base_head_on_sqlite(
 
 
 def test_sqlite_url_fixture_is_at_head(sqlite_url: str) -> None:
-    assert migrate.current(sqlite_url) == migrate.head_revision() == "0006"
+    assert migrate.current(sqlite_url) == migrate.head_revision() == "0007"
     migrate.check(sqlite_url)
 
 
@@ -377,6 +378,59 @@ def check_minute_mask(url: str) -> None:
 
 def test_0006_adds_a_nullable_minute_mask_and_drops_it_again(sqlite_url: str) -> None:
     check_minute_mask(sqlite_url)
+
+
+# -- 0007: the (model, bucket_start, version) index gains n --------------------------------------
+
+
+def check_index_covers_n(url: str) -> None:
+    """0007 swaps the index both ways and keeps every row; at head the baselines' sum of n
+    per minute is read from the index alone on SQLite (a plan PostgreSQL picks by its
+    statistics, so only SQLite's is asserted)."""
+    from sqlalchemy import func
+
+    from monitor.baselines import _hour_totals, hour_totals_query
+
+    migrate.upgrade(url)
+    _write_some_rows(url)
+    wa = tables.window_aggregates
+    old, new = "ix_window_aggregates_model_bucket_start_version", "ix_window_aggregates_model_bucket_start_version_n"
+    engine = make_engine(url)
+
+    def indexes() -> dict[str, list[str]]:
+        with engine.connect() as conn:
+            return {i["name"]: i["column_names"] for i in inspect(conn).get_indexes("window_aggregates")
+                    if i["name"] in (old, new)}
+
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(func.count(), func.sum(wa.c.n))).one()
+            model, version, first = conn.execute(select(wa.c.model, wa.c.version, func.min(wa.c.bucket_start))
+                                                 .group_by(wa.c.model, wa.c.version)).first()
+        assert indexes() == {new: ["model", "bucket_start", "version", "n"]}
+        start = first.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
+        totals = _hour_totals(engine, model, version, start, start + timedelta(hours=24))
+        if engine.dialect.name == "sqlite":
+            q = hour_totals_query(model, version, start, start + timedelta(hours=1))
+            q = q.compile(engine, compile_kwargs={"literal_binds": True})
+            with engine.connect() as conn:
+                plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {q}"))
+            assert f"COVERING INDEX {new}" in plan, plan
+        migrate.downgrade(url, "0006")
+        assert indexes() == {old: ["model", "bucket_start", "version"]}
+        migrate.upgrade(url)
+        assert indexes() == {new: ["model", "bucket_start", "version", "n"]}
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count(), func.sum(wa.c.n))).one() == rows
+        assert _hour_totals(engine, model, version, start, start + timedelta(hours=24)) == totals
+        assert sum(totals.values()) > 0
+    finally:
+        engine.dispose()
+    migrate.check(url)
+
+
+def test_0007_adds_n_to_the_aggregates_index_and_takes_it_out_again(sqlite_url: str) -> None:
+    check_index_covers_n(sqlite_url)
 
 
 def test_a_sqlite_path_under_home_means_one_file_for_every_command(tmp_path: Path, monkeypatch) -> None:

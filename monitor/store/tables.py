@@ -99,7 +99,8 @@ window_aggregates = Table(
     # the hour roll-up (monitor.store.maintenance). NULL: every minute of the bucket (a
     # minute row, a full hour, or an hour rolled up before 0006).
     Column("minute_mask", BigInteger),
-    Index(None, "model", "bucket_start", "version"),
+    # (migration 0007) n last: the baselines' per-hour sums of n read the index alone
+    Index(None, "model", "bucket_start", "version", "n"),
     Index(None, "bucket_seconds", "bucket_start"),
 )
 

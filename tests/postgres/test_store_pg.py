@@ -39,7 +39,7 @@ def test_check_finds_a_store_that_differs_from_the_models(pg_empty_url: str) -> 
 
 
 def test_require_schema_on_an_empty_schema(pg_empty_url: str) -> None:
-    with pytest.raises(StoreError, match="is at revision none, expected head 0006"):
+    with pytest.raises(StoreError, match="is at revision none, expected head 0007"):
         require_schema(make_engine(pg_empty_url))
 
 
@@ -65,13 +65,13 @@ def test_pg_clean_url_starts_every_test_empty_with_identities_restarted(
 
 def test_cli_on_postgresql(pg_clean_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade", "--store", pg_clean_url]) == 0
-    assert "already at 0006 (head)" in capsys.readouterr().out
+    assert "already at 0007 (head)" in capsys.readouterr().out
     assert main(["db", "current", "--store", pg_clean_url, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == {
         "store": redact(pg_clean_url),
-        "revision": "0006",
-        "head": "0006",
+        "revision": "0007",
+        "head": "0007",
         "is_head": True,
     }
     assert main(["db", "check", "--store", pg_clean_url]) == 0
@@ -93,6 +93,12 @@ def test_0006_adds_a_nullable_minute_mask_and_drops_it_again_on_postgresql(pg_em
     from test_migrations import check_minute_mask
 
     check_minute_mask(pg_empty_url)
+
+
+def test_0007_adds_n_to_the_aggregates_index_and_takes_it_out_again_on_postgresql(pg_empty_url: str) -> None:
+    from test_migrations import check_index_covers_n
+
+    check_index_covers_n(pg_empty_url)
 
 
 @pytest.mark.parametrize(("given", "shown"), [(2.5, "2500ms"), (0.0004, "1ms"), (0, "0")])
