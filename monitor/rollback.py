@@ -417,6 +417,7 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
             "(the version served little then, or its data is gone): pass --baseline with a version that served then")
     reasons: list[Reason] = []
     matching: dict[str, dict[str, str]] = {}
+    mixed = False  # a canary by cohort: a cohort only one version served
     enough = all(predictions[s] >= MIN_PREDICTIONS and minutes[s] >= MIN_MINUTES for s in predictions)
     mix = CohortMix(_cohort_predictions(bb, _bucket_n), _cohort_predictions(cb, _bucket_n))
     if enough and mix.known:
@@ -450,6 +451,8 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
         reasons += _cohort_reasons(bs, cs, same)
         if (r := _mix_reason(mix)) is not None:
             reasons.append(r)
+            # only then, not for shares that differ a little (the time of day does that)
+            mixed = set(mix.baseline) != set(mix.candidate)
     elif not any(r.kind == "data" for r in reasons):
         reasons.append(Reason(
             "warning", "data", "all", "predictions", predictions["baseline"], predictions["candidate"], None,
@@ -457,7 +460,7 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
             f"{minutes['candidate']} minutes and the baseline {predictions['baseline']:,} over {minutes['baseline']}; "
             f"a verdict needs {MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes on each side",
         ))
-    reasons += _alert_reasons(_alerts_since(engine, model, candidate, c_start), candidate)
+    reasons += _alert_reasons(_alerts_since(engine, model, candidate, c_start), candidate, mixed)
     order = {"critical": 0, "warning": 1, "info": 2}
     # most severe first; within a severity what we measured before what alerts said
     reasons.sort(key=lambda r: (order[r.severity], r.kind == "alerts", -abs((r.candidate or 0) - (r.baseline or 0))))
@@ -471,22 +474,33 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
                    predictions, minutes, matching, reasons)
 
 
-def _alert_reasons(alerts: list[dict], candidate: str) -> list[Reason]:
-    """One reason per rule that fired for the candidate: how often, first when and where."""
-    by_rule: dict[str, list[dict]] = {}
+def _alert_reasons(alerts: list[dict], candidate: str, mixed: bool = False) -> list[Reason]:
+    """One reason per rule that fired for the candidate: how often, first when and where.
+
+    With `mixed` (a cohort only one version served: a canary by cohort), alerts on
+    all-cohort series are info only: the daemon's rules compare the roll-ups as they are, so a canary by
+    cohort moves them by the mix alone, which the comparison at the candidate's mix undoes.
+    The monitor's own health (`health.*`: rejected input) is no attention figure: it counts."""
+    by_rule: dict[tuple[str, bool], list[dict]] = {}
     for a in alerts:
-        by_rule.setdefault(a["rule"], []).append(a)
+        lab = a["labels"] or {}
+        rollup = mixed and lab.get("cohort") == ROLLUP and not str(lab.get("statistic", "")).startswith("health.")
+        by_rule.setdefault((a["rule"], rollup), []).append(a)
     out = []
-    for rule, items in by_rule.items():
+    for (rule, rollup), items in by_rule.items():
         items.sort(key=lambda a: as_utc(a["fired_at"]))
         first = items[0]
         lab = first["labels"] or {}
         where = _where(lab.get("cohort", ROLLUP), lab.get("layer", "?"), lab.get("head", "?"))
         sev = "critical" if any(a["severity"] == "critical" for a in items) else "warning"
         more = f" and {len(items) - 1} more series" if len(items) > 1 else ""
-        out.append(Reason(sev, "alerts", where, rule, first.get("baseline_value"), first.get("value"), None,
-                          f"alert {rule} fired for {candidate}: first at {as_utc(first['fired_at']):%Y-%m-%d %H:%M} UTC "
-                          f"on {where}{more}"))
+        text = (f"alert {rule} fired for {candidate}: first at {as_utc(first['fired_at']):%Y-%m-%d %H:%M} UTC "
+                f"on {where}{more}")
+        if rollup:
+            sev = "info"
+            text += (" (all-cohort series, which the cohort mix alone moves: not counted; the comparison above "
+                     "is at the candidate's cohort mix)")
+        out.append(Reason(sev, "alerts", where, rule, first.get("baseline_value"), first.get("value"), None, text))
     return out
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -351,6 +351,49 @@ def test_no_cohort_in_common_is_watch_not_a_comparison_of_different_users(tmp_pa
     assert v.verdict == "WATCH" and v.predictions["candidate"] >= 1000
     assert [(r.severity, r.series) for r in v.reasons] == [("warning", "cohort mix")]
     assert "cohorts both versions served (none)" in v.reasons[0].text and "beta" in v.reasons[0].text
+
+
+def test_alerts_on_all_cohort_series_do_not_hold_back_a_canary_by_cohort(tmp_path_factory):
+    """The daemon's rules compare the all-cohort roll-ups as they are: run on the canary of
+    the test above (v1's weights on web only), they fired RecencyLoss and
+    PositionProfileShift on every all-cohort series of v2, and the verdict the README
+    promises to be PROCEED was WATCH (exit 3) on those alerts alone. Alerts on a cohort's
+    own series still count."""
+    from monitor.store import tables
+
+    url, now = _mix_store(tmp_path_factory, "mixalerts", same_weights=True, before=60)
+    engine = make_engine(url)
+
+    def alert(rule, cohort, layer, head, severity="warning"):
+        labels = {"model": "demo-sasrec", "version": "v2", "cohort": cohort, "layer": layer, "head": head,
+                  "baseline_kind": "previous_version", "alertname": rule, "severity": severity}
+        return dict(fingerprint=f"{rule}{cohort}{layer}{head}", rule=rule, severity=severity, labels=labels,
+                    annotations={}, state="firing", value=0.1, baseline_value=0.2, fired_at=now - timedelta(minutes=40),
+                    active_at=now - timedelta(minutes=41), last_eval_at=now)
+
+    with engine.begin() as conn:
+        conn.execute(tables.alerts.insert(), [alert("RecencyLoss", "*", layer, head)
+                                              for layer in "01" for head in "0123*"]
+                     + [alert("PositionProfileShift", "*", "1", "*")])
+    v = check(engine, "demo-sasrec", now=now)
+    assert v.verdict == "PROCEED", [r.text for r in v.reasons]
+    noted = [r for r in v.reasons if r.kind == "alerts"]
+    assert {r.severity for r in noted} == {"info"} and len(noted) == 2
+    assert "cohort mix" in noted[0].text
+    # an alert on the canary cohort's own series is no artefact of the mix, nor is the
+    # collector rejecting the candidate's input (its series labels are all "*")
+    with engine.begin() as conn:
+        conn.execute(tables.alerts.insert(), [alert("PositionProfileShift", "web", "1", "*")])
+    v = check(engine, "demo-sasrec", now=now)
+    assert v.verdict == "WATCH" and any(r.kind == "alerts" and r.severity == "warning" for r in v.reasons)
+    with engine.begin() as conn:
+        conn.execute(tables.alerts.delete().where(tables.alerts.c.fingerprint == "PositionProfileShiftweb1*"))
+        rejecting = alert("CollectorRejectingInput", "*", "*", "*")
+        rejecting["labels"]["statistic"] = "health.rejected_ratio"
+        conn.execute(tables.alerts.insert(), [rejecting])
+    v = check(engine, "demo-sasrec", now=now)
+    assert v.verdict == "WATCH", [r.text for r in v.reasons]
+    assert [r.metric for r in v.reasons if r.severity == "warning"] == ["CollectorRejectingInput"]
 
 
 def test_reweight_is_the_sketch_of_the_weighted_vectors():
