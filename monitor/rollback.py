@@ -578,12 +578,15 @@ def _layer_reasons(layer: str, b: Sketch, c: Sketch, same: bool) -> list[Reason]
         btk, csh = b.attrs[name], tk.shares()
         ratio_watch, diff_watch = (ATTR_RATIO_WATCH, ATTR_DIFF_WATCH) if same else (
             RETRAIN_ATTR_RATIO_WATCH, RETRAIN_ATTR_DIFF_WATCH)
+        # a retrain's watch bar is above the rollback one's 2 points: a shift that does not
+        # clear it is what a harmless retrain makes, so no rollback either
+        diff_rollback = max(ATTR_DIFF_ROLLBACK, diff_watch)
         for value, cv in sorted(csh.items(), key=lambda kv: -kv[1])[:20]:
             # the baseline's upper bound against the candidate's lower one: a value the
             # baseline's top-K dropped is not "new" unless it beats that bound too
             bv = btk.estimate(value)[1] / btk.total if btk.total > 0 else 0.0
             ratio = cv / max(bv, 1e-4)
-            if cv - bv >= ATTR_DIFF_ROLLBACK and ratio >= ATTR_RATIO_ROLLBACK:
+            if cv - bv >= diff_rollback and ratio >= ATTR_RATIO_ROLLBACK:
                 sev = "critical"
             elif cv - bv >= diff_watch and ratio >= ratio_watch:
                 sev = "warning"

@@ -187,6 +187,28 @@ def _layer_sketch(n: int, profile) -> Sketch:
     return Sketch(n=n, sums=sums, sumsq=sums.copy(), pos=np.asarray(profile, dtype=float) * n)
 
 
+def test_a_retrain_is_not_rolled_back_for_an_attribute_shift_below_its_watch_bar():
+    """New weights: an attribute value must move 3 points (and 2.5×) to be worth a WATCH,
+    since two seeds moved a small genre 2.6× (+2.9 points). A rare value moving 0.8% →
+    2.9% (3.6×, +2.1 points) fell short of that bar, yet was critical: ROLLBACK."""
+    import numpy as np
+
+    from monitor.rollback import _layer_reasons
+    from monitor.topk import TopK
+
+    def layer(share: float) -> Sketch:
+        keys = np.array(["g7"] + [f"g{i}" for i in range(20) if i != 7], dtype=object)
+        masses = np.r_[share, np.full(19, (1 - share) / 19)] * 1000
+        sk = _layer_sketch(1000, np.linspace(1, 0.1, 50) / np.linspace(1, 0.1, 50).sum())
+        sk.attrs = {"genre": TopK.from_counts(keys, masses, 512)}
+        return sk
+
+    assert _layer_reasons("1", layer(0.008), layer(0.029), same=False) == []
+    # a shift beyond the retrain's bar is still critical; with the same weights, this one is
+    assert [r.severity for r in _layer_reasons("1", layer(0.008), layer(0.045), same=False)] == ["critical"]
+    assert [r.severity for r in _layer_reasons("1", layer(0.008), layer(0.029), same=True)] == ["critical"]
+
+
 def test_a_small_cohort_is_not_rolled_back_for_its_sampling_noise():
     """Same weights, 4 cohorts, one with 1% of the users: its 15 predictions moved its
     position profile by JS 0.09-0.30 against itself (10 seeds out of 10 were ROLLBACK)."""
