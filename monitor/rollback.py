@@ -492,7 +492,8 @@ def _alert_reasons(alerts: list[dict], candidate: str, mixed: bool = False) -> l
         first = items[0]
         lab = first["labels"] or {}
         where = _where(lab.get("cohort", ROLLUP), lab.get("layer", "?"), lab.get("head", "?"))
-        sev = "critical" if any(a["severity"] == "critical" for a in items) else "warning"
+        # the most severe of them; a rule of severity info (alerts/rules.py) is no warning
+        sev = next((s for s in ("critical", "warning") if any(a["severity"] == s for a in items)), "info")
         more = f" and {len(items) - 1} more series" if len(items) > 1 else ""
         text = (f"alert {rule} fired for {candidate}: first at {as_utc(first['fired_at']):%Y-%m-%d %H:%M} UTC "
                 f"on {where}{more}")

@@ -495,3 +495,19 @@ def test_the_text_output_lists_the_most_severe_reasons_and_counts_the_rest():
     assert f"  {TEXT_REASONS}. [critical] head {TEXT_REASONS - 1} moved" in lines
     assert lines[-1] == "  ... and 6 more (5 critical, 1 info): --format json or html lists them all"
     assert len(v.to_json()["reasons"]) == TEXT_REASONS + 6
+
+
+def test_an_info_alert_is_no_reason_to_watch():
+    """Rules may have severity info (alerts/rules.py); one that fired for the candidate was
+    reported as a warning, and the verdict was WATCH (exit 3) on it alone."""
+    from monitor.rollback import _alert_reasons
+
+    def alert(rule, severity, **labels):
+        return {"rule": rule, "severity": severity, "fired_at": datetime(2026, 11, 20, 9, 5, tzinfo=UTC),
+                "value": 0.1, "baseline_value": None,
+                "labels": {"model": "demo-sasrec", "version": "v2", "cohort": "*", **labels}}
+
+    reasons = _alert_reasons([alert("Heads-up", "info", layer="1", head="*"),
+                              alert("CollectorRejectingInput", "warning", layer="*", head="*",
+                                    statistic="health.rejected_ratio")], "v2")
+    assert [(r.metric, r.severity) for r in reasons] == [("Heads-up", "info"), ("CollectorRejectingInput", "warning")]
