@@ -492,6 +492,8 @@ def _alert_reasons(alerts: list[dict], candidate: str, mixed: bool = False) -> l
         first = items[0]
         lab = first["labels"] or {}
         where = _where(lab.get("cohort", ROLLUP), lab.get("layer", "?"), lab.get("head", "?"))
+        if lab.get("layer") == ROLLUP:  # the monitor's own health (rejected input): no layer
+            where = "all series"
         # the most severe of them; a rule of severity info (alerts/rules.py) is no warning
         sev = next((s for s in ("critical", "warning") if any(a["severity"] == s for a in items)), "info")
         more = f" and {len(items) - 1} more series" if len(items) > 1 else ""

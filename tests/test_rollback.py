@@ -499,7 +499,9 @@ def test_the_text_output_lists_the_most_severe_reasons_and_counts_the_rest():
 
 def test_an_info_alert_is_no_reason_to_watch():
     """Rules may have severity info (alerts/rules.py); one that fired for the candidate was
-    reported as a warning, and the verdict was WATCH (exit 3) on it alone."""
+    reported as a warning, and the verdict was WATCH (exit 3) on it alone. Alerts of the
+    monitor's own health carry "*" for cohort, layer and head: they are on no layer (the
+    reason read "on layer * all heads averaged")."""
     from monitor.rollback import _alert_reasons
 
     def alert(rule, severity, **labels):
@@ -511,3 +513,5 @@ def test_an_info_alert_is_no_reason_to_watch():
                               alert("CollectorRejectingInput", "warning", layer="*", head="*",
                                     statistic="health.rejected_ratio")], "v2")
     assert [(r.metric, r.severity) for r in reasons] == [("Heads-up", "info"), ("CollectorRejectingInput", "warning")]
+    assert reasons[0].text.endswith("on layer 1 all heads averaged")
+    assert reasons[1].text.endswith("on all series") and "layer *" not in reasons[1].text
