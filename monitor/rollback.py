@@ -362,6 +362,26 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _heads_of(sketches: dict, layer: str) -> set[str]:
+    return {k[2] for k in sketches if k[0] == ROLLUP and k[1] == layer and k[2] != ROLLUP}
+
+
+def _unpaired_reason(layer: str, base: set[str], cand: set[str], pairs: dict[str, str]) -> Reason | None:
+    """Heads only one side has (heads are matched among the names both have) are not
+    judged: say so, rather than nothing."""
+    sides = (("candidate", cand - set(pairs)), ("baseline", base - set(pairs.values())))
+    parts = [f"only the {side} has head{'s' if len(hs) > 1 else ''} {', '.join(sorted(hs, key=_head_order))}"
+             for side, hs in sides if hs]
+    if not parts:
+        return None
+    return Reason("info", "data", f"layer {layer}", "heads", None, None, None,
+                  f"layer {layer}: {'; '.join(parts)}, so not compared")
+
+
+def _head_order(head: str) -> tuple[int, str]:
+    return (int(head), "") if head.isdigit() else (1 << 30, head)
+
+
 def _where(cohort: str, layer: str, head: str) -> str:
     who = "all heads averaged" if head == ROLLUP else f"head {head}"
     place = f"layer {layer} {who}"
@@ -441,6 +461,8 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
             ch = {k[2]: s for k, s in ccmp.items() if k[1] == layer and k[2] != ROLLUP}
             pairs = {h: h for h in ch if h in bh} if same else match_heads(bh, ch)
             matching[layer] = pairs
+            if (r := _unpaired_reason(layer, _heads_of(bs, layer), _heads_of(cs, layer), pairs)) is not None:
+                reasons.append(r)
             for c_head, b_head in pairs.items():
                 st = _strata(bb, cb, layer, b_head, c_head, shares.get((ROLLUP, layer, c_head), {}))
                 reasons += _head_reasons(layer, c_head, b_head, bh[b_head], ch[c_head],
@@ -448,6 +470,10 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
             b_all, c_all = bcmp.get((ROLLUP, layer, ROLLUP)), ccmp.get((ROLLUP, layer, ROLLUP))
             if b_all is not None and c_all is not None:
                 reasons += _layer_reasons(layer, b_all, c_all, same)
+        for layer in sorted({k[1] for k in (*bs, *cs) if k[0] == ROLLUP} - set(layers)):
+            who = "candidate" if any(k[1] == layer for k in cs) else "baseline"
+            reasons.append(Reason("info", "data", f"layer {layer}", "heads", None, None, None,
+                                  f"layer {layer}: only the {who} has it, so not compared"))
         reasons += _cohort_reasons(bs, cs, same)
         if (r := _mix_reason(mix)) is not None:
             reasons.append(r)

@@ -515,3 +515,34 @@ def test_an_info_alert_is_no_reason_to_watch():
     assert [(r.metric, r.severity) for r in reasons] == [("Heads-up", "info"), ("CollectorRejectingInput", "warning")]
     assert reasons[0].text.endswith("on layer 1 all heads averaged")
     assert reasons[1].text.endswith("on all series") and "layer *" not in reasons[1].text
+
+
+def test_layers_and_heads_only_one_side_has_are_named_not_passed_over(tmp_path):
+    """A candidate with a third layer and a third head per layer (new weights): what has
+    no counterpart is not judged, and an info reason says so instead of nothing."""
+    import numpy as np
+
+    from collectors import AttentionCollector
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    t0 = 1_800_000_000.0
+    rng = np.random.default_rng(3)
+    for version, first, minutes, shape in (("v1", 0, 60, (2, 2)), ("v2", 60, 30, (3, 3))):
+        with AttentionCollector(url, model="m", version=version, weights_id=version, sample_rate=0,
+                                clock=lambda first=first: t0 + 60 * first) as c:  # deployed then
+            for minute in range(first, first + minutes):
+                w = rng.dirichlet(np.ones(20), size=(100, *shape)).astype(np.float32)
+                c.observe_batch(w, timestamps=t0 + 60 * minute + 5)
+    engine = make_engine(url)
+    try:
+        v = check(engine, "m", "v2", "v1", now=datetime.fromtimestamp(t0 + 90 * 60, UTC))
+    finally:
+        engine.dispose()
+    info = {r.series: r.text for r in v.reasons if r.severity == "info" and r.metric == "heads"}
+    assert info == {
+        "layer 0": "layer 0: only the candidate has head 2, so not compared",
+        "layer 1": "layer 1: only the candidate has head 2, so not compared",
+        "layer 2": "layer 2: only the candidate has it, so not compared",
+    }, [r.text for r in v.reasons]
+    assert v.verdict == "PROCEED", [r.text for r in v.reasons]
