@@ -6,7 +6,7 @@ import argparse
 import errno
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
                    since: str | None = None, fmt: str = "text", out: str | None = None, now: str | None = None) -> int:
     from monitor.cli_common import open_store as _engine
     from monitor.cli_common import parse_duration, parse_time
-    from monitor.rollback import check, render_text
+    from monitor.rollback import MIN_MINUTES, check, render_text
 
     if candidate is not None and candidate == baseline:
         raise ConfigError([("--candidate/--baseline", candidate, "the same version: compare it with another one")],
@@ -33,6 +33,10 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
         raise ConfigError([("--format", fmt, "html needs --out FILE")], "argument")
     at = parse_time(now, "--now") if now else datetime.now(UTC)
     window = parse_duration(since, "--since") if since else None
+    if window is not None and window < timedelta(minutes=MIN_MINUTES):
+        # a shorter window can never hold the minutes a verdict needs: WATCH for ever
+        raise ConfigError([("--since", since, f"a verdict needs {MIN_MINUTES} minutes of the candidate's data: "
+                            f"use {MIN_MINUTES}m or more")], "argument")
     if out:
         _check_out(out)
     engine = _engine(config)
@@ -142,7 +146,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--candidate", help="version to judge (default: the newest deployment)")
     p.add_argument("--baseline", help="version to compare with (default: of the versions deployed before it, the one that served most in the hour (else the day) before its deployment)")
-    p.add_argument("--since", metavar="DURATION", help="only the candidate's data of the last DURATION before now (e.g. 2h)")
+    p.add_argument("--since", metavar="DURATION", help="only the candidate's data of the last DURATION before now (e.g. 2h; at least 10m)")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
     p.add_argument("--out", metavar="FILE", help="write the report there (needed for html)")
     p.add_argument("--now", metavar="TIME", help=argparse.SUPPRESS)  # simulated time (demo, tests)

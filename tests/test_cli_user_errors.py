@@ -297,3 +297,11 @@ def test_db_commands_on_a_mistyped_sqlite_path_leave_no_file(tmp_path: Path, cap
     assert main([*argv, "--store", f"sqlite:///{typo}"]) == 2
     assert "there is no file" in capsys.readouterr().err
     assert not typo.exists()
+
+
+@pytest.mark.parametrize("since", ["0s", "9m"])
+def test_rollback_check_refuses_a_since_too_short_for_any_verdict(small_store, capsys, since) -> None:
+    url, _, _ = small_store
+    assert main(["rollback-check", "--store", url, "--model", MODEL, "--since", since]) == 2
+    assert f"--since='{since}': a verdict needs 10 minutes of the candidate's data: use 10m or more" \
+        in one_error_line(capsys)
