@@ -896,11 +896,20 @@ class Daemon:
 
 def serve(daemon: Daemon, stop: threading.Event | None = None) -> int:
     """Run `daemon` until SIGTERM or SIGINT (or `stop` is set), then shut down cleanly.
-    A store that cannot be reached at start is waited for (`Daemon.wait_for_store`)."""
+    A store that cannot be reached at start is waited for (`Daemon.wait_for_store`).
+    A second signal while the running job finishes exits the process at once (status
+    128 + the signal's number), which the crash safety allows: the watermark moves only
+    after a window's results are committed."""
     stop = stop or threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: finishing the running job, then exiting", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            # a job stuck on the store; what it did not commit, the next leader does again
+            log.warning("%s again: exiting now, without waiting for the running job", name)
+            logging.shutdown()
+            os._exit(128 + signum)
+        log.info("%s: finishing the running job, then exiting (send it again to exit at once)", name)
         stop.set()
 
     previous = {}

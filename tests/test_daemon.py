@@ -429,6 +429,38 @@ def test_run_serves_healthz_and_metrics_and_exits_0_on_sigterm(store, tmp_path):
         assert other.acquire()
 
 
+def test_a_second_sigterm_exits_at_once_while_a_job_waits_on_the_store(store, tmp_path):
+    cfg = _write_config(tmp_path, store, evaluate_every_s=0.2)
+    log = tmp_path / "daemon.log"
+    proc, base = _start(cfg, f"{at(30).isoformat()} x60", log)  # a new window every second
+    lock = sqlite3.connect(store.removeprefix("sqlite:///"), timeout=5)
+    try:
+        deadline = time.monotonic() + 20
+        while not _get(f"{base}/healthz")[1]["watermark"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = _get(f"{base}/healthz")[1]["watermark"]
+        assert first, log.read_text()
+        lock.execute("BEGIN IMMEDIATE")  # the next window's results wait on the write lock (10 s)
+        time.sleep(2.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert proc.poll() is None, log.read_text()  # finishing the running job
+        again = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 128 + signal.SIGTERM
+        assert time.monotonic() - again < 3
+    finally:
+        lock.rollback()
+        lock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert "SIGTERM: finishing the running job, then exiting" in text
+    assert "SIGTERM again: exiting now, without waiting for the running job" in text and "Traceback" not in text
+    assert watermark(store) is not None  # what was committed stays; the next run goes on from it
+
+
 def test_a_taken_port_is_one_clear_error(store, tmp_path, capsys):
     from monitor.cli import main
 
