@@ -333,9 +333,7 @@ def test_sigkill_then_sigterm_mid_catch_up_then_once_evaluate_every_window_exact
         assert proc.wait(10) == 0
         assert time.monotonic() - signalled < 5
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _reap(proc)
     termed_at = watermark(store)
     assert killed_at + timedelta(minutes=10) <= termed_at < at(60)  # stopped between windows
 
@@ -346,6 +344,13 @@ def test_sigkill_then_sigterm_mid_catch_up_then_once_evaluate_every_window_exact
     assert sorted({k[-1] for k in got}) == minutes(11, 64)  # the windows that hold v2 data
     assert got.keys() == results(ref_url).keys()
     assert got == pytest.approx(results(ref_url))
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill `proc` if a failed test left it running."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
 
 
 def _start(cfg: Path, fake_now: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -419,9 +424,7 @@ def test_run_serves_healthz_and_metrics_and_exits_0_on_sigterm(store, tmp_path):
         assert proc.wait(10) == 0
         assert time.monotonic() - started < 5
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _reap(proc)
     text = log.read_text()
     assert "SIGTERM: finishing the running job, then exiting" in text
     assert "gave the lead" in text and "Traceback" not in text
@@ -452,9 +455,7 @@ def test_a_second_sigterm_exits_at_once_while_a_job_waits_on_the_store(store, tm
     finally:
         lock.rollback()
         lock.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _reap(proc)
     text = log.read_text()
     assert "SIGTERM: finishing the running job, then exiting" in text
     assert "SIGTERM again: exiting now, without waiting for the running job" in text and "Traceback" not in text
@@ -500,9 +501,7 @@ def test_run_waits_for_a_store_that_refuses_connections_and_says_so_on_healthz(t
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _reap(proc)
     text = log.read_text()
     assert text.count("waiting for it (/healthz: 503 store_unreachable)") == 1, text
     assert "attnmon:***@" in text and "s3cret-pw" not in text and "Traceback" not in text
