@@ -11,7 +11,9 @@
 What it hooks:
 - every `nn.MultiheadAttention` of the model (inside `nn.TransformerEncoderLayer` too): a
   forward pre-hook asks for `need_weights=True, average_attn_weights=False`, a forward hook
-  reads the per-head weights (B, H, L, S) and hands the caller what it asked for;
+  reads the per-head weights (B, H, L, S) and hands the caller what it asked for; a call
+  made with need_weights=False (nn.TransformerEncoderLayer's) is left as made, its output
+  bit for bit, and the weights are computed after it (nested batches excepted);
 - a Hugging Face model (the model itself or its first `PreTrainedModel` submodule): the
   call gets `output_attentions=True` (eager attention only) and the attentions are taken
   out of the output again unless the caller asked for them.
@@ -65,6 +67,7 @@ from datetime import datetime
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from collectors.rarely import RareLog
 from monitor import metrics as mx
@@ -350,6 +353,26 @@ def _to_device(a, device) -> torch.Tensor:
     if t.device == torch.device(device) or t.device.type != "cpu" or torch.device(device).type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
+
+def _mha_weights(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The per-head weights (B, H, L, S) of a batched call of `m` made with need_weights=False,
+    as nn.MultiheadAttention's slow path computes them for need_weights=True."""
+    query, key, value = (args + tuple(kwargs.get(k) for k in ("query", "key", "value")[len(args):]))[:3]
+    if m.batch_first:
+        query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+    separate = {} if m._qkv_same_embed_dim else dict(
+        use_separate_proj_weight=True, q_proj_weight=m.q_proj_weight,
+        k_proj_weight=m.k_proj_weight, v_proj_weight=m.v_proj_weight)
+    with torch.no_grad():
+        return F.multi_head_attention_forward(
+            query, key, value, m.embed_dim, m.num_heads, m.in_proj_weight, m.in_proj_bias,
+            m.bias_k, m.bias_v, m.add_zero_attn, m.dropout, m.out_proj.weight, m.out_proj.bias,
+            training=False, key_padding_mask=kwargs.get("key_padding_mask"), need_weights=True,
+            attn_mask=kwargs.get("attn_mask"), average_attn_weights=False,
+            # is_causal without attn_mask gets this far only on the fast path, which ignores it
+            is_causal=bool(kwargs.get("is_causal")) and kwargs.get("attn_mask") is not None,
+            **separate)[1]
 
 
 def _nested_lengths(q: torch.Tensor) -> torch.Tensor:
@@ -710,7 +733,14 @@ class AttentionCapture:
         kpm = kwargs.get("key_padding_mask")
         if st.mask is None and kpm is not None and kpm.dim() == 2:
             st.mask = ~kpm if kpm.dtype == torch.bool else kpm == 0
-        st.calls.append((kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True)))
+        need, average = kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True)
+        if not need and not query.is_nested:
+            # leave the call as made: need_weights=True swaps SDPA for an explicit softmax,
+            # whose fully masked query rows are NaN where SDPA's are 0 (and the NaN then
+            # reaches every position of the next layer); the weights are computed after it
+            st.calls.append((need, average, (args, kwargs)))
+            return None
+        st.calls.append((need, average, None))
         return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
 
     def _mha_post(self, module, args, kwargs, output):
@@ -720,15 +750,20 @@ class AttentionCapture:
         flags = st.calls.pop()
         if flags is None:
             return None
+        need, average, call = flags
         weights = output[1]
         try:
+            if call is not None and not st.failed:
+                weights = _mha_weights(module, *call)
             if weights is not None and not st.failed:
                 st.rows.append(self._rows(st, weights))
         except Exception:
             self._fail(st, "reading nn.MultiheadAttention weights failed")
         finally:
-            need, average = flags  # hand the caller what it asked for
-            if not need:
+            # hand the caller what it asked for (a call left as made has it already)
+            if call is not None:
+                pass
+            elif not need:
                 output = (output[0], None)
             elif average and weights is not None:
                 output = (output[0], weights.mean(dim=1))

@@ -381,6 +381,38 @@ def test_transformer_encoder_causal_drops_empty_rows():
     assert cap.stats.empty == 2
 
 
+def test_need_weights_false_callers_get_their_output_bit_for_bit():
+    # nn.TransformerEncoderLayer's default batch_first=False: self_attn(need_weights=False)
+    # runs SDPA, whose fully masked query rows (causal + left padding) come out 0. Asking
+    # for weights swaps in an explicit softmax, whose such rows are NaN: the NaN values then
+    # reach every position of the next layer through its values (masked keys or not).
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(D, HEADS, 2 * D, dropout=0.1)
+    enc = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False).eval()
+    B, L = 4, 6
+    lengths = np.array([3, 6, 1, 4])
+    pad = torch.as_tensor(np.arange(L)[None, :] < (L - lengths)[:, None])
+    causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+    x = torch.randn(L, B, D)
+    rec = Recorder([m.self_attn for m in enc.layers], batch_first=False)
+    with torch.no_grad():
+        bare = enc(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
+        rec.remove()
+        assert torch.isfinite(bare).all()
+        cap = AttentionCapture(enc, ListCollector())
+        with cap.batch() as b:
+            hooked = enc(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
+        cap.remove()
+    assert torch.equal(hooked, bare)
+    assert b.captured and cap.stats.errors == 0
+    np.testing.assert_array_equal(b.lengths, lengths)
+    for layer_i, (mha, q, k, kw) in enumerate(rec.calls):
+        full = hand_weights(mha, q, k, kw["attn_mask"], kw["key_padding_mask"])
+        expect = prediction_rows(full, np.full(B, L - 1), L - lengths, lengths)
+        np.testing.assert_allclose(b.weights[:, layer_i], expect, atol=1e-5)
+    assert no_hooks(enc)
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_nested_path_rows_keep_the_input_width():
     # right padding and a key padding mask alone: nn.TransformerEncoder runs its layers on a
