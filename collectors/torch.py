@@ -465,9 +465,10 @@ class AttentionCapture:
             raise ValueError(f"padding={padding!r}: must be 'left' or 'right'")
         if hooks not in ("sampled", "always"):
             raise ValueError(f"hooks={hooks!r}: must be 'sampled' or 'always'")
-        if hooks == "sampled" and getattr(model, "_orig_mod", None) is not None:
+        if hooks == "sampled" and any(getattr(m, "_orig_mod", None) is not None for m in model.modules()):
             # hooks put on and taken off per sampled batch make a compiled model recompile
-            # on the serving thread (seconds each), then hit dynamo's limit and miss them all
+            # on the serving thread (seconds each), then hit dynamo's limit and miss them all;
+            # a compiled submodule (the encoder alone) misses them after the first
             raise ValueError("a torch.compile'd model cannot take hooks per sampled batch: pass "
                              "hooks='always', or capture the model uncompiled")
         if on_device and not callable(getattr(collector, "observe_summaries", None)):

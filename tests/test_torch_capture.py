@@ -925,6 +925,26 @@ def test_a_compiled_model_is_refused_for_sampled_hooks():
     AttentionCapture(compiled, ListCollector(), hooks="always").remove()
     assert no_hooks(model)
 
+
+def test_a_compiled_submodule_is_refused_for_sampled_hooks():
+    # torch.compile on the encoder only, the usual way to keep the embedding lookups eager:
+    # measured, the first sampled batch compiled with the hooks (1 s) and every later
+    # sampled batch ran the cached graph, its hooks silently skipped (all missed)
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.compile(fresh(SASRec))
+
+        def forward(self, seq):
+            return self.body(seq)
+
+    model = Wrap().eval()
+    with pytest.raises(ValueError, match="torch.compile'd model"):
+        AttentionCapture(model, ListCollector())
+    assert no_hooks(model)
+    AttentionCapture(model, ListCollector(), hooks="always").remove()
+    assert no_hooks(model)
+
 def test_a_repeated_failure_is_counted_every_time_and_logged_once(monkeypatch, caplog):
     model = fresh(SASRec)
     seq, _ = sequences(np.random.default_rng(22), 6, model.L)
