@@ -856,7 +856,8 @@ class AttentionCapture:
         elif isinstance(qi, int):
             q = torch.full((B,), qi, dtype=torch.long, device=device)
         else:
-            q = _to_device(qi, device).long().view(B)
+            q = _to_device(qi, device).long()
+            q = q.expand(B) if q.dim() == 0 else q.view(B)  # a numpy or 0-d tensor scalar
         return torch.where(q < 0, q + Lq, q).clamp(0, Lq - 1)
 
     def _finish(self, st: _State) -> None:

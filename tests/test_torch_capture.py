@@ -305,6 +305,21 @@ def test_right_padding_and_query_index():
         np.testing.assert_array_equal(items[i, model.L - n :], seq.numpy()[i, :n])
 
 
+@pytest.mark.parametrize("scalar", [np.int64(7), torch.tensor(7), -5])
+def test_query_index_scalar_of_any_kind(scalar):
+    # np.argmax and tensor indexing give numpy and 0-d tensor scalars, not ints
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(12), 5, model.L, lengths=[12] * 5)
+    cap = AttentionCapture(model, ListCollector())
+    with torch.no_grad():
+        with cap.batch(query_index=[7] * 5) as listed:
+            model(seq)
+        with cap.batch(query_index=scalar) as b:
+            model(seq)
+    assert b.captured and cap.stats.errors == 0
+    np.testing.assert_array_equal(b.weights, listed.weights)
+
+
 # --- nn.TransformerEncoder ----------------------------------------------------------------
 def count_fused(monkeypatch) -> Counter:
     calls: Counter = Counter()
