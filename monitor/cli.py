@@ -20,6 +20,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import DBAPIError
+
 from monitor.cli_common import emit as _emit
 from monitor.config import Config, load_config
 from monitor.errors import AttnmonError, ConfigError
@@ -428,6 +430,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(config, args)
     except AttnmonError as exc:
         message = str(exc)
+        if debug:
+            traceback.print_exc()
+    except DBAPIError as exc:
+        # the driver's error (a store locked by another writer past the busy timeout, a
+        # server gone, a full disk) reached the command outside the daemon's store_errors:
+        # the same one line as there, not a traceback
+        from monitor.store import redact
+
+        message = f"store at {redact(config.store_url)}: " + (
+            str(exc.orig) if exc.orig is not None else type(exc).__name__)
         if debug:
             traceback.print_exc()
     except OverflowError as exc:

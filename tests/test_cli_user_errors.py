@@ -305,3 +305,31 @@ def test_rollback_check_refuses_a_since_too_short_for_any_verdict(small_store, c
     assert main(["rollback-check", "--store", url, "--model", MODEL, "--since", since]) == 2
     assert f"--since='{since}': a verdict needs 10 minutes of the candidate's data: use 10m or more" \
         in one_error_line(capsys)
+
+
+# -- 7. a store another process holds locked --------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["deploy", "mark", "--model", MODEL, "--version", "v3"],
+    ["baseline", "pin", "--model", MODEL, "--name", "locked", "--from", "now-1h", "--to", "now"],
+    ["alerts", "silence", "--match", "version=v2", "--for", "1h", "--comment", "x"],
+])
+def test_a_locked_store_is_one_line_not_a_traceback(sqlite_url: str, monkeypatch, capsys, argv) -> None:
+    # a daemon (or a sqlite3 shell) holding the write lock past the busy timeout
+    import sqlite3
+
+    import monitor.store.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", MODEL, "--version", "v1"]) == 0
+    capsys.readouterr()
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        code = main([*argv, "--store", sqlite_url])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    line = one_error_line(capsys)
+    assert code == 2 and line.startswith(f"attnmon: error: store at {sqlite_url}: ") and "locked" in line
