@@ -87,6 +87,17 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
             if version is not None and version not in versions:
                 raise ConfigError([("--version", version, f"model {model} has no such version "
                                     f"(versions: {', '.join(versions)})")], "argument")
+            # a pin wins over the trailing baseline: one of no traffic would leave every
+            # series of the model 'below min_samples', its drift unevaluated without a word
+            wa = t.window_aggregates
+            held = [wa.c.model == model, wa.c.bucket_start >= t0, wa.c.bucket_start < t1]
+            if version is not None:
+                held.append(wa.c.version == version)
+            if conn.execute(select(wa.c.id).where(*held).limit(1)).first() is None:
+                which = f"{model} {version}" if version is not None else model
+                raise ConfigError([("--from/--to", f"{start} to {end}", f"{which} served no traffic "
+                                    "in this window: a baseline of nothing would leave every series "
+                                    "unevaluated")], "argument")
             conn.execute(pb.insert().values(
                 name=name, model=model, version=version, window_start=t0, window_end=t1,
                 comment=comment, created_at=datetime.now(UTC), active=True,

@@ -312,7 +312,7 @@ def test_rollback_check_refuses_a_since_too_short_for_any_verdict(small_store, c
 
 @pytest.mark.parametrize("argv", [
     ["deploy", "mark", "--model", MODEL, "--version", "v3"],
-    ["baseline", "pin", "--model", MODEL, "--name", "locked", "--from", "now-1h", "--to", "now"],
+    ["baseline", "unpin", "some-name"],
     ["alerts", "silence", "--match", "version=v2", "--for", "1h", "--comment", "x"],
 ])
 def test_a_locked_store_is_one_line_not_a_traceback(sqlite_url: str, monkeypatch, capsys, argv) -> None:
@@ -333,3 +333,27 @@ def test_a_locked_store_is_one_line_not_a_traceback(sqlite_url: str, monkeypatch
         holder.close()
     line = one_error_line(capsys)
     assert code == 2 and line.startswith(f"attnmon: error: store at {sqlite_url}: ") and "locked" in line
+
+
+# -- 8. a baseline pinned on a window with no traffic ------------------------------------------
+
+
+@pytest.mark.parametrize("version, start, end", [
+    (None, "2020-01-01T00:00Z", "2020-01-02T00:00Z"),  # nothing of the model then
+    ("v2", "-6m", "-3m"),  # v1's minutes: v2 served none of them
+])
+def test_baseline_pin_of_a_window_without_traffic_is_refused(small_store, capsys, version, start, end) -> None:
+    # a pin wins over the trailing baseline: one of nothing leaves every series of the
+    # model 'below min_samples', drift unevaluated without a word
+    url, last, _ = small_store
+    if start.startswith("-"):
+        start = (last + timedelta(minutes=int(start[:-1]))).isoformat()
+        end = (last + timedelta(minutes=int(end[:-1]))).isoformat()
+    code = main(["baseline", "pin", "--store", url, "--model", MODEL, "--name", f"empty-{version}",
+                 "--from", start, "--to", end, *(["--version", version] if version else [])])
+    line = one_error_line(capsys)
+    assert code == 2 and "no traffic" in line
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(select(t.pinned_baselines.c.name)).all() == []
+    engine.dispose()
