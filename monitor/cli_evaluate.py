@@ -67,6 +67,11 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
     t0, t1 = parse_time(start, "--from"), parse_time(end, "--to")
     if t1 <= t0:
         raise ConfigError([("--to", end, "must be after --from")], "argument")
+    if t1 > datetime.now(UTC):
+        # merged once, when a cycle first reads it, and kept: it would hold the traffic
+        # up to then, never the rest of its window
+        raise ConfigError([("--to", end, "is in the future: a pinned baseline is merged once, at its "
+                            "first use; pin a window that has ended")], "argument")
     engine = _engine(config)
     try:
         with engine.begin() as conn:

@@ -357,3 +357,13 @@ def test_baseline_pin_of_a_window_without_traffic_is_refused(small_store, capsys
     with engine.connect() as conn:
         assert conn.execute(select(t.pinned_baselines.c.name)).all() == []
     engine.dispose()
+
+
+def test_baseline_pin_of_a_window_not_over_yet_is_refused(small_store, capsys) -> None:
+    # a pinned baseline is merged once, when a cycle first reads it, and kept: one that
+    # ends in the future would hold the traffic up to then, not its window's
+    url, last, _ = small_store
+    code = main(["baseline", "pin", "--store", url, "--model", MODEL, "--name", "not-over",
+                 "--from", (last - timedelta(minutes=6)).isoformat(), "--to", "now+1h"])
+    line = one_error_line(capsys)
+    assert code == 2 and "--to='now+1h'" in line and "future" in line
