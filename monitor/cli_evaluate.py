@@ -6,7 +6,8 @@ Plain functions taking `(config, ...)`, registered on the parser by `register`.
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -22,7 +23,7 @@ from monitor.errors import ConfigError, StoreError
 def evaluate(config: Config, at: str | None = None, start: str | None = None, end: str | None = None,
              fmt: str = "text") -> int:
     """One cycle (at `at`, default now), or one per minute from `start` to `end`."""
-    from monitor.evaluate import backfill, evaluate_cycle
+    from monitor.evaluate import backfill, evaluate_cycle, window_for
 
     if (start is None) != (end is None):
         raise ConfigError([("--from/--to", start or end, "give both, or neither")], "argument")
@@ -34,6 +35,14 @@ def evaluate(config: Config, at: str | None = None, start: str | None = None, en
         raise ConfigError([("--from", start, "is not before --to"), ("--to", end, "must be after --from")],
                           "argument")
     when = parse_time(at, "--at") if at else datetime.now(UTC)
+    # A window that has not closed yet would be evaluated on part of its traffic, and
+    # the unique key keeps those results: the daemon's own cycle of it writes nothing.
+    last, flag, given = (when, "--at", at) if t0 is None else (
+        t0 + timedelta(minutes=math.ceil((t1 - t0) / timedelta(minutes=1)) - 1), "--to", end)
+    _, closed = window_for(datetime.now(UTC), config.evaluate)
+    if window_for(last, config.evaluate)[1] > closed:
+        raise ConfigError([(flag, given, f"its window ending {window_for(last, config.evaluate)[1]:%Y-%m-%d %H:%M} "
+                            f"UTC has not closed yet (the newest closed one ends {closed:%H:%M} UTC)")], "argument")
     engine = _engine(config)
     try:
         if t0 is not None:

@@ -367,3 +367,21 @@ def test_baseline_pin_of_a_window_not_over_yet_is_refused(small_store, capsys) -
                  "--from", (last - timedelta(minutes=6)).isoformat(), "--to", "now+1h"])
     line = one_error_line(capsys)
     assert code == 2 and "--to='now+1h'" in line and "future" in line
+
+
+# -- 9. evaluating a window that has not closed yet --------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--at", "now+10m"], ["--from", "now-5m", "--to", "now+1h"]])
+def test_evaluate_of_a_window_not_closed_yet_is_refused(sqlite_url: str, capsys, argv) -> None:
+    # its results would come from part of its traffic, and the unique key keeps them:
+    # the daemon's cycle of that window would then write nothing ("evaluated before")
+    code = main(["evaluate", "--store", sqlite_url, *argv])
+    line = one_error_line(capsys)
+    assert code == 2 and f"{argv[-2]}={argv[-1]!r}" in line and "not closed" in line
+
+
+def test_evaluate_up_to_now_is_still_allowed(sqlite_url: str, capsys) -> None:
+    assert main(["evaluate", "--store", sqlite_url, "--at", "now"]) == 0
+    assert main(["evaluate", "--store", sqlite_url, "--from", "now-3m", "--to", "now", "--format", "json"]) == 0
+    capsys.readouterr()
