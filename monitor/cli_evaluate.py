@@ -9,7 +9,7 @@ import argparse
 import math
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from monitor.cli_common import emit as _emit
 from monitor.cli_common import open_store as _engine
@@ -45,6 +45,10 @@ def evaluate(config: Config, at: str | None = None, start: str | None = None, en
                             f"UTC has not closed yet (the newest closed one ends {closed:%H:%M} UTC)")], "argument")
     engine = _engine(config)
     try:
+        if t0 is None:
+            _refuse_rolled_up(engine, when, when, config, "--at", at)
+        else:
+            _refuse_rolled_up(engine, t0, last, config, "--from", start)
         if t0 is not None:
             results = backfill(engine, t0, t1, config.evaluate)
         else:
@@ -64,6 +68,28 @@ def evaluate(config: Config, at: str | None = None, start: str | None = None, en
     )
     _emit(fmt, text, data)
     return 0
+
+
+def _refuse_rolled_up(engine, first: datetime, last: datetime, config: Config, flag: str, given: str | None) -> None:
+    """A window is read from minute rows only (monitor.evaluate.WindowReader): over minutes
+    `maintain` rolled up into hours it finds no series, and would report "0 series
+    evaluated, 0 below min_samples" as if nothing had been served."""
+    from monitor.evaluate import window_for
+    from monitor.store import tables as t
+    from monitor.store.maintenance import ROLLUP_SECONDS, as_utc, rows_in
+
+    wa = t.window_aggregates
+    start, end = window_for(first, config.evaluate)[0], window_for(last, config.evaluate)[1]
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(wa.c.bucket_start)).where(
+            *rows_in(start, end), wa.c.bucket_seconds > 60)).scalar()
+    if newest is None:
+        return
+    cfg = config.evaluate
+    ok = as_utc(newest) + timedelta(seconds=ROLLUP_SECONDS, minutes=cfg.window_minutes + cfg.lag_minutes)
+    raise ConfigError([(flag, given, "its windows reach minutes that `maintain` rolled up into hours "
+                        "(retention.minute_aggregates_days), and a window is evaluated from minute rows "
+                        f"only: give --from {ok:%Y-%m-%dT%H:%MZ} or later")], "argument")
 
 
 # --- baselines ------------------------------------------------------------------------

@@ -385,3 +385,20 @@ def test_evaluate_up_to_now_is_still_allowed(sqlite_url: str, capsys) -> None:
     assert main(["evaluate", "--store", sqlite_url, "--at", "now"]) == 0
     assert main(["evaluate", "--store", sqlite_url, "--from", "now-3m", "--to", "now", "--format", "json"]) == 0
     capsys.readouterr()
+
+
+# -- 10. a backfill over minutes rolled up into hours -----------------------------------------
+
+
+def test_evaluate_over_rolled_up_hours_says_so(sqlite_url: str, capsys) -> None:
+    # a window is read from minute rows only: over hour rows it found no series and said
+    # "0 series evaluated, 0 below min_samples" as if nothing had been served
+    end = datetime.fromtimestamp(stream(sqlite_url, [Segment("v1", 20)], rate=60, sample_rate=0), UTC)
+    assert main(["maintain", "--store", sqlite_url, "--now", (end + timedelta(days=4)).isoformat()]) == 0
+    capsys.readouterr()
+    code = main(["evaluate", "--store", sqlite_url, "--from", (end - timedelta(minutes=5)).isoformat(),
+                 "--to", end.isoformat()])
+    line = one_error_line(capsys)
+    assert code == 2 and "rolled up into hours" in line and "--from=" in line
+    code = main(["evaluate", "--store", sqlite_url, "--at", end.isoformat()])
+    assert code == 2 and "rolled up into hours" in one_error_line(capsys)
