@@ -150,6 +150,7 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
 
 def baseline_list(config: Config, fmt: str = "text") -> int:
     from monitor.store import tables as t
+    from monitor.store.maintenance import as_utc
 
     engine = _engine(config)
     try:
@@ -157,6 +158,10 @@ def baseline_list(config: Config, fmt: str = "text") -> int:
             rows = [dict(r) for r in conn.execute(select(t.pinned_baselines).order_by(t.pinned_baselines.c.created_at)).mappings()]
     finally:
         engine.dispose()
+    # SQLite hands times back naive: ISO 8601 in UTC, as every other command's JSON
+    for r in rows:
+        for k in ("window_start", "window_end", "created_at"):
+            r[k] = as_utc(r[k]).isoformat() if r[k] is not None else None
     text = "\n".join(
         f"{r['name']}\t{r['model']}\t{r['version'] or '*'}\t{r['window_start']}\t{r['window_end']}\t"
         f"{'active' if r['active'] else 'unpinned'}\t{r['comment'] or ''}"

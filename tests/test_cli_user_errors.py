@@ -6,6 +6,7 @@ parse, ranges and comparisons that make no sense, and a demo pointed at a used s
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -402,3 +403,17 @@ def test_evaluate_over_rolled_up_hours_says_so(sqlite_url: str, capsys) -> None:
     assert code == 2 and "rolled up into hours" in line and "--from=" in line
     code = main(["evaluate", "--store", sqlite_url, "--at", end.isoformat()])
     assert code == 2 and "rolled up into hours" in one_error_line(capsys)
+
+
+def test_baseline_list_json_times_are_iso_utc(small_store, capsys) -> None:
+    # SQLite hands timestamps back naive: str() gave "2026-11-20 08:00:00", no zone, and
+    # not the ISO form of every other command's JSON
+    url, last, _ = small_store
+    assert main(["baseline", "pin", "--store", url, "--model", MODEL, "--name", "listed",
+                 "--from", (last - timedelta(minutes=6)).isoformat(), "--to", last.isoformat()]) == 0
+    capsys.readouterr()
+    assert main(["baseline", "list", "--store", url, "--format", "json"]) == 0
+    [pin] = [p for p in json.loads(capsys.readouterr().out) if p["name"] == "listed"]
+    assert datetime.fromisoformat(pin["window_start"]) == last - timedelta(minutes=6)
+    assert datetime.fromisoformat(pin["window_end"]) == last
+    assert datetime.fromisoformat(pin["created_at"]).utcoffset() == timedelta(0)
