@@ -180,10 +180,16 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
     from monitor.daemon import maintain_store
     from monitor.store import make_engine, require_schema
 
+    at = parse_time(now, "--now") if now else datetime.now(UTC)
+    if at > datetime.now(UTC):
+        # retention counts back from it: a mistyped year deletes every result and event,
+        # and rolls up the minutes the daemon's next windows read
+        raise ConfigError([("--now", now, "is in the future: retention would delete what is still "
+                            "kept, counting back from then")], "argument")
     engine = make_engine(config.store_url)
     try:
         require_schema(engine)
-        done = maintain_store(engine, config, parse_time(now, "--now") if now else datetime.now(UTC))
+        done = maintain_store(engine, config, at)
     finally:
         engine.dispose()
     result = done.maintenance
@@ -201,7 +207,7 @@ def _register_maintain(commands: argparse._SubParsersAction) -> None:
         commands, "maintain",
         "compact closed minutes, roll old minutes up to hours, apply retention, drop old baselines", lists=True
     )
-    p.add_argument("--now", metavar="TIME", help="act as if it were TIME (ISO 8601; default: now)")
+    p.add_argument("--now", metavar="TIME", help="act as if it were TIME, not in the future (ISO 8601; default: now)")
     p.set_defaults(run=lambda config, args: maintain(config, args.format, args.now))
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from monitor.cli import main
 from monitor.cli_common import parse_duration, parse_time
@@ -417,3 +417,22 @@ def test_baseline_list_json_times_are_iso_utc(small_store, capsys) -> None:
     assert datetime.fromisoformat(pin["window_start"]) == last - timedelta(minutes=6)
     assert datetime.fromisoformat(pin["window_end"]) == last
     assert datetime.fromisoformat(pin["created_at"]).utcoffset() == timedelta(0)
+
+
+# -- 11. maintain in the future ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("now", ["now+30d", "2999-01-01T00:00Z"])
+def test_maintain_now_in_the_future_is_refused(sqlite_url: str, capsys, now: str) -> None:
+    # retention counts back from --now: a year typed wrong deleted every drift result and
+    # sampled event, and rolled up the minutes the daemon's windows read
+    stream(sqlite_url, [Segment("v1", 2)], rate=60, sample_rate=0.5)
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        events = conn.execute(select(func.count()).select_from(t.attention_events)).scalar_one()
+    code = main(["maintain", "--store", sqlite_url, "--now", now])
+    line = one_error_line(capsys)
+    assert code == 2 and f"--now={now!r}" in line and "future" in line
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.attention_events)).scalar_one() == events > 0
+    engine.dispose()
