@@ -98,6 +98,7 @@ def _refuse_rolled_up(engine, first: datetime, last: datetime, config: Config, f
 def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
                  version: str | None = None, comment: str | None = None) -> int:
     from monitor.store import tables as t
+    from monitor.store.maintenance import ROLLUP_SECONDS, rows_in
 
     t0, t1 = parse_time(start, "--from"), parse_time(end, "--to")
     if t1 <= t0:
@@ -127,9 +128,20 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
             if version is not None and version not in versions:
                 raise ConfigError([("--version", version, f"model {model} has no such version "
                                     f"(versions: {', '.join(versions)})")], "argument")
+            # a baseline merges the rows whose bucket starts in its window: over minutes
+            # rolled up into hours, a window that is not whole hours would hold others
+            wa = t.window_aggregates
+            hour = ROLLUP_SECONDS
+            if (t0.timestamp() % hour or t1.timestamp() % hour) and conn.execute(
+                    select(wa.c.id).where(wa.c.model == model, *rows_in(t0, t1), wa.c.bucket_seconds > 60)
+                    .limit(1)).first() is not None:
+                lo = datetime.fromtimestamp(t0.timestamp() // hour * hour, UTC)
+                hi = datetime.fromtimestamp(-(-t1.timestamp() // hour) * hour, UTC)
+                raise ConfigError([("--from/--to", f"{start} to {end}", "its traffic was rolled up into hours "
+                                    "by `maintain`, so a baseline of it is whole hours: give --from "
+                                    f"{lo:%Y-%m-%dT%H:%MZ} --to {hi:%Y-%m-%dT%H:%MZ}")], "argument")
             # a pin wins over the trailing baseline: one of no traffic would leave every
             # series of the model 'below min_samples', its drift unevaluated without a word
-            wa = t.window_aggregates
             held = [wa.c.model == model, wa.c.bucket_start >= t0, wa.c.bucket_start < t1]
             if version is not None:
                 held.append(wa.c.version == version)

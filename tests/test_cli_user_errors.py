@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from monitor.cli import main
 from monitor.cli_common import parse_duration, parse_time
-from monitor.demo import Segment, stream
+from monitor.demo import START, Segment, stream
 from monitor.errors import ConfigError
 from monitor.store import make_engine, migrate
 from monitor.store import tables as t
@@ -436,3 +436,18 @@ def test_maintain_now_in_the_future_is_refused(sqlite_url: str, capsys, now: str
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.attention_events)).scalar_one() == events > 0
     engine.dispose()
+
+
+def test_baseline_pin_across_hours_rolled_up_must_be_whole_hours(sqlite_url: str, capsys) -> None:
+    # a baseline merges the rows whose bucket starts in its window: over hour rows, one
+    # from 08:30 to 09:30 held 09:00 to 10:00, without a word
+    end = datetime.fromtimestamp(stream(sqlite_url, [Segment("v1", 90)], rate=20, sample_rate=0), UTC)
+    assert main(["maintain", "--store", sqlite_url, "--now", (end + timedelta(days=4)).isoformat()]) == 0
+    capsys.readouterr()
+    start = datetime.fromtimestamp(START, UTC)  # 08:00, so the data ends at 09:30
+    pin = ["baseline", "pin", "--store", sqlite_url, "--model", MODEL, "--name"]
+    code = main([*pin, "half", "--from", (start + timedelta(minutes=30)).isoformat(),
+                 "--to", (start + timedelta(minutes=90)).isoformat()])
+    line = one_error_line(capsys)
+    assert code == 2 and "rolled up into hours" in line and "08:00" in line and "10:00" in line
+    assert main([*pin, "whole", "--from", start.isoformat(), "--to", (start + timedelta(hours=2)).isoformat()]) == 0
