@@ -784,27 +784,27 @@ def test_a_watermark_ahead_of_the_clock_is_said_not_silent(store, caplog):
     assert "ahead of this daemon's clock" in caplog.text
 
 
-def test_attnmon_maintain_drops_old_materialised_baselines_as_the_daemon_job_does(store, capsys):
+def test_attnmon_maintain_drops_old_materialised_baselines_as_the_daemon_job_does(sqlite_url, capsys):
     from monitor.cli import main
 
+    now = datetime.now(UTC).replace(microsecond=0)  # `maintain --now` refuses the future
     bs = tables.baseline_sketches
-    row = dict(model="m", version="v1", cohort="*", layer="0", head="*", window_start=at(0), n=1, rejected=0,
-               sums=[], sumsq=[], payload=b"", computed_at=at(0))
-    engine = make_engine(store)
+    row = dict(model="m", version="v1", cohort="*", layer="0", head="*", window_start=now - timedelta(days=9),
+               n=1, rejected=0, sums=[], sumsq=[], payload=b"", computed_at=now - timedelta(days=3))
+    engine = make_engine(sqlite_url)
     try:
         with engine.begin() as conn:
             conn.execute(bs.insert(), [
-                row | {"kind": "trailing", "ref": "old", "window_end": at(60)},
-                row | {"kind": "hour", "ref": "old", "window_end": at(60)},
-                row | {"kind": "trailing", "ref": "new", "window_end": at(60 * 24 * 2)},
-                row | {"kind": "pinned", "ref": "kept", "window_end": at(60)},  # an operator's, never pruned
+                row | {"kind": "trailing", "ref": "old", "window_end": now - timedelta(days=2, minutes=1)},
+                row | {"kind": "hour", "ref": "old", "window_end": now - timedelta(days=3)},
+                row | {"kind": "trailing", "ref": "new", "window_end": now - timedelta(days=1)},
+                row | {"kind": "pinned", "ref": "kept", "window_end": now - timedelta(days=8)},  # never pruned
             ])
-        now = at(60) + timedelta(days=2, minutes=1)
-        assert main(["maintain", "--store", store, "--now", now.isoformat(), "--format", "json"]) == 0
+        assert main(["maintain", "--store", sqlite_url, "--format", "json"]) == 0
         assert json.loads(capsys.readouterr().out)["baselines_pruned"] == 2
         with engine.connect() as conn:
             assert set(conn.execute(select(bs.c.kind, bs.c.ref)).all()) == {("trailing", "new"), ("pinned", "kept")}
-        with Daemon(config(store), clock=lambda: now + timedelta(days=2)) as daemon:  # the job, the same way
+        with Daemon(config(sqlite_url), clock=lambda: now + timedelta(days=2)) as daemon:  # the job, the same way
             assert daemon.maintain().baselines_pruned == 1
     finally:
         engine.dispose()
