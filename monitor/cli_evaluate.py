@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -217,16 +218,26 @@ def deploy_mark(config: Config, model: str, version: str, at: str | None = None,
     engine = _engine(config)
     try:
         with engine.begin() as conn:
+            d = t.deployments
+            known = conn.execute(select(d.c.model, d.c.version).order_by(d.c.deployed_at)).all()
             added = register_deployment(conn, model, version, when, weights_id, source="manual", deployed_at=when)
             if not added:
                 values = {"deployed_at": when, "source": "manual"}
                 if weights_id is not None:
                     values["weights_id"] = weights_id
-                d = t.deployments
                 conn.execute(update(d).where(d.c.model == model, d.c.version == version).values(**values))
     finally:
         engine.dispose()
     print(f"{model} {version}: deployed at {when:%Y-%m-%d %H:%M:%S} UTC ({'recorded' if added else 'corrected'})")
+    if added:
+        # right before a first deploy's traffic; a typo otherwise, which the defaults of
+        # `report` and `rollback-check` (the newest deployment) would then pick: list what
+        # was there, so a typo shows
+        models = list(dict.fromkeys(m for m, _ in known))
+        versions = [v for m, v in known if m == model]
+        what = (f"{version} is a new version of {model} (before it: {', '.join(versions)})" if versions else
+                f"{model} is a new model here (models so far: {', '.join(models) or 'none'})")
+        print(f"note: {what}", file=sys.stderr)
     return 0
 
 

@@ -175,6 +175,7 @@ def test_deploy_mark_at_now_plus_records_the_future(sqlite_url: str, capsys) -> 
     engine.dispose()
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
     assert when - datetime.now(UTC) > timedelta(hours=1, minutes=59)
+    capsys.readouterr()  # (the note that m is a new model)
 
     assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v9", "--at", "now+2x"]) == 2
     assert "--at='now+2x'" in one_error_line(capsys)
@@ -451,3 +452,16 @@ def test_baseline_pin_across_hours_rolled_up_must_be_whole_hours(sqlite_url: str
     line = one_error_line(capsys)
     assert code == 2 and "rolled up into hours" in line and "08:00" in line and "10:00" in line
     assert main([*pin, "whole", "--from", start.isoformat(), "--to", (start + timedelta(hours=2)).isoformat()]) == 0
+
+
+def test_deploy_mark_of_a_new_model_or_version_lists_what_was_there(sqlite_url: str, capsys) -> None:
+    # a typo would otherwise become the newest deployment without a word
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v1", "--at", "now-2h"]) == 0
+    assert capsys.readouterr().err == "note: m is a new model here (models so far: none)\n"
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v2", "--at", "now-1h"]) == 0
+    assert capsys.readouterr().err == "note: v2 is a new version of m (before it: v1)\n"
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "mm", "--version", "v2"]) == 0
+    assert capsys.readouterr().err == "note: mm is a new model here (models so far: m)\n"
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v2", "--at", "now-1h"]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and "(corrected)" in out.out
