@@ -12,8 +12,10 @@ What it hooks:
 - every `nn.MultiheadAttention` of the model (inside `nn.TransformerEncoderLayer` too): a
   forward pre-hook asks for `need_weights=True, average_attn_weights=False`, a forward hook
   reads the per-head weights (B, H, L, S) and hands the caller what it asked for; a call
-  made with need_weights=False (nn.TransformerEncoderLayer's) is left as made, its output
-  bit for bit, and the weights are computed after it (nested batches excepted);
+  made with need_weights=False (nn.TransformerEncoderLayer's) whose masks leave a query
+  row no key (causal with left padding) is left as made, its output bit for bit, and the
+  weights are computed after it (nested batches excepted): forced, the explicit softmax
+  would make those rows NaN, and the NaN would reach every position of the next layer;
 - a Hugging Face model (the model itself or its first `PreTrainedModel` submodule): the
   call gets `output_attentions=True` (eager attention only) and the attentions are taken
   out of the output again unless the caller asked for them.
@@ -373,6 +375,28 @@ def _mha_weights(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> torch.T
             # is_causal without attn_mask gets this far only on the fast path, which ignores it
             is_causal=bool(kwargs.get("is_causal")) and kwargs.get("attn_mask") is not None,
             **separate)[1]
+
+
+def _may_mask_a_whole_row(kwargs: dict) -> bool:
+    """Whether a query row of this nn.MultiheadAttention call may have every key masked
+    (causal with left padding, say): True unless its masks show it has none."""
+    am, kpm = kwargs.get("attn_mask"), kwargs.get("key_padding_mask")
+    if kwargs.get("is_causal") and am is None:
+        return True  # a causal mask PyTorch makes itself
+    try:
+        masked = None
+        if am is not None:
+            if am.dim() != 2:
+                return True
+            masked = am if am.dtype == torch.bool else torch.isneginf(am)  # (L, S)
+        if kpm is not None:
+            if kpm.dim() != 2:
+                return True
+            k = (kpm if kpm.dtype == torch.bool else torch.isneginf(kpm))[:, None, :]  # (B, 1, S)
+            masked = k if masked is None else masked | k
+        return masked is not None and bool(masked.all(dim=-1).any())
+    except Exception:
+        return True
 
 
 def _nested_lengths(q: torch.Tensor) -> torch.Tensor:
@@ -735,10 +759,11 @@ class AttentionCapture:
         if st.mask is None and kpm is not None and kpm.dim() == 2:
             st.mask = ~kpm if kpm.dtype == torch.bool else kpm == 0
         need, average = kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True)
-        if not need and not query.is_nested:
+        if not need and not query.is_nested and _may_mask_a_whole_row(kwargs):
             # leave the call as made: need_weights=True swaps SDPA for an explicit softmax,
             # whose fully masked query rows are NaN where SDPA's are 0 (and the NaN then
             # reaches every position of the next layer); the weights are computed after it
+            # (the attention twice: a third more per sampled batch, so only when needed)
             st.calls.append((need, average, (args, kwargs)))
             return None
         st.calls.append((need, average, None))

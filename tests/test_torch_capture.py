@@ -1019,3 +1019,23 @@ def test_on_device_summaries_through_a_process_collector(sqlite_url, second_url)
     assert p.stats.accepted == c.stats.accepted > 0 and p.stats.rejected == c.stats.rejected
     assert p.stats.written == c.stats.written
     assert_same_store(sqlite_url, second_url)
+
+
+def test_weights_are_recomputed_only_where_a_query_row_may_have_no_key():
+    # a third more work per sampled batch: only for calls whose masks leave a row empty
+    from collectors.torch import _may_mask_a_whole_row
+
+    L, B = 4, 2
+    causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+    left = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    right = torch.tensor([[False, False, True, True], [False, False, False, False]])
+    assert _may_mask_a_whole_row({"attn_mask": causal, "key_padding_mask": left})  # rows 0, 1 of b0
+    assert not _may_mask_a_whole_row({"attn_mask": causal, "key_padding_mask": right})
+    assert not _may_mask_a_whole_row({"attn_mask": causal})
+    assert not _may_mask_a_whole_row({"key_padding_mask": right})
+    assert not _may_mask_a_whole_row({})
+    neg = torch.zeros(L, L).masked_fill(causal, float("-inf"))
+    assert _may_mask_a_whole_row({"attn_mask": neg, "key_padding_mask": left.float().masked_fill(left, float("-inf"))})
+    assert not _may_mask_a_whole_row({"attn_mask": neg, "key_padding_mask": right})
+    assert _may_mask_a_whole_row({"is_causal": True})  # PyTorch's own causal mask: not seen here
+    assert _may_mask_a_whole_row({"attn_mask": causal.expand(B, L, L)})  # other shapes: assume so
