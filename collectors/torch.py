@@ -575,7 +575,7 @@ class AttentionCapture:
         like the rows); `lengths` (B,) valid positions on the `padding` side."""
         if padding not in (None, "left", "right"):
             raise ValueError(f"padding={padding!r}: must be 'left' or 'right'")
-        sampled = self._decide()
+        sampled = not self._removed and self._decide()  # removed: nothing is sampled or counted
         handle = CapturedBatch(sampled=sampled)
         if self._removed or (not sampled and self.hooks == "sampled"):
             yield handle

@@ -1039,3 +1039,18 @@ def test_weights_are_recomputed_only_where_a_query_row_may_have_no_key():
     assert not _may_mask_a_whole_row({"attn_mask": neg, "key_padding_mask": right})
     assert _may_mask_a_whole_row({"is_causal": True})  # PyTorch's own causal mask: not seen here
     assert _may_mask_a_whole_row({"attn_mask": causal.expand(B, L, L)})  # other shapes: assume so
+
+
+def test_after_remove_batches_are_neither_sampled_nor_counted():
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(3), 4, model.L)
+    cap = AttentionCapture(model, ListCollector(), sample_every=1)
+    with torch.no_grad(), cap.batch() as b:
+        model(seq)
+    assert b.captured and (cap.stats.batches, cap.stats.sampled) == (1, 1)
+    cap.remove()
+    with torch.no_grad(), cap.batch() as b:
+        model(seq)
+    assert not b.sampled and not b.captured
+    assert (cap.stats.batches, cap.stats.sampled, cap.stats.missed) == (1, 1, 0)
+    assert no_hooks(model)
