@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import os
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -79,14 +80,26 @@ def explain(config: Config, request_id: str, out: str | None = None, top: int = 
         _check_image_format(out)
     engine = _engine(config)
     try:
+        ae = t.attention_events
         with engine.connect() as conn:
-            row = conn.execute(
-                select(t.attention_events).where(t.attention_events.c.request_id == request_id)
-            ).mappings().first()
+            # newest first: one request id may be sampled by two models (retrieval and
+            # ranking), or again for a retried request
+            rows = conn.execute(
+                select(ae).where(ae.c.request_id == request_id).order_by(ae.c.ts.desc(), ae.c.id.desc()).limit(11)
+            ).mappings().all()
     finally:
         engine.dispose()
-    if row is None:
+    if not rows:
         raise AttnmonError(f"no sampled event with request id {request_id!r} (only a sample of requests is kept)")
+    row = rows[0]
+    if len(rows) > 1:
+        from monitor.store.maintenance import as_utc
+
+        older = rows[1:]
+        many = f"at least {len(older)}" if len(rows) == 11 else str(len(older))
+        listed = "; ".join(f"{r['model']} {r['version']} at {as_utc(r['ts']):%Y-%m-%d %H:%M:%S} UTC" for r in older)
+        print(f"note: {many} older sampled event{'s carry' if len(older) > 1 else ' carries'} this request id "
+              f"({listed}); this is the newest", file=sys.stderr)
     ly, h, n = row["n_layers"], row["n_heads"], row["length"]
     w = np.frombuffer(row["weights"], dtype="<f4").reshape(ly, h, n)
     items = row["item_ids"] or [f"#{i}" for i in range(n)]

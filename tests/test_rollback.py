@@ -546,3 +546,20 @@ def test_layers_and_heads_only_one_side_has_are_named_not_passed_over(tmp_path):
         "layer 2": "layer 2: only the candidate has it, so not compared",
     }, [r.text for r in v.reasons]
     assert v.verdict == "PROCEED", [r.text for r in v.reasons]
+
+
+def test_explain_a_request_id_two_models_sampled_shows_the_newest_and_names_the_other(tmp_path, capsys):
+    import numpy as np
+
+    from collectors import AttentionCollector
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    t0 = 1_800_000_000.0
+    for i, model in enumerate(("retrieval", "ranking")):  # one request, scored by two models
+        with AttentionCollector(url, model=model, version="v1", sample_rate=1.0, clock=lambda: t0) as c:
+            c.observe_batch(np.full((1, 2, 5), 0.2, dtype=np.float32), request_ids=["r1"], timestamps=t0 + i)
+    code, out, err = run_cli(["explain", "--store", url, "--request-id", "r1"], capsys)
+    assert code == 0 and out.startswith("request r1: ranking v1")
+    assert err == "note: 1 older sampled event carries this request id (retrieval v1 at 2027-01-15 08:00:00 UTC); " \
+                  "this is the newest\n"
