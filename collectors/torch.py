@@ -547,6 +547,7 @@ class AttentionCapture:
         self._handles: list = []
         self._removed = False
         self._n = dict(batches=0, sampled=0, captured=0, sequences=0, empty=0, missed=0, errors=0)
+        self._count_lock = threading.Lock()
         self._log_rarely = RareLog(log)
         if hooks == "always":
             self._handles = self._attach()
@@ -554,7 +555,8 @@ class AttentionCapture:
     # --- public -----------------------------------------------------------------------
     @property
     def stats(self) -> CaptureStats:
-        return CaptureStats(**self._n)
+        with self._count_lock:
+            return CaptureStats(**self._n)
 
     @contextmanager
     def batch(
@@ -600,7 +602,7 @@ class AttentionCapture:
             self._release()
             self._local.state = prev
             if not handle.captured:
-                self._n["missed"] += 1
+                self._add(missed=1)
 
     def remove(self) -> None:
         """Remove every hook (transformers' own capture hooks, if our requests made it
@@ -626,8 +628,16 @@ class AttentionCapture:
         self.remove()
 
     # --- sampling and hooks ---------------------------------------------------------------
+    def _add(self, **counts: int) -> None:
+        # serving threads (and the collector's, for on-device batches) count at once
+        with self._count_lock:
+            for key, n in counts.items():
+                self._n[key] += n
+
     def _decide(self) -> bool:
-        self._n["batches"] += 1
+        with self._count_lock:  # the count decides which batch is sampled: one per number
+            self._n["batches"] += 1
+            batch = self._n["batches"]
         if getattr(self.collector, "closed", False):
             # nothing drains a closed collector's queue: capturing would copy every
             # sampled batch into it until queue_size, for nothing (the model still serves)
@@ -637,8 +647,8 @@ class AttentionCapture:
         if self.sample_rate is not None:
             hit = bool(self._rng.random() < self.sample_rate)
         else:
-            hit = (self._n["batches"] - 1) % self.sample_every == 0
-        self._n["sampled"] += hit
+            hit = (batch - 1) % self.sample_every == 0
+        self._add(sampled=int(hit))
         return hit
 
     def _acquire(self) -> None:
@@ -719,7 +729,7 @@ class AttentionCapture:
 
     def _fail(self, st: _State, what: str) -> None:
         st.failed = True
-        self._n["errors"] += 1
+        self._add(errors=1)
         if self._strict:
             log.exception("attnmon capture: %s", what)
             raise
@@ -904,7 +914,7 @@ class AttentionCapture:
             else:
                 self._send_rows(st, Wl)
         st.handle.captured = True
-        self._n["captured"] += 1
+        self._add(captured=1)
 
     def _send_rows(self, st: _State, Wl: torch.Tensor) -> None:
         """The copy path: every prediction row to the host (one copy), then observe_batch."""
@@ -946,8 +956,7 @@ class AttentionCapture:
         )
         h = st.handle
         h.weights, h.lengths, h.index = weights, n[idx], idx
-        self._n["sequences"] += len(idx)
-        self._n["empty"] += B - len(idx)
+        self._add(sequences=len(idx), empty=B - len(idx))
 
     def _send_summaries(self, st: _State, Wl: torch.Tensor) -> None:
         """The on-device path: summarise, pack, one non-blocking copy, observe_summaries."""
@@ -1019,8 +1028,7 @@ class AttentionCapture:
 
     def _resolved(self, sequences: int, empty: int) -> None:
         # called on the collector's thread once the summaries reach the host
-        self._n["sequences"] += sequences
-        self._n["empty"] += empty
+        self._add(sequences=sequences, empty=empty)
 
 
 __all__ = ["AttentionCapture", "CaptureStats", "CapturedBatch", "PendingSummaries", "Summaries",

@@ -1054,3 +1054,32 @@ def test_after_remove_batches_are_neither_sampled_nor_counted():
     assert not b.sampled and not b.captured
     assert (cap.stats.batches, cap.stats.sampled, cap.stats.missed) == (1, 1, 0)
     assert no_hooks(model)
+
+
+def test_counts_and_sampling_hold_under_concurrent_serving_threads():
+    import sys
+    import threading
+
+    model = fresh(SASRec)
+    cap = AttentionCapture(model, ListCollector(), sample_every=7)
+    calls, threads = 3000, 8
+
+    def serve() -> None:
+        for _ in range(calls):
+            with cap.batch():
+                pass  # (no forward: a sampled batch is counted as missed)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between the reads and writes of a count
+    try:
+        pool = [threading.Thread(target=serve) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+        cap.remove()
+    n = calls * threads
+    s = cap.stats
+    assert (s.batches, s.sampled, s.missed) == (n, -(-n // 7), -(-n // 7))
