@@ -442,10 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the driver's error (a store locked by another writer past the busy timeout, a
         # server gone, a full disk) reached the command outside the daemon's store_errors:
         # the same one line as there, not a traceback
-        from monitor.store import redact
+        from monitor.store.engine import store_error
 
-        message = f"store at {redact(config.store_url)}: " + (
-            str(exc.orig) if exc.orig is not None else type(exc).__name__)
+        message = str(store_error(exc, config.store_url))
         if debug:
             traceback.print_exc()
     except OverflowError as exc:

@@ -146,9 +146,14 @@ def store_errors(url: str | URL) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        shown = redact(url)
-        detail = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
-        raise StoreError(f"store at {shown}: {detail}", shown) from exc
+        raise store_error(exc, url) from exc
+
+
+def store_error(exc: DBAPIError, url: str | URL) -> StoreError:
+    """The StoreError of a driver error: the driver's message in one line, the URL redacted."""
+    shown = redact(url)
+    detail = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+    return StoreError(f"store at {shown}: {detail}", shown)
 
 
 def require_file(url: str | URL) -> None:
