@@ -41,19 +41,18 @@ def evaluate(config: Config, at: str | None = None, start: str | None = None, en
     last, flag, given = (when, "--at", at) if t0 is None else (
         t0 + timedelta(minutes=math.ceil((t1 - t0) / timedelta(minutes=1)) - 1), "--to", end)
     _, closed = window_for(datetime.now(UTC), config.evaluate)
-    if window_for(last, config.evaluate)[1] > closed:
-        raise ConfigError([(flag, given, f"its window ending {window_for(last, config.evaluate)[1]:%Y-%m-%d %H:%M} "
+    _, last_end = window_for(last, config.evaluate)
+    if last_end > closed:
+        raise ConfigError([(flag, given, f"its window ending {last_end:%Y-%m-%d %H:%M} "
                             f"UTC has not closed yet (the newest closed one ends {closed:%H:%M} UTC)")], "argument")
     engine = _engine(config)
     try:
         if t0 is None:
             _refuse_rolled_up(engine, when, when, config, "--at", at)
+            results = [evaluate_cycle(engine, when, config.evaluate)]
         else:
             _refuse_rolled_up(engine, t0, last, config, "--from", start)
-        if t0 is not None:
             results = backfill(engine, t0, t1, config.evaluate)
-        else:
-            results = [evaluate_cycle(engine, when, config.evaluate)]
     finally:
         engine.dispose()
     data = [
