@@ -54,14 +54,20 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced(sqlite_url):
     assert st.written + st.dropped == handed
 
 
+def _watched_with_a_lock(sqlite_url: str) -> tuple[ProcessCollector, sqlite3.Connection]:
+    """A collector whose hang watch (2 s) is shorter than its write timeout (6 s), and a
+    second connection to hold SQLite's lock with."""
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=2.0,
+                         write_timeout_s=6.0)
+    return c, sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=10)
+
+
 def test_a_flush_waiting_on_the_store_is_not_taken_for_a_hang(sqlite_url):
     # another writer holds SQLite's lock for longer than hang_after_s: the worker's flush
     # waits (up to write_timeout_s) and reports meanwhile, so it is not killed
     rng = np.random.default_rng(22)
     w, ids, _ = batch(rng)
-    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=2.0,
-                         write_timeout_s=6.0)
-    lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=10)
+    c, lock = _watched_with_a_lock(sqlite_url)
     try:
         c.observe_batch(w, item_ids=ids, timestamps=T0)
         assert c.flush(timeout=30)
@@ -86,9 +92,7 @@ def test_a_worker_closing_on_a_locked_store_is_not_taken_for_hung(sqlite_url):
     # watch (2 s) killed it at ~8 s and the 40 were lost; close() has a timeout of its own.
     rng = np.random.default_rng(25)
     w, ids, _ = batch(rng)
-    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hang_after_s=2.0,
-                         write_timeout_s=6.0)
-    lock = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=10)
+    c, lock = _watched_with_a_lock(sqlite_url)
     try:
         c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)  # an open minute: held until close
         assert wait_for(lambda: c.stats.accepted == 40)
