@@ -797,11 +797,9 @@ class AttentionCapture:
             self._fail(st, "reading nn.MultiheadAttention weights failed")
         finally:
             # hand the caller what it asked for (a call left as made has it already)
-            if call is not None:
-                pass
-            elif not need:
+            if call is None and not need:
                 output = (output[0], None)
-            elif average and weights is not None:
+            elif call is None and average and weights is not None:
                 output = (output[0], weights.mean(dim=1))
         return output
 
