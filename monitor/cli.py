@@ -270,7 +270,8 @@ def run(config: Config, once: bool = False, fmt: str = "text") -> int:
         logging.getLogger("attnmon").setLevel(logging.INFO)
     spec = os.environ.get(d.FAKE_NOW_ENV)
     clock = d.fake_clock(spec) if spec else d.utc_now
-    with d.Daemon(config, clock=clock) as daemon:
+    # --once does not annotate Grafana: a cron job needs no Grafana token
+    with d.Daemon(config, clock=clock, annotate=not once) as daemon:
         if not once:
             return d.serve(daemon)  # waits for a store that is down, checks its schema
         require_schema(daemon.engine)

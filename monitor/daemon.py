@@ -417,7 +417,8 @@ class Daemon:
     moves past it (so a crash calls them again: they must be idempotent). Both lists
     start with the alerting side (`self.alerts`: alert evaluation after each window,
     then the outbox; `receivers` replaces the configured receivers, for tests) and may be
-    extended before `start()`.
+    extended before `start()`. `annotate=False` leaves out the Grafana annotate job (and
+    the reading of its token), as `attnmon run --once` does: it never annotates.
     """
 
     def __init__(
@@ -431,6 +432,7 @@ class Daemon:
         cycle_hooks: Iterable[CycleHook] = (),
         healthy_lag_s: float | None = None,
         receivers: Mapping[str, Receiver] | None = None,
+        annotate: bool = True,
     ):
         self.config = config
         self.clock = clock
@@ -458,7 +460,7 @@ class Daemon:
         self._every = {"evaluate": dm.evaluate_every_s, "deliver": dm.deliver_every_s, "maintain": dm.maintain_every_s}
         self.jobs: tuple[str, ...] = JOBS
         self._grafana: Any = None  # the Grafana API client, made on the annotate job's first run
-        if config.grafana is not None:
+        if config.grafana is not None and annotate:
             config.grafana.read_token()  # a token that cannot be read is an error now, not every run
             self.jobs += (ANNOTATE,)
             self._every[ANNOTATE] = config.grafana.annotate_every_s

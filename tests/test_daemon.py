@@ -698,6 +698,22 @@ def test_an_unreadable_grafana_token_is_a_config_error_at_start(store, monkeypat
         Daemon(grafana_config(store, "http://127.0.0.1:9", token={"file": str(tmp_path / "none")}))
 
 
+def test_run_once_needs_no_grafana_token(store, tmp_path, monkeypatch, capsys):
+    """`run --once` (a cron job) never annotates Grafana: a config shared with the daemon,
+    whose token the cron environment lacks, still evaluates. The daemon still refuses it."""
+    from monitor.cli import main
+
+    monkeypatch.delenv("ATTNMON_GRAFANA_TOKEN", raising=False)
+    monkeypatch.setenv("ATTNMON_FAKE_NOW", datetime.fromtimestamp(T0 + 7200, UTC).isoformat())
+    cfg = tmp_path / "attnmon.yaml"
+    cfg.write_text(yaml.safe_dump({"store_url": store, "evaluate": {"min_samples": 5},
+                                   "grafana": {"url": "http://127.0.0.1:9"}}))
+    assert main(["run", "--once", "--config", str(cfg), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["windows"] > 0
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "grafana.token" in capsys.readouterr().err
+
+
 LOOPBACK = {"listen": "127.0.0.1:0"}
 
 
