@@ -93,9 +93,11 @@ def build(rules) -> Dashboard:
         "stat",
         (
             Query(
-                "SELECT CAST(SUM(n) AS DOUBLE PRECISION) / NULLIF(COUNT(DISTINCT layer), 0) AS predictions\n"
-                f"FROM window_aggregates\nWHERE {series_filter(cohort=ALL, layer=None, head=ALL)}"
-                " AND $__timeFilter(bucket_start)",
+                # each version over its own layers: a retrain may change the depth
+                "SELECT SUM(p) AS predictions FROM (\n"
+                "  SELECT CAST(SUM(n) AS DOUBLE PRECISION) / NULLIF(COUNT(DISTINCT layer), 0) AS p\n"
+                f"  FROM window_aggregates\n  WHERE {series_filter(cohort=ALL, layer=None, head=ALL)}"
+                " AND $__timeFilter(bucket_start)\n  GROUP BY version\n) AS v",
                 format="table",
             ),
         ),

@@ -351,3 +351,40 @@ def check_top_items(url: str, model: str = MODEL) -> None:
 
 def test_top_items_on_sqlite(sqlite_url: str) -> None:
     check_top_items(sqlite_url)
+
+
+def test_predictions_in_range_counts_each_version_by_its_own_layers(sqlite_url: str) -> None:
+    """A retrain with another depth: v1 has 2 layers, v2 3. Every prediction writes one
+    row per layer, so each version's count is its rows over its own layers; dividing
+    the sum over both by every layer seen (3) lost a third of v1's predictions."""
+    from collectors import AttentionCollector
+    from monitor import Store
+
+    t0 = datetime(2026, 11, 20, 8, tzinfo=UTC)
+    rng = np.random.default_rng(5)
+    clock = [0.0]
+    for version, layers, m0, m1 in (("v1", 2, 0, 30), ("v2", 3, 30, 60)):
+        clock[0] = t0.timestamp() + 60 * m0
+        with AttentionCollector(sqlite_url, model="m", version=version, sample_rate=0, clock=lambda: clock[0],
+                                flush_interval_s=3600) as c:
+            for minute in range(m0, m1):
+                clock[0] = t0.timestamp() + 60 * minute + 30
+                c.observe_batch(rng.dirichlet(np.ones(6), size=(10, layers, 2)).astype(np.float32),
+                                cohorts="web", timestamps=clock[0])
+            clock[0] += 3600
+            c.flush()
+    span = (t0, t0 + timedelta(hours=1))
+    board = next(b for b in dashboards() if b.uid == "attnmon-overview")
+    engine = make_engine(sqlite_url)
+    try:
+        by_layer = Store(engine=engine).summary("m", *span, by=["version", "layer"])
+        want = sum(g["n"].sum() / len(g) for _, g in by_layer.groupby("version"))
+        assert want == 600  # 10 a minute for an hour
+        with engine.connect() as conn:
+            ctx = context(board, resolve_variables(conn, board, *span), *span)
+            df = run_panel(conn, board.panel("predictions"), ctx)[0]
+            assert float(df["predictions"].iloc[0]) == want
+            ctx = context(board, resolve_variables(conn, board, *span, {"version": ["v1"]}), *span)
+            assert float(run_panel(conn, board.panel("predictions"), ctx)[0]["predictions"].iloc[0]) == 300
+    finally:
+        engine.dispose()
