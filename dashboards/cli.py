@@ -34,6 +34,19 @@ def _token(config: Config, token_file: str | None) -> str:
     return load_token(token_file)
 
 
+def _grafana(config: Config, url: str | None):
+    """(url, the config's grafana section when `url` is its Grafana, else None): the
+    section's URL when none is given, and its settings only for its own Grafana."""
+    g = config.grafana
+    if url is None:
+        if g is None:
+            raise ConfigError([("--grafana-url", None, "give Grafana's URL (or a grafana: section in the config)")],
+                              "argument")
+        return g.url, g
+    same = g is not None and url.rstrip("/") == g.url.rstrip("/")
+    return url, g if same else None
+
+
 def _pg_url(config: Config, db_url: str | None) -> str | None:
     if db_url:
         return db_url
@@ -72,7 +85,7 @@ def export(config: Config, out: str, *, db_url: str | None = None, db_user: str 
     return 0
 
 
-def push(config: Config, grafana_url: str, *, token_file: str | None = None, db_url: str | None = None,
+def push(config: Config, grafana_url: str | None = None, *, token_file: str | None = None, db_url: str | None = None,
          db_user: str = "attnmon_grafana", sslmode: str = "require", datasource: bool = True,
          rules: str | None = None, fmt: str = "text") -> int:
     """Create the folder and the datasource if missing, upsert every dashboard."""
@@ -91,7 +104,8 @@ def push(config: Config, grafana_url: str, *, token_file: str | None = None, db_
         if not password:
             raise ConfigError([(PASSWORD_ENV, None, "not set: the read-only role's password")], "environment")
         body = datasource_body(_connection(url, db_user, sslmode), password)
-    api = connect(grafana_url, _token(config, token_file))
+    grafana_url, section = _grafana(config, grafana_url)
+    api = connect(grafana_url, _token(config, token_file), **({"timeout": section.timeout_s} if section else {}))
     folder = config.grafana.folder if config.grafana is not None else FOLDER_UID
     result = run(api, _boards(rules), body, folder_uid=folder)
     lines = [f"folder {folder} {'created' if result.folder_created else 'exists'}"]
@@ -106,7 +120,7 @@ def push(config: Config, grafana_url: str, *, token_file: str | None = None, db_
     return 0
 
 
-def annotate(config: Config, grafana_url: str, *, token_file: str | None = None, days: float = 7.0,
+def annotate(config: Config, grafana_url: str | None = None, *, token_file: str | None = None, days: float = 7.0,
              dashboard_uid: str | None = None, now: str | None = None, fmt: str = "text") -> int:
     """Post deployments and alert transitions of the last `days` not posted yet."""
     from dashboards.annotate import annotate as run
@@ -115,7 +129,11 @@ def annotate(config: Config, grafana_url: str, *, token_file: str | None = None,
     from monitor.store import make_engine, require_schema
 
     at = parse_time(now, "--now") if now else datetime.now(UTC)
-    api = connect(grafana_url, _token(config, token_file))
+    grafana_url, section = _grafana(config, grafana_url)
+    if section is not None:
+        # where the daemon's job posts: what it recorded as posted is per target
+        dashboard_uid = dashboard_uid or section.dashboard_uid
+    api = connect(grafana_url, _token(config, token_file), **({"timeout": section.timeout_s} if section else {}))
     engine = make_engine(config.store_url)
     try:
         require_schema(engine)
@@ -213,7 +231,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
         dashboards_path=a.dashboards_path, rules=a.rules, fmt=a.format))
 
     p = add_command(sub, "push", "create the folder and datasource, upsert the dashboards by uid", lists=True)
-    p.add_argument("--grafana-url", required=True, metavar="URL")
+    p.add_argument("--grafana-url", metavar="URL", help="default: the config's grafana.url")
     p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN)")
     p.add_argument("--no-datasource", dest="datasource", action="store_false",
                    help="do not create the datasource (it is provisioned)")
@@ -223,11 +241,12 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
         sslmode=a.sslmode, datasource=a.datasource, rules=a.rules, fmt=a.format))
 
     p = add_command(sub, "annotate", "post deployments and alert transitions as Grafana annotations", lists=True)
-    p.add_argument("--grafana-url", required=True, metavar="URL")
+    p.add_argument("--grafana-url", metavar="URL", help="default: the config's grafana.url")
     p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN)")
     p.add_argument("--days", type=float, default=7.0, help="look back this many days (default: 7)")
     p.add_argument("--dashboard-uid", metavar="UID",
-                   help="pin the annotations to this dashboard (default: organisation-wide, by tag)")
+                   help="pin the annotations to this dashboard (default: the config's grafana.dashboard_uid "
+                        "for its Grafana, else organisation-wide, by tag)")
     p.add_argument("--now", metavar="TIME", help="act as if it were TIME (ISO 8601; default: now)")
     p.set_defaults(run=lambda config, a: annotate(
         config, a.grafana_url, token_file=a.token_file, days=a.days, dashboard_uid=a.dashboard_uid,

@@ -392,3 +392,45 @@ def test_grafana_section_is_validated(section: dict, message: str, clean_env: Pa
     assert Config().grafana is None  # absent: no annotate job
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, {}, overrides={f"grafana.{k}": v for k, v in section.items()} or {"grafana": {}})
+
+
+def test_annotate_and_push_go_where_the_config_says(grafana, store: str, tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    """With a grafana: section, `attnmon dashboards annotate` posts where the daemon's job
+    does: its URL when --grafana-url is left out, and its dashboard_uid. Posted
+    organisation-wide instead, a catch-up run after the daemon was down sent every event
+    of the week a second time (the record of what was posted is per target)."""
+    import yaml
+
+    from monitor.config import load_config
+
+    url, state = grafana
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    state.dashboards["attnmon-overview"] = {"id": 1, "version": 1}
+    cfg = tmp_path / "attnmon.yaml"
+    cfg.write_text(yaml.safe_dump({"store_url": store, "grafana": {"url": url, "dashboard_uid": "attnmon-overview"}}))
+    now = T0 + timedelta(hours=4)
+    # the daemon's job posts the week's events...
+    config = load_config(str(cfg), {})
+    engine = make_engine(store)
+    annotate(engine, connect(url, TOKEN), since=now - timedelta(days=7), grafana_url=config.grafana.url,
+             dashboard_uid=config.grafana.dashboard_uid, now=now)
+    assert len(state.annotations) == 4
+    # ...and a catch-up by hand posts nothing twice, with or without --grafana-url
+    common = ["--config", str(cfg), "--now", "2026-11-20T12:00Z", "--format", "json"]
+    assert main(["dashboards", "annotate", "--grafana-url", url + "/", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == {"posted": 0, "already": 4}
+    with engine.begin() as conn:
+        conn.execute(tables.deployments.insert().values(
+            model="rec", version="v3", first_seen=now, deployed_at=now, source="collector"))
+    engine.dispose()
+    assert main(["dashboards", "annotate", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == {"posted": 1, "already": 4}
+    assert [a.get("dashboardUID") for a in state.annotations] == ["attnmon-overview"] * 5
+    # push takes the URL from the section too; without a section it must be given
+    assert main(["dashboards", "push", "--no-datasource", "--config", str(cfg)]) == 0
+    assert len(state.calls("POST", "/api/dashboards/db")) == 5
+    capsys.readouterr()
+    cfg.write_text(yaml.safe_dump({"store_url": store}))
+    assert main(["dashboards", "annotate", "--config", str(cfg)]) == 2
+    assert "--grafana-url" in capsys.readouterr().err
