@@ -61,7 +61,7 @@ def call(action: str, fn: Callable[..., T], *args: Any, allow: tuple[int, ...] =
     from niquests.exceptions import RequestException
 
     try:
-        return fn(*args, **kwargs)
+        answer = fn(*args, **kwargs)
     except RequestException as exc:  # refused, DNS, TLS: grafana-client lets these through
         raise GrafanaError(action, 0, type(exc).__name__) from None
     except GrafanaException as exc:
@@ -71,3 +71,7 @@ def call(action: str, fn: Callable[..., T], *args: Any, allow: tuple[int, ...] =
         response = exc.response
         message = response.get("message") if isinstance(response, dict) else None
         raise GrafanaError(action, status, " ".join(str(message or exc.message).split())) from None
+    if isinstance(answer, str):  # grafana-client hands back a text/* body as it is
+        raise GrafanaError(action, 200, "the answer was not JSON, so not Grafana's API: a proxy's sign-in "
+                           "page? (check the Grafana URL and what stands in front of it)")
+    return answer

@@ -434,3 +434,50 @@ def test_annotate_and_push_go_where_the_config_says(grafana, store: str, tmp_pat
     cfg.write_text(yaml.safe_dump({"store_url": store}))
     assert main(["dashboards", "annotate", "--config", str(cfg)]) == 2
     assert "--grafana-url" in capsys.readouterr().err
+
+
+class _SignInProxy(BaseHTTPRequestHandler):
+    """A proxy in front of Grafana (oauth2-proxy, say) that sends an API call without its
+    cookie to its sign-in page: a 302, then a 200 HTML page."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/oauth2/"):
+            page = b"<!doctype html><html><body>Sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        self.send_response(302)
+        self.send_header("Location", "/oauth2/sign_in")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+
+def test_a_sign_in_page_instead_of_grafana_is_one_clear_error(store: str) -> None:
+    # the HTML page came back as a string: push took it for an existing folder, then
+    # crashed on the dashboard's answer (AttributeError), as annotate did
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SignInProxy)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(GrafanaError, match="get folder.*not JSON") as err:
+            push(connect(url, TOKEN), dashboards())
+        assert "\n" not in str(err.value) and TOKEN not in str(err.value)
+        engine = make_engine(store)
+        with pytest.raises(GrafanaError, match="post annotation.*not JSON"):
+            annotate(engine, connect(url, TOKEN), since=T0 - timedelta(days=1), grafana_url=url)
+        with engine.connect() as conn:  # nothing recorded as posted
+            assert conn.execute(select(tables.daemon_state.c.key).where(
+                tables.daemon_state.c.key.like(KEY_PREFIX + "%"))).first() is None
+        engine.dispose()
+    finally:
+        server.shutdown()
+        server.server_close()
