@@ -16,11 +16,12 @@ MINUTE_GROUP = "$__timeGroupAlias(minute, $__interval)"
 MODELS = Variable(
     "model",
     "model",
-    "SELECT model FROM collector_health WHERE $__timeFilter(minute) GROUP BY model ORDER BY model",
+    # every model collectors registered, not only those with health rows in the range:
+    # when all its collectors have died, the model must still be there to show how stale
+    "SELECT model FROM deployments GROUP BY model ORDER BY model",
     multi=True,
     include_all=True,
     default="$__all",
-    on_time_range=True,
 )
 HEALTH = "model IN (${model:sqlstring}) AND $__timeFilter(minute)"
 
@@ -124,14 +125,20 @@ def build(rules=()) -> Dashboard:
         "stat",
         (
             Query(
-                # $__timeGroup(col, '1s') is the column's epoch seconds on every dialect
-                "SELECT $__unixEpochTo() - MAX($__timeGroup(bucket_start, '1s')) AS seconds\n"
-                "FROM window_aggregates WHERE model IN (${model:sqlstring}) AND $__timeFilter(bucket_start)",
+                # $__timeGroup(col, '1s') is the column's epoch seconds on every dialect. The
+                # newest row up to the range's end, however old: collectors silent for longer
+                # than the range show as that stale, not as "No data". One index probe per
+                # model (model, bucket_start), not a scan of its rows.
+                "SELECT $__unixEpochTo() - MAX($__timeGroup(newest, '1s')) AS seconds FROM (\n"
+                "  SELECT (SELECT MAX(w.bucket_start) FROM window_aggregates w\n"
+                "    WHERE w.model = d.model AND w.bucket_start <= $__timeTo()) AS newest\n"
+                "  FROM (SELECT model FROM deployments WHERE model IN (${model:sqlstring}) GROUP BY model) AS d\n"
+                ") AS m",
                 format="table",
             ),
         ),
-        "Time from the end of the range to the newest minute in the store: with the range "
-        "ending now, how stale the data is. Collectors write closed minutes, so a minute "
+        "Time from the end of the range to the newest minute in the store, however old: "
+        "with the range ending now, how stale the data is. Collectors write closed minutes, so a minute "
         "or two is normal. Past the roll-up age (3 days) the newest row is an hour row, "
         "counted from the hour's start.",
         unit="s",

@@ -228,6 +228,28 @@ def test_panels_tell_the_story(story_url: str) -> None:
     engine.dispose()
 
 
+
+def test_freshness_shows_how_stale_when_collectors_are_silent_past_the_range(story_url: str) -> None:
+    """During an outage longer than the range, the health dashboard still lists the model
+    and says how old its newest row is, rather than "No data"; in the range it is the
+    same figure as before. A range ending before later rows does not see them."""
+    from sqlalchemy import func, select
+
+    health = next(b for b in dashboards() if b.uid == "attnmon-health")
+    engine = make_engine(story_url)
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(tables.window_aggregates.c.bucket_start))).scalar_one()
+        newest = newest.replace(tzinfo=UTC) if newest.tzinfo is None else newest
+        mid = T(50) + timedelta(seconds=30)  # v1 wrote every minute: its newest row by then is T(50)
+        for start, end in (RANGE, (T(600), T(660)), (T(0), mid)):
+            values = resolve_variables(conn, health, start, end)
+            assert values["model"] == [MODEL], (start, values)
+            seconds = run_panel(conn, health.panel("freshness"), context(health, values, start, end))[0]
+            expect = (end - (T(50) if end == mid else newest)).total_seconds()
+            assert float(seconds["seconds"].iloc[0]) == expect, (start, end, seconds)
+    engine.dispose()
+
+
 def test_report_renders_the_main_panels(story_url: str, tmp_path: Path, capsys) -> None:
     from monitor.cli import main
 
