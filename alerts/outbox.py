@@ -220,7 +220,9 @@ def scrub(message: str) -> str:
 
 def backoff_s(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
     """The wait after the `attempt`-th failed try (1, 2, ...)."""
-    base = min(maximum, initial * 2 ** (attempt - 1))
+    # (the exponent capped: a float times 2**1024 overflows, and a receiver down for a day
+    # at a 60 s cap reaches that many tries)
+    base = min(maximum, initial * 2.0 ** min(attempt - 1, 64))
     return base * (1 - JITTER * rng.random())
 
 

@@ -428,3 +428,16 @@ def test_an_alertmanager_send_of_many_batches_gets_a_deadline_per_post(store):
     res = box.deliver(at(0))
     assert (res.delivered, res.in_flight, posts) == (130, 0, [64, 64, 2])
     assert {r["status"] for r in rows(store)} == {"delivered"}
+
+
+def test_a_receiver_down_for_a_thousand_tries_keeps_its_backoff_and_the_job_running(store):
+    # backoff_max_s: 60 reaches attempt 1,025 in 17 h, inside the default max_age_s:
+    # 5.0 * 2**1024 overflowed a float, and every deliver run died on this group
+    cfg = config(delivery={"backoff_initial_s": 5, "backoff_max_s": 60, "max_age_s": 86_400})
+    fire(store, cfg)
+    with store.begin() as conn:
+        conn.execute(tables.notifications.update().values(attempts=1_100))
+    res = Outbox(store, cfg, {"pager": FakeReceiver("pager", [DeliveryError("HTTP 503", retry=True)])}).deliver(at(0))
+    (row,) = rows(store)
+    assert (res.retrying, row["status"], row["attempts"]) == (1, "pending", 1_101)
+    assert 60 * 0.75 <= (row["next_attempt_at"] - at(0)).total_seconds() <= 60
