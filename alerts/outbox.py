@@ -24,7 +24,9 @@ Deliver (`Outbox.deliver(now)`, the daemon's deliver job):
   queued again.
 - dedup keys: one per group incident, `attnmon-` + hash(group key, active_at of the
   alert that opened it); an alert joining a group while any of its alerts fires gets the
-  open incident's key, and a resolve carries its firing's key. A crash after a send and
+  open incident's key, and a resolve carries its firing's key: it goes to every receiver
+  the firing went to (still in the route tree), in the firing's group, even when the
+  routes were edited in between. A crash after a send and
   before its commit re-sends the same message with the same key: a receiver that
   deduplicates (PagerDuty, Alertmanager) sees one incident.
 - Alertmanager receivers: every `resend_interval_s` the deliver job re-posts the alerts
@@ -67,7 +69,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, func, select, update
@@ -79,7 +81,7 @@ from alerts import silences as sil
 from alerts.config import AlertsConfig, ReceiverConfig, Route
 from alerts.model import AlertView, DeliveryError, Notification, Receiver
 from alerts.receivers.alertmanager import BATCH_SIZE as AM_BATCH_SIZE
-from alerts.routing import route
+from alerts.routing import Target, route
 from alerts.state import Transition
 from alerts.template import strip_credentials
 from monitor.store import tables as t
@@ -182,6 +184,30 @@ def _insert(conn: Connection):
     ).returning(nt.c.id)
 
 
+def _receivers_in(tree: Route) -> set[str]:
+    return ({tree.receiver} if tree.receiver else set()) | {r for c in tree.routes for r in _receivers_in(c)}
+
+
+def _targets(conn: Connection, tree: Route, tr: Transition) -> list[Target]:
+    """Where a transition goes. A resolve goes where its firing went, in the firing's
+    group (so under its dedup key), even when the route tree was edited since: else
+    PagerDuty keeps the incident open and Alertmanager re-sends the alert as firing."""
+    targets = route(tree, tr.alert.labels)
+    if tr.kind != "resolved":
+        return targets
+    nt = t.notifications
+    fired = {rcv: (gk, p.get("group_labels", {})) for rcv, gk, p in conn.execute(
+        select(nt.c.receiver, nt.c.group_key, nt.c.payload).where(
+            nt.c.fingerprint == tr.alert.fingerprint, nt.c.transition == "firing",
+            nt.c.active_at == as_utc(tr.alert.phase.active_at)))}
+    out = [replace(x, group_key=fired[x.receiver][0], group_labels=fired[x.receiver][1])
+           if x.receiver in fired else x for x in targets]
+    routed = {x.receiver for x in targets}
+    out += [Target(rcv, gk, labels, 0.0, "") for rcv, (gk, labels) in sorted(fired.items())
+            if rcv not in routed and rcv in _receivers_in(tree)]  # (one no longer configured: nowhere)
+    return out
+
+
 def enqueue(conn: Connection, transitions: Iterable[Transition], tree: Route, now: datetime) -> int:
     """Outbox rows for `transitions` (in `conn`'s transaction); returns how many are new."""
     stmt = _insert(conn)
@@ -189,7 +215,7 @@ def enqueue(conn: Connection, transitions: Iterable[Transition], tree: Route, no
     added = 0
     for tr in transitions:
         v = view(tr)
-        for target in route(tree, tr.alert.labels):
+        for target in _targets(conn, tree, tr):
             key = (target.receiver, target.group_key)
             if key not in groups:
                 groups[key] = _group_latest(conn, *key)

@@ -310,3 +310,40 @@ def test_a_pending_alert_starts_its_for_over_after_windows_nobody_evaluated(stor
     assert alert_states(store) == {"2": "pending"}
     fired = [m for m in range(181, 186) if cycle(store, rules, cfg, m, shifted(m, heads=[2], layers=[1])).transitions]
     assert fired == [185]  # five minutes after the first window after the gap
+
+
+def test_a_route_edited_while_an_alert_fires_still_resolves_its_incident(store):
+    # on-call adds a route in front during an incident: the alert's route id, so its group
+    # key, changes. Its resolve must close the incident it opened (same dedup key, same
+    # group), or PagerDuty keeps the page open and Alertmanager gets it re-sent as firing.
+    am = {"name": "am", "alertmanager": {"url": "http://127.0.0.1:9", "resend_interval_s": 60}}
+    before = AlertsConfig.model_validate({"receivers": [am], "route": {"receiver": "am", "group_wait_s": 0}})
+    after = AlertsConfig.model_validate({"receivers": [am], "route": {"receiver": "am", "group_wait_s": 0, "routes": [
+        {"match": {"model": "other"}, "receiver": "am", "group_wait_s": 0},
+        {"receiver": "am", "group_by": ["alertname"], "group_wait_s": 0},
+    ]}})
+    rules = [rule(**{"for": "0s", "keep_firing_for": "0s"})]
+    fake = FakeReceiver("am")
+    cycle(store, rules, before, 0, shifted(0, heads=[2], layers=[1]))
+    Outbox(store, before, {"am": fake}).deliver(at(0))
+    box = Outbox(store, after, {"am": fake})  # the daemon restarted with the edited config
+    cycle(store, rules, after, 1)  # resolves
+    box.deliver(at(1))
+    assert [n.status for n in fake.sent] == ["firing", "resolved"]
+    assert fake.sent[1].dedup_key == fake.sent[0].dedup_key
+    assert box.deliver(at(3)).resent == 0 and len(fake.sent) == 2  # not re-sent as firing
+
+
+def test_a_receiver_routed_away_while_an_alert_fires_still_gets_its_resolve(store):
+    both = two_receivers(group_wait_s=0)
+    slack_only = config(("pager", "slack"), route={"receiver": "slack", "group_wait_s": 0, "routes": [
+        {"match": {"severity": "info"}, "receiver": "pager", "group_wait_s": 0}]})
+    rules = [rule(**{"for": "0s", "keep_firing_for": "0s"})]
+    fakes = {n: FakeReceiver(n) for n in ("pager", "slack")}
+    cycle(store, rules, both, 0, shifted(0, heads=[2], layers=[1]))
+    Outbox(store, both, fakes).deliver(at(0))
+    cycle(store, rules, slack_only, 1)  # resolves, after the pager route was narrowed
+    Outbox(store, slack_only, fakes).deliver(at(1))
+    for fake in fakes.values():
+        assert [n.status for n in fake.sent] == ["firing", "resolved"]
+        assert fake.sent[0].dedup_key == fake.sent[1].dedup_key

@@ -23,7 +23,9 @@ from test_alerts_health import (  # noqa: F401
 )
 from test_alerts_outbox import (  # noqa: F401
     test_a_receiver_failing_n_times_then_succeeding_gets_it_once,
+    test_a_receiver_routed_away_while_an_alert_fires_still_gets_its_resolve,
     test_a_restart_loses_nothing_and_repeats_only_under_the_same_dedup_key,
+    test_a_route_edited_while_an_alert_fires_still_resolves_its_incident,
     test_alertmanager_receivers_get_firing_alerts_re_sent,
     test_dedup_keys_follow_group_incidents_and_context_keeps_a_group_firing,
     test_max_age_or_a_permanent_error_marks_failed_with_the_error_and_no_secret,
