@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -109,6 +110,21 @@ def test_a_large_group_posted_in_batches_is_all_held(am: Alertmanager, am_url: s
     held = held_alerts(am_url, rule)
     assert len(held) == 130 and {a["status"]["state"] for a in held} == {"active"}
     assert {(a["labels"]["layer"], a["labels"]["head"]) for a in held} == {(str(i // 10), str(i % 10)) for i in range(130)}
+
+
+def test_a_dashboard_annotation_that_is_not_a_url_does_not_get_the_alerts_refused(am: Alertmanager, am_url: str) -> None:
+    # a rule's `dashboard: Overview board` (no external_url set) became the generatorURL,
+    # which Alertmanager refuses with 422 (it must be a URI): the whole batch failed for good
+    rule = "AttnmonTestPlainDashboard"
+    firing, _ = recent(rule, dashboard="Overview board")
+    for link in ("Overview board", "grafana/d/attnmon-heads", None):
+        am.send(notification([replace(firing, generator_url=link)], external_url=None))
+    (a,) = held_alerts(am_url, rule)
+    assert a["status"]["state"] == "active" and not a.get("generatorURL")
+    # a plain-text annotation is still shown as one, and a real URL still becomes the link
+    assert a["annotations"]["dashboard"] == "Overview board"
+    am.send(notification([firing], external_url=None))
+    assert held_alerts(am_url, rule)[0]["generatorURL"] == firing.generator_url
 
 
 def test_generic_webhook_json_has_alertmanagers_shape(am: Alertmanager, hook: HttpPeer) -> None:

@@ -29,7 +29,7 @@ import httpx
 
 from alerts.model import AlertView, DeliveryError, Notification
 from alerts.receivers._http import JsonPoster, finite, rfc3339
-from alerts.receivers._text import utc_now
+from alerts.receivers._text import is_link, utc_now
 
 _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
 # Prometheus sent 64 alerts per POST up to 3.3 (notifier.go `maxBatchSize`); 3.4 made it
@@ -117,7 +117,9 @@ class Alertmanager:
             "startsAt": rfc3339(a.starts_at),
             "endsAt": rfc3339(ends),
         }
-        link = a.generator_url or external_url
+        # Alertmanager refuses the whole POST (422) when generatorURL is not a URI, and a
+        # rule's `dashboard` annotation may be plain text
+        link = next((u for u in (a.generator_url, external_url) if u and is_link(u)), None)
         if link:
             body["generatorURL"] = link
         return body
