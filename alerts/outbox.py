@@ -21,7 +21,7 @@ Deliver (`Outbox.deliver(now)`, the daemon's deliver job):
   so is the resolved row of an incident whose firing was silenced. A resolved row whose
   firing was delivered is always sent (a silence never leaves an incident open at the
   receiver). When a silence ends while the alert still fires, its silenced firing row is
-  queued again.
+  queued again (its max_age_s counted from then).
 - dedup keys: one per group incident, `attnmon-` + hash(group key, active_at of the
   alert that opened it); an alert joining a group while any of its alerts fires gets the
   open incident's key, and a resolve carries its firing's key: it goes to every receiver
@@ -378,8 +378,10 @@ class Outbox:
         with self.engine.begin() as conn:
             ids = [i for i, p in conn.execute(q) if not sil.silenced(active, p["alert"]["labels"], now)]
             if ids:
+                # max_age_s counts from now: a silence longer than it must not leave the row
+                # to be given up at its first failed try
                 conn.execute(update(nt).where(nt.c.id.in_(ids), nt.c.status == "silenced")
-                             .values(status="pending", next_attempt_at=now))
+                             .values(status="pending", next_attempt_at=now, created_at=now))
         return len(ids)
 
     def _deliver_group(self, receiver: str, group_key: str, dedup: str, now: datetime,

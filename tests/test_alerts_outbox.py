@@ -347,3 +347,19 @@ def test_a_receiver_routed_away_while_an_alert_fires_still_gets_its_resolve(stor
     for fake in fakes.values():
         assert [n.status for n in fake.sent] == ["firing", "resolved"]
         assert fake.sent[0].dedup_key == fake.sent[1].dedup_key
+
+
+def test_a_firing_sent_when_a_long_silence_ends_gets_its_retries(store):
+    # silenced over a weekend: its row is older than max_age_s when the silence ends, and
+    # one 503 then gave it up for good, unsent
+    cfg = config(delivery={"backoff_initial_s": 5, "backoff_max_s": 60, "max_age_s": 86_400})
+    pager = FakeReceiver("pager", failing(1))
+    box = Outbox(store, cfg, {"pager": pager})
+    silences.create(store, ["head=2"], timedelta(days=2), "known, fixing it Monday", "alice", at(0))
+    cycle(store, [rule(**{"for": "0s"})], cfg, 0, shifted(0, heads=[2], layers=[1]))
+    assert box.deliver(at(0)).silenced == 1
+    later = at(0) + timedelta(days=2, minutes=1)  # still firing; the silence is over
+    res = box.deliver(later)
+    assert (res.requeued, res.retrying, res.failed) == (1, 1, 0)
+    (row,) = outbox_rows(store)
+    assert box.deliver(as_utc(row["next_attempt_at"])).delivered == 1 and len(pager.sent) == 1

@@ -22,6 +22,7 @@ from test_alerts_health import (  # noqa: F401
     test_rejecting_collectors_fire_after_for_with_the_reasons,
 )
 from test_alerts_outbox import (  # noqa: F401
+    test_a_firing_sent_when_a_long_silence_ends_gets_its_retries,
     test_a_receiver_failing_n_times_then_succeeding_gets_it_once,
     test_a_receiver_routed_away_while_an_alert_fires_still_gets_its_resolve,
     test_a_restart_loses_nothing_and_repeats_only_under_the_same_dedup_key,
