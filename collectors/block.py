@@ -26,6 +26,7 @@ MAX_LABEL_CHARS = 200  # monitor.store.tables.LABEL (not imported: it would load
 # one version or cohort holding it would break every panel that lists it
 _GRAFANA_MACRO = re.compile(r"\$\w+\(")
 DEFAULT_COHORT = "default"
+ROLLUP = "*"  # a roll-up's label: a cohort "*" would be read (and counted) with the roll-up
 # Epoch seconds a request may carry: 1970 to 2106. Milliseconds (1.8e12 today) and
 # nanoseconds fall outside, as do NaN and inf, which no minute can hold.
 TS_MAX = float(2**32)
@@ -55,6 +56,8 @@ def label_problem(x: object) -> str | None:
     """Why `x` cannot be a label (model, version, cohort, attribute name); None if it can."""
     if not isinstance(x, str) or not 0 < len(x) <= MAX_LABEL_CHARS or not x.isprintable():
         return f"must be a printable label of 1–{MAX_LABEL_CHARS} characters"
+    if x == ROLLUP:
+        return "must not be '*', the label of roll-ups (all cohorts, heads, versions)"
     if _GRAFANA_MACRO.search(x):
         return "must not contain '$' followed by a name and '(' (Grafana reads that as a macro in the dashboards' SQL)"
     return None

@@ -486,3 +486,21 @@ def test_a_call_that_ends_after_close_is_counted(sqlite_url):
     closed.set()
     serving.join(10)
     assert c.stats.accepted == 1 and c.stats.dropped == 1 and c.stats.queue_depth == 0
+
+
+def test_the_roll_up_label_is_no_cohort(sqlite_url):
+    # cohort "*" is the roll-up's own row: a request in a cohort named "*" was written as
+    # a row the roll-up reads beside the roll-up itself, and counted twice
+    w = np.full((3, 4), 0.25, np.float32)
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(w, cohorts=["web", "*", "app"], timestamps=T0)
+        c.observe(np.ones(4) / 4, cohort="*", timestamp=T0)
+        c.flush()
+        stats = c.stats
+    assert stats.rejected == {"bad_label": 2} and stats.accepted == 2
+    assert stored_n(sqlite_url) == 2
+    with Store(sqlite_url) as store:
+        assert store.summary("m", by=["cohort"])["cohort"].tolist() == ["app", "web"]
+    for name in ("model", "version"):  # "*" means every model or version in alert labels
+        with pytest.raises(ValueError, match=rf"{name}='\*'"):
+            AttentionCollector(sqlite_url, **{"model": "m", "version": "v1", name: "*"})
