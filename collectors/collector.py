@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import os
 import socket
 import threading
@@ -255,6 +256,9 @@ class AttentionCollector(ServingCalls):
                 raise ValueError(f"{name}={value!r}: {problem}")
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate!r}: must be within [0, 1]")
+        _check_options(queue_size=queue_size, max_length=max_length, topk_items=topk_items,
+                       topk_attr_values=topk_attr_values, flush_interval_s=flush_interval_s,
+                       late_grace_s=late_grace_s, tol=tol)
         if not isinstance(max_unsent_rows, int) or max_unsent_rows < 0:
             raise ValueError(f"max_unsent_rows={max_unsent_rows!r}: must be an integer >= 0")
         if isinstance(write_timeout_s, bool) or not isinstance(write_timeout_s, int | float) \
@@ -1115,6 +1119,22 @@ class AttentionCollector(ServingCalls):
         if batch.deployments:
             # the spilled file carries it; it is written when the file is replayed
             self._deployment_written = True
+
+
+def _check_options(**options) -> None:
+    """The bounds attnmon.yaml's collector section sets (monitor.config.CollectorConfig),
+    for options given here: outside them the thread spins (flush_interval_s=0), never
+    writes (NaN) or fails every batch it has counted as accepted (topk_items < 0)."""
+    for name, value in options.items():
+        if name.endswith("_s") or name == "tol":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and (
+                value > 0 if name == "flush_interval_s" else value >= 0)
+            want = "a finite number " + ("> 0" if name == "flush_interval_s" else ">= 0")
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            want = "an integer > 0"
+        if not ok:
+            raise ValueError(f"{name}={value!r}: must be {want}")
 
 
 def _request_id(rid) -> str | None:

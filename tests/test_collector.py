@@ -504,3 +504,16 @@ def test_the_roll_up_label_is_no_cohort(sqlite_url):
     for name in ("model", "version"):  # "*" means every model or version in alert labels
         with pytest.raises(ValueError, match=rf"{name}='\*'"):
             AttentionCollector(sqlite_url, **{"model": "m", "version": "v1", name: "*"})
+
+
+@pytest.mark.parametrize("option, value", [
+    ("flush_interval_s", 0), ("flush_interval_s", float("nan")), ("flush_interval_s", float("inf")),
+    ("late_grace_s", float("nan")), ("late_grace_s", -1), ("queue_size", 0), ("queue_size", 2.5),
+    ("max_length", 0), ("topk_items", -1), ("topk_attr_values", 0), ("tol", float("nan")), ("tol", -0.1),
+])
+def test_options_that_would_spin_stall_or_lose_data_are_refused(sqlite_url, option, value):
+    # as attnmon.yaml's collector section refuses them. Taken, flush_interval_s=0 spun the
+    # thread (a third of a core), NaN never wrote but at close, late_grace_s=NaN failed every
+    # flush, topk_items=-1 failed every batch after counting it accepted, tol=NaN let any sum pass
+    with pytest.raises(ValueError, match=rf"^{option}="):
+        AttentionCollector(sqlite_url, model="m", version="v1", **{option: value})
