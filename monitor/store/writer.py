@@ -100,18 +100,19 @@ def register_deployment(
 ) -> bool:
     """Record (model, version) if new; True when this call added it.
 
-    Select-then-insert inside the caller's transaction; a concurrent writer that wins
-    the race makes the insert fail on the unique key, and the whole batch retries.
+    Select-then-insert inside the caller's transaction. The inserts skip a row that a
+    concurrent writer added meanwhile (replicas of a new version start together): a
+    plain insert failed on the unique key, and the collector's batch lost its raw events.
     """
     if conn.execute(select(t.models.c.name).where(t.models.c.name == model)).first() is None:
-        conn.execute(t.models.insert().values(name=model, created_at=first_seen))
+        conn.execute(_insert_new(conn, t.models).values(name=model, created_at=first_seen))
     q = select(t.deployments.c.id).where(
         t.deployments.c.model == model, t.deployments.c.version == version
     )
     if conn.execute(q).first() is not None:
         return False
-    conn.execute(
-        t.deployments.insert().values(
+    added = conn.execute(
+        _insert_new(conn, t.deployments).values(
             model=model,
             version=version,
             first_seen=first_seen,
@@ -120,4 +121,16 @@ def register_deployment(
             source=source,
         )
     )
-    return True
+    return added.rowcount != 0
+
+
+def _insert_new(conn: Connection, table: Table):
+    """An insert that adds nothing where the row's key is taken (ON CONFLICT DO NOTHING)."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return table.insert()
+    return insert(table).on_conflict_do_nothing()

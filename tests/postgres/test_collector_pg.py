@@ -273,3 +273,49 @@ def test_a_deployment_row_the_store_refuses_costs_only_itself(pg_clean_url, tmp_
         assert c.stats.written == 60 and c.stats.spilled == 0 and c.stats.dropped == 0
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("model_known", [False, True])
+def test_a_version_another_replica_registers_meanwhile_costs_no_events(pg_clean_url, caplog, model_known):
+    """Replicas of a new version start together and each registers it with its first
+    write: the one that waited on another's uncommitted deployment row failed on the
+    unique key, and its batch was written without its raw events, with an error logged."""
+    import threading
+    import time
+    from datetime import UTC, datetime
+
+    from monitor.store.writer import register_deployment
+
+    engine = make_engine(pg_clean_url)
+    w = np.full((20, 4), 0.25, np.float32)
+    c = AttentionCollector(pg_clean_url, model="m", version="v1", sample_rate=1.0, clock=lambda: T0 + 3600)
+    try:
+        if model_known:  # (else the two race on the models row first)
+            with engine.begin() as conn:
+                register_deployment(conn, "m", "v0", datetime.fromtimestamp(T0 - 86400, UTC))
+        with engine.connect() as other, caplog.at_level("ERROR", logger="attnmon"):
+            tx = other.begin()  # the other replica's write, its deployment row not yet committed
+            register_deployment(other, "m", "v1", datetime.fromtimestamp(T0, UTC))
+            c.observe_batch(w, timestamps=T0)
+            flushed = threading.Thread(target=c.flush)
+            flushed.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # until the collector's insert waits on ours
+                with engine.connect() as conn:
+                    if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND datname = current_database()")).scalar_one():
+                        break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the collector's write never waited on the other replica's row")
+            tx.commit()
+            flushed.join(30)
+        c.close()
+        assert c.stats.written == 20
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM attention_events")).scalar_one() == 20
+            assert conn.execute(text("SELECT count(*) FROM deployments WHERE version = 'v1'")).scalar_one() == 1
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    finally:
+        c.close()
+        engine.dispose()
