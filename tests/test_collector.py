@@ -517,3 +517,20 @@ def test_options_that_would_spin_stall_or_lose_data_are_refused(sqlite_url, opti
     # flush, topk_items=-1 failed every batch after counting it accepted, tol=NaN let any sum pass
     with pytest.raises(ValueError, match=rf"^{option}="):
         AttentionCollector(sqlite_url, model="m", version="v1", **{option: value})
+
+
+def test_summary_keeps_a_group_whose_every_request_was_rejected(sqlite_url):
+    # a version (or cohort) that sends only NaN is the one to see: it vanished from the
+    # summary, rejected count and all, as if it had no traffic
+    with AttentionCollector(sqlite_url, model="m", version="v1", clock=fixed_clock()) as c:
+        c.observe_batch(np.full((3, 4), 0.25), timestamps=T0)
+    with AttentionCollector(sqlite_url, model="m", version="v2", clock=fixed_clock()) as c:
+        c.observe_batch(np.full((2, 4), 0.25), cohorts="app", timestamps=T0)
+        c.observe_batch(np.full((5, 4), np.nan), cohorts="web", timestamps=T0)
+    with Store(sqlite_url) as store:
+        df = store.summary("m", by=["version", "cohort"])
+        only_nan = store.summary("m", by=["version"], cohort="web")
+    got = df[["version", "cohort", "n", "rejected"]].values.tolist()
+    assert got == [["v1", "default", 3, 0], ["v2", "app", 2, 0], ["v2", "web", 0, 5]]
+    assert np.isnan(df["entropy_norm"].iloc[2]) and df["entropy_norm"].iloc[1] == pytest.approx(1.0)
+    assert only_nan[["version", "n", "rejected"]].values.tolist() == [["v2", 0, 5]]

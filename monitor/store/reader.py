@@ -72,7 +72,8 @@ class Store:
         **filters: str | int | None,
     ) -> pd.DataFrame:
         """One row per group of `by` (any of version, cohort, layer, head) with `n`,
-        `rejected` and the mean of every metric, from the sketches in [start, end).
+        `rejected` and the mean of every metric, from the sketches in [start, end). A
+        group whose every request was rejected has n 0 and NaN means.
 
         A label not in `by` reads its roll-up: cohort "*" (all cohorts) and head "*"
         (the layer's head-averaged attention, which also carries head_diversity).
@@ -88,11 +89,13 @@ class Store:
             q = q.group_by(*cols).order_by(*cols)
         with self.engine.connect() as conn:
             df = pd.DataFrame(conn.execute(q).mappings().all(), columns=[*by, "n", "rejected", *ALL_METRICS])
-        df = df[df["n"].fillna(0) > 0].reset_index(drop=True)
-        df["n"] = df["n"].astype("int64")
+        df["n"] = df["n"].fillna(0).astype("int64")
         df["rejected"] = df["rejected"].fillna(0).astype("int64")
+        # a group whose every request was rejected stays, with NaN means: it is news
+        df = df[(df["n"] > 0) | (df["rejected"] > 0)].reset_index(drop=True)
+        n = df["n"].where(df["n"] > 0).astype(float)
         for m in ALL_METRICS:
-            df[m] = df[m].astype(float) / df["n"]
+            df[m] = df[m].astype(float) / n
         if "head" in by:  # per-head series carry no head_diversity
             df.loc[df["head"] != ROLLUP, "head_diversity"] = np.nan
         return df

@@ -39,7 +39,9 @@ def test_hostile_strings_on_postgres(pg_clean_url):
         c.flush()
         assert c.stats.rejected == {"bad_value": 1}
     with Store(pg_clean_url) as store:
-        assert sorted(store.summary("m", by=["cohort"])["cohort"]) == sorted(hostile)
+        df = store.summary("m", by=["cohort"])
+        assert sorted(df["cohort"]) == sorted(hostile + ["x"])
+        assert df.loc[df["cohort"] == "x", ["n", "rejected"]].values.tolist() == [[0, 1]]  # its one row rejected
         (sk,) = store.sketches("m", by=["cohort", "head"], cohort="*", head="*").values()
         assert set(sk.items.keys) == set(hostile)
 
