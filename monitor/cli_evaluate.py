@@ -207,6 +207,7 @@ def deploy_mark(config: Config, model: str, version: str, at: str | None = None,
     """Record (or correct) when a version went live, and what weights it serves."""
     from collectors.block import label_problem
     from monitor.store import tables as t
+    from monitor.store.maintenance import as_utc
     from monitor.store.writer import register_deployment
 
     bad = [(flag, value, problem) for flag, value in (("--model", model), ("--version", version))
@@ -221,7 +222,12 @@ def deploy_mark(config: Config, model: str, version: str, at: str | None = None,
             known = conn.execute(select(d.c.model, d.c.version).order_by(d.c.deployed_at)).all()
             added = register_deployment(conn, model, version, when, weights_id, source="manual", deployed_at=when)
             if not added:
-                values = {"deployed_at": when, "source": "manual"}
+                values: dict = {"source": "manual"}
+                if at is not None or weights_id is None:
+                    values["deployed_at"] = when
+                else:  # --weights-id alone: when it went live stays as it was
+                    when = as_utc(conn.execute(select(d.c.deployed_at).where(
+                        d.c.model == model, d.c.version == version)).scalar_one())
                 if weights_id is not None:
                     values["weights_id"] = weights_id
                 conn.execute(update(d).where(d.c.model == model, d.c.version == version).values(**values))
@@ -268,6 +274,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     p = add_command(sub, "mark", "record when a version really went live")
     p.add_argument("--model", required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--at", metavar="TIME", help="when: ISO 8601, or now-2h / now+2h (default: now)")
+    p.add_argument("--at", metavar="TIME", help="when: ISO 8601, or now-2h / now+2h (default: now; with --weights-id on a "
+                   "version already recorded, when it went live is kept)")
     p.add_argument("--weights-id", help="identifies the weights it serves (same weights = same heads)")
     p.set_defaults(run=lambda config, a: deploy_mark(config, a.model, a.version, a.at, a.weights_id))

@@ -465,3 +465,20 @@ def test_deploy_mark_of_a_new_model_or_version_lists_what_was_there(sqlite_url: 
     assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v2", "--at", "now-1h"]) == 0
     out = capsys.readouterr()
     assert out.err == "" and "(corrected)" in out.out
+
+
+def test_deploy_mark_weights_id_alone_keeps_when_a_known_version_went_live(sqlite_url: str, capsys) -> None:
+    # the README says to set a collector-registered version's weights with
+    # `deploy mark --weights-id`: that must not move its deployment to now (its
+    # previous_version baseline and 24 h would start again)
+    went_live = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v1",
+                 "--at", went_live.isoformat()]) == 0
+    assert main(["deploy", "mark", "--store", sqlite_url, "--model", "m", "--version", "v1",
+                 "--weights-id", "w7"]) == 0
+    assert "deployed at 2026-11-20 08:00:00 UTC (corrected)" in capsys.readouterr().out
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        when, weights = conn.execute(select(t.deployments.c.deployed_at, t.deployments.c.weights_id)).one()
+    engine.dispose()
+    assert (when.replace(tzinfo=UTC) if when.tzinfo is None else when, weights) == (went_live, "w7")
