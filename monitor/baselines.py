@@ -278,14 +278,17 @@ def _as_read(rows: list[tuple]) -> dict[SeriesKey, Sketch]:
     }
 
 
-def _load(engine: Engine, model: str, version: str, kind: str, ref: str) -> dict[SeriesKey, Sketch] | None:
+def _load(engine: Engine, model: str, version: str, kind: str, ref: str, start: datetime,
+          end: datetime) -> dict[SeriesKey, Sketch] | None:
     bs = t.baseline_sketches
     # sums as their JSON text: lists of floats, parsed below without the JSON decoder
     cols = [bs.c.cohort, bs.c.layer, bs.c.head, bs.c.payload, bs.c.n, bs.c.rejected,
             cast(bs.c.sums, Text), cast(bs.c.sumsq, Text)]
     with engine.connect() as conn:
+        # the window too: a ref names its end, not its start, which baseline_hours sets
         rows = conn.execute(
-            select(*cols).where(bs.c.model == model, bs.c.version == version, bs.c.kind == kind, bs.c.ref == ref)
+            select(*cols).where(bs.c.model == model, bs.c.version == version, bs.c.kind == kind, bs.c.ref == ref,
+                                bs.c.window_start == start, bs.c.window_end == end)
         ).all()
     if not rows:
         return None
@@ -337,7 +340,7 @@ class Baselines:
         if hit is not None:
             self._cache[key] = hit  # the least recently used goes first
             return hit
-        got = _load(self.engine, model, ref.version, ref.kind, ref.ref)
+        got = _load(self.engine, model, ref.version, ref.kind, ref.ref, ref.start, ref.end)
         if got is None:
             got = self._build(model, ref)
         if len(self._cache) >= self._cache_size:
@@ -380,7 +383,7 @@ class Baselines:
         if hit is not None and (expect is None or _total(hit) == expect):
             return hit
         ref = _iso(hour)
-        got = _load(self.engine, model, version, "hour", ref)
+        got = _load(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1))
         if got is not None and expect is not None and _total(got) != expect:
             log.info("hour %s of %s %s: %d vectors in its rows, %d in its partial: late data, rebuilt",
                      ref, model, version, expect, _total(got))

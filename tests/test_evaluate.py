@@ -279,3 +279,27 @@ def test_the_top_items_are_named_in_the_detail(two_versions):
         # a trailing baseline of the same version: the popular items were popular before
         assert sum(t["baseline_share"] is not None for t in top) >= 8
         assert max(t["baseline_share"] or 0 for t in top) <= baseline_value
+
+
+def test_a_stored_baseline_of_another_baseline_hours_is_not_reused(tmp_path):
+    """After baseline_hours changes (a restarted daemon), a baseline stored under the same
+    reference but over the old window is merged again over the new one."""
+    from monitor.store import migrate
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 130, weights_id="w1"), Segment("v2", 10, weights_id="w1")], rate=20)
+    engine = make_engine(url)
+    short, long = CFG.model_copy(update={"baseline_hours": 1}), CFG.model_copy(update={"baseline_hours": 2})
+
+    def n_baseline(cfg, at):
+        assert evaluate_cycle(engine, at, cfg, Baselines(engine, cfg)).written > 0
+        dr = tables.drift_results
+        with engine.connect() as conn:
+            return conn.execute(select(dr.c.n_baseline).where(
+                dr.c.window_end == window_for(at, cfg)[1], dr.c.version == "v2", dr.c.cohort == "*",
+                dr.c.layer == "0", dr.c.head == "*", dr.c.statistic == "psi.entropy_norm")).scalar_one()
+
+    # v2's previous_version baseline: v1's minutes 71-129, then 11-129 (20 vectors a
+    # minute; v2 was first seen within minute 130)
+    assert (n_baseline(short, T(140)), n_baseline(long, T(141))) == (59 * 20, 119 * 20)

@@ -478,7 +478,7 @@ def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monk
     merged_hours, loads = [], []
     merge_rows, load = bl._merge_rows, bl._load
     monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
-    monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref: loads.append((kind, ref)) or load(e, m, v, kind, ref))
+    monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref, *window: loads.append((kind, ref)) or load(e, m, v, kind, ref, *window))
     b, reader = bl.Baselines(engine, CFG), WindowReader(engine)
     first = evaluate_cycle(engine, T(190), CFG, b, reader)  # baseline hours [60, 120), [120, 180)
     assert first.series > 0 and merged_hours == [T(60), T(120)]
@@ -487,7 +487,8 @@ def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monk
     assert loads.count(("hour", bl._iso(T(120)))) == 1  # kept, not read again
     assert {k[2] for k in b._hours} == {T(120), T(180)}  # hour 60 is no longer needed
     for hour in (T(120), T(180)):  # kept as the store holds them
-        _baseline_equal(b._hours[("demo-sasrec", "v1", hour)], load(engine, "demo-sasrec", "v1", "hour", bl._iso(hour)))
+        _baseline_equal(b._hours[("demo-sasrec", "v1", hour)], load(engine, "demo-sasrec", "v1", "hour", bl._iso(hour),
+                                                                   hour, hour + timedelta(hours=1)))
     # a trailing baseline from the kept partials is the one a fresh process builds from the store
     ref = bl.choose(engine, "demo-sasrec", "v1", T(240), CFG)
     rebuilt = b._build("demo-sasrec", ref)
@@ -658,7 +659,7 @@ def test_kept_hour_partials_are_those_of_cached_trailing_baselines(sqlite_url):
 def test_the_baseline_cache_evicts_the_least_recently_used(monkeypatch):
     """From minute 45 the daemon holds this hour's and the next hour's baseline of every
     version: the one read every cycle must not be the one evicted."""
-    monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref: {})
+    monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref, *window: {})
     b = bl.Baselines(None, EvaluateConfig(), cache_size=2)
     refs = [bl.BaselineRef("trailing", f"trailing@{h}", "v1", T(0), T(60)) for h in range(3)]
     b.get("m", refs[0])
