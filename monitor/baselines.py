@@ -9,8 +9,8 @@
   each head with its matched baseline head (monitor.heads), and the default rules judge
   a retrain on pathologies, not on shifts a harmless retrain makes too (DESIGN §5);
 - `pinned`: a named window a person pinned (`attnmon baseline pin`);
-- `trailing`: otherwise the series' own `baseline_hours`, ending `trailing_gap_hours`
-  before the window, aligned to the hour.
+- `trailing`: otherwise the series' own `baseline_hours` (rounded up to whole hours),
+  ending `trailing_gap_hours` before the window, aligned to the hour.
 
 A baseline is merged once per series and reference and kept in `baseline_sketches`;
 a trailing one is the sum of hourly partial sketches, each merged once from minute rows.
@@ -183,7 +183,9 @@ def choose(
             as_utc(pin["window_start"]), as_utc(pin["window_end"]),
         )
     end = trailing_end(window_end, cfg)
-    start = end - timedelta(hours=cfg.baseline_hours)
+    # whole hours, as the hour partials it is summed from (1.5 h: 2 h, not 1.5 h then 30
+    # minutes past its end)
+    start = _floor_hour(end - timedelta(hours=cfg.baseline_hours))
     return BaselineRef("trailing", f"trailing@{_iso(end)}", version, start, end)
 
 

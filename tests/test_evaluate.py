@@ -303,3 +303,24 @@ def test_a_stored_baseline_of_another_baseline_hours_is_not_reused(tmp_path):
     # v2's previous_version baseline: v1's minutes 71-129, then 11-129 (20 vectors a
     # minute; v2 was first seen within minute 130)
     assert (n_baseline(short, T(140)), n_baseline(long, T(141))) == (59 * 20, 119 * 20)
+
+
+def test_a_trailing_baseline_of_fractional_hours_holds_its_own_window_only(tmp_path):
+    """Trailing baselines are summed from clock-hour partials: with baseline_hours=1.5 its
+    window is whole hours, and it holds no traffic past its end (with no gap, none of the
+    window it is compared with)."""
+    from monitor.store import migrate
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 200)], rate=20)
+    engine = make_engine(url)
+    cfg = CFG.model_copy(update={"baseline_hours": 1.5, "trailing_gap_hours": 0})
+    ref = choose(engine, "demo-sasrec", "v1", T(189), cfg)
+    assert ref.start.minute == 0 and ref.end == T(180) and ref.end - ref.start >= timedelta(hours=1.5)
+    assert evaluate_cycle(engine, T(190), cfg).series > 0  # the window ending minute 189
+    dr = tables.drift_results
+    with engine.connect() as conn:
+        n = conn.execute(select(dr.c.n_baseline).where(
+            dr.c.cohort == "*", dr.c.layer == "0", dr.c.head == "*", dr.c.statistic == "psi.entropy_norm")).scalar_one()
+    assert n == 20 * (ref.end - ref.start) // timedelta(minutes=1)
