@@ -71,6 +71,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from collectors.collector import TOL
 from collectors.rarely import RareLog
 from monitor import metrics as mx
 from monitor.sketch import POSITIONS
@@ -983,7 +984,7 @@ class AttentionCapture:
             keys = [(int(m), c) for m, c in index]
             gdev = _to_device(groups, dev)
         values, codes, pos = self._summarise(Wl, st.n, gdev, len(keys), dtype=dt,
-                                             tol=getattr(self.collector, "tol", 1e-3))
+                                             tol=getattr(self.collector, "tol", TOL))
         parts = [("values", values), ("codes", codes), ("pos", pos), ("lengths", st.n),
                  ("start", st.start)]
         if st.item_ids is not None or st.attributes:

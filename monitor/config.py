@@ -66,6 +66,7 @@ class CollectorConfig(_Strict):
     topk_items: int = Field(512, gt=0)
     topk_attr_values: int = Field(128, gt=0)
     late_grace_s: float = Field(5.0, ge=0, le=CENTURY_S)
+    tol: float = Field(5e-3, ge=0, le=1)  # collectors.collector.TOL
     max_unsent_rows: int = Field(100_000, ge=0)
     write_timeout_s: float = Field(30.0, gt=0, le=PG_TIMEOUT_MAX_S)
     worker: WorkerConfig = WorkerConfig()

@@ -534,3 +534,28 @@ def test_summary_keeps_a_group_whose_every_request_was_rejected(sqlite_url):
     assert got == [["v1", "default", 3, 0], ["v2", "app", 2, 0], ["v2", "web", 0, 5]]
     assert np.isnan(df["entropy_norm"].iloc[2]) and df["entropy_norm"].iloc[1] == pytest.approx(1.0)
     assert only_nan[["version", "n", "rejected"]].values.tolist() == [["v2", 0, 5]]
+
+
+def test_a_bfloat16_models_rows_are_accepted_and_dropout_still_rejected(sqlite_url):
+    """Rows of a softmax computed in bfloat16 miss 1 by up to its rounding (2**-8); a 1e-3
+    bar rejected a third of them. The default takes them all, and still rejects most rows
+    taken after dropout (p=0.1), whose sums miss by far more."""
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3000, 50, generator=gen) * 5
+    bf16 = torch.softmax(logits.bfloat16(), -1).float().numpy()
+    miss = np.abs(bf16.sum(-1) - 1.0)
+    assert (miss > 1e-3).mean() > 0.2 and miss.max() < 2.0**-8  # what the default must absorb
+    keep = torch.rand(3000, 50, generator=gen) >= 0.1  # dropout, p=0.1
+    dropped = (torch.softmax(logits, -1) * keep / 0.9).numpy()
+    with AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=0, clock=fixed_clock()) as c:
+        c.observe_batch(bf16, timestamps=T0)
+        c.flush()
+        assert c.stats.accepted == 3000 and not c.stats.rejected, c.stats
+        c.observe_batch(dropped, timestamps=T0)
+        c.flush()
+        assert c.stats.rejected["not_normalised"] > 0.8 * 3000, c.stats
+    with AttentionCollector(sqlite_url, model="m", version="v2", sample_rate=0, clock=fixed_clock(), tol=1e-3) as c:
+        c.observe_batch(bf16, timestamps=T0)
+        c.flush()
+        assert c.stats.rejected["not_normalised"] == int((miss > 1e-3).sum()), c.stats
