@@ -994,8 +994,8 @@ class AttentionCollector(ServingCalls):
     def _write_or_set_aside(self, engine, batch: FlushBatch, path=None) -> bool | None:
         """Write the batch; True, or False when it was written before. If the store refuses
         its values (not the store being down), it would be refused at every try and hold
-        back every batch behind it: try it without its raw events and deployment row (the
-        values most likely to blame: callers' ids), else set it aside (None): moved to
+        back every batch behind it: try it without its raw events, then without its deployment
+        row too (the values most likely to blame: callers' ids), else set it aside (None): moved to
         spill_dir/bad for a person (`path`: its spill file), or dropped, and counted."""
         try:
             return self._store_write(engine, batch)
@@ -1003,20 +1003,24 @@ class AttentionCollector(ServingCalls):
             if not refused(exc):
                 raise
             why = one_line(exc, engine.url)
-        if batch.events or batch.deployments:
-            lean = dataclasses.replace(batch, events=[], deployments=[])
+        # without the raw events first: a deployment row left out is never written again,
+        # and the baselines need it
+        leaner = [dataclasses.replace(batch, events=[])] if batch.events else []
+        if batch.deployments:
+            leaner.append(dataclasses.replace(batch, events=[], deployments=[]))
+        for lean in leaner:
             try:
                 written = self._store_write(engine, lean)
             except Exception as exc:
                 if not refused(exc):
                     raise
-            else:
-                if batch.deployments:
-                    self._deployment_written = True  # (else every batch would carry it again)
-                log.error("attnmon collector: the store refused batch %d (%s); written without its %d raw "
-                          "event(s)%s", batch.batch_seq, why, len(batch.events),
-                          " and deployment row" if batch.deployments else "")
-                return written
+                continue
+            if batch.deployments and not lean.deployments:
+                self._deployment_written = True  # (else every batch would carry it again)
+            log.error("attnmon collector: the store refused batch %d (%s); written without its %d raw "
+                      "event(s)%s", batch.batch_seq, why, len(batch.events),
+                      "" if lean.deployments or not batch.deployments else " and deployment row")
+            return written
         where = "dropped"
         if self._spill is not None:
             try:

@@ -12,11 +12,11 @@ import textwrap
 from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from test_collector import T0, dirichlet, stored_n
 
 from collectors import AttentionCollector
-from monitor.store import make_engine, migrate
+from monitor.store import make_engine, migrate, tables
 from monitor.store.tables import window_aggregates as wa
 
 
@@ -228,3 +228,26 @@ def test_a_batch_sqlite_refuses_is_set_aside_and_the_rest_goes_on(sqlite_url, tm
         c.close()
     assert c.stats.written == 20 and c.stats.dropped == 20
     assert stored_n(sqlite_url, cohort="web") == 20
+
+
+def test_a_batch_whose_raw_events_sqlite_refuses_keeps_its_deployment_row(sqlite_url, tmp_path):
+    """A new version's first batch, refused for one raw event, is written without its raw
+    events but with its deployment row: that row is never sent again, and the baselines
+    (previous_version) need it."""
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TRIGGER attnmon_test_no_poison BEFORE INSERT ON attention_events "
+                             "WHEN NEW.request_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poison'); END")
+    rng = np.random.default_rng(12)
+    c = AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=1.0, clock=lambda: T0 + 3600)
+    try:
+        c.observe_batch(dirichlet(rng, (20,), 8), request_ids=["poison", *map(str, range(19))], timestamps=T0)
+        assert c.flush()
+    finally:
+        c.close()
+    assert c.stats.written == 20 and c.stats.dropped == 0
+    assert stored_n(sqlite_url) == 20
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.attention_events)).scalar_one() == 0
+        assert conn.execute(select(tables.deployments.c.version)).scalars().all() == ["v1"]
+    engine.dispose()
