@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 
 from collectors import AttentionCollector
 from monitor import Store
@@ -302,3 +302,29 @@ def test_fill_position_bands_reads_history_newest_first_then_new_rows(sqlite_url
     for key, b in expected.items():
         np.testing.assert_allclose(got[key], b, rtol=1e-12)
     engine.dispose()
+
+
+def test_a_payload_that_cannot_be_read_holds_up_neither_the_other_merges_nor_retention(sqlite_url, caplog):
+    """One unreadable row (fill_position_bands expects them too) must not stop every later
+    maintain run: raw events would outlive their retention, and nothing would be merged."""
+    _write_two_collectors(sqlite_url, minutes=3)
+    engine = make_engine(sqlite_url)
+    wa = tables.window_aggregates
+    now = datetime.fromtimestamp(T0, UTC) + timedelta(days=8)
+    with engine.begin() as conn:
+        bad = conn.execute(select(wa.c.id, *[wa.c[c] for c in maintenance.SERIES], wa.c.bucket_start)
+                           .order_by(wa.c.id)).first()
+        conn.execute(update(wa).where(wa.c.id == bad.id).values(payload=b"garbage"))
+    n_before = _total_n(engine)
+    res = maintain(engine, now, events_days=7)
+    assert res.events_deleted > 0 and "cannot be read" in caplog.text
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.attention_events)).scalar_one() == 0
+        # the bad row's group is left as it was, every other group is an hour row
+        left = conn.execute(select(wa.c.id, wa.c.bucket_seconds)
+                            .where(*[wa.c[c] == bad._mapping[c] for c in maintenance.SERIES])).all()
+        assert bad.id in {r.id for r in left} and all(r.bucket_seconds == 60 for r in left)
+        others = conn.execute(select(wa.c.bucket_seconds).distinct().where(
+            ~and_(*[wa.c[c] == bad._mapping[c] for c in maintenance.SERIES]))).scalars().all()
+    assert others == [3600]
+    assert _total_n(engine) == n_before

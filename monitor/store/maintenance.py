@@ -154,9 +154,15 @@ def _merge_chunk(engine: Engine, part: list, source_seconds: int, target_seconds
             sources = sum(r["bucket_seconds"] == source_seconds for r in rows)
             if sources < (2 if source_seconds == target_seconds else 1):
                 continue
-            merged = Sketch()
-            for r in rows:
-                merged = merged.merge(Sketch.from_row(r))
+            try:
+                merged = Sketch()
+                for r in rows:
+                    merged = merged.merge(Sketch.from_row(r))
+            except ValueError as exc:
+                # skipped, not raised: one bad row would stop every later run, retention too
+                log.warning("window_aggregates rows %s: a payload cannot be read (%s); left unmerged",
+                            [r["id"] for r in rows], exc)
+                continue
             gone = conn.execute(delete(wa).where(wa.c.id.in_([r["id"] for r in rows]))).rowcount
             if gone != len(rows):
                 raise _Raced
