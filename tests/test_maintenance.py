@@ -328,3 +328,49 @@ def test_a_payload_that_cannot_be_read_holds_up_neither_the_other_merges_nor_ret
             ~and_(*[wa.c[c] == bad._mapping[c] for c in maintenance.SERIES]))).scalars().all()
     assert others == [3600]
     assert _total_n(engine) == n_before
+
+
+def _minute_rows(engine, series: int, minutes: int) -> int:
+    """Two rows of one vector for each of `series` series and `minutes` minutes from T0."""
+    from monitor.store.writer import insert_rows
+
+    start = datetime.fromtimestamp(T0, UTC)
+    row = Sketch().to_row() | dict(model="m", version="v1", layer="0", head="*", bucket_seconds=60,
+                                   written_at=start, n=1)
+    rows = [dict(row, cohort=f"c{s}", bucket_start=start + timedelta(minutes=m))
+            for s in range(series) for m in range(minutes) for _ in range(2)]
+    with engine.begin() as conn:
+        insert_rows(conn, tables.window_aggregates, rows)
+    return len(rows)
+
+
+@pytest.mark.parametrize("kw", [{}, {"source_seconds": 60, "target_seconds": 3600}],
+                         ids=["compaction", "roll-up"])
+def test_a_long_backlog_is_merged_an_hour_of_keys_at_a_time(sqlite_url, monkeypatch, kw):
+    """A store with days of minutes to merge (maintenance failing for a while, or
+    minute_aggregates_days lowered) must not have every key read into memory at once: at
+    a thousand series that is gigabytes, and the daemon that runs the job is killed."""
+    import tracemalloc
+
+    engine = make_engine(sqlite_url)
+    before = datetime.fromtimestamp(T0, UTC) + timedelta(days=2)
+    _minute_rows(engine, 10, 24 * 60)
+    offered = []  # groups per call (not the groups: keeping them would be what is measured)
+    monkeypatch.setattr(maintenance, "_merge_chunk", lambda _e, part, *_a: (offered.append(len(part)), (0, 0))[1])
+    tracemalloc.start()
+    try:
+        merge_buckets(engine, before, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000  # every key at once: 6-9 MB
+    assert sum(offered) == (10 * 24 if kw else 10 * 24 * 60)
+    # and merged for real, slice by slice, every row is counted once
+    monkeypatch.undo()
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(delete(tables.window_aggregates))
+    n = _minute_rows(engine, 2, 150)  # three hours, the last one partly
+    merge_buckets(engine, before, **kw)
+    assert _total_n(engine) == n
+    assert _rows(sqlite_url) == (2 * 3 if kw else 2 * 150)

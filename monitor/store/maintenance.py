@@ -106,10 +106,33 @@ def merge_buckets(
     of more than one row are touched); 60 → 3600 is the hourly roll-up."""
     wa = t.window_aggregates
     groups = rows_removed = 0
+    source = (wa.c.bucket_seconds == source_seconds, wa.c.bucket_start < before)
+    # an hour of source rows at a time: a store with weeks to catch up (maintenance
+    # failing, or minute_aggregates_days lowered) would otherwise read every key at once
+    span = max(target_seconds, ROLLUP_SECONDS)
+    lo = _first_start(engine, *source)
+    while lo is not None:
+        hi = _bucket(lo, span) + timedelta(seconds=span)
+        g, r = _merge_slice(engine, (*source, wa.c.bucket_start >= lo, wa.c.bucket_start < hi),
+                            source_seconds, target_seconds, chunk)
+        groups, rows_removed = groups + g, rows_removed + r
+        lo = _first_start(engine, *source, wa.c.bucket_start >= hi)
+    return MaintenanceResult(merged_groups=groups, rows_removed=rows_removed)
+
+
+def _first_start(engine: Engine, *where) -> datetime | None:
+    wa = t.window_aggregates
     with engine.connect() as conn:
-        q = select(*[wa.c[c] for c in SERIES], wa.c.bucket_start).where(
-            wa.c.bucket_seconds == source_seconds, wa.c.bucket_start < before
-        )
+        return conn.execute(select(func.min(wa.c.bucket_start)).where(*where)).scalar()
+
+
+def _merge_slice(engine: Engine, where: tuple, source_seconds: int, target_seconds: int,
+                 chunk: int) -> tuple[int, int]:
+    """merge_buckets over the source rows `where` selects: (groups, rows removed)."""
+    wa = t.window_aggregates
+    groups = rows_removed = 0
+    with engine.connect() as conn:
+        q = select(*[wa.c[c] for c in SERIES], wa.c.bucket_start).where(*where)
         if source_seconds == target_seconds:
             q = q.group_by(*[wa.c[c] for c in SERIES], wa.c.bucket_start).having(func.count() > 1)
         else:
@@ -133,7 +156,7 @@ def merge_buckets(
         else:
             log.warning("another maintenance run kept merging the same rows; %d groups are left "
                         "for the next run", len(part))
-    return MaintenanceResult(merged_groups=groups, rows_removed=rows_removed)
+    return groups, rows_removed
 
 
 def _merge_chunk(engine: Engine, part: list, source_seconds: int, target_seconds: int) -> tuple[int, int]:
