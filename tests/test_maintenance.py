@@ -374,3 +374,30 @@ def test_a_long_backlog_is_merged_an_hour_of_keys_at_a_time(sqlite_url, monkeypa
     merge_buckets(engine, before, **kw)
     assert _total_n(engine) == n
     assert _rows(sqlite_url) == (2 * 3 if kw else 2 * 150)
+
+
+def test_a_rollup_transaction_holds_a_bounded_number_of_rows(sqlite_url):
+    """On SQLite a merge's transaction holds the store's one write lock: a chunk of 500
+    hours of minutes (seconds to tens of seconds of decoding) made collectors' writes
+    time out and spill, and the daemon's own writes fail as 'database is locked'."""
+    from sqlalchemy import event
+
+    engine = make_engine(sqlite_url)
+    n = _minute_rows(engine, 10, 180)  # 30 series-hours, 3,600 rows
+    deleted, per_transaction = [0], []
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def count(_conn, cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("DELETE"):
+            deleted[0] += cursor.rowcount
+
+    @event.listens_for(engine, "commit")
+    def commit(_conn):
+        per_transaction.append(deleted[0])
+        deleted[0] = 0
+
+    before = datetime.fromtimestamp(T0, UTC) + timedelta(days=2)
+    merge_buckets(engine, before, source_seconds=60, target_seconds=3600, chunk=100)
+    assert sum(per_transaction) == n and _rows(sqlite_url) == 30
+    assert max(per_transaction) <= 2 * 100  # the chunk's minutes, two rows each (not compacted)
+    assert _total_n(engine) == n

@@ -103,7 +103,8 @@ def merge_buckets(
 ) -> MaintenanceResult:
     """Merge rows of `source_seconds` buckets starting before `before` into one row per
     series and `target_seconds` bucket. With equal sizes this is compaction (only groups
-    of more than one row are touched); 60 → 3600 is the hourly roll-up."""
+    of more than one row are touched); 60 → 3600 is the hourly roll-up. Each transaction
+    merges groups of at most `chunk` source buckets in all."""
     wa = t.window_aggregates
     groups = rows_removed = 0
     source = (wa.c.bucket_seconds == source_seconds, wa.c.bucket_start < before)
@@ -143,8 +144,7 @@ def _merge_slice(engine: Engine, where: tuple, source_seconds: int, target_secon
         targets.setdefault((*series, _bucket(start, target_seconds)), []).append(start)
     # one order for every merge, so that two at once on PostgreSQL lock rows alike (no deadlock)
     items = sorted(targets.items())
-    for i in range(0, len(items), chunk):
-        part = items[i : i + chunk]
+    for part in _chunks(items, chunk):
         for _ in range(RACE_RETRIES):
             try:
                 g, r = _merge_chunk(engine, part, source_seconds, target_seconds)
@@ -157,6 +157,21 @@ def _merge_slice(engine: Engine, where: tuple, source_seconds: int, target_secon
             log.warning("another maintenance run kept merging the same rows; %d groups are left "
                         "for the next run", len(part))
     return groups, rows_removed
+
+
+def _chunks(items: list, size: int):
+    """`items` (target, source starts) in runs of at most `size` source buckets (one
+    target at least): a transaction's size in rows, as a roll-up target holds up to 60
+    minutes. On SQLite it holds the one write lock that collectors wait for."""
+    part, held = [], 0
+    for item in items:
+        if part and held + len(item[1]) > size:
+            yield part
+            part, held = [], 0
+        part.append(item)
+        held += len(item[1])
+    if part:
+        yield part
 
 
 def _merge_chunk(engine: Engine, part: list, source_seconds: int, target_seconds: int) -> tuple[int, int]:
