@@ -273,6 +273,32 @@ def test_0004_backfills_the_position_bands_of_existing_rows(sqlite_url: str) -> 
     check_band_backfill(sqlite_url)
 
 
+
+def test_0004_again_lets_the_maintain_job_fill_what_its_backfill_left(sqlite_url: str) -> None:
+    """The maintain job's cursor (daemon_state) says which ids it has read. Down to 0003
+    and up again, the bands are new columns: rows past 0004's backfill (its newest
+    100,000) must be read again, not skipped for the cursor of the columns dropped."""
+    from sqlalchemy import func, update
+
+    from monitor.store import positions
+    from monitor.store.maintenance import fill_position_bands
+
+    _write_some_rows(sqlite_url)
+    wa = tables.window_aggregates
+    engine = make_engine(sqlite_url)
+    try:
+        assert fill_position_bands(engine) == 0  # every row written with its bands; ids read
+        migrate.downgrade(sqlite_url, "0003")
+        migrate.upgrade(sqlite_url)
+        with engine.begin() as conn:  # as if beyond the upgrade's backfill
+            rows = conn.execute(update(wa).values(dict.fromkeys(positions.COLUMNS))).rowcount
+        assert rows > 5 and fill_position_bands(engine) == rows
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).where(wa.c.pos_0.is_(None))).scalar_one() == 0
+    finally:
+        engine.dispose()
+
+
 # -- 0005: drift_results keyed by window_end first ---------------------------------------------
 
 

@@ -66,6 +66,10 @@ def upgrade() -> None:
             batch_op.add_column(sa.Column(name, sa.Float(precision=53), nullable=True))
 
     conn = op.get_bind()
+    # the maintain job's cursor (monitor.store.maintenance.BANDS_CURSOR) from before a
+    # downgrade says the rows were read: the new columns need them read again
+    ds = sa.table("daemon_state", sa.column("key"))
+    conn.execute(sa.delete(ds).where(ds.c.key == "maintenance.position_bands"))
     wa = sa.table("window_aggregates", sa.column("id"), sa.column("payload"),
                   *[sa.column(name) for name in COLUMNS])
     ids = conn.execute(sa.select(wa.c.id).order_by(wa.c.id.desc()).limit(BACKFILL_ROWS)).scalars().all()
