@@ -14,3 +14,46 @@ from tests.test_maintenance import T0, _write_two_collectors, merge_while_anothe
 def test_two_merges_at_once_count_every_row_once_on_postgresql(pg_clean_url, monkeypatch, kw):
     _write_two_collectors(pg_clean_url)
     merge_while_another_merges(pg_clean_url, monkeypatch, datetime.fromtimestamp(T0 + 7200, UTC), **kw)
+
+
+def test_two_maintainers_saving_the_band_cursor_at_once_both_finish(pg_clean_url):
+    """`attnmon maintain` beside the daemon (or on two hosts): both save the cursor of
+    fill_position_bands at the end. Deleting and inserting its row let the second fail on
+    the key the first had just inserted, and skip the retention that comes after it."""
+    import threading
+    import time
+
+    from sqlalchemy import event, select
+
+    from monitor.store import make_engine, tables
+    from monitor.store.maintenance import BANDS_CURSOR, fill_position_bands
+
+    _write_two_collectors(pg_clean_url, minutes=1)
+    first, second = make_engine(pg_clean_url), make_engine(pg_clean_url)
+    saved = threading.Event()
+
+    @event.listens_for(first, "after_cursor_execute")
+    def hold(_conn, _cursor, statement, *_args):
+        if "daemon_state" in statement and not statement.lstrip().upper().startswith("SELECT"):
+            saved.set()
+            time.sleep(1.5)  # the second saves its cursor meanwhile, before this commits
+
+    errors = []
+
+    def run():
+        try:
+            fill_position_bands(first)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert saved.wait(30)
+        fill_position_bands(second)
+    finally:
+        thread.join(60)
+    assert not errors
+    with second.connect() as conn:
+        assert len(conn.execute(select(tables.daemon_state.c.value)
+                                .where(tables.daemon_state.c.key == BANDS_CURSOR)).all()) == 1
