@@ -196,7 +196,8 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
     text = (
         f"merged {result.merged_groups} groups ({result.rows_removed} rows removed), "
         f"deleted {result.events_deleted} events, {result.batches_deleted} batch keys, "
-        f"{result.results_deleted} drift results and {done.baselines_pruned} materialised baselines"
+        f"{result.results_deleted} drift results, {result.health_deleted} collector health minutes and "
+        f"{done.baselines_pruned} materialised baselines"
     )
     _emit(fmt, text, asdict(result) | {"baselines_pruned": done.baselines_pruned})
     return 0

@@ -78,6 +78,8 @@ class RetentionConfig(_Strict):
     write_batches_days: float = Field(14, gt=0, le=CENTURY_DAYS)
     # drift results grow with series x statistics x minutes (1,000 series: ~17M rows a day)
     drift_results_days: float = Field(30, gt=0, le=CENTURY_DAYS)
+    # the collectors' per-minute health rows (one per collector and minute)
+    collector_health_days: float = Field(30, gt=0, le=CENTURY_DAYS)
 
 
 Statistic = Literal["mean", "delta", "psi", "js", "wasserstein"]

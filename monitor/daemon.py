@@ -164,7 +164,7 @@ def maintain_store(engine: Engine, config: Config, now: datetime) -> Maintained:
     result = maintain(
         engine, now, events_days=r.events_days,
         minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
-        drift_results_days=r.drift_results_days,
+        drift_results_days=r.drift_results_days, health_days=r.collector_health_days,
     )
     return Maintained(result, prune(engine, now - BASELINE_KEEP))
 

@@ -198,6 +198,39 @@ def test_purge_keeps_recent_events(sqlite_url):
     assert purge(engine, now, events_days=1, write_batches_days=1).events_deleted > 0
 
 
+
+def test_maintain_drops_collector_health_past_its_retention(sqlite_url):
+    """collector_health grows a row per collector and minute (52M a year at 100
+    collectors): maintenance drops minutes older than retention.collector_health_days,
+    and keeps the rest."""
+    from monitor.config import Config
+    from monitor.daemon import maintain_store
+
+    rng = np.random.default_rng(4)
+    for minute_ts in (T0, T0 + 86400 * 10):  # day 0 and day 10
+        with AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=0,
+                                clock=lambda ts=minute_ts: ts + 3600) as c:
+            c.observe_batch(rng.dirichlet(np.ones(8), size=5).astype(np.float32), timestamps=minute_ts)
+    engine = make_engine(sqlite_url)
+    ch = tables.collector_health
+    day5 = datetime.fromtimestamp(T0 + 86400 * 5, UTC)
+
+    def minutes() -> list[datetime]:
+        with engine.connect() as conn:
+            return sorted(maintenance.as_utc(m) for m in conn.execute(select(ch.c.minute)).scalars())
+
+    before = minutes()
+    old = [m for m in before if m < day5]
+    assert old and len(old) < len(before)
+    now = datetime.fromtimestamp(T0 + 86400 * 12, UTC)  # day 0 is 12 days old, day 10 is 2
+    assert maintain_store(engine, Config(store_url=sqlite_url), now).maintenance.health_deleted == 0  # 30 days
+    assert minutes() == before
+    week = Config(store_url=sqlite_url, retention={"collector_health_days": 7})
+    assert maintain_store(engine, week, now).maintenance.health_deleted == len(old)
+    assert minutes() == [m for m in before if m >= day5]
+    engine.dispose()
+
+
 def test_purge_drops_drift_results_past_their_retention(sqlite_url):
     from alerting import drift_row
 

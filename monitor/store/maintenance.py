@@ -38,6 +38,7 @@ class MaintenanceResult:
     batches_deleted: int = 0
     results_deleted: int = 0
     bands_filled: int = 0
+    health_deleted: int = 0
 
 
 def as_utc(ts: datetime) -> datetime:
@@ -299,10 +300,14 @@ def _fill_range(engine: Engine, lo: int, hi: int) -> int:
 
 
 def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_days: float,
-          drift_results_days: float | None = None) -> MaintenanceResult:
-    """Delete raw sampled events, batch keys and drift results past their retention."""
+          drift_results_days: float | None = None, health_days: float | None = None) -> MaintenanceResult:
+    """Delete raw sampled events, batch keys, drift results and collector health minutes
+    past their retention."""
     with engine.begin() as conn:
-        dr = 0
+        dr = hd = 0
+        if health_days is not None:  # one row per collector and minute: 52M a year at 100
+            ch = t.collector_health
+            hd = conn.execute(delete(ch).where(ch.c.minute < now - timedelta(days=health_days))).rowcount
         if drift_results_days is not None:
             dr = conn.execute(
                 delete(t.drift_results).where(t.drift_results.c.window_end < now - timedelta(days=drift_results_days))
@@ -315,7 +320,8 @@ def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_da
                 t.write_batches.c.written_at < now - timedelta(days=write_batches_days)
             )
         ).rowcount
-    return MaintenanceResult(events_deleted=ev or 0, batches_deleted=wb or 0, results_deleted=dr or 0)
+    return MaintenanceResult(events_deleted=ev or 0, batches_deleted=wb or 0, results_deleted=dr or 0,
+                             health_deleted=hd or 0)
 
 
 def maintain(
@@ -326,6 +332,7 @@ def maintain(
     minute_aggregates_days: float = 3,
     write_batches_days: float = 14,
     drift_results_days: float | None = None,
+    health_days: float | None = None,
     closed_after_s: float = 120,
     fill_bands: int = 100_000,
 ) -> MaintenanceResult:
@@ -337,7 +344,7 @@ def maintain(
     # after the merges, which give their rows bands: only untouched old rows are left
     f = fill_position_bands(engine, limit=fill_bands) if fill_bands > 0 else 0
     p = purge(engine, now, events_days=events_days, write_batches_days=write_batches_days,
-              drift_results_days=drift_results_days)
+              drift_results_days=drift_results_days, health_days=health_days)
     return MaintenanceResult(
         merged_groups=c.merged_groups + r.merged_groups,
         rows_removed=c.rows_removed + r.rows_removed,
@@ -345,4 +352,5 @@ def maintain(
         batches_deleted=p.batches_deleted,
         results_deleted=p.results_deleted,
         bands_filled=f,
+        health_deleted=p.health_deleted,
     )
