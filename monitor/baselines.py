@@ -79,8 +79,12 @@ def _floor_hour(ts: datetime) -> datetime:
 
 
 def trailing_end(window_end: datetime, cfg: EvaluateConfig) -> datetime:
-    """Where the trailing baseline of a window ending at `window_end` ends."""
-    return _floor_hour(as_utc(window_end) - timedelta(hours=cfg.trailing_gap_hours))
+    """Where the trailing baseline of a window ending at `window_end` ends: an hour
+    boundary `trailing_gap_hours` before the window's end, and never after its start
+    (a gap shorter than the window would have the baseline hold part of the window)."""
+    end = as_utc(window_end)
+    gap = max(timedelta(hours=cfg.trailing_gap_hours), timedelta(minutes=cfg.window_minutes))
+    return _floor_hour(end - gap)
 
 
 def deployments(engine: Engine, model: str) -> list[dict]:

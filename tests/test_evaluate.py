@@ -85,6 +85,20 @@ def test_choose_baseline_kinds(two_versions):
         assert (ref.kind, ref.version, ref.start, ref.end) == ("retrain", "v1", prev.start, prev.end)
 
 
+def test_a_trailing_baseline_never_holds_its_window():
+    """A trailing_gap_hours shorter than the window (0 here): the baseline ends at the
+    hour boundary before the window starts, not the one before the window ends."""
+    from monitor.baselines import trailing_end
+
+    cfg = CFG.model_copy(update={"trailing_gap_hours": 0, "window_minutes": 15})
+    for minute in range(0, 120):
+        end = T(60) + timedelta(minutes=minute)
+        got = trailing_end(end, cfg)
+        assert got <= end - timedelta(minutes=15) and got.minute == 0, (end, got)
+        assert end - got < timedelta(minutes=75)  # and the nearest such boundary
+    assert trailing_end(T(140), CFG) == T(60)  # a gap of an hour, as before
+
+
 def test_cycle_is_idempotent_and_baselines_are_built_once(two_versions):
     engine = make_engine(two_versions)
     baselines = Baselines(engine, CFG)
@@ -316,9 +330,9 @@ def test_a_trailing_baseline_of_fractional_hours_holds_its_own_window_only(tmp_p
     stream(url, [Segment("v1", 200)], rate=20)
     engine = make_engine(url)
     cfg = CFG.model_copy(update={"baseline_hours": 1.5, "trailing_gap_hours": 0})
-    ref = choose(engine, "demo-sasrec", "v1", T(189), cfg)
+    ref = choose(engine, "demo-sasrec", "v1", T(196), cfg)
     assert ref.start.minute == 0 and ref.end == T(180) and ref.end - ref.start >= timedelta(hours=1.5)
-    assert evaluate_cycle(engine, T(190), cfg).series > 0  # the window ending minute 189
+    assert evaluate_cycle(engine, T(197), cfg).series > 0  # the window ending minute 196
     dr = tables.drift_results
     with engine.connect() as conn:
         n = conn.execute(select(dr.c.n_baseline).where(

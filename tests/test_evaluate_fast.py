@@ -480,9 +480,9 @@ def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monk
     monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
     monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref, *window: loads.append((kind, ref)) or load(e, m, v, kind, ref, *window))
     b, reader = bl.Baselines(engine, CFG), WindowReader(engine)
-    first = evaluate_cycle(engine, T(190), CFG, b, reader)  # baseline hours [60, 120), [120, 180)
+    first = evaluate_cycle(engine, T(196), CFG, b, reader)  # baseline hours [60, 120), [120, 180)
     assert first.series > 0 and merged_hours == [T(60), T(120)]
-    turnover = evaluate_cycle(engine, T(241), CFG, b, reader)  # hours [120, 180), [180, 240)
+    turnover = evaluate_cycle(engine, T(256), CFG, b, reader)  # hours [120, 180), [180, 240)
     assert turnover.series > 0 and merged_hours == [T(60), T(120), T(180)]
     assert loads.count(("hour", bl._iso(T(120)))) == 1  # kept, not read again
     assert {k[2] for k in b._hours} == {T(120), T(180)}  # hour 60 is no longer needed
@@ -490,17 +490,17 @@ def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monk
         _baseline_equal(b._hours[("demo-sasrec", "v1", hour)], load(engine, "demo-sasrec", "v1", "hour", bl._iso(hour),
                                                                    hour, hour + timedelta(hours=1)))
     # a trailing baseline from the kept partials is the one a fresh process builds from the store
-    ref = bl.choose(engine, "demo-sasrec", "v1", T(240), CFG)
+    ref = bl.choose(engine, "demo-sasrec", "v1", T(255), CFG)
     rebuilt = b._build("demo-sasrec", ref)
     with engine.begin() as conn:
         conn.execute(t.baseline_sketches.delete().where(t.baseline_sketches.c.kind == "trailing"))
     _baseline_equal(rebuilt, bl.Baselines(engine, CFG).get("demo-sasrec", ref))
     # and a fresh process writes the same results (top-K counters are stored as float32)
-    before = _results(engine, T(240))
+    before = _results(engine, T(255))
     with engine.begin() as conn:
         conn.execute(t.drift_results.delete())
-    assert evaluate_cycle(engine, T(241), CFG, bl.Baselines(engine, CFG)).written == turnover.written
-    after = _results(engine, T(240))
+    assert evaluate_cycle(engine, T(256), CFG, bl.Baselines(engine, CFG)).written == turnover.written
+    after = _results(engine, T(255))
     assert after.keys() == before.keys()
     for k, (v, b_) in before.items():
         assert after[k][0] == pytest.approx(v, rel=1e-6, abs=1e-9), k
@@ -520,13 +520,13 @@ def test_late_rows_rebuild_the_hour_partial_they_land_in(tmp_path, monkeypatch):
     merge_rows = bl._merge_rows
     monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
     b = bl.Baselines(engine, CFG)
-    evaluate_cycle(engine, T(190), CFG, b)  # partials of hours [60, 120) and [120, 180) built
+    evaluate_cycle(engine, T(196), CFG, b)  # partials of hours [60, 120) and [120, 180) built
     key = ("demo-sasrec", "v1", T(120))
     before = bl._total(b._hours[key])
     rng = np.random.default_rng(5)
     with AttentionCollector(url, model="demo-sasrec", version="v1", clock=lambda: START + 60 * 130 + 5) as c:
         c.observe_batch(rng.dirichlet(np.ones(10), 40), cohorts="web")  # minute 130, written late
-    evaluate_cycle(engine, T(241), CFG, b)  # hours [120, 180), [180, 240)
+    evaluate_cycle(engine, T(256), CFG, b)  # hours [120, 180), [180, 240)
     assert merged_hours == [T(60), T(120), T(120), T(180)]  # hour 120 merged again
     wa = t.window_aggregates
     with engine.connect() as conn:
