@@ -4,7 +4,8 @@ A file is gzip'd JSON (bytes as base64): a spill file is data, never code, so no
 in it is unpickled or executed. Files are written to a temporary name, synced and renamed,
 so a crash or a power loss leaves either a whole file or none. A file that cannot be read
 anyway (a disk fault, a partial copy) is moved to `bad/`, where it no longer blocks the
-files behind it and an operator can look at it.
+files behind it and an operator can look at it. Files hold raw events (users' histories),
+so they are created 0600 and the folders this makes 0700, whatever the umask.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class UnreadableSpill(Exception):
 class SpillDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (an existing one is left as it is)
 
     def put(self, batch: FlushBatch) -> Path:
         """Write one batch; an OSError (disk full, not writable) leaves no file behind."""
@@ -56,7 +57,7 @@ class SpillDir:
         tmp = self.path / (name + ".tmp")
         data = json.dumps(batch.__dict__, default=_enc).encode("utf-8")
         try:
-            with open(tmp, "wb") as raw:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as raw:
                 with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as f:
                     f.write(data)
                 raw.flush()
@@ -92,7 +93,7 @@ class SpillDir:
         """Move a file to bad/ (out of `pending`), keeping it for a person: one that cannot
         be read, or whose batch the store refuses."""
         bad = self.path / "bad"
-        bad.mkdir(exist_ok=True)
+        bad.mkdir(mode=0o700, exist_ok=True)
         dest = bad / path.name
         os.replace(path, dest)
         return dest

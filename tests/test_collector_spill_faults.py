@@ -251,3 +251,26 @@ def test_a_batch_whose_raw_events_sqlite_refuses_keeps_its_deployment_row(sqlite
         assert conn.execute(select(func.count()).select_from(tables.attention_events)).scalar_one() == 0
         assert conn.execute(select(tables.deployments.c.version)).scalars().all() == ["v1"]
     engine.dispose()
+
+
+def test_spill_files_and_the_dirs_it_makes_are_private_to_the_collector_user(tmp_path):
+    """A spill file holds raw events (users' histories, request ids): under the usual
+    umask 022 it must not be readable by other users of the host, nor a file moved to bad/."""
+    import dataclasses
+    import stat
+
+    from collectors.spill import SpillDir
+    from monitor.store.writer import FlushBatch
+
+    old = os.umask(0o022)
+    try:
+        sd = SpillDir(tmp_path / "spool" / "attnmon")
+        batch = FlushBatch(collector_id="c", batch_seq=1, written_at=datetime.now(UTC), deployments=[],
+                           aggregates=[], events=[{"item_ids": ["a", "b"]}], health=[], n_requests=1)
+        path = sd.put(batch)
+        moved = sd.quarantine(sd.put(dataclasses.replace(batch, batch_seq=2)))
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(path) == 0o600 and mode(moved) == 0o600
+    assert mode(sd.path) == 0o700 and mode(moved.parent) == 0o700
