@@ -96,6 +96,37 @@ def test_sqlite_engine_settings(sqlite_url: str) -> None:
     assert pragma == {"journal_mode": "wal", "busy_timeout": 10_000, "foreign_keys": 1}
 
 
+def test_a_new_sqlite_store_is_private_to_its_user(tmp_path: Path) -> None:
+    """The store holds raw events (users' histories): under the usual umask 022 a new
+    file, and the WAL files SQLite gives the same mode, must not be world-readable."""
+    import os
+    import stat
+
+    path = tmp_path / "store.db"
+    old = os.umask(0o022)
+    try:
+        migrate.upgrade(f"sqlite:///{path}")
+        engine = make_engine(f"sqlite:///{path}")
+        with engine.connect() as connection:
+            connection.execute(select(tables.models)).all()
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        engine.dispose()
+    finally:
+        os.umask(old)
+    assert "store.db-wal" in modes and set(modes.values()) == {0o600}, modes
+
+
+def test_an_existing_sqlite_store_keeps_its_mode(tmp_path: Path) -> None:
+    """A file the operator made (say 0640 for a group that reads it) is left as it is."""
+    import stat
+
+    path = tmp_path / "store.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    path.chmod(0o640)
+    migrate.upgrade(f"sqlite:///{path}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
 def test_sqlite_in_memory_is_allowed() -> None:
     engine = make_engine("sqlite://")
     with engine.connect() as connection:

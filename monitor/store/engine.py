@@ -102,7 +102,20 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     if backend == "sqlite":
         busy_ms = SQLITE_BUSY_TIMEOUT_MS if busy_timeout_s is None else max(1, int(1000 * busy_timeout_s))
         event.listen(engine, "connect", lambda dbapi_connection, _record: _sqlite_on_connect(dbapi_connection, busy_ms))
+        if sqlite_file(parsed) is not None and "mode" not in parsed.query:
+            # at connect, not here: require_file must still see a mistyped path as missing
+            # (and the path as sqlite3 opens it, relative to the working directory then)
+            event.listen(engine, "do_connect", lambda *_: _create_private(Path(parsed.database)))
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create a missing SQLite file 0600: it holds raw events (users' histories), and
+    sqlite3 would create it 0644 under the usual umask (its WAL files take its mode)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:  # there already (its mode is the operator's), or sqlite3 reports why not
+        pass
 
 
 def _check_sqlite_dir(url: URL, shown: str) -> None:
