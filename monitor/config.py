@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alerts.config import AlertsConfig, Secret
 from monitor.errors import ConfigError
-from monitor.store.engine import PG_TIMEOUT_MAX_S
+from monitor.store.engine import PG_TIMEOUT_MAX_S, redact
 
 DEFAULT_PATH = Path("attnmon.yaml")
 ENV_PREFIX = "ATTNMON_"
@@ -211,6 +211,12 @@ class Config(_Strict):
     daemon: DaemonConfig = DaemonConfig()
     alerts: AlertsConfig = AlertsConfig()
     grafana: GrafanaConfig | None = None  # None: no annotate job
+
+    def __repr_args__(self):
+        # repr() and str(): a config in a log line or a traceback's locals must not show
+        # the store's password
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "store_url" else value
 
     @field_validator("store_url")
     @classmethod

@@ -430,3 +430,11 @@ def test_a_bad_store_url_is_reported_without_its_password(url: str, message: str
     assert message in msg
     assert main(["db", "current", "--store", url]) == 2
     assert "Sup3rSecret" not in capsys.readouterr().err
+
+
+def test_repr_and_str_of_a_config_hide_the_store_password() -> None:
+    """A config in a log line, a traceback with locals or a notebook shows the store, not its password."""
+    config = load_config(None, {"ATTNMON_STORE_URL": "postgresql+psycopg://attnmon:Sup3rSecret@db/attnmon"})
+    for shown in (repr(config), str(config)):
+        assert "Sup3rSecret" not in shown and "postgresql+psycopg://attnmon:***@db/attnmon" in shown
+    assert config.store_url.endswith(":Sup3rSecret@db/attnmon")  # the value itself is intact
