@@ -41,6 +41,7 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -425,13 +426,18 @@ def hour_totals_query(model: str, version: str, start: datetime, end: datetime) 
             .group_by(wa.c.bucket_start))
 
 
-def prune(engine: Engine, older_than: datetime) -> int:
-    """Drop materialised trailing baselines and hour partials no cycle will read again."""
+def prune(engine: Engine, older_than: datetime, after_deploy: timedelta = timedelta(0)) -> int:
+    """Drop materialised baselines no cycle will read again: trailing ones and hour
+    partials ending before `older_than`, and a deployment's predecessor baselines
+    (previous_version, retrain: they end at the deploy) once `after_deploy` (the
+    comparison's length) has passed too. A backfill over such a window builds them
+    again; pinned baselines stay."""
     bs = t.baseline_sketches
     with engine.begin() as conn:
-        res = conn.execute(
-            delete(bs).where(and_(bs.c.kind.in_(["trailing", "hour"]), bs.c.window_end < older_than))
-        )
+        res = conn.execute(delete(bs).where(or_(
+            and_(bs.c.kind.in_(["trailing", "hour"]), bs.c.window_end < older_than),
+            and_(bs.c.kind.in_(["previous_version", "retrain"]), bs.c.window_end < older_than - after_deploy),
+        )))
     return res.rowcount or 0
 
 

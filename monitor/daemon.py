@@ -15,7 +15,8 @@ each with an explicit id, `coalesce=True`, `max_instances=1`, `misfire_grace_tim
   due, retries, re-sends firing alerts to Alertmanager).
 - `maintain` (every `daemon.maintain_every_s`): compaction, hourly roll-up and retention
   (`monitor.store.maintenance.maintain`), and drops materialised baselines older than
-  two days (`monitor.baselines.prune`). When it is next due is kept in `daemon_state`
+  two days (a deploy's predecessor baseline: two days after its comparison ended;
+  `monitor.baselines.prune`). When it is next due is kept in `daemon_state`
   (`maintain.due`), so a restarted daemon keeps the hourly rhythm instead of starting
   the hour again (a new store: an interval after its first daemon started).
 - `annotate` (every `grafana.annotate_every_s`, only with a `grafana:` section): posts
@@ -159,14 +160,15 @@ class Maintained:
 
 def maintain_store(engine: Engine, config: Config, now: datetime) -> Maintained:
     """The maintain job's work, also `attnmon maintain`'s: compaction, roll-up and the
-    retention of `config.retention`, then materialised baselines older than two days."""
+    retention of `config.retention`, then materialised baselines no cycle reads (`prune`)."""
     r = config.retention
     result = maintain(
         engine, now, events_days=r.events_days,
         minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
         drift_results_days=r.drift_results_days, health_days=r.collector_health_days,
     )
-    return Maintained(result, prune(engine, now - BASELINE_KEEP))
+    after = timedelta(hours=config.evaluate.previous_version_hours)
+    return Maintained(result, prune(engine, now - BASELINE_KEEP, after_deploy=after))
 
 
 @dataclass(frozen=True)

@@ -815,12 +815,16 @@ def test_attnmon_maintain_drops_old_materialised_baselines_as_the_daemon_job_doe
                 row | {"kind": "hour", "ref": "old", "window_end": now - timedelta(days=3)},
                 row | {"kind": "trailing", "ref": "new", "window_end": now - timedelta(days=1)},
                 row | {"kind": "pinned", "ref": "kept", "window_end": now - timedelta(days=8)},  # never pruned
+                # a deploy's predecessor baseline ends at the deploy and is read for 24 h after it
+                row | {"kind": "previous_version", "ref": "old", "window_end": now - timedelta(days=3, minutes=1)},
+                row | {"kind": "retrain", "ref": "new", "window_end": now - timedelta(days=2, hours=12)},
             ])
         assert main(["maintain", "--store", sqlite_url, "--format", "json"]) == 0
-        assert json.loads(capsys.readouterr().out)["baselines_pruned"] == 2
+        assert json.loads(capsys.readouterr().out)["baselines_pruned"] == 3
         with engine.connect() as conn:
-            assert set(conn.execute(select(bs.c.kind, bs.c.ref)).all()) == {("trailing", "new"), ("pinned", "kept")}
+            assert set(conn.execute(select(bs.c.kind, bs.c.ref)).all()) == {
+                ("trailing", "new"), ("pinned", "kept"), ("retrain", "new")}
         with Daemon(config(sqlite_url), clock=lambda: now + timedelta(days=2)) as daemon:  # the job, the same way
-            assert daemon.maintain().baselines_pruned == 1
+            assert daemon.maintain().baselines_pruned == 2
     finally:
         engine.dispose()
