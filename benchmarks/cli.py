@@ -8,6 +8,7 @@ Sections (`--only` takes a comma-separated list of these names):
   writes      SQLite and PostgreSQL writes (needs the sizing traffic: it is made either way)
   evaluate    evaluation cycle beside evidently's DataDriftPreset
   detection   detection quality (scenarios, false alarms over a simulated week)
+  capture     what collectors.torch.AttentionCapture adds to a serving forward (needs torch)
 """
 
 from __future__ import annotations
