@@ -40,7 +40,8 @@ Leadership. On PostgreSQL a dedicated connection holds the session advisory lock
 (database and schema), so stores in other schemas of one database do not contend.
 A follower tries again every `daemon.lease_s`; when the leader's session ends (crash,
 kill, network loss noticed by keepalives) the lock is freed and a follower takes over.
-The leader checks its connection every `lease_s` and steps down when it is gone. (Not
+The leader checks its connection every `lease_s`, and before each job, window and delivery
+group, and steps down when it is gone. (Not
 behind PgBouncer in transaction mode: the lock lives in one server session.) On SQLite
 an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one host.
 
@@ -664,7 +665,7 @@ class Daemon:
         errors logged and counted. None when not the leader or the job is running."""
         if job not in self.jobs:
             raise ValueError(f"unknown job {job!r}; jobs: {self.jobs}")
-        if not self._leader:
+        if not self._still_leading():
             return None
         lock = self._locks[job]
         if not lock.acquire(blocking=False):
@@ -711,7 +712,7 @@ class Daemon:
         self._metrics.duration.labels(job).set(took)
 
     def _may_go_on(self) -> bool:
-        return self._leader and not self._stop.is_set()
+        return not self._stop.is_set() and self._still_leading()
 
     def _retry_in(self, job: str) -> float:
         return min(self.config.daemon.retry_s, self._every[job])
@@ -767,12 +768,24 @@ class Daemon:
                 log.info("took the lead on %s", self.store)
             return got
 
+    def _still_leading(self) -> bool:
+        """Whether this daemon still leads, asked of the lock itself (PostgreSQL: a round
+        trip on its connection); steps down when it does not. Asked before each job, window
+        and delivery group, not only every lease_s: a leader frozen past its keepalives (or
+        cut off) whose lock went to another daemon would otherwise run jobs beside the new
+        leader when it wakes, until its lease thread runs."""
+        with self._lead_lock:
+            if not self._leader:
+                return False
+            if self._leadership.still_held():
+                return True
+            self._leader = False
+        log.warning("lost the lead on %s (its connection ended); trying to take it again", self.store)
+        return False
+
     def _lease(self) -> None:
         """Every lease_s: the leader checks it still leads; a follower tries to lead."""
-        if self._leader and not self._leadership.still_held():
-            with self._lead_lock:
-                self._leader = False
-            log.warning("lost the lead on %s (its connection ended); trying to take it again", self.store)
+        self._still_leading()
         if not self._leader and self.acquire() and self._scheduler is not None:
             # catch up at once, not an interval later; maintain when the store says
             due = {"evaluate": utc_now(), "deliver": utc_now(), "maintain": utc_now() + self._maintain_in()}

@@ -205,9 +205,9 @@ def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
         daemon.wait_for(lambda b: b["leader"] and b["watermark"], 10, "first evaluation")
         db.block(True)
         down_at = clock.now()
-        down = daemon.wait_for(lambda b: b["errors"]["evaluate"] >= 2, 10, "failed runs")
-        daemon.wait_for(lambda b: not b["leader"], 5, "the leader notices its lock connection is gone")
-        time.sleep(2)  # two more simulated minutes without the store
+        # its lock's session ended with the others: it steps down at its next job or lease
+        down = daemon.wait_for(lambda b: not b["leader"], 5, "the leader notices its lock connection is gone")
+        time.sleep(max(0.0, (down_at + timedelta(minutes=3) - clock.now()).total_seconds() / SPEED))
         db.block(False)
         up_at = clock.now()
         assert up_at - down_at >= timedelta(minutes=3)
@@ -220,9 +220,9 @@ def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
     assert ends[0] in (at(19), at(20)) and ends[-1] >= minute(up_at) - timedelta(minutes=1)
     log = daemon.log.read_text()
     assert "s3cret-pw" not in log
-    failed = [line for line in log.splitlines() if "job evaluate failed" in line]
-    assert failed and all("postgres:***@" in line for line in failed)
-    assert "lost the lead" in log and "succeeded again after" in log
+    said = [line for line in log.splitlines() if "job evaluate failed" in line or "to take the lead" in line]
+    assert said and all("postgres:***@" in line for line in said)
+    assert "lost the lead" in log and log.count("took the lead") >= 2
     assert "Traceback" not in log
     engine = make_engine(url)
     try:
