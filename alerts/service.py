@@ -107,6 +107,11 @@ class AlertService:
         self.last_delivery = res
         return res
 
+    def refresh_metrics(self, engine: Engine, now: datetime) -> None:
+        """Read the store's alert and outbox counts into the gauges. A follower's lease
+        does, so that every daemon shows the store's counts, not none or a stale one."""
+        self._refresh(engine, as_utc(now))
+
     def _refresh(self, engine: Engine, now: datetime) -> None:
         if self._metrics:
             self._metrics.show(counts(engine, now))

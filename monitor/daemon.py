@@ -795,8 +795,9 @@ class Daemon:
                 except Exception:
                     pass
         if not self._leader:
-            try:  # a follower's /healthz and lag follow the leader's progress
+            try:  # a follower's /healthz, lag and alert gauges follow the store
                 self._watermark = read_watermark(self.engine)
+                self.alerts.refresh_metrics(self.engine, self.clock())
             except Exception as exc:
                 log.debug("cannot read the watermark: %s", _one_line(exc, self.engine.url))
 

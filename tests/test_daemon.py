@@ -828,3 +828,32 @@ def test_attnmon_maintain_drops_old_materialised_baselines_as_the_daemon_job_doe
             assert daemon.maintain().baselines_pruned == 2
     finally:
         engine.dispose()
+
+
+def test_every_daemon_shows_the_stores_alerts_on_metrics_not_a_stale_count(store):
+    """attnmon_alerts_firing and the outbox gauges count rows of the store. A follower
+    showed 0 while alerts fired, and a daemon that lost the lead kept its last count
+    forever: `attnmon_alerts_firing > 0` stayed true on it after the alert resolved."""
+    al = tables.alerts
+    engine = make_engine(store)
+    with engine.begin() as conn:
+        conn.execute(al.insert().values(fingerprint="f", rule="r", severity="critical", labels={},
+                                        annotations={}, state="firing", active_at=at(25), fired_at=at(26),
+                                        last_true_at=at(29), last_eval_at=at(29)))
+    ra, rb = CollectorRegistry(), CollectorRegistry()
+
+    def firing(registry: CollectorRegistry) -> float:
+        return registry.get_sample_value("attnmon_alerts_firing", {"severity": "critical"})
+
+    with Daemon(config(store), clock=lambda: at(30), registry=ra) as a, \
+            Daemon(config(store), clock=lambda: at(30), registry=rb) as b:
+        assert a.acquire() and a.run_job("deliver").ok and firing(ra) == 1
+        b._lease()  # a follower's lease: it reads what the leader writes
+        assert not b.is_leader and firing(rb) == 1
+        with engine.begin() as conn:
+            conn.execute(al.update().values(state="resolved"))
+        a._leadership.release()  # a loses its lock (as its session ending does on PostgreSQL)
+        assert b.acquire() and b.run_job("deliver").ok and firing(rb) == 0
+        a._lease()  # a notices, and follows
+        assert not a.is_leader and firing(ra) == 0
+    engine.dispose()
