@@ -143,7 +143,7 @@ class EvaluateConfig(_Strict):
 
 
 class DaemonConfig(_Strict):
-    listen: str = "127.0.0.1:9464"  # /healthz and /metrics; loopback unless you say otherwise
+    listen: str = "127.0.0.1:9464"  # /healthz, /livez and /metrics; loopback unless you say otherwise
     evaluate_every_s: float = Field(60, gt=0, le=CENTURY_S)
     deliver_every_s: float = Field(15, gt=0, le=CENTURY_S)
     maintain_every_s: float = Field(3600, gt=0, le=CENTURY_S)

@@ -537,6 +537,21 @@ class Daemon:
             body["error"] = self._store_down
         return (200 if status in ("ok", "starting") else 503), body
 
+    def alive(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of /livez, for a liveness probe: 200 while this process runs
+        its scheduler and lease (or waits for its store at start), whatever the lag.
+        /healthz is for readiness and alerting: a follower reports the leader's lag, so a
+        liveness probe on it would restart every replica, the leader amid a catch-up too."""
+        if self._stop.is_set():
+            status = "stopping"
+        elif self._scheduler is not None and not self._scheduler.running:
+            status = "scheduler_stopped"
+        elif self._lease_thread is not None and not self._lease_thread.is_alive():
+            status = "lease_stopped"
+        else:
+            status = "alive"
+        return (200 if status == "alive" else 503), {"status": status, "leader": self.is_leader}
+
     # -- the jobs --------------------------------------------------------------------
 
     def evaluate(self, now: datetime | None = None, *, keep_going: Callable[[], bool] | None = None) -> CatchUp:
@@ -818,12 +833,12 @@ class Daemon:
             return
         listen = self.config.daemon.listen
         try:
-            self._server = HealthServer(listen, self.health, self.registry)
+            self._server = HealthServer(listen, self.health, self.registry, live=self.alive)
         except (OSError, ValueError) as exc:  # a bad address, or the port is taken
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError([("daemon.listen", listen, f"cannot listen there: {reason}")]) from None
         self._server.start()
-        log.info("serving /healthz and /metrics on %s", self._server.url)
+        log.info("serving /healthz, /livez and /metrics on %s", self._server.url)
 
     def wait_for_store(self, stop: threading.Event, *, max_wait_s: float = STORE_WAIT_MAX_S) -> bool:
         """Check the store's schema, waiting (True) for a store that cannot be reached, or

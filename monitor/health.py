@@ -1,4 +1,4 @@
-"""The daemon's own HTTP endpoints: `/healthz` (JSON) and Prometheus `/metrics`.
+"""The daemon's own HTTP endpoints: `/healthz` and `/livez` (JSON) and Prometheus `/metrics`.
 
 A small `http.server` in a thread, bound to `config.daemon.listen` (loopback unless the
 config says otherwise). Port 0 picks a free port; `port` tells which one:
@@ -36,6 +36,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow scraper never holds the shutdown up
     health: HealthFn
+    live: HealthFn | None
     registry: CollectorRegistry
 
 
@@ -47,10 +48,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             code, body = self.server.health()
             self._send(code, "application/json", json.dumps(body).encode())
+        elif path == "/livez" and self.server.live is not None:
+            code, body = self.server.live()
+            self._send(code, "application/json", json.dumps(body).encode())
         elif path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
         else:
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /healthz or /metrics\n")
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /healthz, /livez or /metrics\n")
 
     def _send(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)
@@ -64,9 +68,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HealthServer:
-    """Serves `/healthz` from `health()` and `/metrics` from `registry`, in a thread."""
+    """Serves `/healthz` from `health()`, `/livez` from `live()` (when given) and
+    `/metrics` from `registry`, in a thread."""
 
-    def __init__(self, listen: str, health: HealthFn, registry: CollectorRegistry):
+    def __init__(self, listen: str, health: HealthFn, registry: CollectorRegistry, live: HealthFn | None = None):
         self.host, port = parse_listen(listen)
         server_class = type(
             "_BoundServer",
@@ -75,6 +80,7 @@ class HealthServer:
         )
         self._server = server_class((self.host, port), _Handler)
         self._server.health = health
+        self._server.live = live
         self._server.registry = registry
         self._thread: threading.Thread | None = None
 

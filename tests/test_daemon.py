@@ -232,6 +232,26 @@ def test_healthz_is_503_once_the_evaluation_lags(store):
             server.close()
 
 
+def test_livez_stays_200_while_healthz_says_the_evaluation_lags(store):
+    """A liveness probe must not restart a daemon because the evaluation lags (a
+    follower reports the leader's lag): /livez answers for the process itself, and says
+    503 only when its scheduler or lease thread has stopped."""
+    now = [at(20)]
+    with Daemon(config(store, evaluate_every_s=3600), clock=lambda: now[0], healthy_lag_s=300) as daemon:
+        daemon.start()
+        base = f"http://127.0.0.1:{daemon.http_port}"
+        deadline = time.monotonic() + 20
+        while not daemon.health()[1]["last_run"]["evaluate"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first run, at start
+        now[0] = at(60)  # forty minutes without an evaluation
+        assert _get(f"{base}/healthz")[0] == 503
+        assert _get(f"{base}/livez") == (200, {"status": "alive", "leader": True})
+        scheduler = daemon._scheduler
+        scheduler.shutdown(wait=True)  # what a dead scheduler looks like
+        assert _get(f"{base}/livez") == (503, {"status": "scheduler_stopped", "leader": True})
+        daemon._scheduler = None  # (stopped already: close() has no scheduler to stop)
+
+
 def test_a_second_daemon_on_the_same_sqlite_file_follows(store):
     with Daemon(config(store)) as first, Daemon(config(store)) as second:
         assert first.acquire() and first.is_leader
@@ -362,7 +382,7 @@ def _start(cfg: Path, fake_now: str, log: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
-            if "serving /healthz and /metrics on " in line:
+            if "serving /healthz, /livez and /metrics on " in line:
                 return proc, line.rsplit(" ", 1)[-1]
         if proc.poll() is not None:
             raise AssertionError(f"attnmon run exited {proc.returncode}:\n{log.read_text()}")
@@ -495,6 +515,7 @@ def test_run_waits_for_a_store_that_refuses_connections_and_says_so_on_healthz(t
             time.sleep(0.1)
         assert code == 503 and body["status"] == "store_unreachable", body
         assert "Connection refused" in body["error"] and "s3cret-pw" not in body["error"]
+        assert _get(f"{base}/livez") == (200, {"status": "alive", "leader": False})  # waiting is alive
         assert body["leader"] is False and body["watermark"] is None
         time.sleep(3.5)  # tries at 0, 1 and 3 s: one log line for one cause
         assert proc.poll() is None, log.read_text()

@@ -83,7 +83,7 @@ class Proc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.log.read_text().splitlines():
-                if "serving /healthz and /metrics on " in line:
+                if "serving /healthz, /livez and /metrics on " in line:
                     self.base = line.rsplit(" ", 1)[-1]
                     return
             assert self.proc.poll() is None, f"exited {self.proc.returncode}:\n{self.log.read_text()}"
