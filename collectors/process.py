@@ -67,6 +67,7 @@ YIELD_S = 0.0005  # the sender's Python between two yields of the GIL (a yield c
 MIN_HANG_S = 2.0  # hang_after_s: twice the worker's report interval, at least
 START_S = 30.0  # a new worker's time to import and report, at least (a slow disk, a busy host)
 MAX_BACKOFF_S = 300.0  # the longest wait between starts of workers that die at once
+EXIT_S = 10.0  # at interpreter exit, the wait for the workers to take and write what is held
 _ZERO = CollectorStats(0, 0, {}, 0, 0, 0, 0, 0, 0)
 
 
@@ -190,6 +191,7 @@ class ProcessCollector(ServingCalls):
         self._stop = False
         self._give_up = False  # close() timed out: no new worker for what is left
         self._closed = False
+        self._exit_by: float | None = None  # set at interpreter exit
         self._log_rarely = RareLog(log)
 
     # --- the serving path: as AttentionCollector's --------------------------------------
@@ -264,9 +266,19 @@ class ProcessCollector(ServingCalls):
         self._closed = True
         self._drop_left()  # calls that passed the queue check before close() and ended after
 
+    def _exit_begin(self) -> None:
+        # every collector's worker closes at once, then each is waited for until one
+        # deadline: in turn, N hung workers held the exit N x 10 s
+        self._exit_by = time.monotonic() + EXIT_S
+        if not self._closed and os.getpid() == self._pid and self._thread is not None:
+            self._capacity = 0
+            self._stop = True
+            self._wake.set()
+
     def _at_exit(self) -> None:
         # a worker not done in time writes what it holds on its own, once we are gone
-        self._close(10.0, kill=False)
+        by = self._exit_by if self._exit_by is not None else time.monotonic() + EXIT_S
+        self._close(max(by - time.monotonic(), 0.0), kill=False)
 
     @property
     def stats(self) -> CollectorStats:

@@ -442,3 +442,36 @@ def test_a_call_that_ends_while_close_runs_is_counted(sqlite_url, monkeypatch):
     serving.join()
     st = c.stats
     assert len(c._q) == 0 and st.written == 40 and st.dropped == 40
+
+
+def test_at_exit_hung_workers_hold_the_exit_once_not_once_each(sqlite_url, tmp_path):
+    # three collectors, their workers stopped: exit waited 10 s for each in turn (30.5 s
+    # measured), a 30 s grace period before SIGKILL gone; they are waited for together
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        import numpy as np
+        from collectors import ProcessCollector
+        w = np.random.default_rng(0).dirichlet(np.ones(20), size=(50, 1, 2)).astype(np.float32)
+        cs = [ProcessCollector({sqlite_url!r}, model="m", version=f"v{{i}}", sample_rate=0.0) for i in range(3)]
+        for c in cs:
+            c.observe_batch(w, timestamps={T_OPEN})
+        while min(c.stats.accepted for c in cs) < 50:
+            time.sleep(0.05)
+        print(*[c.worker_pid for c in cs], flush=True)
+        for c in cs:
+            os.kill(c.worker_pid, signal.SIGSTOP)
+        print(time.time(), flush=True)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out, err = tmp_path / "out", tmp_path / "err"  # (files: the workers keep stderr open)
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.run([sys.executable, "-c", script], env=env, stdout=o, stderr=e, timeout=90)
+    exited = time.time()
+    lines = out.read_text().split("\n")
+    workers = [int(p) for p in lines[0].split()]
+    for pid in workers:  # left to finish on their own: let them
+        if not gone(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert proc.returncode == 0, err.read_text()
+    assert exited - float(lines[1]) < 20  # 10 s for all, and the interpreter's own exit
+    assert wait_for(lambda: [stored_n(sqlite_url, f"v{i}") for i in range(3)] == [50] * 3, timeout=30)
