@@ -179,6 +179,7 @@ class ProcessCollector(ServingCalls):
         self._current = _ZERO  # the running worker's last stats
         self._settled = 0  # of what it was sent: written, rejected, dropped or spilled (its report)
         self._sent = 0  # requests sent to the running worker
+        self._in_hand = 0  # requests the sender took from the queue, not yet sent
         self._proc: subprocess.Popen | None = None
         self._out: Connection | None = None
         self._in: Connection | None = None
@@ -325,18 +326,18 @@ class ProcessCollector(ServingCalls):
             entries = []
             while self._q:
                 entries.append(self._q.popleft())
+            self._in_hand = sum(entry_size(e) for e in entries) + dropped
             ok = True
             try:
                 if entries or dropped or want > self._flush_done or stop:
                     self._send_entries(entries, dropped)
-                    entries, dropped = [], 0  # sent: the worker's count has them now
                     if want > self._flush_done or stop:
                         ok = self._ask(("close",) if stop else ("flush", want))
                 if not stop:  # (a closed worker's end of output is no loss)
                     self._read_stats()
             except WorkerDown as exc:
                 ok = False
-                self._worker_lost(exc, sum(entry_size(e) for e in entries) + dropped)
+                self._worker_lost(exc, self._in_hand)
             except Exception:  # never let the thread die: the serving path relies on it
                 ok = False
                 log.exception("attnmon collector: sender step failed")
@@ -378,8 +379,11 @@ class ProcessCollector(ServingCalls):
             if time.perf_counter() - last_yield > YIELD_S:
                 time.sleep(0)  # let a serving thread have the GIL
                 last_yield = time.perf_counter()
-        self._write(pickle.dumps(("obs", items, dropped), protocol=5), *bufs)
+        # counted as sent before the write: a worker stopped in the middle of the message
+        # (SIGTERM) writes and reports what it took of it; sent - settled is the rest
         self._sent += sum(n for n, _, _ in items) + dropped
+        self._in_hand = 0
+        self._write(pickle.dumps(("obs", items, dropped), protocol=5), *bufs)
 
     def _ask(self, msg: tuple) -> bool:
         """Send a flush or close, and wait for the worker's answer (its stats)."""

@@ -36,6 +36,15 @@ def gone(pid: int) -> bool:
     return subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
 
 
+def exited(pid: int) -> bool:
+    """Gone, or a zombie (exited, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 class Brand:
     """A type of the serving code's own, passed as attribute values."""
 
@@ -475,3 +484,49 @@ def test_at_exit_hung_workers_hold_the_exit_once_not_once_each(sqlite_url, tmp_p
     assert proc.returncode == 0, err.read_text()
     assert exited - float(lines[1]) < 20  # 10 s for all, and the interpreter's own exit
     assert wait_for(lambda: [stored_n(sqlite_url, f"v{i}") for i in range(3)] == [50] * 3, timeout=30)
+
+
+def test_a_worker_terminated_in_the_middle_of_a_message_is_not_counted_twice(sqlite_url, monkeypatch):
+    # a message of two calls: the worker takes the first (its arrays are in the pickle),
+    # is terminated while it waits for the second's big array, and writes the first as it
+    # exits. The sender's write of the rest fails: it counted both calls as dropped, the
+    # first written too (written + dropped > handed)
+    rng = np.random.default_rng(20)
+    w, ids, _ = batch(rng)
+    big, _, _ = batch(rng, L=300)  # 192 kB of weights: sent as a frame of their own
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, restart_every_s=0.1)
+    write, gate, at_gate = ProcessCollector._write, threading.Event(), threading.Event()
+
+    def gated(self, *frames):  # the message's first frame, then (once) a wait before the rest
+        if len(frames) > 1 and not gate.is_set():
+            write(self, frames[0])
+            at_gate.set()
+            assert gate.wait(30)
+            frames = frames[1:]
+        write(self, *frames)
+
+    try:
+        c.observe_batch(w, item_ids=ids, timestamps=T0)
+        assert c.flush(timeout=20)
+        worker = c.worker_pid
+        os.kill(worker, signal.SIGSTOP)  # the sender waits for its flush's answer meanwhile
+        flushing = threading.Thread(target=c.flush, kwargs={"timeout": 30})
+        flushing.start()
+        time.sleep(0.3)
+        c.observe_batch(w, item_ids=ids, timestamps=T_OPEN)  # held by the worker until it closes
+        c.observe_batch(big, timestamps=T_OPEN)
+        monkeypatch.setattr(ProcessCollector, "_write", gated)
+        os.kill(worker, signal.SIGCONT)
+        assert at_gate.wait(20)
+        time.sleep(1.0)  # the worker has the first call, and waits for the big array
+        os.kill(worker, signal.SIGTERM)
+        assert wait_for(lambda: exited(worker))  # (not yet reaped: the sender waits at the gate)
+        gate.set()
+        flushing.join(30)
+        assert wait_for(lambda: c.flush(timeout=10))  # a new worker
+    finally:
+        gate.set()
+        c.close()
+    st = c.stats
+    assert stored_n(sqlite_url, "v1") == st.written == 80
+    assert st.dropped == 40 and st.written + st.dropped == 120
