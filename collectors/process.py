@@ -220,11 +220,22 @@ class ProcessCollector(ServingCalls):
     def _start(self) -> None:
         with self._lock:
             if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name=f"attnmon-sender-{self.model}", daemon=True)
-                self._thread.start()
+                sender = threading.Thread(target=self._run, name=f"attnmon-sender-{self.model}", daemon=True)
+                try:  # the OS may refuse a thread (a pids limit): not the serving call's error
+                    sender.start()
+                except RuntimeError as exc:  # the next call tries again
+                    self._log_rarely(logging.ERROR, "attnmon collector %s %s: could not start its thread (%s); "
+                                     "calls wait in the queue, then are dropped (counted), until one starts",
+                                     self.model, self.version, exc)
+                    return
+                self._thread = sender
                 if self.hang_after_s is not None:
-                    threading.Thread(target=self._watch, args=(self._thread,), daemon=True,
-                                     name=f"attnmon-watch-{self.model}").start()
+                    try:
+                        threading.Thread(target=self._watch, args=(sender,), daemon=True,
+                                         name=f"attnmon-watch-{self.model}").start()
+                    except RuntimeError as exc:
+                        self._log_rarely(logging.ERROR, "attnmon collector %s %s: could not start its hang watch "
+                                         "(%s); a hung worker is not replaced", self.model, self.version, exc)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Have the worker process and write everything observed so far. True when it
