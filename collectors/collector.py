@@ -431,10 +431,15 @@ class AttentionCollector(ServingCalls):
         with self._lock:
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(
-                target=self._run, name=f"attnmon-collector-{self.model}", daemon=True
-            )
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name=f"attnmon-collector-{self.model}", daemon=True)
+            try:  # the OS may refuse a thread (a pids limit): not the serving call's error
+                thread.start()
+            except RuntimeError as exc:  # the next call tries again
+                self._log_rarely(logging.ERROR, "attnmon collector %s %s: could not start its thread (%s); "
+                                 "calls wait in the queue, then are dropped (counted), until one starts",
+                                 self.model, self.version, exc)
+                return
+            self._thread = thread
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Process and write everything observed so far, open minutes included.
@@ -471,6 +476,8 @@ class AttentionCollector(ServingCalls):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        else:  # no thread ever started (the OS refused it): what waits is lost, and counted
+            self._drop_left()
         self._closed = True
         # no thread drains the queue any more: later calls are dropped and counted
         self._capacity = 0
