@@ -79,13 +79,14 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
                 # connect_args replace the URL's own `options` (a search_path, say): keep them
                 given = parsed.query.get("options", ())
                 given = [given] if isinstance(given, str) else list(given)
-                # keepalives notice a dead peer on an idle connection; tcp_user_timeout one
-                # that stops acknowledging what was sent (a failover's old address, a
-                # partition), where a query or pool_pre_ping's ping would wait ~15 minutes
-                unacked_s = min(TCP_USER_TIMEOUT_S, *(v for v in (statement_timeout_s, lock_timeout_s) if v))
-                args.update(options=" ".join([*given, *limits]), keepalives=1, keepalives_idle=30,
-                            keepalives_interval=10, keepalives_count=3,
-                            tcp_user_timeout=max(1, int(1000 * unacked_s)))
+                args["options"] = " ".join([*given, *limits])
+            # keepalives notice a dead peer on an idle connection; tcp_user_timeout one that
+            # stops acknowledging what was sent (a failover's old address, a partition),
+            # where a query or pool_pre_ping's ping would wait ~15 minutes. With no limits
+            # too: a daemon told "no statement timeout" must still not hang on a dead peer.
+            unacked_s = min([TCP_USER_TIMEOUT_S, *(v for v in (statement_timeout_s, lock_timeout_s) if v)])
+            args.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                        tcp_user_timeout=max(1, int(1000 * unacked_s)))
             options["connect_args"] = args
     options.update(kwargs)
     try:

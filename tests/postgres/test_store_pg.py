@@ -117,6 +117,9 @@ def test_make_engine_sets_the_sessions_timeouts_and_never_rounds_one_down_to_non
         with engine.connect() as conn:
             got = (conn.execute(text("SHOW statement_timeout")).scalar_one(),
                    conn.execute(text("SHOW lock_timeout")).scalar_one())
+            params = conn.connection.dbapi_connection.info.get_parameters()
     finally:
         engine.dispose()
     assert got == shown
+    # a dead peer is noticed with or without limits (0, 0: a connection with none)
+    assert params["keepalives"] == "1" and int(params["tcp_user_timeout"]) <= 60_000, params
