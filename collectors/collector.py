@@ -72,6 +72,7 @@ from monitor.topk import TopK
 # its unit roundoff, 2**-8 (0.0039; 0.0033 measured), and a 1e-3 bar rejected 20-44% of
 # a bf16 model's rows. Pre-softmax scores, dropout or unrenormalised cuts miss by far more.
 TOL = 5e-3
+WAIT_FOR_THREAD = "calls wait in the queue, then are dropped (counted), until one starts"
 
 log = logging.getLogger("attnmon.collector")
 
@@ -185,6 +186,17 @@ class ServingCalls:
         self._log_rarely(logging.WARNING, "attnmon collector %s %s: a call was rejected (%s): %s",
                          self.model, self.version, reason, detail, key=("unreadable", reason))
         return ("rejected", n, self.clock(), reason, detail)
+
+    def _started(self, thread: threading.Thread, what: str, then: str) -> bool:
+        """Start `thread`; False when the OS refuses it (a pids limit): logged, not the
+        serving call's error, and the next call tries again."""
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            self._log_rarely(logging.ERROR, "attnmon collector %s %s: could not start its %s (%s); %s",
+                             self.model, self.version, what, exc, then)
+            return False
+        return True
 
     def _exit_begin(self) -> None:
         """(A hook: ProcessCollector starts its close here, before any collector waits.)"""
@@ -432,14 +444,8 @@ class AttentionCollector(ServingCalls):
             if self._thread is not None:
                 return
             thread = threading.Thread(target=self._run, name=f"attnmon-collector-{self.model}", daemon=True)
-            try:  # the OS may refuse a thread (a pids limit): not the serving call's error
-                thread.start()
-            except RuntimeError as exc:  # the next call tries again
-                self._log_rarely(logging.ERROR, "attnmon collector %s %s: could not start its thread (%s); "
-                                 "calls wait in the queue, then are dropped (counted), until one starts",
-                                 self.model, self.version, exc)
-                return
-            self._thread = thread
+            if self._started(thread, "thread", WAIT_FOR_THREAD):
+                self._thread = thread
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Process and write everything observed so far, open minutes included.

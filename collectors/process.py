@@ -50,6 +50,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from collectors.collector import (
+    WAIT_FOR_THREAD,
     AttentionCollector,
     CollectorStats,
     ServingCalls,
@@ -221,21 +222,13 @@ class ProcessCollector(ServingCalls):
         with self._lock:
             if self._thread is None and not self._closed:
                 sender = threading.Thread(target=self._run, name=f"attnmon-sender-{self.model}", daemon=True)
-                try:  # the OS may refuse a thread (a pids limit): not the serving call's error
-                    sender.start()
-                except RuntimeError as exc:  # the next call tries again
-                    self._log_rarely(logging.ERROR, "attnmon collector %s %s: could not start its thread (%s); "
-                                     "calls wait in the queue, then are dropped (counted), until one starts",
-                                     self.model, self.version, exc)
+                if not self._started(sender, "thread", WAIT_FOR_THREAD):
                     return
                 self._thread = sender
                 if self.hang_after_s is not None:
-                    try:
-                        threading.Thread(target=self._watch, args=(sender,), daemon=True,
-                                         name=f"attnmon-watch-{self.model}").start()
-                    except RuntimeError as exc:
-                        self._log_rarely(logging.ERROR, "attnmon collector %s %s: could not start its hang watch "
-                                         "(%s); a hung worker is not replaced", self.model, self.version, exc)
+                    watch = threading.Thread(target=self._watch, args=(sender,), daemon=True,
+                                             name=f"attnmon-watch-{self.model}")
+                    self._started(watch, "hang watch", "a hung worker is not replaced")
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Have the worker process and write everything observed so far. True when it
