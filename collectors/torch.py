@@ -20,6 +20,10 @@ What it hooks:
   call gets `output_attentions=True` (eager attention only) and the attentions are taken
   out of the output again unless the caller asked for them.
 
+A forward in training mode is not captured (counted in `stats.missed`): the model's, or
+that of an attention module under an eval root (nn.MultiheadAttention with dropout > 0,
+any module of a Hugging Face model), whose weights come after dropout.
+
 Only sampled batches carry hooks (`hooks="sampled"`, the default). PyTorch 2.13's
 `TransformerEncoderLayer.forward` leaves its fused kernel whenever any forward hook or
 pre-hook is attached to any of its submodules (it checks on every call), and `need_weights`
@@ -531,6 +535,10 @@ class AttentionCapture:
             other = [type(m).__name__ for m in self._mha if not isinstance(m, nn.MultiheadAttention)]
             if other:
                 raise TypeError(f"modules: only nn.MultiheadAttention can be captured, not {', '.join(other)}")
+        # a module whose training mode puts dropout on the attention weights: its rows are
+        # not the model's attention (renormalised they would pass, and a window that
+        # dropout emptied reaches the collector as NaN)
+        self._dropout_on = list(self._hf.modules()) if self._hf is not None else self._mha
         self._hf_before: dict | None = None  # hooks present before transformers added its own
         self._hf_added: list | None = None
         self._hf_flags: list = []
@@ -703,8 +711,9 @@ class AttentionCapture:
         if st.forwards > 1:  # a second forward in one batch(): only the first is captured
             st.active = False
             return None
-        if module.training:  # weights after dropout do not sum to 1
-            return None
+        if module.training or any(m.training and getattr(m, "dropout", 1.0) != 0.0
+                                   for m in self._dropout_on):
+            return None  # weights after dropout: not captured (counted in stats.missed)
         st.active = True
         if st.lengths is None and self.lengths_fn is not None:
             try:

@@ -576,6 +576,46 @@ def test_always_mode_captures_plain_forwards_and_training_is_skipped():
     np.testing.assert_array_equal(col.batches[0][1]["lengths"], lengths)
 
 
+def test_attention_modules_in_training_mode_are_skipped_under_an_eval_root():
+    # the root in eval mode, its attention in train mode (a wrapper whose backbone was put
+    # back in training): the weights come after dropout, renormalised they passed as rows
+    # and a row whose window dropout emptied reached the collector as NaN
+    model = fresh(SASRec)
+    seq, _ = sequences(np.random.default_rng(10), 16, model.L)
+    col = ListCollector()
+    cap = AttentionCapture(model, col)
+    for attn in model.attn:
+        attn.train()
+    with torch.no_grad(), cap.batch() as b:
+        model(seq)
+    assert not b.captured and not col.batches and cap.stats.missed == 1
+    model.attn[0].dropout = 0.0  # no dropout on the weights: they are the model's
+    model.attn[1].eval()
+    with torch.no_grad(), cap.batch() as b:
+        model(seq)
+    assert b.captured and cap.stats.missed == 1
+
+
+def test_a_hugging_face_model_in_training_mode_is_skipped_under_an_eval_root():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = bert()
+
+        def forward(self, ids, mask):
+            return self.backbone(ids, attention_mask=mask).last_hidden_state
+
+    model = Wrapper().eval()
+    ids, _ = sequences(np.random.default_rng(11), 4, 8, n_items=59, side="right")
+    col = ListCollector()
+    cap = AttentionCapture(model, col)
+    model.backbone.train()
+    with torch.no_grad(), cap.batch() as b:
+        model(ids, (ids != 0).long())
+    assert not b.captured and not col.batches and cap.stats.missed == 1
+    cap.remove()
+
+
 def test_a_second_forward_in_one_batch_is_not_captured_twice():
     model = fresh(SASRec)
     seq, _ = sequences(np.random.default_rng(10), 3, model.L)
