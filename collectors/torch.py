@@ -66,7 +66,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -402,6 +402,12 @@ def _may_mask_a_whole_row(kwargs: dict) -> bool:
         return masked is not None and bool(masked.all(dim=-1).any())
     except Exception:
         return True
+
+
+def _no_autocast(device: torch.device):
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
 
 
 def _nested_lengths(q: torch.Tensor) -> torch.Tensor:
@@ -992,8 +998,11 @@ class AttentionCapture:
             groups = np.array([index.setdefault(p, len(index)) for p in pairs], np.int64)
             keys = [(int(m), c) for m, c in index]
             gdev = _to_device(groups, dev)
-        values, codes, pos = self._summarise(Wl, st.n, gdev, len(keys), dtype=dt,
-                                             tol=getattr(self.collector, "tol", TOL))
+        # the hooks run inside the caller's autocast, which would put summarise's matmuls
+        # in float16/bfloat16 for summary_dtype=float32 (float64 it leaves alone)
+        with _no_autocast(dev):
+            values, codes, pos = self._summarise(Wl, st.n, gdev, len(keys), dtype=dt,
+                                                 tol=getattr(self.collector, "tol", TOL))
         parts = [("values", values), ("codes", codes), ("pos", pos), ("lengths", st.n),
                  ("start", st.start)]
         if st.item_ids is not None or st.attributes:
