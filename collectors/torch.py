@@ -506,6 +506,8 @@ class AttentionCapture:
             # a compiled submodule (the encoder alone) misses them after the first
             raise ValueError("a torch.compile'd model cannot take hooks per sampled batch: pass "
                              "hooks='always', or capture the model uncompiled")
+        if summary_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"summary_dtype={summary_dtype!r}: must be torch.float32 or torch.float64")
         if on_device and not callable(getattr(collector, "observe_summaries", None)):
             raise TypeError("on_device=True needs a collector with observe_summaries()")
         self.model, self.collector = model, collector

@@ -932,6 +932,18 @@ def test_on_device_summaries_in_float32_ignore_autocast(low):
     np.testing.assert_allclose(col.summaries.pos, pos.double().numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64])
+def test_a_summary_dtype_other_than_float32_or_float64_is_refused_at_construction(dtype):
+    # bfloat16 failed every sampled batch where resolve() read the buffer (numpy has no
+    # bfloat16), float16 under autocast in torch.cat; lengths beyond 2048 are not float16
+    class Pending(ListCollector):
+        def observe_summaries(self, pending):
+            pass
+
+    with pytest.raises(ValueError, match="summary_dtype"):
+        AttentionCapture(fresh(SASRec), Pending(), on_device=True, summary_dtype=dtype)
+
+
 def test_on_device_needs_observe_summaries():
     with pytest.raises(TypeError, match="observe_summaries"):
         AttentionCapture(fresh(SASRec), ListCollector(), on_device=True)
