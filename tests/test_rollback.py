@@ -563,3 +563,54 @@ def test_explain_a_request_id_two_models_sampled_shows_the_newest_and_names_the_
     assert code == 0 and out.startswith("request r1: ranking v1")
     assert err == "note: 1 older sampled event carries this request id (retrieval v1 at 2027-01-15 08:00:00 UTC); " \
                   "this is the newest\n"
+
+
+def _pipeline_store(tmp_path, *, shift_ids: int, after: int) -> tuple[str, datetime]:
+    """v1 serves 60 minutes; then v1.1, the same weights (one weights_id) behind a new
+    pipeline that feeds the model every item id shifted by `shift_ids` (the ids the
+    collector logs are the requested ones)."""
+    import numpy as np
+
+    from collectors import AttentionCollector
+    from monitor.demo import MODEL, START
+    from monitor.simulate import SimModel, Traffic, make_catalogue
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    rng = np.random.default_rng(7)
+    cat = make_catalogue(rng)
+    traffic, model, clock = Traffic(cat, rng), SimModel(cat, seed=7), [START]
+    minute = 0
+    for version, minutes, shift in (("v1", 60, 0), ("v1.1", after, shift_ids)):
+        with AttentionCollector(url, model=MODEL, version=version, weights_id="w1", sample_rate=0.02,
+                                clock=lambda: clock[0], flush_interval_s=3600, seed=7) as c:
+            for _ in range(minutes):
+                clock[0] = START + 60 * minute
+                hist, lengths, cohorts = traffic.requests(100)
+                valid = np.arange(hist.shape[1])[None, :] >= (hist.shape[1] - lengths)[:, None]
+                fed = np.where(valid, (hist + shift) % len(cat.brand), 0)
+                c.observe_batch(model.attention(fed, lengths, cohorts).astype(np.float32), item_ids=hist,
+                                lengths=lengths, cohorts=cohorts.tolist(),
+                                timestamps=clock[0] + np.sort(rng.uniform(0, 60, len(lengths))))
+                minute += 1
+    return url, datetime.fromtimestamp(START + 60 * minute, UTC)
+
+
+def test_same_weights_behind_a_pipeline_that_shifts_item_ids_by_one_is_rolled_back(tmp_path):
+    """DESIGN §5's serving bug: the same weights, item ids off by one. It moved every head's
+    entropy_norm by -0.23 to -0.44 baseline SDs (95% CIs far from 0), while the same
+    weights and pipeline moved no head by more than 0.08 SD (1,000 predictions, 10
+    minutes). The bar of half an SD let it through: PROCEED (exit 0)."""
+    url, now = _pipeline_store(tmp_path, shift_ids=1, after=30)
+    v = check(make_engine(url), "demo-sasrec", now=now)
+    assert v.same_weights and v.verdict == "ROLLBACK", [r.text for r in v.reasons]
+    first = v.reasons[0]
+    assert first.kind == "shift" and first.metric in ("entropy_norm", "top1"), first.text
+    assert "the serving pipeline" in first.text and first.ci is not None and (first.ci[0] > 0 or first.ci[1] < 0)
+
+
+def test_same_weights_and_pipeline_proceed_ten_minutes_after_the_deploy(tmp_path):
+    """The control: the same weights and pipeline, 1,000 predictions over 10 minutes."""
+    url, now = _pipeline_store(tmp_path, shift_ids=0, after=10)
+    v = check(make_engine(url), "demo-sasrec", now=now)
+    assert v.same_weights and v.predictions["candidate"] == 1000 and v.verdict == "PROCEED", [r.text for r in v.reasons]
