@@ -8,7 +8,7 @@ like any other statistic:
 
 | statistic | series | value | from |
 | --- | --- | --- | --- |
-| `health.no_data_minutes` | per model (`version="*"`) | minutes from the end of the newest minute of data (of a rolled-up hour: its last served minute) to the window's end | window_aggregates |
+| `health.no_data_minutes` | per model (`version="*"`) | minutes from the end of the newest minute of data with an accepted vector (of a rolled-up hour: its last served minute) to the window's end | window_aggregates |
 | `health.rejected_ratio` | per model and version | rejected / (accepted + rejected) in the window; `n` = their sum | collector_health |
 | `health.notifications_failed` | per receiver (label `receiver`) | notifications that failed for good in the last hour, plus pending ones that failed `FAILING_ATTEMPTS` times or more | notifications |
 
@@ -66,8 +66,11 @@ def no_data(conn: Connection, window_end: datetime) -> list[dict]:
     wa, end = t.window_aggregates, as_utc(window_end)
     out = []
     for model in conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars():
+        # n > 0: a minute whose every request was rejected is no data (the monitor is
+        # as blind as with none)
         q = (select(wa.c.bucket_seconds, func.max(wa.c.bucket_start))
-             .where(wa.c.model == model, wa.c.bucket_start >= end - NO_DATA_FORGET, wa.c.bucket_start < end)
+             .where(wa.c.model == model, wa.c.bucket_start >= end - NO_DATA_FORGET, wa.c.bucket_start < end,
+                    wa.c.n > 0)
              .group_by(wa.c.bucket_seconds))
         ends = [_data_end(conn, model, secs, as_utc(start)) for secs, start in conn.execute(q).all()]
         if not ends:

@@ -52,6 +52,18 @@ def test_no_data_fires_after_ten_minutes_and_resolves_when_data_is_back(store_ur
     assert alert.annotations["summary"] == "m: no attention data for 10 minutes (last: 2026-11-20 08:20 UTC)"
 
 
+def test_no_data_counts_minutes_whose_every_request_was_rejected(store_url, store):
+    """A model whose every vector is rejected is as blind as one that sends nothing: its
+    minute rows (n = 0, rejections counted) are no data. At 5 requests a minute it stays
+    under CollectorRejectingInput's 100 vectors, so nothing else would page."""
+    produce(store_url, range(0, 40), nan_share=1.0, rate=5)  # every request rejected from minute 10
+    rules, cfg = load_rule_set(), config(())
+    got = transitions(store, rules, cfg, range(5, 40), "NoAttentionData")
+    assert [(k, m) for k, m, _ in got] == [("firing", 20.0)]
+    assert got[0][2].annotations["summary"] == "m: no attention data for 10 minutes (last: 2026-11-20 08:10 UTC)"
+    assert transitions(store, rules, cfg, range(5, 40), "CollectorRejectingInput") == []
+
+
 def test_no_data_after_the_rollup_still_reads_the_last_minute_with_data(store_url, store):
     """4 days on, a silent model's newest minutes are rolled up into an hour row: its
     minute_mask, not its end, says when data stopped, so the firing alert's value and
