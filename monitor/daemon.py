@@ -452,6 +452,10 @@ class Daemon:
         if not config.alerts.receivers and not receivers:
             log.warning("no alert receivers are configured (alerts.receivers): alerts fire and show in "
                         "Grafana and `attnmon alerts list`, but nobody is notified")
+        elif config.alerts.receivers and config.alerts.route.receiver is None:
+            # Alertmanager refuses such a root route; here it would drop alerts without a word
+            log.warning("alerts.route names no receiver: an alert that no child route matches is "
+                        "notified to nobody")
         self.deliver_hooks: list[DeliverHook] = [self.alerts.deliver, *deliver_hooks]
         self.cycle_hooks: list[CycleHook] = [self.alerts.after_cycle, *cycle_hooks]
         ev, dm = config.evaluate, config.daemon

@@ -29,6 +29,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import OperationalError
 
 import monitor.daemon as d
+from alerts.config import Route
 from collectors import AttentionCollector
 from monitor.config import Config, GrafanaConfig
 from monitor.daemon import WATERMARK_KEY, Daemon, fake_clock, read_watermark
@@ -782,7 +783,14 @@ def test_a_daemon_with_no_receivers_says_nobody_will_be_notified(store, caplog):
         "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/x"}}], "route": {"receiver": "hook"}})
     with caplog.at_level(logging.WARNING, "attnmon.daemon"), Daemon(cfg, clock=lambda: at(20)):
         pass
-    assert not any("no alert receivers" in r.getMessage() for r in caplog.records)
+    assert not any("no alert receivers" in r.getMessage() or "names no receiver" in r.getMessage()
+                   for r in caplog.records)
+    # receivers, but a root route without one: what no child route matches reaches nobody
+    only_critical = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"route": Route(
+        routes=[Route(match={"severity": "critical"}, receiver="hook")])})})
+    with caplog.at_level(logging.WARNING, "attnmon.daemon"), Daemon(only_critical, clock=lambda: at(20)):
+        pass
+    assert any("alerts.route names no receiver" in r.getMessage() for r in caplog.records)
 
 
 def test_maintenance_is_not_starved_by_restarts_more_often_than_its_interval(store):
