@@ -518,7 +518,8 @@ class Daemon:
         `healthy_lag_s` (or the daemon is younger than that and has no watermark yet);
         503 "watermark_ahead" when the watermark is past this daemon's clock (nothing is
         evaluated until the clock gets there: a clock behind, or a watermark written by
-        one ahead); 503 "store_unreachable" while `wait_for_store` waits."""
+        one ahead); 503 "store_unreachable" while `wait_for_store` waits, and while a daemon
+        that is not leading cannot reach the store to take the lead."""
         now = self.clock()
         lag = self.lag_s(now)
         if self._store_down is not None:
@@ -780,8 +781,11 @@ class Daemon:
                 if not self._lease_failing:  # once per outage, not every lease_s
                     log.warning("cannot reach %s to take the lead: %s", self.store, _one_line(exc, self.engine.url))
                 self._lease_failing = True
+                # /healthz says why at once, not only "lagging" once the lag has grown
+                self._store_down = _one_line(exc, self.engine.url)
                 return False
             self._lease_failing = False
+            self._store_down = None
             if got:
                 self._leader = True
                 log.info("took the lead on %s", self.store)

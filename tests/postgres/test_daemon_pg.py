@@ -207,6 +207,9 @@ def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
         down_at = clock.now()
         # its lock's session ended with the others: it steps down at its next job or lease
         down = daemon.wait_for(lambda b: not b["leader"], 5, "the leader notices its lock connection is gone")
+        # and /healthz says why, before the lag has grown past its limit
+        said = daemon.wait_for(lambda b: b["status"] == "store_unreachable", 10, "healthz names the store")
+        assert "s3cret-pw" not in said["error"]
         time.sleep(max(0.0, (down_at + timedelta(minutes=3) - clock.now()).total_seconds() / SPEED))
         db.block(False)
         up_at = clock.now()
