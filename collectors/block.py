@@ -441,19 +441,25 @@ def _dense_factorize(key: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarra
     n = len(key)
     key = key.astype(np.intp, copy=False)  # (ufunc.at and take are fastest on intp)
     first = np.full(slots, n, dtype=np.intp)
-    # most values show up early: first appearances in a prefix, then only the positions
-    # after it whose value the prefix lacks
+    rank = np.full(slots, -1, dtype=np.int64)
+    # most values show up early: codes of the values of a prefix, in one pass over all
+    # positions; then the positions left without one (values new after the prefix)
     p = min(n, _FIRST_PREFIX)
-    np.minimum.at(first, key[:p], np.arange(p))
-    if p < n:
-        late = np.flatnonzero(first.take(key[p:]) == n)
-        if len(late):
-            np.minimum.at(first, key[p:].take(late), late + p)
-    # the first appearances, in order (np.compress: boolean indexing is ~3x slower here)
-    first = np.sort(np.compress(first < n, first))
-    rank = np.empty(slots, dtype=np.int64)
-    rank[key[first]] = np.arange(len(first))
-    return rank.take(key), first
+    head = np.arange(p)
+    np.minimum.at(first, key[:p], head)
+    # a position whose value first appears there (in order: no sort of the firsts)
+    firsts = np.flatnonzero(first.take(key[:p]) == head)
+    rank[key.take(firsts)] = np.arange(len(firsts))
+    codes = rank.take(key)
+    late = np.flatnonzero(codes[p:] < 0) + p
+    if len(late):
+        lk = key.take(late)
+        np.minimum.at(first, lk, late)
+        new = np.compress(first.take(lk) == late, late)  # (boolean indexing: slower)
+        rank[key.take(new)] = len(firsts) + np.arange(len(new))
+        codes[late] = rank.take(lk)
+        firsts = np.concatenate([firsts, new])
+    return codes, firsts
 
 
 def _column_range(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
