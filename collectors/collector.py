@@ -788,8 +788,7 @@ class AttentionCollector(ServingCalls):
             named.append((name, acodes, akeys, self.topk_attr_values))
         if named and mean is not None:
             positions = None
-            # each layer's head-mean mass, float64 as the sums take it, once for every key set
-            mass = [mean[:, layer, :].astype(np.float64).reshape(-1) for layer in range(ly)]
+            mass = _layer_mass(mean)  # once for every key set
             for attr, codes, keys, k in named:
                 tops = _topk_all_groups(kept(codes), len(keys), mass, lengths, g.rq, R, k)
                 if tops is None:  # too many cells for one dense pass: group by group
@@ -1310,29 +1309,57 @@ class _MeanPositions:
 _DENSE_SLACK = 65536  # cells a group's dense top-K pass may spend beyond 4 per position
 
 
+def _layer_mass(mean: np.ndarray) -> list[np.ndarray]:
+    """The head-mean rows (n, layers, L) as `_topk_all_groups` takes them: float64, as the
+    sums take them, two layers to a complex128 array (layer 2j real, 2j + 1 imaginary;
+    complex adds are two float adds, so one ufunc.at sums both layers, each in order)
+    and an odd last layer alone, each (n * L,)."""
+    n, ly, L = mean.shape
+    parts = []
+    for j in range(0, ly, 2):
+        if j + 1 == ly:
+            parts.append(mean[:, j, :].astype(np.float64).reshape(-1))
+            continue
+        pair = np.empty((n, L, 2))
+        pair[:, :, 0], pair[:, :, 1] = mean[:, j, :], mean[:, j + 1, :]
+        parts.append(pair.reshape(-1).view(np.complex128))
+    return parts
+
+
 def _topk_all_groups(codes: np.ndarray, n_keys: int, mass: list[np.ndarray], lengths: np.ndarray,
                      rq: np.ndarray | None, R: int, k: int) -> list[TopK] | None:
     """`_topk_of_groups` of every head-mean group in one dense pass over (group, layer,
     key) cells, straight from the unsorted rows (None: too many cells, use that instead).
 
-    `codes` (n, L) key codes of the accepted requests, `mass[layer]` (n * L,) float64 their
-    head-mean rows of that layer, `rq` (n,) their group (None: one group). Each cell adds
-    its positions in request order, then position order, from 0.0, as the group-by-group
+    `codes` (n, L) key codes of the accepted requests, `mass` their head-mean rows as
+    `_layer_mass` gives them, `rq` (n,) their group (None: one group). Each cell adds its
+    positions in request order, then position order, from 0.0, as the group-by-group
     pass does; padding and positions with no key go to a column of their own (0) that is
     dropped, so their mass, whatever it is, is never read."""
-    (n, L), ly = codes.shape, len(mass)
+    (n, L) = codes.shape
+    ly = sum(2 if m.dtype.kind == "c" else 1 for m in mass)
     U1 = n_keys + 1  # column 0: no key
     n_cells = R * ly * U1
     if n_cells > 4 * n * ly * L + _DENSE_SLACK:
         return None
-    # cell of each position: group r's (layer 0) column, key code + 1 (-1, no key -> 0)
-    idx = codes + (1 if rq is None else (rq * (ly * U1) + 1)[:, None])
+    # cell of each position: group r's column, key code + 1 (-1, no key -> 0)
+    idx = codes + (1 if rq is None else (rq * U1 + 1)[:, None])
     if L and (lengths < L).any():
         idx[np.arange(L)[None, :] < (L - lengths)[:, None]] = 0  # group 0's no-key column
-    idx = idx.reshape(-1)  # layer l's cell is idx + l * U1
-    cells = np.zeros(n_cells)
-    for layer in range(ly):  # (ufunc.at adds in order, as bincount does; it is faster)
-        np.add.at(cells[layer * U1 :], idx, mass[layer])
+    idx = idx.reshape(-1)
+    cells = np.empty((R, ly, U1))
+    layer = 0
+    for m in mass:  # (ufunc.at adds in order, as bincount does; it is faster)
+        part = np.zeros(R * U1, dtype=m.dtype)
+        np.add.at(part, idx, m)
+        if m.dtype.kind == "c":
+            two = part.view(np.float64).reshape(R, U1, 2)
+            cells[:, layer], cells[:, layer + 1] = two[:, :, 0], two[:, :, 1]
+            layer += 2
+        else:
+            cells[:, layer] = part.reshape(R, U1)
+            layer += 1
+    cells = cells.reshape(-1)
     cells[::U1] = 0.0  # the no-key column of every group
     nz = np.flatnonzero(cells > 0)
     m_all = cells[nz]

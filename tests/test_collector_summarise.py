@@ -418,8 +418,7 @@ def test_top_k_of_all_groups_at_once_equals_group_by_group():
         for g_rq, g_R in ((rq, R), (None, 1)):
             order = None if g_rq is None else np.argsort(g_rq, kind="stable")
             want = col._topk_of_groups(codes, U, col._MeanPositions(mean, lengths, g_rq, order, g_R), k)
-            mass = [mean[:, layer, :].astype(np.float64).reshape(-1) for layer in range(ly)]
-            got = col._topk_all_groups(codes, U, mass, lengths, g_rq, g_R, k)
+            got = col._topk_all_groups(codes, U, col._layer_mass(mean), lengths, g_rq, g_R, k)
             assert len(got) == len(want) == g_R * ly
             for a, b in zip(got, want, strict=True):
                 assert a.k == b.k and a.total == b.total
