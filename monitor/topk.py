@@ -38,7 +38,7 @@ class TopK:
     def _reduced(keys: np.ndarray, counts: np.ndarray, k: int, total: float) -> TopK:
         if len(counts) > k:
             # subtract the (k+1)-th largest counter from all and keep the positive ones
-            kth = np.partition(counts, len(counts) - k - 1)[len(counts) - k - 1]
+            kth = _kth_largest(counts, k + 1)
             keep = counts > kth  # (exactly where counts - kth > 0)
             keys, counts = keys[keep], counts[keep] - kth
         order = np.argsort(-counts, kind="stable")
@@ -62,6 +62,23 @@ class TopK:
         if self.total <= 0:
             return {}
         return {str(key): float(c) / self.total for key, c in zip(self.keys, self.counts, strict=True)}
+
+
+_SAMPLE_STEP = 8
+
+
+def _kth_largest(counts: np.ndarray, j: int) -> float:
+    """The j-th largest of `counts` (> 0, never NaN), as np.partition finds it. From many
+    counters, first those above a threshold that a strided sample puts below about 1.5 j
+    of them: the j largest are among them (~3x faster for 12k counters, j = 513)."""
+    n = len(counts)
+    if n > 4 * j:
+        sample = counts[::_SAMPLE_STEP]
+        at = len(sample) - (3 * j) // (2 * _SAMPLE_STEP) - 1
+        cand = counts[counts >= np.partition(sample, at)[at]]
+        if len(cand) >= j:  # (else the sample misled: all of them)
+            return np.partition(cand, len(cand) - j)[len(cand) - j]
+    return np.partition(counts, n - j)[n - j]
 
 
 def merge_many(summaries: list[TopK]) -> TopK:

@@ -285,3 +285,21 @@ def test_property_guarantees_under_any_split_and_merge_tree(data, events):
         true[key] += wt
     assert tk.k <= min(p.k for p in parts)  # never claims more precision than its inputs
     assert_guarantees(tk, ALPHABET, true, float(true.sum()))
+
+
+def test_kth_largest_from_a_sample_equals_partition():
+    """The threshold from a strided sample never changes the counter found: ties, heavy
+    tails, and samples that see only the smallest or only the largest counters."""
+    from monitor.topk import _kth_largest
+
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        n = int(rng.integers(1, 5000))
+        j = int(rng.integers(1, min(n, 600) + 1))
+        c = [rng.random(n), rng.pareto(1.0, n) + 1e-9, rng.integers(1, 4, n) + 0.0,
+             np.sort(rng.random(n))][trial % 4]
+        if trial % 5 == 0:
+            c[::8] = 1e-12  # the sample only sees the smallest
+        elif trial % 5 == 1:
+            c[::8] = 1e6  # ... or only the largest (too few above its threshold)
+        assert _kth_largest(c, j) == np.partition(c, n - j)[n - j]
