@@ -39,11 +39,12 @@ from monitor.baselines import (
 from monitor.config import EvaluateConfig
 from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
-from monitor.sketch import BINS, EDGES, POSITIONS, M, Sketch, merge_encoded
+from monitor.sketch import EDGES, M, Sketch
+from monitor.stacked import Stacked, Window, merge_stacked, stack_encoded
 from monitor.store import tables as t
 from monitor.store.bulk import bind_rows, copy_rows, sqlite_insert
 from monitor.store.maintenance import as_utc
-from monitor.topk import TopK, merge_many
+from monitor.topk import TopK
 
 COL = {m: i for i, m in enumerate(ALL_METRICS)}
 LIFT_MIN_RISE = 0.02  # lift.attr.*: only values that gained 2 points of attention share
@@ -66,96 +67,6 @@ def window_for(at: datetime, cfg: EvaluateConfig) -> tuple[datetime, datetime]:
     e = as_utc(at).timestamp()
     end = datetime.fromtimestamp(e - e % 60, UTC) - timedelta(minutes=cfg.lag_minutes)
     return end - timedelta(minutes=cfg.window_minutes), end
-
-
-@dataclass
-class Stacked:
-    """Merged sketches of many series, stacked: one row of each array per series, in
-    `keys` order. Top-K summaries, which only some series carry, are kept by row index."""
-
-    keys: list[tuple]
-    n: np.ndarray  # (S,) int64
-    rejected: np.ndarray  # (S,) int64
-    sums: np.ndarray  # (S, M)
-    sumsq: np.ndarray  # (S, M)
-    hist: np.ndarray  # (S, M, BINS) int64
-    pos: np.ndarray  # (S, POSITIONS)
-    topk: dict[int, tuple[TopK | None, dict[str, TopK]]]
-
-    @classmethod
-    def of(cls, sketches: dict[tuple, Sketch]) -> Stacked:
-        sks = list(sketches.values())
-        return cls(list(sketches), np.array([s.n for s in sks], dtype=np.int64),
-                   np.array([s.rejected for s in sks], dtype=np.int64),
-                   np.array([s.sums for s in sks]).reshape(len(sks), M),
-                   np.array([s.sumsq for s in sks]).reshape(len(sks), M),
-                   np.array([s.hist for s in sks], dtype=np.int64).reshape(len(sks), M, BINS),
-                   np.array([s.pos for s in sks]).reshape(len(sks), POSITIONS),
-                   {i: (s.items, s.attrs) for i, s in enumerate(sks) if s.items is not None or s.attrs})
-
-    def sketch(self, i: int) -> Sketch:
-        """Series i's merged sketch (its arrays are views of these)."""
-        items, attrs = self.topk.get(i, (None, {}))
-        return Sketch(int(self.n[i]), int(self.rejected[i]), self.sums[i], self.sumsq[i], self.hist[i],
-                      self.pos[i], items, attrs)
-
-    def sketches(self) -> dict[tuple, Sketch]:
-        return {k: self.sketch(i) for i, k in enumerate(self.keys)}
-
-
-@dataclass
-class Window(Stacked):
-    """Every series' sketch merged over a window (a WindowReader caches each minute as a
-    Stacked). `keys` are the series in the order they first appear (oldest minute first).
-    Per minute with data (oldest first), `minute_n` and `minute_sums` hold each series'
-    count and metric sums (0 where a series has no row that minute)."""
-
-    minute_n: np.ndarray  # (S, minutes) int64
-    minute_sums: np.ndarray  # (S, minutes, M)
-    present: np.ndarray  # (S, minutes) bool: the series has a row that minute
-
-
-def _merge_minutes(minutes: list[Stacked]) -> Window:
-    """The window of these minutes (oldest first): equal, series by series, to merge_all of
-    its minute sketches in minute order (the float sums are added in that order too)."""
-    index: dict[tuple, int] = {}
-    for mn in minutes:
-        for k in mn.keys:
-            index.setdefault(k, len(index))
-    S, W = len(index), len(minutes)
-    n, rejected = np.zeros(S, dtype=np.int64), np.zeros(S, dtype=np.int64)
-    sums, sumsq = np.zeros((S, M)), np.zeros((S, M))
-    hist, pos = np.zeros((S, M, BINS), dtype=np.int64), np.zeros((S, POSITIONS))
-    minute_n, minute_sums = np.zeros((S, W), dtype=np.int64), np.zeros((S, W, M))
-    present = np.zeros((S, W), dtype=bool)
-    parts: dict[int, list[tuple[TopK | None, dict[str, TopK]]]] = {}
-    first = np.arange(S)
-    for w, mn in enumerate(minutes):
-        idx = np.fromiter((index[k] for k in mn.keys), dtype=np.intp, count=len(mn.keys))
-        if np.array_equal(idx, first[: len(idx)]):  # the usual case: the same series, in order
-            idx = slice(0, len(idx))  # (in place, no gather and scatter)
-        n[idx] += mn.n  # a series has one row per minute: idx holds no repeats
-        rejected[idx] += mn.rejected
-        sums[idx] += mn.sums
-        sumsq[idx] += mn.sumsq
-        hist[idx] += mn.hist
-        pos[idx] += mn.pos
-        minute_n[idx, w] = mn.n
-        minute_sums[idx, w] = mn.sums
-        present[idx, w] = True
-        for i, tk in mn.topk.items():
-            parts.setdefault(i if isinstance(idx, slice) else int(idx[i]), []).append(tk)
-    seen = present.sum(axis=1)
-    topk = {}
-    for i, tks in parts.items():
-        if len(tks) == 1 and seen[i] == 1:  # as merge_all of one sketch: kept as it is
-            topk[i] = (tks[0][0], dict(tks[0][1]))
-            continue
-        items = [it for it, _ in tks if it is not None]
-        names = dict.fromkeys(name for _, at in tks for name in at)
-        topk[i] = (merge_many(items) if items else None,
-                   {name: merge_many([at[name] for _, at in tks if name in at]) for name in names})
-    return Window(list(index), n, rejected, sums, sumsq, hist, pos, topk, minute_n, minute_sums, present)
 
 
 class WindowReader:
@@ -195,11 +106,10 @@ class WindowReader:
                         fresh[m].setdefault(tuple(row[:5]), []).append(
                             (row[6], row[7], row[8], row[9 : 9 + M], row[9 + M :]))
                 for m, series in fresh.items():
-                    sketches = {k: merge_encoded(parts) for k, parts in series.items()}
-                    self._cache[m] = (fps[m], Stacked.of(sketches))
+                    self._cache[m] = (fps[m], stack_encoded(series))
         for m in [m for m in self._cache if m not in fps]:
             del self._cache[m]
-        return _merge_minutes([self._cache[m][1] for m in sorted(self._cache)])
+        return merge_stacked([self._cache[m][1] for m in sorted(self._cache)])
 
     def read(self, start: datetime, end: datetime):
         """Merged sketch and per-minute (n, sums) of every series with rows in [start, end)."""

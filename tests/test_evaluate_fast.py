@@ -320,6 +320,32 @@ def test_merge_encoded_equals_merge_all_of_the_decoded_rows():
         _same(from_parts(*p), Sketch.from_row(_row(p)))
 
 
+def test_stacked_rows_equal_merge_encoded_series_by_series():
+    """stack_encoded: series of one row decoded together (keyless headers sliced, top-K ones
+    decoded), series of several merged; each equal to merge_encoded of its rows."""
+    from monitor.stacked import stack_encoded
+
+    rng = np.random.default_rng(7)
+    series = {}
+    for i in range(30):
+        rows = []
+        for _ in range(1 if i % 4 else 3):
+            s = _sketch(rng, int(rng.integers(1, 300)), items=i % 5 == 0)
+            if i % 3:
+                s.attrs = {}  # a per-head series: no top-K at all
+            s.pos[int(rng.integers(0, 20)):] = 0.0  # positions held up to some length
+            rows.append(_parts(s))
+        series[("m", "v", "c", "0", str(i))] = rows
+    for got in (series, {k: v for k, v in series.items() if len(v) == 1}):
+        stacked = stack_encoded(got)
+        assert stacked.keys == list(got)
+        for i, k in enumerate(got):
+            _same(stacked.sketch(i), merge_encoded(got[k]))
+    bad = {("m", "v", "c", "0", "x"): [(b"AS1" + b"garbage", 1, 0, [0.0] * M, [0.0] * M)]}
+    with pytest.raises(ValueError, match="corrupt attnmon sketch payload"):
+        stack_encoded(bad)
+
+
 def test_merge_encoded_onto_a_sketch_continues_the_merge():
     rng = np.random.default_rng(5)
     sketches = [_sketch(rng, int(rng.integers(1, 300)), items=bool(rng.random() < 0.5)) for _ in range(30)]
@@ -621,7 +647,8 @@ def test_merged_minutes_equal_merge_all_series_by_series(shuffle):
     """The window's array merge against merge_all of each series' minutes, with minutes in
     the same series order (added in place) or not (gathered), series missing from some
     minutes, and top-K on some series only."""
-    from monitor.evaluate import Stacked, _merge_minutes
+    from monitor.stacked import Stacked
+    from monitor.stacked import merge_stacked as _merge_minutes
 
     rng = np.random.default_rng(3)
     keys = [("m", "v", c, "0", h) for c in ("a", "*") for h in ("0", "1", "*")]
