@@ -48,7 +48,8 @@ from sqlalchemy.engine import Engine
 
 from monitor.config import EvaluateConfig
 from monitor.metrics import ALL_METRICS
-from monitor.sketch import Sketch, encode_payload, from_parts, merge_all, merge_encoded
+from monitor.sketch import Sketch, encode_payload, merge_encoded
+from monitor.stacked import Stacked, merge_stacked, stack_encoded
 from monitor.store import tables as t
 from monitor.store.bulk import bulk_insert
 from monitor.store.maintenance import as_utc, rows_in, served_minutes
@@ -278,15 +279,19 @@ def _store(engine: Engine, model: str, version: str, kind: str, ref: str, start:
     return rows
 
 
-def _as_read(rows: list[tuple]) -> dict[SeriesKey, Sketch]:
-    """The sketches of stored rows (_STORE_COLS) as _load reads them back."""
-    return {
-        (r[2], r[3], r[4]): from_parts(r[13], r[9], r[10], r[11], r[12]) for r in rows if r[2] != _EMPTY
-    }
+def _as_read(rows: list[tuple]) -> Stacked:
+    """The sketches of stored rows (_STORE_COLS) as _load_stacked reads them back."""
+    return stack_encoded({(r[2], r[3], r[4]): [(r[13], r[9], r[10], r[11], r[12])] for r in rows if r[2] != _EMPTY})
 
 
 def _load(engine: Engine, model: str, version: str, kind: str, ref: str, start: datetime,
           end: datetime) -> dict[SeriesKey, Sketch] | None:
+    got = _load_stacked(engine, model, version, kind, ref, start, end)
+    return None if got is None else got.sketches()
+
+
+def _load_stacked(engine: Engine, model: str, version: str, kind: str, ref: str, start: datetime,
+                  end: datetime) -> Stacked | None:
     bs = t.baseline_sketches
     # sums as their JSON text: lists of floats, parsed below without the JSON decoder
     cols = [bs.c.cohort, bs.c.layer, bs.c.head, bs.c.payload, bs.c.n, bs.c.rejected,
@@ -299,13 +304,25 @@ def _load(engine: Engine, model: str, version: str, kind: str, ref: str, start: 
         ).all()
     if not rows:
         return None
-    out = {}
+    rows = [r for r in rows if r[0] != _EMPTY]
+    sums, sumsq = _floats_many([r[6] for r in rows]), _floats_many([r[7] for r in rows])
     with gc_paused():
-        for cohort, layer, head, payload, n, rejected, sums, sumsq in rows:
-            if cohort == _EMPTY:
-                continue
-            out[(cohort, layer, head)] = from_parts(payload, n, rejected, _floats(sums), _floats(sumsq))
-    return out
+        # a series stored twice (two builders at once wrote the same sums): the last row
+        return stack_encoded({(r[0], r[1], r[2]): [(r[3], r[4], r[5], s, q)]
+                              for r, s, q in zip(rows, sums, sumsq, strict=True)})
+
+
+def _floats_many(texts: list) -> np.ndarray:
+    """_floats of each text, as an (R, M) array: one split and one float() pass over them
+    all (what _floats gives row by row)."""
+    if all(isinstance(x, str) and x[:1] == "[" and x[-1:] == "]" and x.count(",") == M - 1
+           and "[" not in x[1:] for x in texts):
+        try:
+            vals = list(map(float, ",".join(x[1:-1] for x in texts).split(",")))
+            return np.array(vals, dtype=np.float64).reshape(len(texts), M)
+        except ValueError:
+            pass
+    return np.array([_floats(x) for x in texts], dtype=np.float64).reshape(len(texts), M)
 
 
 def _floats(text) -> list:
@@ -335,7 +352,7 @@ class Baselines:
         self.engine, self.cfg = engine, cfg
         self._cache: dict[tuple, dict[SeriesKey, Sketch]] = {}
         self._cache_size = cache_size
-        self._hours: dict[tuple[str, str, datetime], dict[SeriesKey, Sketch]] = {}
+        self._hours: dict[tuple[str, str, datetime], Stacked] = {}
 
     def holds(self, model: str, ref: BaselineRef) -> bool:
         """Whether this baseline is in the cache (get() would not read the store)."""
@@ -359,14 +376,14 @@ class Baselines:
         if ref.kind != "trailing":
             got = _merge_rows(self.engine, model, ref.version, ref.start, ref.end)
         else:
-            parts: dict[SeriesKey, list[Sketch]] = defaultdict(list)
+            hours = []
             totals = _hour_totals(self.engine, model, ref.version, ref.start, ref.end)
             hour = ref.start
             while hour < ref.end:
-                for k, s in self._hour(model, ref.version, hour, totals.get(hour, 0)).items():
-                    parts[k].append(s)
+                hours.append(self._hour(model, ref.version, hour, totals.get(hour, 0)))
                 hour += timedelta(hours=1)
-            got = {k: v[0] if len(v) == 1 else merge_all(v) for k, v in parts.items()}
+            # each series' partials summed in hour order, as merge_all of them
+            got = merge_stacked(hours).sketches()
             self._forget_hours(model, ref)
         _store(self.engine, model, ref.version, ref.kind, ref.ref, ref.start, ref.end, got)
         return got
@@ -382,7 +399,7 @@ class Baselines:
             elif key[:2] not in live:
                 del self._hours[key]
 
-    def _hour(self, model: str, version: str, hour: datetime, expect: int | None = None) -> dict[SeriesKey, Sketch]:
+    def _hour(self, model: str, version: str, hour: datetime, expect: int | None = None) -> Stacked:
         """The hour's partial; rebuilt when its rows now hold `expect` vectors and it does not
         (late data: a collector replaying its spill after the partial was built)."""
         key = (model, version, as_utc(hour))
@@ -390,22 +407,22 @@ class Baselines:
         if hit is not None and (expect is None or _total(hit) == expect):
             return hit
         ref = _iso(hour)
-        got = _load(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1))
+        got = _load_stacked(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1))
         if got is not None and expect is not None and _total(got) != expect:
             log.info("hour %s of %s %s: %d vectors in its rows, %d in its partial: late data, rebuilt",
                      ref, model, version, expect, _total(got))
             got = None
         if got is None:
-            got = _merge_rows(self.engine, model, version, hour, hour + timedelta(hours=1))
-            rows = _store(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1), got)
+            merged = _merge_rows(self.engine, model, version, hour, hour + timedelta(hours=1))
+            rows = _store(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1), merged)
             self._hours[key] = _as_read(rows)  # what a later _load would read
-        else:
-            self._hours[key] = got
+            return Stacked.of(merged)
+        self._hours[key] = got
         return got
 
 
-def _total(partial: dict[SeriesKey, Sketch]) -> int:
-    return sum(int(s.n) for s in partial.values())
+def _total(partial: Stacked) -> int:
+    return int(partial.n.sum())
 
 
 def _hour_totals(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[datetime, int]:

@@ -502,9 +502,10 @@ def _results(engine, end: datetime) -> dict:
 def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monkeypatch):
     engine = make_engine(four_hours)
     merged_hours, loads = [], []
-    merge_rows, load = bl._merge_rows, bl._load
+    merge_rows, load, load_stacked = bl._merge_rows, bl._load, bl._load_stacked
     monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
-    monkeypatch.setattr(bl, "_load", lambda e, m, v, kind, ref, *window: loads.append((kind, ref)) or load(e, m, v, kind, ref, *window))
+    monkeypatch.setattr(bl, "_load_stacked", lambda e, m, v, kind, ref, *window: loads.append((kind, ref))
+                        or load_stacked(e, m, v, kind, ref, *window))
     b, reader = bl.Baselines(engine, CFG), WindowReader(engine)
     first = evaluate_cycle(engine, T(196), CFG, b, reader)  # baseline hours [60, 120), [120, 180)
     assert first.series > 0 and merged_hours == [T(60), T(120)]
@@ -513,7 +514,7 @@ def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monk
     assert loads.count(("hour", bl._iso(T(120)))) == 1  # kept, not read again
     assert {k[2] for k in b._hours} == {T(120), T(180)}  # hour 60 is no longer needed
     for hour in (T(120), T(180)):  # kept as the store holds them
-        _baseline_equal(b._hours[("demo-sasrec", "v1", hour)], load(engine, "demo-sasrec", "v1", "hour", bl._iso(hour),
+        _baseline_equal(b._hours[("demo-sasrec", "v1", hour)].sketches(), load(engine, "demo-sasrec", "v1", "hour", bl._iso(hour),
                                                                    hour, hour + timedelta(hours=1)))
     # a trailing baseline from the kept partials is the one a fresh process builds from the store
     ref = bl.choose(engine, "demo-sasrec", "v1", T(255), CFG)
@@ -694,3 +695,16 @@ def test_the_baseline_cache_evicts_the_least_recently_used(monkeypatch):
     b.get("m", refs[0])  # read again: now the most recent
     b.get("m", refs[2])
     assert b.holds("m", refs[0]) and b.holds("m", refs[2]) and not b.holds("m", refs[1])
+
+
+def test_stored_sums_parse_at_once_as_row_by_row():
+    import json
+
+    rng = np.random.default_rng(4)
+    texts = [json.dumps([float(x) for x in rng.standard_normal(M) * 1e3]) for _ in range(5)]
+    odd = [*texts, json.dumps([1e-300, float("nan")] + [0.0] * (M - 2)), "[" + ", ".join(["2.5"] * M) + "]"]
+    for got in (texts, odd, []):
+        want = np.array([bl._floats(x) for x in got], dtype=np.float64).reshape(len(got), M)
+        assert bl._floats_many(got).tobytes() == want.tobytes()
+    with pytest.raises(ValueError):
+        bl._floats_many([*texts, json.dumps([1.0] * (M + 1))])
