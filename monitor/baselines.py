@@ -359,25 +359,51 @@ class Baselines:
         return (model, ref.kind, ref.ref, ref.version) in self._cache
 
     def get(self, model: str, ref: BaselineRef) -> dict[SeriesKey, Sketch]:
+        return self.get_all(model, [ref])[0]
+
+    def get_all(self, model: str, refs: list[BaselineRef]) -> list[dict[SeriesKey, Sketch]]:
+        """get() of each; the trailing baselines to build over one window (one per version)
+        check their hours' rows for late data with one query, not one each."""
+        out = [self._cached(model, ref, load=True) for ref in refs]
+        todo = [r for r, got in zip(refs, out, strict=True) if got is None and r.kind == "trailing"]
+        totals: dict[tuple, dict[datetime, int]] = {}
+        for start, end in dict.fromkeys((r.start, r.end) for r in todo):
+            versions = list(dict.fromkeys(r.version for r in todo if (r.start, r.end) == (start, end)))
+            for v, by_hour in _hour_totals(self.engine, model, versions, start, end).items():
+                totals[(v, start, end)] = by_hour
+        for i, ref in enumerate(refs):
+            if out[i] is None:
+                got = self._cached(model, ref)  # a ref given twice is built once
+                if got is None:
+                    got = self._build(model, ref, totals.get((ref.version, ref.start, ref.end)))
+                    self._keep((model, ref.kind, ref.ref, ref.version), got)
+                out[i] = got
+        return out
+
+    def _cached(self, model: str, ref: BaselineRef, load: bool = False) -> dict[SeriesKey, Sketch] | None:
+        """The baseline from the cache, or else (`load`) as stored; None if neither holds it."""
         key = (model, ref.kind, ref.ref, ref.version)
-        hit = self._cache.pop(key, None)
-        if hit is not None:
-            self._cache[key] = hit  # the least recently used goes first
-            return hit
-        got = _load(self.engine, model, ref.version, ref.kind, ref.ref, ref.start, ref.end)
-        if got is None:
-            got = self._build(model, ref)
+        got = self._cache.pop(key, None)
+        if got is None and load:
+            got = _load(self.engine, model, ref.version, ref.kind, ref.ref, ref.start, ref.end)
+        if got is not None:
+            self._keep(key, got)  # the least recently used goes first
+        return got
+
+    def _keep(self, key: tuple, got: dict[SeriesKey, Sketch]) -> None:
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = got
-        return got
 
-    def _build(self, model: str, ref: BaselineRef) -> dict[SeriesKey, Sketch]:
+    def _build(self, model: str, ref: BaselineRef, totals: dict[datetime, int] | None = None) -> dict[SeriesKey, Sketch]:
+        """`totals`: the vectors in each hour's rows of a trailing baseline (_hour_totals;
+        read here if not given)."""
         if ref.kind != "trailing":
             got = _merge_rows(self.engine, model, ref.version, ref.start, ref.end)
         else:
+            if totals is None:
+                totals = _hour_totals(self.engine, model, [ref.version], ref.start, ref.end)[ref.version]
             hours = []
-            totals = _hour_totals(self.engine, model, ref.version, ref.start, ref.end)
             hour = ref.start
             while hour < ref.end:
                 hours.append(self._hour(model, ref.version, hour, totals.get(hour, 0)))
@@ -425,22 +451,26 @@ def _total(partial: Stacked) -> int:
     return int(partial.n.sum())
 
 
-def _hour_totals(engine: Engine, model: str, version: str, start: datetime, end: datetime) -> dict[datetime, int]:
-    """Vectors summed over every row (all series) of each hour in [start, end): what the
-    hour's partial, merged from those rows, holds in total (the sum of its series' n)."""
-    out: dict[datetime, int] = defaultdict(int)
+def _hour_totals(engine: Engine, model: str, versions: list[str], start: datetime,
+                 end: datetime) -> dict[str, dict[datetime, int]]:
+    """Per version, vectors summed over every row (all series) of each hour in [start, end):
+    what the hour's partial, merged from those rows, holds in total (the sum of its series'
+    n). One query for all: the index is (model, bucket_start, version, n), so a query per
+    version would step through every version's entries of the window."""
+    out: dict[str, dict[datetime, int]] = {v: defaultdict(int) for v in versions}
     with engine.connect() as conn:
-        for minute, n in conn.execute(hour_totals_query(model, version, start, end)):
-            out[_floor_hour(minute)] += int(n or 0)
+        for minute, version, n in conn.execute(hour_totals_query(model, versions, start, end)):
+            out[version][_floor_hour(minute)] += int(n or 0)
     return out
 
 
-def hour_totals_query(model: str, version: str, start: datetime, end: datetime) -> Select:
-    """n summed per bucket: read from the index alone (migration 0007 put n in it)."""
+def hour_totals_query(model: str, versions: list[str], start: datetime, end: datetime) -> Select:
+    """n summed per (bucket, version): read from the index alone (migration 0007 put n in it)."""
     wa = t.window_aggregates
-    return (select(wa.c.bucket_start, func.sum(wa.c.n))
-            .where(wa.c.model == model, wa.c.version == version, wa.c.bucket_start >= start, wa.c.bucket_start < end)
-            .group_by(wa.c.bucket_start))
+    return (select(wa.c.bucket_start, wa.c.version, func.sum(wa.c.n))
+            .where(wa.c.model == model, wa.c.version.in_(versions), wa.c.bucket_start >= start,
+                   wa.c.bucket_start < end)
+            .group_by(wa.c.bucket_start, wa.c.version))
 
 
 def prune(engine: Engine, older_than: datetime, after_deploy: timedelta = timedelta(0)) -> int:

@@ -351,18 +351,21 @@ def _evaluate_cycle(
     rows: list[tuple] = []  # in _RESULT_COLS order
     todo: list[tuple] = []  # (key, current, baseline, ref, baseline head) of the series evaluated
     skipped = 0
-    refs: dict[tuple[str, str], object] = {}
+    refs: dict[tuple[str, str], BaselineRef] = {}
     deps: dict[str, list] = {}
+    for model, version in sorted({k[:2] for k in merged}):
+        if model not in deps:
+            deps[model] = deployments(engine, model)
+        refs[(model, version)] = choose(engine, model, version, end, cfg, deps=deps[model])
+    got: dict[tuple[str, str], dict] = {}
+    for model in deps:  # each model's baselines at once: one late-data query for the versions built
+        mv = [k for k in refs if k[0] == model]
+        got.update(zip(mv, baselines.get_all(model, [refs[k] for k in mv]), strict=True))
     pairs: dict[tuple[str, str], dict[str, dict[str, str]]] = {}  # retrains: layer -> head -> baseline head
     for key in sorted(merged):
         model, version, cohort, layer, head = key
         cur = merged[key]
-        if (model, version) not in refs:
-            if model not in deps:
-                deps[model] = deployments(engine, model)
-            refs[(model, version)] = choose(engine, model, version, end, cfg, deps=deps[model])
-        ref = refs[(model, version)]
-        sketches = baselines.get(model, ref)
+        ref, sketches = refs[(model, version)], got[(model, version)]
         base_head = head
         if ref.kind == RETRAIN and head != ROLLUP:
             if (model, version) not in pairs:
@@ -410,9 +413,10 @@ def prepare_baselines(engine: Engine, result: CycleResult, cfg: EvaluateConfig,
         ref = choose(engine, model, version, ahead, cfg, deps=deps[model])
         if ref.kind != "trailing" or baselines.holds(model, ref):
             continue
-        baselines.get(model, ref)
-        built.append(ref)
-    return built
+        built.append((model, ref))
+    for model in deps:  # one late-data query for a model's versions
+        baselines.get_all(model, [ref for m, ref in built if m == model])
+    return [ref for _, ref in built]
 
 
 # statistics whose detail names the baseline head a retrain's head was matched to (for a person reading them)

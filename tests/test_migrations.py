@@ -466,9 +466,9 @@ def check_index_covers_n(url: str) -> None:
                                                  .group_by(wa.c.model, wa.c.version)).first()
         assert indexes() == {new: ["model", "bucket_start", "version", "n"]}
         start = first.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
-        totals = _hour_totals(engine, model, version, start, start + timedelta(hours=24))
+        totals = _hour_totals(engine, model, [version], start, start + timedelta(hours=24))[version]
         if engine.dialect.name == "sqlite":
-            q = hour_totals_query(model, version, start, start + timedelta(hours=1))
+            q = hour_totals_query(model, [version], start, start + timedelta(hours=1))
             q = q.compile(engine, compile_kwargs={"literal_binds": True})
             with engine.connect() as conn:
                 plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {q}"))
@@ -479,7 +479,7 @@ def check_index_covers_n(url: str) -> None:
         assert indexes() == {new: ["model", "bucket_start", "version", "n"]}
         with engine.connect() as conn:
             assert conn.execute(select(func.count(), func.sum(wa.c.n))).one() == rows
-        assert _hour_totals(engine, model, version, start, start + timedelta(hours=24)) == totals
+        assert _hour_totals(engine, model, [version], start, start + timedelta(hours=24))[version] == totals
         assert sum(totals.values()) > 0
     finally:
         engine.dispose()
