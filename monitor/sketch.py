@@ -249,8 +249,13 @@ def decode_payload(data: bytes) -> Sketch:
 
 def _payload_parts(data: bytes) -> tuple[np.ndarray, np.ndarray, TopK | None, dict[str, TopK]]:
     """(hist as a read-only (M, BINS) view, pos, items, attrs) of a payload."""
+    return _decoded(_body(data))
+
+
+def _decoded(body: bytes, header: dict | None = None):
+    """_decode_body, its errors as a corrupt payload's."""
     try:
-        return _decode_body(_body(data))
+        return _decode_body(body, header)
     except (struct.error, KeyError, TypeError, IndexError, AttributeError) as e:
         raise ValueError(f"corrupt attnmon sketch payload: {e}") from e
 
@@ -274,9 +279,11 @@ _HLEN = struct.Struct("<I")
 _HIST_BYTES = 8 * M * BINS
 
 
-def _decode_body(body: bytes) -> tuple[np.ndarray, np.ndarray, TopK | None, dict[str, TopK]]:
+def _decode_body(body: bytes, header: dict | None = None) -> tuple[np.ndarray, np.ndarray, TopK | None, dict[str, TopK]]:
+    """`header`: the body's header, if already parsed."""
     (hlen,) = _HLEN.unpack_from(body)
-    header = json.loads(body[4 : 4 + hlen].decode("utf-8"))
+    if header is None:
+        header = json.loads(body[4 : 4 + hlen].decode("utf-8"))
     off = 4 + hlen
     hist = np.frombuffer(body, "<i8", M * BINS, off).reshape(M, BINS)
     off += _HIST_BYTES
@@ -306,6 +313,7 @@ def decode_many(payloads) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[TopK 
     headers: dict[bytes, dict] = {}  # keyless headers: a handful of distinct texts
     unpack, zero_pos = _HLEN.unpack_from, bytes(8 * POSITIONS)
     for i, data in enumerate(payloads):
+        header = None
         try:
             body = _body(data)
             (hlen,) = unpack(body)
@@ -323,7 +331,8 @@ def decode_many(payloads) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[TopK 
             hists.append(body[off - _HIST_BYTES : off])
             poss.append(body[off : off + 8 * p] + zero_pos[8 * p :])
             continue
-        hist, pos, items, attrs = _payload_parts(data)
+        # top-K (or not well formed): decoded as _payload_parts does, header parsed once
+        hist, pos, items, attrs = _payload_parts(data) if header is None else _decoded(body, header)
         hists.append(hist.astype("<i8").tobytes())
         poss.append(pos.astype("<f8").tobytes())
         if items is not None or attrs:
