@@ -232,7 +232,7 @@ def seed(engine, w: Workload, hours: list[int]) -> dict:
     t0 = time.perf_counter()
     for v in w.versions:
         got = b._hour(MODEL, v, START)
-        assert len(got) == PER_VERSION
+        assert len(got.keys) == PER_VERSION
     hour_s = time.perf_counter() - t0
     # ... which is every hour's partial (same 60 sketches per hour): copy it to hours 1..23
     bs = t.baseline_sketches
