@@ -68,9 +68,10 @@ YIELD_S = 0.0005  # the sender's Python between two yields of the GIL (a yield c
 MIN_HANG_S = 2.0  # hang_after_s: twice the worker's report interval, at least
 START_S = 30.0  # a new worker's time to import and report, at least (a slow disk, a busy host)
 MAX_BACKOFF_S = 300.0  # the longest wait between starts of workers that die at once
-# a worker that dies within this long of its start counts as dying at once, reported or
-# not: one killed by the OOM killer as it replays a spill backlog would otherwise be
-# started again every restart_every_s, a new interpreter each time, on the serving host
+# workers that die in a row within this long of their start, after their first report,
+# are started ever more slowly from the second: one the OOM killer ends as it replays a
+# spill backlog would otherwise be started again every restart_every_s, a new
+# interpreter each time, on the serving host (one such death alone: an operator's kill)
 SHORT_LIFE_S = 60.0
 EXIT_S = 10.0  # at interpreter exit, the wait for the workers to take and write what is held
 _ZERO = CollectorStats(0, 0, {}, 0, 0, 0, 0, 0, 0)
@@ -194,6 +195,7 @@ class ProcessCollector(ServingCalls):
         self._reported = False  # whether it has reported yet: until then it may be importing
         self._failed: str | None = None  # why a worker could not take its options
         self._early_deaths = 0  # workers in a row that died before their first report
+        self._short_deaths = 0  # ... or after it, within SHORT_LIFE_S of their start
         self._stop = False
         self._give_up = False  # close() timed out: no new worker for what is left
         self._closed = False
@@ -476,11 +478,12 @@ class ProcessCollector(ServingCalls):
     def _restart_delay(self) -> float:
         """restart_every_s; doubled for each worker in a row that died before its first
         report (an interpreter that is not a python, or cannot import numpy: it would be
-        started, and die, at every call) or within SHORT_LIFE_S of its start, up to
-        MAX_BACKOFF_S."""
-        if not self._early_deaths:
+        started, and die, at every call), and for each but the first in a row that died
+        within SHORT_LIFE_S of its start, up to MAX_BACKOFF_S."""
+        k = self._early_deaths + max(self._short_deaths - 1, 0)
+        if not k:
             return self.restart_every_s
-        return min(max(self.restart_every_s, 1.0) * 2 ** min(self._early_deaths - 1, 16), MAX_BACKOFF_S)
+        return min(max(self.restart_every_s, 1.0) * 2 ** min(k - 1, 16), MAX_BACKOFF_S)
 
     def _worker_lost(self, exc: WorkerDown, in_hand: int) -> None:
         """The worker is gone: count what it held and had not written, and what was in
@@ -493,14 +496,16 @@ class ProcessCollector(ServingCalls):
             exc = WorkerDown(self._failed_why())
         elif self._proc is not None:
             lived = time.monotonic() - self._last_start
-            short = not self._reported or lived < SHORT_LIFE_S
-            self._early_deaths = self._early_deaths + 1 if short else 0
             if not self._reported:
+                self._early_deaths += 1
                 exc = WorkerDown(f"{exc}, before its first report (is {self.python} a python that imports numpy, "
                                  f"SQLAlchemy and this package?); the next start in {self._restart_delay():.0f} s")
-            elif short:
-                exc = WorkerDown(f"{exc}, {lived:.0f} s after it started; the next start in "
-                                 f"{self._restart_delay():.0f} s")
+            else:
+                self._early_deaths = 0
+                self._short_deaths = self._short_deaths + 1 if lived < SHORT_LIFE_S else 0
+                if self._short_deaths > 1:
+                    exc = WorkerDown(f"{exc}, {lived:.0f} s after it started ({self._short_deaths} in a row); "
+                                     f"the next start in {self._restart_delay():.0f} s")
         with self._lock:
             cur = self._current
             unwritten = self._sent - self._settled
