@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from alerts import health, outbox
@@ -33,6 +32,7 @@ from alerts.rules import Rule
 from alerts.state import ACTIVE, AlertState, Phase, Transition, evaluate, observations
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
+from monitor.store.upsert import put_state
 
 WATERMARK_KEY = "alerts.watermark"
 OUTAGE_TOLERANCE = timedelta(hours=1)  # Prometheus' default for-outage-tolerance
@@ -55,13 +55,7 @@ def _watermark(conn: Connection) -> datetime | None:
 
 
 def _set_watermark(conn: Connection, end: datetime, now: datetime) -> None:
-    ds = t.daemon_state
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[conn.dialect.name]
-    stmt = insert(ds).values(key=WATERMARK_KEY, value=as_utc(end).isoformat(timespec="seconds"), updated_at=now)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=[ds.c.key], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-        where=ds.c.value < stmt.excluded.value,
-    ))
+    put_state(conn, WATERMARK_KEY, as_utc(end).isoformat(timespec="seconds"), now, only_forward=True)
 
 
 def read_watermark(engine: Engine) -> datetime | None:

@@ -73,7 +73,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from alerts import sending
@@ -85,6 +84,7 @@ from alerts.routing import Target, route
 from alerts.state import Transition
 from alerts.template import strip_credentials
 from monitor.store import tables as t
+from monitor.store import upsert
 from monitor.store.maintenance import as_utc
 
 log = logging.getLogger("attnmon.alerts")
@@ -175,11 +175,8 @@ def _dedup_for(latest: dict[str, _Latest], group_key: str, tr: Transition) -> st
 
 
 def _insert(conn: Connection):
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(conn.dialect.name)
-    if insert is None:
-        raise NotImplementedError(f"notifications upsert on {conn.dialect.name}")
     nt = t.notifications
-    return insert(nt).on_conflict_do_nothing(
+    return upsert.insert(conn, nt, "notifications").on_conflict_do_nothing(
         index_elements=["fingerprint", "receiver", "transition", "active_at"]
     ).returning(nt.c.id)
 

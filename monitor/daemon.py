@@ -66,7 +66,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
@@ -93,6 +92,7 @@ from monitor.store.engine import (
 )
 from monitor.store.engine import one_line as _one_line
 from monitor.store.maintenance import MaintenanceResult, as_utc, maintain
+from monitor.store.upsert import put_state
 
 log = logging.getLogger("attnmon.daemon")
 
@@ -210,18 +210,8 @@ def _read_time(engine: Engine, key: str) -> datetime | None:
 
 
 def _write_time(engine: Engine, key: str, value: datetime, *, only_forward: bool = False) -> None:
-    ds = t.daemon_state
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(engine.dialect.name)
-    if insert is None:
-        raise NotImplementedError(f"daemon_state upsert on {engine.dialect.name}")
-    stmt = insert(ds).values(key=key, value=_iso(value), updated_at=utc_now())
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[ds.c.key],
-        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-        where=(ds.c.value < stmt.excluded.value) if only_forward else None,
-    )
     with engine.begin() as conn:
-        conn.execute(stmt)
+        put_state(conn, key, _iso(value), utc_now(), only_forward=only_forward)
 
 
 def _iso(ts: datetime) -> str:

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import BigInteger, Column, MetaData, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from monitor import stats
@@ -42,6 +41,7 @@ from monitor.metrics import ALL_METRICS
 from monitor.sketch import EDGES, M, Sketch
 from monitor.stacked import Stacked, Window, merge_stacked, stack_encoded
 from monitor.store import tables as t
+from monitor.store import upsert
 from monitor.store.bulk import bind_rows, copy_rows, sqlite_insert
 from monitor.store.maintenance import as_utc
 from monitor.topk import TopK
@@ -480,12 +480,8 @@ def _write_tuples(engine: Engine, rows: list[tuple]) -> int:
 def _write_dicts(engine: Engine, rows: list[dict]) -> int:
     if not rows:
         return 0
-    dialect = engine.dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert is None:
-        raise NotImplementedError(f"drift_results upsert on {dialect}")
     stmt = (
-        insert(t.drift_results)
+        upsert.insert(engine, t.drift_results, "drift_results")
         .on_conflict_do_nothing(index_elements=list(_RESULT_KEY))
         .returning(t.drift_results.c.id)
     )

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from monitor.sketch import Sketch, decode_payload
 from monitor.store import positions
 from monitor.store import tables as t
+from monitor.store.upsert import put_state
 
 log = logging.getLogger("attnmon.maintenance")
 
@@ -255,24 +255,11 @@ def fill_position_bands(engine: Engine, *, limit: int = 100_000, scan: int = 2_0
         bottom = max(lowest, below - span)
         filled += _fill_range(engine, bottom, below)
         read, below = read + below - bottom, bottom
-    _save(engine, BANDS_CURSOR, json.dumps({"above": above, "below": below}))
-    return filled
-
-
-def _save(engine: Engine, key: str, value: str) -> None:
-    """Upsert a daemon_state row: a delete and an insert let a second maintainer at once
-    fail on the key the first had just inserted (PostgreSQL)."""
-    ds = t.daemon_state
-    row = {"key": key, "value": value, "updated_at": datetime.now(UTC)}
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(engine.dialect.name)
+    # an upsert: a delete and an insert let a second maintainer at once fail on the key
+    # the first had just inserted (PostgreSQL)
     with engine.begin() as conn:
-        if insert is None:
-            conn.execute(delete(ds).where(ds.c.key == key))
-            conn.execute(ds.insert().values(**row))
-            return
-        stmt = insert(ds).values(**row)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[ds.c.key], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at}))
+        put_state(conn, BANDS_CURSOR, json.dumps({"above": above, "below": below}), datetime.now(UTC))
+    return filled
 
 
 def _fill_range(engine: Engine, lo: int, hi: int) -> int:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from monitor.store import positions
 from monitor.store import tables as t
 from monitor.store.bulk import bulk_insert
+from monitor.store.upsert import INSERTS
 
 
 @dataclass
@@ -125,12 +126,7 @@ def register_deployment(
 
 
 def _insert_new(conn: Connection, table: Table):
-    """An insert that adds nothing where the row's key is taken (ON CONFLICT DO NOTHING)."""
-    name = conn.dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        return table.insert()
-    return insert(table).on_conflict_do_nothing()
+    """An insert that adds nothing where the row's key is taken (ON CONFLICT DO NOTHING;
+    on another dialect a plain insert)."""
+    make = INSERTS.get(conn.dialect.name)
+    return table.insert() if make is None else make(table).on_conflict_do_nothing()
