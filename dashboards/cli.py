@@ -34,17 +34,21 @@ def _token(config: Config, token_file: str | None) -> str:
     return load_token(token_file)
 
 
-def _grafana(config: Config, url: str | None):
-    """(url, the config's grafana section when `url` is its Grafana, else None): the
-    section's URL when none is given, and its settings only for its own Grafana."""
+def _grafana(config: Config, url: str | None, token_file: str | None):
+    """(url, the config's grafana section when `url` is its Grafana, else None, the API
+    client): the section's URL when none is given, and its settings (timeout) only for
+    its own Grafana."""
+    from dashboards.client import connect
+
     g = config.grafana
     if url is None:
         if g is None:
             raise ConfigError([("--grafana-url", None, "give Grafana's URL (or a grafana: section in the config)")],
                               "argument")
-        return g.url, g
-    same = g is not None and url.rstrip("/") == g.url.rstrip("/")
-    return url, g if same else None
+        url = g.url
+    section = g if g is not None and url.rstrip("/") == g.url.rstrip("/") else None
+    api = connect(url, _token(config, token_file), **({"timeout": section.timeout_s} if section else {}))
+    return url, section, api
 
 
 def _pg_url(config: Config, db_url: str | None) -> str | None:
@@ -89,7 +93,6 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
          db_user: str = "attnmon_grafana", sslmode: str = "require", datasource: bool = True,
          rules: str | None = None, fmt: str = "text") -> int:
     """Create the folder and the datasource if missing, upsert every dashboard."""
-    from dashboards.client import connect
     from dashboards.provision import datasource as datasource_body
     from dashboards.push import push as run
     from dashboards.spec import FOLDER_UID
@@ -104,8 +107,7 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
         if not password:
             raise ConfigError([(PASSWORD_ENV, None, "not set: the read-only role's password")], "environment")
         body = datasource_body(_connection(url, db_user, sslmode), password)
-    grafana_url, section = _grafana(config, grafana_url)
-    api = connect(grafana_url, _token(config, token_file), **({"timeout": section.timeout_s} if section else {}))
+    grafana_url, _, api = _grafana(config, grafana_url, token_file)
     folder = config.grafana.folder if config.grafana is not None else FOLDER_UID
     result = run(api, _boards(rules), body, folder_uid=folder)
     lines = [f"folder {folder} {'created' if result.folder_created else 'exists'}"]
@@ -124,16 +126,14 @@ def annotate(config: Config, grafana_url: str | None = None, *, token_file: str 
              dashboard_uid: str | None = None, now: str | None = None, fmt: str = "text") -> int:
     """Post deployments and alert transitions of the last `days` not posted yet."""
     from dashboards.annotate import annotate as run
-    from dashboards.client import connect
     from monitor.cli_common import parse_time
     from monitor.store import make_engine, require_schema
 
     at = parse_time(now, "--now") if now else datetime.now(UTC)
-    grafana_url, section = _grafana(config, grafana_url)
+    grafana_url, section, api = _grafana(config, grafana_url, token_file)
     if section is not None:
         # where the daemon's job posts: what it recorded as posted is per target
         dashboard_uid = dashboard_uid or section.dashboard_uid
-    api = connect(grafana_url, _token(config, token_file), **({"timeout": section.timeout_s} if section else {}))
     engine = make_engine(config.store_url)
     try:
         require_schema(engine)
