@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import hashlib
-import hmac
 import logging
 import math
 import os
@@ -50,6 +48,7 @@ from collectors.block import (
     rejected_block,
     time_ok,
 )
+from collectors.itemhash import ItemHasher
 from collectors.rarely import RareLog
 from collectors.spill import SpillDir, UnreadableSpill
 from monitor import metrics as mx
@@ -307,6 +306,9 @@ class AttentionCollector(ServingCalls):
         self.clock = clock
         self._hash_key = hash_key.encode() if isinstance(hash_key, str) else hash_key
         self._hash_item_ids = hash_item_ids
+        # item ids are hashed where they are written (events, top-K survivors), not as
+        # they are summarised: a minute's top-K is hundreds of ids, its requests millions
+        self._hash = ItemHasher(self._hash_key) if hash_item_ids else None
         self._spill = SpillDir(spill_dir) if spill_dir is not None else None
         self._engine = engine
         self._cutter = None  # cuts the engine's connections when a write overruns (ours only)
@@ -846,7 +848,7 @@ class AttentionCollector(ServingCalls):
         if b.item_codes is not None:
             codes = b.item_codes[i, L - n_i :]
             items = [None if c < 0 else str(b.item_keys[c]) for c in codes]
-            if self._hash_item_ids:
+            if self._hash is not None:
                 items = [None if x is None else self._hash(x) for x in items]
         attrs = None
         if b.attrs:
@@ -872,9 +874,6 @@ class AttentionCollector(ServingCalls):
                 **{m: float(last[cols[m]]) for m in ("entropy_norm", "top1", "recency5", "distance", "gini")},
             }
         )
-
-    def _hash(self, item: str) -> str:
-        return hmac.new(self._hash_key, item.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
     # --- writing -----------------------------------------------------------------------
     def _flush(self, now: float, final: bool) -> None:
@@ -947,6 +946,9 @@ class AttentionCollector(ServingCalls):
             # top-K items ride on the roll-up only (DESIGN §4: keeps rows small); the
             # per-cohort summaries were needed in memory to merge that roll-up
             s = sk.Sketch(s.n, s.rejected, s.sums, s.sumsq, s.hist, s.pos, None, s.attrs)
+        elif s.items is not None and self._hash is not None:
+            # no raw id reaches the store; hashed keys still merge exactly (same key)
+            s = dataclasses.replace(s, items=self._hash.topk(s.items))
         row = s.to_row()
         row.update(
             model=self.model,

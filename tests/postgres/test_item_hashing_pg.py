@@ -1,0 +1,19 @@
+"""hash_item_ids on a real PostgreSQL: the store tests of tests/test_item_hashing.py (no
+raw item id in any column of any table; hashed top-K = plain top-K with hashed keys;
+two collectors compacting into the same keys; the ProcessCollector's worker), run
+against it."""
+
+from __future__ import annotations
+
+import pytest
+from test_item_hashing import (  # noqa: F401
+    plain_url,
+    test_no_raw_item_id_in_any_table_and_the_top_k_is_the_plain_one_hashed,
+    test_the_process_collector_hashes_in_its_worker_before_anything_is_written,
+    test_two_collectors_with_one_key_compact_into_the_same_hashed_keys,
+)
+
+
+@pytest.fixture
+def store_url(pg_clean_url):
+    return pg_clean_url

@@ -1,0 +1,180 @@
+"""hash_item_ids: no raw item id reaches the store (raw events, top-K summaries, spill
+files, compacted rows), and the hashed top-K is the plain one with its keys hashed.
+
+tests/postgres/test_item_hashing_pg.py runs the store tests here against PostgreSQL
+(through the `store_url` fixture); the plain reference runs always go to SQLite."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import zlib
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from collectors import AttentionCollector, ProcessCollector
+from collectors.itemhash import item_hash
+from collectors.spill import SpillDir
+from monitor.sketch import decode_payload
+from monitor.store import make_engine, tables
+from monitor.store.maintenance import as_utc, merge_buckets
+from monitor.topk import TopK, merge_many
+
+T0 = 1_780_000_020.0  # a minute boundary, long closed
+KEY = "s3cret-key"
+# distinctive ids: any of them found anywhere in the store is a leak
+IDS = np.array([f"sku-SECRET-{i:03d}" for i in range(40)])
+LONE = [f"lone-SECRET-{i}" for i in range(8)]  # the history of a minute's only request
+
+
+@pytest.fixture
+def plain_url(_sqlite_template, tmp_path) -> str:
+    """A second SQLite store, for the unhashed reference runs."""
+    path = tmp_path / "plain.db"
+    shutil.copyfile(_sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def observe(c, rng, minute0: int = 0) -> None:
+    """A minute with one request, then a minute of 200 requests in two cohorts."""
+    w = rng.dirichlet(np.ones(8), size=(1, 2, 2)).astype(np.float32)
+    c.observe_batch(w, item_ids=[LONE], cohorts="web", timestamps=T0 + 60 * minute0 + 5)
+    w = rng.dirichlet(np.ones(12), size=(200, 2, 2)).astype(np.float32)
+    ids = IDS[rng.integers(0, len(IDS), (200, 12))]
+    cohorts = rng.choice(["web", "app"], 200).tolist()
+    c.observe_batch(w, item_ids=ids, cohorts=cohorts, timestamps=T0 + 60 * (minute0 + 1) + 5)
+
+
+def _texts(value) -> list[bytes]:
+    """What a stored value holds, as bytes to search: sketch payloads decompressed."""
+    if value is None:
+        return []
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        return [raw, zlib.decompress(raw[3:])] if raw[:3] == b"AS1" else [raw]
+    if isinstance(value, dict | list):
+        return [json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")]
+    return [str(value).encode("utf-8")]
+
+
+def leaks(url: str, needles) -> set[tuple[str, str]]:
+    """(table, column) of every stored value, in every table, that holds one of `needles`."""
+    needles = [n.encode("utf-8") for n in needles]
+    found = set()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            for table in tables.metadata.sorted_tables:
+                for row in conn.execute(select(table)).mappings():
+                    for col, value in row.items():
+                        if any(n in t for t in _texts(value) for n in needles):
+                            found.add((table.name, col))
+    finally:
+        engine.dispose()
+    return found
+
+
+def item_tops(url: str, version: str = "v1") -> dict[tuple[float, str], TopK]:
+    """The items' top-K of each (minute, layer): the cohort="*", head="*" rows, merged."""
+    wa = tables.window_aggregates
+    engine = make_engine(url)
+    parts: dict[tuple[float, str], list[TopK]] = {}
+    try:
+        with engine.connect() as conn:
+            q = select(wa.c.bucket_start, wa.c.layer, wa.c.payload).where(
+                wa.c.version == version, wa.c.cohort == "*", wa.c.head == "*")
+            for start, layer, payload in conn.execute(q):
+                items = decode_payload(payload).items
+                if items is not None:
+                    parts.setdefault((as_utc(start).timestamp(), layer), []).append(items)
+    finally:
+        engine.dispose()
+    return {k: merge_many(v) for k, v in parts.items()}
+
+
+def assert_hashed_equals_plain(hashed: dict, plain: dict) -> None:
+    assert hashed.keys() == plain.keys() and len(plain) == 4  # 2 minutes x 2 layers
+    for k, p in plain.items():
+        h = hashed[k]
+        assert list(h.keys) == [item_hash(KEY.encode(), str(x)) for x in p.keys]
+        np.testing.assert_array_equal(h.counts, p.counts)
+        assert h.total == p.total and h.k == p.k
+
+
+@pytest.mark.parametrize("sample_rate", [0.0, 1.0])
+def test_no_raw_item_id_in_any_table_and_the_top_k_is_the_plain_one_hashed(store_url, plain_url, sample_rate):
+    for url, hashing in ((plain_url, False), (store_url, True)):
+        opts = {"hash_item_ids": True, "hash_key": KEY} if hashing else {}
+        with AttentionCollector(url, model="m", version="v1", sample_rate=sample_rate, **opts) as c:
+            observe(c, np.random.default_rng(3))
+    needles = [*IDS, *LONE]
+    # the scan finds them where they are stored plain (top-K, and events when sampled)
+    assert ("window_aggregates", "payload") in leaks(plain_url, needles)
+    assert leaks(store_url, needles) == set()
+    # ... and reads this store: it finds the hashes
+    events = {("attention_events", "item_ids")} if sample_rate else set()
+    assert leaks(store_url, [item_hash(KEY.encode(), LONE[0])]) == {("window_aggregates", "payload")} | events
+    hashed, plain = item_tops(store_url), item_tops(plain_url)
+    assert_hashed_equals_plain(hashed, plain)
+    lone = hashed[(T0, "0")]  # the single request's whole history, hashed
+    assert sorted(lone.keys) == sorted(item_hash(KEY.encode(), x) for x in LONE)
+
+
+def test_two_collectors_with_one_key_compact_into_the_same_hashed_keys(store_url, plain_url):
+    for url, hashing in ((plain_url, False), (store_url, True)):
+        opts = {"hash_item_ids": True, "hash_key": KEY} if hashing else {}
+        for seed in (5, 6):  # two collectors (two serving processes), the same minutes
+            with AttentionCollector(url, model="m", version="v1", sample_rate=0.5, seed=seed, **opts) as c:
+                observe(c, np.random.default_rng(seed))
+        engine = make_engine(url)
+        try:
+            assert merge_buckets(engine, datetime.fromtimestamp(T0 + 3600, UTC)).merged_groups > 0
+        finally:
+            engine.dispose()
+    tops = item_tops(store_url)
+    assert_hashed_equals_plain(tops, item_tops(plain_url))
+    # one key per item whichever collector saw it: 40 ids, 40 hashes
+    assert len(tops[(T0 + 60, "0")].keys) == len(IDS)
+    assert leaks(store_url, [*IDS, *LONE]) == set()
+
+
+@pytest.mark.parametrize("sample_rate", [0.0, 1.0])
+def test_the_process_collector_hashes_in_its_worker_before_anything_is_written(store_url, plain_url, sample_rate):
+    for url, hashing in ((plain_url, False), (store_url, True)):
+        opts = {"hash_item_ids": True, "hash_key": KEY} if hashing else {}
+        with ProcessCollector(url, model="m", version="v1", sample_rate=sample_rate, **opts) as c:
+            observe(c, np.random.default_rng(3))
+        assert c.stats.written == 201
+    assert leaks(store_url, [*IDS, *LONE]) == set()
+    assert ("window_aggregates", "payload") in leaks(store_url, [item_hash(KEY.encode(), LONE[0])])
+    assert_hashed_equals_plain(item_tops(store_url), item_tops(plain_url))
+
+
+def test_spill_files_hold_hashed_ids_and_replay_them(tmp_path):
+    from monitor.store import migrate
+
+    db = tmp_path / "late" / "store.db"  # no such folder yet: the store is down
+    url = f"sqlite:///{db}"
+    spill = tmp_path / "spill"
+    c = AttentionCollector(url, model="m", version="v1", sample_rate=1.0, spill_dir=spill,
+                           hash_item_ids=True, hash_key=KEY)
+    observe(c, np.random.default_rng(3))
+    assert c.flush()
+    files = list(spill.glob("*.json.gz"))
+    assert files and c.stats.spilled == 201
+    texts = []
+    for f in files:  # the file as it lies on disk, and the sketch payloads inside it
+        texts.append(gzip.decompress(f.read_bytes()).decode("utf-8"))
+        texts += [t.decode("utf-8", "replace") for row in SpillDir(spill).load(f).aggregates
+                  for t in _texts(row["payload"])]
+    assert any(item_hash(KEY.encode(), LONE[0]) in t for t in texts)  # (the scan sees the keys)
+    assert not [x for x in [*IDS, *LONE] if any(x in t for t in texts)]
+    db.parent.mkdir()
+    migrate.upgrade(url)
+    c.close()
+    assert list(spill.glob("*.json.gz")) == [] and c.stats.written == 201
+    assert leaks(url, [*IDS, *LONE]) == set()
