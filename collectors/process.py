@@ -151,6 +151,10 @@ class ProcessCollector(ServingCalls):
         self.restart_every_s, self.hang_after_s = restart_every_s, hang_after_s
         self.python = executable or sys.executable
         self._spec = {"store_url": store_url, "model": model, "version": version, **options}
+        if probe._hash_item_ids:
+            # the key as found now ($ATTNMON_HASH_KEY, say): a worker started later must
+            # not depend on the variable still being set, nor hash with another key
+            self._spec["hash_key"] = probe._hash_key
         self._reset_state()
         _live.add(self)  # (collectors.collector's: closed at exit, reset after a fork)
 

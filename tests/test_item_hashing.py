@@ -154,6 +154,19 @@ def test_the_process_collector_hashes_in_its_worker_before_anything_is_written(s
     assert_hashed_equals_plain(item_tops(store_url), item_tops(plain_url))
 
 
+def test_the_process_collector_keeps_the_key_it_found_when_the_variable_goes(store_url, monkeypatch):
+    # a serving process may drop a secret from its environment once read: the worker,
+    # started later, hashes with the key the collector was made with
+    monkeypatch.setenv("ATTNMON_HASH_KEY", KEY)
+    c = ProcessCollector(store_url, model="m", version="v1", sample_rate=0.0, hash_item_ids=True)
+    monkeypatch.delenv("ATTNMON_HASH_KEY")
+    with c:
+        observe(c, np.random.default_rng(3))
+    assert c.stats.written == 201
+    lone = item_tops(store_url)[(T0, "0")]
+    assert sorted(lone.keys) == sorted(item_hash(KEY.encode(), x) for x in LONE)
+
+
 def test_spill_files_hold_hashed_ids_and_replay_them(tmp_path):
     from monitor.store import migrate
 
