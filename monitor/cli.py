@@ -212,6 +212,36 @@ def _register_maintain(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=lambda config, args: maintain(config, args.format, args.now))
 
 
+# -- hash-item -------------------------------------------------------------------------
+
+
+def hash_item(config: Config, items: Sequence[str], fmt: str = "text") -> int:
+    """Print the keyed hash that collectors with `hash_item_ids` store for each item id,
+    under the key in the variable `collector.hash_key_env` names (as the collector reads
+    it): what to look for in dashboards, alerts and rollback reasons."""
+    from collectors.itemhash import ItemHasher
+
+    var = config.collector.hash_key_env
+    key = os.environ.get(var)
+    if not key:
+        raise ConfigError([("collector.hash_key_env", var, "the environment variable it names is empty or "
+                            "unset: set it to the collectors' hash key")])
+    hasher = ItemHasher(key.encode())
+    pairs = [(item, hasher(item)) for item in items]
+    _emit(fmt, "\n".join(f"{h}  {item}" for item, h in pairs), [{"item": i, "hash": h} for i, h in pairs])
+    return 0
+
+
+def _register_hash_item(commands: argparse._SubParsersAction) -> None:
+    p = add_command(
+        commands, "hash-item",
+        "print the hash that collectors with hash_item_ids store for each item id (key: $ATTNMON_HASH_KEY, or "
+        "the variable collector.hash_key_env names)", lists=True,
+    )
+    p.add_argument("items", nargs="+", metavar="ITEM_ID", help="an item id as the model passes it (its text)")
+    p.set_defaults(run=lambda config, args: hash_item(config, args.items, args.format))
+
+
 # -- demo ------------------------------------------------------------------------------
 
 
@@ -359,6 +389,7 @@ REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_alerts,
     _register_rollback,
     _register_maintain,
+    _register_hash_item,
     _register_demo,
     _register_run,
     _register_dashboards,

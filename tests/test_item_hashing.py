@@ -19,6 +19,7 @@ from sqlalchemy import select
 from collectors import AttentionCollector, ProcessCollector
 from collectors.itemhash import item_hash
 from collectors.spill import SpillDir
+from monitor.cli import main
 from monitor.sketch import decode_payload
 from monitor.store import make_engine, tables
 from monitor.store.maintenance import as_utc, merge_buckets
@@ -191,3 +192,30 @@ def test_spill_files_hold_hashed_ids_and_replay_them(tmp_path):
     c.close()
     assert list(spill.glob("*.json.gz")) == [] and c.stats.written == 201
     assert leaks(url, [*IDS, *LONE]) == set()
+
+
+def test_hash_item_prints_the_hash_the_collector_stores(sqlite_url, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ATTNMON_HASH_KEY", KEY)
+    with AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, hash_item_ids=True) as c:
+        observe(c, np.random.default_rng(3))
+    stored = set(item_tops(sqlite_url)[(T0, "0")].keys)
+    assert main(["hash-item", LONE[0], LONE[1]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [[item_hash(KEY.encode(), x), x] for x in LONE[:2]]
+    assert {line.split()[0] for line in lines} <= stored
+    assert main(["hash-item", "--format", "json", "42"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"item": "42", "hash": item_hash(KEY.encode(), "42")}]
+
+
+def test_hash_item_reads_the_variable_the_config_names_and_says_when_it_is_empty(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ATTNMON_HASH_KEY", raising=False)
+    (tmp_path / "attnmon.yaml").write_text("collector: {hash_key_env: MY_KEY}\n")
+    monkeypatch.delenv("MY_KEY", raising=False)
+    assert main(["hash-item", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "collector.hash_key_env='MY_KEY'" in err and "empty or unset" in err
+    monkeypatch.setenv("MY_KEY", "other")
+    assert main(["hash-item", "x"]) == 0
+    assert capsys.readouterr().out.split() == [item_hash(b"other", "x"), "x"]
