@@ -1157,3 +1157,33 @@ def test_counts_and_sampling_hold_under_concurrent_serving_threads():
     n = calls * threads
     s = cap.stats
     assert (s.batches, s.sampled, s.missed) == (n, -(-n // 7), -(-n // 7))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_hash_item_ids_hashes_the_captured_ids_in_the_top_k_and_the_events(sqlite_url, second_url, on_device):
+    from collectors.itemhash import item_hash
+
+    kw = dict(model="sasrec", version="v1", sample_rate=1.0, clock=lambda: T0 + 3600)
+    with AttentionCollector(sqlite_url, **kw) as c:
+        serve("sasrec", c, on_device=on_device)
+    with AttentionCollector(second_url, hash_item_ids=True, hash_key="k", **kw) as h:
+        serve("sasrec", h, on_device=on_device)
+
+    def hashed(x):
+        return None if x is None else item_hash(b"k", str(x))
+
+    plain, got = Store(sqlite_url).sketches("sasrec", by=["layer"]), Store(second_url).sketches("sasrec", by=["layer"])
+    assert plain.keys() == got.keys() and all(s.items is not None for s in plain.values())
+    for key, s in plain.items():
+        assert list(got[key].items.keys) == [hashed(k) for k in s.items.keys]
+        np.testing.assert_array_equal(got[key].items.counts, s.items.counts)
+    ev = tables.attention_events
+    q = select(ev.c.request_id, ev.c.item_ids).order_by(ev.c.request_id)
+    rows = {}
+    for url in (sqlite_url, second_url):
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            rows[url] = conn.execute(q).all()
+        engine.dispose()
+    assert len(rows[sqlite_url]) == h.stats.accepted > 0
+    assert [(r, [hashed(x) for x in ids]) for r, ids in rows[sqlite_url]] == [tuple(r) for r in rows[second_url]]
