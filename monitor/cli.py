@@ -226,6 +226,12 @@ def hash_item(config: Config, items: Sequence[str], fmt: str = "text") -> int:
     if not key:
         raise ConfigError([("collector.hash_key_env", var, "the environment variable it names is empty or "
                             "unset: set it to the collectors' hash key")])
+    for item in items:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:  # (bytes the shell passed that are not UTF-8)
+            raise ConfigError([("ITEM_ID", item, "not UTF-8: a collector rejects such an id (bad_value), so "
+                                "no hash of it is stored")], "argument") from None
     hasher = ItemHasher(key.encode())
     pairs = [(item, hasher(item)) for item in items]
     _emit(fmt, "\n".join(f"{h}  {item}" for item, h in pairs), [{"item": i, "hash": h} for i, h in pairs])

@@ -206,6 +206,10 @@ def test_hash_item_prints_the_hash_the_collector_stores(sqlite_url, monkeypatch,
     assert {line.split()[0] for line in lines} <= stored
     assert main(["hash-item", "--format", "json", "42"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"item": "42", "hash": item_hash(KEY.encode(), "42")}]
+    # an argument whose bytes are not UTF-8 (os.fsdecode keeps them as surrogates)
+    assert main(["hash-item", "ok", "caf\udce9"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "ITEM_ID='caf\\udce9': not UTF-8" in err
 
 
 def test_hash_item_reads_the_variable_the_config_names_and_says_when_it_is_empty(monkeypatch, capsys, tmp_path):
