@@ -307,7 +307,7 @@ class AttentionCollector(ServingCalls):
         self._hash_key = hash_key.encode() if isinstance(hash_key, str) else hash_key
         self._hash_item_ids = hash_item_ids
         # item ids are hashed where they are written (events, top-K survivors), not as
-        # they are summarised: a minute's top-K is hundreds of ids, its requests millions
+        # they are summarised: a minute's top-K is hundreds of ids, its histories far more
         self._hash = ItemHasher(self._hash_key) if hash_item_ids else None
         self._spill = SpillDir(spill_dir) if spill_dir is not None else None
         self._engine = engine
