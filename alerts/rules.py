@@ -3,14 +3,18 @@
 A rule names a statistic of `drift_results` (a glob such as `js.attr.*` is allowed), a
 comparison and a threshold, and which series it applies to. `compare: change` compares
 `value - baseline_value` instead of the value. `match` values are globs; one that starts
-with `!` matches the labels the rest does not (`baseline_kind: "!retrain"`). Scoring lives
-in monitor.stats; this file only decides.
+with `!` matches the labels the rest does not (`baseline_kind: "!retrain"`). A value may be
+a list of globs: the label matches if any plain glob matches (or there is none) and no `!`
+glob excludes it, so `baseline_kind: ["!retrain", "!previous_version"]` is "neither", and
+`baseline_kind: [trailing, pinned]` is "either". Scoring lives in monitor.stats; this file
+only decides.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -35,10 +39,57 @@ def parse_duration(value: str | int | float) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
 
 
-def _label_matches(value: str, pattern: str) -> bool:
-    if pattern.startswith("!"):
-        return not fnmatch.fnmatchcase(value, pattern[1:])
-    return fnmatch.fnmatchcase(value, pattern)
+def _label_matches(value: str, pattern: str | Sequence[str]) -> bool:
+    """Whether a label value matches a `match` entry: one glob, or a list of them (any
+    plain glob, and every `!` one)."""
+    patterns = (pattern,) if isinstance(pattern, str) else tuple(pattern)
+    wanted = [p for p in patterns if not p.startswith("!")]
+    if wanted and not any(fnmatch.fnmatchcase(value, p) for p in wanted):
+        return False
+    return not any(fnmatch.fnmatchcase(value, p[1:]) for p in patterns if p.startswith("!"))
+
+
+def _is_literal(glob: str) -> bool:
+    return not re.search(r"[*?[]", glob.replace("[*]", "").replace("[?]", ""))
+
+
+def _unescape(glob: str) -> str:
+    return glob.replace("[*]", "*").replace("[?]", "?")
+
+
+def _check_patterns(label: str, value) -> tuple[str, ...]:
+    """One glob or a non-empty list of them, as a tuple; a list that cannot match any
+    value is an error, as is a glob listed twice."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        value = [value]
+    elif not isinstance(value, list | tuple):
+        raise ValueError(f"{label}: expected a glob or a list of globs, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{label}: an empty list matches nothing; leave the label out to match every value")
+    bad = [x for x in value if not isinstance(x, str | int | float) or isinstance(x, bool)]
+    if bad:
+        raise ValueError(f"{label}: list entries must be globs (strings), got {bad[0]!r}")
+    out = tuple(str(x) for x in value)
+    dup = sorted({x for x in out if out.count(x) > 1})
+    if dup:
+        raise ValueError(f"{label}: {dup} listed more than once")
+    wanted = [p for p in out if not p.startswith("!")]
+    negated = [p[1:] for p in out if p.startswith("!")]
+
+    def excluded(p: str) -> bool:  # every value this plain glob matches is negated too
+        return any(n == "*" or n == p or (_is_literal(p) and fnmatch.fnmatchcase(_unescape(p), n)) for n in negated)
+
+    if "*" in negated or (wanted and all(excluded(p) for p in wanted)):
+        shown = out[0] if len(out) == 1 else list(out)
+        raise ValueError(f"{label}: {shown!r} can match no value: a `!` entry excludes every value it allows")
+    return out
+
+
+def match_text(label: str, patterns: Sequence[str]) -> str:
+    """A `match` entry for people: `head=[*]`, `baseline_kind!=retrain`, `cohort=web|ios`."""
+    wanted = [p for p in patterns if not p.startswith("!")]
+    parts = [f"{label}={'|'.join(wanted)}"] if wanted else []
+    return ", ".join(parts + [f"{label}!={p[1:]}" for p in patterns if p.startswith("!")])
 
 
 class Rule(BaseModel):
@@ -52,7 +103,7 @@ class Rule(BaseModel):
     for_: timedelta = Field(timedelta(0), alias="for")
     keep_firing_for: timedelta = timedelta(minutes=5)
     min_samples: int = Field(0, ge=0)
-    match: dict[str, str] = {}
+    match: dict[str, tuple[str, ...]] = {}  # label -> globs (one, or a list: see the docstring)
     severity: Literal["critical", "warning", "info"] = "warning"
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
@@ -62,13 +113,15 @@ class Rule(BaseModel):
     def _duration(cls, v):
         return v if isinstance(v, timedelta) else parse_duration(v)
 
-    @field_validator("match")
+    @field_validator("match", mode="before")
     @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+    def _labels(cls, v) -> dict[str, tuple[str, ...]]:
+        if not isinstance(v, dict):
+            raise ValueError(f"expected a mapping of label to glob(s), got {type(v).__name__}")
         bad = [k for k in v if k not in LABELS]
         if bad:
             raise ValueError(f"unknown label(s) {bad}; known: {list(LABELS)}")
-        return {k: str(x) for k, x in v.items()}
+        return {k: _check_patterns(k, x) for k, x in v.items()}
 
     @field_validator("statistic")
     @classmethod
@@ -79,6 +132,10 @@ class Rule(BaseModel):
                              "(e.g. delta.entropy_norm, psi.top1, js.position_profile, js.attr.<name>, "
                              "health.no_data_minutes)")
         return v
+
+    def match_text(self) -> str:
+        """The `match` for people: `baseline_kind!=retrain, head=[*]` ('' if none)."""
+        return ", ".join(match_text(k, v) for k, v in self.match.items())
 
     def applies(self, statistic: str, labels: dict[str, str]) -> bool:
         return fnmatch.fnmatchcase(statistic, self.statistic) and all(

@@ -9,6 +9,7 @@ PostgreSQL raises on a division by zero.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from dashboards.spec import Annotation, Variable
 
@@ -138,14 +139,17 @@ def series_filter(*, version: str = "IN (${version:sqlstring})", cohort: str | N
     return " AND ".join(parts)
 
 
-def like_glob(column: str, pattern: str) -> str:
+def like_glob(column: str, pattern: str | Sequence[str]) -> str:
     """A condition matching an fnmatch glob (`mover.attr.*`) as alert rules do: `!` negates,
-    `[*]` and `[?]` are a literal star and question mark (`head: "[*]"`: the roll-up).
+    `[*]` and `[?]` are a literal star and question mark (`head: "[*]"`: the roll-up); a
+    list matches if any plain glob does and no `!` glob does (alerts/rules.py).
     (SQLite's LIKE ignores ASCII case where a wildcard is used; rules do not. Labels are
     written by the collector as given, so this only matters for labels differing in case.)"""
-    if pattern.startswith("!"):  # one negation, as alert rules read it
-        return f"NOT ({_like(column, pattern[1:])})"
-    return _like(column, pattern)
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    wanted = [_like(column, p) for p in patterns if not p.startswith("!")]
+    parts = [wanted[0] if len(wanted) == 1 else "(" + " OR ".join(wanted) + ")"] if wanted else []
+    parts += [f"NOT ({_like(column, p[1:])})" for p in patterns if p.startswith("!")]
+    return " AND ".join(parts)
 
 
 def _like(column: str, pattern: str) -> str:

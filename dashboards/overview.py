@@ -55,7 +55,7 @@ def drift_panels(rules) -> tuple[Panel, ...]:
             f"FROM drift_results\nWHERE {' AND '.join(where)} AND $__timeFilter(window_end)\n"
             "GROUP BY 1, 2 ORDER BY 1, 2"
         )
-        match = ", ".join(f"{k}={v}" for k, v in sorted(rule.match.items()))
+        match = rule.match_text()
         panels.append(
             Panel(
                 f"drift-{rule.name}",

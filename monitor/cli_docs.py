@@ -52,8 +52,7 @@ def rules_reference() -> str:
     for r in load_rules():
         cond = f"`{r.statistic}`{' change' if r.compare == 'change' else ''} {r.op} {r.threshold:g}"
         if r.match:
-            cond += " on " + ", ".join(f"{k}!={v[1:]}" if v.startswith("!") else f"{k}={v}"
-                                       for k, v in r.match.items())
+            cond += " on " + r.match_text()
         out.append(f"| {r.name} | {cond} | {r.for_.total_seconds() / 60:g} min | {r.severity} |")
     out.append("")
     for r in load_rules():

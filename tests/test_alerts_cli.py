@@ -86,6 +86,21 @@ def test_check_accepts_the_default_pack_and_names_file_rule_and_field(tmp_path, 
     assert code == 2 and "top level='list': expected a mapping with a `rules:` list" in err
 
 
+def test_check_names_a_match_list_that_can_select_nothing(tmp_path, capsys, clean_env):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("rules:\n"
+                    "  - {name: Neither, statistic: psi.entropy_norm, op: '>', threshold: 1,\n"
+                    "     match: {baseline_kind: ['!retrain', '!previous_version']}}\n"
+                    "  - {name: Never, statistic: psi.entropy_norm, op: '>', threshold: 1,\n"
+                    "     match: {baseline_kind: [retrain, '!retrain']}}\n"
+                    "  - {name: Empty, statistic: psi.entropy_norm, op: '>', threshold: 1, match: {head: []}}\n")
+    code, out, err = run(capsys, "alerts", "check", str(mine))
+    assert code == 2 and out == ""
+    assert "rule Never: match=" in err and "baseline_kind: ['retrain', '!retrain'] can match no value" in err
+    assert "rule Empty: match=" in err and "head: an empty list matches nothing" in err
+    assert "Neither" not in err
+
+
 def test_check_refuses_a_statistic_the_monitor_never_writes(tmp_path, capsys, clean_env):
     """A typo would load as a rule that can never fire; under no config is it written."""
     mine = tmp_path / "mine.yaml"

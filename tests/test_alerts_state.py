@@ -3,6 +3,7 @@ No store: every cycle is a call with a simulated `now`."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -122,6 +123,48 @@ def test_a_match_starting_with_a_bang_selects_every_other_series():
     assert r.crossing_mask(pd.DataFrame(rows)).tolist() == [True, False, True]
     assert not r.applies("delta.entropy_norm", {"baseline_kind": "retrain"})
     assert r.applies("delta.entropy_norm", {"baseline_kind": "pinned"})
+
+
+def test_a_match_list_is_any_plain_glob_and_every_negated_one():
+    import pandas as pd
+
+    neither = rule("Neither", match={"baseline_kind": ["!retrain", "!previous_version"]})
+    either = rule("Either", match={"baseline_kind": ["trailing", "pin*"], "head": "!3"})
+    kinds = ("trailing", "retrain", "previous_version", "pinned")
+    rows = [drift_row(at(0), -3.0, baseline_kind=kind, head=head) for kind in kinds for head in ("2", "3")]
+    got = {r.name: sorted((o.series["baseline_kind"], o.series["head"]) for o in observations([r], rows).values())
+           for r in (neither, either)}
+    assert got == {"Neither": [("pinned", "2"), ("pinned", "3"), ("trailing", "2"), ("trailing", "3")],
+                   "Either": [("pinned", "2"), ("trailing", "2")]}
+    frame = pd.DataFrame(rows)
+    assert neither.crossing_mask(frame).tolist() == [k in ("trailing", "pinned") for k in frame["baseline_kind"]]
+    assert neither.match == {"baseline_kind": ("!retrain", "!previous_version")}
+    assert either.match_text() == "baseline_kind=trailing|pin*, head!=3"
+
+
+@pytest.mark.parametrize(("match", "error"), [
+    ({"baseline_kind": []}, "baseline_kind: an empty list matches nothing"),
+    ({"baseline_kind": ["retrain", "!retrain"]}, "can match no value"),
+    ({"baseline_kind": ["prev*", "!prev*", "!x"]}, "can match no value"),
+    ({"head": ["[*]", "!*"]}, "can match no value"),
+    ({"head": "!*"}, "can match no value"),
+    ({"baseline_kind": ["trailing", "trailing"]}, "listed more than once"),
+    ({"baseline_kind": [["trailing"]]}, "list entries must be globs"),
+    ({"baseline_kind": {"trailing": 1}}, "expected a glob or a list of globs, got dict"),
+    ({"kind": "trailing"}, "unknown label(s) ['kind']"),
+])
+def test_a_match_that_can_select_nothing_is_refused_with_the_reason(match, error):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(error)):
+        rule("Bad", match=match)
+
+
+def test_a_mixed_match_list_that_can_match_is_accepted():
+    r = rule("Mixed", match={"baseline_kind": ["prev*", "!previous_version"], "head": ["[*]", "!2"]})
+    assert r.applies("delta.entropy_norm", {"baseline_kind": "previous_x", "head": "*"})
+    assert not r.applies("delta.entropy_norm", {"baseline_kind": "previous_version", "head": "*"})
+    assert not r.applies("delta.entropy_norm", {"baseline_kind": "previous_x", "head": "1"})
 
 
 def test_the_default_pack_judges_a_retrain_on_its_own_rules():

@@ -112,8 +112,10 @@ def test_like_glob() -> None:
     assert hits == [("mover.attr.brand",)]
 
 
-@pytest.mark.parametrize("pattern", ["[*]", "!retrain", "!prev*", "*_*", "x[*]?", "it's", "[?]", "!!x", "!"])
-def test_like_glob_selects_what_the_rules_select(pattern: str) -> None:
+@pytest.mark.parametrize("pattern", ["[*]", "!retrain", "!prev*", "*_*", "x[*]?", "it's", "[?]", "!!x", "!",
+                                     ["!retrain", "!previous_version"], ["trailing", "x*"], ["x*", "!x"],
+                                     ["[*]", "a_b", "!a*"]])
+def test_like_glob_selects_what_the_rules_select(pattern: str | list[str]) -> None:
     from alerts.rules import _label_matches
 
     values = ["*", "2", "retrain", "previous_version", "trailing", "x*y", "x*", "it's", "?", "a_b", "ab", "!x", "x", ""]
