@@ -183,7 +183,10 @@ def test_the_default_pack_judges_a_retrain_on_its_own_rules():
     assert on("mover.attr.genre", "retrain") == ["RetrainAttributeShift"]
     assert on("lift.attr.brand", "retrain") == on("lift.attr.brand", "trailing") == ["AttributeLift"]
     assert on("items.top10_share", "retrain") == ["ItemConcentrationSpike"]
-    assert on("psi.entropy_norm", "previous_version") == ["AttentionEntropyDistributionShift", "PostDeploymentShift"]
+    # one row, one alert: the same-weights deploy is PostDeploymentShift's alone
+    assert on("psi.entropy_norm", "previous_version") == ["PostDeploymentShift"]
+    assert on("psi.entropy_norm", "trailing") == on("psi.entropy_norm", "pinned") == [
+        "AttentionEntropyDistributionShift"]
     assert on("delta.recency5", "trailing") == ["RecencyLoss", "RecencyShift"]
     assert on("mean.entropy_norm", "trailing") == []
     assert on("mean.recency5", "retrain", head="*") == []  # a cohort: noisier
