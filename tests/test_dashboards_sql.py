@@ -126,6 +126,13 @@ def load_story(url: str) -> None:
         with engine.begin() as conn:
             conn.execute(deps.update().where(deps.c.version == "v2").values(weights_id="w2"))
         backfill(engine, T(116), T(122), TEST_EVALUATE)
+        # and some of v1's last windows against a pinned hour, for the rules that judge
+        # neither a retrain nor a same-weights deploy (AttentionEntropyDistributionShift)
+        with engine.begin() as conn:
+            conn.execute(tables.pinned_baselines.insert().values(
+                model=MODEL, name="first-hour", version="v1", window_start=T(0), window_end=T(45),
+                active=True, created_at=T(90), comment=None))
+        backfill(engine, T(86), T(90), TEST_EVALUATE)
         with engine.begin() as conn:
             conn.execute(tables.daemon_state.insert().values(
                 key="evaluate.watermark", value=T(120).isoformat(), updated_at=T(121)))
