@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from alerts import health, outbox
 from alerts.config import AlertsConfig
 from alerts.rules import Rule
-from alerts.state import ACTIVE, AlertState, Phase, Transition, evaluate, observations
+from alerts.state import ACTIVE, AlertState, Phase, Transition, comparisons, evaluate, observations
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 from monitor.store.upsert import put_state
@@ -118,11 +118,12 @@ def evaluate_alerts(engine: Engine, rules: Iterable[Rule], config: AlertsConfig,
         wm = _watermark(conn)
         if wm is not None and end <= wm:
             return AlertCycle(end, False)
-        seen = observations(rules, _rows(conn, rules, end, start, now), (start, end))
+        rows = _rows(conn, rules, end, start, now)
+        seen = observations(rules, rows, (start, end))
         prior = _prior(conn, seen)
         if wm is not None and end - wm > OUTAGE_TOLERANCE:  # unevaluated windows: `for` starts over
             prior = {fp: replace(a, phase=Phase()) if a.state == "pending" else a for fp, a in prior.items()}
-        step = evaluate(rules, seen, prior, end, external_url=config.external_url)
+        step = evaluate(rules, seen, prior, end, external_url=config.external_url, compared=comparisons(rows))
         al = t.alerts
         for a in step.alerts:
             if a.fingerprint in prior:

@@ -21,6 +21,13 @@ class DeliveryError(Exception):
         super().__init__(message)
 
 
+# The annotation attnmon adds to an alert that ended without being resolved: the series
+# stopped being compared with the baseline it fired against (a version's first day after
+# its deploy is over, a pin removed). Its text says so; receivers show it instead of
+# "resolved", and PagerDuty's incident is left open for a person to close.
+ENDED = "ended"
+
+
 @dataclass(frozen=True)
 class AlertView:
     fingerprint: str
@@ -34,6 +41,11 @@ class AlertView:
     starts_at: datetime
     ends_at: datetime | None  # set when resolved
     generator_url: str | None = None
+
+    @property
+    def ended(self) -> str | None:
+        """Why the alert ended unresolved (see ENDED), or None."""
+        return self.annotations.get(ENDED) if self.status == "resolved" else None
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,16 @@ class Rule(BaseModel):
             raise ValueError(f"unknown label(s) {bad}; known: {list(LABELS)}")
         return {k: _check_patterns(k, x) for k, x in v.items()}
 
+    @field_validator("annotations")
+    @classmethod
+    def _not_reserved(cls, v: dict[str, str]) -> dict[str, str]:
+        from alerts.model import ENDED
+
+        if ENDED in v:
+            raise ValueError(f"annotation {ENDED!r} is attnmon's: it says why an alert ended without "
+                             "being fixed (README, alerts); name yours otherwise")
+        return v
+
     @field_validator("statistic")
     @classmethod
     def _known_statistic(cls, v: str) -> str:

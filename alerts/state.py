@@ -12,6 +12,12 @@ window, so that a catch-up replays exactly what a live run would have done):
 cycle keeps the alert firing, and it resolves once, `keep_firing_for` after the last
 true cycle. Only the transitions to firing and to resolved notify anyone.
 
+A firing alert whose series is now compared with another baseline (its `baseline_kind`
+label: a version's `previous_version` or `retrain` comparison ends a day after its
+deploy, a pin is removed) was not judged false: nobody looked. It ends at once, as a
+resolve whose `ended` annotation (alerts.model.ENDED) says it was not fixed, so that
+on-call is not told the change went away when only the comparison did.
+
     >>> rows = [{"model": "m", "version": "v2", "cohort": "*", "layer": "1", "head": "2",
     ...          "baseline_kind": "trailing", "statistic": "delta.entropy_norm",
     ...          "value": -3.0, "baseline_value": 0.0, "n_current": 900, "n_baseline": 9000}]
@@ -33,6 +39,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from alerts import template
+from alerts.model import ENDED
 from alerts.rules import LABELS, Rule
 
 State = Literal["inactive", "pending", "firing", "resolved"]
@@ -187,15 +194,51 @@ def observations(rules: Iterable[Rule], rows: Iterable[Mapping[str, object]],
     return out
 
 
+def _compared_key(labels: Mapping[str, object]) -> tuple:
+    return tuple(str(labels.get(k, "")) for k in (*SERIES_LABELS, *EXTRA_SERIES_LABELS) if k != "baseline_kind")
+
+
+def comparisons(rows: Iterable[Mapping[str, object]]) -> dict[tuple, frozenset[str]]:
+    """The baseline kinds each series' statistic was compared with in a cycle's rows."""
+    out: dict[tuple, set[str]] = {}
+    for r in rows:
+        out.setdefault(_compared_key(r), set()).add(str(r.get("baseline_kind", "")))
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+_WHY = {
+    "previous_version": "the comparison with the version it replaced ended (it lasts the first "
+                        "evaluate.previous_version_hours after a deploy)",
+    "retrain": "the comparison with the version it replaced ended (it lasts the first "
+               "evaluate.previous_version_hours after a deploy)",
+    "pinned": "the pinned baseline it fired against is no longer used (unpinned or replaced)",
+}
+
+
+def ended_text(kind: str, now_kinds: Iterable[str], last_true_at: datetime | None) -> str:
+    """What an alert that ended unresolved tells on-call."""
+    why = _WHY.get(kind, f"this series is no longer compared with its {kind} baseline")
+    instead = " and ".join(sorted(now_kinds))
+    own = (" (the version's own recent traffic: a change present since the deploy does not show in it)"
+           if kind in ("previous_version", "retrain") and instead == "trailing" else "")
+    last = f" It last held at {last_true_at:%Y-%m-%d %H:%M} UTC." if last_true_at is not None else ""
+    return (f"Not fixed: {why}; the series is now compared with the {instead} baseline{own}.{last} "
+            "Nothing says the change went away: roll back, or close the incident by hand if it was intended.")
+
+
 def evaluate(rules: Iterable[Rule], seen: Mapping[str, Observation], prior: Mapping[str, AlertState],
-             now: datetime, *, external_url: str | None = None) -> Step:
+             now: datetime, *, external_url: str | None = None,
+             compared: Mapping[tuple, frozenset[str]] | None = None) -> Step:
     """One cycle at `now`: the observations that hold (from `observations`) and the
     alerts as they were.
 
     `prior` holds at least every pending or firing alert and any alert in `seen`. A
     series not in `seen` counts as false; so does every series of a rule removed from
-    the pack (its alerts resolve at once).
+    the pack (its alerts resolve at once). `compared` (from `comparisons` on the cycle's
+    rows) says which baselines each series was compared with: a firing alert whose series
+    was compared, but not with its own baseline, ends (see the module's docstring).
     """
+    compared = compared or {}
     rules = list(rules)
     by_name = {r.name: r for r in rules}
     touched: list[AlertState] = []
@@ -209,7 +252,12 @@ def evaluate(rules: Iterable[Rule], seen: Mapping[str, Observation], prior: Mapp
             for_, keep = timedelta(0), timedelta(0)
         old = before.phase if before is not None else Phase()
         phase = next_phase(old, obs is not None, now, for_, keep)
-        if obs is not None:
+        kinds = compared.get(_compared_key(before.labels)) if obs is None and before is not None else None
+        if kinds and old.state == "firing" and rule is not None and before.labels.get("baseline_kind") not in kinds:
+            phase = replace(old, state="resolved", resolved_at=now)
+            why = ended_text(str(before.labels.get("baseline_kind")), kinds, old.last_true_at)
+            alert = replace(before, annotations={**before.annotations, ENDED: why}, phase=phase, last_eval_at=now)
+        elif obs is not None:
             labels = labels_for(rule, obs.series)
             alert = AlertState(fp, rule.name, rule.severity, labels,
                                annotate(rule, obs, labels, phase.active_at, external_url),

@@ -35,6 +35,7 @@ from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
 KEY_PREFIX = "grafana.annotation."
+ENDED = "ended"  # alerts.model.ENDED, the annotation of an alert that ended unfixed (no alerts/ import here)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ def _alerts(conn, since: datetime, until: datetime | None) -> list[Event]:
         base += tuple(f"{k}:{labels[k]}" for k in ("model", "version") if labels.get(k))
         series = ", ".join(f"{k}={labels[k]}" for k in ("version", "cohort", "layer", "head") if k in labels)
         summary = (r["annotations"] or {}).get("summary", "")
-        for state, when in (("firing", r["fired_at"]), ("resolved", r["resolved_at"])):
+        # an alert whose comparison ended (alerts.model.ENDED) was not fixed: say so
+        end = "ended" if r["state"] == "resolved" and (r["annotations"] or {}).get(ENDED) else "resolved"
+        for state, when in (("firing", r["fired_at"]), (end, r["resolved_at"])):
             if when is None:
                 continue
             at = as_utc(when)
@@ -94,6 +97,8 @@ def _alerts(conn, since: datetime, until: datetime | None) -> list[Event]:
             text = f"{r['rule']} {state} ({r['severity']}) [{series}]"
             if state == "firing" and summary:
                 text += f": {summary}"
+            elif state == "ended":
+                text += ": not fixed, it is no longer compared with the baseline it fired against"
             out.append(Event(f"alert:{r['fingerprint']}:{state}:{at.isoformat()}", at, (*base, state),
                              html.escape(text, quote=False)))
     return out

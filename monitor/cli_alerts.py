@@ -56,6 +56,7 @@ def check(config: Config, path: str, fmt: str = "text") -> int:
 def list_alerts(config: Config, fmt: str = "text", resolved_within: str = "1h",
                 now: datetime | None = None) -> int:
     """Pending and firing alerts, and those resolved within `resolved_within`."""
+    from alerts.model import ENDED
     from alerts.rules import parse_duration
     from alerts.template import series_text
     from monitor.store import tables as t
@@ -89,13 +90,14 @@ def list_alerts(config: Config, fmt: str = "text", resolved_within: str = "1h",
             "series": series_text(r["labels"]), "labels": r["labels"], "annotations": r["annotations"],
             "value": r["value"], "baseline_value": r["baseline_value"], "active_at": when(r["active_at"]),
             "fired_at": when(r["fired_at"]), "resolved_at": when(r["resolved_at"]),
+            "ended": r["annotations"].get(ENDED) if r["state"] == "resolved" else None,
         }
         for r in rows
     ]
     lines = []
     for d in data:
         since_ = d["resolved_at"] or d["fired_at"] or d["active_at"]
-        state = "resolved" if d["recently_resolved"] else d["state"]
+        state = ("ended" if d["ended"] else "resolved") if d["recently_resolved"] else d["state"]
         summary = d["annotations"].get("summary", d["series"])
         lines.append(f"{state:<9}{d['severity']:<10}{d['alertname']:<36}{since_[:16]}  {summary}")
     header = f"{'STATE':<9}{'SEVERITY':<10}{'ALERT':<36}{'SINCE (UTC)':<16}  SUMMARY"

@@ -157,6 +157,32 @@ def test_list_shows_active_and_recently_resolved_alerts_without_secrets(tmp_path
     assert out.splitlines()[0].split() == ["STATE", "SEVERITY", "ALERT", "SINCE", "(UTC)", "SUMMARY"]
 
 
+def test_list_shows_an_alert_that_ended_unfixed_as_ended(tmp_path, capsys, clean_env, sqlite_url):
+    """Its series is now compared with another baseline (the deploy's day is over): the
+    list must not call it resolved."""
+    cfg_path = write_config(tmp_path, sqlite_url)
+    engine = make_engine(sqlite_url)
+    cfg = config()
+    r = rule(**{"for": "0s", "keep_firing_for": "30m"}, match={"baseline_kind": "previous_version"})
+    cycle(engine, [r], cfg, 0, shifted_rows(0, heads=[2], baseline_kind="previous_version"))
+    cycle(engine, [r], cfg, 1, shifted_rows(1, heads=[2], baseline_kind="trailing"))
+    engine.dispose()
+    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "100000d",
+                       "--format", "json")
+    (d,) = json.loads(out)
+    assert d["state"] == "resolved" and d["ended"].startswith("Not fixed: the comparison with the version")
+    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "100000d")
+    assert out.splitlines()[-1].startswith("ended    critical  Collapse")
+
+
+def test_a_rule_may_not_define_the_ended_annotation(tmp_path, capsys, clean_env):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("rules:\n  - {name: Mine, statistic: psi.entropy_norm, op: '>', threshold: 1,\n"
+                    "     annotations: {ended: 'over'}}\n")
+    code, _, err = run(capsys, "alerts", "check", str(mine))
+    assert code == 2 and "rule Mine: annotations=" in err and "annotation 'ended' is attnmon's" in err
+
+
 def test_test_sends_through_the_receiver_and_exits_2_with_its_error(tmp_path, capsys, clean_env, sqlite_url, monkeypatch):
     cfg_path = write_config(tmp_path, sqlite_url)
     built = {}

@@ -47,6 +47,40 @@ def test_pending_then_firing_after_for_then_resolved_after_keep_firing_for():
     assert alert.state == "inactive" and alert.phase.active_at == at(25)
 
 
+@pytest.mark.parametrize(("after", "ends"), [
+    ("trailing", (11.0, True)),  # compared with another baseline now: ended at once, unfixed
+    ("same", (15.0, False)),  # judged false against its own baseline: a resolve
+    ("none", (15.0, False)),  # no result at all (no traffic, a rollback): a resolve
+])
+def test_a_firing_alert_whose_baseline_changed_ends_unfixed_at_once(after, ends):
+    """A version's previous_version comparison ends a day after its deploy; from then on
+    its series are compared with their own trailing baseline. That is not the shift going
+    away, and the resolve must not say so."""
+    from alerts.model import ENDED
+    from alerts.state import comparisons
+
+    r = rule("Post", match={"baseline_kind": "previous_version"}, keep_firing_for="5m")
+    state: dict[str, AlertState] = {}
+    out = []
+    for m in range(0, 20):
+        if m <= 10:
+            rows = [drift_row(at(m), -3.0, baseline_kind="previous_version")]
+        else:
+            rows = {"trailing": [drift_row(at(m), -3.0, baseline_kind="trailing")],
+                    "same": [drift_row(at(m), 0.0, baseline_kind="previous_version")], "none": []}[after]
+        step = evaluate([r], observations([r], rows), state, at(m), compared=comparisons(rows))
+        state.update({a.fingerprint: a for a in step.alerts})
+        out += [(t.kind, (t.at - at(0)) / timedelta(minutes=1), ENDED in t.alert.annotations) for t in step.transitions]
+    assert out == [("firing", 2.0, False), ("resolved", *ends)]
+    (alert,) = state.values()
+    assert alert.state == "resolved" and alert.phase.last_true_at == at(10)
+    if ends[1]:
+        text = alert.annotations[ENDED]
+        assert text.startswith("Not fixed: the comparison with the version it replaced ended")
+        assert "now compared with the trailing baseline" in text and "last held at 2026-11-20 08:10 UTC" in text
+        assert alert.annotations["summary"] == "m@v2 layer 1 head 2: entropy moved -3 SDs"  # kept
+
+
 def test_pending_states_and_times_cycle_by_cycle():
     r = rule(**{"for": "2m", "keep_firing_for": "0s"})
     states = []

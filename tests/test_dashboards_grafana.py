@@ -283,6 +283,24 @@ def store(sqlite_url: str) -> str:
     return sqlite_url
 
 
+def test_an_alert_that_ended_unfixed_is_annotated_as_ended(store: str) -> None:
+    """Its comparison ended (alerts.model.ENDED): the graph must not say "resolved"."""
+    from alerts.model import ENDED
+    from dashboards.annotate import ENDED as ENDED_HERE
+    from dashboards.annotate import events
+
+    assert ENDED_HERE == ENDED
+    engine = make_engine(store)
+    with engine.begin() as conn:
+        conn.execute(tables.alerts.update().values(annotations={"summary": "shifted", ENDED: "Not fixed: ..."}))
+    found = [e for e in events(engine, T0) if "alert" in e.tags]
+    engine.dispose()
+    assert [(e.tags[-1], e.text) for e in found] == [
+        ("firing", "AttentionEntropyCollapse firing (critical) [version=v2, cohort=*, layer=1, head=2]: shifted"),
+        ("ended", "AttentionEntropyCollapse ended (critical) [version=v2, cohort=*, layer=1, head=2]: not fixed, "
+                  "it is no longer compared with the baseline it fired against")]
+
+
 def test_annotate_posts_each_event_once(grafana, store: str) -> None:
     url, state = grafana
     now = T0 + timedelta(hours=4)

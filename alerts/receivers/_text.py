@@ -27,7 +27,7 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class Digest:
-    status: str  # "firing" | "resolved"
+    status: str  # "firing" | "resolved" | "ended" (a resolve that fixed nothing: alerts.model.ENDED)
     rule: str  # the rule, or rules joined by ", " when a group mixes them
     severity: str  # the group's worst
     count: int
@@ -39,11 +39,13 @@ class Digest:
     runbook: str | None  # the runbook's first sentence
     runbook_url: str | None
     dashboard_url: str | None
+    ended: str | None = None  # why it ended unresolved, when status is "ended"
 
     @property
     def title(self) -> str:
         n = f", {self.count} series" if self.count != 1 else ""
-        return f"{self.status.upper()}: {self.rule} ({self.severity}){n}"
+        status = "ENDED, NOT FIXED" if self.status == "ended" else self.status.upper()
+        return f"{status}: {self.rule} ({self.severity}){n}"
 
 
 def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> Digest:
@@ -74,8 +76,9 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
     dashboard = annotations.get("dashboard") or annotations.get("dashboard_url") or n.external_url
     if not dashboard and first is not None:
         dashboard = first.generator_url
+    ended = next((a.ended for a in alerts if a.ended), None) if n.status == "resolved" else None
     return Digest(
-        status=n.status,
+        status="ended" if ended else n.status,
         rule=", ".join(rules) or "(no alerts)",
         severity=severity,
         count=len(alerts),
@@ -87,6 +90,7 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
         runbook=first_sentence(runbook) if runbook else None,
         runbook_url=runbook_url if runbook_url and is_link(runbook_url) else None,
         dashboard_url=dashboard if dashboard and is_link(dashboard) else None,
+        ended=ended,
     )
 
 
@@ -107,7 +111,7 @@ def value_text(a: AlertView) -> str:
 
 def _series_line(a: AlertView, common: dict[str, str]) -> str:
     own = labels_text({k: v for k, v in a.labels.items() if k not in common and k not in _NOT_WHERE})
-    status = " (resolved)" if a.status == "resolved" else ""
+    status = " (ended, not fixed)" if a.ended else " (resolved)" if a.status == "resolved" else ""
     return f"{own}: {value_text(a)}{status}" if own else f"{value_text(a)}{status}"
 
 
@@ -160,6 +164,8 @@ def truncate(text: str, limit: int) -> str:
 def plain_text(d: Digest) -> str:
     """The digest as plain text (the email body, the Slack fallback's basis)."""
     lines = [d.title, "", f"What:  {d.what}"]
+    if d.ended:
+        lines.append(f"Ended: {d.ended}")
     if d.where:
         lines.append(f"Where: {d.where}")
     if d.count == 1 and d.series:

@@ -36,7 +36,7 @@ def subject(d: Digest) -> str:
 
 def html_body(d: Digest) -> str:
     e = html.escape
-    rows = [("What", e(d.what))]
+    rows = [("What", e(d.what))] + ([("Ended", e(d.ended))] if d.ended else [])
     if d.where:
         rows.append(("Where", f"<code>{e(d.where)}</code>"))
     if d.count == 1 and d.series:

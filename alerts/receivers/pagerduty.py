@@ -1,5 +1,7 @@
 """PagerDuty Events API v2: one incident per alert group (`dedup_key`), triggered while
-any of its alerts fires and resolved with it.
+any of its alerts fires and resolved with it. An alert that ended without being fixed
+(alerts.model.ENDED: its comparison ended) sends no resolve: the incident stays open for
+a person to close, since a resolve is all PagerDuty would show.
 
     >>> pd = PagerDuty("pager", routing_key="R0...", url="https://events.pagerduty.com/v2/enqueue")
     >>> pd.send(notification)  # 202 → done; 400 → DeliveryError(retry=False); 429/5xx → retry
@@ -75,9 +77,14 @@ class PagerDuty:
         )
 
     def send(self, notification: Notification) -> None:
-        self._poster.post(self.payload(notification))
+        event = self.payload(notification)
+        if event is not None:
+            self._poster.post(event)
 
-    def payload(self, n: Notification) -> dict[str, Any]:
+    def payload(self, n: Notification) -> dict[str, Any] | None:
+        """The event to post; None for a resolve of a group with an alert that ended unfixed."""
+        if n.status != "firing" and any(a.ended for a in n.alerts):
+            return None
         event: dict[str, Any] = {
             "routing_key": self._routing_key,
             "dedup_key": dedup_key(n),

@@ -27,7 +27,7 @@ from alerts.model import Notification
 from alerts.receivers._http import JsonPoster
 from alerts.receivers._text import Digest, digest, truncate, utc_now
 
-ICON = {"firing": ":red_circle:", "resolved": ":large_green_circle:"}
+ICON = {"firing": ":red_circle:", "resolved": ":large_green_circle:", "ended": ":warning:"}
 # Slack's limits: header text; section text and fallback text; a field's text; fields
 MAX_HEADER = 150
 MAX_SECTION = 3000
@@ -84,7 +84,7 @@ class Slack:
 
 
 def fallback(d: Digest) -> str:
-    parts = [f"{ICON.get(d.status, '')} {d.title}: {d.what}"]
+    parts = [f"{ICON.get(d.status, '')} {d.title}: {d.what}"] + ([d.ended] if d.ended else [])
     if d.where:
         parts.append(d.where)
     parts.append(f"since {d.since}")
@@ -92,7 +92,7 @@ def fallback(d: Digest) -> str:
 
 
 def blocks(d: Digest) -> list[dict[str, Any]]:
-    main = [("What", d.what)]
+    main = [("What", d.what)] + ([("Ended", d.ended)] if d.ended else [])
     if d.where:
         main.append(("Where", d.where))
     if d.count == 1 and d.series:
