@@ -2,7 +2,7 @@
 
 - `previous_version`: in a version's first `previous_version_hours` after its
   deployment, the last `baseline_hours` before that deployment of the version it replaced
-  (the one that served most in the hour before; `replaced`), when
+  (the one serving just before it, short-lived versions passed over; `replaced`), when
   both run the same weights (equal `weights_id`: the same heads, a new pipeline or config);
 - `retrain`: the same window of the previous version when the weights differ or are not
   known to be equal. Heads of a retrain are not the same heads: the evaluator compares
@@ -106,47 +106,73 @@ def active_pin(engine: Engine, model: str) -> dict | None:
     return dict(row) if row else None
 
 
-_REPLACED: dict[tuple, str | None] = {}  # (url, model, deployed_at, versions before) -> version
+_REPLACED: dict[tuple, Predecessor] = {}  # (url, model, deployed_at, versions before) -> answer
+JUST_BEFORE_MINUTES = 5  # the last minutes with traffic before a deployment: who served then
+SHORT_LIVED_MINUTES = 10  # rollback-check's MIN_MINUTES: a version that served less is no baseline
+
+
+@dataclass(frozen=True)
+class Predecessor:
+    """The version a deployment replaced, and why (`replaced`)."""
+
+    version: str | None  # None: nothing served in the day before; the one deployed last is taken
+    last_served: datetime | None  # the start of the last minute a counted version served before it
+    passed_over: tuple[tuple[str, int], ...] = ()  # (version, minutes served in the day before)
 
 
 def replaced(engine: Engine, model: str, deployed_at: datetime, before: list[dict]) -> dict:
-    """Of the deployments `before` one deployed at `deployed_at`, the one it replaced: the
-    version that served most predictions in the hour (else the day) before, and the one
-    deployed last if none served then. Not always the last deployed: a canary that was
-    rolled back is deployed later than the version that went on serving.
-
-    Cached once that hour is past (the daemon asks every cycle): its rows no longer change
-    but for late data."""
-    key = (str(engine.url), model, deployed_at, tuple(d["version"] for d in before))
-    name = _REPLACED.get(key)
-    if name is None and key not in _REPLACED:
-        name = _served_most(engine, model, [d["version"] for d in before], deployed_at)
-        if deployed_at <= datetime.now(UTC):
-            if len(_REPLACED) > 4096:
-                _REPLACED.clear()
-            _REPLACED[key] = name
+    """Of the deployments `before` one deployed at `deployed_at`, the one it replaced
+    (`predecessor`), or the one deployed last if none served in the day before."""
+    name = predecessor(engine, model, deployed_at, before).version
     return next((d for d in before if d["version"] == name), before[-1])
 
 
-def _served_most(engine: Engine, model: str, versions: list[str], deployed_at: datetime) -> str | None:
-    for hours in (1, 24):
-        served = _served(engine, model, versions, deployed_at - timedelta(hours=hours), deployed_at)
-        # ties go to the later deployment
-        best = max(versions, key=lambda v: (served.get(v, 0.0), versions.index(v)))
-        if served.get(best, 0.0) > 0:
-            return best
-    return None
+def predecessor(engine: Engine, model: str, deployed_at: datetime, before: list[dict]) -> Predecessor:
+    """The version serving just before `deployed_at`: the one with most predictions in the
+    last JUST_BEFORE_MINUTES minutes with traffic before it, of the versions that served at
+    least SHORT_LIVED_MINUTES minutes of the day before (all of them if none did). Not the
+    last deployed, since a canary rolled back is deployed later than the version that went
+    on serving; not the one that served most in the hour before, since with v1, v2 and v3
+    deployed within an hour that is v1, which v3 did not replace. A version that served
+    only a few minutes (replaced at once) has too little to compare with: it is passed over
+    and named.
+
+    Cached once `deployed_at` is past (the daemon asks every cycle): the rows before it no
+    longer change but for late data."""
+    key = (str(engine.url), model, deployed_at, tuple(d["version"] for d in before))
+    found = _REPLACED.get(key)
+    if found is None:
+        found = _just_before(engine, model, [d["version"] for d in before], deployed_at)
+        if deployed_at <= datetime.now(UTC):
+            if len(_REPLACED) > 4096:
+                _REPLACED.clear()
+            _REPLACED[key] = found
+    return found
 
 
-def _served(engine: Engine, model: str, versions: list[str], start: datetime, end: datetime) -> dict[str, float]:
-    """Predictions per version in [start, end): minute rows whose minute starts in it, and
-    hour rows (minutes rolled up by maintenance) by the share of the minutes they hold
-    (minute_mask; all 60 for an hour rolled up before migration 0006) that start in it,
-    as if traffic were even over those minutes. Counting a whole hour row for its start
-    (or not at all) would weigh the hour after the deployment (or the one before) 60
-    times what a minute weighs: a version that served the 4 minutes before 10:05 beat
-    one that served the 56 before that. By the share of its hour alone, a version that
-    served 09:00-09:04 would count 55/60 of those 5 minutes in [09:05, 10:05)."""
+def _just_before(engine: Engine, model: str, versions: list[str], deployed_at: datetime) -> Predecessor:
+    per_minute = _served_minutes(engine, model, versions, deployed_at - timedelta(hours=24), deployed_at)
+    minutes = {v: len(m) for v, m in per_minute.items()}
+    long_lived = [v for v in versions if minutes.get(v, 0) >= SHORT_LIVED_MINUTES] or [v for v in versions if v in minutes]
+    if not long_lived:
+        return Predecessor(None, None)
+    last = max(max(per_minute[v]) for v in long_lived)
+    recent = {v: sum(n for m, n in per_minute[v].items() if m > last - JUST_BEFORE_MINUTES) for v in long_lived}
+    # ties go to the later deployment
+    best = max(long_lived, key=lambda v: (recent[v], versions.index(v)))
+    after = datetime.fromtimestamp(60 * last, UTC)
+    passed = tuple((v, minutes[v]) for v in versions if v in minutes and v not in long_lived
+                   and max(per_minute[v]) >= last - JUST_BEFORE_MINUTES)
+    return Predecessor(best, after, passed)
+
+
+def _served_minutes(engine: Engine, model: str, versions: list[str], start: datetime,
+                    end: datetime) -> dict[str, dict[int, float]]:
+    """Predictions per version and minute (since the epoch) in [start, end), from the
+    versions' layer-0 all-cohort roll-ups. An hour row (minutes rolled up by maintenance)
+    is spread evenly over the minutes it holds (minute_mask; all 60 for an hour rolled up
+    before migration 0006), so a version that served the 4 minutes before 10:05 counts
+    those 4 minutes, not its whole hour nor none of it."""
     wa = t.window_aggregates
     cols = [wa.c.version, wa.c.bucket_start, wa.c.bucket_seconds, wa.c.minute_mask]
     q = (select(*cols, func.sum(wa.c.n))
@@ -154,13 +180,14 @@ def _served(engine: Engine, model: str, versions: list[str], start: datetime, en
                 wa.c.head == ROLLUP, *rows_in(start, end))
          .group_by(*cols))
     lo, hi = as_utc(start).timestamp(), as_utc(end).timestamp()
-    served: dict[str, float] = defaultdict(float)
+    served: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     with engine.connect() as conn:
         for version, bucket_start, seconds, mask, n in conn.execute(q):
             minutes = served_minutes(bucket_start, seconds, mask)
-            inside = sum(lo <= 60 * m < hi for m in minutes)
-            served[version] += float(n or 0) * inside / max(len(minutes), 1)
-    return served
+            for m in minutes:
+                if lo <= 60 * m < hi and n:
+                    served[version][m] += float(n) / len(minutes)
+    return {v: dict(m) for v, m in served.items()}
 
 
 def choose(
