@@ -16,16 +16,18 @@ from sqlalchemy import select
 from monitor.config import Config
 from monitor.errors import AttnmonError, ConfigError
 
-EXIT_HELP = """exit status: 0 PROCEED, 3 WATCH (not enough data yet, or only warnings),
-4 ROLLBACK, 2 usage or store error (e.g. a version that does not exist, or a
-baseline with too little data in the day before the candidate's deployment)"""
+EXIT_HELP = """exit status: 0 PROCEED, 3 WATCH (not enough data yet, only warnings, or a
+recent change in too few predictions to tell), 4 ROLLBACK, 2 usage or store error
+(e.g. a version that does not exist, or a baseline with too little data in the day
+before the candidate's deployment)"""
 
 
 def rollback_check(config: Config, model: str, candidate: str | None = None, baseline: str | None = None,
-                   since: str | None = None, fmt: str = "text", out: str | None = None, now: str | None = None) -> int:
+                   since: str | None = None, fmt: str = "text", out: str | None = None, now: str | None = None,
+                   recent: str | None = None) -> int:
     from monitor.cli_common import open_store as _engine
     from monitor.cli_common import parse_duration, parse_time
-    from monitor.rollback import MIN_MINUTES, check, render_text
+    from monitor.rollback import MIN_MINUTES, RECENT, check, render_text
 
     if candidate is not None and candidate == baseline:
         raise ConfigError([("--candidate/--baseline", candidate, "the same version: compare it with another one")],
@@ -38,11 +40,15 @@ def rollback_check(config: Config, model: str, candidate: str | None = None, bas
         # a shorter window can never hold the minutes a verdict needs: WATCH for ever
         raise ConfigError([("--since", since, f"a verdict needs {MIN_MINUTES} minutes of the candidate's data: "
                             f"use {MIN_MINUTES}m or more")], "argument")
+    last = parse_duration(recent, "--recent") if recent else RECENT
+    if last < timedelta(minutes=MIN_MINUTES):
+        raise ConfigError([("--recent", recent, f"a verdict needs {MIN_MINUTES} minutes of the candidate's data: "
+                            f"use {MIN_MINUTES}m or more")], "argument")
     if out:
         _check_out(out)
     engine = _engine(config)
     try:
-        v = check(engine, model, candidate, baseline, window, at)
+        v = check(engine, model, candidate, baseline, window, at, recent=last)
         if fmt == "json":
             text = json.dumps(v.to_json(), indent=2)
         elif fmt == "html":
@@ -158,13 +164,14 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True)
     p.add_argument("--candidate", help="version to judge (default: the newest deployment)")
-    p.add_argument("--baseline", help="version to compare with (default: of the versions deployed before it, the one that served most in the hour (else the day) before its deployment)")
+    p.add_argument("--baseline", help="version to compare with (default: the one serving just before the candidate's deployment, passing over versions that served under 10 minutes of the day before)")
     p.add_argument("--since", metavar="DURATION", help="only the candidate's data of the last DURATION before now (e.g. 2h; at least 10m)")
+    p.add_argument("--recent", metavar="DURATION", help="also judge the candidate's last DURATION on its own, so that a defect that began lately is not averaged away over the time since the deploy (default: 30m; at least 10m)")
     p.add_argument("--format", choices=("text", "json", "html"), default="text")
     p.add_argument("--out", metavar="FILE", help="write the report there (needed for html)")
     p.add_argument("--now", metavar="TIME", help=argparse.SUPPRESS)  # simulated time (demo, tests)
     p.set_defaults(run=lambda config, a: rollback_check(config, a.model, a.candidate, a.baseline, a.since,
-                                                        a.format, a.out, a.now))
+                                                        a.format, a.out, a.now, a.recent))
 
     p = add_command(commands, "explain", "show which history items one sampled prediction attended to")
     p.add_argument("--request-id", required=True)

@@ -30,8 +30,9 @@ all-cohort roll-up only, so they stay the roll-up's.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -39,7 +40,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from monitor import stats
-from monitor.baselines import deployments, replaced, sketch_std
+from monitor.baselines import SHORT_LIVED_MINUTES, deployments, predecessor, sketch_std
 from monitor.errors import AttnmonError
 from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
@@ -57,6 +58,9 @@ ROLLUP = "*"
 # judgement thresholds (effect sizes); see the module docstring
 MIN_PREDICTIONS = 1000
 MIN_MINUTES = 10
+# the last minutes are judged on their own too: an on-call engineer runs the check when
+# something just went wrong, and 30 minutes of a defect hide in 6 hours of good ones
+RECENT = timedelta(minutes=30)
 COLLAPSE_DROP = 0.25  # entropy_norm, absolute, on a (matched) head: "collapsed"
 COLLAPSE_WATCH = 0.12
 ITEMS_TOP10_ROLLBACK = 0.10  # top-10 items' share of attention, absolute rise
@@ -95,6 +99,7 @@ class Reason:
     candidate: float | None
     ci: tuple[float, float] | None  # 95% bootstrap interval of candidate - baseline
     text: str
+    window: str = "whole"  # whole: since the deployment (or --since); recent: the last --recent only
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,10 @@ class Verdict:
     minutes: dict[str, int]
     head_matching: dict[str, dict[str, str]]  # layer -> {candidate head: baseline head}
     reasons: list[Reason] = field(default_factory=list)
+    baseline_choice: str = "given with --baseline"  # why this baseline, in words
+    recent_window: tuple[datetime, datetime] | None = None  # None: not judged on its own
+    recent_predictions: int | None = None
+    recent_minutes: int | None = None
 
     @property
     def exit_code(self) -> int:
@@ -121,6 +130,7 @@ class Verdict:
         d["schema_version"] = SCHEMA_VERSION
         d["candidate_since"] = self.candidate_since.isoformat()
         d["baseline_window"] = [x.isoformat() for x in self.baseline_window]
+        d["recent_window"] = [x.isoformat() for x in self.recent_window] if self.recent_window else None
         d["reasons"] = [dict(asdict(r), ci=list(r.ci) if r.ci else None) for r in self.reasons]
         d["exit_code"] = self.exit_code
         return d
@@ -395,7 +405,12 @@ def _where(cohort: str, layer: str, head: str) -> str:
 
 
 def check(engine: Engine, model: str, candidate: str | None = None, baseline: str | None = None,
-          since: timedelta | None = None, now: datetime | None = None, seed: int = 0) -> Verdict:
+          since: timedelta | None = None, now: datetime | None = None, seed: int = 0,
+          recent: timedelta | None = RECENT) -> Verdict:
+    """The verdict on `candidate` (default: the newest deployment) against `baseline`
+    (default: the version it replaced, `baselines.predecessor`), over its data since its
+    deployment (or the last `since`) and, when that period is longer, over its last
+    `recent` too (None: not), so that a defect that began minutes ago is not averaged away."""
     deps = deployments(engine, model)
     if not deps:
         raise RollbackInputError(f"no deployments of model {model!r} in the store")
@@ -405,11 +420,12 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     if candidate not in names:
         raise RollbackInputError(f"candidate version {candidate!r} of {model!r} does not exist; known: {names}")
     cand_dep = deps[names.index(candidate)]
+    chosen = "given with --baseline"
     if baseline is None:
         earlier = [d for d in deps if d["deployed_at"] < cand_dep["deployed_at"] and d["version"] != candidate]
         if not earlier:
             raise RollbackInputError(f"{model} {candidate} has no earlier version to compare with; pass --baseline")
-        baseline = replaced(engine, model, cand_dep["deployed_at"], earlier)["version"]
+        baseline, chosen = _default_baseline(engine, model, candidate, cand_dep["deployed_at"], earlier)
     if baseline not in names:
         raise RollbackInputError(f"baseline version {baseline!r} of {model!r} does not exist; known: {names}")
     if baseline == candidate:
@@ -418,18 +434,15 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     base_dep = deps[names.index(baseline)]
     now = as_utc(now or datetime.now(UTC))
     c_start = cand_dep["deployed_at"] if since is None else max(cand_dep["deployed_at"], now - since)
-    c_start = c_start - timedelta(seconds=c_start.timestamp() % 60)  # whole minutes
-    b_end = cand_dep["deployed_at"] if base_dep["deployed_at"] < cand_dep["deployed_at"] else now
-    b_end = b_end - timedelta(seconds=b_end.timestamp() % 60)
+    c_start = _minute(c_start)
+    b_end = _minute(cand_dep["deployed_at"] if base_dep["deployed_at"] < cand_dep["deployed_at"] else now)
     b_start = b_end - timedelta(hours=24)
     same = bool(cand_dep["weights_id"]) and cand_dep["weights_id"] == base_dep["weights_id"]
 
     cb, c_min = _buckets(engine, model, candidate, c_start, now)
     bb, b_min = _buckets(engine, model, baseline, b_start, b_end)
-    key = (ROLLUP, "0", ROLLUP)
-    predictions = {"candidate": int(cb[key][0].sum()) if key in cb else 0,
-                   "baseline": int(bb[key][0].sum()) if key in bb else 0}
-    minutes = {"candidate": c_min.get(key, 0), "baseline": b_min.get(key, 0)}
+    predictions = {"candidate": _count(cb), "baseline": _count(bb)}
+    minutes = {"candidate": c_min.get(KEY0, 0), "baseline": b_min.get(KEY0, 0)}
     base_short = predictions["baseline"] < MIN_PREDICTIONS or minutes["baseline"] < MIN_MINUTES
     if base_short and b_end <= c_start and b_end <= now:
         # the baseline's window is over: waiting cannot fill it, so this is no WATCH
@@ -438,69 +451,219 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
             f"minutes in the day before {candidate} was deployed ({b_start:%Y-%m-%d %H:%M} to {b_end:%Y-%m-%d %H:%M} "
             f"UTC); a verdict needs {MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes and that window will not fill "
             "(the version served little then, or its data is gone): pass --baseline with a version that served then")
-    reasons: list[Reason] = []
-    matching: dict[str, dict[str, str]] = {}
-    mixed = False  # a canary by cohort: a cohort only one version served
-    enough = all(predictions[s] >= MIN_PREDICTIONS and minutes[s] >= MIN_MINUTES for s in predictions)
-    mix = CohortMix(_cohort_predictions(bb, _bucket_n), _cohort_predictions(cb, _bucket_n))
-    if enough and mix.known:
-        shared = {s: sum(getattr(mix, s)[c] for c in mix.common) for s in predictions}
-        if min(shared.values()) < MIN_PREDICTIONS:
-            enough = False
-            reasons.append(Reason(
-                "warning", "data", "cohort mix", "predictions", shared["baseline"], shared["candidate"], None,
-                f"not enough data in the cohorts both versions served ({', '.join(mix.common) or 'none'}): the "
-                f"candidate has {shared['candidate']:,.0f} predictions there and the baseline {shared['baseline']:,.0f} "
-                f"(candidate's cohorts: {', '.join(sorted(mix.candidate))}; baseline's: "
-                f"{', '.join(sorted(mix.baseline))}); a verdict needs {MIN_PREDICTIONS:,} on each side "
-                "(a cohort only one version served is not compared)"))
-    if enough:
-        cs, bs = _sketches(engine, model, candidate, c_start, now), _sketches(engine, model, baseline, b_start, b_end)
-        bcmp, ccmp, shares = _at_candidate_mix(bs, cs, mix)
-        rng = np.random.default_rng(seed)
-        layers = sorted({k[1] for k in ccmp})
-        for layer in layers:
-            bh = {k[2]: s for k, s in bcmp.items() if k[1] == layer and k[2] != ROLLUP}
-            ch = {k[2]: s for k, s in ccmp.items() if k[1] == layer and k[2] != ROLLUP}
-            pairs = {h: h for h in ch if h in bh} if same else match_heads(bh, ch)
-            matching[layer] = pairs
-            if (r := _unpaired_reason(layer, _heads_of(bs, layer), _heads_of(cs, layer), pairs)) is not None:
-                reasons.append(r)
-            for c_head, b_head in pairs.items():
-                st = _strata(bb, cb, layer, b_head, c_head, shares.get((ROLLUP, layer, c_head), {}))
-                reasons += _head_reasons(layer, c_head, b_head, bh[b_head], ch[c_head],
-                                         diff_draws(st, rng) if st else None, same)
-            b_all, c_all = bcmp.get((ROLLUP, layer, ROLLUP)), ccmp.get((ROLLUP, layer, ROLLUP))
-            if b_all is not None and c_all is not None:
-                reasons += _layer_reasons(layer, b_all, c_all, same)
-        for layer in sorted({k[1] for k in (*bs, *cs) if k[0] == ROLLUP} - set(layers)):
-            who = "candidate" if any(k[1] == layer for k in cs) else "baseline"
-            reasons.append(Reason("info", "data", f"layer {layer}", "heads", None, None, None,
-                                  f"layer {layer}: only the {who} has it, so not compared"))
-        reasons += _cohort_reasons(bs, cs, same)
-        if (r := _mix_reason(mix)) is not None:
-            reasons.append(r)
-            # only then, not for shares that differ a little (the time of day does that)
-            mixed = set(mix.baseline) != set(mix.candidate)
-    elif not any(r.kind == "data" for r in reasons):
-        reasons.append(Reason(
-            "warning", "data", "all", "predictions", predictions["baseline"], predictions["candidate"], None,
-            f"not enough data yet: the candidate has {predictions['candidate']:,} predictions over "
-            f"{minutes['candidate']} minutes and the baseline {predictions['baseline']:,} over {minutes['baseline']}; "
-            f"a verdict needs {MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes on each side",
-        ))
-    reasons += _alert_reasons(_alerts_since(engine, model, candidate, c_start), candidate, mixed)
-    order = {"critical": 0, "warning": 1, "info": 2}
+    sides = _Sides(engine, model, candidate, baseline, (b_start, b_end), same, bb, minutes["baseline"], seed)
+    whole = sides.compare((c_start, now), cb, c_min)
+    reasons = list(whole.reasons)
+    r_window, r_counts = None, (None, None)
+    r_start = _minute(now - recent) if recent else None
+    if whole.judged and r_start is not None and r_start > c_start:
+        r_window = (r_start, now)
+        found, r_counts = _recent_reasons(sides, whole, c_start, r_window)
+        reasons += found
+    reasons += _alert_reasons(_alerts_since(engine, model, candidate, c_start), candidate, whole.mixed)
     # most severe first; within a severity what we measured before what alerts said
-    reasons.sort(key=lambda r: (order[r.severity], r.kind == "alerts", -abs((r.candidate or 0) - (r.baseline or 0))))
+    reasons.sort(key=lambda r: (SEVERITY[r.severity], r.kind == "alerts", -abs((r.candidate or 0) - (r.baseline or 0))))
     if any(r.severity == "critical" for r in reasons):
         verdict = ROLLBACK
-    elif not enough or any(r.severity == "warning" for r in reasons):
+    elif not whole.judged or any(r.severity == "warning" for r in reasons):
         verdict = WATCH
     else:
         verdict = PROCEED
     return Verdict(verdict, model, candidate, baseline, c_start, (b_start, b_end), same,
-                   predictions, minutes, matching, reasons)
+                   predictions, minutes, whole.matching, reasons, chosen, r_window, *r_counts)
+
+
+KEY0 = (ROLLUP, "0", ROLLUP)  # a version's predictions: its layer 0 all-cohort roll-up
+SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _minute(at: datetime) -> datetime:
+    return at - timedelta(seconds=at.timestamp() % 60)  # whole minutes
+
+
+def _count(buckets: dict) -> int:
+    return int(buckets[KEY0][0].sum()) if KEY0 in buckets else 0
+
+
+def _default_baseline(engine: Engine, model: str, candidate: str, deployed_at: datetime,
+                      earlier: list[dict]) -> tuple[str, str]:
+    """The version `candidate` replaced, and in words which it is and why."""
+    found = predecessor(engine, model, deployed_at, earlier)
+    at = f"{deployed_at:%Y-%m-%d %H:%M} UTC"
+    if found.version is None:
+        return earlier[-1]["version"], f"the version deployed last before {candidate} ({at}): none served in the day before"
+    why = f"the version serving just before {candidate} was deployed ({at})"
+    if found.passed_over:
+        short = ", ".join(f"{v} ({m} minute{'s' if m != 1 else ''})" for v, m in found.passed_over)
+        why += (f"; passed over: {short}, which served fewer than {SHORT_LIVED_MINUTES} minutes of the day before, "
+                "too few to compare with (pass --baseline to compare with it)")
+    return found.version, why
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a candidate window with the baseline window."""
+
+    reasons: list[Reason]
+    matching: dict[str, dict[str, str]]  # layer -> {candidate head: baseline head}
+    judged: bool  # enough data on both sides to compare
+    mixed: bool  # a canary by cohort: a cohort only one version served
+
+
+@dataclass
+class _Sides:
+    """The baseline side of a check, read once, and what every comparison shares."""
+
+    engine: Engine
+    model: str
+    candidate: str
+    baseline: str
+    b_window: tuple[datetime, datetime]
+    same: bool
+    bb: dict
+    b_minutes: int
+    seed: int
+    _bs: dict | None = None
+
+    def baseline_sketches(self) -> dict:
+        if self._bs is None:
+            self._bs = _sketches(self.engine, self.model, self.baseline, *self.b_window)
+        return self._bs
+
+    def compare(self, c_window: tuple[datetime, datetime], cb: dict, c_min: dict, *, need: int = MIN_PREDICTIONS,
+                pairs: dict[str, dict[str, str]] | None = None) -> Comparison:
+        """The candidate over `c_window` (its buckets `cb`, minutes `c_min`) against the
+        baseline; `need` predictions on each side (in the cohorts both served), and the
+        heads paired as `pairs` says where given (else one to one, or matched)."""
+        bb, same = self.bb, self.same
+        predictions = {"candidate": _count(cb), "baseline": _count(bb)}
+        minutes = {"candidate": c_min.get(KEY0, 0), "baseline": self.b_minutes}
+        reasons: list[Reason] = []
+        matching: dict[str, dict[str, str]] = {}
+        mixed = False
+        enough = all(predictions[s] >= need and minutes[s] >= MIN_MINUTES for s in predictions)
+        mix = CohortMix(_cohort_predictions(bb, _bucket_n), _cohort_predictions(cb, _bucket_n))
+        if enough and mix.known:
+            shared = {s: sum(getattr(mix, s)[c] for c in mix.common) for s in predictions}
+            if min(shared.values()) < need:
+                enough = False
+                reasons.append(Reason(
+                    "warning", "data", "cohort mix", "predictions", shared["baseline"], shared["candidate"], None,
+                    f"not enough data in the cohorts both versions served ({', '.join(mix.common) or 'none'}): the "
+                    f"candidate has {shared['candidate']:,.0f} predictions there and the baseline "
+                    f"{shared['baseline']:,.0f} (candidate's cohorts: {', '.join(sorted(mix.candidate))}; baseline's: "
+                    f"{', '.join(sorted(mix.baseline))}); a verdict needs {MIN_PREDICTIONS:,} on each side "
+                    "(a cohort only one version served is not compared)"))
+        if enough:
+            cs = _sketches(self.engine, self.model, self.candidate, *c_window)
+            bs = self.baseline_sketches()
+            bcmp, ccmp, shares = _at_candidate_mix(bs, cs, mix)
+            rng = np.random.default_rng(self.seed)
+            layers = sorted({k[1] for k in ccmp})
+            for layer in layers:
+                bh = {k[2]: s for k, s in bcmp.items() if k[1] == layer and k[2] != ROLLUP}
+                ch = {k[2]: s for k, s in ccmp.items() if k[1] == layer and k[2] != ROLLUP}
+                if pairs is not None:
+                    pairing = {c: b for c, b in pairs.get(layer, {}).items() if c in ch and b in bh}
+                else:
+                    pairing = {h: h for h in ch if h in bh} if same else match_heads(bh, ch)
+                matching[layer] = pairing
+                if (r := _unpaired_reason(layer, _heads_of(bs, layer), _heads_of(cs, layer), pairing)) is not None:
+                    reasons.append(r)
+                for c_head, b_head in pairing.items():
+                    st = _strata(bb, cb, layer, b_head, c_head, shares.get((ROLLUP, layer, c_head), {}))
+                    reasons += _head_reasons(layer, c_head, b_head, bh[b_head], ch[c_head],
+                                             diff_draws(st, rng) if st else None, same)
+                b_all, c_all = bcmp.get((ROLLUP, layer, ROLLUP)), ccmp.get((ROLLUP, layer, ROLLUP))
+                if b_all is not None and c_all is not None:
+                    reasons += _layer_reasons(layer, b_all, c_all, same)
+            for layer in sorted({k[1] for k in (*bs, *cs) if k[0] == ROLLUP} - set(layers)):
+                who = "candidate" if any(k[1] == layer for k in cs) else "baseline"
+                reasons.append(Reason("info", "data", f"layer {layer}", "heads", None, None, None,
+                                      f"layer {layer}: only the {who} has it, so not compared"))
+            reasons += _cohort_reasons(bs, cs, same)
+            if (r := _mix_reason(mix)) is not None:
+                reasons.append(r)
+                # only then, not for shares that differ a little (the time of day does that)
+                mixed = set(mix.baseline) != set(mix.candidate)
+        elif not any(r.kind == "data" for r in reasons):
+            reasons.append(Reason(
+                "warning", "data", "all", "predictions", predictions["baseline"], predictions["candidate"], None,
+                f"not enough data yet: the candidate has {predictions['candidate']:,} predictions over "
+                f"{minutes['candidate']} minutes and the baseline {predictions['baseline']:,} over "
+                f"{minutes['baseline']}; a verdict needs {MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes on each side",
+            ))
+        return Comparison(reasons, matching, enough, mixed)
+
+
+def _recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime,
+                    window: tuple[datetime, datetime]) -> tuple[list[Reason], tuple[int, int]]:
+    """What the candidate's last minutes show that its whole period does not: a defect that
+    began after the deployment is averaged away over hours of good minutes.
+
+    Judged by the same rules, the heads paired as over the whole period. With fewer than
+    MIN_PREDICTIONS predictions (over at least MIN_MINUTES minutes), only the figures with
+    a bootstrap interval count, as warnings: the others (positions, top items, attribute
+    shares) move with the sample size alone. Also returns its predictions and minutes."""
+    r_start, now = window
+    rb, r_min = _buckets(sides.engine, sides.model, sides.candidate, r_start, now)
+    n, minutes = _count(rb), r_min.get(KEY0, 0)
+    full = n >= MIN_PREDICTIONS and minutes >= MIN_MINUTES
+    if n == 0 or minutes < MIN_MINUTES:
+        return [], (n, minutes)
+    cmp = sides.compare(window, rb, r_min, need=MIN_PREDICTIONS if full else 1, pairs=whole.matching)
+    if not cmp.judged:
+        return [], (n, minutes)
+    shown = {}
+    for r in whole.reasons:
+        key = (r.kind, r.series, r.metric)
+        shown[key] = min(shown.get(key, 9), SEVERITY[r.severity])
+    span = f"the last {_duration(now - r_start)}"
+    period = _duration(now - c_start)
+    out = []
+    for r in cmp.reasons:
+        if r.severity == "info" or r.kind == "data" or (not full and r.ci is None):
+            continue
+        if shown.get((r.kind, r.series, r.metric), 9) <= SEVERITY[r.severity]:
+            continue  # the whole period already says it
+        onset = _onset(sides, r, c_start, now)
+        when = f"since about {onset:%Y-%m-%d %H:%M} UTC" if onset else f"since {r_start:%Y-%m-%d %H:%M} UTC"
+        text = (f"recent change, {when} ({span} judged on their own): {r.text}; averaged over the whole "
+                f"{period} since the deploy it does not show")
+        if not full:
+            text += (f" — only {n:,} predictions over {minutes} minutes in {span}, too few to tell "
+                     f"(a verdict needs {MIN_PREDICTIONS:,})")
+        out.append(replace(r, severity=r.severity if full else "warning", text=text, window="recent"))
+    return out, (n, minutes)
+
+
+_SERIES = re.compile(r"layer (?P<layer>\S+)(?: head (?P<head>\S+)| all heads averaged)?(?:, cohort (?P<cohort>\S+))?")
+
+
+def _onset(sides: _Sides, r: Reason, c_start: datetime, now: datetime) -> datetime | None:
+    """When the candidate's per-minute mean of the reason's metric (recency5 for a position
+    profile) most likely changed since its deployment (`stats.split_point`); None for
+    figures without per-minute means (top items, attribute shares)."""
+    metric = "recency5" if r.metric == "position_profile" else r.metric
+    m = _SERIES.match(r.series)
+    if metric not in COL or m is None:
+        return None
+    wa = t.window_aggregates
+    where = (wa.c.model == sides.model, wa.c.version == sides.candidate, wa.c.cohort == (m["cohort"] or ROLLUP),
+             wa.c.layer == m["layer"], wa.c.head == (m["head"] or ROLLUP), *rows_in(c_start, now))
+    q = (select(wa.c.bucket_start, func.sum(wa.c.n), func.sum(wa.c[f"sum_{metric}"])).where(*where)
+         .group_by(wa.c.bucket_start).order_by(wa.c.bucket_start))
+    with sides.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    k = stats.split_point([float(s or 0) for _, _, s in rows], [float(n or 0) for _, n, _ in rows])
+    return None if k is None else max(as_utc(rows[k][0]), c_start)
+
+
+def _duration(d: timedelta) -> str:
+    m = round(d.total_seconds() / 60)
+    if m < 120:
+        return f"{m} minutes"
+    return f"{m // 60} h" + (f" {m % 60} min" if m % 60 else "")
 
 
 def _alert_reasons(alerts: list[dict], candidate: str, mixed: bool = False) -> list[Reason]:
@@ -660,10 +823,15 @@ def _cohort_reasons(bs: dict, cs: dict, same: bool) -> list[Reason]:
 
 
 def render_text(v: Verdict) -> str:
+    recent = ""
+    if v.recent_window is not None:
+        recent = (f" (the last {_duration(v.recent_window[1] - v.recent_window[0])}, since "
+                  f"{v.recent_window[0]:%H:%M} UTC, also judged on their own: {v.recent_predictions:,} over "
+                  f"{v.recent_minutes} minutes)")
     lines = [
-        f"{v.verdict}: {v.model} {v.candidate} against {v.baseline}",
+        f"{v.verdict}: {v.model} {v.candidate} against {v.baseline}, {v.baseline_choice}",
         f"  candidate since {v.candidate_since:%Y-%m-%d %H:%M} UTC: {v.predictions['candidate']:,} predictions "
-        f"over {v.minutes['candidate']} minutes; baseline {v.baseline_window[0]:%Y-%m-%d %H:%M} to "
+        f"over {v.minutes['candidate']} minutes{recent}; baseline {v.baseline_window[0]:%Y-%m-%d %H:%M} to "
         f"{v.baseline_window[1]:%Y-%m-%d %H:%M} UTC: {v.predictions['baseline']:,} over {v.minutes['baseline']} minutes",
         f"  weights: {'the same (heads compared one to one)' if v.same_weights else 'new (heads matched by their distributions)'}",
     ]

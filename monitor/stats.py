@@ -439,6 +439,27 @@ def cusum(
     return out
 
 
+def split_point(sums: Any, counts: Any) -> int | None:
+    """Where one change in the mean of a series of buckets most likely happened: the index
+    k (1 <= k < len) that best splits the buckets into two means, by the weighted
+    between-segment sum of squares n_a n_b / (n_a + n_b) (mean_a - mean_b)^2. `sums` and
+    `counts` are per bucket (e.g. a metric's per-minute sum and the predictions); None
+    with fewer than two buckets.
+
+    >>> split_point([1, 1, 1, 5, 5], [1, 1, 1, 1, 1])
+    3
+    """
+    s, n = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    if len(n) < 2 or n.sum() <= 0:
+        return None
+    cs, cn = np.cumsum(s)[:-1], np.cumsum(n)[:-1]
+    rs, rn = s.sum() - cs, n.sum() - cn
+    ok = (cn > 0) & (rn > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(ok, cn * rn / (cn + rn) * (cs / cn - rs / rn) ** 2, -1.0)
+    return int(np.argmax(score)) + 1 if ok.any() else None
+
+
 class ChangePoint(NamedTuple):
     path: np.ndarray  # the detector's statistic after each step
     first: int | None  # index of the first detection

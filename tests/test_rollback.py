@@ -86,10 +86,14 @@ def test_json_schema_is_stable(collapsed, capsys):
                             "--format", "json"], capsys)
     d = json.loads(out)
     assert code == 4 == d["exit_code"] == EXIT_CODES[d["verdict"]]
+    # fields are added, never renamed: schema 1's first fields, then the baseline's choice
+    # and the recent window (null when the candidate's data is no longer than it)
     assert set(d) == {"schema_version", "verdict", "exit_code", "model", "candidate", "baseline", "candidate_since",
-                      "baseline_window", "same_weights", "predictions", "minutes", "head_matching", "reasons"}
-    assert d["schema_version"] == 1
-    assert set(d["reasons"][0]) == {"severity", "kind", "series", "metric", "baseline", "candidate", "ci", "text"}
+                      "baseline_window", "same_weights", "predictions", "minutes", "head_matching", "reasons",
+                      "baseline_choice", "recent_window", "recent_predictions", "recent_minutes"}
+    assert d["schema_version"] == 1 and d["recent_window"] is None
+    assert set(d["reasons"][0]) == {"severity", "kind", "series", "metric", "baseline", "candidate", "ci", "text",
+                                    "window"}
     assert set(d["predictions"]) == set(d["minutes"]) == {"candidate", "baseline"}
 
 

@@ -1,0 +1,113 @@
+"""rollback-check judges the candidate's last minutes on their own, and its default
+baseline is the version serving just before the candidate's deployment."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from monitor.cli import main
+from monitor.demo import DEFECT, START, Segment, stream
+from monitor.rollback import check
+from monitor.store import make_engine, migrate
+
+MODEL = "demo-sasrec"
+
+
+def _store(tmp_path, parts, seed=7):
+    """`parts`: (segments, predictions per minute), served one after another."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    at = START
+    for segments, rate in parts:
+        at = stream(url, segments, rate=rate, start=at, seed=seed)
+    return url, datetime.fromtimestamp(at, UTC)
+
+
+def test_a_defect_that_began_30_minutes_ago_is_not_averaged_away_over_6_hours(tmp_path, capsys):
+    """v2 served well for 5.5 h, then collapsed layer 1 head 2: over the 6 h since its
+    deployment entropy_norm fell 0.05 (under the 0.12 of a warning), and the answer was
+    PROCEED while the head was collapsed. The last 30 minutes on their own say ROLLBACK,
+    and since when."""
+    url, now = _store(tmp_path, [([Segment("v1", 60), Segment("v2", 330), Segment("v2", 30, DEFECT)], 50)])
+    engine = make_engine(url)
+    v = check(engine, MODEL, now=now)
+    assert v.verdict == "ROLLBACK", [r.text for r in v.reasons]
+    assert v.recent_window == (datetime(2026, 11, 20, 14, 30, tzinfo=UTC), now)
+    assert (v.recent_predictions, v.recent_minutes) == (1500, 30)
+    first = v.reasons[0]
+    assert (first.severity, first.kind, first.window) == ("critical", "collapse", "recent")
+    assert first.series.startswith("layer 1 head 2") and first.ci[1] < 0
+    assert first.text.startswith("recent change, since about 2026-11-20 14:30 UTC (the last 30 minutes judged")
+    assert "averaged over the whole 6 h since the deploy it does not show" in first.text
+    # the whole-period judgement is as it was
+    whole = check(engine, MODEL, now=now, recent=None)
+    assert whole.verdict == "PROCEED" and whole.recent_window is None, [r.text for r in whole.reasons]
+    args = ["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat()]
+    assert main([*args, "--recent", "45m"]) == 4
+    out = capsys.readouterr().out
+    assert "the last 45 minutes, since 14:15 UTC, also judged on their own: 2,250 over 45 minutes" in out
+    assert main([*args, "--recent", "5m"]) == 2
+    assert "--recent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("update", ["retrain", "same-weights"])
+def test_a_harmless_update_still_proceeds_with_its_last_30_minutes_judged(tmp_path, update):
+    """Another seed (new weights), or the same weights redeployed unchanged, 2 h on."""
+    v2 = Segment("v2", 120, model_seed=8) if update == "retrain" else Segment("v2", 120, weights_id="w1")
+    url, now = _store(tmp_path, [([Segment("v1", 60, weights_id="w1"), v2], 50)])
+    v = check(make_engine(url), MODEL, now=now)
+    assert v.same_weights == (update == "same-weights")
+    assert v.recent_window is not None and v.recent_predictions == 1500
+    assert v.verdict == "PROCEED", [r.text for r in v.reasons]
+
+
+def test_a_recent_defect_in_too_few_predictions_is_watch(tmp_path):
+    """A canary at 20 predictions a minute: its last 30 minutes (600) are under the 1,000 a
+    verdict needs, so a collapse there, sure by its bootstrap interval, is a warning."""
+    url, now = _store(tmp_path, [([Segment("v1", 60)], 100), ([Segment("v2", 90), Segment("v2", 30, DEFECT)], 20)])
+    v = check(make_engine(url), MODEL, now=now)
+    assert v.verdict == "WATCH", [r.text for r in v.reasons]
+    recent = [r for r in v.reasons if r.window == "recent"]
+    assert [(r.severity, r.kind) for r in recent] == [("warning", "collapse")]
+    assert "only 600 predictions over 30 minutes in the last 30 minutes, too few to tell" in recent[0].text
+    assert not [r for r in v.reasons if r.severity == "critical"]
+
+
+def test_the_default_baseline_is_the_version_v3_replaced_within_the_hour(tmp_path, capsys):
+    """v1 served an hour, v2 20 minutes, then v3: in the hour before v3, v1 served more (40
+    minutes) than v2 (20), so v3 was compared with v1, which it did not replace."""
+    url, now = _store(tmp_path, [([Segment("v1", 60), Segment("v2", 20), Segment("v3", 20)], 50)])
+    engine = make_engine(url)
+    v = check(engine, MODEL, now=now)
+    assert (v.candidate, v.baseline) == ("v3", "v2")
+    assert v.baseline_choice == "the version serving just before v3 was deployed (2026-11-20 09:20 UTC)"
+    assert check(engine, MODEL, baseline="v1", now=now).baseline_choice == "given with --baseline"
+    # the daemon's post-deployment baseline is the same version
+    from monitor.baselines import choose
+    from monitor.config import EvaluateConfig
+
+    assert choose(engine, MODEL, "v3", now, EvaluateConfig()).version == "v2"
+    assert main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat()]) == 0
+    assert capsys.readouterr().out.startswith("PROCEED: demo-sasrec v3 against v2, the version serving just before")
+
+
+def test_a_version_that_served_a_few_minutes_is_passed_over_and_named(tmp_path):
+    """v2 served 4 minutes before v3 replaced it: too little to compare with (an error
+    asking for --baseline), so the baseline is v1, and the reason says why."""
+    url, now = _store(tmp_path, [([Segment("v1", 61), Segment("v2", 4, DEFECT), Segment("v3", 20)], 50)])
+    v = check(make_engine(url), MODEL, now=now)
+    assert v.baseline == "v1"
+    assert v.baseline_choice == (
+        "the version serving just before v3 was deployed (2026-11-20 09:05 UTC); passed over: v2 (4 minutes), "
+        "which served fewer than 10 minutes of the day before, too few to compare with (pass --baseline to compare "
+        "with it)")
+
+
+def test_split_point_finds_the_minute_the_mean_changed():
+    from monitor.stats import split_point
+
+    assert split_point([1, 1, 1, 5, 5], [1, 1, 1, 1, 1]) == 3
+    assert split_point([5.0, 5.0, 100.0, 100.0], [5, 5, 10, 10]) == 2  # means 1, 1, 10, 10
+    assert split_point([1.0], [1]) is None and split_point([0, 0], [0, 0]) is None
