@@ -42,8 +42,25 @@ A follower tries again every `daemon.lease_s`; when the leader's session ends (c
 kill, network loss noticed by keepalives) the lock is freed and a follower takes over.
 The leader checks its connection every `lease_s`, and before each job, window and delivery
 group, and steps down when it is gone. (Not
-behind PgBouncer in transaction mode: the lock lives in one server session.) On SQLite
-an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one host.
+behind PgBouncer in transaction mode: the lock lives in one server session.)
+
+A leader frozen with its connection open (SIGSTOP, a hung process: its kernel still
+answers keepalives) would keep the lock forever, so each of those checks is also a
+heartbeat: the row `lead.heartbeat` of `daemon_state` ("<server pid> <host>:<pid>",
+stamped with the server's clock, never the hosts'), written with the lock in one
+statement. A follower that finds the holder's heartbeat older than `SILENT_LEASES` x
+`lease_s` ends its session (`pg_terminate_backend`) and takes the lock: a frozen leader
+is replaced within about (SILENT_LEASES + 1) x `lease_s`. Ending another role's session
+needs that role's membership or `pg_signal_backend` (a superuser's: a superuser);
+without it the follower logs why once and goes on waiting. The beat comes from the lease
+thread, so a leader busy in a long job is never replaced; a job stuck on the store is
+bounded by `statement_timeout_s` and `lock_timeout_s` instead. When the frozen leader
+wakes, its next check (before anything it runs) fails on the ended connection and it
+steps down. A window it was writing when frozen may still be finished: its results are
+insert-if-absent and the watermark only moves forward, so that costs nothing twice.
+
+On SQLite an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one
+host; a frozen process keeps it (no heartbeat there: on one host, stop or kill it).
 
 A failing job (store down) logs one line without secrets, counts the error, and runs
 again `daemon.retry_s` later; the evaluate job's catch-up covers the windows missed.
@@ -57,6 +74,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -103,6 +121,9 @@ AHEAD_S = 120  # a watermark this far past the clock is not skew between hosts' 
 MAINTAIN_DUE_KEY = "maintain.due"  # when the maintain job is next due, kept across restarts
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's limit on a socket's keepalive idle time
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
+HEARTBEAT_KEY = "lead.heartbeat"  # daemon_state: "<server pid> <host>:<pid>" of the PostgreSQL leader
+SILENT_LEASES = 3  # a leader silent this many lease_s is ended by a follower
+TAKEOVER_WAIT_S = 5.0  # how long a follower waits for the lock of a leader it ended
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
 STORE_WAIT_MAX_S = 30.0  # a store down at start is tried again at most this far apart
 FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
@@ -268,10 +289,42 @@ class _FileLock(_Alone):
 
 
 class _PgAdvisoryLock(_Alone):
-    """PostgreSQL: a session advisory lock on a connection of its own."""
+    """PostgreSQL: a session advisory lock on a connection of its own, and a heartbeat.
 
-    SQL_LOCK = "SELECT pg_try_advisory_lock(:ns, hashtext(coalesce(current_schema(), '')))"
-    SQL_UNLOCK = "SELECT pg_advisory_unlock(:ns, hashtext(coalesce(current_schema(), '')))"
+    The lock alone never leaves a leader frozen with its connection open (SIGSTOP, a hung
+    process: its kernel still answers keepalives). So the holder writes `lead.heartbeat`
+    in daemon_state (its backend's pid, the server's clock) with the lock and at every
+    check, and a follower that finds it older than SILENT_LEASES x lease_s ends that
+    backend (pg_terminate_backend) and takes the lock."""
+
+    KEY = "(:ns, hashtext(coalesce(current_schema(), '')))"
+    SQL_UNLOCK = f"SELECT pg_advisory_unlock{KEY}"
+    # the lock and the first beat in one statement: a holder is never without a beat of
+    # its own, which a follower would take for a stale one of an earlier leader
+    SQL_LOCK = f"""
+        INSERT INTO daemon_state (key, value, updated_at)
+        SELECT :key, pg_backend_pid() || ' ' || :who, clock_timestamp()
+        WHERE pg_try_advisory_lock{KEY}
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+        RETURNING true"""
+    SQL_BEAT = """
+        INSERT INTO daemon_state (key, value, updated_at)
+        VALUES (:key, pg_backend_pid() || ' ' || :who, clock_timestamp())
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+    # the holder of the lock, if the stale beat is its own: an older leader's beat, or none
+    # (a leader of a release before heartbeats, mid rollout), says nothing about it
+    SQL_SILENT = """
+        SELECT l.pid, extract(epoch FROM clock_timestamp() - h.updated_at)
+        FROM pg_locks l JOIN daemon_state h ON h.key = :key AND split_part(h.value, ' ', 1) = l.pid::text
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND (l.classid, l.objid) = (CAST(:ns AS oid), CAST(hashtext(coalesce(current_schema(), '')) AS oid))
+          AND h.updated_at < clock_timestamp() - make_interval(secs => :silent_s)"""
+    # ends it only if still silent now (it may have beaten since SQL_SILENT)
+    SQL_END = """
+        SELECT pg_terminate_backend(:pid) FROM daemon_state
+        WHERE key = :key AND split_part(value, ' ', 1) = CAST(:pid AS text)
+          AND updated_at < clock_timestamp() - make_interval(secs => :silent_s)"""
 
     def __init__(self, url: URL, lease_s: float):
         connect_args: dict[str, Any] = {}
@@ -294,21 +347,30 @@ class _PgAdvisoryLock(_Alone):
             url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=connect_args
         )
         # ...and the server must notice a vanished leader as soon, to free the lock: its
-        # keepalive settings, for this session only (the default is the kernel's 2 hours)
-        self._server_keepalives = [
+        # keepalive settings, for this session only (the default is the kernel's 2 hours).
+        # A beat waiting on a row lock (someone's open transaction on daemon_state) fails
+        # after a lease: past SILENT_LEASES a follower would end the session anyway.
+        self._session = [
             f"SET tcp_keepalives_idle = {idle}",
             f"SET tcp_keepalives_interval = {idle}",
             "SET tcp_keepalives_count = 3",
             f"SET tcp_user_timeout = {1000 * 4 * idle}",
+            f"SET lock_timeout = '{idle}s'",
         ]
+        self.silent_s = SILENT_LEASES * lease_s
+        self._who = f"{socket.gethostname()}:{os.getpid()}"  # for a person reading the row
+        self._told: int | None = None  # the silent leader last logged as beyond our rights
         self._conn: Any = None
+
+    def _args(self, **more: Any) -> dict[str, Any]:
+        return {"ns": LOCK_NAMESPACE, "key": HEARTBEAT_KEY, "who": self._who, "silent_s": self.silent_s, **more}
 
     def try_acquire(self) -> bool:
         conn = self._engine.connect()
         try:
-            for statement in self._server_keepalives:
+            for statement in self._session:
                 conn.execute(text(statement))
-            got = conn.execute(text(self.SQL_LOCK), {"ns": LOCK_NAMESPACE}).scalar()
+            got = self._lock(conn) or (self._end_silent_leader(conn) and self._lock_when_freed(conn))
         except BaseException:
             conn.close()
             raise
@@ -318,11 +380,50 @@ class _PgAdvisoryLock(_Alone):
         conn.close()
         return False
 
+    def _lock(self, conn: Any) -> bool:
+        return bool(conn.execute(text(self.SQL_LOCK), self._args()).scalar())
+
+    def _end_silent_leader(self, conn: Any) -> bool:
+        """End the session of a leader whose heartbeat is older than silent_s; True if ended."""
+        from sqlalchemy.exc import DBAPIError
+
+        row = conn.execute(text(self.SQL_SILENT), self._args()).first()
+        if row is None:
+            return False
+        pid, silent = row[0], float(row[1])
+        try:
+            ended = conn.execute(text(self.SQL_END), self._args(pid=pid)).scalar()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+                raise
+            if self._told != pid:  # once per silent leader, not every lease_s
+                self._told = pid
+                log.error(
+                    "the leader (server process %d) has not beaten for %.1fs, over %gs, but this daemon may not "
+                    "end its session: %s. Run every daemon as one role (or grant this one pg_signal_backend; "
+                    "a superuser's session only a superuser may end); until then the lead stays with it",
+                    pid, silent, self.silent_s, _one_line(exc, self._engine.url))
+            return False
+        if ended:
+            log.warning("the leader (server process %d) has not beaten for %.1fs, over %gs: "
+                        "ended its session to take the lead", pid, silent, self.silent_s)
+        return bool(ended)
+
+    def _lock_when_freed(self, conn: Any) -> bool:
+        """The ended backend frees the lock as it exits, soon after pg_terminate_backend."""
+        deadline = time.monotonic() + TAKEOVER_WAIT_S
+        while not self._lock(conn):
+            if time.monotonic() > deadline:
+                return False  # the next lease tries again
+            time.sleep(0.02)
+        return True
+
     def still_held(self) -> bool:
         if self._conn is None:
             return False
         try:
-            self._conn.execute(text("SELECT 1"))  # the lock lives as long as the session
+            # the lock lives as long as the session; the beat tells followers it is not frozen
+            self._conn.execute(text(self.SQL_BEAT), self._args())
             return True
         except Exception:
             self._drop()

@@ -3,14 +3,19 @@ partition healing) must not run jobs beside the daemon that took the lead over."
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
+import uuid
 from datetime import timedelta
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import make_url, text
 from test_daemon_pg import at, produce
 
 from monitor.config import Config
-from monitor.daemon import Daemon, read_watermark, write_watermark
+from monitor.daemon import SILENT_LEASES, Daemon, read_watermark, write_watermark
 from monitor.store import make_engine
 
 
@@ -69,3 +74,135 @@ def test_a_catch_up_stops_once_the_lock_is_lost_mid_job(pg_clean_url):
         # the new leader goes on from there, each window once
         assert [w.window_end for w in b.run_job("evaluate", at(30)).result.windows] == [
             at(21) + timedelta(minutes=i) for i in range(1, 9)]
+
+
+# -- a leader frozen with its connection open (SIGSTOP, a hung process) ------------------
+
+
+def heartbeat(url: str) -> tuple[str, float] | None:
+    """The lead.heartbeat row: its value and its age in seconds (the server's clock)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT value, extract(epoch FROM clock_timestamp() - updated_at) "
+                                    "FROM daemon_state WHERE key = 'lead.heartbeat'")).first()
+    finally:
+        engine.dispose()
+    return (row[0], float(row[1])) if row else None
+
+
+def silence(url: str, seconds: float, value: str | None = None) -> None:
+    """Make the heartbeat `seconds` old, as a leader frozen that long leaves it."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE daemon_state SET updated_at = clock_timestamp() - make_interval(secs => :s), "
+                              "value = coalesce(:v, value) WHERE key = 'lead.heartbeat'"), {"s": seconds, "v": value})
+    finally:
+        engine.dispose()
+
+
+def lock_pid(daemon: Daemon) -> int:
+    return daemon._leadership._conn.execute(text("SELECT pg_backend_pid()")).scalar()
+
+
+def test_the_leader_beats_with_its_lock_and_at_each_check(pg_clean_url):
+    with Daemon(config(pg_clean_url)) as a:
+        assert heartbeat(pg_clean_url) is None
+        assert a.acquire()
+        value, age = heartbeat(pg_clean_url)
+        assert value.split()[0] == str(lock_pid(a)) and value.endswith(f":{os.getpid()}") and age < 5
+        silence(pg_clean_url, 100)
+        assert a._still_leading()  # before each job, window and group, and every lease_s
+        assert heartbeat(pg_clean_url)[1] < 5
+
+
+def test_a_follower_ends_a_silent_leaders_session_and_it_runs_no_job(pg_clean_url, caplog):
+    produce(pg_clean_url)
+    with Daemon(config(pg_clean_url)) as a, Daemon(config(pg_clean_url)) as b:
+        assert a.acquire() and not b.acquire()
+        old = lock_pid(a)
+        silence(pg_clean_url, 3 * 600 - 5)  # not yet past 3 x lease_s
+        assert not b.acquire() and a._still_leading()
+        silence(pg_clean_url, 3 * 600 + 5)
+        assert b.acquire() and b.is_leader
+        assert f"the leader (server process {old}) has not beaten for 1805.0s" in caplog.text
+        assert heartbeat(pg_clean_url)[0].split()[0] == str(lock_pid(b))
+        # the frozen leader wakes: its dead connection says at once that it leads no more
+        for job in a.jobs:
+            assert a.run_job(job, at(30)) is None, job
+        assert not a.is_leader and read_watermark(a.engine) is None
+        assert b.run_job("evaluate", at(30)).ok
+
+
+def test_a_stale_beat_that_is_not_the_holders_ends_nothing(pg_clean_url):
+    # an earlier leader's beat, as when a daemon of a release before heartbeats leads
+    with Daemon(config(pg_clean_url)) as a, Daemon(config(pg_clean_url)) as b:
+        assert a.acquire()
+        silence(pg_clean_url, 10_000, value="1 elsewhere:1")
+        assert not b.acquire()
+        assert a._still_leading() and not b.is_leader
+
+
+@pytest.fixture
+def plain_role(pg_clean_url):
+    """A URL on the store for a role that is neither a superuser nor pg_signal_backend."""
+    role = f"attnmon_plain_{uuid.uuid4().hex[:8]}"
+    url = make_url(pg_clean_url)
+    schema = url.query["options"].split("search_path=")[1].split()[0]
+    admin = make_engine(pg_clean_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+    try:
+        yield url.set(username=role).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+def test_a_follower_not_allowed_to_end_the_session_says_so_once_and_follows(pg_clean_url, plain_role, caplog):
+    with Daemon(config(pg_clean_url)) as a, Daemon(config(plain_role)) as b:
+        assert a.acquire()  # as postgres: only a superuser may end its session
+        silence(pg_clean_url, 10_000)
+        with caplog.at_level(logging.ERROR, "attnmon.daemon"):
+            assert not b.acquire() and not b.acquire()
+        told = [r.getMessage() for r in caplog.records if "may not end its session" in r.getMessage()]
+        assert len(told) == 1, told
+        assert f"server process {lock_pid(a)}" in told[0] and "pg_signal_backend" in told[0]
+        assert a._still_leading() and not b.is_leader
+
+
+def test_a_slow_leader_under_load_is_never_ended(pg_clean_url, caplog):
+    """A leader busy in a long job (here, holding the CPU 10 x the silence bound) still
+    beats from its lease thread: the follower beside it never takes over."""
+    lease_s = 0.2
+    cfg = Config.model_validate({"store_url": pg_clean_url, "evaluate": {"min_samples": 5},
+                                 "daemon": {"listen": "127.0.0.1:0", "lease_s": lease_s}})
+    busy_s = 10 * SILENT_LEASES * lease_s
+    done = threading.Event()
+
+    def long_job(_engine, _now) -> None:
+        if done.is_set():
+            return
+        end = time.monotonic() + busy_s
+        while time.monotonic() < end:
+            sum(range(1000))  # Python bytecode, holding the GIL as a busy job does
+        done.set()
+
+    with Daemon(cfg, deliver_hooks=[long_job]) as a, Daemon(cfg) as b:
+        a.start()
+        assert a.is_leader
+        b.start()
+        old = lock_pid(a)
+        deadline = time.monotonic() + busy_s + 30
+        while not done.is_set():
+            assert not b.is_leader and a.is_leader
+            assert time.monotonic() < deadline, "the long job did not end"
+            time.sleep(0.05)
+        time.sleep(2 * lease_s)
+        assert a.is_leader and not b.is_leader and lock_pid(a) == old
+    assert "ended its session" not in caplog.text and "lost the lead" not in caplog.text

@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text
 
 from collectors import AttentionCollector
 from monitor.config import Config
-from monitor.daemon import Daemon, read_watermark, write_watermark
+from monitor.daemon import SILENT_LEASES, Daemon, read_watermark, write_watermark
 from monitor.store import make_engine, tables
 
 T0 = 1_800_000_000.0  # an hour boundary
@@ -191,6 +191,53 @@ def test_one_leader_among_two_and_the_other_takes_over_when_it_is_killed(pg_clea
     assert ends[0] in (at(19), at(20)) and len(ends) >= 4
     log = follower.log.read_text()
     assert "another daemon leads" in log and "took the lead" in log and "gave the lead" in log
+
+
+def test_a_frozen_leader_is_ended_by_the_follower_and_steps_down_when_it_wakes(pg_clean_url, tmp_path):
+    """SIGSTOP keeps the leader's connection (its kernel answers keepalives): only its
+    silent heartbeat tells the follower, which ends its session and takes over."""
+    produce(pg_clean_url)
+    lease_s, every_s = 0.5, 3.0
+    cfg = write_config(tmp_path, pg_clean_url, evaluate_every_s=every_s, deliver_every_s=600, lease_s=lease_s)
+    clock = Clock()
+    a = Proc(cfg, clock, "a")
+    b = None
+    try:
+        a.wait_serving()
+        first = a.wait_for(lambda body: body["leader"] and body["last_run"]["evaluate"], 15, "a leads")
+        b = Proc(cfg, clock, "b")
+        b.wait_serving()
+        b.wait_for(lambda body: not body["leader"] and body["watermark"], 10, "b follows")
+        # freeze a just after an evaluate run, so that none is in flight
+        ran = a.wait_for(lambda body: body["last_run"]["evaluate"] != first["last_run"]["evaluate"],
+                         2 * every_s + 5, "a's next evaluate")["last_run"]
+        a.proc.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        took_over = b.wait_for(lambda body: body["leader"], 10 * lease_s + 5, "takeover")
+        took = time.monotonic() - stopped
+        # silent past 3 x lease_s (its last beat up to a lease before the stop), then seen
+        # within a lease
+        assert (SILENT_LEASES - 1) * lease_s <= took <= (SILENT_LEASES + 1) * lease_s + 1.5, took
+        b.wait_for(lambda body: body["last_run"]["evaluate"] and wm(body) > wm(took_over), 10,
+                   "the new leader evaluates")
+        time.sleep(max(0.0, stopped + every_s + 1 - time.monotonic()))  # a's evaluate is overdue
+        a.proc.send_signal(signal.SIGCONT)
+        woke = time.monotonic()
+        # its lease thread's check (or its overdue job's) finds the session ended
+        a.wait_for(lambda body: not body["leader"], 10, "a steps down")
+        assert time.monotonic() - woke <= 2 * lease_s + 1
+        time.sleep(2 * every_s)
+        after = a.health()
+        assert not after["leader"] and after["last_run"] == ran, after  # it ran no job
+        assert b.health()["leader"]
+        assert a.terminate() == 0 and b.terminate() == 0
+    finally:  # SIGKILL ends a stopped process too
+        for p in (a, b):
+            if p is not None:
+                p.kill()
+    check_every_window_once(pg_clean_url)
+    assert "lost the lead" in a.log.read_text()
+    assert "has not beaten for" in b.log.read_text() and "ended its session to take the lead" in b.log.read_text()
 
 
 def test_store_down_logs_retries_and_catches_up(own_database, tmp_path):
