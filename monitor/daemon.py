@@ -46,18 +46,23 @@ behind PgBouncer in transaction mode: the lock lives in one server session.)
 
 A leader frozen with its connection open (SIGSTOP, a hung process: its kernel still
 answers keepalives) would keep the lock forever, so each of those checks is also a
-heartbeat: the row `lead.heartbeat` of `daemon_state` ("<server pid> <host>:<pid>",
-stamped with the server's clock, never the hosts'), written with the lock in one
-statement. A follower that finds the holder's heartbeat older than `SILENT_LEASES` x
-`lease_s` ends its session (`pg_terminate_backend`) and takes the lock: a frozen leader
-is replaced within about (SILENT_LEASES + 1) x `lease_s`. Ending another role's session
-needs that role's membership or `pg_signal_backend` (a superuser's: a superuser);
-without it the follower logs why once and goes on waiting. The beat comes from the lease
-thread, so a leader busy in a long job is never replaced; a job stuck on the store is
-bounded by `statement_timeout_s` and `lock_timeout_s` instead. When the frozen leader
-wakes, its next check (before anything it runs) fails on the ended connection and it
-steps down. A window it was writing when frozen may still be finished: its results are
-insert-if-absent and the watermark only moves forward, so that costs nothing twice.
+heartbeat: the row `lead.heartbeat` of `daemon_state` ("<server pid> <daemon id>", the
+id being "<pid>-<token>@<host>"), stamped with the server's clock, never the hosts', and
+written with the lock in one statement. A follower that finds the holder's heartbeat
+older than `SILENT_LEASES` x `lease_s` ends its lock's session (`pg_terminate_backend`)
+and takes the lock: a frozen leader is replaced within about (SILENT_LEASES + 1) x
+`lease_s`. It also ends the job sessions of that daemon (application_name
+"attnmon-daemon <daemon id>"), so that a transaction the leader was frozen in is rolled
+back, not left holding row locks against the new leader and committed when it wakes.
+Ending another role's session needs that role's membership or `pg_signal_backend` (a
+superuser's: a superuser); without it the follower logs why once and goes on waiting.
+The beat comes from the lease thread, so a leader busy in a long job is never replaced
+(a job stuck on the store is bounded by `statement_timeout_s` and `lock_timeout_s`
+instead). When the frozen leader wakes, its next check (before each job, window and
+delivery group, and every lease_s) fails on the ended connection and it steps down.
+What it may still do is finish the one step it was frozen between: a window's results
+are insert-if-absent, the alert cycle skips a window at or before its watermark, and the
+evaluate watermark only moves forward, so that step writes nothing twice.
 
 On SQLite an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one
 host; a frozen process keeps it (no heartbeat there: on one host, stop or kill it).
@@ -73,6 +78,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -85,6 +91,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from alerts.model import Receiver
@@ -121,9 +128,12 @@ AHEAD_S = 120  # a watermark this far past the clock is not skew between hosts' 
 MAINTAIN_DUE_KEY = "maintain.due"  # when the maintain job is next due, kept across restarts
 TCP_KEEPIDLE_MAX_S = 32767  # Linux's limit on a socket's keepalive idle time
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
-HEARTBEAT_KEY = "lead.heartbeat"  # daemon_state: "<server pid> <host>:<pid>" of the PostgreSQL leader
+HEARTBEAT_KEY = "lead.heartbeat"  # daemon_state: "<server pid> <daemon_id()>" of the PostgreSQL leader
+SESSIONS_NAME = "attnmon-daemon "  # + daemon_id(): application_name of a daemon's job sessions
+PG_NAME_MAX = 63  # PostgreSQL cuts an application_name to this many bytes
 SILENT_LEASES = 3  # a leader silent this many lease_s is ended by a follower
 TAKEOVER_WAIT_S = 5.0  # how long a follower waits for the lock of a leader it ended
+BEAT_WAIT_S = 1.0  # at most this long (and a lease) a beat waits for a lock on daemon_state
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
 STORE_WAIT_MAX_S = 30.0  # a store down at start is tried again at most this far apart
 FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
@@ -135,6 +145,12 @@ CycleHook = Callable[[Engine, CycleResult], object]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def daemon_id() -> str:
+    """A new daemon's name in its heartbeat and its sessions' application_name: its
+    process and host, and a token apart from any other daemon in the same process."""
+    return f"{os.getpid()}-{secrets.token_hex(3)}@{socket.gethostname()}"
 
 
 def fake_clock(spec: str, *, monotonic: Callable[[], float] = time.monotonic) -> Clock:
@@ -298,6 +314,7 @@ class _PgAdvisoryLock(_Alone):
     backend (pg_terminate_backend) and takes the lock."""
 
     KEY = "(:ns, hashtext(coalesce(current_schema(), '')))"
+    SQL_TRY = f"SELECT pg_try_advisory_lock{KEY}"
     SQL_UNLOCK = f"SELECT pg_advisory_unlock{KEY}"
     # the lock and the first beat in one statement: a holder is never without a beat of
     # its own, which a follower would take for a stale one of an earlier leader
@@ -314,7 +331,7 @@ class _PgAdvisoryLock(_Alone):
     # the holder of the lock, if the stale beat is its own: an older leader's beat, or none
     # (a leader of a release before heartbeats, mid rollout), says nothing about it
     SQL_SILENT = """
-        SELECT l.pid, extract(epoch FROM clock_timestamp() - h.updated_at)
+        SELECT l.pid, extract(epoch FROM clock_timestamp() - h.updated_at), split_part(h.value, ' ', 2)
         FROM pg_locks l JOIN daemon_state h ON h.key = :key AND split_part(h.value, ' ', 1) = l.pid::text
         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -325,8 +342,14 @@ class _PgAdvisoryLock(_Alone):
         SELECT pg_terminate_backend(:pid) FROM daemon_state
         WHERE key = :key AND split_part(value, ' ', 1) = CAST(:pid AS text)
           AND updated_at < clock_timestamp() - make_interval(secs => :silent_s)"""
+    # and its job sessions: a transaction it was frozen in is rolled back, rather than
+    # holding its row locks against the new leader (lock_timeout, again and again) and
+    # committing when it wakes
+    SQL_END_SESSIONS = """
+        SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = :name AND pid <> pg_backend_pid()"""
 
-    def __init__(self, url: URL, lease_s: float):
+    def __init__(self, url: URL, lease_s: float, who: str):
         connect_args: dict[str, Any] = {}
         # Linux refuses a TCP_KEEPIDLE over 32767 s: with a longer lease_s every attempt to
         # connect failed (setsockopt: Invalid argument) and no daemon could ever lead.
@@ -348,17 +371,18 @@ class _PgAdvisoryLock(_Alone):
         )
         # ...and the server must notice a vanished leader as soon, to free the lock: its
         # keepalive settings, for this session only (the default is the kernel's 2 hours).
-        # A beat waiting on a row lock (someone's open transaction on daemon_state) fails
-        # after a lease: past SILENT_LEASES a follower would end the session anyway.
+        # A beat waits little for a lock on daemon_state (an operator's transaction): the
+        # jobs check the lead, so beat, before each window and group.
+        wait_ms = max(1, int(1000 * min(BEAT_WAIT_S, lease_s)))
         self._session = [
             f"SET tcp_keepalives_idle = {idle}",
             f"SET tcp_keepalives_interval = {idle}",
             "SET tcp_keepalives_count = 3",
             f"SET tcp_user_timeout = {1000 * 4 * idle}",
-            f"SET lock_timeout = '{idle}s'",
+            f"SET lock_timeout = {wait_ms}",
         ]
         self.silent_s = SILENT_LEASES * lease_s
-        self._who = f"{socket.gethostname()}:{os.getpid()}"  # for a person reading the row
+        self._who = who
         self._told: int | None = None  # the silent leader last logged as beyond our rights
         self._conn: Any = None
 
@@ -381,20 +405,31 @@ class _PgAdvisoryLock(_Alone):
         return False
 
     def _lock(self, conn: Any) -> bool:
-        return bool(conn.execute(text(self.SQL_LOCK), self._args()).scalar())
+        try:
+            return bool(conn.execute(text(self.SQL_LOCK), self._args()).scalar())
+        except DBAPIError as exc:
+            if not _waited(exc):
+                raise
+        # daemon_state is locked: lead without a beat for now (none of its own, so no
+        # follower ends it); the next check beats
+        return bool(conn.execute(text(self.SQL_TRY), {"ns": LOCK_NAMESPACE}).scalar())
 
     def _end_silent_leader(self, conn: Any) -> bool:
-        """End the session of a leader whose heartbeat is older than silent_s; True if ended."""
-        from sqlalchemy.exc import DBAPIError
-
-        row = conn.execute(text(self.SQL_SILENT), self._args()).first()
+        """End the session of a leader whose heartbeat is older than silent_s, then its job
+        sessions; True if its lock's session was ended."""
+        try:
+            row = conn.execute(text(self.SQL_SILENT), self._args()).first()
+        except DBAPIError as exc:
+            if not _waited(exc):
+                raise
+            return False  # daemon_state is locked: look again at the next lease
         if row is None:
             return False
-        pid, silent = row[0], float(row[1])
+        pid, silent, who = row[0], float(row[1]), row[2]
         try:
-            ended = conn.execute(text(self.SQL_END), self._args(pid=pid)).scalar()
+            ended = bool(conn.execute(text(self.SQL_END), self._args(pid=pid)).scalar())
         except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            if not _not_allowed(exc):
                 raise
             if self._told != pid:  # once per silent leader, not every lease_s
                 self._told = pid
@@ -404,10 +439,20 @@ class _PgAdvisoryLock(_Alone):
                     "a superuser's session only a superuser may end); until then the lead stays with it",
                     pid, silent, self.silent_s, _one_line(exc, self._engine.url))
             return False
-        if ended:
-            log.warning("the leader (server process %d) has not beaten for %.1fs, over %gs: "
-                        "ended its session to take the lead", pid, silent, self.silent_s)
-        return bool(ended)
+        if not ended:
+            return False
+        log.warning("the leader (server process %d) has not beaten for %.1fs, over %gs: "
+                    "ended its session to take the lead", pid, silent, self.silent_s)
+        if who and who != self._who:
+            name = (SESSIONS_NAME + who).encode()[:PG_NAME_MAX].decode(errors="ignore")
+            try:
+                conn.execute(text(self.SQL_END_SESSIONS), {"name": name})
+            except DBAPIError as exc:
+                if not _not_allowed(exc):
+                    raise
+                log.warning("cannot end the job sessions of the silent leader %s: %s", who,
+                            _one_line(exc, self._engine.url))
+        return True
 
     def _lock_when_freed(self, conn: Any) -> bool:
         """The ended backend frees the lock as it exits, soon after pg_terminate_backend."""
@@ -425,8 +470,19 @@ class _PgAdvisoryLock(_Alone):
             # the lock lives as long as the session; the beat tells followers it is not frozen
             self._conn.execute(text(self.SQL_BEAT), self._args())
             return True
+        except DBAPIError as exc:
+            if _waited(exc) and self._alive():
+                return True  # daemon_state is locked, the session (and its lock) is there
         except Exception:
-            self._drop()
+            pass
+        self._drop()
+        return False
+
+    def _alive(self) -> bool:
+        try:
+            self._conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
             return False
 
     def release(self) -> None:
@@ -451,10 +507,18 @@ class _PgAdvisoryLock(_Alone):
         self._engine.dispose()
 
 
-def _leadership_for(url: URL, lease_s: float) -> _Alone:
+def _not_allowed(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "42501"  # insufficient_privilege
+
+
+def _waited(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "55P03"  # lock_not_available: lock_timeout
+
+
+def _leadership_for(url: URL, lease_s: float, who: str) -> _Alone:
     backend = url.get_backend_name()
     if backend == "postgresql":
-        return _PgAdvisoryLock(url, lease_s)
+        return _PgAdvisoryLock(url, lease_s, who)
     if backend == "sqlite" and url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         return _FileLock(f"{url.database}.daemon.lock")
     return _Alone()
@@ -532,8 +596,10 @@ class Daemon:
         self.clock = clock
         self._own_engine = engine is None
         dm = config.daemon
+        self.id = daemon_id()
         self.engine = engine if engine is not None else make_engine(
-            config.store_url, statement_timeout_s=dm.statement_timeout_s, lock_timeout_s=dm.lock_timeout_s)
+            config.store_url, statement_timeout_s=dm.statement_timeout_s, lock_timeout_s=dm.lock_timeout_s,
+            application_name=SESSIONS_NAME + self.id)  # a follower that ends this leader finds them by it
         self.store = redact(self.engine.url)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)
@@ -565,7 +631,7 @@ class Daemon:
         self._baselines = Baselines(self.engine, ev)
         # minute sketches decoded once and reused by the overlapping windows of later cycles
         self._reader = WindowReader(self.engine)
-        self._leadership = _leadership_for(self.engine.url, dm.lease_s)
+        self._leadership = _leadership_for(self.engine.url, dm.lease_s, self.id)
         self._leader = False
         self._lead_lock = threading.Lock()
         self._lease_failing = False

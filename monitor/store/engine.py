@@ -43,7 +43,7 @@ def redact(url: str | URL) -> str:
 
 def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
                 lock_timeout_s: float | None = None, busy_timeout_s: float | None = None,
-                **kwargs: Any) -> Engine:
+                application_name: str | None = None, **kwargs: Any) -> Engine:
     """An Engine for the store at `url`; extra keyword arguments go to create_engine.
 
     On SQLite, `busy_timeout_s` is how long a connection waits for another writer's
@@ -52,7 +52,8 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     On PostgreSQL (psycopg), `statement_timeout_s` and `lock_timeout_s` bound each
     statement and each lock wait of every session, and TCP keepalives and a TCP user
     timeout notice a server that vanished: a job that would otherwise wait forever (or
-    the kernel's ~15 minutes of retransmissions) fails and is retried."""
+    the kernel's ~15 minutes of retransmissions) fails and is retried. `application_name`
+    names its sessions in pg_stat_activity (unless the URL names them)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -73,6 +74,8 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
         options["pool_pre_ping"] = True
         if parsed.get_driver_name() in ("psycopg", "psycopg2"):
             args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+            if application_name and "application_name" not in parsed.query:
+                args["application_name"] = application_name
             limits = [f"-c {name}={max(1, round(1000 * value))}" for name, value in
                       (("statement_timeout", statement_timeout_s), ("lock_timeout", lock_timeout_s)) if value]
             if limits:

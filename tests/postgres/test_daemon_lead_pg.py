@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import OperationalError
 from test_daemon_pg import at, produce
 
 from monitor.config import Config
@@ -111,7 +113,8 @@ def test_the_leader_beats_with_its_lock_and_at_each_check(pg_clean_url):
         assert heartbeat(pg_clean_url) is None
         assert a.acquire()
         value, age = heartbeat(pg_clean_url)
-        assert value.split()[0] == str(lock_pid(a)) and value.endswith(f":{os.getpid()}") and age < 5
+        assert value.split() == [str(lock_pid(a)), a.id] and age < 5
+        assert a.id.startswith(f"{os.getpid()}-") and a.id.endswith(f"@{socket.gethostname()}")
         silence(pg_clean_url, 100)
         assert a._still_leading()  # before each job, window and group, and every lease_s
         assert heartbeat(pg_clean_url)[1] < 5
@@ -134,6 +137,45 @@ def test_a_follower_ends_a_silent_leaders_session_and_it_runs_no_job(pg_clean_ur
         assert not a.is_leader and read_watermark(a.engine) is None
         assert b.run_job("evaluate", at(30)).ok
 
+
+
+def test_a_transaction_the_silent_leader_was_frozen_in_is_rolled_back_not_waited_for(pg_clean_url):
+    """Its job sessions are ended too: a row it locked does not hold up the new leader
+    (for lock_timeout_s, on every try while it stays frozen), and what it had not
+    committed is never committed when it wakes."""
+    cfg = Config.model_validate({"store_url": pg_clean_url, "daemon": {"listen": "127.0.0.1:0", "lease_s": 600,
+                                                                        "lock_timeout_s": 2}})
+    with Daemon(cfg) as a, Daemon(cfg) as b:
+        assert a.acquire()
+        write_watermark(a.engine, at(20))
+        with a.engine.connect() as frozen:
+            tx = frozen.begin()
+            frozen.execute(text("UPDATE daemon_state SET value = :v WHERE key = 'evaluate.watermark'"),
+                           {"v": at(25).isoformat(timespec="seconds")})
+            silence(pg_clean_url, 3 * 600 + 5)
+            try:
+                assert b.acquire()
+                write_watermark(b.engine, at(21))  # not held up by a's row lock
+                with pytest.raises(OperationalError):
+                    tx.commit()  # a wakes: its transaction is gone
+            finally:
+                frozen.invalidate()
+        assert read_watermark(b.engine) == at(21)
+
+
+def test_a_locked_daemon_state_neither_stops_the_lead_nor_reads_as_a_store_down(pg_clean_url):
+    """An operator's transaction holds daemon_state: the beat waits a second at most; the
+    lead is still taken and kept, and a follower just follows."""
+    holder = make_engine(pg_clean_url)
+    with Daemon(config(pg_clean_url)) as a, Daemon(config(pg_clean_url)) as b, holder.connect() as conn:
+        conn.execute(text("LOCK TABLE daemon_state IN ACCESS EXCLUSIVE MODE"))
+        t0 = time.monotonic()
+        assert a.acquire() and a._still_leading()
+        assert not b.acquire() and b.health()[1]["status"] != "store_unreachable"
+        assert time.monotonic() - t0 < 10
+        conn.rollback()
+        assert a._still_leading() and heartbeat(pg_clean_url)[0].split()[1] == a.id
+    holder.dispose()
 
 def test_a_stale_beat_that_is_not_the_holders_ends_nothing(pg_clean_url):
     # an earlier leader's beat, as when a daemon of a release before heartbeats leads
