@@ -148,7 +148,9 @@ class DaemonConfig(_Strict):
     deliver_every_s: float = Field(15, gt=0, le=CENTURY_S)
     maintain_every_s: float = Field(3600, gt=0, le=CENTURY_S)
     misfire_grace_s: float = Field(30, ge=0, le=CENTURY_S)
-    lease_s: float = Field(10, gt=0, le=CENTURY_S)  # how often a waiting daemon tries to take the lead
+    # how often the leader beats and a waiting daemon tries to lead; PostgreSQL: a leader
+    # silent 3 x lease_s (frozen) is ended by a follower
+    lease_s: float = Field(10, gt=0, le=CENTURY_S)
     retry_s: float = Field(5, gt=0, le=CENTURY_S)  # a failed job is retried this soon (store down)
     # PostgreSQL: a statement or a lock wait of a job's session past these fails the job
     # (retried retry_s later) instead of holding it forever; 0 = no limit
