@@ -7,8 +7,10 @@ import re
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from alerting import at, drift_row, rule
 
 from alerts.config import AlertsConfig, Route
@@ -336,3 +338,17 @@ def test_public_exports_resolve_lazily():
     assert alerts.__all__ == ["AlertService", "AlertView", "DeliveryError", "Notification", "Outbox", "Receiver",
                               "Rule", "evaluate_alerts", "load_rule_set"]
     assert all(getattr(alerts, name).__name__ == name for name in alerts.__all__)
+
+
+def test_the_readme_routing_example_pages_once_for_a_deploy_that_fires_two_rules():
+    # the README's alert routing block, as written: one PagerDuty group per version
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "receiver: pagerduty" in b)
+    config = AlertsConfig.model_validate(yaml.safe_load(block)["alerts"])
+    deploy = {"severity": "critical", "model": "m", "version": "v2"}
+    one = route(config.route, {"alertname": "AttentionEntropyCollapse", "head": "3", **deploy})
+    two = route(config.route, {"alertname": "PostDeploymentShift", "head": "5", **deploy})
+    pager = [t.group_key for t in one + two if t.receiver == "pagerduty"]
+    assert len(pager) == 2 and pager[0] == pager[1]
+    other_version = route(config.route, {"alertname": "PostDeploymentShift", **deploy, "version": "v3"})
+    assert [t.group_key for t in other_version if t.receiver == "pagerduty"] != pager[:1]
