@@ -3,8 +3,8 @@
 Alertmanager's semantics, with label globs as matchers: an alert enters a route that
 matches it, then tries the children in order; the first matching child takes it, and
 the search goes on past a matching child only when that child says `continue`. A route
-no child takes it from sends it to its own receiver (inherited from its parent when
-unset). The group key is the route's place in the tree and the values of its
+no child takes it from sends it to its own receiver; a route's receiver, `group_by` and
+`group_wait_s` are its parent's unless it sets them (the root's defaults otherwise). The group key is the route's place in the tree and the values of its
 `group_by` labels, so two routes that group differently never share a message.
 
     >>> [t.receiver for t in route(Route(receiver="slack"), {"severity": "critical"})]   # doctest: +SKIP
@@ -51,7 +51,7 @@ def route(tree: Route, labels: Mapping[str, str]) -> list[Target]:
     """The (receiver, group) pairs an alert with `labels` goes to; empty when none."""
     out: list[Target] = []
     if matches(tree.match, labels):
-        _walk(tree, labels, None, "root", out)
+        _walk(tree, labels, _Inherited(None, tree.group_by, tree.group_wait_s), "root", out)
     seen: set[tuple[str, str]] = set()
     unique = []
     for t in out:  # two branches may name one receiver for one group: send once
@@ -61,16 +61,28 @@ def route(tree: Route, labels: Mapping[str, str]) -> list[Target]:
     return unique
 
 
-def _walk(node: Route, labels: Mapping[str, str], inherited: str | None, rid: str, out: list[Target]) -> None:
-    receiver = node.receiver or inherited
+@dataclass(frozen=True)
+class _Inherited:
+    receiver: str | None
+    group_by: list[str]
+    group_wait_s: float
+
+
+def _walk(node: Route, labels: Mapping[str, str], parent: _Inherited, rid: str, out: list[Target]) -> None:
+    # as Alertmanager's routes: what a child does not set is its parent's (a child with
+    # only `match` and `receiver` groups and waits as the tree above it says)
+    given = node.model_fields_set
+    mine = _Inherited(node.receiver or parent.receiver,
+                      node.group_by if "group_by" in given else parent.group_by,
+                      node.group_wait_s if "group_wait_s" in given else parent.group_wait_s)
     taken = False
     for i, child in enumerate(node.routes):
         if not matches(child.match, labels):
             continue
-        _walk(child, labels, receiver, f"{rid}.{i}", out)
+        _walk(child, labels, mine, f"{rid}.{i}", out)
         taken = True
         if not child.continue_:
             break
-    if not taken and receiver is not None:
-        group = {k: str(labels.get(k, "")) for k in node.group_by}
-        out.append(Target(receiver, group_key(rid, group), group, node.group_wait_s, rid))
+    if not taken and mine.receiver is not None:
+        group = {k: str(labels.get(k, "")) for k in mine.group_by}
+        out.append(Target(mine.receiver, group_key(rid, group), group, mine.group_wait_s, rid))

@@ -307,7 +307,7 @@ def test_routing_by_severity_and_labels_with_continue(labels, receivers):
 
 def test_group_keys_hold_the_route_and_its_group_by_labels():
     targets = route(tree(), {"alertname": "A", "severity": "critical", "model": "m"})
-    assert [t.group_key for t in targets] == ['root.0:{model="m"}', 'root.2:{alertname="A",model="m",version=""}']
+    assert [t.group_key for t in targets] == ['root.0:{model="m"}', 'root.2:{alertname="A"}']  # the root's group_by
     assert targets[0].group_labels == {"model": "m"}
     assert route(Route(), {"alertname": "A"}) == []  # no receiver anywhere: nobody to tell
 
@@ -352,3 +352,27 @@ def test_the_readme_routing_example_pages_once_for_a_deploy_that_fires_two_rules
     assert len(pager) == 2 and pager[0] == pager[1]
     other_version = route(config.route, {"alertname": "PostDeploymentShift", **deploy, "version": "v3"})
     assert [t.group_key for t in other_version if t.receiver == "pagerduty"] != pager[:1]
+
+
+def test_a_route_groups_and_waits_as_its_parent_unless_it_says_otherwise():
+    # Alertmanager's routes inherit group_by and group_wait; a child with only match and
+    # receiver used to group by the default labels and wait 30 s under a root set to 0
+    config = AlertsConfig.model_validate({
+        "receivers": [{"name": n, "webhook": {"url": "http://x"}} for n in ("slack", "pager", "mail")],
+        "route": {"receiver": "slack", "group_by": ["model"], "group_wait_s": 0, "routes": [
+            {"match": {"severity": "critical"}, "receiver": "pager", "continue": True,
+             "routes": [{"match": {"team": "search"}, "receiver": "mail", "group_wait_s": 5}]},
+            {"match": {"severity": "critical"}, "receiver": "mail", "group_by": ["alertname"]},
+        ]},
+    })
+    labels = {"alertname": "A", "severity": "critical", "model": "m", "version": "v2"}
+    pager, mail = route(config.route, labels)
+    assert (pager.receiver, pager.group_labels, pager.group_wait_s) == ("pager", {"model": "m"}, 0)
+    assert (mail.receiver, mail.group_labels, mail.group_wait_s) == ("mail", {"alertname": "A"}, 0)
+    [nested, _] = route(config.route, {**labels, "team": "search"})
+    assert (nested.receiver, nested.group_labels, nested.group_wait_s) == ("mail", {"model": "m"}, 5)
+    # the root's own defaults when nothing is set anywhere
+    bare = AlertsConfig.model_validate({"receivers": [{"name": "slack", "webhook": {"url": "http://x"}}],
+                                        "route": {"receiver": "slack"}})
+    [t] = route(bare.route, labels)
+    assert t.group_labels == {"alertname": "A", "model": "m", "version": "v2"} and t.group_wait_s == 30
