@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from alerts.globs import check_patterns
 
 
 class _Strict(BaseModel):
@@ -108,11 +110,18 @@ class Route(_Strict):
     `continue` is set), else this route's receiver. Matchers are label globs."""
 
     receiver: str | None = None
-    match: dict[str, str] = {}
+    match: dict[str, tuple[str, ...]] = {}  # label -> globs, as a rule's match (alerts.globs)
     group_by: list[str] = ["alertname", "model", "version"]
     group_wait_s: float = Field(30, ge=0)  # collect a group's first alerts this long before sending
     continue_: bool = Field(False, alias="continue")
     routes: list[Route] = []
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _globs(cls, v) -> dict[str, tuple[str, ...]]:
+        if not isinstance(v, dict):
+            raise ValueError(f"expected a mapping of label to glob(s), got {type(v).__name__}")
+        return {str(k): check_patterns(str(k), x) for k, x in v.items()}
 
 
 class DeliveryConfig(_Strict):

@@ -1,10 +1,12 @@
 """Which receivers get an alert, and in which group: the route tree of `alerts.route`.
 
-Alertmanager's semantics, with label globs as matchers: an alert enters a route that
-matches it, then tries the children in order; the first matching child takes it, and
-the search goes on past a matching child only when that child says `continue`. A route
-no child takes it from sends it to its own receiver; a route's receiver, `group_by` and
-`group_wait_s` are its parent's unless it sets them (the root's defaults otherwise). The group key is the route's place in the tree and the values of its
+Alertmanager's semantics, with label globs as matchers (alerts.globs, as in rules: `!`
+negates, a list is any of its plain globs and none of its `!` ones): an alert enters a
+route that matches it, then tries the children in order; the first matching child takes
+it, and the search goes on past a matching child only when that child says `continue`. A
+route no child takes it from sends it to its own receiver; a route's receiver, `group_by`
+and `group_wait_s` are its parent's unless it sets them (the root's defaults otherwise).
+The group key is the route's place in the tree and the values of its
 `group_by` labels, so two routes that group differently never share a message.
 
     >>> [t.receiver for t in route(Route(receiver="slack"), {"severity": "critical"})]   # doctest: +SKIP
@@ -15,12 +17,12 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from alerts.config import Route
+from alerts.globs import label_matches
 
 MAX_GROUP_KEY = 1000  # the column's length; longer keys end in a hash
 
@@ -34,8 +36,8 @@ class Target:
     route_id: str
 
 
-def matches(match: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(fnmatch.fnmatchcase(str(labels.get(k, "")), str(pat)) for k, pat in match.items())
+def matches(match: Mapping[str, Sequence[str]], labels: Mapping[str, str]) -> bool:
+    return all(label_matches(str(labels.get(k, "")), pat) for k, pat in match.items())
 
 
 def group_key(route_id: str, group_labels: Mapping[str, str]) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from alerts.globs import check_patterns, label_matches
 from monitor.errors import ConfigError
 
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.yaml"
@@ -37,52 +38,6 @@ def parse_duration(value: str | int | float) -> timedelta:
     if not m:
         raise ValueError(f"{value!r} is not a duration (e.g. 90s, 5m, 2h, 1d)")
     return timedelta(seconds=float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
-
-
-def _label_matches(value: str, pattern: str | Sequence[str]) -> bool:
-    """Whether a label value matches a `match` entry: one glob, or a list of them (any
-    plain glob, and every `!` one)."""
-    patterns = (pattern,) if isinstance(pattern, str) else tuple(pattern)
-    wanted = [p for p in patterns if not p.startswith("!")]
-    if wanted and not any(fnmatch.fnmatchcase(value, p) for p in wanted):
-        return False
-    return not any(fnmatch.fnmatchcase(value, p[1:]) for p in patterns if p.startswith("!"))
-
-
-def _is_literal(glob: str) -> bool:
-    return not re.search(r"[*?[]", glob.replace("[*]", "").replace("[?]", ""))
-
-
-def _unescape(glob: str) -> str:
-    return glob.replace("[*]", "*").replace("[?]", "?")
-
-
-def _check_patterns(label: str, value) -> tuple[str, ...]:
-    """One glob or a non-empty list of them, as a tuple; a list that cannot match any
-    value is an error, as is a glob listed twice."""
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        value = [value]
-    elif not isinstance(value, list | tuple):
-        raise ValueError(f"{label}: expected a glob or a list of globs, got {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{label}: an empty list matches nothing; leave the label out to match every value")
-    bad = [x for x in value if not isinstance(x, str | int | float) or isinstance(x, bool)]
-    if bad:
-        raise ValueError(f"{label}: list entries must be globs (strings), got {bad[0]!r}")
-    out = tuple(str(x) for x in value)
-    dup = sorted({x for x in out if out.count(x) > 1})
-    if dup:
-        raise ValueError(f"{label}: {dup} listed more than once")
-    wanted = [p for p in out if not p.startswith("!")]
-    negated = [p[1:] for p in out if p.startswith("!")]
-
-    def excluded(p: str) -> bool:  # every value this plain glob matches is negated too
-        return any(n == "*" or n == p or (_is_literal(p) and fnmatch.fnmatchcase(_unescape(p), n)) for n in negated)
-
-    if "*" in negated or (wanted and all(excluded(p) for p in wanted)):
-        shown = out[0] if len(out) == 1 else list(out)
-        raise ValueError(f"{label}: {shown!r} can match no value: a `!` entry excludes every value it allows")
-    return out
 
 
 def match_text(label: str, patterns: Sequence[str]) -> str:
@@ -121,7 +76,7 @@ class Rule(BaseModel):
         bad = [k for k in v if k not in LABELS]
         if bad:
             raise ValueError(f"unknown label(s) {bad}; known: {list(LABELS)}")
-        return {k: _check_patterns(k, x) for k, x in v.items()}
+        return {k: check_patterns(k, x) for k, x in v.items()}
 
     @field_validator("annotations")
     @classmethod
@@ -149,7 +104,7 @@ class Rule(BaseModel):
 
     def applies(self, statistic: str, labels: dict[str, str]) -> bool:
         return fnmatch.fnmatchcase(statistic, self.statistic) and all(
-            _label_matches(str(labels.get(k, "")), pat) for k, pat in self.match.items()
+            label_matches(str(labels.get(k, "")), pat) for k, pat in self.match.items()
         )
 
     def crosses(self, value: float, baseline_value: float | None, n: int) -> bool:
@@ -162,7 +117,7 @@ class Rule(BaseModel):
         """Rows of a drift_results frame where this rule's condition holds."""
         ok = np.array([fnmatch.fnmatchcase(s, self.statistic) for s in df["statistic"]], dtype=bool)
         for k, pat in self.match.items():
-            ok &= np.array([_label_matches(str(v), pat) for v in df[k]], dtype=bool)
+            ok &= np.array([label_matches(str(v), pat) for v in df[k]], dtype=bool)
         x = df["value"].to_numpy(float)
         if self.compare == "change":
             x = x - df["baseline_value"].fillna(0.0).to_numpy(float)

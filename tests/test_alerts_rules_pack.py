@@ -10,7 +10,8 @@ import shlex
 
 import pytest
 
-from alerts.rules import LABELS, _label_matches, load_rules
+from alerts.globs import label_matches
+from alerts.rules import LABELS, load_rules
 from alerts.state import Observation, annotate, labels_for
 from monitor.cli import build_parser
 
@@ -58,7 +59,7 @@ def _both_can_cross(a, b) -> bool:
 def _series(rule):
     for combo in itertools.product(*(VALUES[k] for k in LABELS)):
         labels = dict(zip(LABELS, combo, strict=True))
-        if all(_label_matches(labels[k], p) for k, p in rule.match.items()):
+        if all(label_matches(labels[k], p) for k, p in rule.match.items()):
             yield labels
 
 

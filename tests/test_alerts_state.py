@@ -376,3 +376,21 @@ def test_a_route_groups_and_waits_as_its_parent_unless_it_says_otherwise():
                                         "route": {"receiver": "slack"}})
     [t] = route(bare.route, labels)
     assert t.group_labels == {"alertname": "A", "model": "m", "version": "v2"} and t.group_wait_s == 30
+
+
+def test_route_matchers_are_the_rules_globs_lists_and_negations():
+    config = AlertsConfig.model_validate({
+        "receivers": [{"name": n, "webhook": {"url": "http://x"}} for n in ("slack", "pager")],
+        "route": {"receiver": "slack", "routes": [
+            {"match": {"baseline_kind": ["!retrain", "!previous_version"], "severity": "critical"},
+             "receiver": "pager"}]},
+    })
+    def to(kind):
+        return [t.receiver for t in route(config.route, {"severity": "critical", "baseline_kind": kind})]
+    assert to("trailing") == ["pager"] and to("pinned") == ["pager"]
+    assert to("retrain") == ["slack"] and to("previous_version") == ["slack"]
+    for bad, says in (([], "empty list"), (["retrain", "!retrain"], "can match no value"), ("!*", "can match no value")):
+        with pytest.raises(ValueError, match=says):
+            AlertsConfig.model_validate({"receivers": [{"name": "slack", "webhook": {"url": "http://x"}}],
+                                         "route": {"receiver": "slack", "routes": [
+                                             {"match": {"baseline_kind": bad}, "receiver": "slack"}]}})

@@ -116,14 +116,14 @@ def test_like_glob() -> None:
                                      ["!retrain", "!previous_version"], ["trailing", "x*"], ["x*", "!x"],
                                      ["[*]", "a_b", "!a*"]])
 def test_like_glob_selects_what_the_rules_select(pattern: str | list[str]) -> None:
-    from alerts.rules import _label_matches
+    from alerts.globs import label_matches
 
     values = ["*", "2", "retrain", "previous_version", "trailing", "x*y", "x*", "it's", "?", "a_b", "ab", "!x", "x", ""]
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE r (v TEXT)")
     db.executemany("INSERT INTO r VALUES (?)", [(v,) for v in values])
     hits = {v for (v,) in db.execute(f"SELECT v FROM r WHERE {like_glob('v', pattern)}")}
-    assert hits == {v for v in values if _label_matches(v, pattern)}
+    assert hits == {v for v in values if label_matches(v, pattern)}
 
 
 # -- the JSON model ---------------------------------------------------------------------------
