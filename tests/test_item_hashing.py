@@ -106,10 +106,14 @@ def assert_hashed_equals_plain(hashed: dict, plain: dict) -> None:
         assert h.total == p.total and h.k == p.k
 
 
+def plain_then_hashed(plain_url: str, store_url: str):
+    """(url, collector options): the plain store, then the hashed one."""
+    return ((plain_url, {}), (store_url, {"hash_item_ids": True, "hash_key": KEY}))
+
+
 @pytest.mark.parametrize("sample_rate", [0.0, 1.0])
 def test_no_raw_item_id_in_any_table_and_the_top_k_is_the_plain_one_hashed(store_url, plain_url, sample_rate):
-    for url, hashing in ((plain_url, False), (store_url, True)):
-        opts = {"hash_item_ids": True, "hash_key": KEY} if hashing else {}
+    for url, opts in plain_then_hashed(plain_url, store_url):
         with AttentionCollector(url, model="m", version="v1", sample_rate=sample_rate, **opts) as c:
             observe(c, np.random.default_rng(3))
     needles = [*IDS, *LONE]
@@ -126,8 +130,7 @@ def test_no_raw_item_id_in_any_table_and_the_top_k_is_the_plain_one_hashed(store
 
 
 def test_two_collectors_with_one_key_compact_into_the_same_hashed_keys(store_url, plain_url):
-    for url, hashing in ((plain_url, False), (store_url, True)):
-        opts = {"hash_item_ids": True, "hash_key": KEY} if hashing else {}
+    for url, opts in plain_then_hashed(plain_url, store_url):
         for seed in (5, 6):  # two collectors (two serving processes), the same minutes
             with AttentionCollector(url, model="m", version="v1", sample_rate=0.5, seed=seed, **opts) as c:
                 observe(c, np.random.default_rng(seed))
@@ -145,8 +148,7 @@ def test_two_collectors_with_one_key_compact_into_the_same_hashed_keys(store_url
 
 @pytest.mark.parametrize("sample_rate", [0.0, 1.0])
 def test_the_process_collector_hashes_in_its_worker_before_anything_is_written(store_url, plain_url, sample_rate):
-    for url, hashing in ((plain_url, False), (store_url, True)):
-        opts = {"hash_item_ids": True, "hash_key": KEY} if hashing else {}
+    for url, opts in plain_then_hashed(plain_url, store_url):
         with ProcessCollector(url, model="m", version="v1", sample_rate=sample_rate, **opts) as c:
             observe(c, np.random.default_rng(3))
         assert c.stats.written == 201
