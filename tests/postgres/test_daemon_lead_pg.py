@@ -17,7 +17,8 @@ from sqlalchemy.exc import OperationalError
 from test_daemon_pg import at, produce
 
 from monitor.config import Config
-from monitor.daemon import SILENT_LEASES, Daemon, read_watermark, write_watermark
+from monitor.daemon import Daemon, read_watermark, write_watermark
+from monitor.leadership import SILENT_LEASES
 from monitor.store import make_engine
 
 

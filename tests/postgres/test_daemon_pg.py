@@ -23,7 +23,8 @@ from sqlalchemy import func, select, text
 
 from collectors import AttentionCollector
 from monitor.config import Config
-from monitor.daemon import SILENT_LEASES, Daemon, read_watermark, write_watermark
+from monitor.daemon import Daemon, read_watermark, write_watermark
+from monitor.leadership import SILENT_LEASES
 from monitor.store import make_engine, tables
 
 T0 = 1_800_000_000.0  # an hour boundary
