@@ -27,7 +27,10 @@ each with an explicit id, `coalesce=True`, `max_instances=1`, `misfire_grace_tim
 
 Time comes from `clock` (real UTC by default): a demo or a test passes a simulated one
 and calls `tick(now)`, which runs the due jobs synchronously through the same code the
-scheduler runs.
+scheduler runs. The scheduler itself reads the host's wall clock: when it steps back
+(NTP, a VM restored), the lease thread runs within about `lease_s` the jobs it left due
+further ahead than their intervals (`_undo_step_back`); a step forward runs each job at
+most once (`coalesce`), not once per interval missed.
 
 Crash safety. The watermark (`daemon_state`, key `evaluate.watermark`) is the end of the
 newest window evaluated; it moves after the window's results are committed. Results are
@@ -97,6 +100,7 @@ AHEAD_S = 120  # a watermark this far past the clock is not skew between hosts' 
 MAINTAIN_DUE_KEY = "maintain.due"  # when the maintain job is next due, kept across restarts
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
 STORE_WAIT_MAX_S = 30.0  # a store down at start is tried again at most this far apart
+STEP_SLACK_S = 1.0  # a job due more than its interval and this ahead was left there by a clock step back
 FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
 
 Clock = Callable[[], datetime]
@@ -673,6 +677,42 @@ class Daemon:
                 self._lease()
             except Exception as exc:  # never let the lease thread die
                 log.error("lead check failed: %s", _one_line(exc, self.engine.url))
+            try:
+                self._undo_step_back()
+            except Exception as exc:
+                log.error("cannot check when the jobs are due: %s", _one_line(exc, self.engine.url))
+
+    def _undo_step_back(self) -> None:
+        """Run now every job the scheduler holds due more than its interval ahead.
+
+        APScheduler reads the wall clock (`datetime.now`, never our `clock`) but sleeps on a
+        monotonic wait: a wall clock stepped back by an hour (NTP, a VM restored) leaves
+        every job due an hour ahead, and nothing would run for that hour, with nothing
+        failing. No job is ever scheduled further ahead than its interval, so one that is
+        was left there by a step; this thread waits on a monotonic clock too, so such a
+        stall lasts about lease_s. A smaller step delays a job by at most the step. (A step
+        forward needs nothing: the overdue runs are coalesced into one, or dropped as missed
+        past misfire_grace_s, and the next is at most an interval away.)"""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        now = utc_now()
+        ahead = {}
+        for job in scheduler.get_jobs():
+            if job.next_run_time is not None:
+                by = (job.next_run_time - now).total_seconds()
+                if by > self._every[job.id] + STEP_SLACK_S:
+                    ahead[job.id] = by
+        if not ahead:
+            return
+        log.warning("the wall clock stepped back: jobs were due further ahead than their intervals (%s); "
+                    "running them now instead of waiting",
+                    ", ".join(f"{job} in {by:.0f}s" for job, by in sorted(ahead.items())))
+        for job_id in ahead:
+            try:
+                scheduler.modify_job(job_id, next_run_time=now)
+            except Exception:  # shutting down: the job is gone
+                pass
 
     # -- life cycle --------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -886,3 +887,75 @@ def test_every_daemon_shows_the_stores_alerts_on_metrics_not_a_stale_count(store
         a._lease()  # a notices, and follows
         assert not a.is_leader and firing(ra) == 0
     engine.dispose()
+
+
+# -- the host's wall clock stepping (NTP, a VM restored) ------------------------------
+
+
+def _runs(daemon: Daemon) -> dict[str, float]:
+    return {job: daemon.registry.get_sample_value("attnmon_daemon_job_runs_total", {"job": job})
+            for job in daemon.jobs}
+
+
+def _step(daemon: Daemon, by: timedelta) -> None:
+    """Leave every job due `by` later, as a wall clock stepped back by `by` does:
+    APScheduler computes its wait from the wall clock, then sleeps on a monotonic one.
+    (Under the scheduler's lock: the lease thread sees the whole step at once.)"""
+    scheduler = daemon._scheduler
+    with scheduler._jobstores_lock:
+        for job in scheduler.get_jobs():
+            scheduler.modify_job(job.id, next_run_time=job.next_run_time + by)
+
+
+def _started(daemon: Daemon) -> None:
+    daemon.start()
+    deadline = time.monotonic() + 20
+    while not all(daemon.health()[1]["last_run"][j] for j in ("evaluate", "deliver")):
+        assert time.monotonic() < deadline, "the first runs, at start, never came"
+        time.sleep(0.02)
+
+
+def test_a_wall_clock_stepped_back_an_hour_stalls_the_jobs_for_about_lease_s_not_an_hour(store, caplog):
+    lease_s = 0.3
+    with Daemon(config(store, lease_s=lease_s), clock=lambda: at(20)) as daemon:
+        _started(daemon)
+        before = _runs(daemon)
+        with caplog.at_level(logging.WARNING, "attnmon.daemon"):
+            _step(daemon, timedelta(hours=1))
+            stepped = time.monotonic()
+            deadline = stepped + 10
+            while any(_runs(daemon)[j] == before[j] for j in daemon.jobs):
+                assert time.monotonic() < deadline, f"still waiting after 10 s: {_runs(daemon)} (before: {before})"
+                time.sleep(0.02)
+            took = time.monotonic() - stepped
+            time.sleep(4 * lease_s)  # more lease turns: the step is said once
+        assert took < lease_s + 1.0, took
+        # every job ran once, and goes on an interval later, from the new time
+        assert _runs(daemon) == {j: before[j] + 1 for j in daemon.jobs}
+        now = datetime.now(UTC)
+        for job in daemon._scheduler.get_jobs():
+            ahead = (job.next_run_time - now).total_seconds()
+            assert 0 < ahead <= job.trigger.interval.total_seconds(), (job.id, ahead)
+    said = [r.getMessage() for r in caplog.records if "stepped back" in r.getMessage()]
+    assert len(said) == 1, said
+    assert re.search(r"\(deliver in 36\d\ds, evaluate in 36\d\ds, maintain in 7[12]\d\ds\)", said[0]), said[0]
+
+
+def test_a_wall_clock_stepped_forward_an_hour_runs_each_job_at_most_once_and_pulls_nothing(store, caplog):
+    """The runs an hour's step forward skipped are coalesced into one (coalesce=True), or
+    dropped as missed when the last is older than misfire_grace_s; either way the next
+    run is at most an interval away. The lease thread leaves jobs that are overdue alone."""
+    lease_s = 0.3
+    with Daemon(config(store, lease_s=lease_s), clock=lambda: at(20)) as daemon:
+        _started(daemon)
+        before = _runs(daemon)
+        with caplog.at_level(logging.WARNING, "attnmon.daemon"):
+            _step(daemon, -timedelta(hours=1))
+            time.sleep(4 * lease_s)
+        after = _runs(daemon)
+        assert all(before[j] <= after[j] <= before[j] + 1 for j in daemon.jobs), (before, after)
+        now = datetime.now(UTC)
+        for job in daemon._scheduler.get_jobs():
+            ahead = (job.next_run_time - now).total_seconds()
+            assert 0 < ahead <= job.trigger.interval.total_seconds(), (job.id, ahead)
+    assert not [r for r in caplog.records if "stepped" in r.getMessage()]
