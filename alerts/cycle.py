@@ -8,7 +8,10 @@ of alerts/health.py) go through the state machine at `window_end`; the alerts it
 touched, the outbox rows of its transitions and the alerts watermark (`daemon_state`
 key `alerts.watermark`) commit together. A window at or before the watermark was
 evaluated already: a second call (the daemon re-running a window after a crash) does
-nothing, so nothing is ever enqueued twice.
+nothing, so nothing is ever enqueued twice. Two calls at once (a woken ex-leader beside
+the new leader) take turns: the watermark row is locked from the check to the commit
+(PostgreSQL: `FOR UPDATE`; SQLite: the write lock, taken by the cycle's first statement),
+so the second finds the window done.
 
 A window more than `OUTAGE_TOLERANCE` after the watermark (windows skipped, e.g. a daemon
 down past `evaluate.catchup_max_windows`) restarts the `for` clock of pending alerts, as
@@ -32,7 +35,7 @@ from alerts.rules import Rule
 from alerts.state import ACTIVE, AlertState, Phase, Transition, comparisons, evaluate, observations
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
-from monitor.store.upsert import put_state
+from monitor.store.upsert import insert, put_state
 
 WATERMARK_KEY = "alerts.watermark"
 OUTAGE_TOLERANCE = timedelta(hours=1)  # Prometheus' default for-outage-tolerance
@@ -51,6 +54,17 @@ class AlertCycle:
 def _watermark(conn: Connection) -> datetime | None:
     ds = t.daemon_state
     value = conn.execute(select(ds.c.value).where(ds.c.key == WATERMARK_KEY)).scalar()
+    return as_utc(datetime.fromisoformat(value)) if value else None
+
+
+def _claim_watermark(conn: Connection, now: datetime) -> datetime | None:
+    """The watermark, its row locked until this transaction ends. The row is made first
+    when missing (as "": no watermark), so that a new store has a row to lock too; on
+    SQLite that insert (a write, even when it inserts nothing) takes the write lock."""
+    ds = t.daemon_state
+    missing = insert(conn, ds, "daemon_state").values(key=WATERMARK_KEY, value="", updated_at=now)
+    conn.execute(missing.on_conflict_do_nothing(index_elements=[ds.c.key]))
+    value = conn.execute(select(ds.c.value).where(ds.c.key == WATERMARK_KEY).with_for_update()).scalar()
     return as_utc(datetime.fromisoformat(value)) if value else None
 
 
@@ -115,7 +129,7 @@ def evaluate_alerts(engine: Engine, rules: Iterable[Rule], config: AlertsConfig,
     start, end = as_utc(window_start), as_utc(window_end)
     now = as_utc(now) if now is not None else end
     with engine.begin() as conn:
-        wm = _watermark(conn)
+        wm = _claim_watermark(conn, now)
         if wm is not None and end <= wm:
             return AlertCycle(end, False)
         rows = _rows(conn, rules, end, start, now)

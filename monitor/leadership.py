@@ -30,8 +30,9 @@ The beat comes from the lease thread, so a leader busy in a long job is never re
 instead). When the frozen leader wakes, its next check (before each job, window and
 delivery group, and every lease_s) fails on the ended connection and it steps down.
 What it may still do is finish the one step it was frozen between: a window's results
-are insert-if-absent, the alert cycle skips a window at or before its watermark, and the
-evaluate watermark only moves forward, so that step writes nothing twice.
+are insert-if-absent, the alert cycle locks its watermark's row and skips a window at or
+before it (one beside the new leader's waits, then skips), and the evaluate watermark
+only moves forward, so that step writes nothing twice.
 
 On SQLite an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one
 host; a frozen process keeps it (no heartbeat there: on one host, stop or kill it).

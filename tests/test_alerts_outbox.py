@@ -5,16 +5,19 @@ keys, Alertmanager re-sends. Receivers are fakes implementing the Receiver proto
 from __future__ import annotations
 
 import random
+import threading
 from datetime import timedelta
 
 import pytest
 from alerting import FakeReceiver, at, config, cycle, drift_row, failing, rule
 from sqlalchemy import select, update
 
+import alerts.cycle
 from alerts import silences
 from alerts.config import AlertsConfig
 from alerts.cycle import evaluate_alerts, read_watermark
 from alerts.outbox import Outbox
+from monitor.evaluate import write_results
 from monitor.store import tables
 from monitor.store.maintenance import as_utc
 
@@ -363,3 +366,44 @@ def test_a_firing_sent_when_a_long_silence_ends_gets_its_retries(store):
     assert (res.requeued, res.retrying, res.failed) == (1, 1, 0)
     (row,) = outbox_rows(store)
     assert box.deliver(as_utc(row["next_attempt_at"])).delivered == 1 and len(pager.sent) == 1
+
+
+def test_two_cycles_of_the_same_window_at_once_evaluate_it_once(store, monkeypatch):
+    """After a failover a woken ex-leader can run a window's alert cycle at the instant the
+    new leader does. The first to take the watermark evaluates the window; the other waits
+    for it, then finds the window done: no transition is reported (logged, counted) twice
+    and no alert row is written twice (a new alert's second insert failed the job)."""
+    rules, cfg = [rule(**{"for": "0s"})], config()
+    write_results(store, shifted(0, heads=range(3), layers=[1]))
+    # both cycles past the watermark check before either reads the window's rows (the
+    # old check let both through); a cycle that waits alone goes on after 1.5 s
+    both = threading.Barrier(2, timeout=1.5)
+    rows = alerts.cycle._rows
+
+    def rows_when_both_are_here(*args):
+        try:
+            both.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return rows(*args)
+
+    monkeypatch.setattr(alerts.cycle, "_rows", rows_when_both_are_here)
+    done, errors = [], []
+
+    def run():
+        try:
+            done.append(evaluate_alerts(store, rules, cfg, at(-15), at(0), at(0)))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert errors == [] and len(done) == 2
+    assert sorted(c.evaluated for c in done) == [False, True]
+    [first] = [c for c in done if c.evaluated]
+    assert (len(first.transitions), first.enqueued) == (3, 3)
+    assert len(outbox_rows(store)) == 3 and alert_states(store) == dict.fromkeys("012", "firing")
+    assert read_watermark(store) == at(0)

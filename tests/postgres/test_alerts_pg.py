@@ -34,6 +34,7 @@ from test_alerts_outbox import (  # noqa: F401
     test_prune_keeps_what_still_fires,
     test_routing_by_severity_and_labels_with_continue,
     test_silences_stop_notifications_not_evaluation_and_expire,
+    test_two_cycles_of_the_same_window_at_once_evaluate_it_once,
 )
 
 
