@@ -142,7 +142,7 @@ def series_filter(*, version: str = "IN (${version:sqlstring})", cohort: str | N
 def like_glob(column: str, pattern: str | Sequence[str]) -> str:
     """A condition matching an fnmatch glob (`mover.attr.*`) as alert rules do: `!` negates,
     `[*]` and `[?]` are a literal star and question mark (`head: "[*]"`: the roll-up); a
-    list matches if any plain glob does and no `!` glob does (alerts/rules.py).
+    list matches if any plain glob does and no `!` glob does (alerts/globs.py).
     (SQLite's LIKE ignores ASCII case where a wildcard is used; rules do not. Labels are
     written by the collector as given, so this only matters for labels differing in case.)"""
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
