@@ -212,6 +212,47 @@ def _register_maintain(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=lambda config, args: maintain(config, args.format, args.now))
 
 
+# -- forget-items ----------------------------------------------------------------------
+
+
+def forget_items(config: Config, before: str, model: str | None = None, fmt: str = "text") -> int:
+    """Remove the item ids stored before a time (monitor.store.forget): what to run after
+    turning hash_item_ids on, since it keeps raw ids out only of what is written after."""
+    from dataclasses import asdict
+
+    from monitor.cli_common import parse_time
+    from monitor.store import make_engine, require_schema
+    from monitor.store.forget import forget_items as forget
+
+    at = parse_time(before, "--before")
+    if at > datetime.now(UTC):
+        # a mistyped year would strip the minutes still being written and evaluated
+        raise ConfigError([("--before", before, "is in the future: only what is stored can be forgotten")],
+                          "argument")
+    engine = make_engine(config.store_url)
+    try:
+        require_schema(engine)
+        done = forget(engine, at, model=model)
+    finally:
+        engine.dispose()
+    text = (f"removed the item lists of {done.sketches} sketch rows and {done.baselines} materialised baselines, "
+            f"and the item ids of {done.events} raw events, before {at.isoformat(timespec='seconds')}")
+    _emit(fmt, text, {"before": at.isoformat(), "model": model, **asdict(done)})
+    return 0
+
+
+def _register_forget_items(commands: argparse._SubParsersAction) -> None:
+    p = add_command(
+        commands, "forget-items",
+        "remove the item ids stored before a time: top-K item lists of sketches and raw events' ids "
+        "(after turning hash_item_ids on)", lists=True,
+    )
+    p.add_argument("--before", required=True, metavar="TIME",
+                   help="rows that start before TIME (ISO 8601, or now, now-2h; not in the future)")
+    p.add_argument("--model", help="only this model (default: every model)")
+    p.set_defaults(run=lambda config, args: forget_items(config, args.before, args.model, args.format))
+
+
 # -- hash-item -------------------------------------------------------------------------
 
 
@@ -395,6 +436,7 @@ REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_alerts,
     _register_rollback,
     _register_maintain,
+    _register_forget_items,
     _register_hash_item,
     _register_demo,
     _register_run,

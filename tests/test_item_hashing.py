@@ -6,20 +6,26 @@ tests/postgres/test_item_hashing_pg.py runs the store tests here against Postgre
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import shutil
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
 from collectors import AttentionCollector, ProcessCollector
 from collectors.itemhash import item_hash
 from collectors.spill import SpillDir
+from monitor import Store
+from monitor.baselines import BaselineRef, Baselines
 from monitor.cli import main
+from monitor.config import EvaluateConfig
 from monitor.sketch import decode_payload
 from monitor.store import make_engine, tables
 from monitor.store.maintenance import as_utc, merge_buckets
@@ -225,3 +231,52 @@ def test_hash_item_reads_the_variable_the_config_names_and_says_when_it_is_empty
     monkeypatch.setenv("MY_KEY", "other")
     assert main(["hash-item", "x"]) == 0
     assert capsys.readouterr().out.split() == [item_hash(b"other", "x"), "x"]
+
+
+def test_forget_items_removes_the_ids_stored_before_hashing_was_turned_on(store_url):
+    # minutes 0-1 written plain, rolled up to their hour, a baseline materialised from them;
+    # then hashing turned on for minutes 60-61 (the next hour)
+    with AttentionCollector(store_url, model="m", version="v1", sample_rate=1.0) as c:
+        observe(c, np.random.default_rng(3))
+    engine = make_engine(store_url)
+    try:
+        rolled = merge_buckets(engine, datetime.fromtimestamp(T0 + 86_400, UTC), target_seconds=3600)
+        assert rolled.merged_groups > 0
+        hour = datetime.fromtimestamp(T0 - T0 % 3600, UTC)
+        Baselines(engine, EvaluateConfig()).get("m", BaselineRef("pinned", "p", "v1", hour, hour + timedelta(hours=1)))
+    finally:
+        engine.dispose()
+    with AttentionCollector(store_url, model="m", version="v1", sample_rate=1.0, hash_item_ids=True,
+                            hash_key=KEY) as c:
+        observe(c, np.random.default_rng(4), minute0=60)
+    needles = [*IDS, *LONE]
+    assert {("window_aggregates", "payload"), ("baseline_sketches", "payload"),
+            ("attention_events", "item_ids")} <= leaks(store_url, needles)
+    summary = Store(store_url).summary("m", by=("version", "layer", "head"))
+    hashed_tops = {k: v for k, v in item_tops(store_url).items() if k[0] >= T0 + 3600}
+    switched_on = datetime.fromtimestamp(T0 + 3600, UTC).isoformat()
+
+    def forget(*more) -> dict:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["forget-items", "--store", store_url, "--before", switched_on, "--format", "json",
+                         *more]) == 0
+        return json.loads(out.getvalue())
+
+    assert forget("--model", "other") == {"before": switched_on, "model": "other", "sketches": 0,
+                                          "baselines": 0, "events": 0}
+    done = forget()
+    assert done["sketches"] >= 2 and done["baselines"] >= 2 and done["events"] == 201
+    assert leaks(store_url, needles) == set()
+    # what was written hashed keeps its items; every other figure reads as before
+    after = item_tops(store_url)
+    assert after.keys() == hashed_tops.keys() and len(after) == 4
+    for k, tk in hashed_tops.items():
+        assert list(after[k].keys) == list(tk.keys) and list(after[k].counts) == list(tk.counts)
+    pd.testing.assert_frame_equal(Store(store_url).summary("m", by=("version", "layer", "head")), summary)
+    assert forget() == {"before": switched_on, "model": None, "sketches": 0, "baselines": 0, "events": 0}
+
+
+def test_forget_items_refuses_a_time_in_the_future(store_url, capsys):
+    assert main(["forget-items", "--store", store_url, "--before", "now+1h"]) == 2
+    assert "--before" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """hash_item_ids on a real PostgreSQL: the store tests of tests/test_item_hashing.py (no
 raw item id in any column of any table; hashed top-K = plain top-K with hashed keys;
-two collectors compacting into the same keys; the ProcessCollector's worker), run
+two collectors compacting into the same keys; the ProcessCollector's worker;
+forget-items), run
 against it."""
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import pytest
 from test_item_hashing import (  # noqa: F401
     plain_url,
+    test_forget_items_refuses_a_time_in_the_future,
+    test_forget_items_removes_the_ids_stored_before_hashing_was_turned_on,
     test_no_raw_item_id_in_any_table_and_the_top_k_is_the_plain_one_hashed,
     test_the_process_collector_hashes_in_its_worker_before_anything_is_written,
     test_two_collectors_with_one_key_compact_into_the_same_hashed_keys,

@@ -1,0 +1,75 @@
+"""Forgetting the item ids a store already holds: `attnmon forget-items --before TIME`.
+
+`hash_item_ids` keeps raw ids out of what collectors write from then on; what they wrote
+before keeps them: minute rows for `retention.minute_aggregates_days`, their hour roll-ups
+for good, raw events for `retention.events_days`, materialised baselines for two days.
+This removes the top-K item list from every sketch (minute and hour rows, materialised
+baselines) of the roll-up series that starts before `before`, and the item ids of raw
+events from before it. Counts, histograms, positions, attribute top-K and metric sums
+stay, so every statistic but the item ones (`items.*`) reads as before. Rows without
+item lists are left alone, so a second run finds nothing to do: the way to check that a
+merge running at the same moment (maintenance rewrites rows it read) brought none back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Text, bindparam, cast, null, select, update
+from sqlalchemy.engine import Engine
+
+from monitor.sketch import decode_payload, encode_payload
+from monitor.store import tables as t
+from monitor.store.maintenance import as_utc
+
+ROLLUP = "*"  # the only series whose sketches carry items (DESIGN §4: keeps rows small)
+CHUNK = 500  # rows rewritten a transaction
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    sketches: int  # window_aggregates rows whose item list was removed
+    baselines: int  # baseline_sketches rows likewise
+    events: int  # attention_events whose item ids were removed
+
+
+def forget_items(engine: Engine, before: datetime, *, model: str | None = None, chunk: int = CHUNK) -> Forgotten:
+    before = as_utc(before)
+    wa, bs, ev = t.window_aggregates, t.baseline_sketches, t.attention_events
+    sketches = _strip(engine, wa, wa.c.bucket_start < before, model, chunk)
+    baselines = _strip(engine, bs, bs.c.window_start < before, model, chunk)
+    # SQL NULL, not JSON null: a JSON column's None is the text 'null' unless said so
+    where = [ev.c.ts < before, ev.c.item_ids.is_not(None), cast(ev.c.item_ids, Text) != "null"]
+    if model is not None:
+        where.append(ev.c.model == model)
+    with engine.begin() as conn:
+        events = conn.execute(update(ev).where(*where).values(item_ids=null())).rowcount
+    return Forgotten(sketches, baselines, events)
+
+
+def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) -> int:
+    """Rewrite the payloads with an item list, `chunk` rows a transaction, in id order."""
+    where = [starts_before, table.c.cohort == ROLLUP, table.c.head == ROLLUP]
+    if model is not None:
+        where.append(table.c.model == model)
+    rewrite = update(table).where(table.c.id == bindparam("row_id")).values(payload=bindparam("new_payload"))
+    done, last = 0, None
+    while True:
+        q = select(table.c.id, table.c.payload).where(*where).order_by(table.c.id).limit(chunk)
+        if last is not None:
+            q = q.where(table.c.id > last)
+        with engine.begin() as conn:
+            rows = conn.execute(q).all()
+            if not rows:
+                return done
+            last = rows[-1][0]
+            changed = []
+            for row_id, payload in rows:
+                sk = decode_payload(payload)
+                if sk.items is not None:
+                    sk.items = None
+                    changed.append({"row_id": row_id, "new_payload": encode_payload(sk)})
+            if changed:
+                conn.execute(rewrite, changed)
+            done += len(changed)
