@@ -237,6 +237,9 @@ def forget_items(config: Config, before: str, model: str | None = None, fmt: str
         engine.dispose()
     text = (f"removed the item lists of {done.sketches} sketch rows and {done.baselines} materialised baselines, "
             f"and the item ids of {done.events} raw events, before {at.isoformat(timespec='seconds')}")
+    if done.unreadable:
+        rows = "row whose payload cannot be read was" if done.unreadable == 1 else "rows whose payload cannot be read were"
+        text += f"; {done.unreadable} sketch {rows} left as it is (logged)"
     _emit(fmt, text, {"before": at.isoformat(), "model": model, **asdict(done)})
     return 0
 

@@ -9,10 +9,13 @@ events from before it. Counts, histograms, positions, attribute top-K and metric
 stay, so every statistic but the item ones (`items.*`) reads as before. Rows without
 item lists are left alone, so a second run finds nothing to do: the way to check that a
 merge running at the same moment (maintenance rewrites rows it read) brought none back.
+A payload that cannot be read is logged, counted and left as it is (maintenance skips
+it too): one bad row must not keep every other id in the store.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +26,8 @@ from monitor.sketch import decode_payload, encode_payload
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
+log = logging.getLogger("attnmon.forget")
+
 ROLLUP = "*"  # the only series whose sketches carry items (DESIGN §4: keeps rows small)
 CHUNK = 500  # rows rewritten a transaction
 
@@ -32,29 +37,32 @@ class Forgotten:
     sketches: int  # window_aggregates rows whose item list was removed
     baselines: int  # baseline_sketches rows likewise
     events: int  # attention_events whose item ids were removed
+    unreadable: int = 0  # sketch rows left as they were: their payload cannot be read
 
 
 def forget_items(engine: Engine, before: datetime, *, model: str | None = None, chunk: int = CHUNK) -> Forgotten:
     before = as_utc(before)
     wa, bs, ev = t.window_aggregates, t.baseline_sketches, t.attention_events
-    sketches = _strip(engine, wa, wa.c.bucket_start < before, model, chunk)
-    baselines = _strip(engine, bs, bs.c.window_start < before, model, chunk)
+    sketches, bad_sketches = _strip(engine, wa, wa.c.bucket_start < before, model, chunk)
+    baselines, bad_baselines = _strip(engine, bs, bs.c.window_start < before, model, chunk)
     # SQL NULL, not JSON null: a JSON column's None is the text 'null' unless said so
     where = [ev.c.ts < before, ev.c.item_ids.is_not(None), cast(ev.c.item_ids, Text) != "null"]
     if model is not None:
         where.append(ev.c.model == model)
     with engine.begin() as conn:
         events = conn.execute(update(ev).where(*where).values(item_ids=null())).rowcount
-    return Forgotten(sketches, baselines, events)
+    return Forgotten(sketches, baselines, events, bad_sketches + bad_baselines)
 
 
-def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) -> int:
-    """Rewrite the payloads with an item list, `chunk` rows a transaction, in id order."""
+def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) -> tuple[int, int]:
+    """Rewrite the payloads with an item list, `chunk` rows a transaction, in id order:
+    (rows rewritten, rows whose payload cannot be read)."""
     where = [starts_before, table.c.cohort == ROLLUP, table.c.head == ROLLUP]
     if model is not None:
         where.append(table.c.model == model)
     rewrite = update(table).where(table.c.id == bindparam("row_id")).values(payload=bindparam("new_payload"))
-    done, last = 0, None
+    done = bad = 0
+    last = None
     while True:
         q = select(table.c.id, table.c.payload).where(*where).order_by(table.c.id).limit(chunk)
         if last is not None:
@@ -62,14 +70,23 @@ def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) 
         with engine.begin() as conn:
             rows = conn.execute(q).all()
             if not rows:
-                return done
+                return done, bad
             last = rows[-1][0]
-            changed = []
+            changed, unreadable = [], []
             for row_id, payload in rows:
-                sk = decode_payload(payload)
+                try:
+                    sk = decode_payload(payload)
+                except ValueError as exc:
+                    unreadable.append(row_id)
+                    why = exc
+                    continue
                 if sk.items is not None:
                     sk.items = None
                     changed.append({"row_id": row_id, "new_payload": encode_payload(sk)})
+            if unreadable:
+                log.warning("%s rows %s: a payload cannot be read (%s); left as they are, item ids and all",
+                            table.name, unreadable, why)
             if changed:
                 conn.execute(rewrite, changed)
             done += len(changed)
+            bad += len(unreadable)

@@ -1,12 +1,14 @@
 """hash_item_ids on a real PostgreSQL: the store tests of tests/test_item_hashing.py (no
 raw item id in any column of any table; hashed top-K = plain top-K with hashed keys;
 two collectors compacting into the same keys; the ProcessCollector's worker;
-forget-items), run
-against it."""
+forget-items, and tests/test_forget_items.py's), run against it."""
 
 from __future__ import annotations
 
 import pytest
+from test_forget_items import (  # noqa: F401
+    test_a_payload_that_cannot_be_read_is_counted_and_the_rest_forgotten,
+)
 from test_item_hashing import (  # noqa: F401
     plain_url,
     test_forget_items_refuses_a_time_in_the_future,
