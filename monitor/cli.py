@@ -236,7 +236,8 @@ def forget_items(config: Config, before: str, model: str | None = None, fmt: str
     finally:
         engine.dispose()
     text = (f"removed the item lists of {done.sketches} sketch rows and {done.baselines} materialised baselines, "
-            f"and the item ids of {done.events} raw events, before {at.isoformat(timespec='seconds')}")
+            f"the top items of {done.results} drift results and the item ids of {done.events} raw events, "
+            f"before {at.isoformat(timespec='seconds')}")
     if done.unreadable:
         rows = "row whose payload cannot be read was" if done.unreadable == 1 else "rows whose payload cannot be read were"
         text += f"; {done.unreadable} sketch {rows} left as it is (logged)"
@@ -247,8 +248,8 @@ def forget_items(config: Config, before: str, model: str | None = None, fmt: str
 def _register_forget_items(commands: argparse._SubParsersAction) -> None:
     p = add_command(
         commands, "forget-items",
-        "remove the item ids stored before a time: top-K item lists of sketches and raw events' ids "
-        "(after turning hash_item_ids on)", lists=True,
+        "remove the item ids stored before a time: top-K item lists of sketches, drift results' top items "
+        "and raw events' ids (after turning hash_item_ids on)", lists=True,
     )
     p.add_argument("--before", required=True, metavar="TIME",
                    help="rows that start before TIME (ISO 8601, or now, now-2h; not in the future)")

@@ -12,13 +12,16 @@ import json
 from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from test_item_hashing import IDS, LONE, T0, leaks, observe
 
 from collectors import AttentionCollector
 from monitor.cli import main
+from monitor.config import EvaluateConfig
+from monitor.evaluate import evaluate_cycle
 from monitor.sketch import decode_payload
 from monitor.store import make_engine, tables
+from monitor.store.forget import forget_items
 
 NEEDLES = [*IDS, *LONE]
 
@@ -58,14 +61,8 @@ def test_a_payload_that_cannot_be_read_is_counted_and_the_rest_forgotten(store_u
     assert done["unreadable"] == 1 and done["sketches"] >= 2 and done["events"] == 201
     assert f"window_aggregates rows [{bad}]: a payload cannot be read" in caplog.text
     assert leaks(store_url, NEEDLES) == set()
-    assert forget(store_url, "--before", at)[1] == {
-        "before": at,
-        "model": None,
-        "sketches": 0,
-        "baselines": 0,
-        "events": 0,
-        "unreadable": 1,
-    }
+    assert forget(store_url, "--before", at)[1] == {"before": at, "model": None, "sketches": 0, "baselines": 0,
+                                                    "results": 0, "events": 0, "unreadable": 1}
     engine = make_engine(store_url)
     try:
         with engine.connect() as conn:
@@ -80,3 +77,58 @@ def test_a_payload_that_cannot_be_read_is_counted_and_the_rest_forgotten(store_u
     with contextlib.redirect_stdout(out):
         assert main(["forget-items", "--store", store_url, "--before", at]) == 0
     assert "1 sketch row whose payload cannot be read was left as it is" in out.getvalue()
+
+
+def test_the_top_items_of_drift_results_are_forgotten_too(store_url):
+    # items.top10_share names its ten items in its detail (the items dashboard reads it,
+    # kept retention.drift_results_days): forget-items left them, raw, for 30 days
+    with AttentionCollector(store_url, model="m", version="v1", sample_rate=0.0) as c:
+        for minute in range(0, 130, 2):
+            observe(c, np.random.default_rng(minute), minute0=minute)
+    engine = make_engine(store_url)
+    cfg = EvaluateConfig(window_minutes=10, lag_minutes=0, baseline_hours=1, trailing_gap_hours=0, min_samples=10)
+    dr = tables.drift_results
+    try:
+        evaluate_cycle(engine, datetime.fromtimestamp(T0 + 60 * 130, UTC), cfg)
+        with engine.connect() as conn:
+            before = conn.execute(select(dr.c.id, dr.c.statistic, dr.c.value, dr.c.detail).order_by(dr.c.id)).all()
+    finally:
+        engine.dispose()
+    assert ("drift_results", "detail") in leaks(store_url, NEEDLES)
+    tops = [r.id for r in before if r.statistic == "items.top10_share"]
+    assert len(tops) == 2  # one per layer
+    rc, done, _ = forget(store_url, "--before", datetime.fromtimestamp(T0 + 60 * 130, UTC).isoformat())
+    assert rc == 0 and done["results"] == 2
+    assert leaks(store_url, NEEDLES) == set()
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            after = conn.execute(select(dr.c.id, dr.c.statistic, dr.c.value, dr.c.detail).order_by(dr.c.id)).all()
+    finally:
+        engine.dispose()
+    # the values stay; only the item lists go (other results' detail, attribute values, stays)
+    assert [(r.id, r.value) for r in after] == [(r.id, r.value) for r in before]
+    assert [r.detail for r in after if r.id not in tops] == [r.detail for r in before if r.id not in tops]
+    assert all(r.detail is None for r in after if r.id in tops)
+
+
+def test_raw_events_are_cleared_a_chunk_a_transaction(store_url):
+    # one UPDATE of a week of raw events held SQLite's write lock (collectors wait, then
+    # spill) or PostgreSQL's row locks (retention waits) for as long as it took
+    with AttentionCollector(store_url, model="m", version="v1", sample_rate=1.0) as c:
+        observe(c, np.random.default_rng(3))
+    engine = make_engine(store_url)
+    touched = []
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def count(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE ATTENTION_EVENTS"):
+            touched.append(cursor.rowcount)
+
+    try:
+        done = forget_items(engine, datetime.fromtimestamp(T0 + 3600, UTC), clear_chunk=50)
+    finally:
+        engine.dispose()
+    assert done.events == 201 and sum(touched) == 201
+    assert touched == [50, 50, 50, 50, 1]
+    assert leaks(store_url, NEEDLES) == set()

@@ -264,7 +264,7 @@ def test_forget_items_removes_the_ids_stored_before_hashing_was_turned_on(store_
         return json.loads(out.getvalue())
 
     assert forget("--model", "other") == {"before": switched_on, "model": "other", "sketches": 0,
-                                          "baselines": 0, "events": 0,
+                                          "baselines": 0, "results": 0, "events": 0,
                                           "unreadable": 0}
     done = forget()
     assert done["sketches"] >= 2 and done["baselines"] >= 2 and done["events"] == 201
@@ -275,8 +275,8 @@ def test_forget_items_removes_the_ids_stored_before_hashing_was_turned_on(store_
     for k, tk in hashed_tops.items():
         assert list(after[k].keys) == list(tk.keys) and list(after[k].counts) == list(tk.counts)
     pd.testing.assert_frame_equal(Store(store_url).summary("m", by=("version", "layer", "head")), summary)
-    assert forget() == {"before": switched_on, "model": None, "sketches": 0, "baselines": 0, "events": 0,
-                        "unreadable": 0}
+    assert forget() == {"before": switched_on, "model": None, "sketches": 0, "baselines": 0, "results": 0,
+                        "events": 0, "unreadable": 0}
 
 
 def test_forget_items_refuses_a_time_in_the_future(store_url, capsys):

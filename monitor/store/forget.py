@@ -2,10 +2,12 @@
 
 `hash_item_ids` keeps raw ids out of what collectors write from then on; what they wrote
 before keeps them: minute rows for `retention.minute_aggregates_days`, their hour roll-ups
-for good, raw events for `retention.events_days`, materialised baselines for two days.
+for good, raw events for `retention.events_days`, materialised baselines for two days,
+the items.top10_share results' detail (its ten items) for `retention.drift_results_days`.
 This removes the top-K item list from every sketch (minute and hour rows, materialised
-baselines) of the roll-up series that starts before `before`, and the item ids of raw
-events from before it. Counts, histograms, positions, attribute top-K and metric sums
+baselines) of the roll-up series that starts before `before`, the item ids of raw
+events from before it and the item detail of results whose window starts before it.
+Counts, histograms, positions, attribute top-K, metric sums and every result's value
 stay, so every statistic but the item ones (`items.*`) reads as before. Rows without
 item lists are left alone, so a second run finds nothing to do: the way to check that a
 merge running at the same moment (maintenance rewrites rows it read) brought none back.
@@ -30,28 +32,50 @@ log = logging.getLogger("attnmon.forget")
 
 ROLLUP = "*"  # the only series whose sketches carry items (DESIGN §4: keeps rows small)
 CHUNK = 500  # rows rewritten a transaction
+CLEAR_CHUNK = 5000  # rows whose column is set to NULL a transaction (no payload to rewrite)
 
 
 @dataclass(frozen=True)
 class Forgotten:
     sketches: int  # window_aggregates rows whose item list was removed
     baselines: int  # baseline_sketches rows likewise
+    results: int  # drift_results whose detail (the top items) was removed
     events: int  # attention_events whose item ids were removed
     unreadable: int = 0  # sketch rows left as they were: their payload cannot be read
 
 
-def forget_items(engine: Engine, before: datetime, *, model: str | None = None, chunk: int = CHUNK) -> Forgotten:
+def forget_items(engine: Engine, before: datetime, *, model: str | None = None, chunk: int = CHUNK,
+                 clear_chunk: int = CLEAR_CHUNK) -> Forgotten:
     before = as_utc(before)
-    wa, bs, ev = t.window_aggregates, t.baseline_sketches, t.attention_events
+    wa, bs, ev, dr = t.window_aggregates, t.baseline_sketches, t.attention_events, t.drift_results
     sketches, bad_sketches = _strip(engine, wa, wa.c.bucket_start < before, model, chunk)
     baselines, bad_baselines = _strip(engine, bs, bs.c.window_start < before, model, chunk)
+    # items.top10_share names its ten items; no other result's detail holds item ids
+    results = _clear(engine, dr, dr.c.detail, [dr.c.window_start < before, dr.c.statistic.like("items.%")],
+                     model, clear_chunk)
+    events = _clear(engine, ev, ev.c.item_ids, [ev.c.ts < before], model, clear_chunk)
+    return Forgotten(sketches, baselines, results, events, bad_sketches + bad_baselines)
+
+
+def _clear(engine: Engine, table, column, where: list, model: str | None, chunk: int) -> int:
+    """Set `column` to SQL NULL where it holds something, `chunk` rows a transaction (a
+    week of raw events in one would hold SQLite's write lock, or PostgreSQL's row locks
+    against retention, for as long as it takes)."""
     # SQL NULL, not JSON null: a JSON column's None is the text 'null' unless said so
-    where = [ev.c.ts < before, ev.c.item_ids.is_not(None), cast(ev.c.item_ids, Text) != "null"]
+    where = [*where, column.is_not(None), cast(column, Text) != "null"]
     if model is not None:
-        where.append(ev.c.model == model)
-    with engine.begin() as conn:
-        events = conn.execute(update(ev).where(*where).values(item_ids=null())).rowcount
-    return Forgotten(sketches, baselines, events, bad_sketches + bad_baselines)
+        where.append(table.c.model == model)
+    done, last = 0, None
+    while True:
+        q = select(table.c.id).where(*where).order_by(table.c.id).limit(chunk)
+        if last is not None:
+            q = q.where(table.c.id > last)
+        with engine.begin() as conn:
+            ids = conn.execute(q).scalars().all()
+            if not ids:
+                return done
+            last = ids[-1]
+            done += conn.execute(update(table).where(table.c.id.in_(ids)).values({column.name: null()})).rowcount
 
 
 def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) -> tuple[int, int]:
