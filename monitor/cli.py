@@ -220,8 +220,11 @@ def forget_items(config: Config, before: str, model: str | None = None, fmt: str
     turning hash_item_ids on, since it keeps raw ids out only of what is written after."""
     from dataclasses import asdict
 
+    from sqlalchemy import select
+
     from monitor.cli_common import parse_time
     from monitor.store import make_engine, require_schema
+    from monitor.store import tables as t
     from monitor.store.forget import forget_items as forget
 
     at = parse_time(before, "--before")
@@ -232,6 +235,13 @@ def forget_items(config: Config, before: str, model: str | None = None, fmt: str
     engine = make_engine(config.store_url)
     try:
         require_schema(engine)
+        if model is not None:
+            # a misspelt name would report nothing removed, read as nothing left
+            with engine.connect() as conn:
+                models = conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars().all()
+            if model not in models:
+                raise ConfigError([("--model", model, f"no such model in the store (models: "
+                                    f"{', '.join(models) or 'none yet'})")], "argument")
         done = forget(engine, at, model=model)
     finally:
         engine.dispose()

@@ -132,3 +132,17 @@ def test_raw_events_are_cleared_a_chunk_a_transaction(store_url):
     assert done.events == 201 and sum(touched) == 201
     assert touched == [50, 50, 50, 50, 1]
     assert leaks(store_url, NEEDLES) == set()
+
+
+def test_a_model_the_store_does_not_know_is_an_error_not_nothing_to_forget(store_url):
+    # a misspelt --model reported "removed ... 0" and exit 0: read as "nothing left"
+    with AttentionCollector(store_url, model="m", version="v1", sample_rate=1.0) as c:
+        observe(c, np.random.default_rng(3))
+    at = datetime.fromtimestamp(T0 + 3600, UTC).isoformat()
+    rc, out, err = forget(store_url, "--before", at, "--model", "M")
+    assert rc == 2 and out == ""
+    assert "--model='M': no such model in the store (models: m)" in err
+    assert ("attention_events", "item_ids") in leaks(store_url, NEEDLES)  # nothing done
+    rc, done, _ = forget(store_url, "--before", at, "--model", "m")
+    assert rc == 0 and done["model"] == "m" and done["events"] == 201
+    assert leaks(store_url, NEEDLES) == set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from test_forget_items import (  # noqa: F401
+    test_a_model_the_store_does_not_know_is_an_error_not_nothing_to_forget,
     test_a_payload_that_cannot_be_read_is_counted_and_the_rest_forgotten,
     test_raw_events_are_cleared_a_chunk_a_transaction,
     test_the_top_items_of_drift_results_are_forgotten_too,
