@@ -10,7 +10,9 @@ Deliver (`Outbox.deliver(now)`, the daemon's deliver job):
 - a group is (receiver, group key, dedup key); it is due when any of its pending rows is.
   All its pending rows go in ONE `Notification`, with the group's other alerts that
   still fire as context (so a message never reads "resolved" while part of the group
-  fires). Several pending rows of one alert collapse to the newest.
+  fires); a message that would read "resolved" also carries the incident's alerts that
+  ended unfixed (alerts.model.ENDED), so its last resolve does not read as a fix, nor
+  close the incident at PagerDuty. Several pending rows of one alert collapse to the newest.
 - success: the rows are `delivered`. `DeliveryError(retry=True)` (or any other
   exception): attempts + 1 and the whole group waits an exponential backoff with jitter,
   `backoff_initial_s · 2^(n-1)` capped at `backoff_max_s`, times a factor drawn from
@@ -395,7 +397,7 @@ class Outbox:
                     conn.execute(update(nt).where(nt.c.id.in_(muted), nt.c.status == "pending")
                                  .values(status="silenced", last_attempt_at=now))
                 fingerprints = {r["fingerprint"] for r in send}
-                context = self._still_firing(conn, receiver, group_key, dedup, fingerprints)
+                context = self._context(conn, receiver, group_key, dedup, send)
                 deadline = self._deadline_s(receiver, len(fingerprints) + len(context))
                 claim = self._claim(conn, [r["id"] for r in send], deadline) if send else None
                 if send and claim is None:
@@ -606,13 +608,22 @@ class Outbox:
         sub = select(nt, rank).where(*where).subquery()
         return conn.execute(select(sub).where(sub.c.rank == 1)).mappings().all()
 
-    def _still_firing(self, conn: Connection, receiver: str, group_key: str, dedup: str,
-                      exclude: set[str]) -> list[AlertView]:
+    def _context(self, conn: Connection, receiver: str, group_key: str, dedup: str,
+                 send: list[Mapping]) -> list[AlertView]:
+        """The incident's other alerts a message carries: those that still fire, and in a
+        message that would read "resolved", those that ended unfixed (alerts.model.ENDED),
+        so that the last resolve of such an incident neither reads as a fix nor closes it
+        at PagerDuty."""
         nt = t.notifications
+        newest = {r["fingerprint"]: r["transition"] for r in send}  # ordered by event time
         rows = self._latest_rows(conn, nt.c.receiver == receiver, nt.c.group_key == group_key,
                                  nt.c.dedup_key == dedup)
-        return [from_payload(r["payload"]) for r in rows
-                if r["fingerprint"] not in exclude and r["transition"] == "firing" and r["status"] == "delivered"]
+        others = [r for r in rows if r["fingerprint"] not in newest and r["status"] == "delivered"]
+        firing = [from_payload(r["payload"]) for r in others if r["transition"] == "firing"]
+        if firing or "firing" in newest.values():
+            return firing
+        ended = (from_payload(r["payload"]) for r in others if r["transition"] == "resolved")
+        return [v for v in ended if v.ended]
 
     # -- Alertmanager re-sends -------------------------------------------------------
 
