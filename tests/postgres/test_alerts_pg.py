@@ -1,6 +1,6 @@
 """The alerting store code on a real PostgreSQL: the outbox and health tests of
-tests/test_alerts_outbox.py, tests/test_alerts_health.py and the store-level ones of
-tests/test_alerts_delivery_faults.py, run against it."""
+tests/test_alerts_outbox.py, tests/test_alerts_health.py, tests/test_alerts_ended.py and
+the store-level ones of tests/test_alerts_delivery_faults.py, run against it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from test_alerts_delivery_faults import (  # noqa: F401
     test_a_send_that_ends_after_its_deadline_is_recorded_once_and_not_sent_again,
     test_a_sender_killed_mid_send_is_sent_again_once_its_claim_ends,
     test_delivery_stops_between_groups_once_the_lead_is_lost,
+)
+from test_alerts_ended import (  # noqa: F401
+    test_an_incident_with_a_series_that_ended_unfixed_is_not_resolved_by_the_rest,
 )
 from test_alerts_health import (  # noqa: F401
     test_no_data_after_the_rollup_still_reads_the_last_minute_with_data,
