@@ -219,6 +219,10 @@ def ended_text(kind: str, now_kinds: Iterable[str], last_true_at: datetime | Non
     """What an alert that ended unresolved tells on-call."""
     why = _WHY.get(kind, f"this series is no longer compared with its {kind} baseline")
     instead = " and ".join(sorted(now_kinds))
+    deploy = {"previous_version", "retrain"}
+    if kind in deploy and set(now_kinds) == deploy - {kind}:  # still the same comparison, re-marked
+        marked = "the same weights as" if kind == "retrain" else "other weights than"
+        why = f"its deploy was marked as {marked} the version it replaced (attnmon deploy mark --weights-id)"
     own = (" (the version's own recent traffic: a change present since the deploy does not show in it)"
            if kind in ("previous_version", "retrain") and instead == "trailing" else "")
     last = f" It last held at {last_true_at:%Y-%m-%d %H:%M} UTC." if last_true_at is not None else ""

@@ -394,3 +394,28 @@ def test_route_matchers_are_the_rules_globs_lists_and_negations():
             AlertsConfig.model_validate({"receivers": [{"name": "slack", "webhook": {"url": "http://x"}}],
                                          "route": {"receiver": "slack", "routes": [
                                              {"match": {"baseline_kind": bad}, "receiver": "slack"}]}})
+
+
+@pytest.mark.parametrize(("before", "after", "marked"), [
+    ("retrain", "previous_version", "the same weights as"),
+    ("previous_version", "retrain", "other weights than"),
+])
+def test_an_alert_ended_by_re_marking_the_weights_does_not_say_the_comparison_ended(before, after, marked):
+    """`attnmon deploy mark --weights-id` on a deployed version turns its retrain
+    comparison into a same-weights one (or back): it is still compared with the version it
+    replaced, so 'the comparison with the version it replaced ended' would be false."""
+    from alerts.model import ENDED
+    from alerts.state import comparisons
+
+    r = rule("Deploy", match={"baseline_kind": before}, **{"for": "0s"})
+    state: dict[str, AlertState] = {}
+    for m, kind in ((0, before), (1, before), (2, after)):
+        rows = [drift_row(at(m), -3.0, baseline_kind=kind)]
+        step = evaluate([r], observations([r], rows), state, at(m), compared=comparisons(rows))
+        state.update({a.fingerprint: a for a in step.alerts})
+    (alert,) = state.values()
+    text = alert.annotations[ENDED]
+    assert alert.state == "resolved" and "comparison with the version it replaced ended" not in text
+    assert text.startswith(f"Not fixed: its deploy was marked as {marked} the version it replaced "
+                           "(attnmon deploy mark --weights-id)")
+    assert f"now compared with the {after} baseline" in text
