@@ -10,8 +10,9 @@ key `alerts.watermark`) commit together. A window at or before the watermark was
 evaluated already: a second call (the daemon re-running a window after a crash) does
 nothing, so nothing is ever enqueued twice. Two calls at once (a woken ex-leader beside
 the new leader) take turns: the watermark row is locked from the check to the commit
-(PostgreSQL: `FOR UPDATE`; SQLite: the write lock, taken by the cycle's first statement),
-so the second finds the window done.
+(PostgreSQL: `FOR UPDATE`; SQLite: the write lock, taken by the claim), so the second
+finds the window done. The window's rows are read before that, in a transaction of their
+own, so that SQLite's write lock is held for the decisions and writes only.
 
 A window more than `OUTAGE_TOLERANCE` after the watermark (windows skipped, e.g. a daemon
 down past `evaluate.catchup_max_windows`) restarts the `for` clock of pending alerts, as
@@ -128,12 +129,19 @@ def evaluate_alerts(engine: Engine, rules: Iterable[Rule], config: AlertsConfig,
     rules = list(rules)
     start, end = as_utc(window_start), as_utc(window_end)
     now = as_utc(now) if now is not None else end
+    # the window's rows are read before the watermark is claimed: on SQLite the claim
+    # takes the write lock, and the reads can take seconds (health.no_data on days of
+    # minute rows) that collectors would wait, then fail after busy_timeout
+    with engine.connect() as conn:
+        wm = _watermark(conn)
+        if wm is not None and end <= wm:
+            return AlertCycle(end, False)
+        rows = _rows(conn, rules, end, start, now)
+    seen = observations(rules, rows, (start, end))
     with engine.begin() as conn:
         wm = _claim_watermark(conn, now)
         if wm is not None and end <= wm:
             return AlertCycle(end, False)
-        rows = _rows(conn, rules, end, start, now)
-        seen = observations(rules, rows, (start, end))
         prior = _prior(conn, seen)
         if wm is not None and end - wm > OUTAGE_TOLERANCE:  # unevaluated windows: `for` starts over
             prior = {fp: replace(a, phase=Phase()) if a.state == "pending" else a for fp, a in prior.items()}

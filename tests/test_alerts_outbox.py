@@ -20,6 +20,7 @@ from alerts.outbox import Outbox
 from monitor.evaluate import write_results
 from monitor.store import tables
 from monitor.store.maintenance import as_utc
+from monitor.store.upsert import put_state
 
 S = timedelta(seconds=1)
 
@@ -407,3 +408,29 @@ def test_two_cycles_of_the_same_window_at_once_evaluate_it_once(store, monkeypat
     assert (len(first.transitions), first.enqueued) == (3, 3)
     assert len(outbox_rows(store)) == 3 and alert_states(store) == dict.fromkeys("012", "firing")
     assert read_watermark(store) == at(0)
+
+
+def test_the_alert_cycle_reads_the_window_without_holding_the_sqlite_write_lock(store, store_url, monkeypatch):
+    """Reading a window's rows takes seconds on a large store (health.no_data scans the
+    days of minute rows kept: 6-9 s measured at 1,080 series and one day of them).
+    Collectors write meanwhile, and a writer waits for SQLite's write lock only
+    busy_timeout (10 s) before failing: the cycle may hold the lock for its writes, not
+    for its reads."""
+    import alerts.cycle
+    from monitor.store.engine import make_engine
+
+    rules, cfg = [rule(**{"for": "0s"})], config()
+    write_results(store, [drift_row(at(0), -3.0)])
+    collector = make_engine(store_url, busy_timeout_s=0.2)
+    rows = alerts.cycle._rows
+
+    def rows_while_a_collector_writes(*args):
+        out = rows(*args)
+        with collector.begin() as conn:  # as a collector's flush would, from another connection
+            put_state(conn, "probe", "written", at(0))
+        return out
+
+    monkeypatch.setattr(alerts.cycle, "_rows", rows_while_a_collector_writes)
+    done = evaluate_alerts(store, rules, cfg, at(-15), at(0), at(0))
+    assert done.evaluated and len(done.transitions) == 1
+    collector.dispose()
