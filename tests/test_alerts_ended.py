@@ -46,3 +46,19 @@ def test_an_incident_with_a_series_that_ended_unfixed_is_not_resolved_by_the_res
     (key,) = {n.dedup_key for n in pager.sent}
     assert pagerduty_events(pager.sent) == [("trigger", key), ("trigger", key)]  # the incident stays open
     assert digest(last, now=at(31)).title.startswith("ENDED, NOT FIXED: DeployShift")
+
+
+def test_pagerduty_lists_a_series_that_ended_unfixed_as_ended_not_resolved(store):
+    """While the rest of its incident fires, a series that ended unfixed goes to PagerDuty
+    in a trigger's details: it must not read "resolved" there either."""
+    rules, cfg = [rule("DeployShift", **SHIFT)], config(route=BY_VERSION)
+    pager = FakeReceiver("pager")
+    box = Outbox(store, cfg, {"pager": pager})
+    cycle(store, rules, cfg, 0, [psi(0, "1", 0.5), psi(0, "2", 0.5), psi(0, "3", 0.5)])
+    cycle(store, rules, cfg, 1, [psi(1, "1", 0.01, "trailing"), psi(1, "2", 0.5), psi(1, "3", 0.01)])
+    cycle(store, rules, cfg, 40, [psi(40, "2", 0.5)])  # head 3 resolved (fixed) keep_firing_for after it held
+    box.deliver(at(40))
+    event = PagerDuty("pager", routing_key="R0").payload(pager.sent[-1])
+    assert event["event_action"] == "trigger"
+    statuses = {s["labels"].split("head=")[1].split()[0]: s["status"] for s in event["payload"]["custom_details"]["series"]}
+    assert statuses == {"1": "ended", "2": "firing", "3": "resolved"}

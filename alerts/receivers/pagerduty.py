@@ -114,7 +114,7 @@ class PagerDuty:
             "series": [
                 {
                     "labels": labels_text({k: v for k, v in a.labels.items() if k not in ("alertname", "severity")}),
-                    "status": a.status,
+                    "status": "ended" if a.ended else a.status,  # (alerts.model.ENDED: not fixed)
                     "value": finite(a.value),
                     "baseline_value": finite(a.baseline_value),
                 }
