@@ -333,6 +333,7 @@ class Daemon:
         self._locks = {job: threading.Lock() for job in self.jobs}
         self._due: dict[str, datetime] | None = None  # tick(): when each job is due next
         self._stop = threading.Event()
+        self._moving = threading.Lock()  # held to move a job in the scheduler, and to begin stop()
         self._scheduler: Any = None
         self._server: Any = None
         self._lease_thread: threading.Thread | None = None
@@ -585,12 +586,21 @@ class Daemon:
         return min(self.config.daemon.retry_s, self._every[job])
 
     def _schedule_retry(self, job: str) -> None:
-        if self._scheduler is None:
-            return  # tick() moves its own due times
-        try:
-            self._scheduler.modify_job(job, next_run_time=utc_now() + timedelta(seconds=self._retry_in(job)))
-        except Exception:  # shutting down: the job is gone
-            pass
+        # (tick() moves its own due times)
+        self._move_job(job, utc_now() + timedelta(seconds=self._retry_in(job)))
+
+    def _move_job(self, job: str, when: datetime) -> None:
+        """Set when the scheduler next runs `job`; nothing once stop() has begun. The
+        scheduler's shutdown holds its job store's lock while it waits for the running
+        job: a job (or the lease thread) asking it then would wait forever, and so would
+        the shutdown."""
+        with self._moving:
+            if self._scheduler is None or self._stop.is_set():
+                return
+            try:
+                self._scheduler.modify_job(job, next_run_time=when)
+            except Exception:  # the job is gone
+                pass
 
     def tick(self, now: datetime | None = None) -> dict[str, JobRun]:
         """Run the jobs due at `now` (default: the clock) synchronously, the same code the
@@ -660,10 +670,7 @@ class Daemon:
             # catch up at once, not an interval later; maintain when the store says
             due = {"evaluate": utc_now(), "deliver": utc_now(), "maintain": utc_now() + self._maintain_in()}
             for job, when in due.items():
-                try:
-                    self._scheduler.modify_job(job, next_run_time=when)
-                except Exception:
-                    pass
+                self._move_job(job, when)
         if not self._leader:
             try:  # a follower's /healthz, lag and alert gauges follow the store
                 self._watermark = read_watermark(self.engine)
@@ -709,10 +716,7 @@ class Daemon:
                     "running them now instead of waiting",
                     ", ".join(f"{job} in {by:.0f}s" for job, by in sorted(ahead.items())))
         for job_id in ahead:
-            try:
-                scheduler.modify_job(job_id, next_run_time=now)
-            except Exception:  # shutting down: the job is gone
-                pass
+            self._move_job(job_id, now)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -789,7 +793,8 @@ class Daemon:
     def stop(self) -> None:
         """Let the running job finish (a catch-up stops between windows), stop the
         scheduler, give the lead back and stop serving."""
-        self._stop.set()
+        with self._moving:  # no job is moved from here on (see _move_job)
+            self._stop.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -773,6 +774,32 @@ def test_delivery_goes_on_only_while_this_daemon_leads(store):
         daemon._leader = True
         daemon._stop.set()
         assert daemon.alerts.keep_going() is False
+
+
+def test_a_job_that_fails_while_the_daemon_stops_does_not_hang_the_stop(store, caplog):
+    """SIGTERM waits for the running job; one that then fails (the store going down with
+    the daemon, a session ended under it) used to ask the stopping scheduler for a retry
+    and wait on it forever, while the scheduler waited for the job: the process never
+    exited."""
+    started = threading.Event()
+
+    def failing_on_stop(_engine, _now) -> None:
+        if started.is_set():
+            return
+        started.set()
+        assert daemon._stop.wait(20), "stop() never came"
+        time.sleep(0.2)  # stop() is in the scheduler's shutdown by now
+        raise RuntimeError("store went away")
+
+    with Daemon(config(store), clock=lambda: at(20), deliver_hooks=[failing_on_stop]) as daemon:
+        daemon.start()
+        assert started.wait(20), "the deliver job did not start"
+        stopping = threading.Thread(target=daemon.stop, daemon=True)
+        with caplog.at_level(logging.ERROR, "attnmon.daemon"):
+            stopping.start()
+            stopping.join(20)
+        assert not stopping.is_alive(), "stop() hangs: the failed job waits on the stopping scheduler"
+    assert "job deliver failed" in caplog.text
 
 
 def test_a_daemon_with_no_receivers_says_nobody_will_be_notified(store, caplog):
