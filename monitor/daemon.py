@@ -333,6 +333,8 @@ class Daemon:
         self._locks = {job: threading.Lock() for job in self.jobs}
         self._due: dict[str, datetime] | None = None  # tick(): when each job is due next
         self._stop = threading.Event()
+        # the lease thread stops after the scheduler: a leader beats while its last job ends
+        self._lease_stop = threading.Event()
         self._moving = threading.Lock()  # held to move a job in the scheduler, and to begin stop()
         self._scheduler: Any = None
         self._server: Any = None
@@ -664,8 +666,11 @@ class Daemon:
         return False
 
     def _lease(self) -> None:
-        """Every lease_s: the leader checks it still leads; a follower tries to lead."""
+        """Every lease_s: the leader checks it still leads; a follower tries to lead.
+        While stopping, the leader only beats (its last job is ending) and no one leads anew."""
         self._still_leading()
+        if self._stop.is_set():
+            return
         if not self._leader and self.acquire() and self._scheduler is not None:
             # catch up at once, not an interval later; maintain when the store says
             due = {"evaluate": utc_now(), "deliver": utc_now(), "maintain": utc_now() + self._maintain_in()}
@@ -679,7 +684,7 @@ class Daemon:
                 log.debug("cannot read the watermark: %s", _one_line(exc, self.engine.url))
 
     def _lease_loop(self) -> None:
-        while not self._stop.wait(self.config.daemon.lease_s):
+        while not self._lease_stop.wait(self.config.daemon.lease_s):
             try:
                 self._lease()
             except Exception as exc:  # never let the lease thread die
@@ -700,12 +705,13 @@ class Daemon:
         stall lasts about lease_s. A smaller step delays a job by at most the step. (A step
         forward needs nothing: the overdue runs are coalesced into one, or dropped as missed
         past misfire_grace_s, and the next is at most an interval away.)"""
-        scheduler = self._scheduler
-        if scheduler is None:
-            return
+        with self._moving:  # not once stop() shuts the scheduler down (see _move_job)
+            if self._scheduler is None or self._stop.is_set():
+                return
+            jobs = self._scheduler.get_jobs()
         now = utc_now()
         ahead = {}
-        for job in scheduler.get_jobs():
+        for job in jobs:
             if job.next_run_time is not None:
                 by = (job.next_run_time - now).total_seconds()
                 if by > self._every[job.id] + STEP_SLACK_S:
@@ -792,12 +798,15 @@ class Daemon:
 
     def stop(self) -> None:
         """Let the running job finish (a catch-up stops between windows), stop the
-        scheduler, give the lead back and stop serving."""
+        scheduler, give the lead back and stop serving. The lease thread goes on beating
+        until the job has ended: a follower must not take a leader finishing its last job
+        for a frozen one and end the job's session."""
         with self._moving:  # no job is moved from here on (see _move_job)
             self._stop.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        self._lease_stop.set()
         if self._lease_thread is not None:
             self._lease_thread.join()
             self._lease_thread = None

@@ -249,3 +249,36 @@ def test_a_slow_leader_under_load_is_never_ended(pg_clean_url, caplog):
         time.sleep(2 * lease_s)
         assert a.is_leader and not b.is_leader and lock_pid(a) == old
     assert "ended its session" not in caplog.text and "lost the lead" not in caplog.text
+
+
+def test_a_leader_finishing_its_job_on_shutdown_beats_until_it_gives_the_lead_back(pg_clean_url, caplog):
+    """SIGTERM lets the running job finish (maintain's retention can take minutes): the
+    leader beats meanwhile, so a follower does not take it for frozen and end the job's
+    session halfway (rolled back, done again; a notification sent but not marked, sent
+    twice). Once the lead is given back, the follower takes it."""
+    lease_s = 0.2
+    cfg = Config.model_validate({"store_url": pg_clean_url, "daemon": {"listen": "127.0.0.1:0", "lease_s": lease_s}})
+    busy_s = 10 * SILENT_LEASES * lease_s
+    started, finished = threading.Event(), threading.Event()
+
+    def long_job(engine, _now) -> None:
+        if started.is_set():
+            return
+        started.set()
+        with engine.connect() as conn:  # a job session: the one a follower would end
+            conn.execute(text("SELECT pg_sleep(:s)"), {"s": busy_s})
+        finished.set()
+
+    with Daemon(cfg, deliver_hooks=[long_job]) as a, Daemon(cfg) as b:
+        a.start()
+        assert a.is_leader
+        b.start()
+        assert started.wait(30), "the deliver job did not start"
+        a.stop()  # what SIGTERM does: waits for the running job
+        assert finished.is_set(), "the job's session was ended"
+        assert not a.is_leader
+        deadline = time.monotonic() + 30
+        while not b.is_leader:
+            assert time.monotonic() < deadline, "the follower did not take the lead given back"
+            time.sleep(0.05)
+    assert "ended its session" not in caplog.text
