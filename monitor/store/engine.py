@@ -53,7 +53,8 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     statement and each lock wait of every session, and TCP keepalives and a TCP user
     timeout notice a server that vanished: a job that would otherwise wait forever (or
     the kernel's ~15 minutes of retransmissions) fails and is retried. `application_name`
-    names its sessions in pg_stat_activity (unless the URL names them)."""
+    names its sessions in pg_stat_activity, over a name the URL gives them: the daemon's
+    followers find a frozen leader's sessions by it (`monitor.leadership`)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -74,7 +75,7 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
         options["pool_pre_ping"] = True
         if parsed.get_driver_name() in ("psycopg", "psycopg2"):
             args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-            if application_name and "application_name" not in parsed.query:
+            if application_name:
                 args["application_name"] = application_name
             limits = [f"-c {name}={max(1, round(1000 * value))}" for name, value in
                       (("statement_timeout", statement_timeout_s), ("lock_timeout", lock_timeout_s)) if value]

@@ -140,12 +140,14 @@ def test_a_follower_ends_a_silent_leaders_session_and_it_runs_no_job(pg_clean_ur
 
 
 
-def test_a_transaction_the_silent_leader_was_frozen_in_is_rolled_back_not_waited_for(pg_clean_url):
+@pytest.mark.parametrize("named", ["", "&application_name=recs-monitor"])
+def test_a_transaction_the_silent_leader_was_frozen_in_is_rolled_back_not_waited_for(pg_clean_url, named):
     """Its job sessions are ended too: a row it locked does not hold up the new leader
     (for lock_timeout_s, on every try while it stays frozen), and what it had not
-    committed is never committed when it wakes."""
-    cfg = Config.model_validate({"store_url": pg_clean_url, "daemon": {"listen": "127.0.0.1:0", "lease_s": 600,
-                                                                        "lock_timeout_s": 2}})
+    committed is never committed when it wakes. Also with a URL that names its sessions:
+    the daemon's own name is how a follower finds them."""
+    cfg = Config.model_validate({"store_url": pg_clean_url + named,
+                                 "daemon": {"listen": "127.0.0.1:0", "lease_s": 600, "lock_timeout_s": 2}})
     with Daemon(cfg) as a, Daemon(cfg) as b:
         assert a.acquire()
         write_watermark(a.engine, at(20))
