@@ -117,7 +117,7 @@ class Verdict:
     reasons: list[Reason] = field(default_factory=list)
     baseline_choice: str = "given with --baseline"  # why this baseline, in words
     recent_window: tuple[datetime, datetime] | None = None  # None: not judged on its own
-    recent_predictions: int | None = None
+    recent_predictions: int | None = None  # set whenever the last --recent was looked at, judged or not
     recent_minutes: int | None = None
 
     @property
@@ -457,8 +457,8 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     r_window, r_counts = None, (None, None)
     r_start = _minute(now - recent) if recent else None
     if whole.judged and r_start is not None and r_start > c_start:
-        r_window = (r_start, now)
-        found, r_counts = _recent_reasons(sides, whole, c_start, r_window)
+        found, r_counts, judged = _recent_reasons(sides, whole, c_start, (r_start, now))
+        r_window = (r_start, now) if judged else None
         reasons += found
     reasons += _alert_reasons(_alerts_since(engine, model, candidate, c_start), candidate, whole.mixed)
     # most severe first; within a severity what we measured before what alerts said
@@ -597,28 +597,31 @@ class _Sides:
 
 
 def _recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime,
-                    window: tuple[datetime, datetime]) -> tuple[list[Reason], tuple[int, int]]:
+                    window: tuple[datetime, datetime]) -> tuple[list[Reason], tuple[int, int], bool]:
     """What the candidate's last minutes show that its whole period does not: a defect that
     began after the deployment is averaged away over hours of good minutes.
 
     Judged by the same rules, the heads paired as over the whole period. With fewer than
     MIN_PREDICTIONS predictions (over at least MIN_MINUTES minutes), only the figures with
     a bootstrap interval count, as warnings: the others (positions, top items, attribute
-    shares) move with the sample size alone. Also returns its predictions and minutes."""
+    shares) move with the sample size alone. Also returns its predictions and minutes, and
+    whether it was judged (if not, the one reason is an info one saying why)."""
     r_start, now = window
     rb, r_min = _buckets(sides.engine, sides.model, sides.candidate, r_start, now)
     n, minutes = _count(rb), r_min.get(KEY0, 0)
     full = n >= MIN_PREDICTIONS and minutes >= MIN_MINUTES
+    span = f"the last {_duration(now - r_start)}"
     if n == 0 or minutes < MIN_MINUTES:
-        return [], (n, minutes)
+        return [_not_judged(span, r_start, f"the candidate has {n:,} predictions over {minutes} minutes there; "
+                            f"judging them needs {MIN_MINUTES} minutes with traffic")], (n, minutes), False
     cmp = sides.compare(window, rb, r_min, need=MIN_PREDICTIONS if full else 1, pairs=whole.matching)
     if not cmp.judged:
-        return [], (n, minutes)
+        why = next((r.text for r in cmp.reasons if r.kind == "data"), "too little data")
+        return [_not_judged(span, r_start, why)], (n, minutes), False
     shown = {}
     for r in whole.reasons:
         key = (r.kind, r.series, r.metric)
         shown[key] = min(shown.get(key, 9), SEVERITY[r.severity])
-    span = f"the last {_duration(now - r_start)}"
     period = _duration(now - c_start)
     out = []
     for r in cmp.reasons:
@@ -634,7 +637,12 @@ def _recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime,
             text += (f" — only {n:,} predictions over {minutes} minutes in {span}, too few to tell "
                      f"(a verdict needs {MIN_PREDICTIONS:,})")
         out.append(replace(r, severity=r.severity if full else "warning", text=text, window="recent"))
-    return out, (n, minutes)
+    return out, (n, minutes), True
+
+
+def _not_judged(span: str, r_start: datetime, why: str) -> Reason:
+    return Reason("info", "data", "all", "predictions", None, None, None,
+                  f"{span} (since {r_start:%Y-%m-%d %H:%M} UTC) not judged on their own: {why}", window="recent")
 
 
 _SERIES = re.compile(r"layer (?P<layer>\S+)(?: head (?P<head>\S+)| all heads averaged)?(?:, cohort (?P<cohort>\S+))?")

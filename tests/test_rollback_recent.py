@@ -111,3 +111,23 @@ def test_split_point_finds_the_minute_the_mean_changed():
     assert split_point([1, 1, 1, 5, 5], [1, 1, 1, 1, 1]) == 3
     assert split_point([5.0, 5.0, 100.0, 100.0], [5, 5, 10, 10]) == 2  # means 1, 1, 10, 10
     assert split_point([1.0], [1]) is None and split_point([0, 0], [0, 0]) is None
+
+
+def test_a_recent_window_with_too_few_minutes_is_not_said_to_be_judged(tmp_path, capsys):
+    """v2 stopped serving 25 minutes ago (its traffic moved back to v1): its last 30 minutes
+    hold 5 minutes of traffic, too few to judge. The output said they were 'also judged on
+    their own: 250 over 5 minutes' (and JSON gave their window, which means judged)."""
+    from datetime import timedelta
+
+    url, end = _store(tmp_path, [([Segment("v1", 60), Segment("v2", 90)], 50)])
+    now = end + timedelta(minutes=25)
+    v = check(make_engine(url), MODEL, now=now)
+    assert v.verdict == "PROCEED" and v.recent_window is None
+    assert (v.recent_predictions, v.recent_minutes) == (250, 5)
+    [note] = [r for r in v.reasons if r.window == "recent"]
+    assert (note.severity, note.kind) == ("info", "data")
+    assert note.text == ("the last 30 minutes (since 2026-11-20 10:25 UTC) not judged on their own: the candidate has "
+                         "250 predictions over 5 minutes there; judging them needs 10 minutes with traffic")
+    assert main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert "judged on their own: 250" not in out and "not judged on their own" in out
