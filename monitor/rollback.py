@@ -645,7 +645,8 @@ def _not_judged(span: str, r_start: datetime, why: str) -> Reason:
                   f"{span} (since {r_start:%Y-%m-%d %H:%M} UTC) not judged on their own: {why}", window="recent")
 
 
-_SERIES = re.compile(r"layer (?P<layer>\S+)(?: head (?P<head>\S+)| all heads averaged)?(?:, cohort (?P<cohort>\S+))?")
+# a series as _where and _head_reasons name it; a cohort, last, may hold spaces ("smart tv")
+_SERIES = re.compile(r"layer (?P<layer>\S+)(?: head (?P<head>\S+)| all heads averaged)?(?:, cohort (?P<cohort>.+))?")
 
 
 def _onset(sides: _Sides, r: Reason, c_start: datetime, now: datetime) -> datetime | None:

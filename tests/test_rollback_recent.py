@@ -131,3 +131,21 @@ def test_a_recent_window_with_too_few_minutes_is_not_said_to_be_judged(tmp_path,
     assert main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat()]) == 0
     out = capsys.readouterr().out
     assert "judged on their own: 250" not in out and "not judged on their own" in out
+
+
+def test_a_recent_change_in_a_cohort_named_with_a_space_says_when_it_began(tmp_path, monkeypatch):
+    """Cohort 'smart tv' lost its recency at 11:00 (20 minutes before the check, 3 h after
+    the deploy): the onset was read from the reason's text up to the space, found no series
+    'smart', and said 'since 10:50', the start of the last 30 minutes."""
+    import functools
+
+    import monitor.demo as demo
+    from monitor.simulate import Defect, Traffic
+
+    monkeypatch.setattr(demo, "Traffic", functools.partial(Traffic, cohorts=("web", "smart tv", "android")))
+    bad = Defect(recency_cohort="smart tv")
+    url, now = _store(tmp_path, [([Segment("v1", 30), Segment("v2", 150), Segment("v2", 20, bad)], 120)])
+    v = check(make_engine(url), MODEL, now=now)
+    recent = [r for r in v.reasons if r.window == "recent"]
+    assert [r.series for r in recent] == [f"layer {k} all heads averaged, cohort smart tv" for k in (0, 1)]
+    assert all(r.text.startswith("recent change, since about 2026-11-20 11:00 UTC") for r in recent), recent
