@@ -457,7 +457,8 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     r_window, r_counts = None, (None, None)
     r_start = _minute(now - recent) if recent else None
     if whole.judged and r_start is not None and r_start > c_start:
-        found, r_counts, judged = _recent_reasons(sides, whole, c_start, (r_start, now))
+        since_deploy = c_start == _minute(cand_dep["deployed_at"])
+        found, r_counts, judged = _recent_reasons(sides, whole, c_start, (r_start, now), since_deploy)
         r_window = (r_start, now) if judged else None
         reasons += found
     reasons += _alert_reasons(_alerts_since(engine, model, candidate, c_start), candidate, whole.mixed)
@@ -596,8 +597,8 @@ class _Sides:
         return Comparison(reasons, matching, enough, mixed)
 
 
-def _recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime,
-                    window: tuple[datetime, datetime]) -> tuple[list[Reason], tuple[int, int], bool]:
+def _recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime, window: tuple[datetime, datetime],
+                    since_deploy: bool = True) -> tuple[list[Reason], tuple[int, int], bool]:
     """What the candidate's last minutes show that its whole period does not: a defect that
     began after the deployment is averaged away over hours of good minutes.
 
@@ -605,7 +606,8 @@ def _recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime,
     MIN_PREDICTIONS predictions (over at least MIN_MINUTES minutes), only the figures with
     a bootstrap interval count, as warnings: the others (positions, top items, attribute
     shares) move with the sample size alone. Also returns its predictions and minutes, and
-    whether it was judged (if not, the one reason is an info one saying why)."""
+    whether it was judged (if not, the one reason is an info one saying why). `since_deploy`:
+    the whole period starts at the deployment (else at --since)."""
     r_start, now = window
     rb, r_min = _buckets(sides.engine, sides.model, sides.candidate, r_start, now)
     n, minutes = _count(rb), r_min.get(KEY0, 0)
@@ -622,17 +624,19 @@ def _recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime,
     for r in whole.reasons:
         key = (r.kind, r.series, r.metric)
         shown[key] = min(shown.get(key, 9), SEVERITY[r.severity])
-    period = _duration(now - c_start)
+    period = _duration(now - c_start) + (" since the deploy" if since_deploy else
+                                         f" since {c_start:%Y-%m-%d %H:%M} UTC (--since)")
     out = []
     for r in cmp.reasons:
         if r.severity == "info" or r.kind == "data" or (not full and r.ci is None):
             continue
-        if shown.get((r.kind, r.series, r.metric), 9) <= SEVERITY[r.severity]:
+        before = shown.get((r.kind, r.series, r.metric), 9)
+        if before <= SEVERITY[r.severity]:
             continue  # the whole period already says it
         onset = _onset(sides, r, c_start, now)
         when = f"since about {onset:%Y-%m-%d %H:%M} UTC" if onset else f"since {r_start:%Y-%m-%d %H:%M} UTC"
-        text = (f"recent change, {when} ({span} judged on their own): {r.text}; averaged over the whole "
-                f"{period} since the deploy it does not show")
+        shows = "it does not show" if before == 9 else f"it is only {'a warning' if before == 1 else 'info'}"
+        text = f"recent change, {when} ({span} judged on their own): {r.text}; averaged over the whole {period} {shows}"
         if not full:
             text += (f" — only {n:,} predictions over {minutes} minutes in {span}, too few to tell "
                      f"(a verdict needs {MIN_PREDICTIONS:,})")

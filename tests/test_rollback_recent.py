@@ -3,7 +3,7 @@ baseline is the version serving just before the candidate's deployment."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -50,6 +50,13 @@ def test_a_defect_that_began_30_minutes_ago_is_not_averaged_away_over_6_hours(tm
     assert "the last 45 minutes, since 14:15 UTC, also judged on their own: 2,250 over 45 minutes" in out
     assert main([*args, "--recent", "5m"]) == 2
     assert "--recent" in capsys.readouterr().err
+    # over --since 2h the collapse is a warning: the reason said 'the whole 2 h since the
+    # deploy' (6 h ago) and 'it does not show'
+    since = check(engine, MODEL, since=timedelta(hours=2), now=now)
+    first, whole_says = since.reasons[0], since.reasons[2]
+    assert (first.window, whole_says.window, whole_says.severity) == ("recent", "whole", "warning")
+    assert first.series == whole_says.series and first.metric == whole_says.metric == "entropy_norm"
+    assert first.text.endswith("averaged over the whole 2 h since 2026-11-20 13:00 UTC (--since) it is only a warning")
 
 
 @pytest.mark.parametrize("update", ["retrain", "same-weights"])
@@ -117,8 +124,6 @@ def test_a_recent_window_with_too_few_minutes_is_not_said_to_be_judged(tmp_path,
     """v2 stopped serving 25 minutes ago (its traffic moved back to v1): its last 30 minutes
     hold 5 minutes of traffic, too few to judge. The output said they were 'also judged on
     their own: 250 over 5 minutes' (and JSON gave their window, which means judged)."""
-    from datetime import timedelta
-
     url, end = _store(tmp_path, [([Segment("v1", 60), Segment("v2", 90)], 50)])
     now = end + timedelta(minutes=25)
     v = check(make_engine(url), MODEL, now=now)
