@@ -739,12 +739,16 @@ def _same_weights_shift(where, b, c, boot) -> list[Reason]:
     """Same weights: a shift beyond sampling noise means the pipeline changed."""
     out = []
     std = sketch_std(b)
+    # SAME_WEIGHTS_SD was set at MIN_PREDICTIONS; noise grows as 1/sqrt(n), so a quiet
+    # recent window needs a larger shift: at 90 predictions (a night at 3 a minute) a
+    # harmless redeploy got WATCH for noise in 5 of 48 half-hourly checks, none since
+    limit = SAME_WEIGHTS_SD * math.sqrt(max(1.0, MIN_PREDICTIONS / max(c.n, 1.0)))
     for m in ("entropy_norm", "top1", "recency5", "distance"):
         j = COL[m]
         be, ce = b.sums[j] / b.n, c.sums[j] / c.n
         d = stats.delta_sd(ce, be, std[j])
         ci = _ci(boot, j)
-        if abs(d) >= SAME_WEIGHTS_SD and (ci is None or ci[0] > 0 or ci[1] < 0):
+        if abs(d) >= limit and (ci is None or ci[0] > 0 or ci[1] < 0):
             out.append(Reason("critical", "shift", where, m, be, ce, ci,
                               f"{where}: {m} {be:.3g} → {ce:.3g} ({d:+.1f} baseline SDs) with the same weights: "
                               "the serving pipeline (ids, features, padding) changed"))

@@ -154,3 +154,19 @@ def test_a_recent_change_in_a_cohort_named_with_a_space_says_when_it_began(tmp_p
     recent = [r for r in v.reasons if r.window == "recent"]
     assert [r.series for r in recent] == [f"layer {k} all heads averaged, cohort smart tv" for k in (0, 1)]
     assert all(r.text.startswith("recent change, since about 2026-11-20 11:00 UTC") for r in recent), recent
+
+
+def test_a_harmless_redeploy_checked_at_night_is_not_warned_about_for_noise(tmp_path):
+    """The same weights redeployed, then 3 predictions a minute (night): each last 30
+    minutes holds 90, and a same-weights shift was judged there against the quarter SD set
+    for 1,000 predictions, on 32 head figures. Noise alone crossed it (entropy_norm of one
+    head +0.04, its interval clear of 0): WATCH at 13:00 and 13:30 of five checks."""
+    same = {"weights_id": "w1"}
+    url, _ = _store(tmp_path, [([Segment("v1", 120, **same), Segment("v2", 60, **same)], 50),
+                               ([Segment("v2", 150, **same)], 3)])
+    engine = make_engine(url)
+    for k in range(1, 6):
+        now = datetime(2026, 11, 20, 11, 0, tzinfo=UTC) + timedelta(minutes=30 * k)
+        v = check(engine, MODEL, now=now)
+        assert v.recent_predictions == 90 and v.recent_window is not None
+        assert v.verdict == "PROCEED", (now, [r.text for r in v.reasons])
