@@ -220,10 +220,7 @@ def forget_items(config: Config, before: str, model: str | None = None, fmt: str
     turning hash_item_ids on, since it keeps raw ids out only of what is written after."""
     from dataclasses import asdict
 
-    from sqlalchemy import select
-
-    from monitor.cli_common import parse_time
-    from monitor.store import make_engine, require_schema
+    from monitor.cli_common import no_such_model, open_store, parse_time
     from monitor.store import tables as t
     from monitor.store.forget import forget_items as forget
 
@@ -232,16 +229,13 @@ def forget_items(config: Config, before: str, model: str | None = None, fmt: str
         # a mistyped year would strip the minutes still being written and evaluated
         raise ConfigError([("--before", before, "is in the future: only what is stored can be forgotten")],
                           "argument")
-    engine = make_engine(config.store_url)
+    engine = open_store(config)
     try:
-        require_schema(engine)
         if model is not None:
             # a misspelt name would report nothing removed, read as nothing left
             with engine.connect() as conn:
-                models = conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars().all()
-            if model not in models:
-                raise ConfigError([("--model", model, f"no such model in the store (models: "
-                                    f"{', '.join(models) or 'none yet'})")], "argument")
+                if conn.execute(t.models.select().where(t.models.c.name == model)).first() is None:
+                    raise no_such_model(conn, model)
         done = forget(engine, at, model=model)
     finally:
         engine.dispose()

@@ -19,6 +19,17 @@ def open_store(config: Config):
     return engine
 
 
+def no_such_model(conn, model: str) -> ConfigError:
+    """The error for a --model the store does not know, naming the models it does."""
+    from sqlalchemy import select
+
+    from monitor.store import tables as t
+
+    models = conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars().all()
+    return ConfigError([("--model", model, f"no such model in the store (models: "
+                         f"{', '.join(models) or 'none yet'})")], "argument")
+
+
 def emit(fmt: str, text: str, data) -> None:
     """`text` for people, or `data` as JSON with --format json."""
     print(json.dumps(data, default=str) if fmt == "json" else text)

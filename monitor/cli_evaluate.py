@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 
 from monitor.cli_common import emit as _emit
+from monitor.cli_common import no_such_model, parse_time
 from monitor.cli_common import open_store as _engine
-from monitor.cli_common import parse_time
 from monitor.config import Config
 from monitor.errors import ConfigError, StoreError
 
@@ -122,9 +122,7 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
             versions = conn.execute(select(dep.c.version).where(dep.c.model == model)
                                     .order_by(dep.c.deployed_at)).scalars().all()
             if not versions:
-                models = conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars().all()
-                raise ConfigError([("--model", model, f"no such model in the store (models: "
-                                    f"{', '.join(models) or 'none yet'})")], "argument")
+                raise no_such_model(conn, model)
             if version is not None and version not in versions:
                 raise ConfigError([("--version", version, f"model {model} has no such version "
                                     f"(versions: {', '.join(versions)})")], "argument")
