@@ -206,25 +206,22 @@ def comparisons(rows: Iterable[Mapping[str, object]]) -> dict[tuple, frozenset[s
     return {k: frozenset(v) for k, v in out.items()}
 
 
-_WHY = {
-    "previous_version": "the comparison with the version it replaced ended (it lasts the first "
-                        "evaluate.previous_version_hours after a deploy)",
-    "retrain": "the comparison with the version it replaced ended (it lasts the first "
-               "evaluate.previous_version_hours after a deploy)",
-    "pinned": "the pinned baseline it fired against is no longer used (unpinned or replaced)",
-}
+DEPLOY_KINDS = frozenset({"previous_version", "retrain"})  # a version's first day: the one it replaced
+_DEPLOY_ENDED = ("the comparison with the version it replaced ended (it lasts the first "
+                 "evaluate.previous_version_hours after a deploy)")
+_WHY = {**dict.fromkeys(DEPLOY_KINDS, _DEPLOY_ENDED),
+        "pinned": "the pinned baseline it fired against is no longer used (unpinned or replaced)"}
 
 
 def ended_text(kind: str, now_kinds: Iterable[str], last_true_at: datetime | None) -> str:
     """What an alert that ended unresolved tells on-call."""
     why = _WHY.get(kind, f"this series is no longer compared with its {kind} baseline")
     instead = " and ".join(sorted(now_kinds))
-    deploy = {"previous_version", "retrain"}
-    if kind in deploy and set(now_kinds) == deploy - {kind}:  # still the same comparison, re-marked
+    if kind in DEPLOY_KINDS and set(now_kinds) == DEPLOY_KINDS - {kind}:  # still the same comparison, re-marked
         marked = "the same weights as" if kind == "retrain" else "other weights than"
         why = f"its deploy was marked as {marked} the version it replaced (attnmon deploy mark --weights-id)"
     own = (" (the version's own recent traffic: a change present since the deploy does not show in it)"
-           if kind in ("previous_version", "retrain") and instead == "trailing" else "")
+           if kind in DEPLOY_KINDS and instead == "trailing" else "")
     last = f" It last held at {last_true_at:%Y-%m-%d %H:%M} UTC." if last_true_at is not None else ""
     return (f"Not fixed: {why}; the series is now compared with the {instead} baseline{own}.{last} "
             "Nothing says the change went away: roll back, or close the incident by hand if it was intended.")
