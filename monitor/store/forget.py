@@ -57,60 +57,60 @@ def forget_items(engine: Engine, before: datetime, *, model: str | None = None, 
     return Forgotten(sketches, baselines, results, events, bad_sketches + bad_baselines)
 
 
-def _clear(engine: Engine, table, column, where: list, model: str | None, chunk: int) -> int:
-    """Set `column` to SQL NULL where it holds something, `chunk` rows a transaction (a
-    week of raw events in one would hold SQLite's write lock, or PostgreSQL's row locks
-    against retention, for as long as it takes)."""
-    # SQL NULL, not JSON null: a JSON column's None is the text 'null' unless said so
-    where = [*where, column.is_not(None), cast(column, Text) != "null"]
+def _chunks(engine: Engine, table, columns: list, where: list, model: str | None, chunk: int):
+    """(connection, rows) of `table`'s matching rows, `chunk` at a time in id order, each
+    chunk in a transaction of its own (committed when the next is asked for): a week of
+    raw events in one would hold SQLite's write lock, or PostgreSQL's row locks against
+    retention, for as long as it takes. Each row is (id, *columns)."""
     if model is not None:
-        where.append(table.c.model == model)
-    done, last = 0, None
+        where = [*where, table.c.model == model]
+    last = None
     while True:
-        q = select(table.c.id).where(*where).order_by(table.c.id).limit(chunk)
+        q = select(table.c.id, *columns).where(*where).order_by(table.c.id).limit(chunk)
         if last is not None:
             q = q.where(table.c.id > last)
         with engine.begin() as conn:
-            ids = conn.execute(q).scalars().all()
-            if not ids:
-                return done
-            last = ids[-1]
-            done += conn.execute(update(table).where(table.c.id.in_(ids)).values({column.name: null()})).rowcount
+            rows = conn.execute(q).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield conn, rows
+
+
+def _clear(engine: Engine, table, column, where: list, model: str | None, chunk: int) -> int:
+    """Set `column` to SQL NULL where it holds something, `chunk` rows a transaction."""
+    # SQL NULL, not JSON null: a JSON column's None is the text 'null' unless said so
+    where = [*where, column.is_not(None), cast(column, Text) != "null"]
+    done = 0
+    for conn, rows in _chunks(engine, table, [], where, model, chunk):
+        ids = [r[0] for r in rows]
+        done += conn.execute(update(table).where(table.c.id.in_(ids)).values({column.name: null()})).rowcount
+    return done
 
 
 def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) -> tuple[int, int]:
     """Rewrite the payloads with an item list, `chunk` rows a transaction, in id order:
     (rows rewritten, rows whose payload cannot be read)."""
     where = [starts_before, table.c.cohort == ROLLUP, table.c.head == ROLLUP]
-    if model is not None:
-        where.append(table.c.model == model)
     rewrite = update(table).where(table.c.id == bindparam("row_id")).values(payload=bindparam("new_payload"))
     done = bad = 0
-    last = None
-    while True:
-        q = select(table.c.id, table.c.payload).where(*where).order_by(table.c.id).limit(chunk)
-        if last is not None:
-            q = q.where(table.c.id > last)
-        with engine.begin() as conn:
-            rows = conn.execute(q).all()
-            if not rows:
-                return done, bad
-            last = rows[-1][0]
-            changed, unreadable = [], []
-            for row_id, payload in rows:
-                try:
-                    sk = decode_payload(payload)
-                except ValueError as exc:
-                    unreadable.append(row_id)
-                    why = exc
-                    continue
-                if sk.items is not None:
-                    sk.items = None
-                    changed.append({"row_id": row_id, "new_payload": encode_payload(sk)})
-            if unreadable:
-                log.warning("%s rows %s: a payload cannot be read (%s); left as they are, item ids and all",
-                            table.name, unreadable, why)
-            if changed:
-                conn.execute(rewrite, changed)
-            done += len(changed)
-            bad += len(unreadable)
+    for conn, rows in _chunks(engine, table, [table.c.payload], where, model, chunk):
+        changed, unreadable = [], []
+        for row_id, payload in rows:
+            try:
+                sk = decode_payload(payload)
+            except ValueError as exc:
+                unreadable.append(row_id)
+                why = exc
+                continue
+            if sk.items is not None:
+                sk.items = None
+                changed.append({"row_id": row_id, "new_payload": encode_payload(sk)})
+        if unreadable:
+            log.warning("%s rows %s: a payload cannot be read (%s); left as they are, item ids and all",
+                        table.name, unreadable, why)
+        if changed:
+            conn.execute(rewrite, changed)
+        done += len(changed)
+        bad += len(unreadable)
+    return done, bad
