@@ -12,7 +12,7 @@ and its own health in one transaction. A store that is down sends the batch to
 a replay count once. With no spill_dir, or one that cannot be written (disk full), batches
 wait in memory up to `max_unsent_rows` rows; beyond that the oldest are dropped and
 counted. A write that takes longer than `write_timeout_s` (a lock held, a stalled
-server) fails like a store that is down. An unreadable spill file is moved to `spill_dir/bad` and counted.
+server) fails like a store that is down. An unreadable spill file is moved to `bad/` beside it and counted.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class CollectorStats:
     written: int
     queue_depth: int
     pending_batches: int
-    bad_spill_files: int = 0  # unreadable spill files moved to spill_dir/bad (their batches lost)
+    bad_spill_files: int = 0  # unreadable spill files moved to bad/ (their batches lost)
 
 
 @dataclass
@@ -309,7 +309,8 @@ class AttentionCollector(ServingCalls):
         # item ids are hashed where they are written (events, top-K survivors), not as
         # they are summarised: a minute's top-K is hundreds of ids, its histories far more
         self._hash = ItemHasher(self._hash_key) if hash_item_ids else None
-        self._spill = SpillDir(spill_dir) if spill_dir is not None else None
+        self._spill = SpillDir(spill_dir, store_url if engine is None else engine.url) \
+            if spill_dir is not None else None
         self._engine = engine
         self._cutter = None  # cuts the engine's connections when a write overruns (ours only)
         self._seed = seed
@@ -1013,7 +1014,7 @@ class AttentionCollector(ServingCalls):
         its values (not the store being down), it would be refused at every try and hold
         back every batch behind it: try it without its raw events, then without its deployment
         row too (the values most likely to blame: callers' ids), else set it aside (None): moved to
-        spill_dir/bad for a person (`path`: its spill file), or dropped, and counted."""
+        bad/ for a person (`path`: its spill file), or dropped, and counted."""
         try:
             return self._store_write(engine, batch)
         except Exception as exc:

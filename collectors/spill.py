@@ -6,6 +6,11 @@ so a crash or a power loss leaves either a whole file or none. A file that canno
 anyway (a disk fault, a partial copy) is moved to `bad/`, where it no longer blocks the
 files behind it and an operator can look at it. Files hold raw events (users' histories),
 so they are created 0600 and the folders this makes 0700, whatever the umask.
+
+Each store has its own folder under spill_dir (`store_folder`), so that collectors of
+two stores sharing one spill_dir (staging and production on one host, two models with
+stores of their own) never replay each other's batches into the wrong store. Files an
+older release left at the top level are still replayed, as they were then.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from __future__ import annotations
 import base64
 import errno
 import gzip
+import hashlib
 import json
 import os
 import zlib
 from datetime import datetime
 from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
 
 from monitor.store.writer import FlushBatch
 
@@ -45,10 +53,49 @@ class UnreadableSpill(Exception):
     """A spill file that holds no batch (truncated, corrupt, not ours)."""
 
 
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def store_identity(url: str | URL) -> str:
+    """What names a store whatever the spelling of its URL: the backend, host, port and
+    database (not the driver, user, password or options: a rotated password or another
+    driver is still the same store); for SQLite, the file's real path. A URL that does
+    not parse is its own store (its writes fail, and its batches wait apart)."""
+    try:
+        u = make_url(url)
+    except Exception:  # (sqlalchemy's ArgumentError, or a TypeError for a non-string)
+        return f"unparsed:{url}"
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        db = u.database or ""
+        if db and db != ":memory:" and not db.startswith("file:"):
+            db = os.path.realpath(db)  # (relative to the process's folder, as SQLite reads it)
+        return f"sqlite:{db}"
+    port = u.port or _DEFAULT_PORTS.get(backend, "")
+    return f"{backend}://{(u.host or '').lower()}:{port}/{u.database or ''}"
+
+
+def store_folder(url: str | URL) -> str:
+    """The folder of spill_dir that holds one store's batches."""
+    ident = store_identity(url)
+    return f"{ident.split(':', 1)[0]}-{hashlib.sha256(ident.encode('utf-8')).hexdigest()[:16]}"
+
+
 class SpillDir:
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)  # (an existing one is left as it is)
+    def __init__(self, path: str | os.PathLike, store: str | URL | None = None):
+        """`store`: the store's URL; its batches go to a folder of their own (`store_folder`),
+        which names the store in a file `STORE` for a person. None: `path` itself."""
+        self.root = Path(path)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # (an existing one is left as it is)
+        self.path = self.root if store is None else self.root / store_folder(store)
+        if store is not None:
+            self.path.mkdir(mode=0o700, exist_ok=True)
+            note = self.path / "STORE"
+            if not note.exists():
+                try:
+                    note.write_text(store_identity(store) + "\n", encoding="utf-8")
+                except OSError:  # (a note for people: a full disk must not stop the collector)
+                    pass
 
     def put(self, batch: FlushBatch) -> Path:
         """Write one batch; an OSError (disk full, not writable) leaves no file behind."""
@@ -70,9 +117,11 @@ class SpillDir:
         return final
 
     def pending(self, collector_id: str | None = None) -> list[Path]:
-        """Spilled files in write order (by collector, then sequence)."""
+        """Spilled files in write order (by collector, then sequence): an older release's,
+        left at the top level with no store named, first, as that release replayed them."""
         pat = f"{collector_id}-*.json.gz" if collector_id else "*.json.gz"
-        return sorted(self.path.glob(pat))
+        older = sorted(self.root.glob(pat)) if self.path != self.root else []
+        return older + sorted(self.path.glob(pat))
 
     def load(self, path: Path) -> FlushBatch:
         """The batch in a spill file; `UnreadableSpill` if it does not hold one."""
@@ -91,8 +140,9 @@ class SpillDir:
 
     def quarantine(self, path: Path) -> Path:
         """Move a file to bad/ (out of `pending`), keeping it for a person: one that cannot
-        be read, or whose batch the store refuses."""
-        bad = self.path / "bad"
+        be read, or whose batch the store refuses. (bad/ beside it: an older release's
+        file, at the top level, goes where that release put its own.)"""
+        bad = path.parent / "bad"
         bad.mkdir(mode=0o700, exist_ok=True)
         dest = bad / path.name
         os.replace(path, dest)

@@ -308,12 +308,12 @@ def test_store_down_spills_and_replays_exactly(tmp_path, sqlite_url):
         clock[0] = T0 + 60 * minute
         c.observe_batch(dirichlet(rng, (50,), 8), timestamps=clock[0])
         assert c.flush()
-    assert len(list(spill.glob("*.json.gz"))) >= 2  # the directory does not exist: store down
+    assert len(list(spill.rglob("*.json.gz"))) >= 2  # the directory does not exist: store down
     db.parent.mkdir()
     migrate.upgrade(url)
     c.observe_batch(dirichlet(rng, (50,), 8), timestamps=clock[0])
     c.close()
-    assert list(spill.glob("*.json.gz")) == []
+    assert list(spill.rglob("*.json.gz")) == []
     assert stored_n(url) == 200 == c.stats.accepted == c.stats.written
     assert c.stats.spilled > 0
 
@@ -391,7 +391,7 @@ def test_from_config_takes_the_collector_section_and_the_environment(tmp_path, m
     c = AttentionCollector.from_config("m", "v1", config=cfg, queue_size=5)  # a keyword wins
     assert (c.store_url, c.sample_rate, c.queue_size, c.flush_interval_s, c.max_unsent_rows) == (
         f"sqlite:///{tmp_path}/a.db", 0.5, 5, 7.5, 9)
-    assert c._spill.path == Path(tmp_path, "spill") and c._hash_item_ids and c._hash_key == b"k1"
+    assert c._spill.root == Path(tmp_path, "spill") and c._hash_item_ids and c._hash_key == b"k1"
     assert c.write_timeout_s == 4
     with pytest.raises(ValueError, match=r"write_timeout_s=0: must be a number of seconds > 0"):
         AttentionCollector.from_config("m", "v1", config=cfg, write_timeout_s=0)

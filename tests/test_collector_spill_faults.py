@@ -274,3 +274,58 @@ def test_spill_files_and_the_dirs_it_makes_are_private_to_the_collector_user(tmp
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert mode(path) == 0o600 and mode(moved) == 0o600
     assert mode(sd.path) == 0o700 and mode(moved.parent) == 0o700
+
+
+def test_collectors_of_two_stores_sharing_a_spill_dir_replay_only_their_own(tmp_path):
+    """Staging and production on one host, one spill_dir, both stores down: each store,
+    once back, gets exactly its own collector's predictions and none of the other's."""
+    spill, clock, rng = tmp_path / "spill", [T0], np.random.default_rng(8)
+    urls = [f"sqlite:///{tmp_path / name / 'store.db'}" for name in ("a", "b")]  # no folders: down
+    a, b = (AttentionCollector(u, model="m", version="v1", sample_rate=0.0, spill_dir=spill,
+                               clock=lambda: clock[0]) for u in urls)
+    _run_minutes(a, clock, rng, [0, 1], per_minute=30)
+    _run_minutes(b, clock, rng, [0, 1], per_minute=70)
+    assert a.stats.spilled == 60 and b.stats.spilled == 140
+    (tmp_path / "a").mkdir()
+    migrate.upgrade(urls[0])
+    a.close()
+    assert stored_n(urls[0]) == 60 == a.stats.written
+    assert sum(1 for _ in spill.rglob("*.json.gz")) >= 2  # b's batches wait for b's store
+    (tmp_path / "b").mkdir()
+    migrate.upgrade(urls[1])
+    b.close()
+    assert stored_n(urls[1]) == 140 == b.stats.written
+    assert list(spill.rglob("*.json.gz")) == []
+
+
+def test_spill_files_of_an_older_release_at_the_top_level_are_still_replayed(sqlite_url, tmp_path):
+    from collectors.spill import SpillDir
+
+    spill, clock, rng = tmp_path / "spill", [T0], np.random.default_rng(9)
+    down = f"sqlite:///{tmp_path / 'none' / 'store.db'}"
+    old = AttentionCollector(down, model="m", version="v1", sample_rate=0.0, clock=lambda: clock[0])
+    _run_minutes(old, clock, rng, [0], per_minute=40, written=False)
+    legacy = SpillDir(spill)  # no store named: where a release before store folders wrote
+    for batch in old._unsent:
+        legacy.put(batch)
+    old._unsent.clear()
+    old.close()
+    assert len(list(spill.glob("*.json.gz"))) == 1
+    with AttentionCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, spill_dir=spill,
+                            clock=lambda: clock[0]) as c:
+        assert c.flush()
+    assert stored_n(sqlite_url) == 40
+    assert list(spill.rglob("*.json.gz")) == []
+
+
+def test_one_store_spelled_two_ways_has_one_spill_folder(tmp_path, monkeypatch):
+    from collectors.spill import store_folder
+
+    pg = "postgresql+psycopg://postgres:secret@DB.example:5432/attnmon"
+    assert store_folder(pg) == store_folder("postgresql://reader@db.example/attnmon?sslmode=require")
+    assert store_folder(pg) != store_folder("postgresql://postgres@db.example:5432/other")
+    assert store_folder(pg) != store_folder("postgresql://postgres@db.example:6432/attnmon")
+    monkeypatch.chdir(tmp_path)
+    assert store_folder("sqlite:///attnmon.db") == store_folder(f"sqlite:///{tmp_path}/attnmon.db")
+    assert store_folder("sqlite:///attnmon.db") != store_folder(f"sqlite:///{tmp_path}/other.db")
+    assert "secret" not in store_folder(pg)

@@ -186,7 +186,7 @@ def test_spill_files_hold_hashed_ids_and_replay_them(tmp_path):
                            hash_item_ids=True, hash_key=KEY)
     observe(c, np.random.default_rng(3))
     assert c.flush()
-    files = list(spill.glob("*.json.gz"))
+    files = list(spill.rglob("*.json.gz"))
     assert files and c.stats.spilled == 201
     texts = []
     for f in files:  # the file as it lies on disk, and the sketch payloads inside it

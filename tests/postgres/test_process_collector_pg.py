@@ -32,11 +32,11 @@ def test_the_worker_spills_while_the_store_is_down_and_replays_once(own_database
         db.block(True)  # connections ended, new ones refused
         send(50, 1)
         assert c.flush(timeout=30)  # spilled
-        assert c.stats.spilled == 50 and len(list(spill.glob("*.json.gz"))) == 1
+        assert c.stats.spilled == 50 and len(list(spill.rglob("*.json.gz"))) == 1
         db.block(False)
         send(25, 2)
         assert c.flush(timeout=30)  # the spill replayed, then this batch
-        assert list(spill.glob("*.json.gz")) == []
+        assert list(spill.rglob("*.json.gz")) == []
         db.block(True)
         send(30, 3)
         start = time.monotonic()
