@@ -2,8 +2,15 @@
 
 The stand-in implements the endpoints attnmon uses as Grafana documents them: a Bearer
 token on every call (401 without), `GET/POST /api/folders`, `GET /api/datasources/uid/:uid`,
-`POST /api/datasources`, `POST /api/dashboards/db` and `POST /api/annotations`, with their
+`POST /api/datasources`, `POST /api/dashboards/db`, `GET /api/dashboards/uid/:uid` (with
+`meta`), `GET /api/dashboards/uid/:uid/versions` and `POST /api/annotations`, with their
 bodies checked and Grafana's 200/400/404/409/412 answers.
+
+Dashboards are saved as Grafana's SQL store does (pkg/services/dashboards/database): the
+stored JSON gets `id`, `uid` and `version`; a save of an existing uid whose `version` is
+not the stored one is refused (412 version-mismatch) unless `overwrite`, and each save
+adds a version (+1) to the history with its author and `message`. `ui_edit` is a person
+saving in the browser, which sends the version it loaded without `overwrite`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select
@@ -30,6 +38,7 @@ from monitor.cli import main
 from monitor.store import make_engine, tables
 
 TOKEN = "glsa_test_token_0123456789"
+SERVICE_ACCOUNT = "sa-1-attnmon-ci"  # the token's login, as Grafana names a service account's
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
 
@@ -43,6 +52,10 @@ class FakeGrafana:
         self.dashboards: dict[str, dict] = {}
         self.annotations: list[dict] = []
         self.lock = threading.Lock()
+        self.clock = lambda: datetime.now(UTC)
+        # the versions list: "paged" ({"continueToken", "versions"}) since Grafana 11.6,
+        # "list" (a bare array) before (grafana/grafana#104556)
+        self.versions_shape = "paged"
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[dict]:
         return [r for r in self.requests if (method is None or r["method"] == method)
@@ -85,7 +98,7 @@ class FakeGrafana:
         self.datasources[uid] = ds
         return 200, {"datasource": ds, "id": ds["id"], "message": "Datasource added", "name": ds["name"]}
 
-    def post_dashboard(self, body: dict):
+    def post_dashboard(self, body: dict, user: str = SERVICE_ACCOUNT):
         board = body.get("dashboard")
         if not isinstance(board, dict) or not board.get("title") or not board.get("uid"):
             return 400, {"message": "Dashboard title cannot be empty", "status": "empty-name"}
@@ -97,15 +110,55 @@ class FakeGrafana:
         old = self.dashboards.get(board["uid"])
         if board.get("id") is not None and (old is None or old["id"] != board["id"]):
             return 404, {"message": "Dashboard not found", "status": "not-found"}
-        if old is not None and not body.get("overwrite"):
-            return 412, {"message": "A dashboard with the same uid already exists", "status": "name-exists"}
+        sent = board.get("version") or 0  # absent: 0, as Go reads it
+        if old is not None and sent != old["version"] and not body.get("overwrite"):
+            return 412, {"message": "The dashboard has been changed by someone else", "status": "version-mismatch"}
         version = (old["version"] + 1) if old else 1
-        saved = {"id": old["id"] if old else len(self.dashboards) + 1, "uid": board["uid"], "version": version,
-                 "folderUid": folder or "", "dashboard": board}
-        self.dashboards[board["uid"]] = saved
+        now = self.clock().isoformat().replace("+00:00", "Z")
         slug = board["title"].lower().replace(" ", "-")
-        return 200, {"id": saved["id"], "uid": board["uid"], "url": f"/d/{board['uid']}/{slug}",
+        saved = {"id": old["id"] if old else len(self.dashboards) + 1, "uid": board["uid"], "version": version,
+                 "folderUid": folder or "", "url": f"/d/{board['uid']}/{slug}", "slug": slug,
+                 "created": old["created"] if old else now, "createdBy": old["createdBy"] if old else user,
+                 "updated": now, "updatedBy": user, "history": old["history"] if old else []}
+        saved["dashboard"] = dict(board, id=saved["id"], uid=board["uid"], version=version)
+        saved["history"].append({
+            "id": sum(len(d["history"]) for d in self.dashboards.values()) + 1, "dashboardId": saved["id"],
+            "uid": board["uid"], "parentVersion": old["version"] if old else 0, "restoredFrom": 0,
+            "version": version, "created": now, "createdBy": user, "message": body.get("message") or ""})
+        self.dashboards[board["uid"]] = saved
+        return 200, {"id": saved["id"], "uid": board["uid"], "url": saved["url"],
                      "status": "success", "version": version, "slug": slug}
+
+    def get_dashboard(self, uid: str):
+        d = self.dashboards.get(uid)
+        if d is None:
+            return 404, {"message": "Dashboard not found"}
+        meta = {"isStarred": False, "url": d["url"], "slug": d["slug"], "folderUid": d["folderUid"],
+                "folderId": self.folders.get(d["folderUid"], {}).get("id", 0), "provisioned": False,
+                "canSave": True, "canEdit": True, "version": d["version"], "created": d["created"],
+                "createdBy": d["createdBy"], "updated": d["updated"], "updatedBy": d["updatedBy"]}
+        return 200, {"dashboard": json.loads(json.dumps(d["dashboard"])), "meta": meta}
+
+    def get_versions(self, uid: str, query: dict[str, list[str]]):
+        d = self.dashboards.get(uid)
+        if d is None:
+            return 404, {"message": "Dashboard not found"}
+        try:
+            limit = int(query.get("limit", ["1000"])[0])
+        except ValueError:
+            limit = 1000
+        versions = sorted(d["history"], key=lambda v: -v["version"])[:limit if limit > 0 else 1000]
+        return 200, versions if self.versions_shape == "list" else {"continueToken": "", "versions": versions}
+
+    def ui_edit(self, uid: str, change, user: str = "alice", message: str = "") -> None:
+        """A person opens the dashboard in the browser, edits it and saves it."""
+        status, loaded = self.get_dashboard(uid)
+        assert status == 200, loaded
+        board = loaded["dashboard"]
+        change(board)
+        status, answer = self.post_dashboard(
+            {"dashboard": board, "folderUid": loaded["meta"]["folderUid"], "message": message}, user)
+        assert status == 200, answer
 
     def post_annotation(self, body: dict):
         if not isinstance(body.get("time"), int) or body["time"] <= 0:
@@ -158,6 +211,10 @@ def _handler(state: FakeGrafana):
                     return self._answer(*state.post_datasource(body or {}))
                 if method == "POST" and path == "/api/dashboards/db":
                     return self._answer(*state.post_dashboard(body or {}))
+                if method == "GET" and parts[:3] == ["api", "dashboards", "uid"] and len(parts) == 4:
+                    return self._answer(*state.get_dashboard(parts[3]))
+                if method == "GET" and parts[:3] == ["api", "dashboards", "uid"] and parts[4:] == ["versions"]:
+                    return self._answer(*state.get_versions(parts[3], parse_qs(urlsplit(self.path).query)))
                 if method == "POST" and path == "/api/annotations":
                     return self._answer(*state.post_annotation(body or {}))
                 return self._answer(404, {"message": "Not found"})
@@ -330,7 +387,7 @@ def test_annotate_posts_each_event_once(grafana, store: str) -> None:
     assert len(rows) == 4 and {json.loads(r["value"])["id"] for r in rows} == {1, 2, 3, 4}
 
     # a new deployment: only it; pinned to a dashboard, it names the dashboard
-    state.dashboards["attnmon-overview"] = {"id": 1, "version": 1}
+    state.post_dashboard({"dashboard": {"uid": "attnmon-overview", "title": "Overview"}}, user="admin")
     with engine.begin() as conn:
         conn.execute(tables.deployments.insert().values(
             model="rec", version="v3", first_seen=now, deployed_at=now, source="collector"))
@@ -424,7 +481,7 @@ def test_annotate_and_push_go_where_the_config_says(grafana, store: str, tmp_pat
 
     url, state = grafana
     monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
-    state.dashboards["attnmon-overview"] = {"id": 1, "version": 1}
+    push(connect(url, TOKEN), dashboards())
     cfg = tmp_path / "attnmon.yaml"
     cfg.write_text(yaml.safe_dump({"store_url": store, "grafana": {"url": url, "dashboard_uid": "attnmon-overview"}}))
     now = T0 + timedelta(hours=4)
@@ -446,8 +503,9 @@ def test_annotate_and_push_go_where_the_config_says(grafana, store: str, tmp_pat
     assert json.loads(capsys.readouterr().out) == {"posted": 1, "already": 4}
     assert [a.get("dashboardUID") for a in state.annotations] == ["attnmon-overview"] * 5
     # push takes the URL from the section too; without a section it must be given
+    state.requests.clear()
     assert main(["dashboards", "push", "--no-datasource", "--config", str(cfg)]) == 0
-    assert len(state.calls("POST", "/api/dashboards/db")) == 5
+    assert state.calls("GET", "/api/folders/attnmon")
     capsys.readouterr()
     cfg.write_text(yaml.safe_dump({"store_url": store}))
     assert main(["dashboards", "annotate", "--config", str(cfg)]) == 2
