@@ -20,10 +20,11 @@ T = TypeVar("T")
 
 
 class GrafanaError(AttnmonError):
-    """Grafana answered an error, or could not be reached (status 0)."""
+    """Grafana answered an error, or could not be reached (status 0); `reason` is the
+    `status` word of Grafana's answer when it gave one (412: "version-mismatch", ...)."""
 
-    def __init__(self, action: str, status: int, message: str):
-        self.action, self.status = action, status
+    def __init__(self, action: str, status: int, message: str, reason: str | None = None):
+        self.action, self.status, self.reason = action, status, reason
         where = f"HTTP {status}" if status else "unreachable"
         super().__init__(f"Grafana: {action} failed ({where}): {message}")
 
@@ -69,8 +70,9 @@ def call(action: str, fn: Callable[..., T], *args: Any, allow: tuple[int, ...] =
         if status in allow:
             return None
         response = exc.response
-        message = response.get("message") if isinstance(response, dict) else None
-        raise GrafanaError(action, status, " ".join(str(message or exc.message).split())) from None
+        message, reason = (response.get("message"), response.get("status")) if isinstance(response, dict) else (None, None)
+        raise GrafanaError(action, status, " ".join(str(message or exc.message).split()),
+                           reason if isinstance(reason, str) else None) from None
     if isinstance(answer, str):  # grafana-client hands back a text/* body as it is
         raise GrafanaError(action, 200, "the answer was not JSON, so not Grafana's API: a proxy's sign-in "
                            "page? (check the Grafana URL and what stands in front of it)")
