@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,8 +92,9 @@ def export(config: Config, out: str, *, db_url: str | None = None, db_user: str 
 
 def push(config: Config, grafana_url: str | None = None, *, token_file: str | None = None, db_url: str | None = None,
          db_user: str = "attnmon_grafana", sslmode: str = "require", datasource: bool = True,
-         rules: str | None = None, fmt: str = "text") -> int:
-    """Create the folder and the datasource if missing, upsert every dashboard."""
+         rules: str | None = None, force: bool = False, fmt: str = "text") -> int:
+    """Create the folder and the datasource if missing, save every dashboard not edited in
+    Grafana since attnmon pushed it (all of them with `force`); 1 when some were left."""
     from dashboards.provision import datasource as datasource_body
     from dashboards.push import push as run
     from dashboards.spec import FOLDER_UID
@@ -109,17 +111,38 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
         body = datasource_body(_connection(url, db_user, sslmode), password)
     grafana_url, _, api = _grafana(config, grafana_url, token_file)
     folder = config.grafana.folder if config.grafana is not None else FOLDER_UID
-    result = run(api, _boards(rules), body, folder_uid=folder)
+    result = run(api, _boards(rules), body, folder_uid=folder, force=force)
     lines = [f"folder {folder} {'created' if result.folder_created else 'exists'}"]
     if result.datasource_created is not None:
         lines.append(f"datasource attnmon-pg {'created' if result.datasource_created else 'exists (left as is)'}")
-    lines += [f"dashboard {uid} saved {url}" for uid, url in result.dashboards]
+    lines += [_pushed(d) for d in result.dashboards]
     _emit(fmt, "\n".join(lines), {
         "folder_created": result.folder_created,
         "datasource_created": result.datasource_created,
-        "dashboards": [{"uid": u, "url": url} for u, url in result.dashboards],
+        "dashboards": [{"uid": d.uid, "url": d.url, "action": d.action}
+                       | ({"edited_by": d.edited_by, "edited_at": d.edited_at, "edit_message": d.edit_message}
+                          if d.action in ("skipped", "overwritten") else {})
+                       for d in result.dashboards],
     })
-    return 0
+    if not result.skipped:
+        return 0
+    n = len(result.skipped)
+    names = ", ".join(f"{d.uid} ({d.edited_by or '?'}, {d.edited_at or '?'})" for d in result.skipped)
+    print(f"attnmon: {n} dashboard{'s' if n > 1 else ''} edited in Grafana since attnmon pushed "
+          f"{'them were' if n > 1 else 'it was'} left as is: {names}; keep what matters in the alert rules "
+          "(--rules) or attnmon's dashboards, then push with --force to overwrite", file=sys.stderr)
+    return 1
+
+
+def _pushed(d) -> str:
+    """One dashboard's line of `push`'s text output."""
+    saved_by = (f"saved in Grafana by {d.edited_by or 'someone'} at {d.edited_at or 'an unknown time'}"
+                + (f" ({d.edit_message!r})" if d.edit_message else ""))
+    if d.action == "skipped":
+        return f"dashboard {d.uid} skipped: {saved_by} since attnmon pushed it"
+    if d.action == "overwritten":
+        return f"dashboard {d.uid} overwritten ({saved_by}) {d.url}"
+    return f"dashboard {d.uid} {d.action} {d.url}"
 
 
 def annotate(config: Config, grafana_url: str | None = None, *, token_file: str | None = None, days: float = 7.0,
@@ -230,15 +253,19 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
         config, a.out, db_url=a.db_url, db_user=a.db_user, sslmode=a.sslmode,
         dashboards_path=a.dashboards_path, rules=a.rules, fmt=a.format))
 
-    p = add_command(sub, "push", "create the folder and datasource, upsert the dashboards by uid", lists=True)
+    p = add_command(sub, "push", "create the folder and datasource, save the dashboards by uid (any edited in "
+                    "Grafana since attnmon pushed it is left as is: exit 1)", lists=True)
     p.add_argument("--grafana-url", metavar="URL", help="default: the config's grafana.url")
     p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN)")
     p.add_argument("--no-datasource", dest="datasource", action="store_false",
                    help="do not create the datasource (it is provisioned)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite dashboards edited in Grafana since attnmon pushed them (the edited "
+                        "version stays in the dashboard's version history in Grafana)")
     datasource_options(p)
     p.set_defaults(run=lambda config, a: push(
         config, a.grafana_url, token_file=a.token_file, db_url=a.db_url, db_user=a.db_user,
-        sslmode=a.sslmode, datasource=a.datasource, rules=a.rules, fmt=a.format))
+        sslmode=a.sslmode, datasource=a.datasource, rules=a.rules, force=a.force, fmt=a.format))
 
     p = add_command(sub, "annotate", "post deployments and alert transitions as Grafana annotations", lists=True)
     p.add_argument("--grafana-url", metavar="URL", help="default: the config's grafana.url")

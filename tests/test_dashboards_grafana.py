@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,7 +34,7 @@ from dashboards.annotate import KEY_PREFIX, annotate
 from dashboards.catalog import dashboards
 from dashboards.client import GrafanaError, connect
 from dashboards.provision import connection_for, datasource
-from dashboards.push import push
+from dashboards.push import ensure_folder, push
 from monitor.cli import main
 from monitor.store import make_engine, tables
 
@@ -253,14 +254,25 @@ def grafana() -> Iterator[tuple[str, FakeGrafana]]:
 PG = "postgresql+psycopg://admin:adminpw@db.internal:6432/attnmon"
 
 
-def test_push_creates_then_upserts(grafana) -> None:
+def _release(boards):
+    """The same dashboards as a later attnmon release draws them."""
+    return tuple(replace(b, description=b.description + " (next release)") for b in boards)
+
+
+def _raise_threshold(board: dict) -> None:
+    """What an on-call engineer does in the browser during an incident."""
+    board["panels"][0]["title"] += " (threshold raised for INC-42)"
+
+
+def test_push_creates_then_updates_and_leaves_unchanged_boards_alone(grafana) -> None:
     url, state = grafana
     api = connect(url, TOKEN)
     body = datasource(connection_for(PG, "attnmon_grafana", "require"), "ro-pw")
     boards = dashboards()
-    first = push(api, boards, body)
+    first = push(api, boards, body)  # an empty Grafana
     assert first.folder_created and first.datasource_created
-    assert [uid for uid, _ in first.dashboards] == [b.uid for b in boards]
+    assert [(d.uid, d.action) for d in first.dashboards] == [(b.uid, "created") for b in boards]
+    assert first.dashboards[0].url == "/d/attnmon-overview/attnmon-·-overview" and not first.skipped
     assert all(r["auth"] == f"Bearer {TOKEN}" for r in state.requests)
     assert [(r["method"], r["path"]) for r in state.requests[:4]] == [
         ("GET", "/api/folders/attnmon"),
@@ -275,18 +287,104 @@ def test_push_creates_then_upserts(grafana) -> None:
     assert ds["jsonData"]["database"] == "attnmon" and ds["secureJsonData"] == {"password": "ro-pw"}
     saves = state.calls("POST", "/api/dashboards/db")
     assert len(saves) == 5
-    for r in saves:
-        assert r["body"]["folderUid"] == "attnmon" and r["body"]["overwrite"] is True
-        assert "id" not in r["body"]["dashboard"] or r["body"]["dashboard"]["id"] is None
+    for r in saves:  # created without overwrite: a dashboard made meanwhile is not replaced
+        assert r["body"]["folderUid"] == "attnmon" and r["body"]["overwrite"] is False
+        assert r["body"]["message"] == "attnmon dashboards push"
+        assert r["body"]["dashboard"].get("id") is None and not r["body"]["dashboard"].get("version")
     assert {d["folderUid"] for d in state.dashboards.values()} == {"attnmon"}
 
+    # the same dashboards again: nothing saved, no new version for nothing
     state.requests.clear()
     again = push(api, boards, body)
     assert not again.folder_created and again.datasource_created is False
-    assert state.calls("POST", "/api/folders") == [] and state.calls("POST", "/api/datasources") == []
-    assert len(state.calls("POST", "/api/dashboards/db")) == 5
-    assert {d["version"] for d in state.dashboards.values()} == {2}  # overwritten, not duplicated
-    assert len(state.dashboards) == 5
+    assert [(d.uid, d.action) for d in again.dashboards] == [(b.uid, "unchanged") for b in boards]
+    assert again.dashboards[0].url == "/d/attnmon-overview/attnmon-·-overview"
+    assert state.calls("POST") == []
+    assert {d["version"] for d in state.dashboards.values()} == {1}
+
+    # a new release: each saved over attnmon's own last push, the version it read sent
+    state.requests.clear()
+    later = push(api, _release(boards), body)
+    assert [d.action for d in later.dashboards] == ["updated"] * 5 and not later.skipped
+    saves = state.calls("POST", "/api/dashboards/db")
+    assert [(r["body"]["overwrite"], r["body"]["dashboard"]["version"]) for r in saves] == [(False, 1)] * 5
+    assert all("limit=1" in r["path"] for r in state.calls("GET") if r["path"].split("?")[0].endswith("/versions"))
+    assert {d["version"] for d in state.dashboards.values()} == {2} and len(state.dashboards) == 5
+    assert state.dashboards["attnmon-overview"]["dashboard"]["description"].endswith("(next release)")
+
+
+@pytest.mark.parametrize("shape", ["paged", "list"])  # Grafana 11.6+, and before
+def test_a_dashboard_edited_in_grafana_is_left_as_it_is_and_named(grafana, shape: str) -> None:
+    url, state = grafana
+    state.versions_shape = shape
+    api = connect(url, TOKEN)
+    boards = dashboards()
+    push(api, boards)
+    state.clock = lambda: datetime(2026, 11, 20, 9, 12, tzinfo=UTC)
+    state.ui_edit("attnmon-overview", _raise_threshold, user="alice", message="INC-42")
+    edited = state.dashboards["attnmon-overview"]["dashboard"]
+
+    state.requests.clear()
+    result = push(api, _release(boards))
+    assert [(d.uid, d.action) for d in result.dashboards] == [
+        ("attnmon-overview", "skipped")] + [(b.uid, "updated") for b in boards[1:]]
+    [skipped] = result.skipped
+    assert (skipped.edited_by, skipped.edited_at, skipped.edit_message) == ("alice", "2026-11-20T09:12:00Z", "INC-42")
+    assert skipped.url == "/d/attnmon-overview/attnmon-·-overview"
+    assert state.dashboards["attnmon-overview"]["dashboard"] == edited  # alice's edit kept
+    assert "attnmon-overview" not in {r["body"]["dashboard"]["uid"] for r in state.calls("POST", "/api/dashboards/db")}
+
+    # forced: attnmon's dashboard replaces the edit, and says whose edit it replaced
+    forced = push(api, _release(boards), force=True)
+    assert [(d.uid, d.action) for d in forced.dashboards] == [
+        ("attnmon-overview", "overwritten")] + [(b.uid, "unchanged") for b in boards[1:]]
+    assert (forced.dashboards[0].edited_by, forced.dashboards[0].edited_at) == ("alice", "2026-11-20T09:12:00Z")
+    saved = state.dashboards["attnmon-overview"]
+    assert saved["version"] == 3 and saved["updatedBy"] == SERVICE_ACCOUNT
+    assert saved["dashboard"]["panels"][0]["title"] == edited["panels"][0]["title"].split(" (threshold")[0]
+    # attnmon's again: the next push is a plain update
+    assert [d.action for d in push(api, boards).dashboards] == ["updated"] * 5
+
+
+def test_a_dashboard_attnmon_did_not_save_last_is_not_taken_over(grafana) -> None:
+    """The uid taken by a dashboard imported by hand, or edited back to attnmon's exact
+    JSON: the first is left and named, the second is attnmon's (nothing to lose)."""
+    url, state = grafana
+    api = connect(url, TOKEN)
+    boards = dashboards()
+    ensure_folder(api)
+    state.post_dashboard({"dashboard": {"uid": "attnmon-items", "title": "Our items"}, "folderUid": "attnmon"},
+                         user="bob")
+    result = push(api, boards)
+    assert {d.uid: d.action for d in result.dashboards}["attnmon-items"] == "skipped"
+    assert result.skipped[0].edited_by == "bob" and state.dashboards["attnmon-items"]["version"] == 1
+    # alice edits, then undoes her edit by hand: the same JSON as attnmon's, left as is
+    state.ui_edit("attnmon-heads", _raise_threshold, user="alice")
+    state.ui_edit("attnmon-heads", lambda b: b["panels"][0].update(
+        title=b["panels"][0]["title"].split(" (threshold")[0]), user="alice")
+    assert {d.uid: d.action for d in push(api, boards).dashboards}["attnmon-heads"] == "unchanged"
+
+
+def test_an_edit_saved_while_push_runs_is_not_overwritten(grafana) -> None:
+    """Between push's read of the version history and its save, a person saves: Grafana's
+    version check (412 version-mismatch) keeps their save."""
+    url, state = grafana
+    api = connect(url, TOKEN)
+    boards = dashboards()
+    push(api, boards)
+    real = state.post_dashboard
+
+    def racing(body: dict, user: str = SERVICE_ACCOUNT):
+        if user == SERVICE_ACCOUNT and body["dashboard"]["uid"] == "attnmon-heads":
+            state.ui_edit("attnmon-heads", _raise_threshold, user="carol")
+        return real(body, user)
+
+    state.post_dashboard = racing
+    result = push(api, _release(boards))
+    assert {d.uid: d.action for d in result.dashboards}["attnmon-heads"] == "skipped"
+    assert result.skipped[0].edited_by == "carol"
+    assert state.dashboards["attnmon-heads"]["updatedBy"] == "carol"
+    assert [d.action for d in result.dashboards].count("updated") == 4
 
 
 def test_push_errors_are_one_clear_line(grafana) -> None:
@@ -313,11 +411,41 @@ def test_push_cli(grafana, monkeypatch, tmp_path: Path, capsys) -> None:
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["folder_created"] and out["datasource_created"]
-    assert out["dashboards"][0] == {"uid": "attnmon-overview", "url": "/d/attnmon-overview/attnmon-·-overview"}
+    assert out["dashboards"][0] == {"uid": "attnmon-overview", "url": "/d/attnmon-overview/attnmon-·-overview",
+                                    "action": "created"}
     assert state.calls("POST", "/api/datasources")[0]["body"]["secureJsonData"] == {"password": "from-env"}
     # no token anywhere: one line on stderr, exit 2
     assert main(args[:4] + args[6:]) == 2
     assert "ATTNMON_GRAFANA_TOKEN" in capsys.readouterr().err
+
+
+def test_push_cli_names_what_it_left_and_force_overwrites(grafana, monkeypatch, tmp_path: Path, capsys) -> None:
+    url, state = grafana
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    args = ["dashboards", "push", "--grafana-url", url, "--no-datasource", "--store", f"sqlite:///{tmp_path / 'x.db'}"]
+    assert main(args) == 0
+    assert "dashboard attnmon-overview created /d/attnmon-overview/" in capsys.readouterr().out
+    state.clock = lambda: datetime(2026, 11, 20, 9, 12, tzinfo=UTC)
+    state.ui_edit("attnmon-overview", _raise_threshold, user="alice", message="INC-42")
+    state.ui_edit("attnmon-items", _raise_threshold, user="bob")
+    assert main(args) == 1  # the rest pushed, the edited ones left and named
+    captured = capsys.readouterr()
+    assert "dashboard attnmon-heads unchanged /d/attnmon-heads/" in captured.out
+    assert ("dashboard attnmon-overview skipped: saved in Grafana by alice at 2026-11-20T09:12:00Z "
+            "('INC-42') since attnmon pushed it") in captured.out
+    err = captured.err.strip()
+    assert "\n" not in err and err.startswith("attnmon: 2 dashboards edited in Grafana since attnmon pushed them")
+    assert "attnmon-overview (alice, 2026-11-20T09:12:00Z)" in err and "attnmon-items (bob, " in err
+    assert "--force" in err
+    assert state.dashboards["attnmon-overview"]["updatedBy"] == "alice"
+    assert main([*args, "--format", "json"]) == 1
+    out = json.loads(capsys.readouterr().out)["dashboards"]
+    assert out[0] == {"uid": "attnmon-overview", "url": "/d/attnmon-overview/attnmon-·-overview", "action": "skipped",
+                      "edited_by": "alice", "edited_at": "2026-11-20T09:12:00Z", "edit_message": "INC-42"}
+    assert main([*args, "--force"]) == 0
+    assert "dashboard attnmon-overview overwritten (saved in Grafana by alice at 2026-11-20T09:12:00Z" in \
+        capsys.readouterr().out
+    assert {d["updatedBy"] for d in state.dashboards.values()} == {SERVICE_ACCOUNT}
 
 
 @pytest.fixture
