@@ -115,7 +115,7 @@ class FakeGrafana:
         if old is not None and sent != old["version"] and not body.get("overwrite"):
             return 412, {"message": "The dashboard has been changed by someone else", "status": "version-mismatch"}
         version = (old["version"] + 1) if old else 1
-        now = self.clock().isoformat().replace("+00:00", "Z")
+        now = self.clock().replace(microsecond=0).isoformat().replace("+00:00", "Z")  # Go: RFC 3339, seconds
         slug = board["title"].lower().replace(" ", "-")
         saved = {"id": old["id"] if old else len(self.dashboards) + 1, "uid": board["uid"], "version": version,
                  "folderUid": folder or "", "url": f"/d/{board['uid']}/{slug}", "slug": slug,
