@@ -179,11 +179,11 @@ def test_pagerduty_trigger_then_resolve_match_the_events_v2_schema(made: list) -
     assert p["source"] == "sasrec@v42" and p["component"] == "sasrec" and p["group"] == "v42"
     assert p["summary"] == (
         "AttentionEntropyCollapse on 3 series of model=sasrec version=v42 cohort=all layer=0: "
-        "model=sasrec version=v42 layer=0 head=0: attention entropy collapsed (-1.5 baseline SDs), and 2 more"
-    )
+        "model=sasrec version=v42 layer=0 head=2: attention entropy collapsed (-1.7 baseline SDs), and 2 more"
+    )  # the worst series first
     assert p["timestamp"] == "2026-11-26T03:12:05.000Z"
     series = p["custom_details"]["series"]
-    assert [s["value"] for s in series] == [-1.5, -1.6, -1.7] and {s["baseline_value"] for s in series} == {0.0}
+    assert [s["value"] for s in series] == [-1.7, -1.6, -1.5] and {s["baseline_value"] for s in series} == {0.0}
     assert series[1]["labels"] == "model=sasrec version=v42 cohort=all layer=0 head=1"
     assert p["custom_details"]["runbook"].startswith("The series' attention now falls")
     assert {link["text"]: link["href"] for link in e["links"]} == {
@@ -286,11 +286,11 @@ def test_slack_lists_a_large_group_compactly(made: list) -> None:
     texts = slack_texts(body)
     kind, series = texts[texts.index(("mrkdwn", "*Series:*")) + 1]
     lines = series.splitlines()
-    assert kind == "plain_text" and lines[0] == "• layer=0 head=0: -1.5 vs baseline 0"
+    assert kind == "plain_text" and lines[0] == "• layer=4 head=4: -3.9 vs baseline 0"  # the worst first
     assert len([x for x in lines if x.startswith("• ")]) == 10 and lines[-1] == "and 15 more"
     fields = slack_fields(body)
     assert fields["What"]["text"] == (
-        "model=sasrec version=v42 layer=0 head=0: attention entropy collapsed (-1.5 baseline SDs)"
+        "model=sasrec version=v42 layer=4 head=4: attention entropy collapsed (-3.9 baseline SDs)"
         " (and 24 more series)"
     )
     assert fields["Where"]["text"] == "model=sasrec version=v42 cohort=all"

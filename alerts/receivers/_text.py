@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from alerts.model import AlertView, Notification
+from alerts.template import fmt
 
 # the series labels, in the order a person scans them; other labels follow, sorted
 LABEL_ORDER = ("model", "version", "cohort", "layer", "head", "statistic", "baseline_kind")
@@ -52,7 +53,7 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
     alerts = n.alerts
     common = n.common_labels
     annotations = n.common_annotations
-    first = alerts[0] if alerts else None
+    first = worst_first(alerts)[0] if alerts else None
     rules = list(dict.fromkeys(a.rule for a in alerts))
     severity = min((a.severity for a in alerts), key=lambda s: _SEVERITY_RANK.get(s, 9), default="")
     where = labels_text({k: v for k, v in common.items() if k not in _NOT_WHERE})
@@ -66,7 +67,7 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
     else:
         what = f"{', '.join(rules)} on {len(alerts)} series"
 
-    shown = alerts[:max_series]
+    shown = worst_first(alerts)[:max_series]
     series = tuple(_series_line(a, common) for a in shown)
 
     runbook = annotations.get("runbook") or (first.annotations.get("runbook") if first else None)
@@ -100,19 +101,57 @@ def labels_text(labels: dict[str, str]) -> str:
 
 
 def number(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+    return fmt(x)
+
+
+# What a statistic's value is, by its prefix (monitor/evaluate.py). delta, psi, js, ...
+# rows carry baseline_value 0 by construction (the value is already the change), so
+# "vs baseline 0" would say nothing; mean and items rows carry the baseline's own level.
+_CHANGE_UNITS = {"delta": "{} SDs from the baseline mean", "psi": "PSI {}", "js": "JS distance {}",
+                 "wasserstein": "Wasserstein distance {}", "cusum": "CUSUM {}"}
+
+
+def _kind(a: AlertView) -> str:
+    return a.labels.get("statistic", "").partition(".")[0]
 
 
 def value_text(a: AlertView) -> str:
-    if a.baseline_value is None:
-        return number(a.value)
-    return f"{number(a.value)} vs baseline {number(a.baseline_value)}"
+    """The value in its statistic's terms: "-3.21 SDs from the baseline mean", "PSI 0.413",
+    "0.311 vs baseline 0.824"."""
+    kind, v, b = _kind(a), number(a.value), a.baseline_value
+    if kind in _CHANGE_UNITS:
+        return _CHANGE_UNITS[kind].format(v)
+    if kind == "lift":
+        return f"{v} times the baseline share"
+    if kind == "mover":
+        return f"share moved by {v}" + (f" from {number(b)}" if b is not None else "")
+    return v if b is None else f"{v} vs baseline {number(b)}"
+
+
+def magnitude(a: AlertView) -> float:
+    """How far the series is from its baseline, in its statistic's terms (for ordering)."""
+    if a.value is None or a.value != a.value:
+        return -1.0
+    kind = _kind(a)
+    if kind in _CHANGE_UNITS or kind == "mover" or a.baseline_value is None:
+        return abs(a.value)
+    return abs(a.value - a.baseline_value)
+
+
+def worst_first(alerts) -> list[AlertView]:
+    """Firing before resolved, the worst severity first, then by rule, the series furthest
+    from its baseline first: what a person should read first when a list is cut."""
+    return sorted(alerts, key=lambda a: (a.status != "firing", _SEVERITY_RANK.get(a.severity, 9), a.rule,
+                                         -magnitude(a)))
 
 
 def _series_line(a: AlertView, common: dict[str, str]) -> str:
     own = labels_text({k: v for k, v in a.labels.items() if k not in common and k not in _NOT_WHERE})
     status = " (ended, not fixed)" if a.ended else " (resolved)" if a.status == "resolved" else ""
-    return f"{own}: {value_text(a)}{status}" if own else f"{value_text(a)}{status}"
+    base = a.labels.get("baseline_kind")
+    against = f" ({base} baseline)" if base and (not own or "baseline_kind" not in common) else ""
+    value = f"{value_text(a)}{against}{status}"
+    return f"{own}: {value}" if own else value
 
 
 def utc(when: datetime) -> str:

@@ -18,7 +18,7 @@ import httpx
 
 from alerts.model import DeliveryError, Notification
 from alerts.receivers._http import JsonPoster, finite, register_secret, rfc3339
-from alerts.receivers._text import digest, is_link, labels_text, truncate, utc_now
+from alerts.receivers._text import digest, is_link, labels_text, truncate, utc_now, worst_first
 
 URL = "https://events.pagerduty.com/v2/enqueue"
 # our severities are a subset of PagerDuty's (critical, error, warning, info)
@@ -40,15 +40,22 @@ def dedup_key(n: Notification) -> str:
 
 
 def summary(n: Notification, rule: str, where: str) -> str:
-    """The page's headline: the rule, how many series, and what the first one says."""
+    """The page's headline: the rule, how many series, and what the worst one says."""
     count = len(n.alerts)
     shared = n.common_annotations.get("summary")
+    worst = worst_first(n.alerts)
     if shared or count == 1:
-        text = shared or n.alerts[0].annotations.get("summary") or "firing"
+        text = shared or worst[0].annotations.get("summary") or "firing"
         return f"{rule}: {text} ({count} series)"
-    first = n.alerts[0].annotations.get("summary")
+    first = worst[0].annotations.get("summary")
     head = f"{rule} on {count} series" + (f" of {where}" if where else "")
     return head + (f": {first}, and {count - 1} more" if first else "")
+
+
+def rounded(x: float | None) -> float | None:
+    """6 significant digits, as the Alertmanager annotations: -2.91, not -2.9099999999999997."""
+    x = finite(x)
+    return None if x is None else float(f"{x:.6g}")
 
 
 class PagerDuty:
@@ -115,10 +122,10 @@ class PagerDuty:
                 {
                     "labels": labels_text({k: v for k, v in a.labels.items() if k not in ("alertname", "severity")}),
                     "status": "ended" if a.ended else a.status,  # (alerts.model.ENDED: not fixed)
-                    "value": finite(a.value),
-                    "baseline_value": finite(a.baseline_value),
+                    "value": rounded(a.value),
+                    "baseline_value": rounded(a.baseline_value),
                 }
-                for a in n.alerts[:MAX_DETAILS_SERIES]
+                for a in worst_first(n.alerts)[:MAX_DETAILS_SERIES]
             ],
             "series_total": len(n.alerts),
             **({"runbook": d.runbook} if d.runbook else {}),

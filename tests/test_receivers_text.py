@@ -1,0 +1,56 @@
+"""What the on-call person reads, field by field (alerts/receivers/_text.py and the
+receivers that use it): values in their statistic's unit, the worst series first."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from peers import T0, alert, notification
+
+from alerts.receivers import PagerDuty
+from alerts.receivers._text import digest
+
+NOW = T0 + timedelta(minutes=25)
+
+
+def series(statistic: str, value: float, baseline: float | None = 0.0, kind: str = "trailing", head: int = 1):
+    a = alert(value=value, baseline=baseline, head=head)
+    return replace(a, labels={**a.labels, "statistic": statistic, "baseline_kind": kind},
+                   fingerprint=f"{a.fingerprint}-{statistic}-{head}")
+
+
+def value_line(a) -> str:
+    return digest(notification([a]), now=NOW).series[0]
+
+
+def test_a_value_reads_in_its_statistics_unit_against_the_named_baseline():
+    # delta, psi, js rows carry baseline_value 0 by construction: "vs baseline 0" said nothing
+    assert value_line(series("delta.entropy_norm", -3.21497)) == "-3.21 SDs from the baseline mean (trailing baseline)"
+    assert value_line(series("psi.entropy_norm", 0.41327, kind="previous_version")) == \
+        "PSI 0.413 (previous_version baseline)"
+    assert value_line(series("js.position_profile", 0.1234)) == "JS distance 0.123 (trailing baseline)"
+    assert value_line(series("mean.entropy_norm", 0.3112, 0.8243, kind="retrain")) == \
+        "0.311 vs baseline 0.824 (retrain baseline)"
+    assert value_line(series("lift.attr.brand", 3.42, 1.0)) == "3.42 times the baseline share (trailing baseline)"
+    assert value_line(series("mover.attr.brand", 0.071, 0.031)) == \
+        "share moved by 0.071 from 0.031 (trailing baseline)"
+    # a value without a statistic label reads as before, rounded as the summaries are
+    assert value_line(alert(value=-3.21497, baseline=0.5)) == "-3.21 vs baseline 0.5"
+
+
+def test_a_group_lists_its_worst_series_first():
+    mild, worst, middle = (series("delta.entropy_norm", v, head=h) for h, v in ((0, -1.51), (3, -3.63), (1, -2.2)))
+    n = notification([mild, worst, middle])
+    d = digest(n, now=NOW, max_series=2)
+    assert d.series == ("head=3: -3.63 SDs from the baseline mean", "head=1: -2.2 SDs from the baseline mean")
+    assert d.what.startswith(worst.annotations["summary"])
+    event = PagerDuty("p", routing_key="R").payload(n)
+    assert worst.annotations["summary"] in event["payload"]["summary"]
+    assert [s["value"] for s in event["payload"]["custom_details"]["series"]] == [-3.63, -2.2, -1.51]
+
+
+def test_pagerduty_details_round_values_as_a_person_reads_them():
+    n = notification([series("delta.entropy_norm", -2.9099999999999997, 0.30000000000000004)])
+    s = PagerDuty("p", routing_key="R").payload(n)["payload"]["custom_details"]["series"][0]
+    assert (s["value"], s["baseline_value"]) == (-2.91, 0.3)
