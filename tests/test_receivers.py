@@ -271,9 +271,9 @@ def test_slack_message_tells_what_where_value_since_runbook_and_dashboard(made: 
     assert "-1.8 vs baseline 0" in text
     assert "2026-11-26 03:12:05 UTC (25 min ago)" in text  # since, in UTC
     assert "The series' attention now falls on far fewer history items than in its baseline." in text
-    assert "Look at the heads" not in text  # the runbook's first sentence only
+    assert "Look at the heads-and-positions dashboard" in text  # the whole runbook: what to do
     assert "<https://grafana.example.com/d/attnmon-heads?var-model=sasrec|Dashboard>" in text
-    assert list(slack_fields(body)) == ["What", "Where", "Value", "Since", "Runbook"]
+    assert list(slack_fields(body)) == ["What", "Where", "Value", "Since", "Runbook", "Silence"]
     # the fallback says the same in one line
     assert body["text"].startswith(":red_circle: FIRING: AttentionEntropyCollapse (critical): model=sasrec")
     assert "since 2026-11-26 03:12:05 UTC" in body["text"]
@@ -330,7 +330,7 @@ def test_slack_shows_stored_data_as_written_never_as_mrkdwn(made: list) -> None:
         for value in (*HOSTILE, "x*_~`", "DROP TABLE", "a*b", "<!channel>", "&lt;!channel&gt;", ":fire:"):
             assert value not in text, (value, text)
     assert [t for k, t in texts if k == "mrkdwn" and not t.startswith("severity ")] == [
-        "*What:*", "*Where:*", "*Since:*", "*Series:*", "*Runbook:*"]
+        "*What:*", "*Where:*", "*Since:*", "*Series:*", "*Runbook:*", "*Silence:*"]
     assert all(f["emoji"] is False for f in fields.values())  # a ":fire:" in the data stays text
     # the fallback: not parsed as mrkdwn, and Slack's control characters escaped
     assert body["mrkdwn"] is False

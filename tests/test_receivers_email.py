@@ -113,7 +113,8 @@ def test_plain_smtp_delivers_the_slack_content() -> None:
         assert "2026-11-26 03:12:05 UTC (25 min ago)" in part
         assert "The series&#x27; attention now falls" in part or "The series' attention now falls" in part
         assert "https://grafana.example.com/d/attnmon-heads?var-model=sasrec" in part.replace("&amp;", "&")
-        assert "Look at the heads" not in part
+        assert "Look at the heads" in part  # the whole runbook: what to do
+        assert "attnmon alerts silence --match alertname=AttentionEntropyCollapse" in part
 
 
 def test_a_resolved_group_lists_its_series_and_threads_with_the_firing_mail() -> None:

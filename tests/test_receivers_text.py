@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
-from peers import T0, alert, notification
+from peers import RUNBOOK, T0, alert, notification
 
-from alerts.receivers import PagerDuty
-from alerts.receivers._text import digest
+from alerts.receivers import PagerDuty, Slack
+from alerts.receivers._text import MAX_RUNBOOK, digest, plain_text
 
 NOW = T0 + timedelta(minutes=25)
 
@@ -54,3 +54,28 @@ def test_pagerduty_details_round_values_as_a_person_reads_them():
     n = notification([series("delta.entropy_norm", -2.9099999999999997, 0.30000000000000004)])
     s = PagerDuty("p", routing_key="R").payload(n)["payload"]["custom_details"]["series"][0]
     assert (s["value"], s["baseline_value"]) == (-2.91, 0.3)
+
+
+def test_a_firing_message_says_how_to_silence_it_in_a_command_ready_to_paste():
+    n = notification([alert(), alert(head=2)], group_labels={"alertname": "AttentionEntropyCollapse",
+                                                             "model": "sasrec", "version": "v 42"})
+    d = digest(n, now=NOW)
+    assert d.silence == ("attnmon alerts silence --match alertname=AttentionEntropyCollapse --match model=sasrec"
+                         " --match 'version=v 42' --for 2h --comment 'on-call: investigating'")
+    assert f"Silence: {d.silence}" in plain_text(d)
+    slack = Slack("s", webhook_url="https://hooks.slack.com/services/T/B/X", clock=lambda: NOW).payload(n)
+    assert {"type": "plain_text", "text": d.silence, "emoji": False} in [
+        f for b in slack["blocks"] for f in b.get("fields", [])]
+    assert PagerDuty("p", routing_key="R").payload(n)["payload"]["custom_details"]["silence"] == d.silence
+    # without group labels, the labels the whole group shares
+    assert digest(notification([alert()], group_labels={}), now=NOW).silence.startswith(
+        "attnmon alerts silence --match alertname=AttentionEntropyCollapse --match model=sasrec --match version=v42 ")
+    # nothing to silence once it is over
+    assert digest(notification([alert(status="resolved")]), now=NOW).silence is None
+
+
+def test_the_runbook_shown_says_what_to_do_not_only_what_happened():
+    d = digest(notification(), now=NOW)
+    assert d.runbook == RUNBOOK  # its first sentence restates the "what"; the action follows
+    long = digest(notification([alert(runbook="Do this. " * 400)]), now=NOW).runbook
+    assert len(long) <= MAX_RUNBOOK and long.endswith("…")

@@ -1,5 +1,6 @@
-"""What a person reads at 3 a.m., shared by Slack and email: what fired, where, the value
-against its baseline, since when (UTC), the runbook's first sentence and the links.
+"""What a person reads at 3 a.m., shared by Slack, email and PagerDuty: what fired, where,
+the value against its baseline, since when (UTC), the runbook, the links and the
+`attnmon alerts silence` command that silences the group.
 
     >>> d = digest(notification, now=datetime.now(UTC))
     >>> d.title
@@ -9,6 +10,7 @@ against its baseline, since when (UTC), the runbook's first sentence and the lin
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,6 +22,7 @@ LABEL_ORDER = ("model", "version", "cohort", "layer", "head", "statistic", "base
 _NOT_WHERE = {"alertname", "severity"}
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 MAX_SERIES = 10
+MAX_RUNBOOK = 1500  # the whole runbook: its first sentence restates the "what", the action follows
 
 
 def utc_now() -> datetime:
@@ -37,10 +40,11 @@ class Digest:
     series: tuple[str, ...]  # one line per series: its own labels, value vs baseline
     more: int  # series left out of `series`
     since: str
-    runbook: str | None  # the runbook's first sentence
+    runbook: str | None  # the runbook, up to MAX_RUNBOOK characters
     runbook_url: str | None
     dashboard_url: str | None
     ended: str | None = None  # why it ended unresolved, when status is "ended"
+    silence: str | None = None  # the command line that silences the group, while it fires
 
     @property
     def title(self) -> str:
@@ -88,11 +92,29 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
         series=series,
         more=len(alerts) - len(shown),
         since=_since(n, now),
-        runbook=first_sentence(runbook) if runbook else None,
+        runbook=truncate(" ".join(runbook.split()), MAX_RUNBOOK) if runbook else None,
         runbook_url=runbook_url if runbook_url and is_link(runbook_url) else None,
         dashboard_url=dashboard if dashboard and is_link(dashboard) else None,
         ended=ended,
+        silence=silence_command(n) if n.status == "firing" else None,
     )
+
+
+SILENCE_FOR = "2h"
+_SILENCE_BY = ("alertname", "model", "version")  # without group labels
+
+
+def silence_command(n: Notification) -> str | None:
+    """`attnmon alerts silence` for this group: its group labels (else the alert name,
+    model and version its alerts share), each quoted for a POSIX shell."""
+    labels = {k: v for k, v in n.group_labels.items() if v != ""}
+    if not labels:
+        labels = {k: n.common_labels[k] for k in _SILENCE_BY if n.common_labels.get(k)}
+    if not labels:
+        return None
+    matchers = " ".join(f"--match {shlex.quote(f'{k}={v}')}" for k, v in labels.items())
+    return (f"attnmon alerts silence {matchers} --for {SILENCE_FOR}"
+            f" --comment {shlex.quote('on-call: investigating')}")
 
 
 def labels_text(labels: dict[str, str]) -> str:
@@ -189,13 +211,6 @@ def is_link(text: str) -> bool:
     return re.fullmatch(r"https?://\S+", text.strip()) is not None
 
 
-def first_sentence(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    m = re.search(r"(?<=[.!?])\s", text)
-    sentence = text[: m.start()] if m else text
-    return truncate(sentence, limit)
-
-
 def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
@@ -220,4 +235,6 @@ def plain_text(d: Digest) -> str:
             lines.append(f"         {d.runbook_url}")
     if d.dashboard_url:
         lines.append(f"Dashboard: {d.dashboard_url}")
+    if d.silence:
+        lines += ["", f"Silence: {d.silence}"]
     return "\n".join(lines) + "\n"

@@ -47,6 +47,8 @@ def html_body(d: Digest) -> str:
         rows.append(("Runbook", f'<a href="{e(d.runbook_url)}">{text}</a>' if d.runbook_url else text))
     if d.dashboard_url:
         rows.append(("Dashboard", f'<a href="{e(d.dashboard_url)}">{e(d.dashboard_url)}</a>'))
+    if d.silence:
+        rows.append(("Silence", f"<code>{e(d.silence)}</code>"))
     table = "".join(f"<tr><th align=left>{k}</th><td>{v}</td></tr>" for k, v in rows)
     series = ""
     if d.count > 1:

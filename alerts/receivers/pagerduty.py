@@ -129,6 +129,7 @@ class PagerDuty:
             ],
             "series_total": len(n.alerts),
             **({"runbook": d.runbook} if d.runbook else {}),
+            **({"silence": d.silence} if d.silence else {}),
         }
         event["payload"] = payload
         links = [(d.dashboard_url, "Dashboard"), (d.runbook_url, "Runbook")]

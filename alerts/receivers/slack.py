@@ -1,7 +1,7 @@
 """Slack incoming webhook: a message a person can act on at 3 a.m.
 
 `text` is the notification's fallback (phones, screen readers); `blocks` carry the same:
-what, where, value vs baseline, since when, the runbook's first sentence, the links.
+what, where, value vs baseline, since when, the runbook, the links, how to silence it.
 The webhook URL is the secret (its path is the token): errors show its host only.
 
 Label values, summaries and series are data: `*`, `_`, `~` and backticks in them would be
@@ -111,6 +111,8 @@ def blocks(d: Digest) -> list[dict[str, Any]]:
         out.append({"type": "section", "text": _plain("\n".join(lines), MAX_SECTION)})
     if d.runbook:
         out.append(_fields([("Runbook", d.runbook)]))
+    if d.silence:
+        out.append(_fields([("Silence", d.silence)]))
     links = [link(u, t) for u, t in ((d.dashboard_url, "Dashboard"), (d.runbook_url, "Runbook")) if u]
     context = " · ".join([f"severity {escape(d.severity)}", *links, "attnmon"])
     out.append({"type": "context", "elements": [_mrkdwn(context)]})
