@@ -118,13 +118,17 @@ def strip_credentials(url: str) -> str:
 
 
 def dashboard_url(external_url: str, labels: Mapping[str, str], since: datetime | None = None) -> str:
-    """The overview dashboard for the alert's model and version, from an hour before
-    `since` (the incident's start) to now."""
+    """The overview dashboard on the alert's series (model, version, and the cohort, layer
+    and head it has: "*" is a roll-up those variables offer), from an hour before `since`
+    (the incident's start) to now."""
     query: dict[str, str] = {}
     if labels.get("model", ROLLUP) != ROLLUP:
         query["var-model"] = labels["model"]
     if labels.get("version", ROLLUP) != ROLLUP:
         query["var-version"] = labels["version"]
+    for name in ("cohort", "layer", "head"):
+        if labels.get(name):
+            query[f"var-{name}"] = labels[name]
     if since is not None:
         query["from"] = str(int(since.timestamp() * 1000) - 3_600_000)
         query["to"] = "now"

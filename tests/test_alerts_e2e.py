@@ -5,6 +5,7 @@ fires the expected alert on the right series, the outbox delivers it, /metrics s
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import pandas as pd
 from alerting import FakeReceiver
@@ -78,7 +79,8 @@ def check_story(shift, alerts, results, oncall, registry):
         assert active - timedelta(minutes=1) not in crossed and active > shift
         assert a["annotations"]["summary"].startswith(f"{MODEL}@v1 layer 1 head 2")
         assert a["annotations"]["dashboard"].startswith(
-            "https://grafana.example/d/attnmon-overview?var-model=demo-sasrec&var-version=v1&from=")
+            "https://grafana.example/d/attnmon-overview?var-model=demo-sasrec&var-version=v1&"
+            f"{urlencode({'var-cohort': lab['cohort']})}&var-layer=1&var-head=2&from=")  # on the series
     # delivered: the collapse alerts of every cohort in one message
     sent = [n for n in oncall.sent if n.group_labels.get("alertname") == "AttentionEntropyCollapse"]
     assert len(sent) >= 1 and sent[0].status == "firing"

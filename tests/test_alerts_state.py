@@ -123,7 +123,8 @@ def test_labels_annotations_and_values_of_the_last_true_cycle_are_kept():
     assert a.state == "firing" and a.value == -3.0
     assert a.labels == {**SERIES, "alertname": "Collapse", "severity": "critical", "team": "recsys"}
     assert a.annotations["summary"] == "m@v2 layer 1 head 2: entropy moved -3 SDs"
-    assert a.annotations["dashboard"].startswith("https://grafana.example/d/attnmon-overview?var-model=m&var-version=v2&from=")
+    assert a.annotations["dashboard"].startswith("https://grafana.example/d/attnmon-overview?var-model=m&var-version=v2"
+                                                 "&var-cohort=%2A&var-layer=1&var-head=2&from=")
 
 
 def test_fingerprint_is_stable_and_identifies_rule_and_series():

@@ -10,6 +10,7 @@ from peers import RUNBOOK, T0, alert, notification
 
 from alerts.receivers import PagerDuty, Slack
 from alerts.receivers._text import MAX_RUNBOOK, digest, plain_text
+from alerts.template import dashboard_url
 
 NOW = T0 + timedelta(minutes=25)
 
@@ -79,3 +80,16 @@ def test_the_runbook_shown_says_what_to_do_not_only_what_happened():
     assert d.runbook == RUNBOOK  # its first sentence restates the "what"; the action follows
     long = digest(notification([alert(runbook="Do this. " * 400)]), now=NOW).runbook
     assert len(long) <= MAX_RUNBOOK and long.endswith("…")
+
+
+def test_the_dashboard_link_opens_on_the_series_and_a_group_gets_one_for_its_shared_labels():
+    one = dashboard_url("https://grafana.example.com", {**alert().labels, "cohort": "*"}, T0)
+    assert one == ("https://grafana.example.com/d/attnmon-overview?var-model=sasrec&var-version=v42"
+                   f"&var-cohort=%2A&var-layer=0&var-head=1&from={int(T0.timestamp()) * 1000 - 3_600_000}&to=now")
+    # two heads, each with its own link: the group's is not Grafana's home page
+    early, late = alert(head=1, starts_at=T0), alert(head=2, starts_at=T0 + timedelta(minutes=3))
+    early, late = (replace(a, annotations={**a.annotations, "dashboard": dashboard_url("https://g.example", a.labels, a.starts_at)})
+                   for a in (early, late))
+    d = digest(notification([late, early], external_url="https://g.example"), now=NOW)
+    assert d.dashboard_url == ("https://g.example/d/attnmon-overview?var-model=sasrec&var-version=v42&var-cohort=all"
+                               f"&var-layer=0&from={int(T0.timestamp()) * 1000 - 3_600_000}&to=now")

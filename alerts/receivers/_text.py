@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from alerts.model import AlertView, Notification
-from alerts.template import fmt
+from alerts.template import dashboard_url, fmt
 
 # the series labels, in the order a person scans them; other labels follow, sorted
 LABEL_ORDER = ("model", "version", "cohort", "layer", "head", "statistic", "baseline_kind")
@@ -78,7 +78,9 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
     runbook_url = annotations.get("runbook_url") or (first.annotations.get("runbook_url") if first else None)
     if runbook and is_link(runbook):
         runbook_url, runbook = runbook_url or runbook, None
-    dashboard = annotations.get("dashboard") or annotations.get("dashboard_url") or n.external_url
+    dashboard = annotations.get("dashboard") or annotations.get("dashboard_url")
+    if not dashboard and n.external_url and alerts:  # each series has its own: one for what they share
+        dashboard = dashboard_url(n.external_url, common, min(_aware(a.starts_at) for a in alerts))
     if not dashboard and first is not None:
         dashboard = first.generator_url
     ended = next((a.ended for a in alerts if a.ended), None) if n.status == "resolved" else None
