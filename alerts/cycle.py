@@ -33,7 +33,16 @@ from sqlalchemy.engine import Connection, Engine
 from alerts import health, outbox
 from alerts.config import AlertsConfig
 from alerts.rules import Rule
-from alerts.state import ACTIVE, AlertState, Phase, Transition, comparisons, evaluate, observations
+from alerts.state import (
+    ACTIVE,
+    AlertState,
+    Phase,
+    Transition,
+    comparisons,
+    evaluate,
+    mean_of,
+    observations,
+)
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 from monitor.store.upsert import insert, put_state
@@ -83,6 +92,8 @@ def _rows(conn: Connection, rules: list[Rule], window_end: datetime, window_star
     dr = t.drift_results
     stats = conn.execute(select(dr.c.statistic).where(dr.c.window_end == window_end).distinct()).scalars().all()
     wanted = [s for s in stats if any(fnmatch.fnmatchcase(s, r.statistic) for r in rules)]
+    # the mean.* rows beside delta.* and psi.* ones: what the metric did (state.observations)
+    wanted += sorted({m for s in wanted if (m := mean_of(s)) in stats} - set(wanted))
     rows: list[dict] = []
     for i in range(0, len(wanted), 500):
         q = select(*[dr.c[c] for c in _DRIFT]).where(dr.c.window_end == window_end,

@@ -27,6 +27,11 @@ class DeliveryError(Exception):
 # "resolved", and PagerDuty's incident is left open for a person to close.
 ENDED = "ended"
 
+# The annotation attnmon adds to a delta.* or psi.* alert: what its metric did in the
+# window, from the mean.* row of the same series and baseline ("entropy_norm fell from
+# 0.824 to 0.311"). A rule's own `observed` annotation wins.
+OBSERVED = "observed"
+
 
 @dataclass(frozen=True)
 class AlertView:

@@ -39,7 +39,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from alerts import template
-from alerts.model import ENDED
+from alerts.model import ENDED, OBSERVED
 from alerts.rules import LABELS, Rule
 
 State = Literal["inactive", "pending", "firing", "resolved"]
@@ -69,6 +69,7 @@ class Observation:
     detail: Mapping[str, object] | None = None
     window_start: datetime | None = None
     window_end: datetime | None = None
+    means: tuple[float, float] | None = None  # (window, baseline) of the statistic's metric, from mean.*
 
     @property
     def fingerprint(self) -> str:
@@ -158,9 +159,21 @@ def annotate(rule: Rule, obs: Observation, labels: Mapping[str, str], active_at:
         "window_end": obs.window_end, "detail": obs.detail,
     }
     out = {k: template.render(v, ctx) for k, v in rule.annotations.items()}
+    if obs.means is not None and OBSERVED not in out:
+        cur, base = obs.means
+        moved = "fell" if cur < base else "rose" if cur > base else "stayed"
+        out[OBSERVED] = f"{obs.series['statistic'].partition('.')[2]} {moved} from {template.fmt(base)} to {template.fmt(cur)}"
     if external_url:
         out["dashboard"] = template.dashboard_url(external_url, labels, active_at)
     return out
+
+
+_WITH_MEAN = ("delta.", "psi.")
+
+
+def mean_of(statistic: str) -> str | None:
+    """The mean.* statistic beside a delta.* or psi.* one."""
+    return f"mean.{statistic.partition('.')[2]}" if statistic.startswith(_WITH_MEAN) else None
 
 
 def observations(rules: Iterable[Rule], rows: Iterable[Mapping[str, object]],
@@ -168,6 +181,9 @@ def observations(rules: Iterable[Rule], rows: Iterable[Mapping[str, object]],
     """Rows (drift_results or synthetic health statistics) that cross a rule, by fingerprint."""
     rows = list(rows)
     stats = {str(r["statistic"]) for r in rows}
+    means = {_mean_key(r): (float(r["value"]), float(r["baseline_value"])) for r in rows
+             if str(r["statistic"]).startswith("mean.") and r.get("baseline_value") is not None
+             and math.isfinite(float(r["value"])) and math.isfinite(float(r["baseline_value"]))}
     out: dict[str, Observation] = {}
     for rule in rules:
         wanted = {s for s in stats if fnmatch.fnmatchcase(s, rule.statistic)}
@@ -189,9 +205,14 @@ def observations(rules: Iterable[Rule], rows: Iterable[Mapping[str, object]],
                 rule, labels, value, base, int(r.get("n_current") or 0), int(r.get("n_baseline") or 0),
                 r.get("detail") if isinstance(r.get("detail"), Mapping) else None,
                 *(window or (None, None)),
+                means.get(_mean_key({**r, "statistic": mean_of(labels["statistic"])})),
             )
             out[obs.fingerprint] = obs
     return out
+
+
+def _mean_key(row: Mapping[str, object]) -> tuple:
+    return tuple(str(row.get(k, "")) for k in SERIES_LABELS)
 
 
 def _compared_key(labels: Mapping[str, object]) -> tuple:

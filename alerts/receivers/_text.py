@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from alerts.model import AlertView, Notification
+from alerts.model import OBSERVED, AlertView, Notification
 from alerts.template import dashboard_url, fmt
 
 # the series labels, in the order a person scans them; other labels follow, sorted
@@ -174,7 +174,8 @@ def _series_line(a: AlertView, common: dict[str, str]) -> str:
     status = " (ended, not fixed)" if a.ended else " (resolved)" if a.status == "resolved" else ""
     base = a.labels.get("baseline_kind")
     against = f" ({base} baseline)" if base and (not own or "baseline_kind" not in common) else ""
-    value = f"{value_text(a)}{against}{status}"
+    observed = a.annotations.get(OBSERVED)  # "entropy_norm fell from 0.824 to 0.311"
+    value = f"{observed + ': ' if observed else ''}{value_text(a)}{against}{status}"
     return f"{own}: {value}" if own else value
 
 

@@ -1,0 +1,35 @@
+"""An alert on a standardised or distribution statistic (delta.*, psi.*) says what the
+metric itself did, from the same window's mean.* row: "entropy_norm fell from 0.824 to
+0.311", which a person reads faster than "-3.21 SDs"."""
+
+from __future__ import annotations
+
+from alerting import at, config, cycle, drift_row, rule
+from peers import T0, alert, notification
+from sqlalchemy import select
+
+from alerts.receivers._text import digest
+from monitor.store import tables
+
+FIRE_NOW = {"for": "0s"}
+
+
+def stored_annotations(store) -> list[dict]:
+    with store.connect() as conn:
+        return [dict(r) for r in conn.execute(select(tables.alerts.c.annotations)).scalars()]
+
+
+def test_a_delta_alert_says_what_the_mean_did_against_the_same_baseline(store):
+    rows = [drift_row(at(0), -3.21, head=h) for h in ("1", "2")]
+    rows.append(drift_row(at(0), 0.3112, statistic="mean.entropy_norm", baseline_value=0.8243, head="1"))
+    # another baseline's mean is not this alert's
+    rows.append(drift_row(at(0), 0.7, statistic="mean.entropy_norm", baseline_value=0.9, head="2",
+                          baseline_kind="pinned"))
+    cycle(store, [rule(**FIRE_NOW)], config(), 0, rows)
+    observed = sorted(a.get("observed", "") for a in stored_annotations(store))
+    assert observed == ["", "entropy_norm fell from 0.824 to 0.311"]
+
+
+def test_the_value_line_leads_with_what_the_metric_did():
+    a = alert(value=-3.21, baseline=0.0, observed="entropy_norm fell from 0.824 to 0.311")
+    assert digest(notification([a]), now=T0).series[0] == "entropy_norm fell from 0.824 to 0.311: -3.21 vs baseline 0"
