@@ -8,6 +8,7 @@ from alerting import at, config, cycle, drift_row, rule
 from peers import T0, alert, notification
 from sqlalchemy import select
 
+from alerts.receivers import PagerDuty
 from alerts.receivers._text import digest
 from monitor.store import tables
 
@@ -33,3 +34,9 @@ def test_a_delta_alert_says_what_the_mean_did_against_the_same_baseline(store):
 def test_the_value_line_leads_with_what_the_metric_did():
     a = alert(value=-3.21, baseline=0.0, observed="entropy_norm fell from 0.824 to 0.311")
     assert digest(notification([a]), now=T0).series[0] == "entropy_norm fell from 0.824 to 0.311: -3.21 vs baseline 0"
+
+
+def test_pagerduty_details_carry_what_the_metric_did():
+    a = alert(observed="entropy_norm fell from 0.824 to 0.311")
+    (s,) = PagerDuty("p", routing_key="R").payload(notification([a]))["payload"]["custom_details"]["series"]
+    assert s["observed"] == "entropy_norm fell from 0.824 to 0.311"

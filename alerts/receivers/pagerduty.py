@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from alerts.model import DeliveryError, Notification
+from alerts.model import OBSERVED, DeliveryError, Notification
 from alerts.receivers._http import JsonPoster, finite, register_secret, rfc3339
 from alerts.receivers._text import digest, is_link, labels_text, truncate, utc_now, worst_first
 
@@ -124,6 +124,7 @@ class PagerDuty:
                     "status": "ended" if a.ended else a.status,  # (alerts.model.ENDED: not fixed)
                     "value": rounded(a.value),
                     "baseline_value": rounded(a.baseline_value),
+                    **({OBSERVED: a.annotations[OBSERVED]} if OBSERVED in a.annotations else {}),
                 }
                 for a in worst_first(n.alerts)[:MAX_DETAILS_SERIES]
             ],
