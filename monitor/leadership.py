@@ -18,13 +18,28 @@ answers keepalives) would keep the lock forever, so each of those checks is also
 heartbeat: the row `lead.heartbeat` of `daemon_state` ("<server pid> <daemon id>", the
 id being "<pid>-<token>@<host>"), stamped with the server's clock, never the hosts', and
 written with the lock in one statement. A follower that finds the holder's heartbeat
-older than `SILENT_LEASES` x `lease_s` ends its lock's session (`pg_terminate_backend`)
-and takes the lock: a frozen leader is replaced within about (SILENT_LEASES + 1) x
-`lease_s`. It also ends the job sessions of that daemon (application_name
-"attnmon-daemon <daemon id>"), so that a transaction the leader was frozen in is rolled
-back, not left holding row locks against the new leader and committed when it wakes.
-Ending another role's session needs that role's membership or `pg_signal_backend` (a
-superuser's: a superuser); without it the follower logs why once and goes on waiting.
+older than `SILENT_LEASES` x `lease_s`, and its sessions frozen too (below), ends its
+lock's session (`pg_terminate_backend`) and takes the lock: a frozen leader is replaced
+within about (SILENT_LEASES + 1) x `lease_s`. It also ends the job sessions of that
+daemon (application_name "attnmon-daemon <daemon id>"), so that a transaction the leader
+was frozen in is rolled back, not left holding row locks against the new leader and
+committed when it wakes. Ending another role's session needs that role's membership or
+`pg_signal_backend` (a superuser's: a superuser); without it the follower logs why once
+and goes on waiting.
+
+A silent heartbeat alone is no proof of a freeze: a lock on daemon_state (an operator's
+`LOCK TABLE`, the heartbeat row `FOR UPDATE` left open in psql) silences a live leader
+too. Its lock session then retries the beat every lease_s, so pg_stat_activity shows it
+waiting on a lock or changing state within the silence, where a frozen leader's sessions
+sit idle (or idle in transaction) since it stopped. A blocked leader keeps the lead, and
+the follower logs once who holds daemon_state. (A statement that the server was still
+running, or holding on a lock, for a leader when it froze puts the takeover off to
+SILENT_LEASES x lease_s after it ends: `statement_timeout_s`, `lock_timeout_s` bound it.)
+A follower that may not see the holder's sessions' state (another role's, without
+pg_read_all_stats) cannot tell the two apart and leaves it the lead, logging why once,
+as when it may not end them: ending a leader on a guess would replace a live one at
+every long lock, and a frozen one kept is named in the log.
+
 The beat comes from the lease thread, so a leader busy in a long job is never replaced
 (a job stuck on the store is bounded by `statement_timeout_s` and `lock_timeout_s`
 instead). When the frozen leader wakes, its next check (before each job, window and
@@ -127,8 +142,8 @@ class PgAdvisoryLock(Alone):
     The lock alone never leaves a leader frozen with its connection open (SIGSTOP, a hung
     process: its kernel still answers keepalives). So the holder writes `lead.heartbeat`
     in daemon_state (its backend's pid, the server's clock) with the lock and at every
-    check, and a follower that finds it older than SILENT_LEASES x lease_s ends that
-    backend (pg_terminate_backend) and takes the lock."""
+    check, and a follower that finds it older than SILENT_LEASES x lease_s, and that
+    backend's sessions as still, ends them (pg_terminate_backend) and takes the lock."""
 
     KEY = "(:ns, hashtext(coalesce(current_schema(), '')))"
     SQL_TRY = f"SELECT pg_try_advisory_lock{KEY}"
@@ -154,6 +169,24 @@ class PgAdvisoryLock(Alone):
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND (l.classid, l.objid) = (CAST(:ns AS oid), CAST(hashtext(coalesce(current_schema(), '')) AS oid))
           AND h.updated_at < clock_timestamp() - make_interval(secs => :silent_s)"""
+    # Frozen or blocked (see the module's doc): of the holder's sessions, how many we may
+    # not see (state_change NULL: another role's, without pg_read_all_stats), how many stir
+    # (wait on a lock, or changed state within silent_s), and, for the log, who holds
+    # daemon_state (but for reading it) or blocks them.
+    SQL_STIRRING = """
+        WITH s AS (
+            SELECT pid, state_change, wait_event_type FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid()
+              AND (pid = :pid OR application_name = :name))
+        SELECT count(*) FILTER (WHERE state_change IS NULL),
+               count(*) FILTER (WHERE wait_event_type = 'Lock'
+                                   OR state_change > clock_timestamp() - make_interval(secs => :silent_s)),
+               (SELECT array_agg(DISTINCT b ORDER BY b) FROM (
+                    SELECT unnest(pg_blocking_pids(pid)) FROM s
+                    UNION SELECT pid FROM pg_locks
+                    WHERE relation = to_regclass('daemon_state') AND granted AND mode <> 'AccessShareLock'
+                      AND pid <> pg_backend_pid() AND pid NOT IN (SELECT pid FROM s)) AS held (b))
+        FROM s"""
     # ends it only if still silent now (it may have beaten since SQL_SILENT)
     SQL_END = """
         SELECT pg_terminate_backend(:pid) FROM daemon_state
@@ -200,7 +233,7 @@ class PgAdvisoryLock(Alone):
         ]
         self.silent_s = SILENT_LEASES * lease_s
         self._who = who
-        self._told: int | None = None  # the silent leader last logged as beyond our rights
+        self._told: tuple[int, str] | None = None  # the silent leader last logged as left, and why
         self._conn: Any = None
 
     def _args(self, **more: Any) -> dict[str, Any]:
@@ -241,27 +274,42 @@ class PgAdvisoryLock(Alone):
                 raise
             return False  # daemon_state is locked: look again at the next lease
         if row is None:
+            self._told = None  # it beats: say again if it goes silent again
             return False
         pid, silent, who = row[0], float(row[1]), row[2]
+        # its job sessions' application_name (none to look for if the beat names no daemon, or us)
+        name = (SESSIONS_NAME + who).encode()[:PG_NAME_MAX].decode(errors="ignore") if who and who != self._who else None
+        unseen, stirring, holders = conn.execute(text(self.SQL_STIRRING), self._args(pid=pid, name=name)).one()
+        silent_for = f"the leader (server process {pid}) has not beaten for {silent:.1f}s, over {self.silent_s:g}s"
+        if unseen:
+            if self._once(pid, "unseen"):
+                log.error(
+                    "%s, but this daemon may not see whether its sessions are frozen or waiting on a lock "
+                    "(pg_stat_activity). Run every daemon as one role (or grant this one pg_read_all_stats); "
+                    "until then the lead stays with it", silent_for)
+            return False
+        if stirring:
+            if self._once(pid, "stirring"):
+                log.warning(
+                    "%s, but is not frozen: its sessions wait on a lock or ran within %gs; the lead stays "
+                    "with it. Holding daemon_state or blocking it: %s", silent_for, self.silent_s,
+                    "server processes " + ", ".join(map(str, holders)) if holders else "none now")
+            return False
         try:
             ended = bool(conn.execute(text(self.SQL_END), self._args(pid=pid)).scalar())
         except DBAPIError as exc:
             if not _not_allowed(exc):
                 raise
-            if self._told != pid:  # once per silent leader, not every lease_s
-                self._told = pid
+            if self._once(pid, "not allowed"):
                 log.error(
-                    "the leader (server process %d) has not beaten for %.1fs, over %gs, but this daemon may not "
-                    "end its session: %s. Run every daemon as one role (or grant this one pg_signal_backend; "
-                    "a superuser's session only a superuser may end); until then the lead stays with it",
-                    pid, silent, self.silent_s, _one_line(exc, self._engine.url))
+                    "%s, but this daemon may not end its session: %s. Run every daemon as one role (or grant "
+                    "this one pg_signal_backend; a superuser's session only a superuser may end); until then "
+                    "the lead stays with it", silent_for, _one_line(exc, self._engine.url))
             return False
         if not ended:
             return False
-        log.warning("the leader (server process %d) has not beaten for %.1fs, over %gs: "
-                    "ended its session to take the lead", pid, silent, self.silent_s)
-        if who and who != self._who:
-            name = (SESSIONS_NAME + who).encode()[:PG_NAME_MAX].decode(errors="ignore")
+        log.warning("%s: ended its session to take the lead", silent_for)
+        if name:
             try:
                 conn.execute(text(self.SQL_END_SESSIONS), {"name": name})
             except DBAPIError as exc:
@@ -269,6 +317,13 @@ class PgAdvisoryLock(Alone):
                     raise
                 log.warning("cannot end the job sessions of the silent leader %s: %s", who,
                             _one_line(exc, self._engine.url))
+        return True
+
+    def _once(self, pid: int, why: str) -> bool:
+        """Whether to log why this silent leader is left: once, not every lease_s."""
+        if self._told == (pid, why):
+            return False
+        self._told = (pid, why)
         return True
 
     def _lock_when_freed(self, conn: Any) -> bool:

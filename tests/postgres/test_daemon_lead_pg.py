@@ -109,6 +109,27 @@ def lock_pid(daemon: Daemon) -> int:
     return daemon._leadership._conn.execute(text("SELECT pg_backend_pid()")).scalar()
 
 
+FROZEN_LEASE_S = 1.0
+
+
+def frozen_config(url: str, **daemon: object) -> Config:
+    """A short lease, for a leader that never beats after taking the lock: its lease thread
+    is never started and it runs no job, so its sessions sit idle (or idle in transaction)
+    with the server, as a SIGSTOPped daemon's do. (A backdated heartbeat alone is not a
+    freeze: the follower also looks at the sessions.)"""
+    return Config.model_validate({"store_url": url, "evaluate": {"min_samples": 5},
+                                  "daemon": {"listen": "127.0.0.1:0", "lease_s": FROZEN_LEASE_S, **daemon}})
+
+
+def take_over(follower: Daemon, within_s: float = 30) -> None:
+    """The follower tries to lead, as its lease thread does, until it has ended the frozen
+    leader and leads: about SILENT_LEASES x lease_s."""
+    deadline = time.monotonic() + within_s
+    while not follower.acquire():
+        assert time.monotonic() < deadline, "the follower did not take the frozen leader's lead"
+        time.sleep(0.1)
+
+
 def test_the_leader_beats_with_its_lock_and_at_each_check(pg_clean_url):
     with Daemon(config(pg_clean_url)) as a:
         assert heartbeat(pg_clean_url) is None
@@ -123,14 +144,13 @@ def test_the_leader_beats_with_its_lock_and_at_each_check(pg_clean_url):
 
 def test_a_follower_ends_a_silent_leaders_session_and_it_runs_no_job(pg_clean_url, caplog):
     produce(pg_clean_url)
-    with Daemon(config(pg_clean_url)) as a, Daemon(config(pg_clean_url)) as b:
+    with Daemon(frozen_config(pg_clean_url)) as a, Daemon(frozen_config(pg_clean_url)) as b:
         assert a.acquire() and not b.acquire()
         old = lock_pid(a)
-        silence(pg_clean_url, 3 * 600 - 5)  # not yet past 3 x lease_s
-        assert not b.acquire() and a._still_leading()
-        silence(pg_clean_url, 3 * 600 + 5)
-        assert b.acquire() and b.is_leader
-        assert f"the leader (server process {old}) has not beaten for 1805.0s" in caplog.text
+        assert not b.acquire()  # not yet silent 3 x lease_s
+        take_over(b)  # a stays frozen
+        assert b.is_leader
+        assert f"the leader (server process {old}) has not beaten for " in caplog.text
         assert heartbeat(pg_clean_url)[0].split()[0] == str(lock_pid(b))
         # the frozen leader wakes: its dead connection says at once that it leads no more
         for job in a.jobs:
@@ -140,14 +160,25 @@ def test_a_follower_ends_a_silent_leaders_session_and_it_runs_no_job(pg_clean_ur
 
 
 
+def test_a_stale_beat_of_a_leader_whose_session_just_ran_ends_nothing(pg_clean_url, caplog):
+    """The heartbeat is old but the leader's lock session ran a statement a moment ago: it
+    is kept from beating (a lock), not frozen."""
+    with Daemon(config(pg_clean_url)) as a, Daemon(config(pg_clean_url)) as b:
+        assert a.acquire()
+        silence(pg_clean_url, 10_000)
+        assert not b.acquire() and not b.acquire()
+        assert a._still_leading() and not b.is_leader
+    told = [r.getMessage() for r in caplog.records if "is not frozen" in r.getMessage()]
+    assert len(told) == 1 and "none now" in told[0], told
+
+
 @pytest.mark.parametrize("named", ["", "&application_name=recs-monitor"])
 def test_a_transaction_the_silent_leader_was_frozen_in_is_rolled_back_not_waited_for(pg_clean_url, named):
     """Its job sessions are ended too: a row it locked does not hold up the new leader
     (for lock_timeout_s, on every try while it stays frozen), and what it had not
     committed is never committed when it wakes. Also with a URL that names its sessions:
     the daemon's own name is how a follower finds them."""
-    cfg = Config.model_validate({"store_url": pg_clean_url + named,
-                                 "daemon": {"listen": "127.0.0.1:0", "lease_s": 600, "lock_timeout_s": 2}})
+    cfg = frozen_config(pg_clean_url + named, lock_timeout_s=2)
     with Daemon(cfg) as a, Daemon(cfg) as b:
         assert a.acquire()
         write_watermark(a.engine, at(20))
@@ -155,9 +186,8 @@ def test_a_transaction_the_silent_leader_was_frozen_in_is_rolled_back_not_waited
             tx = frozen.begin()
             frozen.execute(text("UPDATE daemon_state SET value = :v WHERE key = 'evaluate.watermark'"),
                            {"v": at(25).isoformat(timespec="seconds")})
-            silence(pg_clean_url, 3 * 600 + 5)
             try:
-                assert b.acquire()
+                take_over(b)  # a stays frozen in its transaction
                 write_watermark(b.engine, at(21))  # not held up by a's row lock
                 with pytest.raises(OperationalError):
                     tx.commit()  # a wakes: its transaction is gone
@@ -209,15 +239,38 @@ def plain_role(pg_clean_url):
         admin.dispose()
 
 
-def test_a_follower_not_allowed_to_end_the_session_says_so_once_and_follows(pg_clean_url, plain_role, caplog):
+def test_a_follower_that_may_not_see_the_leaders_sessions_says_so_once_and_follows(pg_clean_url, plain_role,
+                                                                                 caplog):
+    """Blocked or frozen cannot be told apart: ending it could end a live leader, so the
+    lead stays with it (as when the follower may not end it) and the follower says why."""
     with Daemon(config(pg_clean_url)) as a, Daemon(config(plain_role)) as b:
-        assert a.acquire()  # as postgres: only a superuser may end its session
+        assert a.acquire()  # as postgres: pg_stat_activity hides its state from b
         silence(pg_clean_url, 10_000)
         with caplog.at_level(logging.ERROR, "attnmon.daemon"):
             assert not b.acquire() and not b.acquire()
+        told = [r.getMessage() for r in caplog.records if "may not see whether" in r.getMessage()]
+        assert len(told) == 1, told
+        assert f"server process {lock_pid(a)}" in told[0] and "pg_read_all_stats" in told[0]
+        assert a._still_leading() and not b.is_leader
+
+
+def test_a_follower_not_allowed_to_end_the_session_says_so_once_and_follows(pg_clean_url, plain_role, caplog):
+    admin = make_engine(pg_clean_url)
+    with admin.begin() as conn:  # it sees the leader's sessions, but may not end them
+        conn.execute(text(f'GRANT pg_read_all_stats TO "{make_url(plain_role).username}"'))
+    admin.dispose()
+    with Daemon(frozen_config(pg_clean_url)) as a, Daemon(frozen_config(plain_role)) as b:
+        assert a.acquire()  # as postgres: only a superuser may end its session
+        pid = lock_pid(a)
+        deadline = time.monotonic() + 30
+        with caplog.at_level(logging.ERROR, "attnmon.daemon"):
+            while "may not end its session" not in caplog.text:  # once a is silent 3 x lease_s
+                assert not b.acquire() and time.monotonic() < deadline
+                time.sleep(0.1)
+            assert not b.acquire()
         told = [r.getMessage() for r in caplog.records if "may not end its session" in r.getMessage()]
         assert len(told) == 1, told
-        assert f"server process {lock_pid(a)}" in told[0] and "pg_signal_backend" in told[0]
+        assert f"server process {pid}" in told[0] and "pg_signal_backend" in told[0]
         assert a._still_leading() and not b.is_leader
 
 
@@ -284,3 +337,44 @@ def test_a_leader_finishing_its_job_on_shutdown_beats_until_it_gives_the_lead_ba
             assert time.monotonic() < deadline, "the follower did not take the lead given back"
             time.sleep(0.05)
     assert "ended its session" not in caplog.text
+
+
+OPERATOR_LOCKS = {
+    "share mode": "LOCK TABLE daemon_state IN SHARE MODE",
+    "heartbeat row for update": "SELECT * FROM daemon_state WHERE key = 'lead.heartbeat' FOR UPDATE",
+}
+
+
+@pytest.mark.parametrize("lock", OPERATOR_LOCKS.values(), ids=OPERATOR_LOCKS.keys())
+def test_a_leader_kept_from_beating_by_an_operators_lock_is_not_ended(pg_clean_url, lock, caplog):
+    """An operator's transaction left open in psql holds daemon_state past 3 x lease_s:
+    the heartbeat goes stale, but the leader's sessions keep trying (they are blocked,
+    not frozen), so the follower leaves it the lead and says what holds the table."""
+    lease_s = 1.0
+    cfg = Config.model_validate({"store_url": pg_clean_url,
+                                 "daemon": {"listen": "127.0.0.1:0", "lease_s": lease_s}})
+    silent_s = SILENT_LEASES * lease_s
+    operator = make_engine(pg_clean_url)
+    with Daemon(cfg) as a, Daemon(cfg) as b, operator.connect() as conn:
+        a.start()
+        assert a.is_leader
+        b.start()
+        old = lock_pid(a)
+        operator_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        conn.execute(text(lock))  # and left open
+        held = time.monotonic()
+        while time.monotonic() - held < 2 * silent_s or heartbeat(pg_clean_url)[1] <= silent_s + lease_s:
+            assert a.is_leader and not b.is_leader
+            assert time.monotonic() - held < 60, "the heartbeat did not go stale"
+            time.sleep(0.05)
+        conn.rollback()
+        released = time.monotonic()
+        while heartbeat(pg_clean_url)[1] > lease_s:  # it beats again
+            assert time.monotonic() - released < 30, "the leader did not beat again"
+            time.sleep(0.05)
+        assert a.is_leader and not b.is_leader and lock_pid(a) == old
+    operator.dispose()
+    assert "ended its session" not in caplog.text and "lost the lead" not in caplog.text
+    told = [r.getMessage() for r in caplog.records if "is not frozen" in r.getMessage()]
+    assert len(told) == 1, told
+    assert f"server process {old}" in told[0] and str(operator_pid) in told[0]
