@@ -171,7 +171,8 @@ class PgAdvisoryLock(Alone):
           AND h.updated_at < clock_timestamp() - make_interval(secs => :silent_s)"""
     # Frozen or blocked (see the module's doc): of the holder's sessions, how many we may
     # not see (state_change NULL: another role's, without pg_read_all_stats), how many stir
-    # (wait on a lock, or changed state within silent_s), and, for the log, who holds
+    # (changed state within silent_s, or wait on a lock another session holds: one of its
+    # own frozen jobs waiting on another is no sign of life), and, for the log, who holds
     # daemon_state (but for reading it) or blocks them.
     SQL_STIRRING = """
         WITH s AS (
@@ -179,8 +180,8 @@ class PgAdvisoryLock(Alone):
             WHERE datname = current_database() AND pid <> pg_backend_pid()
               AND (pid = :pid OR application_name = :name))
         SELECT count(*) FILTER (WHERE state_change IS NULL),
-               count(*) FILTER (WHERE wait_event_type = 'Lock'
-                                   OR state_change > clock_timestamp() - make_interval(secs => :silent_s)),
+               count(*) FILTER (WHERE state_change > clock_timestamp() - make_interval(secs => :silent_s)
+                                   OR wait_event_type = 'Lock' AND NOT pg_blocking_pids(pid) <@ ARRAY(SELECT pid FROM s)),
                (SELECT array_agg(DISTINCT b ORDER BY b) FROM (
                     SELECT unnest(pg_blocking_pids(pid)) FROM s
                     UNION SELECT pid FROM pg_locks

@@ -196,6 +196,37 @@ def test_a_transaction_the_silent_leader_was_frozen_in_is_rolled_back_not_waited
         assert read_watermark(b.engine) == at(21)
 
 
+def test_a_frozen_leaders_session_waiting_on_its_own_lock_still_reads_as_frozen(pg_clean_url):
+    """Two of its jobs froze, one waiting for a row the other holds (lock_timeout_s 0:
+    it waits for ever). That wait is on itself, not a sign of life: it is taken over."""
+    cfg = frozen_config(pg_clean_url, lock_timeout_s=0)
+    update = text("UPDATE daemon_state SET value = 'x' WHERE key = 'evaluate.watermark'")
+    with Daemon(cfg) as a, Daemon(cfg) as b:
+        assert a.acquire()
+        write_watermark(a.engine, at(20))
+        waited: list[BaseException] = []
+
+        def wait_for_the_row() -> None:
+            try:
+                with a.engine.connect() as second:
+                    second.execute(update)
+            except BaseException as exc:  # ended by the new leader
+                waited.append(exc)
+
+        with a.engine.connect() as first:
+            first.begin()
+            first.execute(update)
+            waiter = threading.Thread(target=wait_for_the_row)
+            waiter.start()
+            try:
+                take_over(b)
+                waiter.join(30)
+                assert not waiter.is_alive() and isinstance(waited[0], OperationalError), waited
+            finally:
+                first.invalidate()
+        assert read_watermark(b.engine) == at(20)
+
+
 def test_a_locked_daemon_state_neither_stops_the_lead_nor_reads_as_a_store_down(pg_clean_url):
     """An operator's transaction holds daemon_state: the beat waits a second at most; the
     lead is still taken and kept, and a follower just follows."""
