@@ -266,8 +266,9 @@ class PgAdvisoryLock(Alone):
         return bool(conn.execute(text(self.SQL_TRY), {"ns": LOCK_NAMESPACE}).scalar())
 
     def _end_silent_leader(self, conn: Any) -> bool:
-        """End the session of a leader whose heartbeat is older than silent_s, then its job
-        sessions; True if its lock's session was ended."""
+        """End the session of a leader whose heartbeat is older than silent_s and whose
+        sessions are as still (frozen, not blocked), then its job sessions; True if its
+        lock's session was ended."""
         try:
             row = conn.execute(text(self.SQL_SILENT), self._args()).first()
         except DBAPIError as exc:
