@@ -118,6 +118,9 @@ class Predecessor:
     version: str | None  # None: nothing served in the day before; the one deployed last is taken
     last_served: datetime | None  # the start of the last minute a counted version served before it
     passed_over: tuple[tuple[str, int], ...] = ()  # (version, minutes served in the day before)
+    # (version, its share of the predictions in the JUST_BEFORE_MINUTES minutes ending at
+    # last_served), most first: A/B arms or a canary show as more than one large share
+    shares: tuple[tuple[str, float], ...] = ()
 
 
 def replaced(engine: Engine, model: str, deployed_at: datetime, before: list[dict]) -> dict:
@@ -163,7 +166,15 @@ def _just_before(engine: Engine, model: str, versions: list[str], deployed_at: d
     after = datetime.fromtimestamp(60 * last, UTC)
     passed = tuple((v, minutes[v]) for v in versions if v in minutes and v not in long_lived
                    and max(per_minute[v]) >= last - JUST_BEFORE_MINUTES)
-    return Predecessor(best, after, passed)
+    return Predecessor(best, after, passed, _shares(per_minute, last))
+
+
+def _shares(per_minute: dict[str, dict[int, float]], last: int) -> tuple[tuple[str, float], ...]:
+    """Each version's share of the predictions in the JUST_BEFORE_MINUTES minutes up to
+    minute `last`, most first; a version passed over counts in the total too."""
+    n = {v: sum(x for m, x in per.items() if last - JUST_BEFORE_MINUTES < m <= last) for v, per in per_minute.items()}
+    total = sum(n.values())
+    return tuple(sorted(((v, x / total) for v, x in n.items() if x > 0), key=lambda vx: (-vx[1], vx[0]))) if total else ()
 
 
 def _served_minutes(engine: Engine, model: str, versions: list[str], start: datetime,

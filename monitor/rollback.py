@@ -39,7 +39,13 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from monitor import stats
-from monitor.baselines import SHORT_LIVED_MINUTES, deployments, predecessor, sketch_std
+from monitor.baselines import (
+    JUST_BEFORE_MINUTES,
+    SHORT_LIVED_MINUTES,
+    deployments,
+    predecessor,
+    sketch_std,
+)
 from monitor.errors import AttnmonError
 from monitor.heads import match_heads
 from monitor.metrics import ALL_METRICS
@@ -117,6 +123,11 @@ class Verdict:
     recent_window: tuple[datetime, datetime] | None = None  # None: not judged on its own
     recent_predictions: int | None = None  # set whenever the last --recent was looked at, judged or not
     recent_minutes: int | None = None
+    # the default baseline's share of the predictions just before the deploy, and the other
+    # versions serving beside it with a large share then (A/B arms, a canary): None and ()
+    # with --baseline
+    baseline_share: float | None = None
+    baseline_alternatives: tuple[tuple[str, float], ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -130,6 +141,7 @@ class Verdict:
         d["baseline_window"] = [x.isoformat() for x in self.baseline_window]
         d["recent_window"] = [x.isoformat() for x in self.recent_window] if self.recent_window else None
         d["reasons"] = [dict(asdict(r), ci=list(r.ci) if r.ci else None) for r in self.reasons]
+        d["baseline_alternatives"] = [{"version": v, "share": s} for v, s in self.baseline_alternatives]
         d["exit_code"] = self.exit_code
         return d
 
@@ -418,12 +430,13 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     if candidate not in names:
         raise RollbackInputError(f"candidate version {candidate!r} of {model!r} does not exist; known: {names}")
     cand_dep = deps[names.index(candidate)]
-    chosen = "given with --baseline"
+    choice = Choice(baseline or "")
     if baseline is None:
         earlier = [d for d in deps if d["deployed_at"] < cand_dep["deployed_at"] and d["version"] != candidate]
         if not earlier:
             raise RollbackInputError(f"{model} {candidate} has no earlier version to compare with; pass --baseline")
-        baseline, chosen = _default_baseline(engine, model, candidate, cand_dep["deployed_at"], earlier)
+        choice = _default_baseline(engine, model, candidate, cand_dep["deployed_at"], earlier)
+        baseline = choice.version
     if baseline not in names:
         raise RollbackInputError(f"baseline version {baseline!r} of {model!r} does not exist; known: {names}")
     if baseline == candidate:
@@ -472,7 +485,8 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
     else:
         verdict = PROCEED
     return Verdict(verdict, model, candidate, baseline, c_start, (b_start, b_end), same,
-                   predictions, minutes, whole.matching, reasons, chosen, r_window, *r_counts)
+                   predictions, minutes, whole.matching, reasons, choice.why, r_window, *r_counts,
+                   choice.share, choice.alternatives)
 
 
 KEY0 = (ROLLUP, "0", ROLLUP)  # a version's predictions: its layer 0 all-cohort roll-up
@@ -487,19 +501,51 @@ def _count(buckets: dict) -> int:
     return int(buckets[KEY0][0].sum()) if KEY0 in buckets else 0
 
 
+# another version serving beside the default baseline with at least this fraction of its
+# predictions just before the deploy is named: from a 20% arm beside 80% up, the split was
+# sized to compare versions (A/B arms, a late canary stage), and the candidate may have
+# replaced either; a 1 to 10% canary or holdout leaves no doubt which version was serving
+ARM_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The baseline, and in words which it is and why (Verdict.baseline_choice)."""
+
+    version: str
+    why: str = "given with --baseline"
+    share: float | None = None  # of the predictions just before the deploy
+    alternatives: tuple[tuple[str, float], ...] = ()  # other versions with a large share then
+
+
 def _default_baseline(engine: Engine, model: str, candidate: str, deployed_at: datetime,
-                      earlier: list[dict]) -> tuple[str, str]:
-    """The version `candidate` replaced, and in words which it is and why."""
+                      earlier: list[dict]) -> Choice:
+    """The version `candidate` replaced, which it is and why, and the versions that served
+    beside it just before the deploy with a large share (ARM_RATIO): the choice between
+    A/B arms is close, so the operator is told which others to pass as --baseline."""
     found = predecessor(engine, model, deployed_at, earlier)
     at = f"{deployed_at:%Y-%m-%d %H:%M} UTC"
     if found.version is None:
-        return earlier[-1]["version"], f"the version deployed last before {candidate} ({at}): none served in the day before"
+        return Choice(earlier[-1]["version"],
+                      f"the version deployed last before {candidate} ({at}): none served in the day before")
     why = f"the version serving just before {candidate} was deployed ({at})"
+    share = dict(found.shares).get(found.version, 0.0)
+    passed = {v for v, _ in found.passed_over}
+    others = tuple((v, round(s, 3)) for v, s in found.shares
+                   if v != found.version and v not in passed and s >= ARM_RATIO * share)
+    if others:
+        names = " and ".join(v for v, _ in others)
+        listed = ", ".join(f"{v} {100 * s:.0f}%" for v, s in others)
+        flags = " or ".join(f"--baseline {v}" for v, _ in others)
+        why += (f"; {names} served beside it: of the predictions in the last {JUST_BEFORE_MINUTES} minutes with "
+                f"traffic before the deploy {found.version} had {100 * share:.0f}%, {listed} (A/B arms or a canary, "
+                f"so which one {candidate} replaced is not plain: pass {flags} to compare with "
+                f"{'it' if len(others) == 1 else 'one of them'})")
     if found.passed_over:
         short = ", ".join(f"{v} ({m} minute{'s' if m != 1 else ''})" for v, m in found.passed_over)
         why += (f"; passed over: {short}, which served fewer than {SHORT_LIVED_MINUTES} minutes of the day before, "
                 "too few to compare with (pass --baseline to compare with it)")
-    return found.version, why
+    return Choice(found.version, why, round(share, 3), others)
 
 
 @dataclass(frozen=True)

@@ -86,11 +86,13 @@ def test_json_schema_is_stable(collapsed, capsys):
                             "--format", "json"], capsys)
     d = json.loads(out)
     assert code == 4 == d["exit_code"] == EXIT_CODES[d["verdict"]]
-    # fields are added, never renamed: schema 1's first fields, then the baseline's choice
-    # and the recent window (null when the candidate's data is no longer than it)
+    # fields are added, never renamed: schema 1's first fields, then the baseline's choice,
+    # the recent window (null when the candidate's data is no longer than it), and the
+    # default baseline's share of the traffic before the deploy beside other arms'
     assert set(d) == {"schema_version", "verdict", "exit_code", "model", "candidate", "baseline", "candidate_since",
                       "baseline_window", "same_weights", "predictions", "minutes", "head_matching", "reasons",
-                      "baseline_choice", "recent_window", "recent_predictions", "recent_minutes"}
+                      "baseline_choice", "recent_window", "recent_predictions", "recent_minutes",
+                      "baseline_share", "baseline_alternatives"}
     assert d["schema_version"] == 1 and d["recent_window"] is None
     assert set(d["reasons"][0]) == {"severity", "kind", "series", "metric", "baseline", "candidate", "ci", "text",
                                     "window"}

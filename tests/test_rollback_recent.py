@@ -3,6 +3,7 @@ baseline is the version serving just before the candidate's deployment."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -90,6 +91,7 @@ def test_the_default_baseline_is_the_version_v3_replaced_within_the_hour(tmp_pat
     v = check(engine, MODEL, now=now)
     assert (v.candidate, v.baseline) == ("v3", "v2")
     assert v.baseline_choice == "the version serving just before v3 was deployed (2026-11-20 09:20 UTC)"
+    assert v.baseline_share == 1.0 and v.baseline_alternatives == ()  # v2 alone served then: no arms named
     assert check(engine, MODEL, baseline="v1", now=now).baseline_choice == "given with --baseline"
     # the daemon's post-deployment baseline is the same version
     from monitor.baselines import choose
@@ -170,3 +172,49 @@ def test_a_harmless_redeploy_checked_at_night_is_not_warned_about_for_noise(tmp_
         v = check(engine, MODEL, now=now)
         assert v.recent_predictions == 90 and v.recent_window is not None
         assert v.verdict == "PROCEED", (now, [r.text for r in v.reasons])
+
+
+def _arms(tmp_path, arms, then=20):
+    """`arms`: (version, predictions per minute) served side by side until 09:00, each
+    deployed a minute after the one before; then v3 alone for `then` minutes."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    for k, (version, rate) in enumerate(arms):
+        stream(url, [Segment(version, 60 - k)], rate=rate, start=START + 60 * k)
+    end = stream(url, [Segment("v3", then)], rate=50, start=START + 3600)
+    return url, datetime.fromtimestamp(end, UTC)
+
+
+def test_a_baseline_chosen_between_a_b_arms_names_the_other_arm_and_its_share(tmp_path, capsys):
+    """v1 and v2 served 50/50 for an hour, then v3: the baseline is one of two equal arms
+    (the later deployment, on a tie), chosen without a word about the other."""
+    url, now = _arms(tmp_path, [("v1", 50), ("v2", 50)])
+    v = check(make_engine(url), MODEL, now=now)
+    assert (v.candidate, v.baseline) == ("v3", "v2")  # the choice is as it was
+    assert v.baseline_choice == (
+        "the version serving just before v3 was deployed (2026-11-20 09:00 UTC); v1 served beside it: of the "
+        "predictions in the last 5 minutes with traffic before the deploy v2 had 50%, v1 50% (A/B arms or a canary, so which "
+        "one v3 replaced is not plain: pass --baseline v1 to compare with it)")
+    assert v.baseline_share == 0.5 and v.baseline_alternatives == (("v1", 0.5),)
+    args = ["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat()]
+    main(args)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "v1 served beside it" in first and "v2 had 50%, v1 50%" in first and "--baseline v1" in first
+    main([*args, "--format", "json"])
+    d = json.loads(capsys.readouterr().out)
+    assert "v1 served beside it" in d["baseline_choice"]
+    assert d["baseline_share"] == 0.5 and d["baseline_alternatives"] == [{"version": "v1", "share": 0.5}]
+    # compared with the other arm as asked: no choice was made, so none is explained
+    other = check(make_engine(url), MODEL, baseline="v1", now=now)
+    assert other.baseline_choice == "given with --baseline"
+    assert other.baseline_share is None and other.baseline_alternatives == ()
+
+
+def test_a_small_canary_beside_the_baseline_is_not_named_as_an_arm(tmp_path):
+    """A canary at a tenth of v1's traffic (v2: 5 a minute against 50) is no arm: v1 is
+    plainly the version serving, and the choice says nothing more than with v1 alone."""
+    url, now = _arms(tmp_path, [("v1", 50), ("v2", 5)])
+    v = check(make_engine(url), MODEL, now=now)
+    assert v.baseline == "v1" and v.baseline_alternatives == ()
+    assert v.baseline_share == round(50 / 55, 3)
+    assert v.baseline_choice == "the version serving just before v3 was deployed (2026-11-20 09:00 UTC)"
