@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 
-from monitor.errors import ConfigError
+from monitor.errors import NOT_GIVEN, ConfigError
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
@@ -113,7 +113,7 @@ def create(engine: Engine, matchers: Sequence[str | Matcher], duration: timedelt
     """A new silence from `starts_at` (default now) for `duration`; returns its id."""
     ms = [m if isinstance(m, Matcher) else parse_matcher(m) for m in matchers]
     if not ms:
-        raise ConfigError([("--match", None, "give at least one matcher (a silence of everything is too easy to forget)")], "argument")
+        raise ConfigError([("--match", NOT_GIVEN, "give at least one matcher (a silence of everything is too easy to forget)")], "argument")
     if duration <= timedelta(0):
         raise ConfigError([("--for", str(duration), "must be positive")], "argument")
     if not comment.strip():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from monitor.cli_common import emit as _emit
 from monitor.config import Config
-from monitor.errors import ConfigError, StoreError
+from monitor.errors import NOT_GIVEN, ConfigError, StoreError
 
 PASSWORD_ENV = "ATTNMON_GRAFANA_DB_PASSWORD"
 
@@ -44,7 +44,7 @@ def _grafana(config: Config, url: str | None, token_file: str | None):
     g = config.grafana
     if url is None:
         if g is None:
-            raise ConfigError([("--grafana-url", None, "give Grafana's URL (or a grafana: section in the config)")],
+            raise ConfigError([("--grafana-url", NOT_GIVEN, "give Grafana's URL (or a grafana: section in the config)")],
                               "argument")
         url = g.url
     section = g if g is not None and url.rstrip("/") == g.url.rstrip("/") else None
@@ -103,11 +103,11 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
     if datasource:
         url = _pg_url(config, db_url)
         if url is None:
-            raise ConfigError([("--db-url", None, "the PostgreSQL store Grafana should read "
+            raise ConfigError([("--db-url", NOT_GIVEN, "the PostgreSQL store Grafana should read "
                                 "(or --no-datasource to leave the datasource alone)")], "argument")
         password = os.environ.get(PASSWORD_ENV, "")
         if not password:
-            raise ConfigError([(PASSWORD_ENV, None, "not set: the read-only role's password")], "environment")
+            raise ConfigError([(PASSWORD_ENV, NOT_GIVEN, "not set: the read-only role's password")], "environment")
         body = datasource_body(_connection(url, db_user, sslmode), password)
     grafana_url, _, api = _grafana(config, grafana_url, token_file)
     folder = config.grafana.folder if config.grafana is not None else FOLDER_UID
@@ -181,7 +181,7 @@ def grant(config: Config, role: str = "attnmon_grafana", schema: str | None = No
         raise ConfigError([("store", redact(config.store_url), "the read-only role is for a PostgreSQL store")])
     password = os.environ.get(PASSWORD_ENV, "")
     if not password:
-        raise ConfigError([(PASSWORD_ENV, None, "not set: the role's password")], "environment")
+        raise ConfigError([(PASSWORD_ENV, NOT_GIVEN, "not set: the role's password")], "environment")
     engine = make_engine(config.store_url)
     try:
         with store_errors(engine.url), engine.begin() as conn:

@@ -15,12 +15,18 @@ class AttnmonError(Exception):
     """Base class: the message is meant for a person, on one line."""
 
 
+# A problem's value when nothing was given (an option left out, a variable unset): the
+# message reads "--db-url: ...", not "--db-url=None: ...", as if None had been typed.
+NOT_GIVEN = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
+
+
 class ConfigError(AttnmonError):
     def __init__(self, problems: list[tuple[str, object, str]], source: str = "config"):
-        # problems: (field path, offending value, what is wrong)
+        # problems: (field path, offending value or NOT_GIVEN, what is wrong)
         self.problems = problems
         self.source = source
-        parts = [f"{field}={value!r}: {msg}" for field, value, msg in problems]
+        parts = [f"{field}: {msg}" if value is NOT_GIVEN else f"{field}={value!r}: {msg}"
+                 for field, value, msg in problems]
         super().__init__(f"{source}: " + "; ".join(parts))
 
 

@@ -132,6 +132,26 @@ def test_dashboards_grant_on_an_unreachable_store(monkeypatch, capsys) -> None:
     assert code == 2 and line.startswith("attnmon: error: store at postgresql+psycopg://postgres@127.0.0.1:1/x: ")
 
 
+@pytest.mark.parametrize(("argv", "named"), [
+    (["dashboards", "grant", "--store", "postgresql+psycopg://postgres@127.0.0.1:1/x"],
+     "ATTNMON_GRAFANA_DB_PASSWORD: not set"),
+    (["dashboards", "push", "--store", "sqlite:///x.db"], "--db-url: the PostgreSQL store"),
+    (["dashboards", "annotate", "--store", "sqlite:///x.db"], "--grafana-url: give Grafana's URL"),
+])
+def test_an_option_or_variable_not_given_is_named_without_a_value(argv, named, capsys) -> None:
+    # not "ATTNMON_GRAFANA_DB_PASSWORD=None", as if it had been set to the text None
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert named in line and "None" not in line, line
+
+
+def test_a_problem_without_a_value_is_field_then_message() -> None:
+    from monitor.errors import NOT_GIVEN
+
+    assert str(ConfigError([("--db-url", NOT_GIVEN, "give one")], "argument")) == "argument: --db-url: give one"
+    assert str(ConfigError([("x", None, "must be an integer")])) == "config: x=None: must be an integer"
+
+
 def test_report_out_that_cannot_be_created(small_store, tmp_path: Path, capsys) -> None:
     url, _, _ = small_store
     (tmp_path / "file").write_text("not a folder")

@@ -29,7 +29,7 @@ from alerts.receivers.email import Email
 from alerts.receivers.pagerduty import PagerDuty
 from alerts.receivers.slack import Slack
 from alerts.receivers.webhook import Webhook
-from monitor.errors import ConfigError
+from monitor.errors import NOT_GIVEN, ConfigError
 
 __all__ = ["Alertmanager", "Email", "PagerDuty", "Slack", "Webhook", "build"]
 
@@ -59,7 +59,7 @@ def build(cfg: ReceiverConfig, *, clock: Callable[[], datetime] = utc_now) -> Re
         return Webhook(cfg.name, url=url, url_is_secret=secret, timeout_s=c.timeout_s, max_alerts=c.max_alerts)
     if kind == "email":
         if c.username and c.password is None:
-            raise ConfigError([(f"{field}.password", None, "a username needs a password")], "alerts")
+            raise ConfigError([(f"{field}.password", NOT_GIVEN, "a username needs a password")], "alerts")
         return Email(
             cfg.name,
             host=c.host,
