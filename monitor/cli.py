@@ -89,6 +89,7 @@ def _describe(revision: str | None, head: str) -> str:
 
 def db_upgrade(config: Config, revision: str = "head") -> int:
     """Migrate the store up to `revision`; an empty store gets the whole schema."""
+    _known_revision(revision, "--revision")
     return _migrate(config, "upgrade", revision)
 
 
@@ -96,8 +97,20 @@ def db_downgrade(config: Config, revision: str) -> int:
     """Migrate the store down to `revision` ("base" drops every table)."""
     from monitor.store.engine import require_file
 
+    _known_revision(revision, "REV")
     require_file(config.store_url)
     return _migrate(config, "downgrade", revision)
+
+
+def _known_revision(revision: str, option: str) -> None:
+    """Refuse a revision id this attnmon lacks before connecting (which would leave an
+    empty SQLite file behind a typo). Alembic's relative forms (-1, head-1) pass."""
+    from monitor.store import migrate
+
+    if revision == "base" or any(c in revision for c in "+-@:") or migrate.known_revision(revision):
+        return
+    raise ConfigError([(option, revision, f"not a revision of this attnmon; known: "
+                                          f"{', '.join(migrate.revisions())}, head, base")], "argument")
 
 
 def _migrate(config: Config, direction: str, revision: str) -> int:

@@ -321,6 +321,19 @@ def test_db_commands_on_a_mistyped_sqlite_path_leave_no_file(tmp_path: Path, cap
     assert not typo.exists()
 
 
+@pytest.mark.parametrize("argv", [["db", "upgrade", "--revision", "9999"], ["db", "upgrade", "--revision", "0008"],
+                                  ["db", "downgrade", "9999"]])
+def test_db_migrate_to_an_unknown_revision_names_it_and_the_known_ones(tmp_path: Path, capsys, argv) -> None:
+    store = tmp_path / "attnmon.db"
+    if argv[1] == "downgrade":
+        migrate.upgrade(f"sqlite:///{store}")
+    assert main([*argv, "--store", f"sqlite:///{store}"]) == 2
+    line = one_error_line(capsys)
+    assert f"{'--revision' if argv[1] == 'upgrade' else 'REV'}='{argv[-1]}'" in line, line
+    assert "0001" in line and f"{migrate.head_revision()}" in line, line
+    assert store.exists() == (argv[1] == "downgrade")  # (a typo leaves no empty store behind)
+
+
 @pytest.mark.parametrize("since", ["0s", "9m"])
 def test_rollback_check_refuses_a_since_too_short_for_any_verdict(small_store, capsys, since) -> None:
     url, _, _ = small_store

@@ -104,6 +104,11 @@ def head_revision() -> str:
     return head
 
 
+def revisions() -> list[str]:
+    """This checkout's migrations, oldest first."""
+    return [r.revision for r in reversed(list(_script().walk_revisions()))]
+
+
 def known_revision(revision: str) -> bool:
     """Whether `revision` is one of this checkout's migrations."""
     try:
