@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from monitor.errors import AttnmonError, ConfigError
+from monitor.errors import NOT_GIVEN, AttnmonError, ConfigError
 
 TOKEN_ENV = "ATTNMON_GRAFANA_TOKEN"
 T = TypeVar("T")
@@ -41,7 +41,7 @@ def load_token(token_file: str | None = None, env: Mapping[str, str] | None = No
         return token
     token = env.get(TOKEN_ENV, "").strip()
     if not token:
-        raise ConfigError([(TOKEN_ENV, None, "not set: give a Grafana token (or --token-file)")], "environment")
+        raise ConfigError([(TOKEN_ENV, NOT_GIVEN, "not set: give a Grafana token (or --token-file)")], "environment")
     return token
 
 

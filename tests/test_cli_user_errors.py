@@ -137,6 +137,8 @@ def test_dashboards_grant_on_an_unreachable_store(monkeypatch, capsys) -> None:
      "ATTNMON_GRAFANA_DB_PASSWORD: not set"),
     (["dashboards", "push", "--store", "sqlite:///x.db"], "--db-url: the PostgreSQL store"),
     (["dashboards", "annotate", "--store", "sqlite:///x.db"], "--grafana-url: give Grafana's URL"),
+    (["dashboards", "annotate", "--store", "sqlite:///x.db", "--grafana-url", "http://127.0.0.1:1"],
+     "ATTNMON_GRAFANA_TOKEN: not set"),
 ])
 def test_an_option_or_variable_not_given_is_named_without_a_value(argv, named, capsys) -> None:
     # not "ATTNMON_GRAFANA_DB_PASSWORD=None", as if it had been set to the text None
