@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitor.cli_common import emit as _emit
-from monitor.config import Config
+from monitor.config import CENTURY_DAYS, Config
 from monitor.errors import NOT_GIVEN, ConfigError, StoreError
 
 PASSWORD_ENV = "ATTNMON_GRAFANA_DB_PASSWORD"
@@ -153,6 +153,8 @@ def annotate(config: Config, grafana_url: str | None = None, *, token_file: str 
     from monitor.store import make_engine, require_schema
 
     at = parse_time(now, "--now") if now else datetime.now(UTC)
+    if not 0 < days <= CENTURY_DAYS:  # (False for NaN too)
+        raise ConfigError([("--days", days, f"look back a number of days > 0, at most {CENTURY_DAYS:,}")], "argument")
     grafana_url, section, api = _grafana(config, grafana_url, token_file)
     if section is not None:
         # where the daemon's job posts: what it recorded as posted is per target

@@ -154,6 +154,16 @@ def test_a_problem_without_a_value_is_field_then_message() -> None:
     assert str(ConfigError([("x", None, "must be an integer")])) == "config: x=None: must be an integer"
 
 
+@pytest.mark.parametrize("days", ["nan", "inf", "-1", "0", "1e10"])
+def test_dashboards_annotate_days_that_are_no_look_back(sqlite_url: str, days: str, monkeypatch, capsys) -> None:
+    # nan was a traceback, -1 and 0 posted nothing and said so as if all were well
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", "t")
+    code = main(["dashboards", "annotate", "--store", sqlite_url, "--grafana-url", "http://127.0.0.1:1",
+                 f"--days={days}"])
+    line = one_error_line(capsys)
+    assert code == 2 and "--days=" in line and "days > 0" in line, line
+
+
 def test_report_out_that_cannot_be_created(small_store, tmp_path: Path, capsys) -> None:
     url, _, _ = small_store
     (tmp_path / "file").write_text("not a folder")
