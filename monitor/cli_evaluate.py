@@ -97,9 +97,12 @@ def _refuse_rolled_up(engine, first: datetime, last: datetime, config: Config, f
 
 def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
                  version: str | None = None, comment: str | None = None) -> int:
+    from collectors.block import label_problem
     from monitor.store import tables as t
     from monitor.store.maintenance import ROLLUP_SECONDS, rows_in
 
+    if problem := label_problem(name):  # (stored as the baseline of the results and alerts it judges)
+        raise ConfigError([("--name", name, problem)], "argument")
     t0, t1 = parse_time(start, "--from"), parse_time(end, "--to")
     if t1 <= t0:
         raise ConfigError([("--to", end, "must be after --from")], "argument")

@@ -406,6 +406,20 @@ def test_baseline_pin_of_a_window_without_traffic_is_refused(small_store, capsys
     engine.dispose()
 
 
+@pytest.mark.parametrize("name", ["", "x\ty", "*", "pin$__timeFrom()"])
+def test_baseline_pin_refuses_a_name_that_is_no_label(small_store, capsys, name) -> None:
+    # the name is stored as the baseline of every result and alert the pin judges
+    url, last, _ = small_store
+    code = main(["baseline", "pin", "--store", url, "--model", MODEL, "--name", name,
+                 "--from", (last - timedelta(minutes=6)).isoformat(), "--to", last.isoformat()])
+    line = one_error_line(capsys)
+    assert code == 2 and f"--name={name!r}" in line, line
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(select(t.pinned_baselines.c.name)).all() == []
+    engine.dispose()
+
+
 def test_baseline_pin_of_a_window_not_over_yet_is_refused(small_store, capsys) -> None:
     # a pinned baseline is merged once, when a cycle first reads it, and kept: one that
     # ends in the future would hold the traffic up to then, not its window's
