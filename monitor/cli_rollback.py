@@ -174,6 +174,7 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
                                                         a.format, a.out, a.now, a.recent))
 
     p = add_command(commands, "explain", "show which history items one sampled prediction attended to")
-    p.add_argument("--request-id", required=True)
+    p.add_argument("--request-id", required=True, help="the request_id the serving code gave observe() "
+                   "(request_ids for a batch); only sampled requests are kept")
     p.add_argument("--out", metavar="FILE.png", help="also write a heatmap PNG")
     p.set_defaults(run=lambda config, a: explain(config, a.request_id, a.out))
