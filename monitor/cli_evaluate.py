@@ -151,6 +151,8 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
                 raise ConfigError([("--from/--to", f"{start} to {end}", f"{which} served no traffic "
                                     "in this window: a baseline of nothing would leave every series "
                                     "unevaluated")], "argument")
+            replaced = conn.execute(select(pb.c.name).where(pb.c.model == model, pb.c.active.is_(True))
+                                    .order_by(pb.c.created_at.desc()).limit(1)).scalar()
             conn.execute(pb.insert().values(
                 name=name, model=model, version=version, window_start=t0, window_end=t1,
                 comment=comment, created_at=datetime.now(UTC), active=True,
@@ -158,6 +160,9 @@ def baseline_pin(config: Config, model: str, name: str, start: str, end: str,
     finally:
         engine.dispose()
     print(f"pinned {name!r}: {model} {version or 'any version'} {t0:%Y-%m-%d %H:%M}–{t1:%Y-%m-%d %H:%M} UTC")
+    if replaced is not None:  # (the newest active pin of a model is its baseline)
+        print(f"note: {name!r} replaces {replaced!r} as {model}'s baseline; `attnmon baseline unpin {name}` "
+              f"goes back to it", file=sys.stderr)
     return 0
 
 
@@ -171,13 +176,22 @@ def baseline_list(config: Config, fmt: str = "text") -> int:
             rows = [dict(r) for r in conn.execute(select(t.pinned_baselines).order_by(t.pinned_baselines.c.created_at)).mappings()]
     finally:
         engine.dispose()
+    # the newest active pin of a model is its baseline; an older one waits for its unpin
+    newest = {r["model"]: r["name"] for r in rows if r["active"]}  # (rows oldest first)
     # SQLite hands times back naive: ISO 8601 in UTC, as every other command's JSON
     for r in rows:
         for k in ("window_start", "window_end", "created_at"):
             r[k] = as_utc(r[k]).isoformat() if r[k] is not None else None
+        r["in_use"] = bool(r["active"]) and newest[r["model"]] == r["name"]
+
+    def state(r: dict) -> str:
+        if not r["active"]:
+            return "unpinned"
+        return "active" if r["in_use"] else f"active (replaced by {newest[r['model']]!r})"
+
     text = "\n".join(
         f"{r['name']}\t{r['model']}\t{r['version'] or '*'}\t{r['window_start']}\t{r['window_end']}\t"
-        f"{'active' if r['active'] else 'unpinned'}\t{r['comment'] or ''}"
+        f"{state(r)}\t{r['comment'] or ''}"
         for r in rows
     ) or "no pinned baselines"
     _emit(fmt, text, rows)

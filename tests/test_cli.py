@@ -195,3 +195,26 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch,
     assert main(["db", "current", "--store", "sqlite:///x.db"]) == 130
     err = capsys.readouterr().err
     assert err == "attnmon: interrupted\n"
+
+
+def test_a_second_pin_of_a_model_says_it_replaces_the_first(sqlite_url: str, capsys) -> None:
+    # the newest active pin is the model's baseline; the older one stays listed, and
+    # `baseline list` called both 'active' as if both were used
+    from datetime import UTC, datetime, timedelta
+
+    from monitor.demo import Segment, stream
+
+    end = datetime.fromtimestamp(stream(sqlite_url, [Segment("v1", 4)], rate=60), UTC)
+    window = ["--from", (end - timedelta(minutes=4)).isoformat(), "--to", end.isoformat()]
+    store = ["--store", sqlite_url, "--model", "demo-sasrec"]
+    assert main(["baseline", "pin", *store, "--name", "first", *window]) == 0
+    assert "replaces" not in capsys.readouterr().err
+    assert main(["baseline", "pin", *store, "--name", "second", *window]) == 0
+    err = capsys.readouterr().err
+    assert "note: 'second' replaces 'first' as demo-sasrec's baseline" in err, err
+    assert main(["baseline", "list", "--store", sqlite_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "\tactive (replaced by 'second')\t" in lines[0] and "\tactive\t" in lines[1], lines
+    assert main(["baseline", "list", "--store", sqlite_url, "--format", "json"]) == 0
+    pins = json.loads(capsys.readouterr().out)
+    assert [(p["name"], p["active"], p["in_use"]) for p in pins] == [("first", True, False), ("second", True, True)]
