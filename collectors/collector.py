@@ -61,8 +61,10 @@ from monitor.store.engine import (
     PG_TIMEOUT_MAX_S,
     Cutter,
     one_line,
+    redact,
     refused,
     schema_behind,
+    url_problem,
 )
 from monitor.store.writer import FlushBatch, write_batch
 from monitor.topk import TopK
@@ -290,6 +292,9 @@ class AttentionCollector(ServingCalls):
                 raise ValueError("hash_item_ids=True needs hash_key (or ATTNMON_HASH_KEY)")
         if store_url is None and engine is None:
             store_url = os.environ.get("ATTNMON_STORE_URL", "sqlite:///attnmon.db")
+        if store_url is not None and (problem := url_problem(str(store_url))):
+            # every write would fail in the background until close() dropped it all
+            raise ValueError(f"store_url={redact(str(store_url))!r}: {problem}")
         self.store_url = store_url
         self.model, self.version, self.weights_id = model, version, weights_id
         self.sample_rate = sample_rate

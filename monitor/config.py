@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alerts.config import AlertsConfig, Secret
 from monitor.errors import ConfigError
-from monitor.store.engine import PG_TIMEOUT_MAX_S, redact
+from monitor.store.engine import PG_TIMEOUT_MAX_S, redact, url_problem
 
 DEFAULT_PATH = Path("attnmon.yaml")
 ENV_PREFIX = "ATTNMON_"
@@ -223,19 +223,8 @@ class Config(_Strict):
     @field_validator("store_url")
     @classmethod
     def _parseable_url(cls, value: str) -> str:
-        # Imported here: reading a config should not pay for SQLAlchemy until it must.
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-        try:
-            url = make_url(value)
-        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-            raise ValueError("not a SQLAlchemy URL (e.g. sqlite:///attnmon.db)") from None
-        try:
-            url.get_dialect()  # loads the dialect class only, not the driver
-        except NoSuchModuleError:
-            hint = " (PostgreSQL: postgresql+psycopg://...)" if url.drivername == "postgres" else ""
-            raise ValueError(f"unknown database dialect {url.drivername!r}{hint}") from None
+        if problem := url_problem(value):
+            raise ValueError(problem)
         return value
 
 

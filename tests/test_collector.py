@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -560,3 +561,15 @@ def test_a_bfloat16_models_rows_are_accepted_and_dropout_still_rejected(sqlite_u
         c.flush()
         assert c.stats.rejected["not_normalised"] == int((miss > 1e-3).sum()), c.stats
 
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("notaurl", "not a SQLAlchemy URL"),
+    ("/var/lib/attnmon.db", "not a SQLAlchemy URL"),
+    ("postgres://u@db/attnmon", "unknown database dialect 'postgres' (PostgreSQL: postgresql+psycopg://...)"),
+])
+def test_a_store_url_that_can_never_work_is_refused_at_construction(url: str, problem: str) -> None:
+    # it was taken, and every write then failed in the background ("keeping in memory")
+    # until close() dropped it all: a typo found only by the data missing
+    with pytest.raises(ValueError, match=f"^store_url='{re.escape(url)}': {re.escape(problem)}"):
+        AttentionCollector(url, model="m", version="v1")

@@ -92,6 +92,8 @@ def test_writes_what_the_in_process_collector_writes(sqlite_url):
 def test_bad_options_are_refused_here_with_the_same_errors(sqlite_url):
     with pytest.raises(ValueError, match="sample_rate=2"):
         ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=2)
+    with pytest.raises(ValueError, match="store_url='notaurl': not a SQLAlchemy URL"):
+        ProcessCollector("notaurl", model="m", version="v1")
     with pytest.raises(ValueError, match="strict=True"):
         ProcessCollector(sqlite_url, model="m", version="v1", strict=True)
     with pytest.raises(ValueError, match="engine="):

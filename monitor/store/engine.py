@@ -41,6 +41,21 @@ def redact(url: str | URL) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` can never be a store (not a URL, an unknown dialect); None if it may.
+    Loads the dialect class only, not the driver, and connects to nothing."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return "not a SQLAlchemy URL (e.g. sqlite:///attnmon.db)"
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        hint = " (PostgreSQL: postgresql+psycopg://...)" if parsed.drivername == "postgres" else ""
+        return f"unknown database dialect {parsed.drivername!r}{hint}"
+    return None
+
+
 def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
                 lock_timeout_s: float | None = None, busy_timeout_s: float | None = None,
                 application_name: str | None = None, **kwargs: Any) -> Engine:
