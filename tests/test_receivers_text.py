@@ -93,3 +93,22 @@ def test_the_dashboard_link_opens_on_the_series_and_a_group_gets_one_for_its_sha
     d = digest(notification([late, early], external_url="https://g.example"), now=NOW)
     assert d.dashboard_url == ("https://g.example/d/attnmon-overview?var-model=sasrec&var-version=v42&var-cohort=all"
                                f"&var-layer=0&from={int(T0.timestamp()) * 1000 - 3_600_000}&to=now")
+
+
+def test_the_silence_line_silences_exactly_the_group_whatever_its_label_values():
+    """Pasted as it is, the line gives `attnmon alerts silence` one equality per group label.
+    A value starting with '~' was read as the regex `cohort=~beta`, which matches no
+    'cohort=~beta' alert: the silence was created and silenced nothing; a value holding
+    '!=' or '!~' was refused as a bad matcher."""
+    import shlex
+
+    from alerts.silences import parse_matcher
+
+    for value in ("~beta", "a!=b", "x=~y", "!~x", "it's", "$(touch /tmp/x)", "a b", "*", "é🙂", "a=b"):
+        n = notification([alert(), alert(head=2)], group_labels={"cohort": value, "model": "sasrec"})
+        argv = shlex.split(digest(n, now=NOW).silence)
+        matchers = [parse_matcher(argv[i + 1]) for i, a in enumerate(argv) if a == "--match"]
+        silenced = [m for m in matchers if m.name == "cohort"]
+        assert len(silenced) == 1 and silenced[0].matches({"cohort": value}), (value, silenced)
+        assert not silenced[0].matches({"cohort": value + "x"}) and not silenced[0].matches({"cohort": "beta"})
+        assert argv[:3] == ["attnmon", "alerts", "silence"] and argv[-4:-2] == ["--for", "2h"]

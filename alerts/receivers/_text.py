@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from alerts.model import OBSERVED, AlertView, Notification
 from alerts.template import dashboard_url, fmt
+from monitor.errors import ConfigError
 
 # the series labels, in the order a person scans them; other labels follow, sorted
 LABEL_ORDER = ("model", "version", "cohort", "layer", "head", "statistic", "baseline_kind")
@@ -114,9 +115,24 @@ def silence_command(n: Notification) -> str | None:
         labels = {k: n.common_labels[k] for k in _SILENCE_BY if n.common_labels.get(k)}
     if not labels:
         return None
-    matchers = " ".join(f"--match {shlex.quote(f'{k}={v}')}" for k, v in labels.items())
+    matchers = " ".join(f"--match {shlex.quote(_equal(k, v))}" for k, v in labels.items())
     return (f"attnmon alerts silence {matchers} --for {SILENCE_FOR}"
             f" --comment {shlex.quote('on-call: investigating')}")
+
+
+def _equal(name: str, value: str) -> str:
+    """A matcher `attnmon alerts silence` reads as "name is exactly value": `name=value`,
+    unless the value would turn it into another operator ('~beta' into the regex `=~`,
+    'a!=b' into an error); then the value as an escaped whole-value regex."""
+    from alerts.silences import Matcher, parse_matcher
+
+    text = f"{name}={value}"
+    try:
+        if parse_matcher(text) == Matcher(name, "=", value):
+            return text
+    except ConfigError:
+        pass
+    return f"{name}=~{re.escape(value)}"
 
 
 def labels_text(labels: dict[str, str]) -> str:
