@@ -160,12 +160,25 @@ def annotate(rule: Rule, obs: Observation, labels: Mapping[str, str], active_at:
     }
     out = {k: template.render(v, ctx) for k, v in rule.annotations.items()}
     if obs.means is not None and OBSERVED not in out:
-        cur, base = obs.means
-        moved = "fell" if cur < base else "rose" if cur > base else "stayed"
-        out[OBSERVED] = f"{obs.series['statistic'].partition('.')[2]} {moved} from {template.fmt(base)} to {template.fmt(cur)}"
+        out[OBSERVED] = observed_text(obs.series["statistic"], *obs.means)
     if external_url:
         out["dashboard"] = template.dashboard_url(external_url, labels, active_at)
     return out
+
+
+def observed_text(statistic: str, cur: float, base: float) -> str:
+    """What the statistic's metric did: "entropy_norm fell from 0.824 to 0.311", with as
+    many digits as it takes to tell the two apart (a -3 SD move of a steady head can be
+    in the fourth digit: "fell from 0.824 to 0.824" said nothing moved)."""
+    metric = statistic.partition(".")[2]
+    if cur == base:
+        return f"{metric} stayed at {template.fmt(cur)}"
+    a, b = template.fmt(base), template.fmt(cur)
+    for digits in range(4, 16):
+        if a != b:
+            break
+        a, b = f"{base:,.{digits}g}", f"{cur:,.{digits}g}"
+    return f"{metric} {'fell' if cur < base else 'rose'} from {a} to {b}"
 
 
 _WITH_MEAN = ("delta.", "psi.")

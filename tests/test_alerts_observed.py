@@ -40,3 +40,22 @@ def test_pagerduty_details_carry_what_the_metric_did():
     a = alert(observed="entropy_norm fell from 0.824 to 0.311")
     (s,) = PagerDuty("p", routing_key="R").payload(notification([a]))["payload"]["custom_details"]["series"]
     assert s["observed"] == "entropy_norm fell from 0.824 to 0.311"
+
+
+def test_what_the_metric_did_shows_enough_digits_to_see_the_move():
+    """A head whose baseline barely varies fires at -3 SDs for a move in the fourth digit:
+    "fell from 0.824 to 0.824" read as if nothing had moved."""
+    from alerts.state import observed_text
+
+    assert observed_text("delta.entropy_norm", 0.82411, 0.82436) == "entropy_norm fell from 0.8244 to 0.8241"
+    assert observed_text("psi.distance", 120.4, 120.3) == "distance rose from 120.3 to 120.4"
+    assert observed_text("delta.entropy_norm", 0.3112, 0.8243) == "entropy_norm fell from 0.824 to 0.311"
+    # a distribution shift (psi) that leaves the mean where it was
+    assert observed_text("psi.entropy_norm", 0.5, 0.5) == "entropy_norm stayed at 0.5"
+
+
+def test_a_tiny_move_is_stored_with_its_digits(store):
+    rows = [drift_row(at(0), -3.4, head="1"),
+            drift_row(at(0), 0.82411, statistic="mean.entropy_norm", baseline_value=0.82436, head="1")]
+    cycle(store, [rule(**FIRE_NOW)], config(), 0, rows)
+    assert [a.get("observed") for a in stored_annotations(store)] == ["entropy_norm fell from 0.8244 to 0.8241"]
