@@ -94,7 +94,8 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
          db_user: str = "attnmon_grafana", sslmode: str = "require", datasource: bool = True,
          rules: str | None = None, force: bool = False, fmt: str = "text") -> int:
     """Create the folder and the datasource if missing, save every dashboard not edited in
-    Grafana since attnmon pushed it (all of them with `force`); 1 when some were left."""
+    Grafana since attnmon pushed it (all of them with `force`) nor provisioned from files;
+    1 when some were left."""
     from dashboards.provision import datasource as datasource_body
     from dashboards.push import push as run
     from dashboards.spec import FOLDER_UID
@@ -124,8 +125,14 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
                           if d.action in ("skipped", "overwritten") else {})
                        for d in result.dashboards],
     })
+    if result.provisioned:
+        n = len(result.provisioned)
+        print(f"attnmon: {n} dashboard{'s' if n > 1 else ''} provisioned from files, which Grafana does not "
+              f"let the API save, {'were' if n > 1 else 'was'} left as is: "
+              f"{', '.join(d.uid for d in result.provisioned)}; update the files with attnmon dashboards "
+              "export, or remove them from Grafana's provisioning to push instead", file=sys.stderr)
     if not result.skipped:
-        return 0
+        return 1 if result.provisioned else 0
     n = len(result.skipped)
     names = ", ".join(f"{d.uid} ({d.edited_by or '?'}, {d.edited_at or '?'})" for d in result.skipped)
     print(f"attnmon: {n} dashboard{'s' if n > 1 else ''} edited in Grafana since attnmon pushed "
@@ -140,6 +147,8 @@ def _pushed(d) -> str:
                 + (f" ({d.edit_message!r})" if d.edit_message else ""))
     if d.action == "skipped":
         return f"dashboard {d.uid} skipped: {saved_by} since attnmon pushed it"
+    if d.action == "provisioned":
+        return f"dashboard {d.uid} provisioned from a file: Grafana refuses saves through its API {d.url}"
     if d.action == "overwritten":
         return f"dashboard {d.uid} overwritten ({saved_by}) {d.url}"
     return f"dashboard {d.uid} {d.action} {d.url}"

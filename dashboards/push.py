@@ -11,7 +11,10 @@ Safe for edits made in Grafana: a dashboard already there is
   own push (its `message` is PUSH_MESSAGE);
 - otherwise someone saved it since (an on-call engineer's threshold, a panel): it is
   left and named ("skipped", with who saved it and when) unless `force`, which saves
-  over it ("overwritten").
+  over it ("overwritten");
+- left ("provisioned") when a provisioning file owns it (meta.provisioned, as the files
+  `attnmon dashboards export` writes make it): Grafana refuses to save it through the
+  API (400 "Cannot save provisioned dashboard"), `force` or not.
 
 The version history is the signal rather than the JSON: Grafana rewrites a dashboard's
 JSON on save and read as its schema evolves, and a new attnmon release changes the JSON
@@ -42,7 +45,7 @@ SERVER_FIELDS = ("id", "version")
 @dataclass(frozen=True)
 class BoardResult:
     uid: str
-    action: str  # created, updated, unchanged, overwritten (force) or skipped
+    action: str  # created, updated, unchanged, overwritten (force), skipped or provisioned
     url: str = ""
     # who saved the version found on the server, when not attnmon (skipped, overwritten)
     edited_by: str | None = None
@@ -59,6 +62,10 @@ class PushResult:
     @property
     def skipped(self) -> tuple[BoardResult, ...]:
         return tuple(d for d in self.dashboards if d.action == "skipped")
+
+    @property
+    def provisioned(self) -> tuple[BoardResult, ...]:
+        return tuple(d for d in self.dashboards if d.action == "provisioned")
 
 
 def ensure_folder(api, uid: str = FOLDER_UID, title: str = FOLDER_TITLE) -> bool:
@@ -114,6 +121,8 @@ def push_board(api, board: dict[str, Any], folder_uid: str, force: bool = False)
     meta = current.get("meta") or {}
     if _bare(current.get("dashboard")) == _bare(board) and meta.get("folderUid") == folder_uid:
         return BoardResult(uid, "unchanged", str(meta.get("url", "")))
+    if meta.get("provisioned"):  # a file's: the API cannot save it, and it is not an edit
+        return BoardResult(uid, "provisioned", str(meta.get("url", "")))
     last = last_save(api, uid)
     if last is not None and last.get("message") == PUSH_MESSAGE:
         return _save(api, board, folder_uid, meta.get("version"), force, "updated")

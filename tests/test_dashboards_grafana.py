@@ -41,6 +41,7 @@ from monitor.store import make_engine, tables
 TOKEN = "glsa_test_token_0123456789"
 SERVICE_ACCOUNT = "sa-1-attnmon-ci"  # the token's login, as Grafana names a service account's
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+PROVISIONING = "Anonymous"  # the author the versions list gives a provisioner's save (user id 0)
 
 
 class FakeGrafana:
@@ -57,6 +58,9 @@ class FakeGrafana:
         # the versions list: "paged" ({"continueToken", "versions"}) since Grafana 11.6,
         # "list" (a bare array) before (grafana/grafana#104556)
         self.versions_shape = "paged"
+        # dashboards a provisioning file owns (allowUiUpdates: false, as `export` writes it):
+        # meta.provisioned, and a save through the API is refused (400)
+        self.provisioned: set[str] = set()
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[dict]:
         return [r for r in self.requests if (method is None or r["method"] == method)
@@ -109,6 +113,9 @@ class FakeGrafana:
         if folder and folder not in self.folders:
             return 400, {"message": "folder not found", "status": "folder-not-found"}
         old = self.dashboards.get(board["uid"])
+        if old is not None and board["uid"] in self.provisioned and user != PROVISIONING:
+            # pkg/services/dashboards: ErrDashboardCannotSaveProvisionedDashboard, overwrite or not
+            return 400, {"message": "Cannot save provisioned dashboard"}
         if board.get("id") is not None and (old is None or old["id"] != board["id"]):
             return 404, {"message": "Dashboard not found", "status": "not-found"}
         sent = board.get("version") or 0  # absent: 0, as Go reads it
@@ -135,7 +142,8 @@ class FakeGrafana:
         if d is None:
             return 404, {"message": "Dashboard not found"}
         meta = {"isStarred": False, "url": d["url"], "slug": d["slug"], "folderUid": d["folderUid"],
-                "folderId": self.folders.get(d["folderUid"], {}).get("id", 0), "provisioned": False,
+                "folderId": self.folders.get(d["folderUid"], {}).get("id", 0),
+                "provisioned": uid in self.provisioned,
                 "canSave": True, "canEdit": True, "version": d["version"], "created": d["created"],
                 "createdBy": d["createdBy"], "updated": d["updated"], "updatedBy": d["updatedBy"]}
         return 200, {"dashboard": json.loads(json.dumps(d["dashboard"])), "meta": meta}
@@ -159,6 +167,16 @@ class FakeGrafana:
         change(board)
         status, answer = self.post_dashboard(
             {"dashboard": board, "folderUid": loaded["meta"]["folderUid"], "message": message}, user)
+        assert status == 200, answer
+
+    def provision(self, board: dict, folder_uid: str) -> None:
+        """Grafana's file provisioner saving a dashboard from its JSON file (no user, no
+        message), the file's owner from then on."""
+        self.provisioned.add(board["uid"])
+        old = self.dashboards.get(board["uid"])
+        status, answer = self.post_dashboard(
+            {"dashboard": dict(board, version=old["version"] if old else 0), "folderUid": folder_uid},
+            PROVISIONING)
         assert status == 200, answer
 
     def post_annotation(self, body: dict):
@@ -385,6 +403,33 @@ def test_an_edit_saved_while_push_runs_is_not_overwritten(grafana) -> None:
     assert result.skipped[0].edited_by == "carol"
     assert state.dashboards["attnmon-heads"]["updatedBy"] == "carol"
     assert [d.action for d in result.dashboards].count("updated") == 4
+
+
+def test_a_provisioned_dashboard_is_named_as_provisioned_not_as_edited(grafana, capsys, monkeypatch) -> None:
+    """Dashboards Grafana reads from files (`attnmon dashboards export`) cannot be saved
+    through the API: Grafana answers 400 "Cannot save provisioned dashboard", with
+    overwrite too. push named the provisioner's save as an edit in Grafana and said to
+    use --force, and --force stopped the whole push at that dashboard with the 400."""
+    from dashboards.grafana import to_json
+
+    url, state = grafana
+    api = connect(url, TOKEN)
+    boards = dashboards()
+    ensure_folder(api)
+    state.provision(to_json(boards[0]), "attnmon")  # an older release's file
+    state.dashboards[boards[0].uid]["dashboard"]["description"] = "older"
+    for force in (False, True):
+        result = push(api, boards, force=force)
+        assert [(d.uid, d.action) for d in result.dashboards] == [
+            (boards[0].uid, "provisioned")] + [(b.uid, "unchanged" if force else "created") for b in boards[1:]]
+        assert result.dashboards[0].url == state.dashboards[boards[0].uid]["url"]
+    assert boards[0].uid not in {r["body"]["dashboard"]["uid"] for r in state.calls("POST", "/api/dashboards/db")}
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    assert main(["dashboards", "push", "--grafana-url", url, "--no-datasource", "--store", "sqlite://"]) == 1
+    captured = capsys.readouterr()
+    line = f"dashboard {boards[0].uid} provisioned from a file: Grafana refuses saves through its API"
+    assert line in captured.out and "edited in Grafana" not in captured.err
+    assert "attnmon dashboards export" in captured.err and "--force" not in captured.err
 
 
 def test_push_errors_are_one_clear_line(grafana) -> None:
