@@ -124,7 +124,9 @@ def push_board(api, board: dict[str, Any], folder_uid: str, force: bool = False)
     if meta.get("provisioned"):  # a file's: the API cannot save it, and it is not an edit
         return BoardResult(uid, "provisioned", str(meta.get("url", "")))
     last = last_save(api, uid)
-    if last is not None and last.get("message") == PUSH_MESSAGE:
+    # ours only if that entry is the version on the server: a list that did not give the
+    # newest first would otherwise hand back attnmon's first push, and an edit be lost
+    if last is not None and last.get("message") == PUSH_MESSAGE and last.get("version") == meta.get("version"):
         return _save(api, board, folder_uid, meta.get("version"), force, "updated")
     edit = _edit(last, meta)
     if not force:

@@ -61,6 +61,9 @@ class FakeGrafana:
         # dashboards a provisioning file owns (allowUiUpdates: false, as `export` writes it):
         # meta.provisioned, and a save through the API is refused (400)
         self.provisioned: set[str] = set()
+        # the versions list's order: Grafana gives the newest first; "oldest" plays a server
+        # (or storage backend) that does not, against which push must stay safe
+        self.versions_order = "newest"
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[dict]:
         return [r for r in self.requests if (method is None or r["method"] == method)
@@ -156,7 +159,8 @@ class FakeGrafana:
             limit = int(query.get("limit", ["1000"])[0])
         except ValueError:
             limit = 1000
-        versions = sorted(d["history"], key=lambda v: -v["version"])[:limit if limit > 0 else 1000]
+        order = -1 if self.versions_order == "newest" else 1
+        versions = sorted(d["history"], key=lambda v: order * v["version"])[:limit if limit > 0 else 1000]
         return 200, versions if self.versions_shape == "list" else {"continueToken": "", "versions": versions}
 
     def ui_edit(self, uid: str, change, user: str = "alice", message: str = "") -> None:
@@ -362,6 +366,22 @@ def test_a_dashboard_edited_in_grafana_is_left_as_it_is_and_named(grafana, shape
     assert saved["dashboard"]["panels"][0]["title"] == edited["panels"][0]["title"].split(" (threshold")[0]
     # attnmon's again: the next push is a plain update
     assert [d.action for d in push(api, boards).dashboards] == ["updated"] * 5
+
+
+def test_an_edit_is_kept_when_the_versions_list_does_not_give_the_newest(grafana) -> None:
+    """A server whose `versions?limit=1` answers the oldest version (attnmon's first push):
+    that entry is not the version on the server, so nothing tells who saved last, and the
+    edit is kept rather than overwritten."""
+    url, state = grafana
+    api = connect(url, TOKEN)
+    boards = dashboards()
+    push(api, boards)
+    state.ui_edit("attnmon-overview", _raise_threshold, user="alice")
+    edited = state.dashboards["attnmon-overview"]["dashboard"]
+    state.versions_order = "oldest"
+    result = push(api, _release(boards))
+    assert {d.uid: d.action for d in result.dashboards}["attnmon-overview"] == "skipped"
+    assert state.dashboards["attnmon-overview"]["dashboard"] == edited
 
 
 def test_a_dashboard_attnmon_did_not_save_last_is_not_taken_over(grafana) -> None:
