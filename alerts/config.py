@@ -133,9 +133,25 @@ class DeliveryConfig(_Strict):
 class AlertsConfig(_Strict):
     rules: list[str] = []  # rule files; empty: the shipped default pack
     external_url: str | None = None  # Grafana base URL, for links in notifications
+    # where the README is served: a default rule's alert links base#runbook-<rule, lowercased>
+    runbook_base_url: str | None = None
     receivers: list[ReceiverConfig] = []
     route: Route = Route()
     delivery: DeliveryConfig = DeliveryConfig()
+
+    @field_validator("runbook_base_url")
+    @classmethod
+    def _linkable(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+            raise ValueError("not an http(s) URL (e.g. https://github.com/you/attnmon/blob/main/README.md)")
+        if "#" in v:
+            raise ValueError("has a '#': attnmon adds the anchor (#runbook-<rule>)")
+        return v
 
     @model_validator(mode="after")
     def _routes_name_receivers(self) -> AlertsConfig:

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from alerts import health, outbox
 from alerts.config import AlertsConfig
-from alerts.rules import Rule
+from alerts.rules import Rule, runbook_urls
 from alerts.state import (
     ACTIVE,
     AlertState,
@@ -156,7 +156,8 @@ def evaluate_alerts(engine: Engine, rules: Iterable[Rule], config: AlertsConfig,
         prior = _prior(conn, seen)
         if wm is not None and end - wm > OUTAGE_TOLERANCE:  # unevaluated windows: `for` starts over
             prior = {fp: replace(a, phase=Phase()) if a.state == "pending" else a for fp, a in prior.items()}
-        step = evaluate(rules, seen, prior, end, external_url=config.external_url, compared=comparisons(rows))
+        step = evaluate(rules, seen, prior, end, external_url=config.external_url, compared=comparisons(rows),
+                        runbook_urls=runbook_urls(config.runbook_base_url))
         al = t.alerts
         for a in step.alerts:
             if a.fingerprint in prior:

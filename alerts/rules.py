@@ -13,6 +13,7 @@ only decides.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Sequence
 from datetime import timedelta
@@ -197,6 +198,29 @@ def check_templates(rules: list[Rule], path: str | Path) -> None:
                 problems.append((f"rule {rule.name}: annotations.{key}", text if len(text) < 80 else text[:77] + "...", msg))
     if problems:
         raise ConfigError(problems, str(path))
+
+
+def runbook_anchor(name: str) -> str:
+    """The README anchor of a default rule's runbook: `runbook-attentionentropycollapse`
+    (monitor/cli_docs.py writes it before the runbook)."""
+    return f"runbook-{name.lower()}"
+
+
+@functools.cache
+def default_rule_names() -> tuple[str, ...]:
+    return tuple(r.name for r in load_rules(DEFAULT_RULES))
+
+
+def runbook_urls(base_url: str | None) -> dict[str, str]:
+    """Rule name -> its runbook in the README at `base_url` (alerts.runbook_base_url), for
+    the default pack's rules; a copy of one in your own file keeps its name, so its link.
+    Empty without a base URL; a user:password in it is left out, as in dashboard links."""
+    from alerts.template import strip_credentials
+
+    if not base_url:
+        return {}
+    base_url = strip_credentials(base_url)
+    return {name: f"{base_url}#{runbook_anchor(name)}" for name in default_rule_names()}
 
 
 def load_rule_set(paths: list[str] | None = None) -> list[Rule]:

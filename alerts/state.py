@@ -148,7 +148,9 @@ def labels_for(rule: Rule, series: Mapping[str, str]) -> dict[str, str]:
 
 
 def annotate(rule: Rule, obs: Observation, labels: Mapping[str, str], active_at: datetime | None,
-             external_url: str | None) -> dict[str, str]:
+             external_url: str | None, runbook_url: str | None = None) -> dict[str, str]:
+    """The rule's annotations rendered for this series, with what attnmon adds: `observed`,
+    `dashboard` (with an external URL) and `runbook_url` (unless the rule has its own)."""
     change = None
     if obs.baseline_value is not None and math.isfinite(obs.value):
         change = obs.value - obs.baseline_value
@@ -163,6 +165,8 @@ def annotate(rule: Rule, obs: Observation, labels: Mapping[str, str], active_at:
         out[OBSERVED] = observed_text(obs.series["statistic"], *obs.means)
     if external_url:
         out["dashboard"] = template.dashboard_url(external_url, labels, active_at)
+    if runbook_url and "runbook_url" not in out:
+        out["runbook_url"] = runbook_url
     return out
 
 
@@ -263,7 +267,8 @@ def ended_text(kind: str, now_kinds: Iterable[str], last_true_at: datetime | Non
 
 def evaluate(rules: Iterable[Rule], seen: Mapping[str, Observation], prior: Mapping[str, AlertState],
              now: datetime, *, external_url: str | None = None,
-             compared: Mapping[tuple, frozenset[str]] | None = None) -> Step:
+             compared: Mapping[tuple, frozenset[str]] | None = None,
+             runbook_urls: Mapping[str, str] | None = None) -> Step:
     """One cycle at `now`: the observations that hold (from `observations`) and the
     alerts as they were.
 
@@ -272,8 +277,10 @@ def evaluate(rules: Iterable[Rule], seen: Mapping[str, Observation], prior: Mapp
     the pack (its alerts resolve at once). `compared` (from `comparisons` on the cycle's
     rows) says which baselines each series was compared with: a firing alert whose series
     was compared, but not with its own baseline, ends (see the module's docstring).
+    `runbook_urls` (rule name -> URL: alerts.rules.runbook_urls) links a rule's runbook.
     """
     compared = compared or {}
+    runbook_urls = runbook_urls or {}
     rules = list(rules)
     by_name = {r.name: r for r in rules}
     touched: list[AlertState] = []
@@ -295,7 +302,8 @@ def evaluate(rules: Iterable[Rule], seen: Mapping[str, Observation], prior: Mapp
         elif obs is not None:
             labels = labels_for(rule, obs.series)
             alert = AlertState(fp, rule.name, rule.severity, labels,
-                               annotate(rule, obs, labels, phase.active_at, external_url),
+                               annotate(rule, obs, labels, phase.active_at, external_url,
+                                        runbook_urls.get(rule.name)),
                                phase, obs.value, obs.baseline_value, now)
         else:  # keeps what it said when it last held
             alert = replace(before, phase=phase, last_eval_at=now)

@@ -46,7 +46,8 @@ def reference() -> str:
 
 
 def rules_reference() -> str:
-    from alerts.rules import load_rules
+    """The rules table, then each runbook after its anchor (alerts.runbook_base_url links it)."""
+    from alerts.rules import load_rules, runbook_anchor
 
     out = ["| rule | fires when | for | severity |", "| --- | --- | --- | --- |"]
     for r in load_rules():
@@ -56,7 +57,8 @@ def rules_reference() -> str:
         out.append(f"| {r.name} | {cond} | {r.for_.total_seconds() / 60:g} min | {r.severity} |")
     out.append("")
     for r in load_rules():
-        out.append(f"**{r.name}.** {r.annotations.get('runbook', '').strip()}\n")
+        anchor = f'<a id="{runbook_anchor(r.name)}"></a>'
+        out.append(f"{anchor}**{r.name}.** {r.annotations.get('runbook', '').strip()}\n")
     return "\n".join(out)
 
 
