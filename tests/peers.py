@@ -297,7 +297,7 @@ def alert(
         "head": str(head),
     }
     notes = {
-        "summary": f"model=sasrec version=v42 layer={layer} head={head}: attention entropy collapsed ({value} baseline SDs)",
+        "summary": f"model=sasrec version=v42 layer={layer} head={head}: attention entropy collapsed ({value} SDs from the baseline mean)",
         "runbook": RUNBOOK,
         "dashboard": "https://grafana.example.com/d/attnmon-heads?var-model=sasrec",
         **annotations,

@@ -89,3 +89,21 @@ def test_the_overlap_check_finds_the_overlap_of_the_old_pack():
     assert {s["baseline_kind"] for s in _series(old) if post.applies("psi.entropy_norm", s)} == {"previous_version"}
     loss, gain = (next(r for r in load_rules() if r.name == n) for n in ("RecencyLoss", "RecencyShift"))
     assert _statistics(loss, gain) == ["delta.recency5"] and not _both_can_cross(loss, gain)
+
+
+@pytest.mark.parametrize("rule", [r for r in load_rules() if "{{value}}" in r.annotations.get("summary", "")
+                                  and r.statistic.partition(".")[0] in ("delta", "psi", "js")],
+                         ids=lambda r: r.name)
+def test_a_summary_says_how_far_in_the_words_of_the_value_line(rule):
+    """The summary and the series' value line of one message name the distance alike:
+    "-3.21 SDs from the baseline mean" in both, not "-3.21 baseline SDs" in one."""
+    from datetime import UTC, datetime
+
+    from alerts.model import AlertView
+    from alerts.receivers._text import value_text
+
+    series = {**SERIES, "statistic": rule.statistic}
+    labels = labels_for(rule, series)
+    summary = annotate(rule, Observation(rule, series, -3.21, 0.0), labels, None, None)["summary"]
+    view = AlertView("fp", rule.name, rule.severity, "firing", labels, {}, -3.21, 0.0, datetime.now(UTC), None)
+    assert value_text(view) in summary

@@ -179,7 +179,7 @@ def test_pagerduty_trigger_then_resolve_match_the_events_v2_schema(made: list) -
     assert p["source"] == "sasrec@v42" and p["component"] == "sasrec" and p["group"] == "v42"
     assert p["summary"] == (
         "AttentionEntropyCollapse on 3 series of model=sasrec version=v42 cohort=all layer=0: "
-        "model=sasrec version=v42 layer=0 head=2: attention entropy collapsed (-1.7 baseline SDs), and 2 more"
+        "model=sasrec version=v42 layer=0 head=2: attention entropy collapsed (-1.7 SDs from the baseline mean), and 2 more"
     )  # the worst series first
     assert p["timestamp"] == "2026-11-26T03:12:05.000Z"
     series = p["custom_details"]["series"]
@@ -290,7 +290,7 @@ def test_slack_lists_a_large_group_compactly(made: list) -> None:
     assert len([x for x in lines if x.startswith("• ")]) == 10 and lines[-1] == "and 15 more"
     fields = slack_fields(body)
     assert fields["What"]["text"] == (
-        "model=sasrec version=v42 layer=4 head=4: attention entropy collapsed (-3.9 baseline SDs)"
+        "model=sasrec version=v42 layer=4 head=4: attention entropy collapsed (-3.9 SDs from the baseline mean)"
         " (and 24 more series)"
     )
     assert fields["Where"]["text"] == "model=sasrec version=v42 cohort=all"
