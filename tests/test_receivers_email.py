@@ -129,7 +129,7 @@ def test_a_resolved_group_lists_its_series_and_threads_with_the_firing_mail() ->
     assert second["Subject"] == "[RESOLVED:12] AttentionEntropyCollapse (critical) model=sasrec version=v42 cohort=all"
     assert first["References"] == second["References"] and first["Message-ID"] != second["Message-ID"]
     plain, _ = text_of(second)
-    assert "  layer=0 head=0: -1.8 vs baseline 0 (resolved)" in plain
+    assert "  layer=0 head=0: last seen firing: -1.8 vs baseline 0 (resolved)" in plain
     assert plain.count("-1.8 vs baseline") == 10 and "  and 2 more" in plain
     assert "until 2026-11-26 03:40:05 UTC (28 min)" in plain
 

@@ -40,6 +40,21 @@ def test_a_value_reads_in_its_statistics_unit_against_the_named_baseline():
     assert value_line(alert(value=-3.21497, baseline=0.5)) == "-3.21 vs baseline 0.5"
 
 
+def test_a_resolved_series_shows_its_last_firing_value_as_such_not_as_the_current_one():
+    """The store has no value for a series once its condition stops holding: what a resolve
+    shows is the value of the last cycle it held, and says so."""
+    a = series("delta.entropy_norm", -3.21497)
+    assert value_line(a) == "-3.21 SDs from the baseline mean (trailing baseline)"
+    assert value_line(replace(a, status="resolved", ends_at=NOW)) == \
+        "last seen firing: -3.21 SDs from the baseline mean (trailing baseline) (resolved)"
+    ended = replace(a, status="resolved", ends_at=NOW, annotations={**a.annotations, "ended": "Not fixed: ..."})
+    assert value_line(ended) == "last seen firing: -3.21 SDs from the baseline mean (trailing baseline) (ended, not fixed)"
+    observed = replace(a, status="resolved", ends_at=NOW,
+                       annotations={**a.annotations, "observed": "entropy_norm fell from 0.824 to 0.311"})
+    assert value_line(observed) == ("last seen firing: entropy_norm fell from 0.824 to 0.311:"
+                                    " -3.21 SDs from the baseline mean (trailing baseline) (resolved)")
+
+
 def test_a_group_lists_its_worst_series_first():
     mild, worst, middle = (series("delta.entropy_norm", v, head=h) for h, v in ((0, -1.51), (3, -3.63), (1, -2.2)))
     n = notification([mild, worst, middle])

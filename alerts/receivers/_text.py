@@ -23,6 +23,7 @@ LABEL_ORDER = ("model", "version", "cohort", "layer", "head", "statistic", "base
 _NOT_WHERE = {"alertname", "severity"}
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 MAX_SERIES = 10
+LAST_SEEN = "last seen firing: "  # before a resolved series' value: it is not the current one
 MAX_RUNBOOK = 1500  # the whole runbook: its first sentence restates the "what", the action follows
 
 
@@ -191,7 +192,9 @@ def _series_line(a: AlertView, common: dict[str, str]) -> str:
     base = a.labels.get("baseline_kind")
     against = f" ({base} baseline)" if base and (not own or "baseline_kind" not in common) else ""
     observed = a.annotations.get(OBSERVED)  # "entropy_norm fell from 0.824 to 0.311"
-    value = f"{observed + ': ' if observed else ''}{value_text(a)}{against}{status}"
+    # a series that stopped holding has no newer value stored than its last true cycle's
+    last = LAST_SEEN if a.status == "resolved" else ""
+    value = f"{last}{observed + ': ' if observed else ''}{value_text(a)}{against}{status}"
     return f"{own}: {value}" if own else value
 
 
