@@ -63,6 +63,7 @@ class Rule(BaseModel):
     severity: Literal["critical", "warning", "info"] = "warning"
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
+    dashboard: Literal["overview", "heads", "items"] = "overview"  # which one its links open
 
     @field_validator("for_", "keep_firing_for", mode="before")
     @classmethod

@@ -164,7 +164,7 @@ def annotate(rule: Rule, obs: Observation, labels: Mapping[str, str], active_at:
     if obs.means is not None and OBSERVED not in out:
         out[OBSERVED] = observed_text(obs.series["statistic"], *obs.means)
     if external_url:
-        out["dashboard"] = template.dashboard_url(external_url, labels, active_at)
+        out["dashboard"] = template.dashboard_url(external_url, labels, active_at, dashboard=rule.dashboard)
     if runbook_url and "runbook_url" not in out:
         out["runbook_url"] = runbook_url
     return out
@@ -265,6 +265,15 @@ def ended_text(kind: str, now_kinds: Iterable[str], last_true_at: datetime | Non
             "Nothing says the change went away: roll back, or close the incident by hand if it was intended.")
 
 
+def _link_until(alert: AlertState, rule: Rule | None, external_url: str, end: datetime) -> AlertState:
+    """The alert with a dashboard link that ends after `end` (its resolve), not at now:
+    opened later, it still shows the incident."""
+    dashboard = rule.dashboard if rule is not None else template.dashboard_of(alert.annotations.get("dashboard"))
+    link = template.dashboard_url(external_url, alert.labels, alert.phase.active_at, until=end,
+                                  dashboard=dashboard or "overview")
+    return replace(alert, annotations={**alert.annotations, "dashboard": link})
+
+
 def evaluate(rules: Iterable[Rule], seen: Mapping[str, Observation], prior: Mapping[str, AlertState],
              now: datetime, *, external_url: str | None = None,
              compared: Mapping[tuple, frozenset[str]] | None = None,
@@ -307,6 +316,8 @@ def evaluate(rules: Iterable[Rule], seen: Mapping[str, Observation], prior: Mapp
                                phase, obs.value, obs.baseline_value, now)
         else:  # keeps what it said when it last held
             alert = replace(before, phase=phase, last_eval_at=now)
+        if phase.state == "resolved" and old.state == "firing" and external_url:
+            alert = _link_until(alert, rule, external_url, now)
         touched.append(alert)
         if phase.state == "firing" and old.state != "firing":
             transitions.append(Transition("firing", alert, now))

@@ -28,7 +28,10 @@ VARIABLES = (
     "head", "baseline_kind", "receiver", "value", "baseline_value", "change", "n",
     "n_baseline", "window_start", "window_end",
 )
-DASHBOARD_UID = "attnmon-overview"
+# the dashboards a rule's links may open (a rule's `dashboard`), by uid (dashboards/*.py);
+# each has the model, version, cohort, layer and head variables a link sets
+DASHBOARDS = {"overview": "attnmon-overview", "heads": "attnmon-heads", "items": "attnmon-items"}
+LINK_MARGIN_MS = 3_600_000  # a link shows an hour before an incident began and after it ended
 ROLLUP = "*"
 
 
@@ -117,10 +120,12 @@ def strip_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-def dashboard_url(external_url: str, labels: Mapping[str, str], since: datetime | None = None) -> str:
-    """The overview dashboard on the alert's series (model, version, and the cohort, layer
-    and head it has: "*" is a roll-up those variables offer), from an hour before `since`
-    (the incident's start) to now."""
+def dashboard_url(external_url: str, labels: Mapping[str, str], since: datetime | None = None,
+                  until: datetime | None = None, dashboard: str = "overview") -> str:
+    """A dashboard (`DASHBOARDS`) on the alert's series (model, version, and the cohort,
+    layer and head it has: "*" is a roll-up those variables offer), from an hour before
+    `since` (the incident's start) to now, or to an hour after `until` (its resolve), so
+    that the link of a resolved incident still shows it later."""
     query: dict[str, str] = {}
     if labels.get("model", ROLLUP) != ROLLUP:
         query["var-model"] = labels["model"]
@@ -130,7 +135,17 @@ def dashboard_url(external_url: str, labels: Mapping[str, str], since: datetime 
         if labels.get(name):
             query[f"var-{name}"] = labels[name]
     if since is not None:
-        query["from"] = str(int(since.timestamp() * 1000) - 3_600_000)
-        query["to"] = "now"
+        query["from"] = str(_ms(since) - LINK_MARGIN_MS)
+        query["to"] = str(_ms(until) + LINK_MARGIN_MS) if until is not None else "now"
     base = strip_credentials(external_url).rstrip("/")
-    return f"{base}/d/{DASHBOARD_UID}" + (f"?{urlencode(query)}" if query else "")
+    return f"{base}/d/{DASHBOARDS[dashboard]}" + (f"?{urlencode(query)}" if query else "")
+
+
+def dashboard_of(url: str | None) -> str | None:
+    """Which of `DASHBOARDS` a link made by `dashboard_url` opens (None: another link)."""
+    path = urlsplit(url).path if url else ""
+    return next((name for name, uid in DASHBOARDS.items() if path.endswith(f"/d/{uid}")), None)
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)

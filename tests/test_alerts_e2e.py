@@ -78,8 +78,8 @@ def check_story(shift, alerts, results, oncall, registry):
         assert {active + timedelta(minutes=i) for i in range(3)} <= crossed
         assert active - timedelta(minutes=1) not in crossed and active > shift
         assert a["annotations"]["summary"].startswith(f"{MODEL}@v1 layer 1 head 2")
-        assert a["annotations"]["dashboard"].startswith(
-            "https://grafana.example/d/attnmon-overview?var-model=demo-sasrec&var-version=v1&"
+        assert a["annotations"]["dashboard"].startswith(  # a head rule: heads
+            "https://grafana.example/d/attnmon-heads?var-model=demo-sasrec&var-version=v1&"
             f"{urlencode({'var-cohort': lab['cohort']})}&var-layer=1&var-head=2&from=")  # on the series
     # delivered: the collapse alerts of every cohort in one message
     sent = [n for n in oncall.sent if n.group_labels.get("alertname") == "AttentionEntropyCollapse"]

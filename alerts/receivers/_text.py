@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from alerts.model import OBSERVED, AlertView, Notification
-from alerts.template import dashboard_url, fmt
+from alerts.template import dashboard_of, dashboard_url, fmt
 from monitor.errors import ConfigError
 
 # the series labels, in the order a person scans them; other labels follow, sorted
@@ -82,7 +82,7 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
         runbook_url, runbook = runbook_url or runbook, None
     dashboard = annotations.get("dashboard") or annotations.get("dashboard_url")
     if not dashboard and n.external_url and alerts:  # each series has its own: one for what they share
-        dashboard = dashboard_url(n.external_url, common, min(_aware(a.starts_at) for a in alerts))
+        dashboard = _group_link(n)
     if not dashboard and first is not None:
         dashboard = first.generator_url
     ended = next((a.ended for a in alerts if a.ended), None) if n.status == "resolved" else None
@@ -102,6 +102,16 @@ def digest(n: Notification, *, now: datetime, max_series: int = MAX_SERIES) -> D
         ended=ended,
         silence=silence_command(n) if n.status == "firing" else None,
     )
+
+
+def _group_link(n: Notification) -> str:
+    """The dashboard on what a group's series share: the one their own links open (else
+    the overview), from its first start to now, or while resolved, to its last end."""
+    opened = {dashboard_of(a.annotations.get("dashboard")) for a in n.alerts}
+    ends = [_aware(a.ends_at) for a in n.alerts if a.ends_at is not None]
+    until = max(ends) if n.status == "resolved" and ends else None
+    return dashboard_url(n.external_url, n.common_labels, min(_aware(a.starts_at) for a in n.alerts), until=until,
+                         dashboard=opened.pop() if len(opened) == 1 and None not in opened else "overview")
 
 
 SILENCE_FOR = "2h"
