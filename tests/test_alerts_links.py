@@ -68,6 +68,7 @@ def test_a_base_url_that_cannot_take_an_anchor_is_refused(bad):
 GRAFANA = "https://grafana.example"
 HEADS_RULES = {"AttentionEntropyCollapse", "PositionProfileShift", "RecencyShift", "RecencyLoss",
                "RetrainEntropyCollapse", "RetrainPositionShift", "RetrainRecencyLoss"}
+ITEMS_RULES = {"ItemConcentrationSpike", "AttributeShareShift", "AttributeLift", "RetrainAttributeShift"}
 
 
 def query(url: str) -> dict[str, str]:
@@ -100,7 +101,8 @@ def test_head_and_position_rules_open_the_heads_dashboard_and_the_others_the_ove
         opened[r.name] = link.split("?")[0]
         assert query(link)["var-layer"] == "1" and query(link)["var-head"] == "2"
     assert {n for n, u in opened.items() if u == f"{GRAFANA}/d/attnmon-heads"} == HEADS_RULES
-    assert {u for n, u in opened.items() if n not in HEADS_RULES} == {f"{GRAFANA}/d/attnmon-overview"}
+    assert {n for n, u in opened.items() if u == f"{GRAFANA}/d/attnmon-items"} == ITEMS_RULES
+    assert {u for n, u in opened.items() if n not in HEADS_RULES | ITEMS_RULES} == {f"{GRAFANA}/d/attnmon-overview"}
 
 
 def run_to_resolve(r, rows_at, minutes):
