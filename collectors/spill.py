@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import zlib
 from datetime import datetime
 from pathlib import Path
@@ -57,9 +58,10 @@ _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 
 
 def store_identity(url: str | URL) -> str:
-    """What names a store whatever the spelling of its URL: the backend, host, port and
-    database (not the driver, user, password or options: a rotated password or another
-    driver is still the same store); for SQLite, the file's real path. A URL that does
+    """What names a store whatever the spelling of its URL: the backend, host, port,
+    database and, on PostgreSQL, the search_path its `options` set (the schema; not
+    the driver, user, password or other options: a rotated password or another driver is
+    still the same store); for SQLite, the file's real path. A URL that does
     not parse is its own store (its writes fail, and its batches wait apart)."""
     try:
         u = make_url(url)
@@ -72,7 +74,21 @@ def store_identity(url: str | URL) -> str:
             db = os.path.realpath(db)  # (relative to the process's folder, as SQLite reads it)
         return f"sqlite:{db}"
     port = u.port or _DEFAULT_PORTS.get(backend, "")
-    return f"{backend}://{(u.host or '').lower()}:{port}/{u.database or ''}"
+    ident = f"{backend}://{(u.host or '').lower()}:{port}/{u.database or ''}"
+    if backend == "postgresql" and (schema := _search_path(u.query.get("options", ""))):
+        ident += f"?search_path={schema}"  # (a store is a database and a schema: monitor.leadership)
+    return ident
+
+
+# libpq's `options` as PostgreSQL reads them: -c name=value or --name=value, '-' for '_'
+_SEARCH_PATH = re.compile(r"(?:-c\s*|--)search[_-]path=((?:\\.|\S)+)")
+
+
+def _search_path(options: str | tuple[str, ...]) -> str:
+    """The search_path libpq's `options` set (the last one, as the server applies them
+    in order), '' if none: which schema a store of a shared database is in."""
+    found = _SEARCH_PATH.findall(" ".join([options] if isinstance(options, str) else options))
+    return found[-1] if found else ""
 
 
 def store_folder(url: str | URL) -> str:

@@ -321,3 +321,27 @@ def test_a_version_another_replica_registers_meanwhile_costs_no_events(pg_clean_
     finally:
         c.close()
         engine.dispose()
+
+
+def test_a_store_in_another_schema_never_replays_this_ones_spilled_batches(pg_clean_url, pg_empty_url, tmp_path):
+    """Staging and production in two schemas of one database, one spill_dir: staging's
+    schema is not there yet (its writes fail and spill); production's collector, whose
+    store is up, must leave staging's batches to staging."""
+    from test_collector import stored_n
+
+    from collectors.spill import store_folder
+
+    spill, rng = tmp_path / "spill", np.random.default_rng(3)
+    staging = AttentionCollector(pg_empty_url, model="m", version="v1", sample_rate=0.0, spill_dir=spill,
+                                 clock=lambda: T0 + 3600)
+    staging.observe_batch(rng.dirichlet(np.ones(8), size=(40,)).astype(np.float32), timestamps=T0)
+    staging.flush()  # (spilled: the store's tables are not there)
+    assert staging.stats.spilled == 40
+    staging.close(timeout=1)
+    with AttentionCollector(pg_clean_url, model="m", version="v1", sample_rate=0.0, spill_dir=spill,
+                            clock=lambda: T0 + 3600) as production:
+        production.observe_batch(rng.dirichlet(np.ones(8), size=(10,)).astype(np.float32), timestamps=T0)
+        assert production.flush()
+    assert stored_n(pg_clean_url) == 10  # production's own, and nothing of staging's
+    waiting = list(spill.rglob("*.json.gz"))
+    assert waiting and {p.parent.name for p in waiting} == {store_folder(pg_empty_url)}  # for staging
