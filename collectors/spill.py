@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import getpass
 import gzip
 import hashlib
 import json
@@ -59,10 +60,11 @@ _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 
 def store_identity(url: str | URL) -> str:
     """What names a store whatever the spelling of its URL: the backend, host, port,
-    database and, on PostgreSQL, the search_path its `options` set (the schema; not
-    the driver, user, password or other options: a rotated password or another driver is
-    still the same store); for SQLite, the file's real path. A URL that does
-    not parse is its own store (its writes fail, and its batches wait apart)."""
+    database and, on PostgreSQL, the service and the search_path its `options` set (the
+    schema; `_pg_identity`), not the driver, user, password or other options: a rotated
+    password or another driver is still the same store; for SQLite, the file's real
+    path. A URL that does not parse is its own store (its writes fail, and its batches
+    wait apart)."""
     try:
         u = make_url(url)
     except Exception:  # (sqlalchemy's ArgumentError, or a TypeError for a non-string)
@@ -73,11 +75,40 @@ def store_identity(url: str | URL) -> str:
         if db and db != ":memory:" and not db.startswith("file:"):
             db = os.path.realpath(db)  # (relative to the process's folder, as SQLite reads it)
         return f"sqlite:{db}"
+    if backend == "postgresql":
+        return _pg_identity(u)
     port = u.port or _DEFAULT_PORTS.get(backend, "")
-    ident = f"{backend}://{(u.host or '').lower()}:{port}/{u.database or ''}"
-    if backend == "postgresql" and (schema := _search_path(u.query.get("options", ""))):
-        ident += f"?search_path={schema}"  # (a store is a database and a schema: monitor.leadership)
-    return ident
+    return f"{backend}://{(u.host or '').lower()}:{port}/{u.database or ''}"
+
+
+def _pg_identity(u: URL) -> str:
+    """Where libpq connects: the query's host, port, dbname and service (SQLAlchemy hands
+    them to libpq over the URL's own parts), else the URL's, else libpq's variables; a
+    database left out is the user's. And the schema (a store is a database and a schema,
+    as in monitor.leadership)."""
+
+    def given(key: str, part: object, variable: str) -> str:
+        value = u.query.get(key) or part or os.environ.get(variable) or ""
+        return ",".join(value) if isinstance(value, tuple) else str(value)  # (several hosts)
+
+    host = given("hostaddr", None, "PGHOSTADDR") or given("host", u.host, "PGHOST")
+    host = host if host.startswith("/") else host.lower()  # (a socket's folder keeps its case)
+    port = given("port", u.port, "PGPORT") or "5432"
+    user = given("user", u.username, "PGUSER") or _os_user()
+    db = given("dbname", u.database, "PGDATABASE") or user
+    extra = [f"service={service}"] if (service := given("service", None, "PGSERVICE")) else []
+    if schema := _search_path(u.query.get("options", "")):
+        extra.append(f"search_path={schema}")
+    return f"postgresql://{host}:{port}/{db}" + ("?" + "&".join(extra) if extra else "")
+
+
+def _os_user() -> str:
+    """libpq's default user: the process's (a uid with no name, as in some containers,
+    names no database either)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # (KeyError, OSError: no such user)
+        return f"uid {os.getuid()}"
 
 
 # libpq's `options` as PostgreSQL reads them: -c name=value or --name=value, '-' for '_'

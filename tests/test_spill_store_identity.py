@@ -17,3 +17,23 @@ def test_stores_in_two_schemas_of_one_database_have_folders_of_their_own():
     # the same schema, however the options spell it and whatever else they set
     assert staging == store_folder(f"{base}?options=-c%20search_path%3Dstaging%20-c%20statement_timeout%3D5000")
     assert staging == store_folder(f"{base}?options=--search_path%3Dstaging")
+
+
+def test_where_libpq_connects_decides_the_folder_not_only_the_urls_netloc(monkeypatch):
+    """libpq takes host, port, dbname and service from the query too (unix sockets are
+    given as ?host=/dir), and a URL without a database connects to the user's own."""
+    for name in ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    sock = "postgresql+psycopg:///attnmon?host=/run/postgresql"
+    assert store_folder(sock) != store_folder("postgresql+psycopg:///attnmon?host=/run/pg-staging")
+    assert store_folder(sock) != store_folder(f"{sock}&port=5433")
+    assert store_folder(sock) == store_folder(f"{sock}&port=5432")
+    assert store_folder("postgresql://db.example/attnmon") != store_folder("postgresql://db.example/attnmon?dbname=other")
+    assert store_folder("postgresql://db.example/x?dbname=attnmon") == store_folder("postgresql://db.example/attnmon")
+    assert store_folder("postgresql+psycopg://?service=prod") != store_folder("postgresql+psycopg://?service=staging")
+    assert store_folder("postgresql://alice@db.example/") != store_folder("postgresql://bob@db.example/")
+    assert store_folder("postgresql://alice@db.example/") == store_folder("postgresql://bob@db.example/alice")
+    # libpq's variables fill in what the URL leaves out
+    monkeypatch.setenv("PGHOST", "db.example")
+    monkeypatch.setenv("PGDATABASE", "attnmon")
+    assert store_folder("postgresql+psycopg://") == store_folder("postgresql+psycopg://db.example/attnmon")
