@@ -37,3 +37,22 @@ def test_where_libpq_connects_decides_the_folder_not_only_the_urls_netloc(monkey
     monkeypatch.setenv("PGHOST", "db.example")
     monkeypatch.setenv("PGDATABASE", "attnmon")
     assert store_folder("postgresql+psycopg://") == store_folder("postgresql+psycopg://db.example/attnmon")
+
+
+def test_a_sqlite_file_is_the_one_the_engine_opens(tmp_path, monkeypatch):
+    """'~' is the home folder, as make_engine reads it; a file: URI (uri=true) or a name
+    starting with file: is a file relative to the process's folder like any other."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert store_folder("sqlite:///~/attnmon.db") == store_folder(f"sqlite:///{tmp_path}/attnmon.db")
+    for url in ("sqlite:///file:attnmon.db?mode=rw&uri=true", "sqlite:///file:attnmon.db"):
+        monkeypatch.chdir(tmp_path / "a")
+        in_a = store_folder(url)
+        monkeypatch.chdir(tmp_path / "b")
+        assert in_a != store_folder(url), url  # two files, two stores
+    monkeypatch.chdir(tmp_path / "a")
+    assert store_folder("sqlite:///file:attnmon.db?mode=rw&uri=true") == store_folder(
+        f"sqlite:///{tmp_path}/a/attnmon.db")
+    assert store_folder(f"sqlite:///file://{tmp_path}/a/attnmon.db?uri=true") == store_folder(
+        f"sqlite:///{tmp_path}/a/attnmon.db")
