@@ -148,17 +148,26 @@ class SpillDir:
         self.root = Path(path)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # (an existing one is left as it is)
         self.path = self.root if store is None else self.root / store_folder(store)
-        if store is not None:
-            self.path.mkdir(mode=0o700, exist_ok=True)
-            note = self.path / "STORE"
-            if not note.exists():
-                try:
-                    note.write_text(store_identity(store) + "\n", encoding="utf-8")
-                except OSError:  # (a note for people: a full disk must not stop the collector)
-                    pass
+        self._store = None if store is None else store_identity(store)
+        try:
+            self._make_folder()
+        except OSError:  # a full disk, a read-only spill_dir: put tries again (till then, memory)
+            pass
+
+    def _make_folder(self) -> None:
+        """The store's folder, and its note `STORE` for a person, if not there yet."""
+        note = self.path / "STORE"
+        if self._store is None or note.exists():
+            return
+        self.path.mkdir(mode=0o700, exist_ok=True)
+        try:
+            note.write_text(self._store + "\n", encoding="utf-8")
+        except OSError:  # (a note for people: a full disk must not stop the collector)
+            pass
 
     def put(self, batch: FlushBatch) -> Path:
         """Write one batch; an OSError (disk full, not writable) leaves no file behind."""
+        self._make_folder()
         name = f"{batch.collector_id}-{batch.batch_seq:012d}.json.gz"
         final = self.path / name
         tmp = self.path / (name + ".tmp")

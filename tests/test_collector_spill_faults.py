@@ -329,3 +329,37 @@ def test_one_store_spelled_two_ways_has_one_spill_folder(tmp_path, monkeypatch):
     assert store_folder("sqlite:///attnmon.db") == store_folder(f"sqlite:///{tmp_path}/attnmon.db")
     assert store_folder("sqlite:///attnmon.db") != store_folder(f"sqlite:///{tmp_path}/other.db")
     assert "secret" not in store_folder(pg)
+
+
+def test_a_store_folder_that_cannot_be_made_yet_keeps_batches_in_memory(tmp_path, monkeypatch):
+    """A full disk (or a read-only spill_dir) when a collector of a new store starts, or
+    the first start after an upgrade to store folders: the collector starts, keeps its
+    batches in memory as for any spill_dir it cannot write, and spills once it can."""
+    import errno
+    from pathlib import Path
+
+    db = tmp_path / "later" / "store.db"  # the store is down
+    url = f"sqlite:///{db}"
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    mkdir = Path.mkdir
+
+    def full(self, *args, **kwargs):
+        if self.parent == spill:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    rng, clock = np.random.default_rng(12), [T0]
+    c = AttentionCollector(url, model="m", version="v1", spill_dir=spill, sample_rate=0.0,
+                           flush_interval_s=0.05, clock=lambda: clock[0])
+    _run_minutes(c, clock, rng, range(2), written=False)
+    assert c.stats.spilled == 0 and sum(b.n_requests for b in c._unsent) == 100
+    monkeypatch.setattr(Path, "mkdir", mkdir)  # room again
+    _run_minutes(c, clock, rng, [2])
+    assert c.stats.spilled == 150 and not c._unsent
+    assert (c._spill.path / "STORE").exists()
+    db.parent.mkdir()
+    migrate.upgrade(url)
+    c.close()
+    assert stored_n(url) == 150 == c.stats.written
