@@ -31,6 +31,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Self
 
 import numpy as np
@@ -60,6 +61,7 @@ from monitor.store.engine import (
     PG_CONNECT_TIMEOUT_S,
     PG_TIMEOUT_MAX_S,
     Cutter,
+    absolute_url,
     one_line,
     redact,
     refused,
@@ -295,6 +297,12 @@ class AttentionCollector(ServingCalls):
         if store_url is not None and (problem := url_problem(str(store_url))):
             # every write would fail in the background until close() dropped it all
             raise ValueError(f"store_url={redact(str(store_url))!r}: {problem}")
+        if store_url is not None:
+            # the engine is made at the first write: a relative file (and spill_dir) must
+            # mean the folder the collector was made in, not the one the process is in then
+            store_url = absolute_url(store_url)
+        if spill_dir is not None:
+            spill_dir = Path(spill_dir).absolute()
         self.store_url = store_url
         self.model, self.version, self.weights_id = model, version, weights_id
         self.sample_rate = sample_rate

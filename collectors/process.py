@@ -135,6 +135,10 @@ class ProcessCollector(ServingCalls):
             store_url = os.environ.get("ATTNMON_STORE_URL", "sqlite:///attnmon.db")
         # the same checks, and the same errors, as an in-process collector's
         probe = AttentionCollector(store_url, model, version, **options)
+        # relative paths as read here (the probe's): a worker may start after a chdir
+        store_url = probe.store_url
+        if options.get("spill_dir") is not None:
+            options["spill_dir"] = str(probe._spill.root)
         # what AttentionCapture reads of its collector
         self.queue_size, self.clock, self.sample_rate = probe.queue_size, probe.clock, probe.sample_rate
         self.tol, self.max_length, self.strict = probe.tol, probe.max_length, False

@@ -363,3 +363,20 @@ def test_a_store_folder_that_cannot_be_made_yet_keeps_batches_in_memory(tmp_path
     migrate.upgrade(url)
     c.close()
     assert stored_n(url) == 150 == c.stats.written
+
+
+def test_relative_paths_are_those_of_the_folder_it_was_made_in(sqlite_url, tmp_path, monkeypatch):
+    """The store's file and spill_dir are read when the collector is made (its spill
+    folder is named then); a serving process that changes its folder before the first
+    write (a daemon's chdir('/')) must not write to a new, empty store file there."""
+    monkeypatch.chdir(tmp_path)
+    rng, clock = np.random.default_rng(13), [T0]
+    c = AttentionCollector("sqlite:///attnmon.db", model="m", version="v1", sample_rate=0.0, spill_dir="spill",
+                           flush_interval_s=0.05, clock=lambda: clock[0])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _run_minutes(c, clock, rng, [0])
+    c.close()
+    assert stored_n(sqlite_url) == 50 == c.stats.written
+    assert list(elsewhere.iterdir()) == []

@@ -285,3 +285,21 @@ def test_stats_dropped_never_goes_down_while_drops_cross_to_the_worker(sqlite_ur
         assert c.stats.dropped + c.stats.observed == 50
     finally:
         c.close()
+
+
+def test_relative_paths_are_those_of_the_folder_it_was_made_in(sqlite_url, tmp_path, monkeypatch):
+    """A relative SQLite file and spill_dir mean what they meant when the collector was
+    made (as the checks of its options read them), whenever its worker starts: a serving
+    process that changes its folder later (a daemon's chdir('/')) writes to the same store."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(11)
+    c = ProcessCollector("sqlite:///attnmon.db", model="m", version="v1", sample_rate=0.0, spill_dir="spill")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    w, ids, _ = batch(rng)
+    c.observe_batch(w, item_ids=ids)
+    c.close()
+    assert c.stats.written == 40
+    assert stored_n(sqlite_url, "v1") == 40
+    assert not (elsewhere / "attnmon.db").exists() and not (elsewhere / "spill").exists()

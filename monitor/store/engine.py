@@ -160,6 +160,21 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(url.database).absolute()
 
 
+def absolute_url(url: str | URL) -> str | URL:
+    """`url` with a relative SQLite file made absolute from the current folder ('~' is
+    left to make_engine), so that it names the same file after the process changes folder.
+
+        >>> absolute_url("sqlite:///attnmon.db")   # doctest: +SKIP
+        'sqlite:////srv/app/attnmon.db'
+    """
+    parsed = make_url(url)
+    path = sqlite_file(parsed)
+    if path is None or parsed.database.startswith("~") or os.path.isabs(parsed.database):
+        return url
+    fixed = parsed.set(database=str(path))
+    return fixed if isinstance(url, URL) else fixed.render_as_string(hide_password=False)
+
+
 def _sqlite_on_connect(dbapi_connection: Any, busy_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     try:
