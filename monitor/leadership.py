@@ -85,8 +85,11 @@ BEAT_WAIT_S = 1.0  # at most this long (and a lease) a beat waits for a lock on 
 
 def daemon_id() -> str:
     """A new daemon's name in its heartbeat and its sessions' application_name: its
-    process and host, and a token apart from any other daemon in the same process."""
-    return f"{os.getpid()}-{secrets.token_hex(3)}@{socket.gethostname()}"
+    process and host, and a token apart from any other daemon in the same process.
+    Printable ASCII only ('\\xf4' for 'ô'): PostgreSQL keeps nothing else of an
+    application_name ('?' before 16, '\\xNN' from 16), and a follower looks for the name."""
+    host = "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in socket.gethostname())
+    return f"{os.getpid()}-{secrets.token_hex(3)}@{host}"
 
 
 
