@@ -324,6 +324,12 @@ class AttentionCollector(ServingCalls):
         self._hash = ItemHasher(self._hash_key) if hash_item_ids else None
         self._spill = SpillDir(spill_dir, store_url if engine is None else engine.url) \
             if spill_dir is not None else None
+        if self._spill is not None and (others := self._spill.elsewhere()):
+            log.warning("attnmon collector: %s holds %d spilled batch(es) of other stores, which only a collector "
+                        "of that store replays: %s. If one is this store under another spelling of its URL "
+                        "(localhost for 127.0.0.1, a renamed host), move its files into %s", self._spill.root,
+                        sum(n for _, n in others), "; ".join(f"{name} ({n})" for name, n in others),
+                        self._spill.path)
         self._engine = engine
         self._cutter = None  # cuts the engine's connections when a write overruns (ours only)
         self._seed = seed

@@ -192,6 +192,28 @@ class SpillDir:
         older = sorted(self.root.glob(pat)) if self.path != self.root else []
         return older + sorted(self.path.glob(pat))
 
+    def elsewhere(self) -> list[tuple[str, int]]:
+        """(the store named in its `STORE`, else the folder's name; files waiting) of every
+        other store's folder with batches waiting: a collector replays only its own store's,
+        so a store's URL spelled anew (`localhost` for 127.0.0.1) leaves the old folder's
+        unreplayed, and that should be said."""
+        if self.path == self.root:
+            return []
+        out = []
+        try:
+            folders = sorted(p for p in self.root.iterdir() if p.is_dir() and p != self.path and p.name != "bad")
+        except OSError:
+            return []
+        for folder in folders:
+            n = sum(1 for _ in folder.glob("*.json.gz"))
+            if n:
+                try:
+                    name = (folder / "STORE").read_text(encoding="utf-8").strip() or folder.name
+                except (OSError, UnicodeDecodeError):
+                    name = folder.name
+                out.append((name, n))
+        return out
+
     def load(self, path: Path) -> FlushBatch:
         """The batch in a spill file; `UnreadableSpill` if it does not hold one."""
         try:
