@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -117,8 +118,10 @@ def _state_key(grafana_url: str, dashboard_uid: str | None, event: Event) -> str
 
 
 def annotate(engine: Engine, api, *, since: datetime, grafana_url: str,
-             dashboard_uid: str | None = None, now: datetime | None = None) -> AnnotateResult:
-    """Post each event from `since` on that this Grafana has not had yet."""
+             dashboard_uid: str | None = None, now: datetime | None = None,
+             progress: Callable[[], object] = lambda: None) -> AnnotateResult:
+    """Post each event from `since` on that this Grafana has not had yet; `progress()`
+    after each (the daemon's /livez tells a long run from a stuck one)."""
     now = now or datetime.now(UTC)
     ds = t.daemon_state
     todo = [(e, _state_key(grafana_url, dashboard_uid, e)) for e in events(engine, since)]
@@ -143,6 +146,7 @@ def annotate(engine: Engine, api, *, since: datetime, grafana_url: str,
         except IntegrityError:
             pass  # recorded by a concurrent run
         posted += 1
+        progress()
     with engine.begin() as conn:
         # a row is written after its event, so rows older than the look-back are for
         # events that no later run will consider

@@ -38,6 +38,7 @@ ENV_STORE_URL = "ATTNMON_STORE_URL"
 # statement or lock timeout of at most 2^31-1 ms, and refuses every connection past it.
 CENTURY_DAYS = 36_500
 CENTURY_S = CENTURY_DAYS * 86_400
+STUCK_STATEMENTS = 2  # the default stuck bound, in statements at their timeouts (DaemonConfig)
 
 
 class _Strict(BaseModel):
@@ -156,6 +157,22 @@ class DaemonConfig(_Strict):
     # (retried retry_s later) instead of holding it forever; 0 = no limit
     statement_timeout_s: float = Field(900, ge=0, le=PG_TIMEOUT_MAX_S)
     lock_timeout_s: float = Field(60, ge=0, le=PG_TIMEOUT_MAX_S)
+    # a job that has run this long without a step of progress (a window, a delivery group,
+    # a maintenance chunk) is stuck: /livez answers 503. None: STUCK_STATEMENTS x
+    # (statement_timeout_s + lock_timeout_s), or never when either is 0; 0: never
+    stuck_after_s: float | None = Field(None, ge=0, le=CENTURY_S)
+
+    def stuck_bound_s(self) -> float | None:
+        """How long a job may go without progress before /livez calls it stuck (None: never).
+
+        A step between two progress marks is a few statements, each of which fails at
+        statement_timeout_s (after waiting at most lock_timeout_s for its locks): past a
+        couple of those, the job is waiting on something no timeout bounds."""
+        if self.stuck_after_s is not None:
+            return self.stuck_after_s or None
+        if not self.statement_timeout_s or not self.lock_timeout_s:
+            return None  # no limit on a statement: a long one cannot be told from a stuck one
+        return STUCK_STATEMENTS * (self.statement_timeout_s + self.lock_timeout_s)
 
     @field_validator("listen")
     @classmethod

@@ -155,14 +155,16 @@ class Maintained:
     baselines_pruned: int
 
 
-def maintain_store(engine: Engine, config: Config, now: datetime) -> Maintained:
+def maintain_store(engine: Engine, config: Config, now: datetime,
+                   progress: Callable[[], object] = lambda: None) -> Maintained:
     """The maintain job's work, also `attnmon maintain`'s: compaction, roll-up and the
-    retention of `config.retention`, then materialised baselines no cycle reads (`prune`)."""
+    retention of `config.retention`, then materialised baselines no cycle reads (`prune`).
+    `progress()` is called after each step (`monitor.store.maintenance`)."""
     r = config.retention
     result = maintain(
         engine, now, events_days=r.events_days,
         minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
-        drift_results_days=r.drift_results_days, health_days=r.collector_health_days,
+        drift_results_days=r.drift_results_days, health_days=r.collector_health_days, progress=progress,
     )
     after = timedelta(hours=config.evaluate.previous_version_hours)
     return Maintained(result, prune(engine, now - BASELINE_KEEP, after_deploy=after))
@@ -281,6 +283,7 @@ class Daemon:
         healthy_lag_s: float | None = None,
         receivers: Mapping[str, Receiver] | None = None,
         annotate: bool = True,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.config = config
         self.clock = clock
@@ -293,7 +296,8 @@ class Daemon:
         self.store = redact(self.engine.url)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)
-        self.alerts.keep_going = self._may_go_on  # a lost lead stops delivery between groups
+        # a lost lead stops delivery between groups; each group is progress (/livez)
+        self.alerts.keep_going = lambda: self._progressed("deliver") and self._may_go_on()
         for rule in cannot_fire(self.alerts.rules, config.evaluate):
             log.warning(CANNOT_FIRE.format(name=rule.name, statistic=rule.statistic))
         if not config.alerts.receivers and not receivers:
@@ -340,6 +344,11 @@ class Daemon:
         self._server: Any = None
         self._lease_thread: threading.Thread | None = None
         self._started_at = clock()
+        # /livez: a job running longer than this since its last step of progress is stuck
+        self.stuck_after_s = dm.stuck_bound_s()
+        self._monotonic = monotonic  # (not `clock`: a wall clock stepped forward is no stall)
+        self._running: dict[str, tuple[float, float]] = {}  # job -> (started, last progress)
+        self._told_stuck: tuple[str, float] | None = None
         self._metrics = _Metrics(self.registry, self)
 
     # -- state ---------------------------------------------------------------------
@@ -396,16 +405,46 @@ class Daemon:
         """(HTTP status, body) of /livez, for a liveness probe: 200 while this process runs
         its scheduler and lease (or waits for its store at start), whatever the lag.
         /healthz is for readiness and alerting: a follower reports the leader's lag, so a
-        liveness probe on it would restart every replica, the leader amid a catch-up too."""
+        liveness probe on it would restart every replica, the leader amid a catch-up too.
+
+        503 "stuck" when a job has gone `stuck_after_s` without a step of progress (a
+        window evaluated, a delivery group, a maintenance chunk): the lease thread still
+        beats for such a leader, so no follower would take over until it is restarted.
+        A catch-up or a long merge makes a step every few statements and is never stuck."""
+        stuck = self.stuck()
         if self._stop.is_set():
             status = "stopping"
         elif self._scheduler is not None and not self._scheduler.running:
             status = "scheduler_stopped"
         elif self._lease_thread is not None and not self._lease_thread.is_alive():
             status = "lease_stopped"
+        elif stuck is not None:
+            status = "stuck"
         else:
             status = "alive"
-        return (200 if status == "alive" else 503), {"status": status, "leader": self.is_leader}
+        body: dict[str, Any] = {"status": status, "leader": self.is_leader}
+        if status == "stuck":
+            body["stuck"] = stuck
+        return (200 if status == "alive" else 503), body
+
+    def stuck(self) -> dict[str, Any] | None:
+        """The job that has gone longest without progress, if past `stuck_after_s`: its
+        name, how long it has run and how long since its last step (seconds)."""
+        if self.stuck_after_s is None:
+            return None
+        now = self._monotonic()
+        quiet = [(now - last, job, now - started) for job, (started, last) in list(self._running.items())]
+        if not quiet or max(quiet)[0] <= self.stuck_after_s:
+            return None
+        since, job, running = max(quiet)
+        return {"job": job, "running_s": round(running, 1), "since_progress_s": round(since, 1),
+                "stuck_after_s": self.stuck_after_s}
+
+    def _progressed(self, job: str) -> bool:
+        """Mark a step of progress of the running `job` (for /livez); always True."""
+        if job in self._running:
+            self._running[job] = (self._running[job][0], self._monotonic())
+        return True
 
     # -- the jobs --------------------------------------------------------------------
 
@@ -486,7 +525,7 @@ class Daemon:
 
     def maintain(self, now: datetime | None = None) -> Maintained:
         now = as_utc(now) if now is not None else self.clock()
-        done = maintain_store(self.engine, self.config, now)
+        done = maintain_store(self.engine, self.config, now, progress=lambda: self._progressed("maintain"))
         write_maintain_due(self.engine, now + timedelta(seconds=self._every["maintain"]))
         return done
 
@@ -525,7 +564,8 @@ class Daemon:
             self._grafana = connect(g.url, g.read_token(), timeout=g.timeout_s)
         try:
             return annotate(self.engine, self._grafana, since=now - timedelta(days=g.annotate_days),
-                            grafana_url=g.url, dashboard_uid=g.dashboard_uid, now=now)
+                            grafana_url=g.url, dashboard_uid=g.dashboard_uid, now=now,
+                            progress=lambda: self._progressed(ANNOTATE))
         except Exception:
             self._grafana = None  # the next run connects afresh (and reads a rotated token)
             raise
@@ -540,17 +580,21 @@ class Daemon:
         lock = self._locks[job]
         if not lock.acquire(blocking=False):
             return None
+        started = self._monotonic()
+        self._running[job] = (started, started)
         try:
             return self._run_locked(job, as_utc(now) if now is not None else self.clock())
         finally:
+            del self._running[job]
             lock.release()
 
     def _run_locked(self, job: str, now: datetime) -> JobRun:
         started = time.monotonic()
         m = self._metrics
         try:
-            if job == "evaluate":
-                result: object = self.evaluate(now, keep_going=self._may_go_on)
+            if job == "evaluate":  # each window is progress (/livez)
+                result: object = self.evaluate(
+                    now, keep_going=lambda: self._progressed("evaluate") and self._may_go_on())
             else:
                 result = getattr(self, job)(now)
         except Exception as exc:
@@ -693,6 +737,21 @@ class Daemon:
                 self._undo_step_back()
             except Exception as exc:
                 log.error("cannot check when the jobs are due: %s", _one_line(exc, self.engine.url))
+            self._tell_stuck()
+
+    def _tell_stuck(self) -> None:
+        """Log a stuck job once (per run of it), beside /livez's 503."""
+        stuck = self.stuck()
+        if stuck is None:
+            return
+        key = (stuck["job"], self._running.get(stuck["job"], (0.0, 0.0))[0])
+        if key == self._told_stuck:
+            return
+        self._told_stuck = key
+        log.error("job %s has made no progress for %.0fs (running for %.0fs; daemon.stuck_after_s=%g): "
+                  "it is stuck; /livez answers 503 \"stuck\" so that a liveness probe restarts this daemon "
+                  "(and another takes the lead)", stuck["job"], stuck["since_progress_s"], stuck["running_s"],
+                  self.stuck_after_s)
 
     def _undo_step_back(self) -> None:
         """Run now every job the scheduler holds due more than its interval ahead.

@@ -7,12 +7,16 @@ across them; merged rows get their position bands from the merged sketch, and a 
 row records which of its minutes had rows (`minute_mask`). Rows from before migration
 0004 that its upgrade left without bands get them from their payload
 (`fill_position_bands`). Retention deletes raw sampled events and old batch keys.
+
+`progress()`, when given, is called after each step (a merge chunk committed, a span of
+bands, a retention delete): the daemon's /livez tells a long run that moves from a stuck one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +32,11 @@ log = logging.getLogger("attnmon.maintenance")
 
 SERIES = ("model", "version", "cohort", "layer", "head")
 ROLLUP_SECONDS = 3600  # the width of the rows old minutes are rolled up into
+Progress = Callable[[], object]
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ def merge_buckets(
     source_seconds: int = 60,
     target_seconds: int = 60,
     chunk: int = 500,
+    progress: Progress = _nothing,
 ) -> MaintenanceResult:
     """Merge rows of `source_seconds` buckets starting before `before` into one row per
     series and `target_seconds` bucket. With equal sizes this is compaction (only groups
@@ -117,7 +127,7 @@ def merge_buckets(
     while lo is not None:
         hi = _bucket(lo, span) + timedelta(seconds=span)
         g, r = _merge_slice(engine, (*source, wa.c.bucket_start >= lo, wa.c.bucket_start < hi),
-                            source_seconds, target_seconds, chunk)
+                            source_seconds, target_seconds, chunk, progress)
         groups, rows_removed = groups + g, rows_removed + r
         lo = _first_start(engine, *source, wa.c.bucket_start >= hi)
     return MaintenanceResult(merged_groups=groups, rows_removed=rows_removed)
@@ -130,7 +140,7 @@ def _first_start(engine: Engine, *where) -> datetime | None:
 
 
 def _merge_slice(engine: Engine, where: tuple, source_seconds: int, target_seconds: int,
-                 chunk: int) -> tuple[int, int]:
+                 chunk: int, progress: Progress = _nothing) -> tuple[int, int]:
     """merge_buckets over the source rows `where` selects: (groups, rows removed)."""
     wa = t.window_aggregates
     groups = rows_removed = 0
@@ -141,6 +151,7 @@ def _merge_slice(engine: Engine, where: tuple, source_seconds: int, target_secon
         else:
             q = q.distinct()
         keys = conn.execute(q).all()
+    progress()
     targets: dict[tuple, list[datetime]] = {}
     for *series, start in keys:
         targets.setdefault((*series, _bucket(start, target_seconds)), []).append(start)
@@ -154,6 +165,7 @@ def _merge_slice(engine: Engine, where: tuple, source_seconds: int, target_secon
                 continue
             groups += g
             rows_removed += r
+            progress()
             break
         else:
             log.warning("another maintenance run kept merging the same rows; %d groups are left "
@@ -226,7 +238,7 @@ BANDS_CURSOR = "maintenance.position_bands"  # daemon_state: how far fill_positi
 
 
 def fill_position_bands(engine: Engine, *, limit: int = 100_000, scan: int = 2_000_000,
-                        span: int = 10_000) -> int:
+                        span: int = 10_000, progress: Progress = _nothing) -> int:
     """Derive, from their payloads, the position bands of rows that have none; returns
     how many rows got them.
 
@@ -251,10 +263,12 @@ def fill_position_bands(engine: Engine, *, limit: int = 100_000, scan: int = 2_0
         top = min(above + span, highest)
         filled += _fill_range(engine, above + 1, top + 1)
         read, above = read + top - above, top
+        progress()
     while below > lowest and filled < limit and read < scan:  # history, newest first
         bottom = max(lowest, below - span)
         filled += _fill_range(engine, bottom, below)
         read, below = read + below - bottom, bottom
+        progress()
     # an upsert: a delete and an insert let a second maintainer at once fail on the key
     # the first had just inserted (PostgreSQL)
     with engine.begin() as conn:
@@ -287,7 +301,8 @@ def _fill_range(engine: Engine, lo: int, hi: int) -> int:
 
 
 def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_days: float,
-          drift_results_days: float | None = None, health_days: float | None = None) -> MaintenanceResult:
+          drift_results_days: float | None = None, health_days: float | None = None,
+          progress: Progress = _nothing) -> MaintenanceResult:
     """Delete raw sampled events, batch keys, drift results and collector health minutes
     past their retention."""
     with engine.begin() as conn:
@@ -295,13 +310,16 @@ def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_da
         if health_days is not None:  # one row per collector and minute: 52M a year at 100
             ch = t.collector_health
             hd = conn.execute(delete(ch).where(ch.c.minute < now - timedelta(days=health_days))).rowcount
+            progress()
         if drift_results_days is not None:
             dr = conn.execute(
                 delete(t.drift_results).where(t.drift_results.c.window_end < now - timedelta(days=drift_results_days))
             ).rowcount
+            progress()
         ev = conn.execute(
             delete(t.attention_events).where(t.attention_events.c.ts < now - timedelta(days=events_days))
         ).rowcount
+        progress()
         wb = conn.execute(
             delete(t.write_batches).where(
                 t.write_batches.c.written_at < now - timedelta(days=write_batches_days)
@@ -322,16 +340,18 @@ def maintain(
     health_days: float | None = None,
     closed_after_s: float = 120,
     fill_bands: int = 100_000,
+    progress: Progress = _nothing,
 ) -> MaintenanceResult:
     """Everything above, in the order that keeps every reader exact."""
-    c = merge_buckets(engine, now - timedelta(seconds=closed_after_s))
+    c = merge_buckets(engine, now - timedelta(seconds=closed_after_s), progress=progress)
     r = merge_buckets(
-        engine, now - timedelta(days=minute_aggregates_days), source_seconds=60, target_seconds=ROLLUP_SECONDS
+        engine, now - timedelta(days=minute_aggregates_days), source_seconds=60, target_seconds=ROLLUP_SECONDS,
+        progress=progress,
     )
     # after the merges, which give their rows bands: only untouched old rows are left
-    f = fill_position_bands(engine, limit=fill_bands) if fill_bands > 0 else 0
+    f = fill_position_bands(engine, limit=fill_bands, progress=progress) if fill_bands > 0 else 0
     p = purge(engine, now, events_days=events_days, write_batches_days=write_batches_days,
-              drift_results_days=drift_results_days, health_days=health_days)
+              drift_results_days=drift_results_days, health_days=health_days, progress=progress)
     return MaintenanceResult(
         merged_groups=c.merged_groups + r.merged_groups,
         rows_removed=c.rows_removed + r.rows_removed,

@@ -1,0 +1,156 @@
+"""/livez and a stuck leader: a job with no step of progress for `stuck_after_s` is
+"stuck" (503), so that a liveness probe restarts the leader and a follower takes over;
+a long catch-up or a long maintenance run that makes steps is not.
+
+Progress time is the daemon's `monotonic` (a fake one here); the jobs run in a thread
+while the test reads /livez.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from monitor.config import Config, DaemonConfig
+from monitor.daemon import Daemon
+from monitor.store import maintenance
+from tests.test_daemon import _get, at, config, minutes, produce
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> str:
+    produce(sqlite_url)
+    return sqlite_url
+
+
+def test_the_stuck_bound_comes_from_the_jobs_timeouts_unless_set():
+    assert DaemonConfig().stuck_bound_s() == 2 * (900 + 60)  # 32 minutes at the defaults
+    assert DaemonConfig(statement_timeout_s=30, lock_timeout_s=5).stuck_bound_s() == 70
+    # a statement may run for ever: a long one cannot be told from a stuck one
+    assert DaemonConfig(statement_timeout_s=0).stuck_bound_s() is None
+    assert DaemonConfig(lock_timeout_s=0).stuck_bound_s() is None
+    assert DaemonConfig(stuck_after_s=120, statement_timeout_s=0).stuck_bound_s() == 120
+    assert DaemonConfig(stuck_after_s=0).stuck_bound_s() is None  # never
+    with pytest.raises(ValueError, match="stuck_after_s"):
+        Config(daemon={"stuck_after_s": -1})
+
+
+def test_livez_is_503_stuck_when_a_job_makes_no_progress_for_stuck_after_s(store):
+    clock = [1000.0]
+    entered, release = threading.Event(), threading.Event()
+
+    def hang(_engine, _result) -> None:  # an evaluation that never returns
+        entered.set()
+        release.wait(30)
+
+    with Daemon(config(store, stuck_after_s=600), clock=lambda: at(20), monotonic=lambda: clock[0]) as daemon:
+        daemon.cycle_hooks.insert(0, hang)
+        daemon.listen()
+        assert daemon.acquire()
+        job = threading.Thread(target=daemon.run_job, args=("evaluate",), daemon=True)
+        job.start()
+        try:
+            assert entered.wait(30)
+            base = f"http://127.0.0.1:{daemon.http_port}"
+            clock[0] += 600
+            assert _get(f"{base}/livez") == (200, {"status": "alive", "leader": True})
+            clock[0] += 1
+            code, body = _get(f"{base}/livez")
+            assert code == 503 and body["status"] == "stuck" and body["leader"] is True
+            assert body["stuck"] == {"job": "evaluate", "running_s": 601.0, "since_progress_s": 601.0,
+                                     "stuck_after_s": 600.0}
+        finally:
+            release.set()
+            job.join(30)
+        assert _get(f"{base}/livez") == (200, {"status": "alive", "leader": True})  # it ended
+
+
+def test_a_stuck_job_is_logged_once_by_the_lease_thread(store, caplog):
+    clock = [0.0]
+    entered, release = threading.Event(), threading.Event()
+
+    def hang(_engine, _now) -> None:
+        entered.set()
+        release.wait(30)
+
+    with Daemon(config(store, stuck_after_s=60), clock=lambda: at(20), monotonic=lambda: clock[0],
+                deliver_hooks=[hang]) as daemon:
+        assert daemon.acquire()
+        job = threading.Thread(target=daemon.run_job, args=("deliver",), daemon=True)
+        job.start()
+        try:
+            assert entered.wait(30)
+            with caplog.at_level("ERROR", "attnmon.daemon"):
+                daemon._tell_stuck()
+                clock[0] = 61
+                daemon._tell_stuck()
+                daemon._tell_stuck()
+        finally:
+            release.set()
+            job.join(30)
+    told = [r.getMessage() for r in caplog.records if "is stuck" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("job deliver has made no progress for 61s")
+
+
+def test_a_long_catch_up_that_makes_progress_is_never_stuck(store):
+    """Forty missed windows, each taking half of stuck_after_s: the run takes twenty
+    times the bound, but each window is a step."""
+    clock = [0.0]
+    seen = []
+    now = [at(20)]
+
+    def slow_window(_engine, _result) -> None:
+        clock[0] += 300
+        seen.append(daemon.alive())
+
+    with Daemon(config(store, stuck_after_s=600), clock=lambda: now[0], monotonic=lambda: clock[0]) as daemon:
+        daemon.tick()
+        daemon.cycle_hooks.append(slow_window)
+        now[0] = at(60)
+        catch_up = daemon.tick()["evaluate"].result
+    assert [w.window_end for w in catch_up.windows] == minutes(20, 59)
+    assert clock[0] == 20 * 600
+    assert seen and all(code == 200 and body["status"] == "alive" for code, body in seen)
+
+
+def test_a_long_maintenance_run_that_makes_progress_is_never_stuck(store, monkeypatch):
+    """Each merge chunk, span of bands and retention delete is a step: maintenance over
+    weeks of rows to roll up is long but never stuck."""
+    clock = [0.0]
+    seen = []
+    real = maintenance._merge_chunk
+
+    def slow_chunk(*args, **kwargs):
+        clock[0] += 300
+        seen.append(daemon.alive())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(maintenance, "_merge_chunk", slow_chunk)
+    # chunks of one bucket: the store's 50 minutes of rows roll up in dozens of steps
+    monkeypatch.setattr(maintenance.merge_buckets, "__kwdefaults__",
+                        {**maintenance.merge_buckets.__kwdefaults__, "chunk": 1})
+    with Daemon(config(store, stuck_after_s=600), clock=lambda: at(20) + timedelta(days=10),
+                monotonic=lambda: clock[0]) as daemon:
+        assert daemon.acquire()
+        run = daemon.run_job("maintain")
+    assert run.ok and run.result.maintenance.merged_groups > 0
+    assert len(seen) > 4 and clock[0] > 2 * 600
+    assert all(code == 200 for code, _ in seen)
+
+
+def test_a_follower_and_an_idle_leader_are_never_stuck(store):
+    clock = [0.0]
+    with Daemon(config(store, stuck_after_s=1), clock=lambda: at(20), monotonic=lambda: clock[0]) as daemon:
+        clock[0] = 1e6
+        assert daemon.alive() == (200, {"status": "alive", "leader": False})
+        daemon.tick()
+        clock[0] = 2e6
+        assert daemon.alive() == (200, {"status": "alive", "leader": True})
+
+
+def test_no_bound_no_stuck(store):
+    with Daemon(config(store, stuck_after_s=0), clock=lambda: at(20), monotonic=time.monotonic) as daemon:
+        assert daemon.stuck_after_s is None and daemon.stuck() is None
