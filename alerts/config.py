@@ -130,6 +130,24 @@ class DeliveryConfig(_Strict):
     max_age_s: float = Field(86_400, gt=0)  # then a notification is marked failed with its error
 
 
+WATCHDOG_KINDS = ("alertmanager", "webhook")  # a pagerduty one would page, slack or email post, every minute
+
+
+class WatchdogConfig(_Strict):
+    """The dead-man's switch (alerts/watchdog.py): where `AttnmonWatchdog` is sent while
+    the leader evaluates. Not routed by `alerts.route`: only these receivers get it."""
+
+    receivers: list[str] = []  # alertmanager or webhook receivers; empty: sent nowhere
+    labels: dict[str, str] = {}  # added to its labels, e.g. {env: prod} to tell installations apart
+
+    @field_validator("labels")
+    @classmethod
+    def _not_its_name(cls, v: dict[str, str]) -> dict[str, str]:
+        if "alertname" in v:
+            raise ValueError("alertname is the watchdog's own (AttnmonWatchdog): route on it, do not set it")
+        return v
+
+
 class AlertsConfig(_Strict):
     rules: list[str] = []  # rule files; empty: the shipped default pack
     external_url: str | None = None  # Grafana base URL, for links in notifications
@@ -138,6 +156,7 @@ class AlertsConfig(_Strict):
     receivers: list[ReceiverConfig] = []
     route: Route = Route()
     delivery: DeliveryConfig = DeliveryConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
     @field_validator("runbook_base_url")
     @classmethod
@@ -170,4 +189,13 @@ class AlertsConfig(_Strict):
         walk(self.route)
         if missing:
             raise ValueError(f"route names unknown receiver(s) {sorted(set(missing))}; known: {sorted(names)}")
+        kinds = {r.name: r.kind for r in self.receivers}
+        unknown = [n for n in self.watchdog.receivers if n not in names]
+        if unknown:
+            raise ValueError(f"watchdog.receivers names unknown receiver(s) {unknown}; known: {sorted(names)}")
+        wrong = [f"{n} ({kinds[n]})" for n in self.watchdog.receivers if kinds[n] not in WATCHDOG_KINDS]
+        if wrong:
+            raise ValueError(f"watchdog.receivers: {', '.join(wrong)} cannot take the watchdog, an alert that always "
+                             "fires (a pagerduty receiver would page for good, slack or email post at every "
+                             "evaluation); name an alertmanager or webhook receiver (a dead-man's-switch URL)")
         return self

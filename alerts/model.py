@@ -37,7 +37,7 @@ OBSERVED = "observed"
 class AlertView:
     fingerprint: str
     rule: str
-    severity: Literal["critical", "warning", "info"]
+    severity: Literal["critical", "warning", "info", "none"]  # none: the watchdog's (alerts/watchdog.py)
     status: Literal["firing", "resolved"]
     labels: dict[str, str]  # alertname, severity, model, version, cohort, layer, head, ...
     annotations: dict[str, str]  # summary, runbook, description, dashboard, ...

@@ -4,6 +4,9 @@
     >>> daemon.cycle_hooks.append(service.after_cycle)      # after each evaluated window
     >>> daemon.deliver_hooks.append(service.deliver)        # every daemon.deliver_every_s
 
+The watchdog (alerts/watchdog.py) counts each window's alert evaluation in `after_cycle`
+and is sent by the next `deliver`.
+
 Rules are loaded (and their templates checked) once, here: a bad rule file stops the
 daemon at start, not at the first crossing. /metrics reads counts the jobs refreshed;
 a scrape runs no SQL.
@@ -23,6 +26,7 @@ from alerts.cycle import AlertCycle, evaluate_alerts
 from alerts.model import Receiver
 from alerts.outbox import Counts, DeliverResult, Outbox, counts
 from alerts.rules import Rule, load_rule_set
+from alerts.watchdog import KEEP_INTERVALS, Watchdog
 from monitor.store.maintenance import as_utc
 
 log = logging.getLogger("attnmon.alerts")
@@ -38,7 +42,7 @@ class _Metrics:
         self.n_pending = Gauge("attnmon_notifications_pending", "Notifications waiting in the outbox (first try or backoff)", ["receiver"], registry=registry)
         self.n_failed = Gauge("attnmon_notifications_failed", "Notifications given up on in the last 24 h", ["receiver"], registry=registry)
         self.transitions = Counter("attnmon_alert_transitions", "Alert transitions", ["transition"], registry=registry)
-        self.sends = Counter("attnmon_notification_sends", "Messages sent, by receiver and outcome (delivered, retry, failed, resent, resend_error)", ["receiver", "outcome"], registry=registry)
+        self.sends = Counter("attnmon_notification_sends", "Messages sent, by receiver and outcome (delivered, retry, failed, resent, resend_error, watchdog, watchdog_error)", ["receiver", "outcome"], registry=registry)
         self.receivers = set(receivers)
         for sev in SEVERITIES:
             self.firing.labels(sev)
@@ -63,18 +67,22 @@ class AlertService:
     """Rules, the state machine and the outbox for one daemon.
 
     `receivers` (name -> Receiver) replaces building them from the config (tests);
-    `registry` gets the alerting metrics; `clock` is the daemon's.
+    `registry` gets the alerting metrics; `clock` is the daemon's. `watchdog_keep_s`:
+    how long Alertmanager holds each watchdog (the daemon's: 4 evaluation intervals);
+    `who` names the daemon in it.
     """
 
     def __init__(self, config: AlertsConfig, engine: Engine, *, registry: CollectorRegistry | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  receivers: Mapping[str, Receiver] | None = None, rules: list[Rule] | None = None,
-                 rng=None):
+                 rng=None, watchdog_keep_s: float = KEEP_INTERVALS * 60.0, who: str = ""):
         self.config = config
         self.engine = engine
         self.clock = clock
         self.rules = rules if rules is not None else load_rule_set(config.rules)
         self.outbox = Outbox(engine, config, receivers, rng=rng)
+        self.watchdog = Watchdog(config, self.outbox.receiver, keep_for_s=watchdog_keep_s,
+                                 deadline_s=self.outbox._deadline_s, clock=clock, who=who)
         self._metrics = _Metrics(registry, [r.name for r in config.receivers]) if registry is not None else None
         self._pruned: datetime | None = None
         self.last_cycle: AlertCycle | None = None
@@ -85,6 +93,7 @@ class AlertService:
     def after_cycle(self, engine: Engine, result) -> AlertCycle:
         """A daemon cycle hook: alert states after the window `result` (a CycleResult) ended."""
         cycle = evaluate_alerts(engine, self.rules, self.config, result.window_start, result.window_end, self.clock())
+        self.watchdog.evaluated()
         for tr in cycle.transitions:
             log.info("%s %s: %s", tr.kind, tr.alert.rule, tr.alert.annotations.get("summary", tr.alert.fingerprint))
             if self._metrics:
@@ -97,6 +106,8 @@ class AlertService:
         """A daemon deliver hook: send what is due, re-send to Alertmanager, prune hourly."""
         now = as_utc(now)
         res = self.outbox.deliver(now, keep_going=self.keep_going)
+        for key, n in self.watchdog.send(self.keep_going).items():
+            res.sends[key] = res.sends.get(key, 0) + n
         if self._metrics:
             for (receiver, outcome), n in res.sends.items():
                 self._metrics.sends.labels(receiver, outcome).inc(n)

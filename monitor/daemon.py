@@ -69,6 +69,7 @@ from sqlalchemy.engine import Engine
 from alerts.model import Receiver
 from alerts.rules import CANNOT_FIRE, cannot_fire
 from alerts.service import AlertService
+from alerts.watchdog import KEEP_INTERVALS as WATCHDOG_KEEP_INTERVALS
 from monitor.baselines import Baselines, prune
 from monitor.config import Config
 from monitor.errors import ConfigError, StoreError
@@ -295,7 +296,10 @@ class Daemon:
             application_name=SESSIONS_NAME + self.id)  # a follower that ends this leader finds them by it
         self.store = redact(self.engine.url)
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.alerts = AlertService(config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers)
+        self.alerts = AlertService(
+            config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers, who=self.id,
+            # the watchdog comes after each evaluation: Alertmanager holds it 4 of them
+            watchdog_keep_s=WATCHDOG_KEEP_INTERVALS * max(dm.evaluate_every_s, dm.deliver_every_s))
         # a lost lead stops delivery between groups; each group is progress (/livez)
         self.alerts.keep_going = lambda: self._progressed("deliver") and self._may_go_on()
         for rule in cannot_fire(self.alerts.rules, config.evaluate):

@@ -73,17 +73,21 @@ class Alertmanager:
     def send(self, notification: Notification) -> None:
         self._post(notification.alerts, notification.external_url)
 
-    def resend(self, alerts: Iterable[AlertView], external_url: str | None = None) -> None:
-        """Re-post firing alerts so that Alertmanager keeps them; resolved ones are skipped."""
-        self._post([a for a in alerts if a.status == "firing"], external_url)
+    def resend(self, alerts: Iterable[AlertView], external_url: str | None = None, *,
+               keep_for_s: float | None = None) -> None:
+        """Re-post firing alerts so that Alertmanager keeps them; resolved ones are skipped.
+        `keep_for_s` sets their endsAt (default 4 × resend_interval_s from now): the
+        watchdog's follows the evaluation's rhythm, not this receiver's."""
+        self._post([a for a in alerts if a.status == "firing"], external_url, keep_for_s)
 
-    def payload(self, alerts: Iterable[AlertView], external_url: str | None = None) -> list[dict[str, Any]]:
+    def payload(self, alerts: Iterable[AlertView], external_url: str | None = None,
+                keep_for_s: float | None = None) -> list[dict[str, Any]]:
         now = self._clock()
-        keep_until = now + timedelta(seconds=4 * self.resend_interval_s)
+        keep_until = now + timedelta(seconds=keep_for_s if keep_for_s is not None else 4 * self.resend_interval_s)
         return [self._alert(a, keep_until, now, external_url) for a in alerts]
 
-    def _post(self, alerts: Iterable[AlertView], external_url: str | None) -> None:
-        body = self.payload(alerts, external_url)
+    def _post(self, alerts: Iterable[AlertView], external_url: str | None, keep_for_s: float | None = None) -> None:
+        body = self.payload(alerts, external_url, keep_for_s)
         size = self.batch_size
         batches = [body[i : i + size] for i in range(0, len(body), size)]
         refused: DeliveryError | None = None
