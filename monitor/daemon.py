@@ -43,6 +43,12 @@ PostgreSQL a session advisory lock with a heartbeat (a frozen leader is replaced
 SQLite file a `flock`. The leader checks it still leads every `daemon.lease_s` and
 before each job, window and delivery group; a follower tries to lead every lease_s.
 
+Progress. Each window, delivery group, maintenance chunk and Grafana annotation is a step
+of its job; a job that goes `daemon.stuck_after_s` without one is stuck, and /livez
+answers 503 (`Daemon.alive`): its lease thread still beats, so only a restart (a liveness
+probe) hands the lead on. The alert side sends the watchdog (`alerts.watchdog`) after
+each window's alert rules ran, so a stuck evaluation also stops the dead-man's switch.
+
 A failing job (store down) logs one line without secrets, counts the error, and runs
 again `daemon.retry_s` later; the evaluate job's catch-up covers the windows missed.
 A store that cannot be reached when `serve` starts is waited for (`wait_for_store`),
