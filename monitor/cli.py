@@ -465,12 +465,27 @@ REGISTRARS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 )
 
 
+class _Version(argparse.Action):
+    """--version, reading the version only when asked (argparse's own action needs it
+    when the parser is built, at every command)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from monitor.version import version
+
+        print(f"attnmon {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnmon",
         description="Monitor the attention behaviour of sequence recommenders.",
         parents=[_GLOBALS],
     )
+    parser.add_argument("--version", action=_Version, help="print attnmon's version and exit")
     commands = parser.add_subparsers(
         title="commands", dest="command", required=True, metavar="COMMAND"
     )

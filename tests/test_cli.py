@@ -218,3 +218,26 @@ def test_a_second_pin_of_a_model_says_it_replaces_the_first(sqlite_url: str, cap
     assert main(["baseline", "list", "--store", sqlite_url, "--format", "json"]) == 0
     pins = json.loads(capsys.readouterr().out)
     assert [(p["name"], p["active"], p["in_use"]) for p in pins] == [("first", True, False), ("second", True, True)]
+
+
+def test_version_prints_the_installed_distributions_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"attnmon {version('attention-monitor')}\n"
+
+
+def test_version_from_a_source_tree_without_metadata_reads_pyproject(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+    import tomllib
+
+    from monitor import version as v
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    declared = tomllib.loads((Path(v.__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert v.version() == f"{declared} (source tree, not installed)"
+    monkeypatch.setattr(v, "PYPROJECT", Path("/nonexistent/pyproject.toml"))
+    assert v.version() == "unknown (not installed)"
