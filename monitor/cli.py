@@ -337,7 +337,7 @@ def _register_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help=help, description=help, parents=[_DEMO_GLOBALS])
     p.add_argument("--out", default="attnmon-out", metavar="DIR", help="output folder (default: attnmon-out)")
     p.add_argument("--no-defect", dest="defect", action="store_false", help="deploy a harmless v2")
-    p.add_argument("--serve", action="store_true", help="keep the daemon running afterwards (/healthz, /metrics)")
+    p.add_argument("--serve", action="store_true", help="keep the daemon running afterwards (/healthz, /metrics), on the demo's clock from where its traffic ended")
     p.set_defaults(
         run=lambda config, args: demo(config, args.out, args.defect, getattr(args, "store", None), args.serve)
     )

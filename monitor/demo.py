@@ -256,7 +256,7 @@ def demo(out: Path, store_url: str | None = None, defect: bool = True, progress:
         print(f"\n(simulated {result.requests:,} predictions in {time.monotonic() - began:.0f} s)")
         daemon.close()  # frees the lead for the serving daemon
         if serve:
-            _serve(config, engine)
+            _serve(config, engine, at)
     finally:
         daemon.close()
         hook.close()
@@ -346,11 +346,15 @@ def _summary(engine, result: DemoResult, verdict, verdict_text: str, files: dict
     return "\n".join(lines)
 
 
-def _serve(config, engine) -> None:
-    """The daemon on the real clock until SIGINT or SIGTERM, on the usual /healthz port."""
-    from monitor.daemon import Daemon, serve
+def _serve(config, engine, end: datetime) -> None:
+    """The daemon until SIGINT or SIGTERM, on the usual /healthz port, on the demo's clock:
+    from where the simulated traffic ended, at real speed. On today's clock it would skip
+    every window since the demo's fixed day (thousands, with a warning) and then evaluate
+    minutes without data."""
+    from monitor.daemon import Daemon, fake_clock, serve
 
     config = config.model_copy(update={"daemon": config.daemon.model_copy(update={"listen": "127.0.0.1:9464"})})
-    with Daemon(config, engine=engine) as daemon:
-        print("daemon running: http://127.0.0.1:9464/healthz and /metrics (Ctrl-C to stop)", flush=True)
+    with Daemon(config, engine=engine, clock=fake_clock(f"{end.isoformat()} x1")) as daemon:
+        print(f"daemon running on the demo's clock, from {end:%Y-%m-%d %H:%M} UTC at real speed (no new traffic "
+              "comes): http://127.0.0.1:9464/healthz and /metrics (Ctrl-C to stop)", flush=True)
         serve(daemon)

@@ -45,3 +45,26 @@ def test_demo_without_defect_pages_nobody_and_proceeds(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "webhook: FIRING" not in out and "nothing paged" in out
     assert "PROCEED: demo-sasrec v2 against v1" in out
+
+
+def test_the_served_daemon_goes_on_from_the_demos_clock_not_todays(tmp_path, capsys, monkeypatch):
+    """The demo's data is of a fixed day (2026-11-20): a daemon on the real clock began by
+    skipping thousands of windows since then, and evaluated empty minutes after them."""
+    from datetime import UTC, datetime, timedelta
+
+    import monitor.daemon
+    from monitor.demo import START, demo
+
+    seen = {}
+
+    def serve(daemon, stop=None):  # instead of listening on :9464 until Ctrl-C
+        seen["now"] = daemon.clock()
+        seen["caught_up"] = daemon.evaluate()
+        return 0
+
+    monkeypatch.setattr(monitor.daemon, "serve", serve)
+    assert demo(tmp_path, serve=True, progress=False, hours_before=0.5, hours_after=0.25, rate=40) == 0
+    end = datetime.fromtimestamp(START, UTC) + timedelta(minutes=45)
+    assert end <= seen["now"] < end + timedelta(minutes=5)
+    assert seen["caught_up"].skipped == 0
+    assert "on the demo's clock" in capsys.readouterr().out
