@@ -565,8 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
     except OverflowError as exc:
-        # datetime's range is years 1 to 9999: `--for 100000000d`, `--now 0001-01-01`
-        # reach past it in the command's date arithmetic. The user's input, not a bug.
+        # datetime's range is years 1 to 9999. Times and durations given as options are
+        # kept well inside it where they are parsed (cli_common, naming the option); this
+        # is for what still reaches past it in a command's date arithmetic.
         message = f"a time or duration given is out of range (dates run from year 1 to 9999): {exc}"
         if debug:
             traceback.print_exc()

@@ -22,6 +22,7 @@ from sqlalchemy import or_, select
 
 from monitor.cli_common import emit as _emit
 from monitor.cli_common import open_store as _engine
+from monitor.cli_common import within_century
 from monitor.config import Config
 from monitor.errors import ConfigError
 
@@ -63,9 +64,12 @@ def list_alerts(config: Config, fmt: str = "text", resolved_within: str = "1h",
     from monitor.store.maintenance import as_utc
 
     try:
-        since = _now(now) - parse_duration(resolved_within)
+        span = parse_duration(resolved_within)
     except ValueError as exc:
         raise ConfigError([("--resolved-within", resolved_within, str(exc))], "argument") from None
+    except OverflowError:
+        span = None
+    since = _now(now) - within_century(span, "--resolved-within", resolved_within)
     al = t.alerts
     engine = _engine(config)
     try:
@@ -163,6 +167,9 @@ def silence(config: Config, matchers: list[str], duration: str, comment: str,
         span = parse_duration(duration)
     except ValueError as exc:
         raise ConfigError([("--for", duration, str(exc))], "argument") from None
+    except OverflowError:
+        span = None
+    span = within_century(span, "--for", duration)
     if span.total_seconds() <= 0:
         raise ConfigError([("--for", duration, "a silence must last longer than 0")], "argument")
     parsed = [silences.parse_matcher(m) for m in matchers]  # errors before touching the store

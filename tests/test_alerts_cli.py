@@ -152,7 +152,7 @@ def test_list_shows_active_and_recently_resolved_alerts_without_secrets(tmp_path
     assert data[0]["annotations"]["dashboard"].startswith("https://grafana.example/d/attnmon-overview?")
     assert data[0]["recently_resolved"] is False and data[0]["fired_at"] == at(0).isoformat()
     assert "GRAFANA_PASSWORD" not in out
-    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "100000d")
+    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "36500d")
     assert code == 0 and out.splitlines()[-1].startswith("resolved critical  Collapse")
     assert out.splitlines()[0].split() == ["STATE", "SEVERITY", "ALERT", "SINCE", "(UTC)", "SUMMARY"]
 
@@ -167,11 +167,11 @@ def test_list_shows_an_alert_that_ended_unfixed_as_ended(tmp_path, capsys, clean
     cycle(engine, [r], cfg, 0, shifted_rows(0, heads=[2], baseline_kind="previous_version"))
     cycle(engine, [r], cfg, 1, shifted_rows(1, heads=[2], baseline_kind="trailing"))
     engine.dispose()
-    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "100000d",
+    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "36500d",
                        "--format", "json")
     (d,) = json.loads(out)
     assert d["state"] == "resolved" and d["ended"].startswith("Not fixed: the comparison with the version")
-    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "100000d")
+    code, out, _ = run(capsys, "alerts", "list", "--config", str(cfg_path), "--resolved-within", "36500d")
     assert out.splitlines()[-1].startswith("ended    critical  Collapse")
 
 

@@ -169,19 +169,31 @@ def test_a_reader_that_stops_early_gets_no_traceback(sqlite_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "option", "allowed"),
     [
-        ["alerts", "list", "--resolved-within", "100000000d"],
-        ["alerts", "silence", "--match", "model=m", "--for", "100000000d", "--comment", "x"],
-        ["maintain", "--now", "0001-01-01"],
-        ["evaluate", "--at", "0001-01-01T00:00Z"],
+        (["alerts", "list", "--resolved-within", "100000000d"], "--resolved-within", "at most 36,500d"),
+        (["alerts", "list", "--resolved-within", "99999999999d"], "--resolved-within", "at most 36,500d"),
+        (["alerts", "silence", "--match", "model=m", "--for", "100000000d", "--comment", "x"], "--for",
+         "at most 36,500d"),
+        (["rollback-check", "--model", "m", "--since", "100000000d"], "--since", "at most 36,500d"),
+        (["rollback-check", "--model", "m", "--since", "1e300d"], "--since", "at most 36,500d"),
+        (["rollback-check", "--model", "m", "--recent", "100000000d"], "--recent", "at most 36,500d"),
+        (["rollback-check", "--model", "m", "--now", "9999-12-31"], "--now", "from 1970-01-01 to 9000-01-01"),
+        (["maintain", "--now", "0001-01-01"], "--now", "from 1970-01-01 to 9000-01-01"),
+        (["evaluate", "--at", "0001-01-01T00:00Z"], "--at", "from 1970-01-01 to 9000-01-01"),
+        (["evaluate", "--at", "0001-01-01T00:00+05:00"], "--at", "from 1970-01-01 to 9000-01-01"),
+        (["evaluate", "--at", "now-100000000d"], "--at", "at most 36,500d"),
+        (["forget-items", "--before", "0001-01-01"], "--before", "from 1970-01-01 to 9000-01-01"),
+        (["dashboards", "annotate", "--grafana-url", "http://127.0.0.1:9", "--days", "1e10"], "--days",
+         "at most 36,500"),
     ],
 )
-def test_a_time_or_duration_past_the_calendar_is_one_line(
-    sqlite_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+def test_a_time_or_duration_past_the_calendar_names_the_option_and_the_range(
+    sqlite_url: str, argv: list[str], option: str, allowed: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main([*argv, "--store", sqlite_url]) == 2
-    assert "out of range" in stderr_line(capsys)
+    line = stderr_line(capsys)
+    assert f"{option}=" in line and allowed in line, line
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch,
