@@ -7,7 +7,9 @@ explicit overrides (the CLI's `--store`). Environment variables:
     ATTNMON_COLLECTOR__SAMPLE_RATE=0.1             -> collector.sample_rate
     ATTNMON_<SECTION>__<KEY>                        -> <section>.<key> (any depth, `__` apart)
 
-An empty variable counts as unset. Every bad entry is reported at once, as a
+An empty variable counts as unset; `null` (any case) sets a field that may be null to
+None, as `null` in the file does (ATTNMON_COLLECTOR__SPILL_DIR=null: no spill folder),
+and is an error for any other field. Every bad entry is reported at once, as a
 `ConfigError` naming the dotted field, the value and what is wrong:
 
     >>> load_config("attnmon.yaml")   # doctest: +SKIP
@@ -19,7 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -268,8 +271,15 @@ def load_config(
         data, problems = _read_yaml(path)
     origins: dict[tuple[str, ...], str] = {}  # field path -> where a non-file value came from
     for keys, var, value in _env_entries(env):
-        blocked = _set(data, keys, _env_value(value))
         origins[keys] = f"environment variable {var}"
+        parsed = _env_value(value)
+        if value.strip().lower() == "null" and (nullable := _nullable(keys)) is not None:
+            if not nullable:
+                problems.append((".".join(keys), value, "cannot be null; to use the file's value or the default, "
+                                 f"unset the variable or leave it empty (from {origins[keys]})"))
+                continue
+            parsed = None
+        blocked = _set(data, keys, parsed)
         if blocked is not None:
             # The file holds a list or a value where the variable reaches inside it
             # (ATTNMON_ALERTS__RECEIVERS__0__URL): it would be ignored without a word.
@@ -305,6 +315,26 @@ def _env_entries(env: Mapping[str, str]) -> list[tuple[tuple[str, ...], str, str
             keys = tuple(k.lower() for k in var[len(ENV_PREFIX) :].split("__"))
             entries.append((keys, var, value))
     return entries
+
+
+def _nullable(keys: tuple[str, ...]) -> bool | None:
+    """Whether the field at `keys` (through Config's nested sections) may be None; None
+    for a key that is no field (unknown, or inside a list or mapping): validation says so."""
+    model: Any = Config
+    for depth, key in enumerate(keys, 1):
+        fields = model.model_fields
+        field = fields.get(key) or next((f for f in fields.values() if f.alias == key), None)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = get_args(ann) if get_origin(ann) in (Union, UnionType) else (ann,)
+        if depth == len(keys):
+            return type(None) in args
+        sections = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(sections) != 1:
+            return None
+        model = sections[0]
+    return None
 
 
 def _env_value(value: str) -> Any:

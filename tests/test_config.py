@@ -438,3 +438,33 @@ def test_repr_and_str_of_a_config_hide_the_store_password() -> None:
     for shown in (repr(config), str(config)):
         assert "Sup3rSecret" not in shown and "postgresql+psycopg://attnmon:***@db/attnmon" in shown
     assert config.store_url.endswith(":Sup3rSecret@db/attnmon")  # the value itself is intact
+
+
+def test_null_in_the_environment_unsets_a_field_that_may_be_null(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "collector:\n  spill_dir: /var/spool/attnmon\n  worker:\n    hang_after_s: 30\n"
+                                      "grafana:\n  url: https://grafana.internal\n  dashboard_uid: abc\n")
+    env = {"ATTNMON_COLLECTOR__SPILL_DIR": "null", "ATTNMON_COLLECTOR__WORKER__HANG_AFTER_S": "NULL",
+           "ATTNMON_GRAFANA__DASHBOARD_UID": " null "}
+    config = load_config(path, env)
+    assert config.collector.spill_dir is None  # (it was the folder "null")
+    assert config.collector.worker.hang_after_s is None  # (it was "must be a number")
+    assert config.grafana.dashboard_uid is None
+
+
+def test_null_in_the_environment_for_a_field_that_cannot_be_null_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "collector:\n  queue_size: 5\n")
+    env = {"ATTNMON_COLLECTOR__QUEUE_SIZE": "null", "ATTNMON_COLLECTOR__HASH_KEY_ENV": "null",
+           "ATTNMON_EVALUATE__STATISTICS_BY_METRIC": "null", "ATTNMON_COLLECTOR__SAMPEL_RATE": "null"}
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env)
+    problems = {field: (value, msg) for field, value, msg in info.value.problems}
+    unset = ("cannot be null; to use the file's value or the default, unset the variable or leave it empty "
+             "(from environment variable {})")
+    assert problems == {
+        "collector.queue_size": ("null", unset.format("ATTNMON_COLLECTOR__QUEUE_SIZE")),
+        "collector.hash_key_env": ("null", unset.format("ATTNMON_COLLECTOR__HASH_KEY_ENV")),
+        "evaluate.statistics_by_metric": ("null", unset.format("ATTNMON_EVALUATE__STATISTICS_BY_METRIC")),
+        # no such field: said as for any other value
+        "collector.sampel_rate": ("(hidden)", "unknown key (a secret's variable must not be named "
+                                  "ATTNMON_<SECTION>__<KEY>) (from environment variable ATTNMON_COLLECTOR__SAMPEL_RATE)"),
+    }
