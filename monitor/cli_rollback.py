@@ -18,8 +18,9 @@ from monitor.errors import AttnmonError, ConfigError
 
 EXIT_HELP = """exit status: 0 PROCEED, 3 WATCH (not enough data yet, only warnings, or a
 recent change in too few predictions to tell), 4 ROLLBACK, 2 usage or store error
-(e.g. a version that does not exist, or a baseline with too little data in the day
-before the candidate's deployment)"""
+(e.g. a version that does not exist, a baseline with too little data in the day
+before the candidate's deployment, or a candidate with too little data that has served
+nothing in the last --recent or --since: waiting cannot fill either)"""
 
 
 def rollback_check(config: Config, model: str, candidate: str | None = None, baseline: str | None = None,

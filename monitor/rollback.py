@@ -464,6 +464,18 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
             "(the version served little then, or its data is gone): pass --baseline with a version that served then")
     sides = _Sides(engine, model, candidate, baseline, (b_start, b_end), same, bb, minutes["baseline"], seed)
     whole = sides.compare((c_start, now), cb, c_min)
+    quiet = max(now - (recent or RECENT), c_start)  # nothing served since then: no longer serving
+    if not whole.judged and (stopped := stopped_serving(engine, model, candidate, quiet, now)) is not None:
+        # waiting cannot add to its data, so this is no WATCH ('not enough data yet', for ever)
+        period = "since the deploy" if since is None or c_start == _minute(cand_dep["deployed_at"]) else (
+            f"in the last {_duration(now - c_start)} (--since)")
+        hint = "" if quiet == c_start else (f"; if it still serves, but less than once in {_duration(now - quiet)}, "
+                                            "pass a longer --recent")
+        n = predictions["candidate"]
+        has = (f"it has no predictions {period} to judge, and waiting will not add any" if n == 0 else
+               f"its {n:,} predictions over {minutes['candidate']} minutes {period} are too few for a verdict "
+               f"({MIN_PREDICTIONS:,} over {MIN_MINUTES} minutes), and waiting will not add to them")
+        raise RollbackInputError(f"{model} {candidate} has served nothing since {stopped}: {has}{hint}")
     reasons = list(whole.reasons)
     r_window, r_counts = None, (None, None)
     r_start = _minute(now - recent) if recent else None
@@ -490,6 +502,28 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
 
 
 KEY0 = (ROLLUP, "0", ROLLUP)  # a version's predictions: its layer 0 all-cohort roll-up
+
+
+def stopped_serving(engine: Engine, model: str, version: str, quiet: datetime, now: datetime) -> str | None:
+    """When `version` last served, in words with the versions serving since, if it served
+    before `quiet` and nothing from then to `now`; else None (it still serves, or it has
+    not served yet: waiting may help then)."""
+    wa = t.window_aggregates
+    key = (wa.c.model == model, wa.c.cohort == KEY0[0], wa.c.layer == KEY0[1], wa.c.head == KEY0[2])
+    lo, hi = int(quiet.timestamp() // 60), math.ceil(now.timestamp() / 60)
+    with engine.connect() as conn:
+        # the newest rows: minute rows, or hour rows with the minutes they served (mask)
+        rows = conn.execute(select(wa.c.bucket_start, wa.c.bucket_seconds, wa.c.minute_mask)
+                            .where(*key, wa.c.version == version, wa.c.bucket_start < now)
+                            .order_by(wa.c.bucket_start.desc()).limit(60)).all()
+        served = [m for r in rows for m in served_minutes(*r) if m < hi]
+        if not served or max(served) >= lo:
+            return None
+        others = conn.execute(select(wa.c.version).distinct()
+                              .where(*key, wa.c.version != version, *rows_in(quiet, now))).scalars().all()
+    last = datetime.fromtimestamp(60 * (max(served) + 1), UTC)
+    moved = f"; serving since then: {', '.join(sorted(others))}" if others else ""
+    return f"{last:%Y-%m-%d %H:%M} UTC (it may have been rolled back or its traffic moved{moved})"
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 

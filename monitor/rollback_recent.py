@@ -33,6 +33,7 @@ from monitor.rollback import (
     _count,
     _duration,
     _Sides,
+    stopped_serving,
 )
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc, rows_in
@@ -54,6 +55,8 @@ def recent_reasons(sides: _Sides, whole: Comparison, c_start: datetime, window: 
     n, minutes = _count(rb), r_min.get(KEY0, 0)
     full = n >= MIN_PREDICTIONS and minutes >= MIN_MINUTES
     span = f"the last {_duration(now - r_start)}"
+    if n == 0 and (stopped := stopped_serving(sides.engine, sides.model, sides.candidate, r_start, now)):
+        return [_not_judged(span, r_start, f"the candidate has served nothing since {stopped}")], (0, 0), False
     if n == 0 or minutes < MIN_MINUTES:
         return [_not_judged(span, r_start, f"the candidate has {n:,} predictions over {minutes} minutes there; "
                             f"judging them needs {MIN_MINUTES} minutes with traffic")], (n, minutes), False

@@ -218,3 +218,37 @@ def test_a_small_canary_beside_the_baseline_is_not_named_as_an_arm(tmp_path):
     assert v.baseline == "v1" and v.baseline_alternatives == ()
     assert v.baseline_share == round(50 / 55, 3)
     assert v.baseline_choice == "the version serving just before v3 was deployed (2026-11-20 09:00 UTC)"
+
+
+def test_a_candidate_that_served_a_little_then_stopped_is_an_error_not_watch(tmp_path, capsys):
+    """v2 served 5 minutes at 09:00 and its traffic went back to v1. 40 minutes later the
+    answer was WATCH 'not enough data yet' with its 500 predictions, for ever: waiting
+    cannot add to them, so a pipeline that waits on WATCH must not be told to."""
+    url, now = _store(tmp_path, [([Segment("v1", 60), Segment("v2", 5), Segment("v1", 40)], 100)])
+    code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat()])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert ("demo-sasrec v2 has served nothing since 2026-11-20 09:05 UTC (it may have been rolled back or its "
+            "traffic moved; serving since then: v1)") in err
+    assert "its 500 predictions over 5 minutes since the deploy are too few for a verdict" in err
+    # a candidate still serving, with too little data yet, is WATCH as before
+    code = main(["rollback-check", "--store", url, "--model", MODEL, "--now", "2026-11-20T09:04Z"])
+    assert code == 3 and "not enough data yet" in capsys.readouterr().out
+
+
+def test_a_candidate_with_nothing_since_the_since_window_is_an_error_not_watch(tmp_path, capsys):
+    """--since 15m on a v2 whose traffic moved back to v1 40 minutes ago: 0 predictions,
+    and 'not enough data yet'."""
+    url, now = _store(tmp_path, [([Segment("v1", 60), Segment("v2", 60), Segment("v1", 40)], 50)])
+    args = ["rollback-check", "--store", url, "--model", MODEL, "--now", now.isoformat()]
+    assert main([*args, "--since", "15m"]) == 2
+    err = capsys.readouterr().err
+    assert "demo-sasrec v2 has served nothing since 2026-11-20 10:00 UTC" in err
+    assert "it has no predictions in the last 15 minutes (--since) to judge, and waiting will not add any" in err
+    # its hour since the deploy is judged as it was; the last 30 minutes say why they are not
+    v = check(make_engine(url), MODEL, now=now)
+    assert v.verdict == "PROCEED" and v.recent_window is None and v.recent_predictions == 0
+    [note] = [r for r in v.reasons if r.window == "recent"]
+    assert note.text == ("the last 30 minutes (since 2026-11-20 10:10 UTC) not judged on their own: the candidate "
+                         "has served nothing since 2026-11-20 10:00 UTC (it may have been rolled back or its traffic "
+                         "moved; serving since then: v1)")

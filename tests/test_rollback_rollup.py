@@ -156,23 +156,28 @@ def test_a_version_that_served_8_minutes_of_a_rolled_up_hour_has_not_enough_data
     engine = make_engine(url)
 
     def outcomes():
-        short = check(engine, MODEL, candidate="v2", now=LATE)  # the baseline is v1's 150 minutes
+        # the baseline is v1's 150 minutes; a --recent of 5 days: v2 counts as still serving
+        short = check(engine, MODEL, candidate="v2", now=LATE, recent=timedelta(days=5))
         with pytest.raises(RollbackInputError) as info:
             check(engine, MODEL, candidate="v3", baseline="v2", now=LATE)
-        return short, str(info.value)
+        with pytest.raises(RollbackInputError) as stopped:  # (the last 30 minutes: it served nothing since 10:38)
+            check(engine, MODEL, candidate="v2", now=LATE)
+        return short, str(info.value), str(stopped.value)
 
-    before, refused = outcomes()
+    before, refused, stopped = outcomes()
     assert (before.verdict, before.baseline) == ("WATCH", "v1")
     assert before.minutes == {"baseline": 150, "candidate": 8} and before.predictions["candidate"] == 1200
     assert [r.kind for r in before.reasons] == ["data"]
     assert "has 1,200 predictions over 8 minutes" in refused
+    assert stopped.startswith("demo-sasrec v2 has served nothing since 2026-11-20 10:38 UTC")
     maintain(engine, LATE)
     assert set(_rows(engine, "v2")) == {3600}
 
-    after, refused_after = outcomes()
+    after, refused_after, stopped_after = outcomes()
     assert (after.verdict, after.minutes, after.predictions) == ("WATCH", before.minutes, before.predictions)
     assert [r.text for r in after.reasons] == [r.text for r in before.reasons]
-    assert refused_after == refused
-    for args, code in [(["--candidate", "v2"], EXIT_CODES["WATCH"]), (["--candidate", "v3", "--baseline", "v2"], 2)]:
+    assert (refused_after, stopped_after) == (refused, stopped)  # its hour row's minutes say when it stopped
+    for args, code in [(["--candidate", "v2", "--recent", "5d"], EXIT_CODES["WATCH"]), (["--candidate", "v2"], 2),
+                       (["--candidate", "v3", "--baseline", "v2"], 2)]:
         assert main(["rollback-check", "--store", url, "--model", MODEL, "--now", LATE.isoformat(), *args]) == code
     capsys.readouterr()
