@@ -59,7 +59,7 @@ def parse_time(value: str, what: str = "time") -> datetime:
         try:
             delta = parse_duration(rest[1:].strip(), what)
         except ConfigError as exc:
-            if DURATION_RANGE in str(exc):
+            if exc.problems[0][2] == DURATION_RANGE:
                 raise ConfigError([(what, value, DURATION_RANGE)], "argument") from None
             raise bad from None
         return datetime.now(UTC) + (delta if rest[0] == "+" else -delta)

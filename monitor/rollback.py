@@ -502,6 +502,7 @@ def check(engine: Engine, model: str, candidate: str | None = None, baseline: st
 
 
 KEY0 = (ROLLUP, "0", ROLLUP)  # a version's predictions: its layer 0 all-cohort roll-up
+SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 
 def stopped_serving(engine: Engine, model: str, version: str, quiet: datetime, now: datetime) -> str | None:
@@ -524,7 +525,6 @@ def stopped_serving(engine: Engine, model: str, version: str, quiet: datetime, n
     last = datetime.fromtimestamp(60 * (max(served) + 1), UTC)
     moved = f"; serving since then: {', '.join(sorted(others))}" if others else ""
     return f"{last:%Y-%m-%d %H:%M} UTC (it may have been rolled back or its traffic moved{moved})"
-SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _minute(at: datetime) -> datetime:
