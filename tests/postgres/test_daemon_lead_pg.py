@@ -224,6 +224,19 @@ def test_a_frozen_leaders_session_waiting_on_its_own_lock_still_reads_as_frozen(
             waiter = threading.Thread(target=wait_for_the_row)
             waiter.start()
             try:
+                # the second job waits on the row before the takeover, as in the case told
+                # (a slow thread start would otherwise find the row free after it)
+                holder = first.connection.driver_connection.info.backend_pid
+                look = make_engine(pg_clean_url)
+                deadline = time.monotonic() + 30
+                while True:
+                    with look.connect() as conn:  # (a transaction each: pg_stat_activity is read afresh)
+                        if conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND :holder = ANY(pg_blocking_pids(pid))"), {"holder": holder}).scalar():
+                            break
+                    assert time.monotonic() < deadline, "the second job never waited on the row"
+                    time.sleep(0.05)
+                look.dispose()
                 take_over(b)
                 waiter.join(30)
                 assert not waiter.is_alive() and isinstance(waited[0], OperationalError), waited
