@@ -28,7 +28,7 @@ import gc
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -386,8 +386,12 @@ class Baselines:
     the new hour is merged from minute rows.
     """
 
-    def __init__(self, engine: Engine, cfg: EvaluateConfig, cache_size: int = 128):
+    def __init__(self, engine: Engine, cfg: EvaluateConfig, cache_size: int = 128,
+                 progress: Callable[[], object] = lambda: None):
         self.engine, self.cfg = engine, cfg
+        # called after each hour partial and baseline: a window's first baseline is 24
+        # hours of them, more work than the daemon's /livez may let pass without a step
+        self.progress = progress
         self._cache: dict[tuple, dict[SeriesKey, Sketch]] = {}
         self._cache_size = cache_size
         self._hours: dict[tuple[str, str, datetime], Stacked] = {}
@@ -415,6 +419,7 @@ class Baselines:
                 if got is None:
                     got = self._build(model, ref, totals.get((ref.version, ref.start, ref.end)))
                     self._keep((model, ref.kind, ref.ref, ref.version), got)
+                    self.progress()
                 out[i] = got
         return out
 
@@ -445,6 +450,7 @@ class Baselines:
             hour = ref.start
             while hour < ref.end:
                 hours.append(self._hour(model, ref.version, hour, totals.get(hour, 0)))
+                self.progress()
                 hour += timedelta(hours=1)
             # each series' partials summed in hour order, as merge_all of them
             got = merge_stacked(hours).sketches()

@@ -43,8 +43,8 @@ PostgreSQL a session advisory lock with a heartbeat (a frozen leader is replaced
 SQLite file a `flock`. The leader checks it still leads every `daemon.lease_s` and
 before each job, window and delivery group; a follower tries to lead every lease_s.
 
-Progress. Each window, delivery group, maintenance chunk and Grafana annotation is a step
-of its job; a job that goes `daemon.stuck_after_s` without one is stuck, and /livez
+Progress. Each window (and each hour of a baseline it builds), delivery group,
+maintenance chunk and Grafana annotation is a step of its job; a job that goes `daemon.stuck_after_s` without one is stuck, and /livez
 answers 503 (`Daemon.alive`): its lease thread still beats, so only a restart (a liveness
 probe) hands the lead on. The alert side sends the watchdog (`alerts.watchdog`) after
 each window's alert rules ran, so a stuck evaluation also stops the dead-man's switch.
@@ -332,7 +332,8 @@ class Daemon:
             config.grafana.read_token()  # a token that cannot be read is an error now, not every run
             self.jobs += (ANNOTATE,)
             self._every[ANNOTATE] = config.grafana.annotate_every_s
-        self._baselines = Baselines(self.engine, ev)
+        # a window's baselines are many hour partials: each is a step of the job (/livez)
+        self._baselines = Baselines(self.engine, ev, progress=lambda: self._progressed("evaluate"))
         # minute sketches decoded once and reused by the overlapping windows of later cycles
         self._reader = WindowReader(self.engine)
         self._leadership = leadership_for(self.engine.url, dm.lease_s, self.id)
@@ -498,8 +499,10 @@ class Daemon:
                 break
             result = evaluate_cycle(self.engine, end + timedelta(minutes=cfg.lag_minutes), cfg, self._baselines,
                                     self._reader)
+            self._progressed("evaluate")
             for hook in self.cycle_hooks:
                 hook(self.engine, result)
+                self._progressed("evaluate")
             write_watermark(self.engine, result.window_end)
             self._watermark = max(result.window_end, self._watermark or result.window_end)
             self._metrics.windows.inc()

@@ -12,12 +12,15 @@ import threading
 import time
 from datetime import timedelta
 
+import numpy as np
 import pytest
+from sqlalchemy import event
 
+from collectors import AttentionCollector
 from monitor.config import Config, DaemonConfig
 from monitor.daemon import Daemon
-from monitor.store import maintenance
-from tests.test_daemon import _get, at, config, minutes, produce
+from monitor.store import maintenance, make_engine
+from tests.test_daemon import T0, _get, at, config, minutes, produce
 
 
 @pytest.fixture
@@ -154,3 +157,42 @@ def test_a_follower_and_an_idle_leader_are_never_stuck(store):
 def test_no_bound_no_stuck(store):
     with Daemon(config(store, stuck_after_s=0), clock=lambda: at(20), monotonic=time.monotonic) as daemon:
         assert daemon.stuck_after_s is None and daemon.stuck() is None
+
+
+def _one_version(url: str, spans: tuple[tuple[int, int], ...]) -> None:
+    """v1 of model "m" alone (trailing baselines), 20 vectors in each minute of `spans`."""
+    rng = np.random.default_rng(1)
+    with AttentionCollector(url, model="m", version="v1", sample_rate=0, clock=lambda: T0 + 200_000) as c:
+        for first, last in spans:
+            for minute in range(first, last):
+                w = rng.dirichlet(np.ones(10), size=(20, 2)).astype(np.float32)
+                c.observe_batch(w, cohorts="web", timestamps=T0 + 60 * minute + 5)
+
+
+def test_a_first_window_that_builds_a_day_of_baselines_is_never_stuck(sqlite_url):
+    """The first window of a store with a day of history builds its trailing baseline's
+    24 hour partials, each a few statements. Here each statement takes half a minute
+    of a slow store (well within its 15-minute statement_timeout_s) and stuck_after_s is
+    ten minutes: each hour partial is a step, so the window, an hour long, is not stuck.
+    (A window's other steps, its reading and its alert rules, are a dozen statements.)"""
+    _one_version(sqlite_url, ((0, 30), (1500, 1530)))
+    clock = [0.0]
+    seen = []
+    engine = make_engine(sqlite_url)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def a_slow_statement(*_args) -> None:
+        clock[0] += 30
+        seen.append(daemon.stuck())
+
+    try:
+        with Daemon(config(sqlite_url, stuck_after_s=600), engine=engine, clock=lambda: at(1530),
+                    monotonic=lambda: clock[0]) as daemon:
+            assert daemon.acquire()
+            run = daemon.run_job("evaluate")
+    finally:
+        engine.dispose()
+    assert run.ok and run.result.windows[0].written > 0
+    assert run.result.windows[0].versions == (("m", "v1"),)
+    assert len(seen) > 60  # the day of hour partials was built in this window
+    assert [s for s in seen if s is not None] == []
