@@ -15,8 +15,8 @@ fires must reach no receiver, least of all a paging one, that the operator did n
 for it. Not a rule, not in the alerts table or the outbox: nothing to store, and a failed
 send is simply tried again by the next deliver run.
 
-To Alertmanager it goes with `endsAt = now + keep_for_s` (the daemon's: 4 evaluation
-intervals), so Alertmanager resolves it that long after the last one; to a webhook as
+To Alertmanager it goes with `endsAt = now + keep_for_s` (the daemon's: 4 evaluations,
+at most one a minute), so Alertmanager resolves it that long after the last one; to a webhook as
 Alertmanager's webhook JSON, a firing alert (any POST pings healthchecks.io or Dead Man's
 Snitch).
 """

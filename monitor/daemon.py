@@ -108,6 +108,7 @@ MAINTAIN_DUE_KEY = "maintain.due"  # when the maintain job is next due, kept acr
 BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are pruned
 STORE_WAIT_MAX_S = 30.0  # a store down at start is tried again at most this far apart
 STEP_SLACK_S = 1.0  # a job due more than its interval and this ahead was left there by a clock step back
+WINDOW_STEP_S = 60  # a window ends each minute: an evaluate run more often finds none new
 FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
 
 Clock = Callable[[], datetime]
@@ -304,8 +305,9 @@ class Daemon:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.alerts = AlertService(
             config.alerts, self.engine, registry=self.registry, clock=clock, receivers=receivers, who=self.id,
-            # the watchdog comes after each evaluation: Alertmanager holds it 4 of them
-            watchdog_keep_s=WATCHDOG_KEEP_INTERVALS * max(dm.evaluate_every_s, dm.deliver_every_s))
+            # the watchdog comes after each evaluation, at most one a minute (a window ends
+            # each minute, however often the job runs): Alertmanager holds it 4 of them
+            watchdog_keep_s=WATCHDOG_KEEP_INTERVALS * max(dm.evaluate_every_s, dm.deliver_every_s, WINDOW_STEP_S))
         # a lost lead stops delivery between groups; each group is progress (/livez)
         self.alerts.keep_going = lambda: self._progressed("deliver") and self._may_go_on()
         for rule in cannot_fire(self.alerts.rules, config.evaluate):

@@ -256,3 +256,24 @@ def test_the_readmes_alertmanager_route_for_the_watchdog_is_a_valid_config(tmp_p
     routed = subprocess.run([amtool, "config", "routes", "test", f"--config.file={path}",
                              f"alertname={NAME}", "severity=none"], capture_output=True, text=True, timeout=30)
     assert routed.stdout.split() == ["deadmansswitch"], routed.stdout + routed.stderr
+
+
+def test_alertmanager_holds_it_four_sends_long_when_evaluate_runs_more_often_than_windows_end(store):
+    """A window ends once a minute, so the watchdog comes at most once a minute however
+    often the evaluate job runs. With evaluate_every_s and deliver_every_s at 15 s, an
+    endsAt of 4 x 15 s is the very minute to the next send: any delay (a slow window, a
+    delivery interval) and Alertmanager resolves it between two sends, which flaps."""
+    now = [at(20)]
+    got = fakes()
+    cfg = daemon_config(store, receivers=["am"])
+    cfg = cfg.model_copy(update={"daemon": cfg.daemon.model_copy(update={"evaluate_every_s": 15,
+                                                                          "deliver_every_s": 15})})
+    sent_at = []
+    with Daemon(cfg, clock=lambda: now[0], receivers=got) as daemon:
+        for step in range(4 * 4 + 1):  # four minutes, a tick every 15 s
+            now[0] = at(20) + timedelta(seconds=15 * step)
+            before = len(got["am"].resent)
+            daemon.tick()
+            sent_at += [now[0]] * (len(got["am"].resent) - before)
+    assert sent_at == [at(m) for m in range(20, 25)]  # once a minute
+    assert {keep for _, keep in got["am"].resent} == {240.0}  # 4 sends' worth, as at the defaults
