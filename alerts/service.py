@@ -4,8 +4,8 @@
     >>> daemon.cycle_hooks.append(service.after_cycle)      # after each evaluated window
     >>> daemon.deliver_hooks.append(service.deliver)        # every daemon.deliver_every_s
 
-The watchdog (alerts/watchdog.py) counts each window's alert evaluation in `after_cycle`
-and is sent by the next `deliver`.
+The watchdog (alerts/watchdog.py) counts each new window's alert evaluation in
+`after_cycle` (not a window evaluated before) and is sent by the next `deliver`.
 
 Rules are loaded (and their templates checked) once, here: a bad rule file stops the
 daemon at start, not at the first crossing. /metrics reads counts the jobs refreshed;
@@ -93,7 +93,8 @@ class AlertService:
     def after_cycle(self, engine: Engine, result) -> AlertCycle:
         """A daemon cycle hook: alert states after the window `result` (a CycleResult) ended."""
         cycle = evaluate_alerts(engine, self.rules, self.config, result.window_start, result.window_end, self.clock())
-        self.watchdog.evaluated()
+        if cycle.evaluated:  # not a window done before (an evaluation that cannot get past it)
+            self.watchdog.evaluated()
         for tr in cycle.transitions:
             log.info("%s %s: %s", tr.kind, tr.alert.rule, tr.alert.annotations.get("summary", tr.alert.fingerprint))
             if self._metrics:

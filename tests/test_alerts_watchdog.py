@@ -277,3 +277,28 @@ def test_alertmanager_holds_it_four_sends_long_when_evaluate_runs_more_often_tha
             sent_at += [now[0]] * (len(got["am"].resent) - before)
     assert sent_at == [at(m) for m in range(20, 25)]  # once a minute
     assert {keep for _, keep in got["am"].resent} == {240.0}  # 4 sends' worth, as at the defaults
+
+
+def test_it_stops_while_the_evaluation_repeats_a_window_it_cannot_get_past(store, monkeypatch):
+    """The daemon's watermark cannot be written (its row locked by a frozen session, say):
+    each evaluate run evaluates the same window again and fails, and the alert rules find
+    that window done. Nothing new is evaluated, so no watchdog: the monitor is blind."""
+    import monitor.daemon as d
+
+    now = [at(20)]
+    got = fakes()
+    with Daemon(daemon_config(store, receivers=["deadman"]), clock=lambda: now[0], receivers=got) as daemon:
+        daemon.tick()
+        assert len(watchdogs(got["deadman"])) == 1
+
+        def locked(*_args, **_kwargs):
+            raise RuntimeError("canceling statement due to lock timeout")
+
+        monkeypatch.setattr(d, "write_watermark", locked)
+        for second in range(60, 600, 15):
+            now[0] = at(20) + timedelta(seconds=second)
+            runs = daemon.tick()
+            assert "evaluate" not in runs or not runs["evaluate"].ok
+        assert daemon.watermark == at(19)  # the first window, then none
+        # the window ending at(20) had its alert rules run once (a watchdog), then no window did
+        assert len(watchdogs(got["deadman"])) == 2
