@@ -364,7 +364,7 @@ class Outbox:
                 continue
             self._deliver_group(receiver, group_key, dedup, now, active, res)
         if keep_going():
-            self._resend(now, res)
+            self._resend(now, res, keep_going)
         else:
             res.stopped = True
         return res
@@ -627,7 +627,9 @@ class Outbox:
 
     # -- Alertmanager re-sends -------------------------------------------------------
 
-    def _resend(self, now: datetime, res: DeliverResult) -> None:
+    def _resend(self, now: datetime, res: DeliverResult, keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Re-post each Alertmanager receiver's firing groups; `keep_going()` before each
+        group, as for a send (the daemon's /livez counts each as a step)."""
         nt = t.notifications
         for rc in self.config.receivers:
             if rc.kind != "alertmanager":
@@ -650,6 +652,9 @@ class Outbox:
             for (group_key, dedup), members in sorted(groups.items()):
                 if rc.name in self._running:  # a re-send past its deadline: no second one
                     break
+                if not keep_going():
+                    res.stopped = True
+                    return
                 views = [from_payload(r["payload"]) for r in members]
                 note = self._notification(rc.name, group_key, dedup, views, members[0]["payload"].get("group_labels", {}))
                 try:

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
+from alerts.config import AlertsConfig
 from collectors import AttentionCollector
 from monitor.config import Config, DaemonConfig
 from monitor.daemon import Daemon
 from monitor.store import maintenance, make_engine
+from tests.alerting import FakeReceiver
 from tests.test_daemon import T0, _get, at, config, minutes, produce
 
 
@@ -195,4 +197,44 @@ def test_a_first_window_that_builds_a_day_of_baselines_is_never_stuck(sqlite_url
     assert run.ok and run.result.windows[0].written > 0
     assert run.result.windows[0].versions == (("m", "v1"),)
     assert len(seen) > 60  # the day of hour partials was built in this window
+    assert [s for s in seen if s is not None] == []
+
+
+class _SlowAlertmanager(FakeReceiver):
+    """An Alertmanager receiver whose every post takes `each_s` (of the daemon's monotonic)."""
+
+    def __init__(self, clock: list[float], each_s: float, seen: list):
+        super().__init__("am")
+        self.clock, self.each_s, self.seen, self.daemon = clock, each_s, seen, None
+        self.resent = 0
+
+    def send(self, notification) -> None:
+        self.clock[0] += self.each_s
+        super().send(notification)
+
+    def resend(self, alerts, external_url=None, *, keep_for_s=None) -> None:
+        self.clock[0] += self.each_s
+        self.resent += 1
+        self.seen.append(self.daemon.stuck())
+
+
+def test_re_sending_many_firing_groups_to_a_slow_alertmanager_is_never_stuck(store):
+    """Each firing group re-sent to Alertmanager is a step of the deliver job, as each group
+    sent is: four groups whose posts take 200 s each (well within their deadline) are 800 s,
+    longer than stuck_after_s, but no one of them is."""
+    clock = [0.0]
+    seen: list = []
+    am = _SlowAlertmanager(clock, 200, seen)
+    cfg = config(store, stuck_after_s=600)
+    cfg = cfg.model_copy(update={"alerts": AlertsConfig(
+        receivers=[{"name": "am", "alertmanager": {"url": "http://127.0.0.1:9", "resend_interval_s": 60,
+                                                   "timeout_s": 100}}],
+        route={"receiver": "am", "group_by": ["alertname", "model", "version", "cohort", "layer", "head"]})})
+    now = [at(20)]
+    with Daemon(cfg, clock=lambda: now[0], monotonic=lambda: clock[0], receivers={"am": am}) as daemon:
+        am.daemon = daemon
+        for minute in range(20, 36):
+            now[0] = at(minute)
+            daemon.tick()
+    assert len(am.sent) >= 4 and am.resent >= 4 * 4  # four firing groups, re-sent each minute
     assert [s for s in seen if s is not None] == []
