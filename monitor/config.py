@@ -162,18 +162,19 @@ class DaemonConfig(_Strict):
     lock_timeout_s: float = Field(60, ge=0, le=PG_TIMEOUT_MAX_S)
     # a job that has run this long without a step of progress (a window, a delivery group,
     # a maintenance chunk) is stuck: /livez answers 503. None: STUCK_STATEMENTS x
-    # (statement_timeout_s + lock_timeout_s), or never when either is 0; 0: never
+    # (statement_timeout_s + lock_timeout_s), or never when statement_timeout_s is 0; 0: never
     stuck_after_s: float | None = Field(None, ge=0, le=CENTURY_S)
 
     def stuck_bound_s(self) -> float | None:
         """How long a job may go without progress before /livez calls it stuck (None: never).
 
         A step between two progress marks is a few statements, each of which fails at
-        statement_timeout_s (after waiting at most lock_timeout_s for its locks): past a
-        couple of those, the job is waiting on something no timeout bounds."""
+        statement_timeout_s (its lock waits included: PostgreSQL counts them in the
+        statement's time, so a lock_timeout_s of 0 leaves it bounded): past a couple of
+        those, the job is waiting on something no timeout bounds."""
         if self.stuck_after_s is not None:
             return self.stuck_after_s or None
-        if not self.statement_timeout_s or not self.lock_timeout_s:
+        if not self.statement_timeout_s:
             return None  # no limit on a statement: a long one cannot be told from a stuck one
         return STUCK_STATEMENTS * (self.statement_timeout_s + self.lock_timeout_s)
 
