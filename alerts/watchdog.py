@@ -73,6 +73,12 @@ class Watchdog:
             self._since = self._clock()
         self._evaluations += 1
 
+    def forget(self) -> None:
+        """The lead was lost: the evaluations so far are never sent. Another daemon leads
+        and vouches for the store; if this one leads again, only its evaluations from
+        then on say it is not stuck."""
+        self._sent = dict.fromkeys(self.receivers, self._evaluations)
+
     def due(self) -> list[str]:
         """The receivers that have not had it since the last evaluation."""
         return [r for r in self.receivers if self._sent.get(r, 0) < self._evaluations]

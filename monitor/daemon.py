@@ -721,6 +721,7 @@ class Daemon:
             if self._leadership.still_held():
                 return True
             self._leader = False
+            self.alerts.watchdog.forget()  # its evaluations so far vouch for nothing once it leads again
         log.warning("lost the lead on %s (its connection ended); trying to take it again", self.store)
         return False
 

@@ -302,3 +302,25 @@ def test_it_stops_while_the_evaluation_repeats_a_window_it_cannot_get_past(store
         assert daemon.watermark == at(19)  # the first window, then none
         # the window ending at(20) had its alert rules run once (a watchdog), then no window did
         assert len(watchdogs(got["deadman"])) == 2
+
+
+def test_a_daemon_that_lost_the_lead_never_sends_an_evaluation_from_before(store):
+    """A window evaluated, then the lead lost before the delivery: when this daemon leads
+    again (the other one died), that old evaluation vouches for nothing now; only its
+    evaluations from then on send the watchdog."""
+    now = [at(20)]
+    got = fakes()
+    with Daemon(daemon_config(store, receivers=["deadman"]), clock=lambda: now[0], receivers=got) as daemon:
+        daemon.tick()
+        assert len(watchdogs(got["deadman"])) == 1
+        now[0] = at(21)
+        assert daemon.run_job("evaluate").ok  # evaluated; its delivery has not run yet
+        daemon._leadership.release()  # the lock is gone (its session ended)
+        assert daemon.run_job("deliver") is None and not daemon.is_leader
+        now[0] = at(40)
+        assert daemon.acquire()  # leads again, and its evaluation has not run since
+        assert daemon.run_job("deliver").ok
+        assert len(watchdogs(got["deadman"])) == 1
+        assert daemon.run_job("evaluate").ok
+        assert daemon.run_job("deliver").ok
+        assert len(watchdogs(got["deadman"])) == 2
