@@ -240,3 +240,13 @@ def test_re_sending_many_firing_groups_to_a_slow_alertmanager_is_never_stuck(sto
             daemon.tick()
     assert len(am.sent) >= 4 and am.resent >= 4 * 4  # four firing groups, re-sent each minute
     assert [s for s in seen if s is not None] == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "design decision: statement_timeout_s and lock_timeout_s bound statements on PostgreSQL only; on "
+    "SQLite a statement has no limit (busy_timeout bounds only its wait for the write lock), so by the "
+    "bound's own reasoning none should be derived there, yet 32 minutes is. Deriving none would also "
+    "leave a SQLite daemon hung on a lock in the process alive for ever: whoever decides picks one"))
+def test_on_sqlite_no_bound_is_derived_from_postgresql_only_timeouts(store):
+    with Daemon(config(store), clock=lambda: at(20)) as daemon:
+        assert daemon.stuck_after_s is None
