@@ -145,6 +145,8 @@ class WatchdogConfig(_Strict):
     def _not_its_name(cls, v: dict[str, str]) -> dict[str, str]:
         if "alertname" in v:
             raise ValueError("alertname is the watchdog's own (AttnmonWatchdog): route on it, do not set it")
+        if "severity" in v:  # a severity route (a pager's) would take an alert that always fires
+            raise ValueError("severity is the watchdog's own (none, so that no severity route takes it): do not set it")
         return v
 
 

@@ -183,6 +183,7 @@ def test_a_failed_send_is_logged_and_tried_again_by_the_next_delivery(store, cap
     ({"receivers": ["pager"]}, "watchdog.receivers: pager (pagerduty) cannot take the watchdog"),
     ({"receivers": ["deadman", "chat"]}, "chat (slack) cannot take the watchdog"),
     ({"labels": {"alertname": "x"}}, "alertname is the watchdog's own"),
+    ({"labels": {"severity": "critical"}}, "severity is the watchdog's own"),
     ({"receiver": ["deadman"]}, "Extra inputs are not permitted"),
 ])
 def test_a_watchdog_that_could_page_or_reaches_nobody_by_a_typo_is_refused(watchdog, error):
