@@ -434,3 +434,33 @@ def test_a_rollup_transaction_holds_a_bounded_number_of_rows(sqlite_url):
     assert sum(per_transaction) == n and _rows(sqlite_url) == 30
     assert max(per_transaction) <= 2 * 100  # the chunk's minutes, two rows each (not compacted)
     assert _total_n(engine) == n
+
+
+def test_purge_deletes_a_backlog_in_batches_each_kept(sqlite_url):
+    """A backlog (retention lowered, maintenance missed for a week) goes `batch` rows a
+    transaction: one statement over all of it could pass statement_timeout_s and fail at
+    every retry. A batch that fails keeps the ones before it deleted."""
+    _write_two_collectors(sqlite_url, minutes=3)  # sampled events and batch keys of T0's hour
+    engine = make_engine(sqlite_url)
+    ae, wb = tables.attention_events, tables.write_batches
+
+    def count(table) -> int:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar()
+
+    events, batches = count(ae), count(wb)
+    assert events > 30 and batches >= 2
+    now = datetime.fromtimestamp(T0, UTC) + timedelta(days=30)
+    steps = []
+
+    def fail_at_the_third() -> None:
+        steps.append(count(ae))
+        if len(steps) == 3:
+            raise RuntimeError("the store went away")
+
+    with pytest.raises(RuntimeError):
+        purge(engine, now, events_days=7, write_batches_days=14, batch=10, progress=fail_at_the_third)
+    assert steps == [events - 10, events - 20, events - 30] and count(ae) == events - 30  # kept
+    done = purge(engine, now, events_days=7, write_batches_days=14, batch=1)
+    assert (done.events_deleted, done.batches_deleted) == (events - 30, batches)
+    assert count(ae) == count(wb) == 0

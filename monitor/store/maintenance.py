@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.engine import Engine
 
 from monitor.sketch import Sketch, decode_payload
@@ -300,33 +300,48 @@ def _fill_range(engine: Engine, lo: int, hi: int) -> int:
     return len(params)
 
 
+# Rows a retention delete removes per transaction: a backlog (retention lowered, a week
+# of maintenance missed) would be one statement past statement_timeout_s, retried and
+# failing for ever, and one transaction holding its locks and WAL the while.
+PURGE_BATCH = 50_000
+
+
 def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_days: float,
           drift_results_days: float | None = None, health_days: float | None = None,
-          progress: Progress = _nothing) -> MaintenanceResult:
+          progress: Progress = _nothing, batch: int = PURGE_BATCH) -> MaintenanceResult:
     """Delete raw sampled events, batch keys, drift results and collector health minutes
-    past their retention."""
-    with engine.begin() as conn:
-        dr = hd = 0
-        if health_days is not None:  # one row per collector and minute: 52M a year at 100
-            ch = t.collector_health
-            hd = conn.execute(delete(ch).where(ch.c.minute < now - timedelta(days=health_days))).rowcount
-            progress()
-        if drift_results_days is not None:
-            dr = conn.execute(
-                delete(t.drift_results).where(t.drift_results.c.window_end < now - timedelta(days=drift_results_days))
-            ).rowcount
-            progress()
-        ev = conn.execute(
-            delete(t.attention_events).where(t.attention_events.c.ts < now - timedelta(days=events_days))
-        ).rowcount
+    past their retention, `batch` rows a transaction (each kept if a later one fails)."""
+    hd = dr = 0
+    if health_days is not None:  # one row per collector and minute: 52M a year at 100
+        ch = t.collector_health
+        hd = _delete_before(engine, ch, ch.c.minute, now - timedelta(days=health_days), batch, progress)
+    if drift_results_days is not None:
+        d = t.drift_results
+        dr = _delete_before(engine, d, d.c.window_end, now - timedelta(days=drift_results_days), batch, progress)
+    ae = t.attention_events
+    ev = _delete_before(engine, ae, ae.c.ts, now - timedelta(days=events_days), batch, progress)
+    wb = t.write_batches
+    wbn = _delete_before(engine, wb, wb.c.written_at, now - timedelta(days=write_batches_days), batch, progress)
+    return MaintenanceResult(events_deleted=ev, batches_deleted=wbn, results_deleted=dr, health_deleted=hd)
+
+
+def _delete_before(engine: Engine, table, column, cut: datetime, batch: int, progress: Progress) -> int:
+    """Delete the rows of `table` whose `column` is before `cut`, `batch` at a time, each
+    in a transaction of its own (a step for progress); the rows deleted."""
+    key = list(table.primary_key.columns)
+    total = 0
+    while True:
+        chosen = select(*key).where(column < cut).limit(batch)
+        if len(key) == 1:
+            stmt = delete(table).where(key[0].in_(chosen.scalar_subquery()))
+        else:  # (write_batches: collector and sequence; row values, SQLite 3.15 on)
+            stmt = delete(table).where(tuple_(*key).in_(chosen))
+        with engine.begin() as conn:
+            n = conn.execute(stmt).rowcount or 0
+        total += n
         progress()
-        wb = conn.execute(
-            delete(t.write_batches).where(
-                t.write_batches.c.written_at < now - timedelta(days=write_batches_days)
-            )
-        ).rowcount
-    return MaintenanceResult(events_deleted=ev or 0, batches_deleted=wb or 0, results_deleted=dr or 0,
-                             health_deleted=hd or 0)
+        if n < batch:
+            return total
 
 
 def maintain(

@@ -57,3 +57,9 @@ def test_two_maintainers_saving_the_band_cursor_at_once_both_finish(pg_clean_url
     with second.connect() as conn:
         assert len(conn.execute(select(tables.daemon_state.c.value)
                                 .where(tables.daemon_state.c.key == BANDS_CURSOR)).all()) == 1
+
+
+def test_a_backlog_is_purged_in_batches_on_postgresql(pg_clean_url):
+    from tests.test_maintenance import test_purge_deletes_a_backlog_in_batches_each_kept
+
+    test_purge_deletes_a_backlog_in_batches_each_kept(pg_clean_url)
