@@ -519,8 +519,8 @@ class Daemon:
         """The next hour's trailing baselines, after the results are written (a failure
         only means the turnover cycle builds them itself)."""
         try:
-            for ref in prepare_baselines(self.engine, result, self.config.evaluate, self._baselines):
-                log.info("prepared baseline %s of %s", ref.ref, ref.version)
+            for model, ref in prepare_baselines(self.engine, result, self.config.evaluate, self._baselines):
+                log.info("prepared baseline %s of %s %s", ref.ref, model, ref.version)
         except Exception:
             log.warning("preparing the next hour's baselines failed; the turnover cycle builds them",
                         exc_info=True)

@@ -397,11 +397,12 @@ PREPARE_AFTER = timedelta(minutes=45)
 
 
 def prepare_baselines(engine: Engine, result: CycleResult, cfg: EvaluateConfig,
-                      baselines: Baselines) -> list[BaselineRef]:
+                      baselines: Baselines) -> list[tuple[str, BaselineRef]]:
     """Build now the trailing baselines the cycles of the next hour will read, so that the
     cycle at the hour turnover does not merge an hour of minute rows and 24 partials
     (seconds) before writing its results. The daemon calls this after each cycle; it
-    does work about once an hour per version, late in the hour. Returns what it built."""
+    does work about once an hour per version, late in the hour. Returns what it built, as
+    (model, ref): a ref does not name its model, and models often share version names."""
     ahead = result.window_end + timedelta(hours=1)
     if result.window_end - trailing_end(ahead, cfg) < PREPARE_AFTER:
         return []  # not yet this hour: no query either (most cycles)
@@ -416,7 +417,7 @@ def prepare_baselines(engine: Engine, result: CycleResult, cfg: EvaluateConfig,
         built.append((model, ref))
     for model in deps:  # one late-data query for a model's versions
         baselines.get_all(model, [ref for m, ref in built if m == model])
-    return [ref for _, ref in built]
+    return built
 
 
 # statistics whose detail names the baseline head a retrain's head was matched to (for a person reading them)

@@ -166,6 +166,22 @@ def test_the_evaluate_job_prepares_baselines_after_its_last_window_and_survives_
         assert "preparing the next hour's baselines failed" in caplog.text
 
 
+def test_the_prepared_baselines_log_names_their_model(store, monkeypatch, caplog):
+    # Two models with a version of the same name: a line without the model could be either.
+    import monitor.daemon as dm
+    from monitor.baselines import BaselineRef
+
+    def ref(version):
+        return BaselineRef("trailing", "trailing@2026-11-20T10:00:00+00:00", version, at(0), at(60))
+
+    monkeypatch.setattr(dm, "prepare_baselines", lambda *a: [("shop", ref("v1")), ("search", ref("v1"))])
+    with Daemon(config(store), clock=lambda: at(20)) as daemon, caplog.at_level("INFO", logger="attnmon.daemon"):
+        daemon.tick()
+    lines = [r.getMessage() for r in caplog.records if "prepared baseline" in r.getMessage()]
+    assert lines == ["prepared baseline trailing@2026-11-20T10:00:00+00:00 of shop v1",
+                     "prepared baseline trailing@2026-11-20T10:00:00+00:00 of search v1"]
+
+
 def test_catch_up_is_bounded_and_older_windows_are_skipped_with_a_warning(store, caplog):
     cfg = config(store).model_copy(update={"evaluate": config(store).evaluate.model_copy(update={"catchup_max_windows": 5})})
     now = [at(20)]

@@ -622,7 +622,7 @@ def test_the_next_hours_baseline_is_prepared_late_in_the_hour_and_the_turnover_c
     late = evaluate_cycle(engine, T(226), cfg, b, reader)  # ends at :45
     built = prepare_baselines(engine, late, cfg, b)
     want = bl.choose(engine, "demo-sasrec", "v1", T(240), cfg)  # what the turnover cycle reads
-    assert [r.ref for r in built] == [want.ref] and want.kind == "trailing"
+    assert [(m, r.ref) for m, r in built] == [("demo-sasrec", want.ref)] and want.kind == "trailing"
     assert prepare_baselines(engine, late, cfg, b) == []  # once
     merged = []
     merge_rows = bl._merge_rows
