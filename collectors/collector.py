@@ -1010,10 +1010,20 @@ class AttentionCollector(ServingCalls):
             # and is spilled (or kept), instead of holding the thread while the queue fills.
             # (SQLite: how long to wait for another writer's lock.)
             t = self.write_timeout_s
-            self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, busy_timeout_s=t)
+            self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, busy_timeout_s=t,
+                                       application_name=self._session_name())
             if self._engine.dialect.name == "postgresql":
                 self._cutter = Cutter(self._engine)
         return self._engine
+
+    def _session_name(self) -> str | None:
+        """Its sessions' name in pg_stat_activity, so an operator can tell the collectors'
+        from other clients (PostgreSQL keeps 63 bytes); a name the URL gives wins."""
+        from sqlalchemy.engine import make_url
+
+        if "application_name" in make_url(self.store_url).query:
+            return None
+        return f"attnmon-collector {self.model} {self.version}".encode()[:63].decode(errors="ignore")
 
     def _store_write(self, engine, batch: FlushBatch) -> bool:
         """write_batch, cut off on a server or proxy that stopped answering: once it has

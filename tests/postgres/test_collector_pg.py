@@ -345,3 +345,24 @@ def test_a_store_in_another_schema_never_replays_this_ones_spilled_batches(pg_cl
     assert stored_n(pg_clean_url) == 10  # production's own, and nothing of staging's
     waiting = list(spill.rglob("*.json.gz"))
     assert waiting and {p.parent.name for p in waiting} == {store_folder(pg_empty_url)}  # for staging
+
+
+def test_the_collectors_sessions_are_named_in_pg_stat_activity(pg_clean_url):
+    """An operator looking at pg_stat_activity tells the collectors' sessions from other
+    clients' (they had no application_name); a name the URL gives wins."""
+    from sqlalchemy import make_url
+
+    def names(c) -> set[str]:
+        with make_engine(pg_clean_url).connect() as conn:
+            return set(conn.execute(text("SELECT application_name FROM pg_stat_activity")).scalars())
+
+    with AttentionCollector(pg_clean_url, model="m", version="v1", sample_rate=0.0) as c:
+        c.observe(np.full(4, 0.25, np.float32))
+        assert c.flush()
+        assert "attnmon-collector m v1" in names(c)
+    given = make_url(pg_clean_url).update_query_dict({"application_name": "recs-serving"})
+    with AttentionCollector(given.render_as_string(hide_password=False), model="m", version="v2",
+                            sample_rate=0.0) as c:
+        c.observe(np.full(4, 0.25, np.float32))
+        assert c.flush()
+        assert "recs-serving" in names(c) and "attnmon-collector m v2" not in names(c)
