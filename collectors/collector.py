@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
-import math
 import os
 import socket
 import threading
@@ -59,6 +58,7 @@ from collectors.entries import (
     one_entry,
 )
 from collectors.itemhash import ItemHasher
+from collectors.options import _check_options, config_options
 from collectors.rarely import RareLog
 from collectors.spill import SpillDir, UnreadableSpill
 from monitor import metrics as mx
@@ -1186,22 +1186,6 @@ class AttentionCollector(ServingCalls):
             self._deployment_written = True
 
 
-def _check_options(**options) -> None:
-    """The bounds attnmon.yaml's collector section sets (monitor.config.CollectorConfig),
-    for options given here: outside them the thread spins (flush_interval_s=0), never
-    writes (NaN) or fails every batch it has counted as accepted (topk_items < 0)."""
-    for name, value in options.items():
-        if name.endswith("_s") or name == "tol":
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and (
-                value > 0 if name == "flush_interval_s" else value >= 0)
-            want = "a finite number " + ("> 0" if name == "flush_interval_s" else ">= 0")
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-            want = "an integer > 0"
-        if not ok:
-            raise ValueError(f"{name}={value!r}: must be {want}")
-
-
 def _request_id(rid) -> str | None:
     """A sampled request's id as the store can take it: its text (an id from a numpy array,
     a UUID), or None where it has none that fits the column. The id as given (np.int64,
@@ -1676,27 +1660,6 @@ def _yield_gil() -> None:
     free one: in benchmarks.serving (5 alternating runs each) the serving call's p99 went
     from 2.26 to 2.07 ms and its p99.9 from 5.47 to 4.77 ms."""
     time.sleep(0)
-
-
-def config_options(config, kwargs: dict, worker: bool = False) -> dict:
-    """A collector's options from attnmon.yaml's `collector:` section and `store_url`
-    (`config`: a loaded `monitor.config.Config`, else `load_config()`); `kwargs` win.
-    `worker`: with `collector.worker`'s, for a ProcessCollector."""
-    from monitor.config import load_config
-
-    cfg = config if config is not None else load_config()
-    options: dict = cfg.collector.model_dump(exclude={"hash_key_env", "worker"})
-    if worker:
-        options.update(cfg.collector.worker.model_dump())
-    if kwargs.get("engine") is None:  # (an engine given is the store: no URL beside it)
-        options["store_url"] = cfg.store_url
-    if options["hash_item_ids"] and "hash_key" not in kwargs:
-        var = cfg.collector.hash_key_env
-        options["hash_key"] = os.environ.get(var)
-        if not options["hash_key"]:
-            raise ValueError(f"collector.hash_item_ids is set but ${var} (collector.hash_key_env) is empty")
-    options.update(kwargs)
-    return options
 
 
 # Interpreter exit and fork: flush what was accepted; children start afresh. Both kinds
