@@ -428,7 +428,7 @@ def test_at_exit_a_slow_worker_is_left_to_finish_not_killed(sqlite_url, tmp_path
 
 
 def test_a_call_that_ends_while_close_runs_is_counted(sqlite_url, monkeypatch):
-    import collectors.collector as collector
+    import collectors.serving as collector
 
     rng = np.random.default_rng(19)
     w, ids, _ = batch(rng)
