@@ -28,7 +28,7 @@ import uuid
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from collectors.options import _check_options
 from collectors.rarely import RareLog
 from collectors.serving import WAIT_FOR_THREAD, ServingCalls
 from collectors.spill import SpillDir, UnreadableSpill
+from collectors.stats import CollectorStats, _Minute
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
@@ -84,35 +85,6 @@ __all__ = ["TOL", "WAIT_FOR_THREAD", "AttentionCollector", "CollectorStats", "Se
            "batch_entry", "entry_size", "one_entry"]
 
 ROLLUP = "*"
-
-
-@dataclass(frozen=True)
-class CollectorStats:
-    """Counts since the collector started. `observed`: requests the background examined
-    (accepted + rejected), as collector_health counts them; `dropped` apart: turned away
-    by a full queue (or after close), or accepted and then lost."""
-
-    observed: int
-    accepted: int
-    rejected: dict[str, int]
-    dropped: int
-    spilled: int
-    written: int
-    queue_depth: int
-    pending_batches: int
-    bad_spill_files: int = 0  # unreadable spill files moved to bad/ (their batches lost)
-
-
-@dataclass
-class _Minute:
-    """Health counters of one clock minute."""
-
-    observed: int = 0
-    accepted: int = 0
-    rejected: Counter = field(default_factory=Counter)
-    dropped: int = 0
-    spilled: int = 0
-    written: int = 0
 
 
 def _utc(ts: float) -> datetime:
