@@ -2,7 +2,7 @@
 
 Each test forces or reproduces the simple way (a binary search, uint32 code points, a
 divide, one `_seq_sum` per part, scipy) and compares; the shortcuts are in
-monitor.sketch, collectors.block, collectors.collector and monitor.metrics.
+monitor.sketch, collectors.block, collectors.grouping and monitor.metrics.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 from collectors import block as blk
-from collectors import collector as col
+from collectors import grouping
 from monitor import metrics as mx
 from monitor import sketch as sk
 
@@ -74,7 +74,7 @@ def test_head_mean_by_a_power_of_two_rounds_as_numpy_mean(dtype, h):
     tiny = np.finfo(dtype).tiny
     W = (rng.random((300, 2, h, 9)) * rng.choice([1.0, tiny, tiny * 2**-20, 1e30], (300, 2, h, 9)))
     W = W.astype(dtype)
-    np.testing.assert_array_equal(col._head_mean(W), W.mean(axis=2))
+    np.testing.assert_array_equal(grouping._head_mean(W), W.mean(axis=2))
 
 
 # --- sums of the groups ------------------------------------------------------------------
@@ -90,15 +90,15 @@ def test_group_sums_equal_one_seq_sum_per_part(groups):
     order = None if rq is None else np.argsort(rq, kind="stable")
     sizes = np.bincount(rq, minlength=groups) if rq is not None else np.array([n])
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    g = col._Groups([(0, str(r)) for r in range(groups)], rq, order, bounds,
-                    np.zeros(n, np.int64), True, 0.0)
-    s, q = col._group_sums(parts, g)
+    g = grouping._Groups([(0, str(r)) for r in range(groups)], rq, order, bounds,
+                         np.zeros(n, np.int64), True, 0.0)
+    s, q = grouping._group_sums(parts, g)
     clean = [np.nan_to_num(p, nan=0.0) for p in parts]
     for r in range(groups):
         a, z = bounds[r], bounds[r + 1]
         rows = [p[a:z] if order is None else p[order[a:z]] for p in clean]
-        want_s = np.concatenate([col._seq_sum(x) for x in rows])
-        want_q = np.concatenate([col._seq_sum(x * x) for x in rows])
+        want_s = np.concatenate([grouping._seq_sum(x) for x in rows])
+        want_q = np.concatenate([grouping._seq_sum(x * x) for x in rows])
         np.testing.assert_array_equal(s[r], want_s)
         np.testing.assert_array_equal(q[r], want_q)
 

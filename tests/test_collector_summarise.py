@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from collectors import AttentionCollector
+from collectors import AttentionCollector, grouping
 from collectors import block as blk
 from collectors import collector as col
 from monitor import metrics as mx
@@ -354,7 +354,7 @@ def test_sequential_sums_equal_the_sparse_one_hot_product():
             flat = x.reshape(len(x), -1).astype(np.float64)
             onehot = sparse.csr_matrix((np.ones(len(x)), (np.zeros(len(x), int), np.arange(len(x)))))
             want = (onehot @ flat)[0].reshape(shape[1:])
-            np.testing.assert_array_equal(col._seq_sum(x), want)
+            np.testing.assert_array_equal(grouping._seq_sum(x), want)
 
 
 def test_head_mean_equals_numpy_mean():
@@ -362,7 +362,7 @@ def test_head_mean_equals_numpy_mean():
     for h in range(1, 7):
         for dtype in (np.float32, np.float64):
             W = rng.random((50, 2, h, 13)).astype(dtype) ** 3
-            np.testing.assert_array_equal(col._head_mean(W), W.mean(axis=2))
+            np.testing.assert_array_equal(grouping._head_mean(W), W.mean(axis=2))
 
 
 def test_check_block_zeroes_padding_in_place_as_zero_padding_does():
