@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from collectors import AttentionCollector, grouping
+from collectors import AttentionCollector, grouping, grouptopk
 from collectors import block as blk
 from collectors import collector as col
 from monitor import metrics as mx
@@ -272,7 +272,7 @@ def test_reading_acc_in_between_keeps_the_order_of_merges():
 def test_sparse_top_k_cells_equal_dense_ones(monkeypatch):
     calls = messy_feed(9, 2, 2, 20, np.float32)
     dense = run(AttentionCollector, calls, topk_items=6, topk_attr_values=3)
-    monkeypatch.setattr(col, "_DENSE_SLACK", -(10**9))  # every group sorts its keys instead
+    monkeypatch.setattr(grouptopk, "_DENSE_SLACK", -(10**9))  # every group sorts its keys instead
     assert run(AttentionCollector, calls, topk_items=6, topk_attr_values=3) == dense
 
 
@@ -417,8 +417,8 @@ def test_top_k_of_all_groups_at_once_equals_group_by_group():
     for k in (3, 50):
         for g_rq, g_R in ((rq, R), (None, 1)):
             order = None if g_rq is None else np.argsort(g_rq, kind="stable")
-            want = col._topk_of_groups(codes, U, col._MeanPositions(mean, lengths, g_rq, order, g_R), k)
-            got = col._topk_all_groups(codes, U, col._layer_mass(mean), lengths, g_rq, g_R, k)
+            want = grouptopk._topk_of_groups(codes, U, grouptopk._MeanPositions(mean, lengths, g_rq, order, g_R), k)
+            got = grouptopk._topk_all_groups(codes, U, grouptopk._layer_mass(mean), lengths, g_rq, g_R, k)
             assert len(got) == len(want) == g_R * ly
             for a, b in zip(got, want, strict=True):
                 assert a.k == b.k and a.total == b.total
