@@ -41,22 +41,13 @@ from collectors.block import (
     block_from_summaries,
     blocks_from_singles,
     check_block,
-    label_ok,
     label_problem,
     rejected_block,
-    time_ok,
 )
 from collectors.entries import batch_entry, entry_size, one_entry
 from collectors.grouping import (
-    _group_sums,
-    _Groups,
-    _head_mean,
-    _row_positions,
-    _summary_positions,
     _taker,
-    group_requests,
 )
-from collectors.grouptopk import _layer_mass, _MeanPositions, _topk_all_groups, _topk_of_groups
 from collectors.itemhash import ItemHasher
 from collectors.options import _check_options
 from collectors.rarely import RareLog
@@ -64,6 +55,7 @@ from collectors.series import _SeriesStore
 from collectors.serving import WAIT_FOR_THREAD, ServingCalls
 from collectors.spill import SpillDir, UnreadableSpill
 from collectors.stats import CollectorStats, _Minute
+from collectors.summarise import Values, accumulate, count_rejected, from_summaries, from_weights
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
@@ -504,7 +496,7 @@ class AttentionCollector(ServingCalls):
             if n_bad:
                 t.rejected.update(reasons)
         if b.layout is not None and n_bad:
-            self._count_rejected(b, bad)
+            count_rejected(self._series, b, bad)
         return ~bad, n_ok
 
     def _summarise(self, b: Block) -> None:
@@ -513,25 +505,10 @@ class AttentionCollector(ServingCalls):
         if n_ok == 0 or b.layout is None:
             return
         kept = _taker(keep, n_ok)
-        ly, h = b.layout
-        S = ly * h  # (layer, head) slots of a request
-        W = kept(b.weights)  # (n, ly, h, L), padding zeroed
-        lengths = kept(b.lengths)
-        n, L = len(W), W.shape[-1]
-        mean = _head_mean(W)  # (n, ly, L): the layer's head-averaged attention
-        len_mean = np.repeat(lengths, ly)
-        v_head = mx.compute(W.reshape(n * S, L), np.repeat(lengths, S))
-        v_mean = mx.compute(mean.reshape(n * ly, L), len_mean)
-        div = (
-            mx.head_diversity(W.reshape(n * ly, h, L), len_mean)
-            if h > 1
-            else np.zeros(n * ly)
-        )
-        groups = group_requests(b, kept)
-        pos = _row_positions(W.reshape(n, S, L), mean, groups)
-        self._accumulate(b, kept, groups, v_head, v_mean, div, pos, mean, lengths)
+        v = from_weights(b, kept)
+        self._accumulate(b, kept, v)
         if self.sample_rate > 0:
-            self._sample(b, keep, v_mean, ly)
+            self._sample(b, keep, v.v_mean, b.layout[0])
 
     def _summarise_pending(self, pending, checked: tuple | None) -> None:
         """The on-device path: `pending.resolve()` (it waits for the device's copy), the
@@ -551,17 +528,9 @@ class AttentionCollector(ServingCalls):
         if n_ok == 0:
             return
         kept = _taker(keep, n_ok)
+        self._accumulate(b, kept, from_summaries(s, b, kept))
         ly, h = b.layout
         m = len(mx.METRICS)
-        V = kept(s.values)  # (n, ly, h + 1, ALL_METRICS): the head-mean row last
-        n = len(V)
-        v_head = V[:, :, :h, :m].reshape(n * ly * h, m)
-        v_mean = V[:, :, h, :m].reshape(n * ly, m)
-        div = V[:, :, h, m].reshape(n * ly)
-        groups = group_requests(b, kept)
-        pos = _summary_positions(s.pos, kept(np.asarray(s.groups)), groups, h)
-        mean = None if s.mean_rows is None else kept(s.mean_rows)
-        self._accumulate(b, kept, groups, v_head, v_mean, div, pos, mean, kept(b.lengths))
         for j, i in enumerate(np.asarray(s.sample_index).tolist()):  # drawn by the capture
             if keep[i]:
                 self._add_event(b, i, s.sample_rows[j], s.values[i, ly - 1, h, :m])
@@ -578,83 +547,15 @@ class AttentionCollector(ServingCalls):
         self._minute_health().dropped += n
         self._totals.dropped += n
 
-    def _accumulate(self, b: Block, kept, g: _Groups, v_head: np.ndarray, v_mean: np.ndarray,
-                    div: np.ndarray, pos: np.ndarray, mean: np.ndarray | None,
-                    lengths: np.ndarray) -> None:
-        """Add one batch's accepted requests to the series, whichever path made the values.
-
-        `v_head` (n * layers * heads, METRICS) and `v_mean` (n * layers, METRICS), `div`
-        (n * layers,) head_diversity of the head-mean rows; `pos` (R * (layers * heads +
-        layers), positions) each group's summed reversed rows, head rows of every group
-        then head-mean rows (`_row_positions`); `mean` (n, layers, L) head-mean rows, for
-        the top-K of items and attribute values (None: none taken)."""
+    def _accumulate(self, b: Block, kept, v: Values) -> None:
+        """Add one batch's accepted requests to the series (collectors.summarise), and to
+        the collector's first time seen and requests per minute."""
+        g = v.g
         if self._first_seen is None or g.t_min < self._first_seen:
             self._first_seen = g.t_min
-        ly, h = b.layout
-        S = ly * h
-        n, R = len(g.minutes), len(g.labels)
-        series = self._series
-        # store rows of each group's series: per layer, heads 0..h-1 then "*"
-        rows = np.stack([series.rows_for(minute, cohort, ly, h) for minute, cohort in g.labels])
-        rows = rows.reshape(R, ly, h + 1)
-        rows_head = rows[:, :, :h].reshape(R * S)
-        rows_mean = rows[:, :, h].reshape(R * ly)
-
-        # sums and sums of squares, per group in row order (the sums monitor.sketch.build
-        # makes)
-        M, m = sk.M, len(mx.METRICS)
-        s, q = _group_sums([v_head.reshape(n, S * m), v_mean.reshape(n, ly * m), div.reshape(n, ly)], g)
-        sums = np.zeros((R * (S + ly), M))
-        sumsq = np.zeros((R * (S + ly), M))
-        for out, x in ((sums, s), (sumsq, q)):  # x: per group, head rows, mean rows, div
-            out[: R * S, : M - 1] = x[:, : S * m].reshape(R * S, m)
-            out[R * S :, : M - 1] = x[:, S * m : (S + ly) * m].reshape(R * ly, m)
-            out[R * S :, M - 1] = x[:, (S + ly) * m :].reshape(R * ly)
-        bounds = g.bounds
-        counts = np.concatenate([np.repeat(np.diff(bounds), S), np.repeat(np.diff(bounds), ly)])
-
-        # histograms: bincounts over (group, metric, bin) cells; head rows have no
-        # head_diversity (NaN: no bin), head-mean rows have all M metrics
-        nb = M * (sk.BINS + 1)
-        cells = R * (S + ly) * nb
-        hist = np.zeros(cells, dtype=np.int64)
-        n_m = len(mx.METRICS)
-        for vals, metrics, first_col, per_req, g0 in (
-            (v_head, mx.METRICS, 0, S, 0),
-            (v_mean, mx.METRICS, 0, ly, R * S),
-            (div.reshape(-1, 1), mx.ALL_METRICS[n_m:], n_m, ly, R * S),
-        ):
-            bins = sk.bin_index(vals, metrics)
-            off = (first_col + np.arange(len(metrics))) * (sk.BINS + 1)
-            # cell: group g0 + slot (+ the request's group), metric, bin; added in place
-            b3 = bins.reshape(n, per_req, len(metrics))
-            b3 += (g0 + np.arange(per_req))[:, None] * nb + off
-            if g.rq is not None:
-                b3 += (g.rq * (per_req * nb))[:, None, None]
-            hist += np.bincount(bins.reshape(-1), minlength=cells)
-        hist = hist.reshape(R * (S + ly), M, sk.BINS + 1)[:, :, : sk.BINS]
-        series.add(np.concatenate([rows_head, rows_mean]), counts, sums, sumsq, hist, pos)
-
-        # items and attribute values: on the head="*" series only (keeps rows small)
-        named = []
-        if b.item_codes is not None:
-            named.append((None, b.item_codes, b.item_keys, self.topk_items))
-        for name, (acodes, akeys) in (b.attrs or {}).items():
-            named.append((name, acodes, akeys, self.topk_attr_values))
-        if named and mean is not None:
-            positions = None
-            mass = _layer_mass(mean)  # once for every key set
-            for attr, codes, keys, k in named:
-                tops = _topk_all_groups(kept(codes), len(keys), mass, lengths, g.rq, R, k)
-                if tops is None:  # too many cells for one dense pass: group by group
-                    if positions is None:
-                        positions = _MeanPositions(mean, lengths, g.rq, g.order, R)
-                    tops = _topk_of_groups(kept(codes), len(keys), positions, k)
-                for row, tk in zip(rows_mean.tolist(), series.intern(tops, keys), strict=True):
-                    series.merge_topk(row, attr, tk)
-
+        accumulate(self._series, b, kept, v, self.topk_items, self.topk_attr_values)
         if g.one_minute:
-            self._acc_requests[int(g.minutes[0])] += n
+            self._acc_requests[int(g.minutes[0])] += len(g.minutes)
         else:
             for mi, cnt in zip(*np.unique(g.minutes, return_counts=True), strict=True):
                 self._acc_requests[int(mi)] += int(cnt)
@@ -670,20 +571,6 @@ class AttentionCollector(ServingCalls):
                 sketches[g].items = tops[g]
             else:
                 sketches[g].attrs[attr] = tops[g]
-
-    def _count_rejected(self, b: Block, bad: np.ndarray) -> None:
-        """Rejected requests count on the head="*" series of each layer of their cohort."""
-        ly, _ = b.layout
-        usable = {}  # a cohort that is not a label (bad_label) must not become a series
-        for ts, cohort in zip(b.ts[bad], b.cohorts[bad], strict=True):
-            if not isinstance(cohort, str) or not time_ok(ts):
-                continue
-            if (ok := usable.get(cohort)) is None:
-                ok = usable[cohort] = label_ok(cohort)
-            if not ok:
-                continue
-            for layer in range(ly):
-                self._series.add_rejected((int(ts // 60), str(cohort), str(layer), ROLLUP))
 
     def _sample(self, b: Block, keep: np.ndarray, v_mean: np.ndarray, ly: int) -> None:
         idx = np.flatnonzero(keep)
