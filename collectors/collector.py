@@ -45,6 +45,7 @@ from collectors.block import (
     rejected_block,
 )
 from collectors.entries import batch_entry, entry_size, one_entry
+from collectors.gil import _yield_gil
 from collectors.grouping import (
     _taker,
 )
@@ -83,7 +84,6 @@ log = logging.getLogger("attnmon.collector")
 # names other modules import from here (collectors.process, collectors.torch, tests)
 __all__ = ["TOL", "WAIT_FOR_THREAD", "AttentionCollector", "CollectorStats", "ServingCalls",
            "batch_entry", "entry_size", "one_entry"]
-
 
 
 def _utc(ts: float) -> datetime:
@@ -915,14 +915,6 @@ def _request_id(rid) -> str | None:
 def _rows_of(batch: FlushBatch) -> int:
     """What a batch holds in memory, in rows (aggregate rows and raw events)."""
     return len(batch.aggregates) + len(batch.events)
-
-
-def _yield_gil() -> None:
-    """Let a serving thread that waits for the GIL have it now, rather than after up to
-    the interpreter's switch interval (5 ms) of this thread's Python. A small gain, but a
-    free one: in benchmarks.serving (5 alternating runs each) the serving call's p99 went
-    from 2.26 to 2.07 ms and its p99.9 from 5.47 to 4.77 ms."""
-    time.sleep(0)
 
 
 # Interpreter exit and fork: flush what was accepted; children start afresh. Both kinds
