@@ -28,13 +28,11 @@ import uuid
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from collectors.block import (
-    MAX_LABEL_CHARS,
     ROLLUP,
     Block,
     block_from_batch,
@@ -52,6 +50,7 @@ from collectors.grouping import (
 from collectors.itemhash import ItemHasher
 from collectors.options import _check_options
 from collectors.rarely import RareLog
+from collectors.rows import Source, _utc, aggregate_rows, event_row, health_row
 from collectors.series import _SeriesStore
 from collectors.serving import WAIT_FOR_THREAD, ServingCalls
 from collectors.spill import SpillDir, UnreadableSpill
@@ -60,7 +59,6 @@ from collectors.summarise import Values, accumulate, count_rejected, from_summar
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
-from monitor.store import positions
 from monitor.store.engine import (
     PG_CONNECT_TIMEOUT_S,
     PG_TIMEOUT_MAX_S,
@@ -82,12 +80,8 @@ TOL = 5e-3
 log = logging.getLogger("attnmon.collector")
 
 # names other modules import from here (collectors.process, collectors.torch, tests)
-__all__ = ["TOL", "WAIT_FOR_THREAD", "AttentionCollector", "CollectorStats", "ServingCalls",
+__all__ = ["ROLLUP", "TOL", "WAIT_FOR_THREAD", "AttentionCollector", "CollectorStats", "ServingCalls",
            "batch_entry", "entry_size", "one_entry"]
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 class AttentionCollector(ServingCalls):
@@ -579,41 +573,8 @@ class AttentionCollector(ServingCalls):
             self._add_event(b, idx[p], b.weights[idx[p]], v_mean[p * ly + ly - 1])
 
     def _add_event(self, b: Block, i: int, w: np.ndarray, last: np.ndarray) -> None:
-        """The attention_events row of request `i` of the block: `w` (layers, heads, L) its
-        left-padded rows, `last` the METRICS of its last layer's head-mean row."""
-        n_i = int(b.lengths[i])
-        L = w.shape[-1]
-        w = w[..., L - n_i :].astype("<f4")
-        items = None
-        if b.item_codes is not None:
-            codes = b.item_codes[i, L - n_i :]
-            items = [None if c < 0 else str(b.item_keys[c]) for c in codes]
-            if self._hash is not None:
-                items = [None if x is None else self._hash(x) for x in items]
-        attrs = None
-        if b.attrs:
-            attrs = {
-                name: [None if c < 0 else str(keys[c]) for c in codes_[i, L - n_i :]]
-                for name, (codes_, keys) in b.attrs.items()
-            }
-        cols = {m: j for j, m in enumerate(mx.METRICS)}
-        self._events.append(
-            {
-                "model": self.model,
-                "version": self.version,
-                "cohort": str(b.cohorts[i]),
-                "request_id": None if b.request_ids is None else _request_id(b.request_ids[i]),
-                "ts": _utc(float(b.ts[i])),
-                "collector_id": self.collector_id,
-                "n_layers": int(w.shape[0]),
-                "n_heads": int(w.shape[1]),
-                "length": n_i,
-                "weights": w.tobytes(),
-                "item_ids": items,
-                "attributes": attrs,
-                **{m: float(last[cols[m]]) for m in ("entropy_norm", "top1", "recency5", "distance", "gini")},
-            }
-        )
+        """Keep the attention_events row of request `i` of the block (rows.event_row)."""
+        self._events.append(event_row(self._source(), b, i, w, last, self._hash))
 
     # --- writing -----------------------------------------------------------------------
     def _flush(self, now: float, final: bool) -> None:
@@ -631,26 +592,8 @@ class AttentionCollector(ServingCalls):
         if not closed and not self._events and not hmins:
             return None
         written_at = _utc(now)
-        aggs: list[dict] = []
-        profiles: list[np.ndarray] = []  # each row's sketch's position profile
-        rollup: dict[tuple, sk.Sketch] = {}
+        aggs = aggregate_rows(self._source(), self._acc, sorted(closed), written_at, self._hash)
         n_requests = 0
-        for key in sorted(closed):
-            s = self._acc.pop(key)
-            minute, cohort, layer, head = key
-            aggs.append(self._agg_row(minute, cohort, layer, head, s, written_at))
-            profiles.append(s.pos)
-            rk = (minute, ROLLUP, layer, head)
-            rollup[rk] = s if rk not in rollup else rollup[rk].merge(s)
-            if len(aggs) % 64 == 0:
-                _yield_gil()
-        for (minute, cohort, layer, head), s in sorted(rollup.items()):
-            aggs.append(self._agg_row(minute, cohort, layer, head, s, written_at))
-            profiles.append(s.pos)
-        if aggs:  # the position bands, from the profiles in memory (no payload to decode)
-            bands = positions.band_matrix(np.stack(profiles))
-            for row, sums in zip(aggs, bands.tolist(), strict=True):
-                row.update(zip(positions.COLUMNS, sums, strict=True))
         for m in {k[0] for k in closed}:
             if cutoff is None or m < cutoff:
                 n_requests += self._acc_requests.pop(m, 0)
@@ -658,7 +601,7 @@ class AttentionCollector(ServingCalls):
         health_rows = []
         for m in sorted(hmins):
             h = self._health.pop(m)
-            health_rows.append(self._health_row(m, h))
+            health_rows.append(health_row(self._source(), m, h, len(self._q)))
         self._batch_seq += 1
         deployments = []
         if not self._deployment_written and self._first_seen is not None:
@@ -681,46 +624,8 @@ class AttentionCollector(ServingCalls):
             n_requests=n_requests,
         )
 
-    def _agg_row(self, minute, cohort, layer, head, s: sk.Sketch, written_at) -> dict:
-        if cohort != ROLLUP and s.items is not None:
-            # top-K items ride on the roll-up only (DESIGN §4: keeps rows small); the
-            # per-cohort summaries were needed in memory to merge that roll-up
-            s = sk.Sketch(s.n, s.rejected, s.sums, s.sumsq, s.hist, s.pos, None, s.attrs)
-        elif s.items is not None and self._hash is not None:
-            # no raw id reaches the store; hashed keys still merge exactly (same key)
-            s = dataclasses.replace(s, items=self._hash.topk(s.items))
-        row = s.to_row()
-        row.update(
-            model=self.model,
-            version=self.version,
-            cohort=cohort,
-            layer=layer,
-            head=head,
-            bucket_start=_utc(minute * 60),
-            bucket_seconds=60,
-            collector_id=self.collector_id,
-            written_at=written_at,
-        )
-        return row
-
-    def _health_row(self, minute: int, h: _Minute) -> dict:
-        return {
-            "collector_id": self.collector_id,
-            "model": self.model,
-            "version": self.version,
-            "minute": _utc(minute * 60),
-            "host": socket.gethostname()[:255],
-            "pid": os.getpid(),
-            "observed": h.observed,
-            "accepted": h.accepted,
-            "rejected": sum(h.rejected.values()),
-            "rejected_by_reason": dict(h.rejected),
-            "dropped": h.dropped,
-            "spilled": h.spilled,
-            "written": h.written,
-            "queue_depth": len(self._q),
-            "replayed": False,
-        }
+    def _source(self) -> Source:
+        return Source(self.model, self.version, self.collector_id)
 
     def _get_engine(self):
         if self._engine is None:
@@ -895,21 +800,6 @@ class AttentionCollector(ServingCalls):
         if batch.deployments:
             # the spilled file carries it; it is written when the file is replayed
             self._deployment_written = True
-
-
-def _request_id(rid) -> str | None:
-    """A sampled request's id as the store can take it: its text (an id from a numpy array,
-    a UUID), or None where it has none that fits the column. The id as given (np.int64,
-    UUID) fails the whole batch's write and its spill, at every flush, holding back every
-    batch after it."""
-    if rid is None:
-        return None
-    try:
-        text = str.__str__(rid) if isinstance(rid, str) else str(rid)
-        text.encode("utf-8")  # (a lone surrogate cannot be stored)
-    except Exception:
-        return None
-    return text if len(text) <= MAX_LABEL_CHARS and "\x00" not in text else None
 
 
 def _rows_of(batch: FlushBatch) -> int:
