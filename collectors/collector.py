@@ -18,7 +18,6 @@ server) fails like a store that is down. An unreadable spill file is moved to `b
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import socket
@@ -51,26 +50,23 @@ from collectors.itemhash import ItemHasher
 from collectors.options import _check_options
 from collectors.rarely import RareLog
 from collectors.rows import Source, _utc, aggregate_rows, event_row, health_row
+from collectors.sending import send_all
 from collectors.series import _SeriesStore
 from collectors.serving import WAIT_FOR_THREAD, ServingCalls
-from collectors.spill import SpillDir, UnreadableSpill
+from collectors.spill import SpillDir
 from collectors.stats import CollectorStats, _Minute
 from collectors.summarise import Values, accumulate, count_rejected, from_summaries, from_weights
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
 from monitor.store.engine import (
-    PG_CONNECT_TIMEOUT_S,
     PG_TIMEOUT_MAX_S,
     Cutter,
     absolute_url,
-    one_line,
     redact,
-    refused,
-    schema_behind,
     url_problem,
 )
-from monitor.store.writer import FlushBatch, write_batch
+from monitor.store.writer import FlushBatch
 
 # |sum - 1| a row may miss by: bfloat16 rounding of a softmax's outputs misses by up to
 # its unit roundoff, 2**-8 (0.0039; 0.0033 measured), and a 1e-3 bar rejected 20-44% of
@@ -584,7 +580,7 @@ class AttentionCollector(ServingCalls):
         if batch is not None:
             self._unsent.append(batch)
         _yield_gil()
-        self._send_all()
+        send_all(self)
 
     def _take_batch(self, now: float, cutoff: int | None) -> FlushBatch | None:
         closed = [k for k in self._acc if cutoff is None or k[0] < cutoff]
@@ -650,143 +646,8 @@ class AttentionCollector(ServingCalls):
             return None
         return f"attnmon-collector {self.model} {self.version}".encode()[:63].decode(errors="ignore")
 
-    def _store_write(self, engine, batch: FlushBatch) -> bool:
-        """write_batch, cut off on a server or proxy that stopped answering: once it has
-        taken longer than its statements could on a live server, which ends each after
-        write_timeout_s (a slow write that makes progress is never cut: it would be cut
-        again at every replay, and hold back every batch behind it)."""
-        if self._cutter is None:
-            return write_batch(engine, batch)
-        # the pre-ping, write_batches, deployments, rows, events, health, commit; a
-        # duplicate's check; and a new connection's connect_timeout
-        statements = 4 + len(batch.deployments) + bool(batch.aggregates) + bool(batch.events) + bool(batch.health)
-        with self._cutter.deadline(statements * self.write_timeout_s + PG_CONNECT_TIMEOUT_S):
-            return write_batch(engine, batch)
-
-    def _write_or_set_aside(self, engine, batch: FlushBatch, path=None) -> bool | None:
-        """Write the batch; True, or False when it was written before. If the store refuses
-        its values (not the store being down), it would be refused at every try and hold
-        back every batch behind it: try it without its raw events, then without its deployment
-        row too (the values most likely to blame: callers' ids), else set it aside (None): moved to
-        bad/ for a person (`path`: its spill file), or dropped, and counted."""
-        try:
-            return self._store_write(engine, batch)
-        except Exception as exc:
-            if not refused(exc):
-                raise
-            why = one_line(exc, engine.url)
-        # without the raw events first: a deployment row left out is never written again,
-        # and the baselines need it
-        leaner = [dataclasses.replace(batch, events=[])] if batch.events else []
-        if batch.deployments:
-            leaner.append(dataclasses.replace(batch, events=[], deployments=[]))
-        for lean in leaner:
-            try:
-                written = self._store_write(engine, lean)
-            except Exception as exc:
-                if not refused(exc):
-                    raise
-                continue
-            if batch.deployments and not lean.deployments:
-                self._deployment_written = True  # (else every batch would carry it again)
-            log.error("attnmon collector: the store refused batch %d (%s); written without its %d raw "
-                      "event(s)%s", batch.batch_seq, why, len(batch.events),
-                      "" if lean.deployments or not batch.deployments else " and deployment row")
-            return written
-        where = "dropped"
-        if self._spill is not None:
-            try:
-                where = f"moved to {self._spill.quarantine(path or self._spill.put(batch))}"
-            except OSError as exc:
-                where = f"dropped (it could not be set aside: {exc})"
-        if batch.collector_id == self.collector_id:
-            self._count_dropped(batch.n_requests)
-            self._note_set_aside(batch)
-        log.error("attnmon collector: the store refused batch %d of %s (%s): %s, counted as dropped; the "
-                  "batches behind it go on", batch.batch_seq, batch.collector_id, why, where)
-        return None
-
     def _note_set_aside(self, batch: FlushBatch) -> None:
         """(A hook: the worker process's collector keeps its own count of spilled batches.)"""
-
-    def _send_all(self) -> None:
-        """Replay spilled batches in order, then the unsent ones; spill what fails (or,
-        where it cannot be spilled, keep it in memory up to `max_unsent_rows`)."""
-        try:
-            engine = self._get_engine()
-            if self._spill is not None:
-                for path in self._spill.pending():
-                    batch = self._load_spilled(path)
-                    if batch is None:
-                        continue
-                    if self._write_or_set_aside(engine, batch, path) and batch.collector_id == self.collector_id:
-                        self._note_written(batch)
-                    self._spill.remove(path)
-            while self._unsent:
-                batch = self._unsent[0]
-                if self._write_or_set_aside(engine, batch):
-                    self._note_written(batch)
-                self._unsent.popleft()
-                _yield_gil()
-        except Exception as exc:  # the store is down or refusing: keep everything
-            hint = ("; the store's schema is older than this collector's: run `attnmon db upgrade` (what "
-                    "waits is written then)" if schema_behind(exc) else "")
-            self._log_rarely(logging.WARNING, "attnmon collector: store write failed (%s); %s%s",
-                             one_line(exc, self._engine.url if self._engine is not None else None),
-                             "spilling" if self._spill else "keeping in memory", hint)
-            if self._spill is not None:
-                self._spill_unsent()
-            self._bound_unsent()
-
-    def _load_spilled(self, path) -> FlushBatch | None:
-        """A spilled batch, or None: gone (another process replayed it) or unreadable, which
-        is moved aside so that it does not hold back the files after it."""
-        try:
-            return self._spill.load(path)
-        except FileNotFoundError:
-            return None
-        except UnreadableSpill as exc:
-            try:
-                dest = self._spill.quarantine(path)
-            except OSError as move_exc:
-                log.error("attnmon collector: unreadable spill file %s, and it could not be moved "
-                          "aside (%s); skipped", exc, move_exc)
-                return None
-            self._bad_spill_files += 1
-            log.error("attnmon collector: unreadable spill file (%s), moved to %s; its batch is lost",
-                      exc, dest)
-            return None
-
-    def _spill_unsent(self) -> None:
-        """Spill the unsent batches in order; stop at the first that cannot be written (disk
-        full, not writable): it and those after it stay in memory."""
-        while self._unsent:
-            batch = self._unsent[0]
-            try:
-                self._spill.put(batch)
-            except OSError as exc:
-                self._log_rarely(logging.ERROR, "attnmon collector: cannot spill to %s (%s); keeping "
-                                 "%d batch(es) in memory", self._spill.path, exc, len(self._unsent))
-                return
-            self._unsent.popleft()
-            self._note_spilled(batch)
-
-    def _bound_unsent(self) -> None:
-        """Drop the oldest unsent batches (counted as dropped) while the rows held in memory
-        exceed `max_unsent_rows`, keeping the newest: the minutes alerts look at."""
-        held = sum(_rows_of(b) for b in self._unsent)
-        lost = 0
-        while len(self._unsent) > 1 and held > self.max_unsent_rows:
-            batch = self._unsent.popleft()
-            held -= _rows_of(batch)
-            lost += batch.n_requests
-            if batch.deployments:
-                self._deployment_written = False  # the next batch carries it again
-        if lost:
-            self._count_dropped(lost)
-            self._log_rarely(logging.ERROR, "attnmon collector: store unreachable and nowhere to spill; "
-                             "dropping the oldest unsent batches (%d requests now; max_unsent_rows=%d)",
-                             lost, self.max_unsent_rows)
 
     def _note_written(self, batch: FlushBatch) -> None:
         self._totals.written += batch.n_requests
@@ -800,11 +661,6 @@ class AttentionCollector(ServingCalls):
         if batch.deployments:
             # the spilled file carries it; it is written when the file is replayed
             self._deployment_written = True
-
-
-def _rows_of(batch: FlushBatch) -> int:
-    """What a batch holds in memory, in rows (aggregate rows and raw events)."""
-    return len(batch.aggregates) + len(batch.events)
 
 
 # Interpreter exit and fork: flush what was accepted; children start afresh. Both kinds
