@@ -13,6 +13,13 @@ a replay count once. With no spill_dir, or one that cannot be written (disk full
 wait in memory up to `max_unsent_rows` rows; beyond that the oldest are dropped and
 counted. A write that takes longer than `write_timeout_s` (a lock held, a stalled
 server) fails like a store that is down. An unreadable spill file is moved to `bad/` beside it and counted.
+
+This module holds the collector itself: its options, state, thread and lifecycle. The
+parts it runs: collectors.serving and collectors.entries (the serving calls and what they
+queue), collectors.block (queued calls into checked blocks), collectors.summarise with
+collectors.grouping, collectors.grouptopk and collectors.series (blocks into the
+sketches of each series), collectors.rows and collectors.sending (the rows of a flush, and
+their writing, spilling and replay), collectors.stats (its counts).
 """
 
 from __future__ import annotations
@@ -43,9 +50,7 @@ from collectors.block import (
 )
 from collectors.entries import batch_entry, entry_size, one_entry
 from collectors.gil import _yield_gil
-from collectors.grouping import (
-    _taker,
-)
+from collectors.grouping import _taker
 from collectors.itemhash import ItemHasher
 from collectors.options import _check_options
 from collectors.rarely import RareLog
@@ -59,13 +64,7 @@ from collectors.summarise import Values, accumulate, count_rejected, from_summar
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
-from monitor.store.engine import (
-    PG_TIMEOUT_MAX_S,
-    Cutter,
-    absolute_url,
-    redact,
-    url_problem,
-)
+from monitor.store.engine import PG_TIMEOUT_MAX_S, Cutter, absolute_url, redact, url_problem
 from monitor.store.writer import FlushBatch
 
 # |sum - 1| a row may miss by: bfloat16 rounding of a softmax's outputs misses by up to
