@@ -313,3 +313,21 @@ def check_migration_cycle(url: str) -> None:
 def migration_cycle() -> Callable[[str], None]:
     """`check_migration_cycle`, for the SQLite and PostgreSQL migration tests."""
     return check_migration_cycle
+
+
+# A real Alertmanager (Debian's prometheus-alertmanager) and the webhook it delivers to,
+# one each per test module that asks (tests/peers.py starts and stops them).
+@pytest.fixture(scope="module")
+def hook():
+    from peers import Answer, HttpPeer
+
+    with HttpPeer(Answer(200)) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def am_url(hook, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from peers import alertmanager
+
+    with alertmanager(tmp_path_factory.mktemp("alertmanager"), f"{hook.url}/hook") as url:
+        yield url

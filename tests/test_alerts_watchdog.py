@@ -13,12 +13,10 @@ import subprocess
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from peers import Answer, HttpPeer, alertmanager
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -193,18 +191,6 @@ def test_a_watchdog_that_could_page_or_reaches_nobody_by_a_typo_is_refused(watch
 
 
 # -- a real Alertmanager ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def hook() -> Iterator[HttpPeer]:
-    with HttpPeer(Answer(200)) as peer:
-        yield peer
-
-
-@pytest.fixture(scope="module")
-def am_url(hook: HttpPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with alertmanager(tmp_path_factory.mktemp("alertmanager"), f"{hook.url}/hook") as url:
-        yield url
 
 
 def _held(am_url: str) -> list[dict]:

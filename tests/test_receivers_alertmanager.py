@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from peers import Answer, HttpPeer, alert, alertmanager, notification
+from peers import HttpPeer, alert, notification
 
 from alerts.receivers import Alertmanager, Webhook
 
@@ -32,18 +32,6 @@ def shape(x: object) -> object:
 
 def parse(when: str) -> datetime:
     return datetime.fromisoformat(when.replace("Z", "+00:00"))
-
-
-@pytest.fixture(scope="module")
-def hook() -> Iterator[HttpPeer]:
-    with HttpPeer(Answer(200)) as peer:
-        yield peer
-
-
-@pytest.fixture(scope="module")
-def am_url(hook: HttpPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with alertmanager(tmp_path_factory.mktemp("alertmanager"), f"{hook.url}/hook") as url:
-        yield url
 
 
 @pytest.fixture
