@@ -64,7 +64,14 @@ from collectors.summarise import Values, accumulate, count_rejected, from_summar
 from monitor import metrics as mx
 from monitor import sketch as sk
 from monitor.errors import InvalidAttention
-from monitor.store.engine import PG_TIMEOUT_MAX_S, Cutter, absolute_url, redact, url_problem
+from monitor.store.engine import (
+    PG_TIMEOUT_MAX_S,
+    Cutter,
+    absolute_url,
+    redact,
+    session_name,
+    url_problem,
+)
 from monitor.store.writer import FlushBatch
 
 # |sum - 1| a row may miss by: bfloat16 rounding of a softmax's outputs misses by up to
@@ -643,7 +650,7 @@ class AttentionCollector(ServingCalls):
 
         if "application_name" in make_url(self.store_url).query:
             return None
-        return f"attnmon-collector {self.model} {self.version}".encode()[:63].decode(errors="ignore")
+        return session_name(f"attnmon-collector {self.model} {self.version}")
 
     def _note_set_aside(self, batch: FlushBatch) -> None:
         """(A hook: the worker process's collector keeps its own count of spilled batches.)"""

@@ -68,7 +68,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine
+from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, session_name
 from monitor.store.engine import one_line as _one_line
 
 log = logging.getLogger("attnmon.daemon")  # the daemon's own log: what operators filter on
@@ -77,7 +77,6 @@ TCP_KEEPIDLE_MAX_S = 32767  # Linux's limit on a socket's keepalive idle time
 LOCK_NAMESPACE = 0x61746E6D  # "atnm": the advisory lock's first key (int4)
 HEARTBEAT_KEY = "lead.heartbeat"  # daemon_state: "<server pid> <daemon_id()>" of the PostgreSQL leader
 SESSIONS_NAME = "attnmon-daemon "  # + daemon_id(): application_name of a daemon's job sessions
-PG_NAME_MAX = 63  # PostgreSQL cuts an application_name to this many bytes
 SILENT_LEASES = 3  # a leader silent this many lease_s is ended by a follower
 TAKEOVER_WAIT_S = 5.0  # how long a follower waits for the lock of a leader it ended
 BEAT_WAIT_S = 1.0  # at most this long (and a lease) a beat waits for a lock on daemon_state
@@ -283,7 +282,7 @@ class PgAdvisoryLock(Alone):
             return False
         pid, silent, who = row[0], float(row[1]), row[2]
         # its job sessions' application_name (none to look for if the beat names no daemon, or us)
-        name = (SESSIONS_NAME + who).encode()[:PG_NAME_MAX].decode(errors="ignore") if who and who != self._who else None
+        name = session_name(SESSIONS_NAME + who) if who and who != self._who else None
         unseen, stirring, holders = conn.execute(text(self.SQL_STIRRING), self._args(pid=pid, name=name)).one()
         silent_for = f"the leader (server process {pid}) has not beaten for {silent:.1f}s, over {self.silent_s:g}s"
         if unseen:

@@ -29,6 +29,15 @@ PG_TIMEOUT_MAX_S = 2_147_483  # PostgreSQL's largest statement/lock timeout (2^3
 TCP_USER_TIMEOUT_S = 60  # the most that sent data may wait for the server's acknowledgement
 
 
+PG_NAME_MAX = 63  # PostgreSQL cuts an application_name to this many bytes
+
+
+def session_name(name: str) -> str:
+    """`name` as PostgreSQL keeps it in pg_stat_activity's application_name: its first
+    PG_NAME_MAX bytes (a character cut in two is left out)."""
+    return name.encode()[:PG_NAME_MAX].decode(errors="ignore")
+
+
 def redact(url: str | URL) -> str:
     """The URL with its password hidden, safe for logs and error messages."""
     if isinstance(url, URL):
