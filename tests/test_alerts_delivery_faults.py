@@ -149,7 +149,7 @@ def test_a_send_that_ends_after_its_deadline_is_recorded_once_and_not_sent_again
     box = Outbox(store, cfg, {"pager": held})
     t0 = time.monotonic()
     res = box.deliver(at(0))
-    assert time.monotonic() - t0 < 3 and res.notifications == 0 and held.calls == 1  # B waits its turn
+    assert time.monotonic() - t0 < 8 and res.notifications == 0 and held.calls == 1  # B waits its turn
     first = {r["rule"]: r for r in rows(store)}
     assert first["A"]["status"] == "sending" and first["B"]["status"] == "pending"
     assert first["A"]["last_error"] == "receiver 'pager': no complete answer within 0.3 s; still waiting for it"
@@ -366,7 +366,7 @@ def test_an_alertmanager_re_send_is_bounded_too_and_not_repeated_while_it_runs(s
     am.send = lambda n: (calls.append(n), release.wait(10))  # the peer stops answering
     t0 = time.monotonic()
     res = box.deliver(at(1))
-    assert time.monotonic() - t0 < 3 and res.resent == 0 and res.sends == {("am", "resend_error"): 1}
+    assert time.monotonic() - t0 < 8 and res.resent == 0 and res.sends == {("am", "resend_error"): 1}
     assert box.deliver(at(2)).sends == {} and len(calls) == 1  # no second one while it runs
     release.set()
     box._running["am"].thread.join(5)

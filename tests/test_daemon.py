@@ -972,7 +972,7 @@ def test_a_wall_clock_stepped_back_an_hour_stalls_the_jobs_for_about_lease_s_not
                 time.sleep(0.02)
             took = time.monotonic() - stepped
             time.sleep(4 * lease_s)  # more lease turns: the step is said once
-        assert took < lease_s + 1.0, took
+        assert took < lease_s + 5, took  # not the hour the step would cost
         # every job ran once, and goes on an interval later, from the new time
         assert _runs(daemon) == {j: before[j] + 1 for j in daemon.jobs}
         now = datetime.now(UTC)
