@@ -210,7 +210,7 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
         f"merged {result.merged_groups} groups ({result.rows_removed} rows removed), "
         f"deleted {result.events_deleted} events, {result.batches_deleted} batch keys, "
         f"{result.results_deleted} drift results, {result.health_deleted} collector health minutes and "
-        f"{done.baselines_pruned} materialised baselines"
+        f"{done.baselines_pruned} materialised baselines; thinned {result.results_thinned} older drift results"
     )
     _emit(fmt, text, asdict(result) | {"baselines_pruned": done.baselines_pruned})
     return 0
@@ -219,7 +219,8 @@ def maintain(config: Config, fmt: str = "text", now: str | None = None) -> int:
 def _register_maintain(commands: argparse._SubParsersAction) -> None:
     p = add_command(
         commands, "maintain",
-        "compact closed minutes, roll old minutes up to hours, apply retention, drop old baselines", lists=True
+        "compact closed minutes, roll old minutes up to hours, thin old drift results, apply retention, "
+        "drop old baselines", lists=True
     )
     p.add_argument("--now", metavar="TIME", help="act as if it were TIME, not in the future (ISO 8601; default: now)")
     p.set_defaults(run=lambda config, args: maintain(config, args.format, args.now))

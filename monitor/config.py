@@ -82,6 +82,10 @@ class RetentionConfig(_Strict):
     write_batches_days: float = Field(14, gt=0, le=CENTURY_DAYS)
     # drift results grow with series x statistics x minutes (1,000 series: ~17M rows a day)
     drift_results_days: float = Field(30, gt=0, le=CENTURY_DAYS)
+    # older results keep one window in every evaluate.window_minutes (windows that tile
+    # time): a fifteenth of the rows for 15-minute windows; at or past drift_results_days
+    # nothing is thinned
+    drift_results_thin_after_days: float = Field(3, gt=0, le=CENTURY_DAYS)
     # the collectors' per-minute health rows (one per collector and minute)
     collector_health_days: float = Field(30, gt=0, le=CENTURY_DAYS)
 

@@ -172,7 +172,9 @@ def maintain_store(engine: Engine, config: Config, now: datetime,
     result = maintain(
         engine, now, events_days=r.events_days,
         minute_aggregates_days=r.minute_aggregates_days, write_batches_days=r.write_batches_days,
-        drift_results_days=r.drift_results_days, health_days=r.collector_health_days, progress=progress,
+        drift_results_days=r.drift_results_days, health_days=r.collector_health_days,
+        thin_results_after_days=r.drift_results_thin_after_days, thin_every_minutes=config.evaluate.window_minutes,
+        progress=progress,
     )
     after = timedelta(hours=config.evaluate.previous_version_hours)
     return Maintained(result, prune(engine, now - BASELINE_KEEP, after_deploy=after))

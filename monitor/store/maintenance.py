@@ -48,6 +48,7 @@ class MaintenanceResult:
     results_deleted: int = 0
     bands_filled: int = 0
     health_deleted: int = 0
+    results_thinned: int = 0
 
 
 def as_utc(ts: datetime) -> datetime:
@@ -328,10 +329,15 @@ def purge(engine: Engine, now: datetime, *, events_days: float, write_batches_da
 def _delete_before(engine: Engine, table, column, cut: datetime, batch: int, progress: Progress) -> int:
     """Delete the rows of `table` whose `column` is before `cut`, `batch` at a time, each
     in a transaction of its own (a step for progress); the rows deleted."""
+    return _delete_where(engine, table, column < cut, batch, progress)
+
+
+def _delete_where(engine: Engine, table, where, batch: int, progress: Progress) -> int:
+    """Delete the rows of `table` where `where` holds, as `_delete_before` does."""
     key = list(table.primary_key.columns)
     total = 0
     while True:
-        chosen = select(*key).where(column < cut).limit(batch)
+        chosen = select(*key).where(where).limit(batch)
         if len(key) == 1:
             stmt = delete(table).where(key[0].in_(chosen.scalar_subquery()))
         else:  # (write_batches: collector and sequence; row values, SQLite 3.15 on)
@@ -344,6 +350,50 @@ def _delete_before(engine: Engine, table, column, cut: datetime, batch: int, pro
             return total
 
 
+THINNED_KEY = "maintenance.drift_results_thinned_to"  # daemon_state: results thinned up to here
+THIN_SPAN_MINUTES = 60  # the window ends one thinning statement covers (at least one step)
+
+
+def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_before: datetime | None = None,
+                 batch: int = PURGE_BATCH, progress: Progress = _nothing) -> int:
+    """Of the drift results whose window ends before `before`, keep those ending on a
+    multiple of `every_minutes` since the epoch and delete the others; the rows deleted.
+
+    With `every_minutes` the evaluation window's length, the kept windows tile time: every
+    minute is still in one kept result, at a fifteenth of the rows for 15-minute windows
+    (evaluate writes a window ending at every minute). Older history reads at that
+    resolution. A cursor in daemon_state (THINNED_KEY) makes each call read only what no
+    call has thinned; `not_before` (the retention cut) skips what retention deletes."""
+    if every_minutes < 2:
+        return 0
+    dr, ds = t.drift_results, t.daemon_state
+    step = every_minutes * 60
+    with engine.connect() as conn:
+        saved = conn.execute(select(ds.c.value).where(ds.c.key == THINNED_KEY)).scalar()
+        start = as_utc(datetime.fromisoformat(saved)) if saved else None
+        if start is None:  # the first call: from the oldest result
+            oldest = conn.execute(select(func.min(dr.c.window_end))).scalar()
+            if oldest is None:
+                return 0
+            start = as_utc(oldest)
+    if not_before is not None:
+        start = max(start, as_utc(not_before))
+    lo, end = _bucket(start, step), _bucket(before, step)  # whole steps: a kept end on each edge
+    span = timedelta(seconds=step * max(1, THIN_SPAN_MINUTES // every_minutes))
+    total = 0
+    while lo < end:
+        hi = min(lo + span, end)
+        keep = [lo + timedelta(seconds=s) for s in range(0, int((hi - lo).total_seconds()), step)]
+        # open ranges between kept ends: no equality on stored timestamps, and a result at
+        # an odd second (none is written) goes with its step's others
+        where = or_(*(and_(dr.c.window_end > k, dr.c.window_end < k + timedelta(seconds=step)) for k in keep))
+        total += _delete_where(engine, dr, where, batch, progress)
+        with engine.begin() as conn:
+            put_state(conn, THINNED_KEY, hi.isoformat(timespec="seconds"), datetime.now(UTC), only_forward=True)
+        lo = hi
+    return total
+
+
 def maintain(
     engine: Engine,
     now: datetime,
@@ -353,6 +403,8 @@ def maintain(
     write_batches_days: float = 14,
     drift_results_days: float | None = None,
     health_days: float | None = None,
+    thin_results_after_days: float | None = None,
+    thin_every_minutes: int = 15,
     closed_after_s: float = 120,
     fill_bands: int = 100_000,
     progress: Progress = _nothing,
@@ -367,6 +419,11 @@ def maintain(
     f = fill_position_bands(engine, limit=fill_bands, progress=progress) if fill_bands > 0 else 0
     p = purge(engine, now, events_days=events_days, write_batches_days=write_batches_days,
               drift_results_days=drift_results_days, health_days=health_days, progress=progress)
+    thinned = 0
+    if thin_results_after_days is not None:  # after the purge: nothing it deletes is read
+        kept_from = now - timedelta(days=drift_results_days) if drift_results_days is not None else None
+        thinned = thin_results(engine, now - timedelta(days=thin_results_after_days), thin_every_minutes,
+                               not_before=kept_from, progress=progress)
     return MaintenanceResult(
         merged_groups=c.merged_groups + r.merged_groups,
         rows_removed=c.rows_removed + r.rows_removed,
@@ -375,4 +432,5 @@ def maintain(
         results_deleted=p.results_deleted,
         bands_filled=f,
         health_deleted=p.health_deleted,
+        results_thinned=thinned,
     )

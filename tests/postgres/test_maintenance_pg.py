@@ -63,3 +63,9 @@ def test_a_backlog_is_purged_in_batches_on_postgresql(pg_clean_url):
     from tests.test_maintenance import test_purge_deletes_a_backlog_in_batches_each_kept
 
     test_purge_deletes_a_backlog_in_batches_each_kept(pg_clean_url)
+
+
+def test_old_results_thin_to_windows_that_tile_on_postgresql(pg_clean_url):
+    from tests.test_maintenance_thin import check_old_results_thin_to_windows_that_tile
+
+    check_old_results_thin_to_windows_that_tile(pg_clean_url)
