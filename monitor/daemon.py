@@ -13,7 +13,8 @@ each with an explicit id, `coalesce=True`, `max_instances=1`, `misfire_grace_tim
 - `deliver` (every `daemon.deliver_every_s`): calls each of `deliver_hooks(engine, now)`;
   the first is the alerting outbox (`alerts.service.AlertService.deliver`: sends what is
   due, retries, re-sends firing alerts to Alertmanager).
-- `maintain` (every `daemon.maintain_every_s`): compaction, hourly roll-up and retention
+- `maintain` (every `daemon.maintain_every_s`): compaction, hourly roll-up, thinning of
+  old drift results and retention
   (`monitor.store.maintenance.maintain`), and drops materialised baselines older than
   two days (a deploy's predecessor baseline: two days after its comparison ended;
   `monitor.baselines.prune`). When it is next due is kept in `daemon_state`
