@@ -332,8 +332,10 @@ def _delete_before(engine: Engine, table, column, cut: datetime, batch: int, pro
     return _delete_where(engine, table, column < cut, batch, progress)
 
 
-def _delete_where(engine: Engine, table, where, batch: int, progress: Progress) -> int:
-    """Delete the rows of `table` where `where` holds, as `_delete_before` does."""
+def _delete_where(engine: Engine, table, where, batch: int, progress: Progress, *, to_the_end: bool = False) -> int:
+    """Delete the rows of `table` where `where` holds, as `_delete_before` does.
+    `to_the_end`: until a batch deletes nothing, not just fewer than `batch` (a second
+    maintainer's delete of the same rows makes a batch short while rows are left)."""
     key = list(table.primary_key.columns)
     total = 0
     while True:
@@ -346,7 +348,7 @@ def _delete_where(engine: Engine, table, where, batch: int, progress: Progress) 
             n = conn.execute(stmt).rowcount or 0
         total += n
         progress()
-        if n < batch:
+        if n == 0 or (n < batch and not to_the_end):
             return total
 
 
@@ -387,7 +389,7 @@ def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_be
         # open ranges between kept ends: no equality on stored timestamps, and a result at
         # an odd second (none is written) goes with its step's others
         where = or_(*(and_(dr.c.window_end > k, dr.c.window_end < k + timedelta(seconds=step)) for k in keep))
-        total += _delete_where(engine, dr, where, batch, progress)
+        total += _delete_where(engine, dr, where, batch, progress, to_the_end=True)  # the cursor passes it
         with engine.begin() as conn:
             put_state(conn, THINNED_KEY, hi.isoformat(timespec="seconds"), datetime.now(UTC), only_forward=True)
         lo = hi

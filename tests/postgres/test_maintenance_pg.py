@@ -69,3 +69,44 @@ def test_old_results_thin_to_windows_that_tile_on_postgresql(pg_clean_url):
     from tests.test_maintenance_thin import check_old_results_thin_to_windows_that_tile
 
     check_old_results_thin_to_windows_that_tile(pg_clean_url)
+
+
+def test_thinning_beside_another_maintainer_leaves_no_window_behind_its_cursor(pg_clean_url):
+    """`attnmon maintain` beside the daemon: a batch whose rows the other maintainer is
+    deleting waits for it and comes back short. Stopping at a short batch passed the
+    cursor over rows still there, never to be thinned."""
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import event, select, text
+
+    from monitor.store import make_engine, tables
+    from monitor.store.maintenance import thin_results
+    from tests.test_maintenance_thin import NOW, SERIES, _write
+
+    engine, other = make_engine(pg_clean_url), make_engine(pg_clean_url)
+    _write(engine, NOW - timedelta(hours=1), 60)  # 4 series: 224 rows to delete
+    dr = tables.drift_results
+    holder, done = other.connect(), threading.Event()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def race(_conn, _cursor, statement, *_args):
+        if done.is_set() or not statement.lstrip().upper().startswith("DELETE"):
+            return
+        done.set()  # the other deletes, uncommitted, 5 of the rows this first batch takes
+        ids = holder.execute(select(dr.c.id).where(dr.c.window_end > NOW - timedelta(hours=1))
+                             .order_by(dr.c.id).limit(5)).scalars().all()
+        holder.execute(text("DELETE FROM drift_results WHERE id = ANY(:ids)"), {"ids": ids})
+        threading.Timer(1.0, holder.commit).start()
+
+    try:
+        thinned = thin_results(engine, NOW, 15, batch=100)
+    finally:
+        event.remove(engine, "before_cursor_execute", race)
+        holder.close()
+    with engine.connect() as conn:
+        ends = conn.execute(select(dr.c.window_end)).scalars().all()
+    assert done.is_set() and thinned + 5 >= len(SERIES) * 56
+    assert sorted({e.minute for e in ends}) == [0, 15, 30, 45]
+    engine.dispose()
+    other.dispose()
