@@ -184,12 +184,12 @@ def test_password_with_percent_survives_the_alembic_config() -> None:
     assert migrate.alembic_config(url).get_main_option("sqlalchemy.url") == url
 
 
-def test_alembic_dir_is_the_repository_folder_and_can_be_overridden(
+def test_alembic_dir_is_the_package_folder_and_can_be_overridden(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert migrate.script_location() == REPO / "alembic"
-    # must not be a package, or it would shadow the installed alembic library
-    assert not (REPO / "alembic" / "__init__.py").exists()
+    assert migrate.script_location() == REPO / "monitor" / "store" / "migrations"
+    # data loaded by path, not a package of ours
+    assert not (REPO / "monitor" / "store" / "migrations" / "__init__.py").exists()
     monkeypatch.setenv("ATTNMON_ALEMBIC_DIR", str(tmp_path))
     assert migrate.script_location() == tmp_path
     with pytest.raises(StoreError, match="no Alembic migrations"):
@@ -198,7 +198,7 @@ def test_alembic_dir_is_the_repository_folder_and_can_be_overridden(
 
 def test_migrations_do_not_import_the_models() -> None:
     # A migration must keep creating what it created when it was written.
-    for path in (REPO / "alembic" / "versions").glob("*.py"):
+    for path in (REPO / "monitor" / "store" / "migrations" / "versions").glob("*.py"):
         assert not re.search(r"^\s*(from|import) monitor", path.read_text(), re.M), path
 
 

@@ -1,7 +1,7 @@
 """Alembic, driven from code: the schema is created and changed only through here.
 
 There is no alembic.ini: the configuration is built in `alembic_config`, with the
-migrations in the repository's top-level `alembic/` (override: ATTNMON_ALEMBIC_DIR).
+migrations in `monitor/store/migrations/`, shipped in the wheel (override: ATTNMON_ALEMBIC_DIR).
 
     >>> upgrade("sqlite:///attnmon.db")            # doctest: +SKIP
     >>> current("sqlite:///attnmon.db") == head_revision()   # doctest: +SKIP
@@ -26,7 +26,6 @@ from alembic.util.exc import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 
-import monitor
 from monitor.errors import StoreError
 from monitor.store.engine import make_engine, redact, require_schema, store_errors
 
@@ -34,11 +33,13 @@ ENV_ALEMBIC_DIR = "ATTNMON_ALEMBIC_DIR"
 
 
 def script_location() -> Path:
-    """The migrations folder: `<repo>/alembic`, or $ATTNMON_ALEMBIC_DIR."""
+    """The migrations folder: `monitor/store/migrations`, or $ATTNMON_ALEMBIC_DIR. Inside
+    the package, so that an installed wheel has them (a top-level folder was left out
+    of it, and `db upgrade` could not run from a pip install)."""
     override = os.environ.get(ENV_ALEMBIC_DIR)
     if override:
         return Path(override)
-    return Path(monitor.__file__).resolve().parents[1] / "alembic"
+    return Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(

@@ -1,8 +1,8 @@
 """Alembic environment for attnmon. There is no alembic.ini: monitor.store.migrate builds
 the configuration and usually hands over an open connection (config.attributes).
 
-No __init__.py lives in this folder on purpose: a package named `alembic` here would
-shadow the installed library.
+No __init__.py lives in this folder: the migrations are data that Alembic loads by
+path, not modules of the package.
 """
 
 from __future__ import annotations
