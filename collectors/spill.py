@@ -26,11 +26,10 @@ import re
 import zlib
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.util import asbool
 
+from monitor.store.engine import sqlite_file
 from monitor.store.writer import FlushBatch
 
 
@@ -73,25 +72,11 @@ def store_identity(url: str | URL) -> str:
         return f"unparsed:{url}"
     backend = u.get_backend_name()
     if backend == "sqlite":
-        return f"sqlite:{_sqlite_file(u)}"
+        return f"sqlite:{sqlite_file(u) or ':memory:'}"  # (the file as every command reads it)
     if backend == "postgresql":
         return _pg_identity(u)
     port = u.port or _DEFAULT_PORTS.get(backend, "")
     return f"{backend}://{(u.host or '').lower()}:{port}/{u.database or ''}"
-
-
-def _sqlite_file(u: URL) -> str:
-    """The real path of the file SQLite opens: '~' is the home folder (as make_engine
-    has it), a file: URI (uri=true) names its path, and a relative path is relative to
-    the process's folder, as SQLite reads it. ':memory:' for none."""
-    db = u.database or ""
-    if asbool(u.query.get("uri", False)) and db.startswith("file:"):
-        db = unquote(urlsplit(db).path)
-        if u.query.get("mode") == "memory":
-            db = ""
-    elif db.startswith("~"):
-        db = os.path.expanduser(db)
-    return os.path.realpath(db) if db and db != ":memory:" else ":memory:"
 
 
 def _pg_identity(u: URL) -> str:

@@ -12,6 +12,7 @@ import textwrap
 from datetime import UTC, datetime
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 from test_collector import T0, dirichlet, stored_n
 
@@ -365,13 +366,14 @@ def test_a_store_folder_that_cannot_be_made_yet_keeps_batches_in_memory(tmp_path
     assert stored_n(url) == 150 == c.stats.written
 
 
-def test_relative_paths_are_those_of_the_folder_it_was_made_in(sqlite_url, tmp_path, monkeypatch):
+@pytest.mark.parametrize("relative", ["sqlite:///attnmon.db", "sqlite:///file:attnmon.db?mode=rw&uri=true"])
+def test_relative_paths_are_those_of_the_folder_it_was_made_in(sqlite_url, tmp_path, monkeypatch, relative):
     """The store's file and spill_dir are read when the collector is made (its spill
     folder is named then); a serving process that changes its folder before the first
     write (a daemon's chdir('/')) must not write to a new, empty store file there."""
     monkeypatch.chdir(tmp_path)
     rng, clock = np.random.default_rng(13), [T0]
-    c = AttentionCollector("sqlite:///attnmon.db", model="m", version="v1", sample_rate=0.0, spill_dir="spill",
+    c = AttentionCollector(relative, model="m", version="v1", sample_rate=0.0, spill_dir="spill",
                            flush_interval_s=0.05, clock=lambda: clock[0])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

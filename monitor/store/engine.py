@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.util import asbool
 
 from monitor.errors import StoreError
 
@@ -92,6 +94,9 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
         if parsed.database and parsed.database.startswith("~"):
             # sqlite3 would take "~" as a folder's name: every command must mean one file
             parsed = parsed.set(database=os.path.expanduser(parsed.database))
+        # the file as named now: SQLAlchemy reads a relative path at create_engine, sqlite3
+        # a relative file: URI at each connect, and the process may change folder between
+        parsed = absolute_url(parsed)
         _check_sqlite_dir(parsed, shown)
     elif backend == "postgresql":
         # A daemon outlives connections (restarts, failovers): test each one before use,
@@ -131,11 +136,16 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     if backend == "sqlite":
         busy_ms = SQLITE_BUSY_TIMEOUT_MS if busy_timeout_s is None else max(1, int(1000 * busy_timeout_s))
         event.listen(engine, "connect", lambda dbapi_connection, _record: _sqlite_on_connect(dbapi_connection, busy_ms))
-        if sqlite_file(parsed) is not None and "mode" not in parsed.query:
+        if (path := sqlite_file(parsed)) is not None and _creates(parsed):
             # at connect, not here: require_file must still see a mistyped path as missing
-            # (and the path as sqlite3 opens it, relative to the working directory then)
-            event.listen(engine, "do_connect", lambda *_: _create_private(Path(parsed.database)))
+            event.listen(engine, "do_connect", lambda *_: _create_private(path))
     return engine
+
+
+def _creates(url: URL) -> bool:
+    """Whether sqlite3 creates a missing file: unless a file: URI's mode says not
+    (without uri=true the query's mode is not SQLite's, and it creates)."""
+    return not (_uri(url) and url.query.get("mode") in ("ro", "rw"))
 
 
 def _create_private(path: Path) -> None:
@@ -160,27 +170,56 @@ def _check_sqlite_dir(url: URL, shown: str) -> None:
 
 
 def sqlite_file(url: str | URL) -> Path | None:
-    """The file of a SQLite URL (None: not SQLite, in memory, or a URI filename)."""
-    url = make_url(url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    """The file SQLite opens for `url`, as its real path (symlinks followed), so that every
+    spelling of one file names it alike: the checks of `attnmon db`, make_engine, the
+    daemon's lock, a collector's spill folder. None: not SQLite, or in memory.
+
+    '~' is the home folder (make_engine expands it; sqlite3 would take it for a folder's
+    name); with uri=true, a file: URI names its path; a relative path is relative to the
+    current folder, as SQLite reads it now (`absolute_url` fixes it for later).
+
+        >>> sqlite_file("sqlite:///file:attnmon.db?mode=rw&uri=true")   # doctest: +SKIP
+        PosixPath('/srv/app/attnmon.db')
+    """
+    given = _given_file(make_url(url))
+    return None if given is None else Path(os.path.realpath(given))
+
+
+def _uri(url: URL) -> bool:
+    """Whether the driver hands SQLite the database as a URI (SQLAlchemy's uri=true)."""
+    return asbool(url.query.get("uri", False))
+
+
+def _given_file(url: URL) -> str | None:
+    """The file's path as `url` spells it: '~' expanded and a file: URI's path decoded
+    (as SQLite decodes it), a relative one left relative. None: not SQLite, in memory."""
+    if url.get_backend_name() != "sqlite":
         return None
-    if url.database.startswith("file:") or url.query.get("mode") == "memory":
-        return None
-    return Path(url.database).absolute()
+    db = url.database or ""
+    if _uri(url) and db.startswith("file:"):
+        if url.query.get("mode") == "memory":
+            return None
+        db = unquote(urlsplit(db).path)
+    elif db.startswith("~"):
+        db = os.path.expanduser(db)
+    return db if db and db != ":memory:" else None
 
 
 def absolute_url(url: str | URL) -> str | URL:
-    """`url` with a relative SQLite file made absolute from the current folder ('~' is
-    left to make_engine), so that it names the same file after the process changes folder.
+    """`url` with a relative SQLite file (a path, or a file: URI's) made absolute from the
+    current folder, so that it names the same file after the process changes folder.
 
         >>> absolute_url("sqlite:///attnmon.db")   # doctest: +SKIP
         'sqlite:////srv/app/attnmon.db'
     """
     parsed = make_url(url)
-    path = sqlite_file(parsed)
-    if path is None or parsed.database.startswith("~") or os.path.isabs(parsed.database):
+    given = _given_file(parsed)
+    if given is None or os.path.isabs(given):
         return url
-    fixed = parsed.set(database=str(path))
+    path = str(sqlite_file(parsed))
+    if _uri(parsed) and parsed.database.startswith("file:"):
+        path = urlsplit(parsed.database)._replace(path=quote(path)).geturl()  # (keeps its own query)
+    fixed = parsed.set(database=path)
     return fixed if isinstance(url, URL) else fixed.render_as_string(hide_password=False)
 
 

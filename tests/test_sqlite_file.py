@@ -1,0 +1,143 @@
+"""Which file a SQLite URL means (monitor.store.engine.sqlite_file): one answer for every
+command, so that `attnmon db`, the daemon's lock, make_engine and a collector's spill
+folder never name two files for one store, or one file for two."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from collectors.spill import store_folder
+from monitor.cli import main
+from monitor.errors import StoreError
+from monitor.store import make_engine
+from monitor.store.engine import absolute_url, require_file, sqlite_file
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def test_a_plain_absolute_path_is_the_file_it_names_as_before(tmp_path):
+    """Where existing users' data is: the path itself, and the spill folder named for it."""
+    url = f"sqlite:///{tmp_path}/attnmon.db"
+    assert sqlite_file(url) == tmp_path / "attnmon.db"
+    assert absolute_url(url) is url
+    identity = f"sqlite:{tmp_path}/attnmon.db"
+    assert store_folder(url) == f"sqlite-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def test_tilde_is_the_home_folder(home):
+    assert sqlite_file("sqlite:///~/attnmon.db") == home / "attnmon.db"
+    assert sqlite_file("sqlite:///~") == home
+
+
+def test_a_file_uri_names_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_file("sqlite:///file:attnmon.db?mode=rw&uri=true") == tmp_path / "attnmon.db"
+    assert sqlite_file(f"sqlite:///file://{tmp_path}/attnmon.db?uri=true") == tmp_path / "attnmon.db"
+    assert sqlite_file(f"sqlite:///file:{tmp_path}/a%2520b.db?uri=true") == tmp_path / "a b.db"  # (%20)
+    # '~' is not SQLite's in a URI: a folder named so
+    assert sqlite_file("sqlite:///file:~/attnmon.db?uri=true") == tmp_path / "~" / "attnmon.db"
+    # without uri=true, SQLite opens a file named so, in the current folder
+    assert sqlite_file("sqlite:///file:attnmon.db") == tmp_path / "file:attnmon.db"
+
+
+def test_a_symlink_is_the_file_it_points_to(tmp_path):
+    real = tmp_path / "data" / "attnmon.db"
+    real.parent.mkdir()
+    real.touch()
+    (tmp_path / "link.db").symlink_to(real)
+    (tmp_path / "folder").symlink_to(real.parent)
+    for spelling in (f"sqlite:///{tmp_path}/link.db", f"sqlite:///{tmp_path}/folder/attnmon.db",
+                     f"sqlite:///file:{tmp_path}/link.db?mode=rw&uri=true"):
+        assert sqlite_file(spelling) == real, spelling
+        assert store_folder(spelling) == store_folder(f"sqlite:///{real}"), spelling
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?uri=true",
+                                 "sqlite:///file:shared?mode=memory&cache=shared&uri=true",
+                                 "postgresql+psycopg://u@db.example/attnmon"])
+def test_no_file(url):
+    assert sqlite_file(url) is None
+    assert absolute_url(url) is url
+    require_file(url)  # (nothing to check)
+
+
+def test_mode_memory_without_uri_is_a_file(tmp_path):
+    """SQLite reads the query only with uri=true: this opens the file (and SQLAlchemy warns)."""
+    assert sqlite_file(f"sqlite:///{tmp_path}/attnmon.db?mode=memory") == tmp_path / "attnmon.db"
+
+
+@pytest.mark.parametrize("spelling", ["attnmon.db", "file:attnmon.db?mode=rwc&uri=true"])
+def test_a_relative_file_is_the_current_folders_until_made_absolute(tmp_path, monkeypatch, spelling):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    url = f"sqlite:///{spelling}"
+    fixed = absolute_url(url)
+    assert sqlite_file(url) == sqlite_file(fixed) == tmp_path / "a" / "attnmon.db"
+    monkeypatch.chdir(tmp_path / "b")
+    assert sqlite_file(url) == tmp_path / "b" / "attnmon.db"
+    assert sqlite_file(fixed) == tmp_path / "a" / "attnmon.db"
+    assert fixed.endswith("?mode=rwc&uri=true") == ("uri" in url)  # (the URI's own options kept)
+
+
+def test_an_engine_opens_the_file_named_when_it_was_made(tmp_path, monkeypatch):
+    """sqlite3 reads a relative file: URI at each connect: a chdir between make_engine and
+    the first connect (a daemon's chdir('/')) must not open another file."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    engine = make_engine("sqlite:///file:attnmon.db?uri=true")
+    monkeypatch.chdir(tmp_path / "b")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    engine.dispose()
+    assert (tmp_path / "a" / "attnmon.db").exists()
+    assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_a_new_file_uri_store_is_private_and_a_read_only_one_is_not_created(tmp_path):
+    engine = make_engine(f"sqlite:///file:{tmp_path}/attnmon.db?uri=true")
+    engine.connect().close()
+    engine.dispose()
+    assert stat.S_IMODE((tmp_path / "attnmon.db").stat().st_mode) == 0o600
+    for mode in ("ro", "rw"):  # SQLite fails on a missing file: nothing of ours may create it
+        engine = make_engine(f"sqlite:///file:{tmp_path}/missing.db?mode={mode}&uri=true")
+        with pytest.raises(Exception, match="unable to open"):
+            engine.connect()
+        assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_file_uri_in_a_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match=f"directory {tmp_path}/nope does not exist"):
+        make_engine(f"sqlite:///file:{tmp_path}/nope/attnmon.db?uri=true")
+
+
+def test_db_check_finds_a_store_in_the_home_folder(home, tmp_path, monkeypatch, capsys):
+    """`db check` looked for ./~/attnmon.db, where `db upgrade` had made ~/attnmon.db."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["db", "upgrade", "--store", "sqlite:///~/attnmon.db"]) == 0
+    assert (home / "attnmon.db").exists()
+    assert main(["db", "check", "--store", "sqlite:///~/attnmon.db"]) == 0, capsys.readouterr().err
+    assert main(["db", "downgrade", "base", "--store", "sqlite:///~/attnmon.db"]) == 0, capsys.readouterr().err
+
+
+def test_db_check_of_a_mistyped_file_uri_says_so_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "typo.db"
+    assert main(["db", "check", "--store", f"sqlite:///file:{missing}?uri=true"]) == 2
+    assert f"there is no file {missing}" in capsys.readouterr().err
+    assert not missing.exists()
+    assert main(["db", "current", "--store", f"sqlite:///file:{missing}?uri=true"]) == 0
+    assert "no file" in capsys.readouterr().out
+    assert not missing.exists()
+
