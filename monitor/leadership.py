@@ -50,7 +50,9 @@ before it (one beside the new leader's waits, then skips), and the evaluate wate
 only moves forward, so that step writes nothing twice.
 
 On SQLite an exclusive `flock` on `<db file>.daemon.lock` plays the same part on one
-host; a frozen process keeps it (no heartbeat there: on one host, stop or kill it).
+host (beside the file's real path, `sqlite_file`: daemons given two spellings of one
+file, a symlink or a file: URI, lock one); a frozen process keeps it (no heartbeat
+there: on one host, stop or kill it).
 An in-memory store cannot be shared: its daemon always leads.
 """
 
@@ -68,7 +70,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, session_name
+from monitor.store.engine import PG_CONNECT_TIMEOUT_S, make_engine, session_name, sqlite_file
 from monitor.store.engine import one_line as _one_line
 
 log = logging.getLogger("attnmon.daemon")  # the daemon's own log: what operators filter on
@@ -395,6 +397,6 @@ def leadership_for(url: URL, lease_s: float, who: str) -> Alone:
     backend = url.get_backend_name()
     if backend == "postgresql":
         return PgAdvisoryLock(url, lease_s, who)
-    if backend == "sqlite" and url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        return FileLock(f"{url.database}.daemon.lock")
+    if backend == "sqlite" and (path := sqlite_file(url)) is not None:
+        return FileLock(f"{path}.daemon.lock")
     return Alone()

@@ -5,6 +5,7 @@ folder never name two files for one store, or one file for two."""
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from sqlalchemy import text
 from collectors.spill import store_folder
 from monitor.cli import main
 from monitor.errors import StoreError
-from monitor.store import make_engine
+from monitor.leadership import leadership_for
+from monitor.store import make_engine, migrate
 from monitor.store.engine import absolute_url, require_file, sqlite_file
 
 
@@ -141,3 +143,19 @@ def test_db_check_of_a_mistyped_file_uri_says_so_and_creates_nothing(tmp_path, c
     assert "no file" in capsys.readouterr().out
     assert not missing.exists()
 
+
+def test_daemons_given_two_spellings_of_one_file_lock_one_lock(tmp_path, monkeypatch):
+    real = tmp_path / "data" / "attnmon.db"
+    real.parent.mkdir()
+    migrate.upgrade(f"sqlite:///{real}")
+    (tmp_path / "link.db").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    spellings = [f"sqlite:///{real}", f"sqlite:///{tmp_path}/link.db", "sqlite:///link.db",
+                 f"sqlite:///file:{tmp_path}/link.db?uri=true"]
+    leads = [leadership_for(make_engine(url).url, lease_s=15, who=f"d{i}") for i, url in enumerate(spellings)]
+    try:
+        assert [lead.try_acquire() for lead in leads] == [True, False, False, False]
+        assert os.path.exists(f"{real}.daemon.lock")
+    finally:
+        for lead in leads:
+            lead.release()
