@@ -93,6 +93,8 @@ class AttentionCollector(ServingCalls):
     ...     c.observe(weights, item_ids=history, cohort="mobile")
     """
 
+    _TELLS_OF_OTHER_STORES = True  # warn, when made, of other stores' batches in spill_dir
+
     def __init__(
         self,
         store_url: str | None = None,
@@ -168,7 +170,7 @@ class AttentionCollector(ServingCalls):
         self._hash = ItemHasher(self._hash_key) if hash_item_ids else None
         self._spill = SpillDir(spill_dir, store_url if engine is None else engine.url) \
             if spill_dir is not None else None
-        if self._spill is not None and (others := self._spill.elsewhere()):
+        if self._spill is not None and self._TELLS_OF_OTHER_STORES and (others := self._spill.elsewhere()):
             log.warning("attnmon collector: %s holds %d spilled batch(es) of other stores, which only a collector "
                         "of that store replays: %s. If one is this store under another spelling of its URL "
                         "(localhost for 127.0.0.1, a renamed host), move its files into %s", self._spill.root,

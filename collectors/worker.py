@@ -47,6 +47,10 @@ class _Collector(AttentionCollector):
     """Counts what it writes back from its own spill files: a replayed batch is in both
     `spilled` and `written`, and the parent must not take it for two."""
 
+    # other stores' batches in spill_dir: the ProcessCollector's own checks (its probe)
+    # said so once when it was made, in the serving process's log; not again at each start
+    _TELLS_OF_OTHER_STORES = False
+
     def _reset_state(self) -> None:
         super()._reset_state()
         self._spilled_batches: dict[int, int] = {}  # batch_seq -> requests, spilled, not replayed

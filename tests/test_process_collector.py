@@ -303,3 +303,33 @@ def test_relative_paths_are_those_of_the_folder_it_was_made_in(sqlite_url, tmp_p
     assert c.stats.written == 40
     assert stored_n(sqlite_url, "v1") == 40
     assert not (elsewhere / "attnmon.db").exists() and not (elsewhere / "spill").exists()
+
+
+def test_other_stores_batches_in_spill_dir_are_told_once(sqlite_url, tmp_path, caplog, capfd):
+    """The ProcessCollector's checks (in the serving process's log) say it when it is made;
+    its workers, whose log is their stderr, do not say it again at each start."""
+    from datetime import UTC, datetime
+
+    from collectors.spill import SpillDir
+    from monitor.store.writer import FlushBatch
+
+    said = "spilled batch(es) of other stores"
+    other = SpillDir(tmp_path / "spill", "postgresql+psycopg://attnmon@db.example/attnmon")
+    other.put(FlushBatch(collector_id="c", batch_seq=1, written_at=datetime.now(UTC), n_requests=1))
+    rng = np.random.default_rng(17)
+    c = ProcessCollector(sqlite_url, model="m", version="v1", sample_rate=0.0, spill_dir=tmp_path / "spill",
+                         restart_every_s=0.1)
+    try:
+        assert caplog.text.count(said) == 1
+        w, ids, _ = batch(rng)
+        c.observe_batch(w, item_ids=ids, timestamps=T0)
+        assert c.flush(timeout=20)
+        first = c.worker_pid
+        os.kill(first, signal.SIGKILL)  # a second worker starts, and reads its options again
+        assert wait_for(lambda: c.flush(timeout=10))
+        c.observe_batch(w, item_ids=ids, timestamps=T0 + 60)
+        assert c.flush(timeout=20) and c.worker_pid not in (None, first)
+    finally:
+        c.close()
+    assert c.stats.written == 80  # (both workers ran)
+    assert caplog.text.count(said) + capfd.readouterr().err.count(said) == 1
