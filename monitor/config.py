@@ -207,7 +207,7 @@ class GrafanaConfig(_Strict):
     dashboard_uid: str | None = None  # pin annotations to one dashboard; None: organisation-wide, by tag
     annotate_every_s: float = Field(60.0, gt=0, le=CENTURY_S)
     annotate_days: float = Field(7.0, gt=0, le=CENTURY_DAYS)  # look back this far for events not posted yet
-    timeout_s: float = Field(10.0, gt=0, le=CENTURY_S)
+    timeout_s: float = Field(10.0, gt=0, le=CENTURY_S)  # each call as a whole (dashboards.bounded: 2 x at most)
 
     @field_validator("url")
     @classmethod

@@ -23,8 +23,9 @@ each with an explicit id, `coalesce=True`, `max_instances=1`, `misfire_grace_tim
 - `annotate` (every `grafana.annotate_every_s`, only with a `grafana:` section): posts
   the deployments and alert transitions of the last `grafana.annotate_days` that this
   Grafana has not had yet (`dashboards.annotate.annotate`, which records each one in
-  `daemon_state`: a restart or a new leader posts nothing twice). Grafana down: the run
-  fails, is logged and retried; the events wait for a later run.
+  `daemon_state`: a restart or a new leader posts nothing twice). Grafana down, or
+  hanging (each call is cut at `grafana.timeout_s`, 2 x that at most): the run fails, is
+  logged and retried; the events wait for a later run.
 
 Time comes from `clock` (real UTC by default): a demo or a test passes a simulated one
 and calls `tick(now)`, which runs the due jobs synchronously through the same code the
@@ -110,6 +111,9 @@ BASELINE_KEEP = timedelta(days=2)  # materialised baselines older than this are 
 STORE_WAIT_MAX_S = 30.0  # a store down at start is tried again at most this far apart
 STEP_SLACK_S = 1.0  # a job due more than its interval and this ahead was left there by a clock step back
 WINDOW_STEP_S = 60  # a window ends each minute: an evaluate run more often finds none new
+# a call to Grafana is cut at grafana.timeout_s, its body's last read at most that later
+# (dashboards.bounded): an annotate step takes up to this many timeouts
+GRAFANA_CALL_TIMEOUTS = 2
 FAKE_NOW_ENV = "ATTNMON_FAKE_NOW"  # read by the CLI only: simulated time for tests and demos
 
 Clock = Callable[[], datetime]
@@ -335,6 +339,12 @@ class Daemon:
         self._grafana: Any = None  # the Grafana API client, made on the annotate job's first run
         if config.grafana is not None and annotate:
             config.grafana.read_token()  # a token that cannot be read is an error now, not every run
+            bound = dm.stuck_bound_s()
+            if bound is not None and GRAFANA_CALL_TIMEOUTS * config.grafana.timeout_s >= bound:
+                raise ConfigError([("grafana.timeout_s", config.grafana.timeout_s, (
+                    f"a call to Grafana may take {GRAFANA_CALL_TIMEOUTS} x timeout_s, which must stay under "
+                    f"daemon.stuck_after_s ({bound:g} s): a Grafana that hangs would make /livez report "
+                    "the annotate job stuck"))])
             self.jobs += (ANNOTATE,)
             self._every[ANNOTATE] = config.grafana.annotate_every_s
         # a window's baselines are many hour partials: each is a step of the job (/livez)

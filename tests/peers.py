@@ -1,8 +1,9 @@
-"""Real peers for the receiver tests, on 127.0.0.1 only, started and stopped by the tests.
+"""Real peers for the receiver and Grafana tests, on 127.0.0.1 only, started and stopped by the tests.
 
 - `HttpPeer`: an HTTP server in a thread that records each request and answers with
   scripted statuses (PagerDuty, Slack, webhook, an Alertmanager webhook target).
 - `silent_port` / `closed_port`: a port that accepts and never answers, one that refuses.
+- `trickling_port`: a port that answers, a byte a second.
 - `alertmanager`: Debian's prometheus-alertmanager, run on a free port.
 - `self_signed`: a certificate for 127.0.0.1, for the SMTP TLS tests.
 - sample notifications (`alert`, `notification`).
@@ -64,6 +65,50 @@ def silent_port() -> Iterator[int]:
         s.bind((LOOPBACK, 0))
         s.listen(8)
         yield s.getsockname()[1]
+
+
+@contextmanager
+def trickling_port(interval_s: float = 1.0, headers_first: bool = False) -> Iterator[int]:
+    """A port whose server reads each request, then answers a 200 with a JSON body one
+    byte every `interval_s`: from the status line on, or (`headers_first`) after the
+    headers sent whole. Each answer takes hours; all stop when the block ends."""
+    body = b'{"id": 1, "message": "Annotation added"' + b" " * 20_000 + b"}"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    stop = threading.Event()
+    listener = socket.create_server((LOOPBACK, 0))
+    listener.settimeout(0.1)
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                if headers_first:
+                    conn.sendall(head)
+                for byte in body if headers_first else head + body:
+                    if stop.wait(interval_s):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:  # the client gave up
+                return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
 
 
 # -- HTTP -------------------------------------------------------------------------------

@@ -711,6 +711,51 @@ def test_grafana_down_is_logged_retried_and_the_daemon_keeps_running(store, monk
     assert len(set(posted(state))) == len(state.annotations)
 
 
+@pytest.mark.parametrize("peer", ["silent", "trickle"])
+def test_a_grafana_that_hangs_or_trickles_fails_the_run_in_time_and_loses_nothing(store, monkeypatch, caplog, peer):
+    """Grafana accepts the connection, then answers nothing, or a byte a second: the
+    annotate run ends within 2 x grafana.timeout_s, well before daemon.stuck_after_s
+    (/livez never says stuck), with one error logged, and is retried; Grafana back on
+    that address gets every event, once. A trickle held the run, and /livez went stuck."""
+    from contextlib import ExitStack
+
+    from peers import silent_port, trickling_port
+    from test_dashboards_grafana import TOKEN, FakeGrafana, fake_grafana
+
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    now = [at(20)]
+    with ExitStack() as slow:
+        port = slow.enter_context(silent_port() if peer == "silent" else trickling_port(1.0))
+        cfg = config(store, retry_s=5, stuck_after_s=30).model_copy(
+            update={"grafana": GrafanaConfig(url=f"http://127.0.0.1:{port}", timeout_s=2)})
+        with Daemon(cfg, clock=lambda: now[0]) as daemon:
+            stuck, watching = [], threading.Event()
+
+            def watch() -> None:  # what /livez would say while the run waits on Grafana
+                while not watching.wait(0.05):
+                    stuck.append(daemon.stuck())
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            with caplog.at_level(logging.ERROR, "attnmon.daemon"):
+                runs = daemon.tick()
+            watching.set()
+            watcher.join(5)
+            run = runs["annotate"]
+            assert run.ok is False and run.duration_s < 12  # the trickle alone takes hours
+            assert run.error == "GrafanaError: Grafana: post annotation failed (no answer): none complete within 2 s"
+            assert runs["evaluate"].ok and stuck and not any(stuck)
+            [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert line.startswith("job annotate failed on") and "retrying in 5s" in line
+            assert daemon.alive()[0] == 200
+            slow.close()  # the slow server goes; Grafana comes back on its address
+            state = FakeGrafana()
+            with fake_grafana(state, port):
+                now[0] += timedelta(seconds=5)
+                back = daemon.tick()["annotate"]
+            assert back.ok and back.result.posted == len(expected_events(store, now[0])) == len(state.annotations)
+
+
 def test_annotate_job_runs_on_the_scheduler(store, monkeypatch):
     from test_dashboards_grafana import TOKEN, fake_grafana
 
@@ -736,6 +781,19 @@ def test_an_unreadable_grafana_token_is_a_config_error_at_start(store, monkeypat
         Daemon(grafana_config(store, "http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="grafana.token"):
         Daemon(grafana_config(store, "http://127.0.0.1:9", token={"file": str(tmp_path / "none")}))
+
+
+def test_a_grafana_timeout_that_would_make_livez_say_stuck_is_a_config_error(store, monkeypatch):
+    from monitor.errors import ConfigError
+
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", "t")
+    url = "http://127.0.0.1:9"
+    with pytest.raises(ConfigError, match=r"grafana.timeout_s=30.0: a call to Grafana may take 2 x timeout_s, "
+                                          r"which must stay under daemon.stuck_after_s \(60 s\)"):
+        Daemon(config(store, stuck_after_s=60).model_copy(update={"grafana": GrafanaConfig(url=url, timeout_s=30)}))
+    for daemon_cfg in ({"stuck_after_s": 61}, {"stuck_after_s": 0}, {}):  # under it, never stuck, the default
+        with Daemon(config(store, **daemon_cfg).model_copy(update={"grafana": GrafanaConfig(url=url, timeout_s=30)})):
+            pass
 
 
 def test_run_once_needs_no_grafana_token(store, tmp_path, monkeypatch, capsys):

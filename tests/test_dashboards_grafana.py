@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -606,6 +607,36 @@ def test_annotate_retries_what_failed(grafana, store: str) -> None:
     assert err.value.status == 0
     result = annotate(engine, connect(url, TOKEN), since=now - timedelta(days=1), grafana_url=url, now=now)
     assert result.posted == 4
+    engine.dispose()
+
+
+@pytest.mark.parametrize("peer", ["silent", "trickle", "trickle-body"])
+def test_a_grafana_that_hangs_or_trickles_is_cut_and_the_events_wait(grafana, store: str, peer: str) -> None:
+    """Grafana accepts the connection, then answers nothing, or a byte a second (from its
+    status line, or through its body after whole headers): the call ends at its timeout
+    with nothing recorded as posted, and the next run, Grafana answering, posts every
+    event. A timeout per read let a trickle hold the call, and the daemon's job, for hours."""
+    from peers import silent_port, trickling_port
+
+    url, state = grafana
+    now = T0 + timedelta(hours=4)
+    engine = make_engine(store)
+    slow_peer = silent_port() if peer == "silent" else trickling_port(1.0, headers_first=peer == "trickle-body")
+    with slow_peer as port:
+        started = time.monotonic()
+        with pytest.raises(GrafanaError) as err:
+            # each byte comes within the 2 s read timeout: only a bound on the whole call ends it
+            annotate(engine, connect(f"http://127.0.0.1:{port}", TOKEN, timeout=2), since=now - timedelta(days=1),
+                     grafana_url=url, now=now)
+        took = time.monotonic() - started
+    assert took < 12  # its bound is 2 x timeout; the trickle would take hours
+    assert str(err.value) == "Grafana: post annotation failed (no answer): none complete within 2 s"
+    assert not err.value.fatal
+    with engine.connect() as conn:  # nothing recorded as posted: the events wait
+        assert conn.execute(select(tables.daemon_state.c.key).where(
+            tables.daemon_state.c.key.like(KEY_PREFIX + "%"))).first() is None
+    result = annotate(engine, connect(url, TOKEN), since=now - timedelta(days=1), grafana_url=url, now=now)
+    assert (result.posted, len(state.annotations)) == (4, 4)
     engine.dispose()
 
 
