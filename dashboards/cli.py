@@ -95,7 +95,7 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
          rules: str | None = None, force: bool = False, fmt: str = "text") -> int:
     """Create the folder and the datasource if missing, save every dashboard not edited in
     Grafana since attnmon pushed it (all of them with `force`) nor provisioned from files;
-    1 when some were left."""
+    1 when some were left, 2 when some failed (the others pushed)."""
     from dashboards.provision import datasource as datasource_body
     from dashboards.push import push as run
     from dashboards.spec import FOLDER_UID
@@ -123,6 +123,8 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
         "dashboards": [{"uid": d.uid, "url": d.url, "action": d.action}
                        | ({"edited_by": d.edited_by, "edited_at": d.edited_at, "edit_message": d.edit_message}
                           if d.action in ("skipped", "overwritten") else {})
+                       | ({"status": d.error.status or None, "call": d.error.action, "error": d.error.message}
+                          if d.error is not None else {})
                        for d in result.dashboards],
     })
     if result.provisioned:
@@ -131,14 +133,21 @@ def push(config: Config, grafana_url: str | None = None, *, token_file: str | No
               f"let the API save, {'were' if n > 1 else 'was'} left as is: "
               f"{', '.join(d.uid for d in result.provisioned)}; update the files with attnmon dashboards "
               "export, or remove them from Grafana's provisioning to push instead", file=sys.stderr)
-    if not result.skipped:
-        return 1 if result.provisioned else 0
-    n = len(result.skipped)
-    names = ", ".join(f"{d.uid} ({d.edited_by or '?'}, {d.edited_at or '?'})" for d in result.skipped)
-    print(f"attnmon: {n} dashboard{'s' if n > 1 else ''} edited in Grafana since attnmon pushed "
-          f"{'them were' if n > 1 else 'it was'} left as is: {names}; keep what matters in the alert rules "
-          "(--rules) or attnmon's dashboards, then push with --force to overwrite", file=sys.stderr)
-    return 1
+    if result.skipped:
+        n = len(result.skipped)
+        names = ", ".join(f"{d.uid} ({d.edited_by or '?'}, {d.edited_at or '?'})" for d in result.skipped)
+        print(f"attnmon: {n} dashboard{'s' if n > 1 else ''} edited in Grafana since attnmon pushed "
+              f"{'them were' if n > 1 else 'it was'} left as is: {names}; keep what matters in the alert rules "
+              "(--rules) or attnmon's dashboards, then push with --force to overwrite", file=sys.stderr)
+    if result.failed:
+        # an error, not a choice to leave it: 2 as for any error, so a pipeline that lets
+        # 1 (edits left as is) pass still stops here
+        n = len(result.failed)
+        names = "; ".join(f"{d.uid} ({d.error.where}: {d.error.message})" for d in result.failed if d.error is not None)
+        print(f"attnmon: {n} dashboard{'s' if n > 1 else ''} failed and {'were' if n > 1 else 'was'} not "
+              f"pushed, the others were: {names}; push again once that is fixed", file=sys.stderr)
+        return 2
+    return 1 if result.skipped or result.provisioned else 0
 
 
 def _pushed(d) -> str:
@@ -151,6 +160,8 @@ def _pushed(d) -> str:
         return f"dashboard {d.uid} provisioned from a file: Grafana refuses saves through its API {d.url}"
     if d.action == "overwritten":
         return f"dashboard {d.uid} overwritten ({saved_by}) {d.url}"
+    if d.error is not None:
+        return f"dashboard {d.uid} failed ({d.error.where} to {d.error.action}): {d.error.message}"
     return f"dashboard {d.uid} {d.action} {d.url}"
 
 
@@ -265,7 +276,8 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
         dashboards_path=a.dashboards_path, rules=a.rules, fmt=a.format))
 
     p = add_command(sub, "push", "create the folder and datasource, save the dashboards by uid (any edited in "
-                    "Grafana since attnmon pushed it is left as is: exit 1)", lists=True)
+                    "Grafana since attnmon pushed it is left as is: exit 1; any Grafana refuses or fails is "
+                    "named and the others pushed: exit 2)", lists=True)
     p.add_argument("--grafana-url", metavar="URL", help="default: the config's grafana.url")
     p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN)")
     p.add_argument("--no-datasource", dest="datasource", action="store_false",

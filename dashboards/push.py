@@ -16,6 +16,11 @@ Safe for edits made in Grafana: a dashboard already there is
   `attnmon dashboards export` writes make it): Grafana refuses to save it through the
   API (400 "Cannot save provisioned dashboard"), `force` or not.
 
+A dashboard whose calls fail (a 403 on its folder or itself, a 500, an answer cut off or
+timed out) is "failed", with Grafana's status and message, and the others are pushed.
+An error no dashboard can get past stops the push at once (`GrafanaError.fatal`: Grafana
+unreachable, 401 for the token), as does any error on the folder or the datasource.
+
 The version history is the signal rather than the JSON: Grafana rewrites a dashboard's
 JSON on save and read as its schema evolves, and a new attnmon release changes the JSON
 it generates, so "differs from ours" cannot tell an edit from either; the author of the
@@ -45,12 +50,13 @@ SERVER_FIELDS = ("id", "version")
 @dataclass(frozen=True)
 class BoardResult:
     uid: str
-    action: str  # created, updated, unchanged, overwritten (force), skipped or provisioned
+    action: str  # created, updated, unchanged, overwritten (force), skipped, provisioned or failed
     url: str = ""
     # who saved the version found on the server, when not attnmon (skipped, overwritten)
     edited_by: str | None = None
     edited_at: str | None = None  # as Grafana gave it (RFC 3339)
     edit_message: str = ""
+    error: GrafanaError | None = None  # why it failed: .action (the call), .where ("HTTP 403"), .message
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,10 @@ class PushResult:
     @property
     def provisioned(self) -> tuple[BoardResult, ...]:
         return tuple(d for d in self.dashboards if d.action == "provisioned")
+
+    @property
+    def failed(self) -> tuple[BoardResult, ...]:
+        return tuple(d for d in self.dashboards if d.action == "failed")
 
 
 def ensure_folder(api, uid: str = FOLDER_UID, title: str = FOLDER_TITLE) -> bool:
@@ -109,8 +119,17 @@ def push(api, boards: tuple[Dashboard, ...], datasource: dict[str, Any] | None =
         raise ValueError(f"the dashboards read datasource uid {DATASOURCE_UID!r}")
     created = ensure_folder(api, folder_uid)
     ds_created = ensure_datasource(api, datasource) if datasource is not None else None
-    done = tuple(push_board(api, to_json(board), folder_uid, force) for board in boards)
+    done = tuple(_push_or_fail(api, to_json(board), folder_uid, force) for board in boards)
     return PushResult(created, ds_created, done)
+
+
+def _push_or_fail(api, board: dict[str, Any], folder_uid: str, force: bool) -> BoardResult:
+    try:
+        return push_board(api, board, folder_uid, force)
+    except GrafanaError as exc:
+        if exc.fatal:  # every later dashboard would fail the same way: one error, not one each
+            raise
+        return BoardResult(board["uid"], "failed", error=exc)
 
 
 def push_board(api, board: dict[str, Any], folder_uid: str, force: bool = False) -> BoardResult:

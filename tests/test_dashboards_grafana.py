@@ -4,7 +4,8 @@ The stand-in implements the endpoints attnmon uses as Grafana documents them: a 
 token on every call (401 without), `GET/POST /api/folders`, `GET /api/datasources/uid/:uid`,
 `POST /api/datasources`, `POST /api/dashboards/db`, `GET /api/dashboards/uid/:uid` (with
 `meta`), `GET /api/dashboards/uid/:uid/versions` and `POST /api/annotations`, with their
-bodies checked and Grafana's 200/400/404/409/412 answers.
+bodies checked and Grafana's 200/400/404/409/412 answers. `faults` makes the calls about
+one dashboard (or the saves into one folder) answer an error, lose the connection or hang.
 
 Dashboards are saved as Grafana's SQL store does (pkg/services/dashboards/database): the
 stored JSON gets `id`, `uid` and `version`; a save of an existing uid whose `version` is
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -65,6 +68,22 @@ class FakeGrafana:
         # the versions list's order: Grafana gives the newest first; "oldest" plays a server
         # (or storage backend) that does not, against which push must stay safe
         self.versions_order = "newest"
+        # dashboard uid (its get, versions and save) or folder uid (saves into it) -> what
+        # its calls get instead: (status, body), "reset" (the connection reset, no answer),
+        # "hang" (no answer until `release` is set; the server sets it when it stops) or
+        # "down" (Grafana stops: no answer, and later connections are refused)
+        self.faults: dict[str, tuple[int, dict] | str] = {}
+        self.release = threading.Event()
+
+    def fault(self, method: str, path: str, body: Any) -> tuple[int, dict] | str | None:
+        """The fault set for the dashboard (or folder) this request is about, if any."""
+        parts = path.strip("/").split("/")
+        if method == "GET" and parts[:3] == ["api", "dashboards", "uid"] and len(parts) >= 4:
+            return self.faults.get(parts[3])
+        if method == "POST" and path == "/api/dashboards/db" and isinstance(body, dict):
+            board = body.get("dashboard") if isinstance(body.get("dashboard"), dict) else {}
+            return self.faults.get(board.get("uid")) or self.faults.get(body.get("folderUid"))
+        return None
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[dict]:
         return [r for r in self.requests if (method is None or r["method"] == method)
@@ -224,6 +243,22 @@ def _handler(state: FakeGrafana):
                 if method == "POST" and self.headers.get("Content-Type", "").split(";")[0] != "application/json":
                     return self._answer(415, {"message": "expected JSON"})
                 path = self.path.split("?")[0]
+                fault = state.fault(method, path, body)
+            if fault in ("reset", "down"):
+                if fault == "down":  # Grafana stops: this call gets no answer, later ones are refused
+                    self.server.shutdown()
+                    self.server.socket.close()
+                # RST: the connection reset, no answer
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return None
+            if fault == "hang":
+                state.release.wait(60)  # bounded: the server sets it when it stops
+                self.close_connection = True
+                return None
+            if fault is not None:
+                return self._answer(*fault)
+            with state.lock:
                 parts = path.strip("/").split("/")
                 if method == "GET" and parts[:2] == ["api", "folders"] and len(parts) == 3:
                     return self._answer(*state.get_folder(parts[2]))
@@ -263,6 +298,7 @@ def fake_grafana(state: FakeGrafana | None = None, port: int = 0) -> Iterator[tu
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", state
     finally:
+        state.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -464,6 +500,104 @@ def test_push_errors_are_one_clear_line(grafana) -> None:
     with pytest.raises(GrafanaError, match="another uid"):
         push(connect(url, TOKEN), dashboards())
     assert state.calls("POST", "/api/dashboards/db") == []
+
+
+# Grafana's answer to a token that may not write there (access control's 403)
+DENIED = {"accessErrorId": "ACE0123456789", "title": "Access denied",
+          "message": "You'll need additional permissions to perform this action. Permissions needed: dashboards:write"}
+
+
+def test_a_dashboard_grafana_refuses_is_named_and_the_others_are_pushed(grafana) -> None:
+    """A 403 on one dashboard's save, a 500 on another's read: each is named with
+    Grafana's status and message, and the rest are pushed. The first error stopped the
+    push, leaving every dashboard after it unpushed."""
+    url, state = grafana
+    state.faults["attnmon-heads"] = (403, DENIED)
+    state.faults["attnmon-versions"] = (500, {"message": "Internal Server Error", "traceID": "00"})
+    result = push(connect(url, TOKEN), dashboards())
+    assert [(d.uid, d.action) for d in result.dashboards] == [
+        ("attnmon-overview", "created"), ("attnmon-heads", "failed"), ("attnmon-items", "created"),
+        ("attnmon-versions", "failed"), ("attnmon-health", "created")]
+    heads, versions = result.failed
+    assert (heads.error.status, heads.error.action, heads.error.message) == (
+        403, "get dashboard attnmon-heads", DENIED["message"])
+    assert (versions.error.status, versions.error.message) == (500, "Internal Server Error")
+    assert set(state.dashboards) == {"attnmon-overview", "attnmon-items", "attnmon-health"}
+    # the token may not write the folder: every save refused, each named, none fatal
+    del state.faults["attnmon-heads"], state.faults["attnmon-versions"]
+    state.faults["attnmon"] = (403, DENIED)
+    result = push(connect(url, TOKEN), _release(dashboards()))
+    assert [d.action for d in result.dashboards] == ["failed"] * 5
+    assert {(d.error.status, d.error.action) for d in result.failed} == {
+        (403, f"save dashboard {b.uid}") for b in dashboards()}
+
+
+def test_an_answer_cut_off_fails_one_dashboard_not_the_push(grafana) -> None:
+    """A connection reset on one call, a call Grafana never answers: those dashboards
+    fail (no answer), the others are pushed, and the hung call holds the push for its
+    timeout only."""
+    url, state = grafana
+    state.faults["attnmon-heads"] = "reset"
+    state.faults["attnmon-items"] = "hang"
+    started = time.monotonic()
+    result = push(connect(url, TOKEN, timeout=3), dashboards())  # room for the calls that answer
+    assert time.monotonic() - started < 20  # not the 60 s the hung call waits to be let go
+    assert {d.uid: d.action for d in result.dashboards} == {
+        "attnmon-overview": "created", "attnmon-heads": "failed", "attnmon-items": "failed",
+        "attnmon-versions": "created", "attnmon-health": "created"}
+    heads, items = result.failed
+    assert heads.error.status == 0 and heads.error.where == "no answer" and not heads.error.fatal
+    assert "the connection broke off" in heads.error.message
+    assert items.error.where == "no answer" and items.error.message == "none complete within 3 s"
+    assert set(state.dashboards) == {"attnmon-overview", "attnmon-versions", "attnmon-health"}
+
+
+@pytest.mark.parametrize("fault", [(401, {"message": "Unauthorized"}), "down"], ids=["401", "grafana-down"])
+def test_an_error_no_dashboard_can_pass_stops_the_push_at_once(grafana, fault) -> None:
+    """The token refused (revoked mid-push) or Grafana gone: one error, not one per
+    dashboard. Down, the call in flight gets no answer (that dashboard is named as
+    failed) and the next cannot connect: the push stops there."""
+    url, state = grafana
+    state.faults["attnmon-heads"] = fault
+    with pytest.raises(GrafanaError) as err:
+        push(connect(url, TOKEN, timeout=5), dashboards())
+    assert err.value.fatal
+    if fault == "down":
+        assert err.value.where == "unreachable" and err.value.action == "get dashboard attnmon-items"
+    else:
+        assert err.value.status == 401 and err.value.action == "get dashboard attnmon-heads"
+    about = [r["path"] for r in state.requests if "attnmon-items" in json.dumps(r)]
+    assert about == [] and set(state.dashboards) == {"attnmon-overview"}
+
+
+def test_push_cli_names_what_failed_and_exits_2(grafana, monkeypatch, tmp_path: Path, capsys) -> None:
+    """2, not the 1 of dashboards left on purpose (edited, provisioned): a pipeline that
+    lets 1 pass must still stop on an error."""
+    url, state = grafana
+    monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
+    args = ["dashboards", "push", "--grafana-url", url, "--no-datasource", "--store", f"sqlite:///{tmp_path / 'x.db'}"]
+    state.faults["attnmon-heads"] = (403, DENIED)
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert ("dashboard attnmon-heads failed (HTTP 403 to get dashboard attnmon-heads): You'll need additional "
+            "permissions to perform this action. Permissions needed: dashboards:write") in captured.out
+    assert "dashboard attnmon-items created /d/attnmon-items/" in captured.out
+    err = captured.err.strip()
+    assert "\n" not in err and err.startswith("attnmon: 1 dashboard failed and was not pushed, the others were: "
+                                              "attnmon-heads (HTTP 403: You'll need additional permissions")
+    # with a dashboard left as edited too: both named, and 2
+    state.ui_edit("attnmon-items", _raise_threshold, user="bob")
+    state.faults["attnmon-heads"] = "reset"
+    assert main([*args, "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    out = {d["uid"]: d for d in json.loads(captured.out)["dashboards"]}
+    assert out["attnmon-items"]["action"] == "skipped"
+    assert out["attnmon-heads"]["action"] == "failed" and out["attnmon-heads"]["status"] is None
+    assert out["attnmon-heads"]["call"] == "get dashboard attnmon-heads"
+    assert out["attnmon-heads"]["error"].startswith("the connection broke off")
+    assert "edited in Grafana" in captured.err and "attnmon-heads (no answer: the connection broke off" in captured.err
+    del state.faults["attnmon-heads"]
+    assert main(args) == 1  # only the edit left: 1, as before
 
 
 def test_push_cli(grafana, monkeypatch, tmp_path: Path, capsys) -> None:
