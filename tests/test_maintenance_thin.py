@@ -105,3 +105,45 @@ def test_one_minute_windows_are_not_thinned(sqlite_url):
     assert thin_results(engine, NOW, 1) == 0
     assert all(len(s) == 30 for s in _ends(engine).values())
     engine.dispose()
+
+
+def _write_windows(engine, first_end: datetime, minutes: int, length: int) -> None:
+    """Results of `length`-minute windows ending at each of `minutes` minutes."""
+    rows = []
+    for m in range(minutes):
+        for s in SERIES:
+            row = drift_row(first_end + timedelta(minutes=m), float(m), **s)
+            rows.append(row | {"window_start": row["window_end"] - timedelta(minutes=length)})
+    write_results(engine, rows)
+
+
+def _uncovered(engine, start: datetime, end: datetime) -> dict[tuple, list[datetime]]:
+    """Per series, the minutes in [start, end) that no kept result's window holds."""
+    dr = tables.drift_results
+    held = defaultdict(set)
+    with engine.connect() as conn:
+        for head, stat, w0, w1 in conn.execute(select(dr.c.head, dr.c.statistic, dr.c.window_start,
+                                                      dr.c.window_end)):
+            m = as_utc(w0)
+            while m < as_utc(w1):
+                held[head, stat].add(m)
+                m += timedelta(minutes=1)
+    minutes = [start + timedelta(minutes=i) for i in range(int((end - start) / timedelta(minutes=1)))]
+    return {key: gone for key in held if (gone := [m for m in minutes if m not in held[key]])}
+
+
+def check_results_of_shorter_windows_than_todays_keep_every_minute(url: str) -> None:
+    """window_minutes raised from 15 to 30: the last days' results are of 15-minute
+    windows. Keeping one in every 30 minutes of them left half of each hour in none."""
+    engine = make_engine(url)
+    first = NOW - timedelta(days=5)
+    _write_windows(engine, first, 120, 15)
+    assert thin_results(engine, NOW - timedelta(days=3), 30) == len(SERIES) * (120 - 8)
+    assert _uncovered(engine, first - timedelta(minutes=15), first + timedelta(minutes=105)) == {}
+    for series in _ends(engine).values():
+        assert sorted({e.minute for e in series}) == [0, 15, 30, 45]
+    engine.dispose()
+
+
+def test_results_of_shorter_windows_than_todays_keep_every_minute(sqlite_url):
+    check_results_of_shorter_windows_than_todays_keep_every_minute(sqlite_url)

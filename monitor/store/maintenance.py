@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import BigInteger, and_, bindparam, cast, delete, func, or_, select, tuple_, update
 from sqlalchemy.engine import Engine
 
 from monitor.sketch import Sketch, decode_payload
@@ -364,8 +364,11 @@ def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_be
     With `every_minutes` the evaluation window's length, the kept windows tile time: every
     minute is still in one kept result, at a fifteenth of the rows for 15-minute windows
     (evaluate writes a window ending at every minute). Older history reads at that
-    resolution. A cursor in daemon_state (THINNED_KEY) makes each call read only what no
-    call has thinned; `not_before` (the retention cut) skips what retention deletes."""
+    resolution. Results of windows shorter than `every_minutes` (evaluate.window_minutes
+    raised since they were written) keep those ending on a multiple of their own length
+    too, so their minutes stay tiled. A cursor in daemon_state (THINNED_KEY) makes each
+    call read only what no call has thinned; `not_before` (the retention cut) skips what
+    retention deletes."""
     if every_minutes < 2:
         return 0
     dr, ds = t.drift_results, t.daemon_state
@@ -381,6 +384,11 @@ def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_be
     if not_before is not None:
         start = max(start, as_utc(not_before))
     lo, end = _bucket(start, step), _bucket(before, step)  # whole steps: a kept end on each edge
+    # a result of a shorter window (written before window_minutes was raised) stays when
+    # its end is a multiple of its own length: those are what tile its minutes
+    end_s, start_s = _epoch_seconds(dr.c.window_end, engine), _epoch_seconds(dr.c.window_start, engine)
+    length = end_s - start_s
+    tiled = or_(length >= step, end_s % func.nullif(length, 0) != 0)
     span = timedelta(seconds=step * max(1, THIN_SPAN_MINUTES // every_minutes))
     total = 0
     while lo < end:
@@ -388,12 +396,20 @@ def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_be
         keep = [lo + timedelta(seconds=s) for s in range(0, int((hi - lo).total_seconds()), step)]
         # open ranges between kept ends: no equality on stored timestamps, and a result at
         # an odd second (none is written) goes with its step's others
-        where = or_(*(and_(dr.c.window_end > k, dr.c.window_end < k + timedelta(seconds=step)) for k in keep))
+        where = and_(or_(*(and_(dr.c.window_end > k, dr.c.window_end < k + timedelta(seconds=step))
+                           for k in keep)), tiled)
         total += _delete_where(engine, dr, where, batch, progress, to_the_end=True)  # the cursor passes it
         with engine.begin() as conn:
             put_state(conn, THINNED_KEY, hi.isoformat(timespec="seconds"), datetime.now(UTC), only_forward=True)
         lo = hi
     return total
+
+
+def _epoch_seconds(column, engine: Engine):
+    """A timestamp column as whole seconds since the epoch, in SQL (SQLite, PostgreSQL)."""
+    if engine.dialect.name == "sqlite":
+        return cast(func.strftime("%s", column), BigInteger)
+    return cast(func.extract("epoch", column), BigInteger)
 
 
 def maintain(

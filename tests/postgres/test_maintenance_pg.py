@@ -110,3 +110,11 @@ def test_thinning_beside_another_maintainer_leaves_no_window_behind_its_cursor(p
     assert sorted({e.minute for e in ends}) == [0, 15, 30, 45]
     engine.dispose()
     other.dispose()
+
+
+def test_results_of_shorter_windows_than_todays_keep_every_minute_on_postgresql(pg_clean_url):
+    from tests.test_maintenance_thin import (
+        check_results_of_shorter_windows_than_todays_keep_every_minute,
+    )
+
+    check_results_of_shorter_windows_than_todays_keep_every_minute(pg_clean_url)
