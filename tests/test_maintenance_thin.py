@@ -147,3 +147,19 @@ def check_results_of_shorter_windows_than_todays_keep_every_minute(url: str) -> 
 
 def test_results_of_shorter_windows_than_todays_keep_every_minute(sqlite_url):
     check_results_of_shorter_windows_than_todays_keep_every_minute(sqlite_url)
+
+
+def test_a_new_window_length_does_not_thin_again_behind_the_cursor(sqlite_url):
+    """window_minutes lowered from 15 to 10 with the cursor at :15, not a multiple of 10:
+    the first span started at :10 and took the kept :15 (its 15-minute window in no
+    other kept result) though the 15-minute thinning had left it as the tile of :00-:15."""
+    engine = make_engine(sqlite_url)
+    first = NOW - timedelta(days=5)
+    _write_windows(engine, first, 120, 15)
+    thin_results(engine, first + timedelta(minutes=15), 15)
+    assert _cursor(engine) == (first + timedelta(minutes=15)).isoformat(timespec="seconds")
+    thin_results(engine, NOW - timedelta(days=3), 10)
+    assert _uncovered(engine, first - timedelta(minutes=15), first + timedelta(minutes=105)) == {}
+    for series in _ends(engine).values():
+        assert first + timedelta(minutes=15) in series
+    engine.dispose()

@@ -375,7 +375,7 @@ def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_be
     step = every_minutes * 60
     with engine.connect() as conn:
         saved = conn.execute(select(ds.c.value).where(ds.c.key == THINNED_KEY)).scalar()
-        start = as_utc(datetime.fromisoformat(saved)) if saved else None
+        start = cursor = as_utc(datetime.fromisoformat(saved)) if saved else None
         if start is None:  # the first call: from the oldest result
             oldest = conn.execute(select(func.min(dr.c.window_end))).scalar()
             if oldest is None:
@@ -388,7 +388,11 @@ def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_be
     # its end is a multiple of its own length: those are what tile its minutes
     end_s, start_s = _epoch_seconds(dr.c.window_end, engine), _epoch_seconds(dr.c.window_start, engine)
     length = end_s - start_s
-    tiled = or_(length >= step, end_s % func.nullif(length, 0) != 0)
+    also = [or_(length >= step, end_s % func.nullif(length, 0) != 0)]
+    # nothing at or behind the cursor: a call with another window length thinned it, and
+    # the cursor (its kept end) need not be a multiple of this one's
+    if cursor is not None:
+        also.append(dr.c.window_end > cursor)
     span = timedelta(seconds=step * max(1, THIN_SPAN_MINUTES // every_minutes))
     total = 0
     while lo < end:
@@ -397,7 +401,7 @@ def thin_results(engine: Engine, before: datetime, every_minutes: int, *, not_be
         # open ranges between kept ends: no equality on stored timestamps, and a result at
         # an odd second (none is written) goes with its step's others
         where = and_(or_(*(and_(dr.c.window_end > k, dr.c.window_end < k + timedelta(seconds=step))
-                           for k in keep)), tiled)
+                           for k in keep)), *also)
         total += _delete_where(engine, dr, where, batch, progress, to_the_end=True)  # the cursor passes it
         with engine.begin() as conn:
             put_state(conn, THINNED_KEY, hi.isoformat(timespec="seconds"), datetime.now(UTC), only_forward=True)
