@@ -83,6 +83,10 @@ def render(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
+    if not README.is_file():  # an installed attnmon: the README is the checkout's
+        print(f"{README} not found: monitor.cli_docs updates the README of a source checkout, "
+              "run it from one (PYTHONPATH=. python -m monitor.cli_docs)", file=sys.stderr)
+        return 2
     text = README.read_text()
     try:
         new = render(text)

@@ -74,3 +74,14 @@ def test_the_installed_wheel_creates_a_store_and_exports_dashboards(installed, t
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "out" / "readonly_role.sql").read_text().strip()
     assert list((tmp_path / "out" / "dashboards").glob("*.json"))
+
+
+def test_the_readme_generator_says_it_needs_a_checkout(installed, tmp_path):
+    """monitor.cli_docs rewrites the checkout's README.md; installed, it has none to read
+    (a traceback of FileNotFoundError before)."""
+    _, target = installed
+    done = subprocess.run([sys.executable, "-m", "monitor.cli_docs", "--check"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "source checkout" in done.stderr and "Traceback" not in done.stderr, done.stderr
