@@ -640,7 +640,7 @@ class AttentionCollector(ServingCalls):
             # (SQLite: how long to wait for another writer's lock.)
             t = self.write_timeout_s
             self._engine = make_engine(self.store_url, statement_timeout_s=t, lock_timeout_s=t, busy_timeout_s=t,
-                                       application_name=self._session_name())
+                                       application_name=self._session_name(), through_pooler=True)
             if self._engine.dialect.name == "postgresql":
                 self._cutter = Cutter(self._engine)
         return self._engine

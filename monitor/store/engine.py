@@ -69,7 +69,7 @@ def url_problem(url: str) -> str | None:
 
 def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
                 lock_timeout_s: float | None = None, busy_timeout_s: float | None = None,
-                application_name: str | None = None, **kwargs: Any) -> Engine:
+                application_name: str | None = None, through_pooler: bool = False, **kwargs: Any) -> Engine:
     """An Engine for the store at `url`; extra keyword arguments go to create_engine.
 
     On SQLite, `busy_timeout_s` is how long a connection waits for another writer's
@@ -80,7 +80,10 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     timeout notice a server that vanished: a job that would otherwise wait forever (or
     the kernel's ~15 minutes of retransmissions) fails and is retried. `application_name`
     names its sessions in pg_stat_activity, over a name the URL gives them: the daemon's
-    followers find a frozen leader's sessions by it (`monitor.leadership`)."""
+    followers find a frozen leader's sessions by it (`monitor.leadership`).
+    `through_pooler`: where the server refuses the timeouts' startup parameter (PgBouncer),
+    set them per transaction (`monitor.store.pooler`); collectors only, as the daemon's
+    advisory locks need a direct connection and must fail behind a pooler."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -90,6 +93,7 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     shown = redact(parsed)
     backend = parsed.get_backend_name()
     options: dict[str, Any] = {}
+    per_transaction: dict[str, int] = {}
     if backend == "sqlite":
         if parsed.database and parsed.database.startswith("~"):
             # sqlite3 would take "~" as a folder's name: every command must mean one file
@@ -106,13 +110,15 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
             args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
             if application_name:
                 args["application_name"] = application_name
-            limits = [f"-c {name}={max(1, round(1000 * value))}" for name, value in
-                      (("statement_timeout", statement_timeout_s), ("lock_timeout", lock_timeout_s)) if value]
-            if limits:
+            limits_ms = {name: max(1, round(1000 * value)) for name, value in
+                         (("statement_timeout", statement_timeout_s), ("lock_timeout", lock_timeout_s)) if value}
+            if limits_ms:
                 # connect_args replace the URL's own `options` (a search_path, say): keep them
                 given = parsed.query.get("options", ())
                 given = [given] if isinstance(given, str) else list(given)
-                args["options"] = " ".join([*given, *limits])
+                args["options"] = " ".join([*given, *(f"-c {k}={v}" for k, v in limits_ms.items())])
+                if through_pooler and not given and parsed.get_driver_name() == "psycopg":
+                    per_transaction = limits_ms  # if a pooler refuses `options` (monitor.store.pooler)
             # keepalives notice a dead peer on an idle connection; tcp_user_timeout one that
             # stops acknowledging what was sent (a failover's old address, a partition),
             # where a query or pool_pre_ping's ping would wait ~15 minutes. With no limits
@@ -133,6 +139,10 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
             f"store URL {shown}: the driver for {parsed.drivername!r} is not installed ({exc})",
             shown,
         ) from None
+    if per_transaction:
+        from monitor.store.pooler import fall_back_without_options
+
+        fall_back_without_options(engine, per_transaction)
     if backend == "sqlite":
         busy_ms = SQLITE_BUSY_TIMEOUT_MS if busy_timeout_s is None else max(1, int(1000 * busy_timeout_s))
         event.listen(engine, "connect", lambda dbapi_connection, _record: _sqlite_on_connect(dbapi_connection, busy_ms))
