@@ -315,7 +315,9 @@ def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _mean_js(w: np.ndarray, p: np.ndarray, lp: np.ndarray, mix: np.ndarray, lmix: np.ndarray) -> np.ndarray:
     """Mean pairwise JS distance of the heads of a block of rows, in the given buffers."""
     m, H, _ = w.shape
-    np.add(w, _FLOOR, out=p)  # (the float64 cast, in the same pass)
+    # (the float64 cast, in the same pass; numpy 1.x, told no dtype, adds in float32, where
+    # the floor is 0 and padding gives log(0) * 0 = NaN)
+    np.add(w, _FLOOR, out=p, dtype=np.float64)
     tot = np.einsum("ijk->ij", p)  # (several times faster than sum)
     np.divide(1.0, tot, out=tot)  # (a multiply: ~1.5x faster than a divide per weight)
     np.multiply(p, tot[:, :, None], out=p)
