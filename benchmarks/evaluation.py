@@ -62,7 +62,7 @@ from benchmarks.report import Row, table
 from benchmarks.store_writes import columns, pg_types
 from benchmarks.workload import T0, quiet_collector, retire
 from monitor import stats
-from monitor.baselines import Baselines, _iso, sketch_std
+from monitor.baselines import HOUR_STACK, Baselines, _iso, sketch_std
 from monitor.config import EvaluateConfig
 from monitor.evaluate import WindowReader, evaluate_cycle, prepare_baselines
 from monitor.metrics import ALL_METRICS, METRICS, compute
@@ -241,7 +241,7 @@ def seed(engine, w: Workload, hours: list[int]) -> dict:
     bs = t.baseline_sketches
     with engine.connect() as conn:
         first = [dict(r) for r in conn.execute(
-            select(bs).where(bs.c.kind == "hour", bs.c.ref == _iso(START))).mappings()]
+            select(bs).where(bs.c.kind == HOUR_STACK, bs.c.ref == _iso(START))).mappings()]
     copies = []
     for h in range(1, 24):
         s = START + timedelta(hours=h)

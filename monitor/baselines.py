@@ -14,7 +14,10 @@
 
 A baseline is merged once per series and reference and kept in `baseline_sketches`;
 a trailing one is the sum of hourly partial sketches, each merged once from minute rows.
-So an evaluation cycle reads a handful of rows per series, whatever the traffic.
+So an evaluation cycle reads a handful of rows per series, whatever the traffic. An hour
+partial is stored as one row of every series (kind `hour_stack`, monitor.stacked_payload):
+a day of them is 24 rows to read and inflate, not 24 per series. Per-series `hour` rows,
+as earlier releases stored them, are still read.
 
 Each series is merged in one step (monitor.sketch.merge_all / merge_encoded), not row by
 row; `Baselines` keeps the hour partials of the trailing baselines it holds, so when a
@@ -50,6 +53,7 @@ from monitor.config import EvaluateConfig
 from monitor.metrics import ALL_METRICS
 from monitor.sketch import Sketch, encode_payload, merge_encoded
 from monitor.stacked import Stacked, merge_stacked, stack_encoded
+from monitor.stacked_payload import HOUR_STACK, decode_stacked, encode_stacked
 from monitor.store import tables as t
 from monitor.store.bulk import bulk_insert
 from monitor.store.maintenance import as_utc, rows_in, served_minutes
@@ -378,6 +382,47 @@ def _floats(text) -> list:
     return vals
 
 
+def _store_hour(engine: Engine, model: str, version: str, hour: datetime, partial: Stacked) -> bytes:
+    """Replace the hour's partial (either form) with one HOUR_STACK row; its payload."""
+    payload = encode_stacked(partial)
+    end = hour + timedelta(hours=1)
+    bs, ref = t.baseline_sketches, _iso(hour)
+    row = (model, version, _EMPTY, _EMPTY, _EMPTY, HOUR_STACK, ref, hour, end, _total(partial),
+           int(partial.rejected.sum()), [], [], payload, datetime.now(UTC))
+    with engine.begin() as conn:
+        conn.execute(delete(bs).where(bs.c.model == model, bs.c.version == version,
+                                      bs.c.kind.in_([HOUR_STACK, "hour"]), bs.c.ref == ref))
+        bulk_insert(conn, bs, _STORE_COLS, [row])
+    return payload
+
+
+def _load_hours(engine: Engine, model: str, version: str, hours: list[datetime]) -> dict[datetime, Stacked]:
+    """The stored partials of these hours (UTC hour starts), read with one query; an hour
+    with no HOUR_STACK row is read from its per-series rows, if an earlier release stored
+    it so. Hours with neither are left out."""
+    if not hours:
+        return {}
+    bs = t.baseline_sketches
+    refs = {_iso(h): h for h in hours}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(bs.c.ref, bs.c.window_start, bs.c.window_end, bs.c.payload)
+            .where(bs.c.model == model, bs.c.version == version, bs.c.kind == HOUR_STACK, bs.c.ref.in_(list(refs)))
+        ).all()
+    out = {}
+    with gc_paused():
+        for ref, start, end, payload in rows:
+            hour = refs[ref]
+            if as_utc(start) == hour and as_utc(end) == hour + timedelta(hours=1):
+                out[hour] = decode_stacked(payload)
+    for hour in hours:
+        if hour not in out:
+            got = _load_stacked(engine, model, version, "hour", _iso(hour), hour, hour + timedelta(hours=1))
+            if got is not None:
+                out[hour] = got
+    return out
+
+
 class Baselines:
     """Materialised baselines, with an in-process cache for the daemon's cycles.
 
@@ -446,12 +491,18 @@ class Baselines:
         else:
             if totals is None:
                 totals = _hour_totals(self.engine, model, [ref.version], ref.start, ref.end)[ref.version]
-            hours = []
+            starts = []
             hour = ref.start
             while hour < ref.end:
-                hours.append(self._hour(model, ref.version, hour, totals.get(hour, 0)))
-                self.progress()
+                starts.append(as_utc(hour))
                 hour += timedelta(hours=1)
+            held = [h for h in starts if (model, ref.version, h) not in self._hours]
+            stored = _load_hours(self.engine, model, ref.version, held)  # one query, not one an hour
+            hours = []
+            for h in starts:
+                hours.append(self._hour(model, ref.version, h, totals.get(h, 0),
+                                        stored.get(h) if h in held else False))
+                self.progress()
             # each series' partials summed in hour order, as merge_all of them
             got = merge_stacked(hours).sketches()
             self._forget_hours(model, ref)
@@ -469,24 +520,26 @@ class Baselines:
             elif key[:2] not in live:
                 del self._hours[key]
 
-    def _hour(self, model: str, version: str, hour: datetime, expect: int | None = None) -> Stacked:
+    def _hour(self, model: str, version: str, hour: datetime, expect: int | None = None,
+              stored: Stacked | None | bool = False) -> Stacked:
         """The hour's partial; rebuilt when its rows now hold `expect` vectors and it does not
-        (late data: a collector replaying its spill after the partial was built)."""
+        (late data: a collector replaying its spill after the partial was built). `stored`:
+        the partial as stored, if already read (_load_hours; None: none stored)."""
         key = (model, version, as_utc(hour))
         hit = self._hours.get(key)
         if hit is not None and (expect is None or _total(hit) == expect):
             return hit
         ref = _iso(hour)
-        got = _load_stacked(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1))
+        got = _load_hours(self.engine, model, version, [key[2]]).get(key[2]) if stored is False else stored
         if got is not None and expect is not None and _total(got) != expect:
             log.info("hour %s of %s %s: %d vectors in its rows, %d in its partial: late data, rebuilt",
                      ref, model, version, expect, _total(got))
             got = None
         if got is None:
-            merged = _merge_rows(self.engine, model, version, hour, hour + timedelta(hours=1))
-            rows = _store(self.engine, model, version, "hour", ref, hour, hour + timedelta(hours=1), merged)
-            self._hours[key] = _as_read(rows)  # what a later _load would read
-            return Stacked.of(merged)
+            merged = Stacked.of(_merge_rows(self.engine, model, version, hour, hour + timedelta(hours=1)))
+            payload = _store_hour(self.engine, model, version, hour, merged)
+            self._hours[key] = decode_stacked(payload)  # what a later _load_hours would read
+            return merged
         self._hours[key] = got
         return got
 
@@ -526,7 +579,7 @@ def prune(engine: Engine, older_than: datetime, after_deploy: timedelta = timede
     bs = t.baseline_sketches
     with engine.begin() as conn:
         res = conn.execute(delete(bs).where(or_(
-            and_(bs.c.kind.in_(["trailing", "hour"]), bs.c.window_end < older_than),
+            and_(bs.c.kind.in_(["trailing", "hour", HOUR_STACK]), bs.c.window_end < older_than),
             and_(bs.c.kind.in_(["previous_version", "retrain"]), bs.c.window_end < older_than - after_deploy),
         )))
     return res.rowcount or 0

@@ -109,7 +109,7 @@ def test_cycle_is_idempotent_and_baselines_are_built_once(two_versions):
     assert again.written == 0 and again.series == first.series
     assert _count(engine, tables.baseline_sketches) == built  # read back, not rebuilt
     # the trailing baseline is the sum of hour partials, each built once
-    assert _count(engine, tables.baseline_sketches, kind="hour") > 0
+    assert _count(engine, tables.baseline_sketches, kind="hour_stack") > 0  # a row per hour and version
     nxt = evaluate_cycle(engine, T(141), CFG, baselines)
     assert nxt.written == first.written  # same series and statistics, next window
     assert _count(engine, tables.baseline_sketches) == built

@@ -502,20 +502,19 @@ def _results(engine, end: datetime) -> dict:
 def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monkeypatch):
     engine = make_engine(four_hours)
     merged_hours, loads = [], []
-    merge_rows, load, load_stacked = bl._merge_rows, bl._load, bl._load_stacked
+    merge_rows, load_hours = bl._merge_rows, bl._load_hours
     monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
-    monkeypatch.setattr(bl, "_load_stacked", lambda e, m, v, kind, ref, *window: loads.append((kind, ref))
-                        or load_stacked(e, m, v, kind, ref, *window))
+    monkeypatch.setattr(bl, "_load_hours", lambda e, m, v, hours: loads.extend(hours) or load_hours(e, m, v, hours))
     b, reader = bl.Baselines(engine, CFG), WindowReader(engine)
     first = evaluate_cycle(engine, T(196), CFG, b, reader)  # baseline hours [60, 120), [120, 180)
     assert first.series > 0 and merged_hours == [T(60), T(120)]
     turnover = evaluate_cycle(engine, T(256), CFG, b, reader)  # hours [120, 180), [180, 240)
     assert turnover.series > 0 and merged_hours == [T(60), T(120), T(180)]
-    assert loads.count(("hour", bl._iso(T(120)))) == 1  # kept, not read again
+    assert loads.count(T(120)) == 1  # kept, not read again
     assert {k[2] for k in b._hours} == {T(120), T(180)}  # hour 60 is no longer needed
     for hour in (T(120), T(180)):  # kept as the store holds them
-        _baseline_equal(b._hours[("demo-sasrec", "v1", hour)].sketches(), load(engine, "demo-sasrec", "v1", "hour", bl._iso(hour),
-                                                                   hour, hour + timedelta(hours=1)))
+        _baseline_equal(b._hours[("demo-sasrec", "v1", hour)].sketches(),
+                        load_hours(engine, "demo-sasrec", "v1", [hour])[hour].sketches())
     # a trailing baseline from the kept partials is the one a fresh process builds from the store
     ref = bl.choose(engine, "demo-sasrec", "v1", T(255), CFG)
     rebuilt = b._build("demo-sasrec", ref)

@@ -21,10 +21,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Text, bindparam, cast, null, select, update
+from sqlalchemy import Text, bindparam, cast, null, or_, select, update
 from sqlalchemy.engine import Engine
 
 from monitor.sketch import decode_payload, encode_payload
+from monitor.stacked_payload import HOUR_STACK, decode_stacked, encode_stacked, is_stacked
 from monitor.store import tables as t
 from monitor.store.maintenance import as_utc
 
@@ -91,21 +92,22 @@ def _clear(engine: Engine, table, column, where: list, model: str | None, chunk:
 def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) -> tuple[int, int]:
     """Rewrite the payloads with an item list, `chunk` rows a transaction, in id order:
     (rows rewritten, rows whose payload cannot be read)."""
-    where = [starts_before, table.c.cohort == ROLLUP, table.c.head == ROLLUP]
+    rollup = (table.c.cohort == ROLLUP) & (table.c.head == ROLLUP)
+    # a stacked hour partial (one row of every series) holds the roll-ups' items too
+    where = [starts_before, or_(rollup, table.c.kind == HOUR_STACK) if table is t.baseline_sketches else rollup]
     rewrite = update(table).where(table.c.id == bindparam("row_id")).values(payload=bindparam("new_payload"))
     done = bad = 0
     for conn, rows in _chunks(engine, table, [table.c.payload], where, model, chunk):
         changed, unreadable = [], []
         for row_id, payload in rows:
             try:
-                sk = decode_payload(payload)
+                new = _without_items(payload)
             except ValueError as exc:
                 unreadable.append(row_id)
                 why = exc
                 continue
-            if sk.items is not None:
-                sk.items = None
-                changed.append({"row_id": row_id, "new_payload": encode_payload(sk)})
+            if new is not None:
+                changed.append({"row_id": row_id, "new_payload": new})
         if unreadable:
             log.warning("%s rows %s: a payload cannot be read (%s); left as they are, item ids and all",
                         table.name, unreadable, why)
@@ -114,3 +116,18 @@ def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) 
         done += len(changed)
         bad += len(unreadable)
     return done, bad
+
+
+def _without_items(payload: bytes) -> bytes | None:
+    """The payload without its item lists; None if it holds none. ValueError if unreadable."""
+    if is_stacked(payload):
+        st = decode_stacked(payload)
+        if all(items is None for items, _ in st.topk.values()):
+            return None
+        st.topk = {i: (None, attrs) for i, (_, attrs) in st.topk.items() if attrs}
+        return encode_stacked(st)
+    sk = decode_payload(payload)
+    if sk.items is None:
+        return None
+    sk.items = None
+    return encode_payload(sk)
