@@ -6,7 +6,9 @@ swapping) holds a request for as long as it trickles, and the daemon's annotate 
 it. This session cuts a request at `total_s`:
 
 - until the answer's headers are in, a timer closes the session's connections, which
-  ends the read in flight at once (a new connection is opened for the next request);
+  ends the read in flight at once, and closes them again every CUT_AGAIN_S until the
+  request returns: a connection it opens after a close (a redirect's next hop) is cut
+  too (a new connection is opened for the next request);
 - the body is read as it arrives and dropped once the request has run `total_s`; a body
   that stops dead ends at the read timeout after its last byte, so a request takes at
   most `total_s` + the read timeout (2 × `total_s` as `dashboards.client.connect` sets them).
@@ -35,6 +37,8 @@ from niquests.exceptions import (
 )
 from niquests.packages.urllib3.exceptions import MaxRetryError
 
+CUT_AGAIN_S = 0.05  # past the deadline, how often the session's connections are closed again
+
 
 class Overdue(Timeout):
     """No complete answer within the session's `total_s`."""
@@ -59,8 +63,8 @@ class BoundedSession(niquests.Session):
         if kwargs.get("stream"):  # the caller reads the body: not ours to bound
             return super().request(method, url, *args, **kwargs)
         deadline = time.monotonic() + self.total_s
-        cut = threading.Timer(self.total_s, self.close)
-        cut.daemon = True
+        returned = threading.Event()
+        cut = threading.Thread(target=self._cut_until, args=(returned,), daemon=True)
         cut.start()
         try:
             response = super().request(method, url, *args, **dict(kwargs, stream=True))
@@ -80,8 +84,18 @@ class BoundedSession(niquests.Session):
                 raise
             raise self._overdue() from exc  # the timer's close, or a read timeout past the deadline
         finally:
-            cut.cancel()
+            returned.set()
             cut.join()  # a close already under way ends before the next request starts
+
+    def _cut_until(self, returned: threading.Event) -> None:
+        """At `total_s`, close the session's connections, and again until `returned`: one
+        close ends the connections open then, not one the request opens after it."""
+        if returned.wait(self.total_s):
+            return
+        while True:
+            self.close()
+            if returned.wait(CUT_AGAIN_S):
+                return
 
     def _overdue(self) -> Overdue:
         return Overdue(f"none complete within {self.total_s:g} s")

@@ -4,6 +4,7 @@
   scripted statuses (PagerDuty, Slack, webhook, an Alertmanager webhook target).
 - `silent_port` / `closed_port`: a port that accepts and never answers, one that refuses.
 - `trickling_port`: a port that answers, a byte a second.
+- `redirecting_port`: a port that redirects elsewhere, its short body a byte at a time.
 - `alertmanager`: Debian's prometheus-alertmanager, run on a free port.
 - `self_signed`: a certificate for 127.0.0.1, for the SMTP TLS tests.
 - sample notifications (`alert`, `notification`).
@@ -24,7 +25,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,26 +69,17 @@ def silent_port() -> Iterator[int]:
 
 
 @contextmanager
-def trickling_port(interval_s: float = 1.0, headers_first: bool = False) -> Iterator[int]:
-    """A port whose server reads each request, then answers a 200 with a JSON body one
-    byte every `interval_s`: from the status line on, or (`headers_first`) after the
-    headers sent whole. Each answer takes hours; all stop when the block ends."""
-    body = b'{"id": 1, "message": "Annotation added"' + b" " * 20_000 + b"}"
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+def _answering(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A port whose server runs `answer(connection, stop)` for each connection, in a
+    thread of its own; `stop` is set when the block ends."""
     stop = threading.Event()
     listener = socket.create_server((LOOPBACK, 0))
     listener.settimeout(0.1)
 
-    def answer(conn: socket.socket) -> None:
+    def one(conn: socket.socket) -> None:
         with conn:
             try:
-                conn.recv(65536)
-                if headers_first:
-                    conn.sendall(head)
-                for byte in body if headers_first else head + body:
-                    if stop.wait(interval_s):
-                        return
-                    conn.sendall(bytes([byte]))
+                answer(conn, stop)
             except OSError:  # the client gave up
                 return
 
@@ -99,7 +91,7 @@ def trickling_port(interval_s: float = 1.0, headers_first: bool = False) -> Iter
                 continue
             except OSError:
                 return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -109,6 +101,40 @@ def trickling_port(interval_s: float = 1.0, headers_first: bool = False) -> Iter
         stop.set()
         thread.join(5)
         listener.close()
+
+
+def trickling_port(interval_s: float = 1.0, headers_first: bool = False) -> AbstractContextManager[int]:
+    """A port whose server reads each request, then answers a 200 with a JSON body one
+    byte every `interval_s`: from the status line on, or (`headers_first`) after the
+    headers sent whole. Each answer takes hours; all stop when the block ends."""
+    body = b'{"id": 1, "message": "Annotation added"' + b" " * 20_000 + b"}"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(65536)
+        if headers_first:
+            conn.sendall(head)
+        for byte in body if headers_first else head + body:
+            if stop.wait(interval_s):
+                return
+            conn.sendall(bytes([byte]))
+
+    return _answering(answer)
+
+
+def redirecting_port(location: str, interval_s: float) -> AbstractContextManager[int]:
+    """A port whose server answers each request with a 302 to `location`, its headers
+    whole and its 8-byte body one byte every `interval_s`."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 8\r\n\r\n" % location.encode())
+        for byte in b"redirect":
+            if stop.wait(interval_s):
+                return
+            conn.sendall(bytes([byte]))
+
+    return _answering(answer)
 
 
 # -- HTTP -------------------------------------------------------------------------------

@@ -774,6 +774,29 @@ def test_a_grafana_that_hangs_or_trickles_is_cut_and_the_events_wait(grafana, st
     engine.dispose()
 
 
+def test_a_redirect_cut_while_its_body_is_read_does_not_leave_the_next_hop_unbounded() -> None:
+    """A proxy's redirect, cut at the timeout while its body still comes, to a Grafana that
+    trickles: the call ends at its timeout too. The one close at the timeout ended the
+    redirect's connection only; the next hop's, opened after it, trickled for hours."""
+    from peers import redirecting_port, trickling_port
+
+    ended: list[BaseException] = []
+
+    def push_folder(url: str) -> None:
+        try:
+            ensure_folder(connect(url, TOKEN, timeout=1))
+        except BaseException as exc:  # (what the test looks at)
+            ended.append(exc)
+
+    with trickling_port(1.0) as target, redirecting_port(f"http://localhost:{target}/api/folders/x", 0.25) as port:
+        call = threading.Thread(target=push_folder, args=(f"http://127.0.0.1:{port}",), daemon=True)
+        call.start()
+        call.join(15)  # its bound is 2 x timeout; the trickle would take hours
+        assert not call.is_alive(), "the call was not cut"
+    assert len(ended) == 1 and isinstance(ended[0], GrafanaError)
+    assert ended[0].where == "no answer" and ended[0].message == "none complete within 1 s"
+
+
 def test_annotate_cli(grafana, store: str, monkeypatch, capsys) -> None:
     url, state = grafana
     monkeypatch.setenv("ATTNMON_GRAFANA_TOKEN", TOKEN)
