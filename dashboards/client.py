@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 from monitor.errors import NOT_GIVEN, AttnmonError, ConfigError
 
 TOKEN_ENV = "ATTNMON_GRAFANA_TOKEN"
+NOT_JSON = ("the answer was not JSON, so not Grafana's API: a proxy's sign-in page? (check the Grafana URL "
+            "and what stands in front of it)")
 T = TypeVar("T")
 
 
@@ -85,10 +87,12 @@ def call(action: str, fn: Callable[..., T], *args: Any, allow: tuple[int, ...] =
     """fn(*args, **kwargs), with grafana-client's exceptions as GrafanaError; a status
     listed in `allow` returns None instead (e.g. 404 for "not there yet")."""
     from grafana_client.client import GrafanaException
-    from niquests.exceptions import RequestException
+    from niquests.exceptions import JSONDecodeError, RequestException
 
     try:
         answer = fn(*args, **kwargs)
+    except JSONDecodeError:  # a whole answer (2xx, not text/*) that is not JSON: not a transport error
+        raise GrafanaError(action, 200, NOT_JSON) from None
     except RequestException as exc:  # refused, DNS, TLS, reset: grafana-client lets these through
         raise _no_answer(action, exc) from None
     except GrafanaException as exc:
@@ -102,8 +106,7 @@ def call(action: str, fn: Callable[..., T], *args: Any, allow: tuple[int, ...] =
         raise GrafanaError(action, status, " ".join(str(message or exc.message).split()),
                            reason if isinstance(reason, str) else None) from None
     if isinstance(answer, str):  # grafana-client hands back a text/* body as it is
-        raise GrafanaError(action, 200, "the answer was not JSON, so not Grafana's API: a proxy's sign-in "
-                           "page? (check the Grafana URL and what stands in front of it)")
+        raise GrafanaError(action, 200, NOT_JSON)
     return answer
 
 

@@ -938,3 +938,34 @@ def test_a_sign_in_page_instead_of_grafana_is_one_clear_error(store: str) -> Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _CatchAll(BaseHTTPRequestHandler):
+    """A proxy's catch-all in front of Grafana (nginx's `return 200;`): an empty 200 of
+    the default type, application/octet-stream."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+
+def test_an_answer_that_is_not_json_is_named_as_such_not_as_cut_off() -> None:
+    # grafana-client's JSONDecodeError was taken for a transport error: "(no answer): the
+    # answer broke off", which sends the operator to the network, not the proxy
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CatchAll)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        with pytest.raises(GrafanaError, match=r"get folder failed \(HTTP 200\): the answer was not JSON") as err:
+            push(connect(f"http://127.0.0.1:{server.server_address[1]}", TOKEN), dashboards())
+        assert not err.value.fatal and err.value.connected
+    finally:
+        server.shutdown()
+        server.server_close()
