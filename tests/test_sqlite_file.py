@@ -159,3 +159,21 @@ def test_daemons_given_two_spellings_of_one_file_lock_one_lock(tmp_path, monkeyp
     finally:
         for lead in leads:
             lead.release()
+
+
+def test_uri_options_on_a_plain_path_are_refused_not_sent_to_another_file(tmp_path, monkeypatch, capsys):
+    """With uri=true SQLAlchemy appends mode=ro to the database, and SQLite reads it only
+    from a file: URI: from a plain path it opened (and created, read-write) a file named
+    "attnmon.db?mode=ro", while every check, the lock and the spill folder meant attnmon.db."""
+    real = tmp_path / "attnmon.db"
+    migrate.upgrade(f"sqlite:///{real}")
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{real}?mode=ro&uri=true"
+    with pytest.raises(StoreError, match=f"as in sqlite:///file:{real}\\?mode=ro&uri=true"):
+        make_engine(url)
+    assert main(["db", "check", "--store", url]) == 2
+    assert "SQLite reads mode only from a file: URI" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attnmon.db"]
+    # uri=true alone, and the file: URI itself, open the file named
+    for fine in (f"sqlite:///{real}?uri=true", f"sqlite:///file:{real}?mode=ro&uri=true"):
+        assert main(["db", "check", "--store", fine]) == 0, capsys.readouterr().err

@@ -64,7 +64,28 @@ def url_problem(url: str) -> str | None:
     except NoSuchModuleError:
         hint = " (PostgreSQL: postgresql+psycopg://...)" if parsed.drivername == "postgres" else ""
         return f"unknown database dialect {parsed.drivername!r}{hint}"
-    return None
+    return _uri_problem(parsed)
+
+
+# the query keys SQLAlchemy hands to sqlite3.connect itself; with uri=true it appends the
+# others to the database as SQLite URI options
+_PYSQLITE_ARGS = ("uri", "timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements")
+
+
+def _uri_problem(url: URL) -> str | None:
+    """Why a SQLite URL's URI options would not reach SQLite: with uri=true SQLAlchemy
+    appends them to the database, and SQLite reads them only from a file: URI; from a
+    plain path it opens a file named "attnmon.db?mode=ro", in mode rwc."""
+    if url.get_backend_name() != "sqlite" or not _uri(url) or (url.database or "").startswith("file:"):
+        return None
+    options = sorted(k for k in url.query if k not in _PYSQLITE_ARGS)
+    if not options:
+        return None
+    db = url.database or ""
+    query = "&".join(f"{k}={v}" for k, v in url.query.items())
+    opened = "&".join(f"{k}={url.query[k]}" for k in options)
+    return (f"with uri=true SQLite reads {', '.join(options)} only from a file: URI, as in "
+            f"sqlite:///file:{db}?{query}; as written it would open another file, named '{db}?{opened}'")
 
 
 def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
@@ -95,6 +116,8 @@ def make_engine(url: str | URL, *, statement_timeout_s: float | None = None,
     options: dict[str, Any] = {}
     per_transaction: dict[str, int] = {}
     if backend == "sqlite":
+        if problem := _uri_problem(parsed):
+            raise StoreError(f"store URL {shown}: {problem}", shown)
         if parsed.database and parsed.database.startswith("~"):
             # sqlite3 would take "~" as a folder's name: every command must mean one file
             parsed = parsed.set(database=os.path.expanduser(parsed.database))
