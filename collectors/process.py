@@ -24,6 +24,8 @@ numeric and fixed-width string arrays) and pipe writes, which release the GIL.
 - Values other than builtins and numpy cross as their str() (what the in-process
   collector keys them by), so the worker never imports the serving code.
 - After `os.fork()` the child starts a worker of its own; the parent's stays the parent's.
+- After a backlog is sent (the worker fell behind and the queue filled), the sender
+  thread has glibc give the freed memory back to the OS (collectors.trim).
 - Not supported: `strict=True` (it validates on the calling thread, for tests and batch
   jobs: use AttentionCollector) and `engine=` (an engine cannot cross to another process:
   give `store_url`).
@@ -49,6 +51,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from collectors import trim
 from collectors.collector import (
     WAIT_FOR_THREAD,
     AttentionCollector,
@@ -209,6 +212,7 @@ class ProcessCollector(ServingCalls):
         self._closed = False
         self._exit_by: float | None = None  # set at interpreter exit
         self._log_rarely = RareLog(log)
+        self._trimmer = trim.Trimmer(trim.MALLOC_TRIM, trim.TRIM_AFTER_BYTES, trim.TRIM_EVERY_S)
 
     # --- the serving path: as AttentionCollector's --------------------------------------
     def observe_summaries(self, pending) -> None:
@@ -346,9 +350,10 @@ class ProcessCollector(ServingCalls):
                 entries.append(self._q.popleft())
             self._in_hand = sum(entry_size(e) for e in entries) + dropped
             ok = True
+            sent = 0
             try:
                 if entries or dropped or want > self._flush_done or stop:
-                    self._send_entries(entries, dropped)
+                    sent = self._send_entries(entries, dropped)
                     if want > self._flush_done or stop:
                         ok = self._ask(("close",) if stop else ("flush", want))
                 if not stop:  # (a closed worker's end of output is no loss)
@@ -367,8 +372,11 @@ class ProcessCollector(ServingCalls):
             if stop:
                 self._end_worker()
                 return
+            del entries  # (a backlog: freed before a trim, which can give it back)
+            self._trimmer.sent(sent)
 
-    def _send_entries(self, entries: list[tuple], dropped: int) -> None:
+    def _send_entries(self, entries: list[tuple], dropped: int) -> int:
+        """Pickle the entries and write them to the worker; the bytes written."""
         self._worker()
         items, bufs = [], []  # (requests, pickle, sizes of its buffers); the buffers, in order
         last_yield = time.perf_counter()
@@ -401,7 +409,9 @@ class ProcessCollector(ServingCalls):
         # (SIGTERM) writes and reports what it took of it; sent - settled is the rest
         self._sent += sum(n for n, _, _ in items) + dropped
         self._in_hand = 0
-        self._write(pickle.dumps(("obs", items, dropped), protocol=5), *bufs)
+        frame = pickle.dumps(("obs", items, dropped), protocol=5)
+        self._write(frame, *bufs)
+        return len(frame) + sum(m.nbytes for m in bufs)
 
     def _ask(self, msg: tuple) -> bool:
         """Send a flush or close, and wait for the worker's answer (its stats)."""
