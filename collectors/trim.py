@@ -9,10 +9,11 @@ start, 34 MB more from a 30 s stop of the worker (3,000 calls queued), for good.
 
 So after a send of at least TRIM_AFTER_BYTES (a backlog: a look at the queue in steady
 state sends far less) the sender thread calls glibc's `malloc_trim(0)`, at most every
-TRIM_EVERY_S; after that stop the RSS rose 3 MB. Not after every send, nor on a timer: a
-trim walks every arena's free chunks with that arena locked, and a serving thread that
-allocates meanwhile waits; on a fragmented heap of 1 GB the first trim took 0.15 s, of
-5 GB (four threads' arenas) 1 s and then 0.25 s each. Never on a serving thread. Where
+TRIM_EVERY_S; after that stop (16 MB sent at once) the RSS rose 3-6 MB. Not after every
+send, nor on a timer: a trim walks every arena's free chunks with that arena locked, and
+a serving thread that allocates meanwhile waits (3-41 ms after that stop; on a
+fragmented heap of 1 GB the first trim took 0.15 s, of 5 GB in four threads' arenas 1 s
+and then 0.25 s each). Never on a serving thread. Where
 there is no glibc (musl, macOS) there is nothing to call and nothing is done.
 """
 
@@ -22,7 +23,7 @@ import ctypes
 import time
 from collections.abc import Callable
 
-TRIM_AFTER_BYTES = 4 << 20  # 4 MiB sent at once; steady state at 8,000 requests/s: ~1 MiB a look
+TRIM_AFTER_BYTES = 8 << 20  # 8 MiB sent at once; at 8,000 requests/s a look sent 1.5 MB (max 4.5)
 TRIM_EVERY_S = 60.0
 
 
