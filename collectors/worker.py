@@ -110,8 +110,8 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 continue
             try:
                 msg = pickle.loads(conn_in.recv_bytes())
-            except EOFError:  # the serving process is gone: keep what it handed over
-                return
+            except (EOFError, OSError):  # the serving process is gone (OSError: in the middle
+                return  # of a message): keep what it handed over
             if msg[0] == "obs":
                 _, entries, dropped = msg
                 if dropped:  # (the collector's thread takes them into its health rows)
@@ -120,8 +120,11 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 for n, raw, sizes in entries:
                     # its big arrays follow as frames of their own, into writable memory
                     buffers = [bytearray(size) for size in sizes]
-                    for buf in buffers:
-                        conn_in.recv_bytes_into(buf)
+                    try:
+                        for buf in buffers:
+                            conn_in.recv_bytes_into(buf)
+                    except (EOFError, OSError):  # gone before its arrays had all come
+                        return
                     try:
                         entry = pickle.loads(raw, buffers=buffers)
                     except Exception as exc:  # one call's values must not end the worker

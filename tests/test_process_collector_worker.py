@@ -273,3 +273,37 @@ def test_a_worker_started_long_after_the_last_report_is_not_taken_for_hung(sqlit
     finally:
         c.close()
     assert c.stats.written == 80 and c.stats.dropped == 0
+
+
+@pytest.mark.parametrize("cut", ["in a message", "in a call's array"])
+def test_a_serving_process_gone_in_the_middle_of_a_message_ends_the_worker_cleanly(sqlite_url, cut):
+    """The serving process killed while it wrote: the worker read half a message. It
+    raised OSError ("got end of file during message"), printed its traceback and exited
+    1; what it had taken is written either way, and its last report still goes out."""
+    import pickle
+    import struct
+    from multiprocessing.connection import Connection, Pipe
+
+    from collectors import worker
+
+    r, w = os.pipe()
+    conn_in = Connection(r, writable=False)
+    report_in, conn_out = Pipe(duplex=False)
+    spec = {"store_url": sqlite_url, "model": "m", "version": "v1", "sample_rate": 0.0}
+
+    def frame(b: bytes) -> bytes:
+        return struct.pack("!i", len(b)) + b
+
+    out = frame(pickle.dumps(("spec", spec), protocol=5))
+    if cut == "in a message":
+        out += struct.pack("!i", 1000) + b"x" * 10
+    else:  # a call whose one array (400 bytes) follows as a frame of its own, cut short
+        out += frame(pickle.dumps(("obs", [(1, b"", [400])], 0), protocol=5)) + struct.pack("!i", 400) + b"y" * 7
+    os.write(w, out)
+    os.close(w)
+    worker.serve(conn_in, conn_out)  # returns: no exception
+    reports = []
+    while report_in.poll(0):
+        reports.append(pickle.loads(report_in.recv_bytes()))
+    assert reports and reports[-1][0] == "stats"
+    conn_in.close()
