@@ -56,6 +56,7 @@ from monitor.stacked import Stacked, merge_stacked, stack_encoded
 from monitor.stacked_payload import HOUR_STACK, decode_stacked, encode_stacked
 from monitor.store import tables as t
 from monitor.store.bulk import bulk_insert
+from monitor.store.engine import duplicate_key
 from monitor.store.maintenance import as_utc, rows_in, served_minutes
 from monitor.store.reader import ROLLUP
 
@@ -313,12 +314,30 @@ def _store(engine: Engine, model: str, version: str, kind: str, ref: str, start:
              [float(x) for x in s.sums], [float(x) for x in s.sumsq], encode_payload(s), now)
         )
     bs = t.baseline_sketches
-    with engine.begin() as conn:
-        # a concurrent builder of the same reference wrote the same sums: keep one
-        conn.execute(delete(bs).where(bs.c.model == model, bs.c.version == version,
-                                      bs.c.kind == kind, bs.c.ref == ref))
-        bulk_insert(conn, bs, _STORE_COLS, rows)
+    _replace(engine, [bs.c.model == model, bs.c.version == version, bs.c.kind == kind, bs.c.ref == ref], rows)
     return rows
+
+
+_REPLACE_TRIES = 3
+
+
+def _replace(engine: Engine, where: list, rows: list[tuple]) -> None:
+    """Delete the baseline_sketches rows `where` selects and insert `rows` (_STORE_COLS),
+    in one transaction. A concurrent builder of the same reference wrote the same sums:
+    keep one. Its rows, not yet committed when this delete ran, make the unique key refuse
+    these (PostgreSQL): tried again, the delete sees them."""
+    bs = t.baseline_sketches
+    for attempt in range(1, _REPLACE_TRIES + 1):
+        try:
+            with engine.begin() as conn:
+                conn.execute(delete(bs).where(*where))
+                bulk_insert(conn, bs, _STORE_COLS, rows)
+            return
+        except Exception as exc:
+            if attempt == _REPLACE_TRIES or not duplicate_key(exc):
+                raise
+            log.info("%s baseline %s of %s %s: stored by another builder meanwhile; replaced",
+                     rows[0][5], rows[0][6], rows[0][0], rows[0][1])
 
 
 def _as_read(rows: list[tuple]) -> Stacked:
@@ -389,10 +408,8 @@ def _store_hour(engine: Engine, model: str, version: str, hour: datetime, partia
     bs, ref = t.baseline_sketches, _iso(hour)
     row = (model, version, _EMPTY, _EMPTY, _EMPTY, HOUR_STACK, ref, hour, end, _total(partial),
            int(partial.rejected.sum()), [], [], payload, datetime.now(UTC))
-    with engine.begin() as conn:
-        conn.execute(delete(bs).where(bs.c.model == model, bs.c.version == version,
-                                      bs.c.kind.in_([HOUR_STACK, "hour"]), bs.c.ref == ref))
-        bulk_insert(conn, bs, _STORE_COLS, [row])
+    _replace(engine, [bs.c.model == model, bs.c.version == version, bs.c.kind.in_([HOUR_STACK, "hour"]),
+                      bs.c.ref == ref], [row])
     return payload
 
 

@@ -357,6 +357,13 @@ def refused(exc: BaseException) -> bool:
         "ProgrammingError", "DataError", "IntegrityError")
 
 
+def duplicate_key(exc: BaseException) -> bool:
+    """The error is a unique key refusing a row: someone else stored that key first."""
+    inner = _driver_error(exc)
+    return getattr(inner, "sqlstate", None) == "23505" or (
+        isinstance(inner, sqlite3.IntegrityError) and str(inner).startswith("UNIQUE"))
+
+
 def one_line(exc: BaseException, url: URL | None = None) -> str:
     """A store error in one line (the driver's own message), without the password."""
     inner = _driver_error(exc)
