@@ -416,28 +416,42 @@ def _store_hour(engine: Engine, model: str, version: str, hour: datetime, partia
 def _load_hours(engine: Engine, model: str, version: str, hours: list[datetime]) -> dict[datetime, Stacked]:
     """The stored partials of these hours (UTC hour starts), read with one query; an hour
     with no HOUR_STACK row is read from its per-series rows, if an earlier release stored
-    it so. Hours with neither are left out."""
+    it so. Hours with neither are left out, and so are those whose payload cannot be read
+    (logged): they are built again, and stored whole, rather than fail every cycle."""
     if not hours:
         return {}
     bs = t.baseline_sketches
     refs = {_iso(h): h for h in hours}
     with engine.connect() as conn:
         rows = conn.execute(
-            select(bs.c.ref, bs.c.window_start, bs.c.window_end, bs.c.payload)
+            select(bs.c.id, bs.c.ref, bs.c.window_start, bs.c.window_end, bs.c.payload)
             .where(bs.c.model == model, bs.c.version == version, bs.c.kind == HOUR_STACK, bs.c.ref.in_(list(refs)))
         ).all()
-    out = {}
+    out, damaged = {}, set()
     with gc_paused():
-        for ref, start, end, payload in rows:
+        for row_id, ref, start, end, payload in rows:
             hour = refs[ref]
             if as_utc(start) == hour and as_utc(end) == hour + timedelta(hours=1):
-                out[hour] = decode_stacked(payload)
+                try:
+                    out[hour] = decode_stacked(payload)
+                except ValueError as exc:
+                    _damaged(f"row {row_id} ({HOUR_STACK})", ref, model, version, exc)
+                    damaged.add(hour)
     for hour in hours:
-        if hour not in out:
-            got = _load_stacked(engine, model, version, "hour", _iso(hour), hour, hour + timedelta(hours=1))
+        if hour not in out and hour not in damaged:
+            try:
+                got = _load_stacked(engine, model, version, "hour", _iso(hour), hour, hour + timedelta(hours=1))
+            except ValueError as exc:
+                _damaged("rows (hour, one a series)", _iso(hour), model, version, exc)
+                got = None
             if got is not None:
                 out[hour] = got
     return out
+
+
+def _damaged(rows: str, ref: str, model: str, version: str, exc: ValueError) -> None:
+    log.warning("baseline_sketches %s, the hour partial %s of %s %s: %s; built again from its minute rows",
+                rows, ref, model, version, exc)
 
 
 class Baselines:

@@ -125,3 +125,48 @@ def test_stacked_partials_are_pruned_and_forget_their_items(tmp_path):
     assert forget_items(engine, T(200), model=MODEL).baselines == 0  # nothing left to do
     assert bl.prune(engine, T(60)) == 0
     assert bl.prune(engine, T(61)) == 1 and HOUR_STACK not in _kinds(engine)
+
+
+def _again(engine, hour_kinds: tuple = ()) -> int:
+    """A fresh process's cycle at T(196) with no trailing baseline or results stored (and
+    hour 60's rows of these kinds gone): the results it wrote."""
+    bs = t.baseline_sketches
+    with engine.begin() as conn:
+        conn.execute(bs.delete().where(bs.c.kind.in_(hour_kinds), bs.c.window_start == T(60)))
+        conn.execute(bs.delete().where(bs.c.kind == "trailing"))
+        conn.execute(t.drift_results.delete())
+    return evaluate_cycle(engine, T(196), CFG, bl.Baselines(engine, CFG)).written
+
+
+@pytest.mark.parametrize("kind", [HOUR_STACK, "hour"])
+def test_a_damaged_stored_partial_is_named_and_built_again(tmp_path, caplog, kind):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 250)], rate=20)
+    engine = make_engine(url)
+    written = evaluate_cycle(engine, T(196), CFG, bl.Baselines(engine, CFG)).written
+    # hour 60 merged from its minute rows, hour 120 read as stored: as below
+    assert _again(engine, (HOUR_STACK,)) == written
+    want = _results(engine)
+    bs = t.baseline_sketches
+    hour = T(60)
+    if kind == "hour":  # as an earlier release stored it
+        got = bl._load_hours(engine, MODEL, "v1", [hour])[hour]
+        with engine.begin() as conn:
+            conn.execute(bs.delete().where(bs.c.kind == HOUR_STACK, bs.c.window_start == hour))
+        bl._store(engine, MODEL, "v1", "hour", bl._iso(hour), hour, hour + timedelta(hours=1), got.sketches())
+    with engine.begin() as conn:
+        row_id, payload = conn.execute(select(bs.c.id, bs.c.payload).where(bs.c.kind == kind, bs.c.window_start == hour)
+                                       .order_by(bs.c.id).limit(1)).one()
+        conn.execute(bs.update().where(bs.c.id == row_id).values(payload=payload[:-7]))  # cut short
+    with caplog.at_level("WARNING", logger="monitor.baselines"):
+        assert _again(engine) == written  # it raised ValueError, every cycle
+    assert _results(engine) == want
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and bl._iso(hour) in said[0] and "corrupt" in said[0], said
+    if kind == HOUR_STACK:
+        assert f"row {row_id}" in said[0]
+    # stored again, whole: the next process reads it
+    with engine.connect() as conn:
+        payload = conn.execute(select(bs.c.payload).where(bs.c.kind == HOUR_STACK, bs.c.window_start == hour)).scalar_one()
+    assert decode_stacked(payload).n.sum() > 0 and "hour" not in _kinds(engine)
