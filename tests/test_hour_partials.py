@@ -170,3 +170,27 @@ def test_a_damaged_stored_partial_is_named_and_built_again(tmp_path, caplog, kin
     with engine.connect() as conn:
         payload = conn.execute(select(bs.c.payload).where(bs.c.kind == HOUR_STACK, bs.c.window_start == hour)).scalar_one()
     assert decode_stacked(payload).n.sum() > 0 and "hour" not in _kinds(engine)
+
+
+def test_forget_items_holds_one_stacked_partial_at_a_time(tmp_path, monkeypatch):
+    from monitor.store import forget
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    rng = np.random.default_rng(5)
+    for h in range(3):
+        part = Stacked.of({("*", "0", "*"): _sketch(rng, 50), ("c", "0", "1"): _sketch(rng, 50, items=False)})
+        bl._store_hour(engine, MODEL, "v1", T(60 * h), part)
+    held, chunks = [], forget._chunks
+
+    def counted(*args):
+        for conn, rows in chunks(*args):
+            held.append(len(rows))
+            yield conn, rows
+
+    monkeypatch.setattr(forget, "_chunks", counted)
+    done = forget_items(engine, T(600), model=MODEL)  # chunk: 500 rows a transaction
+    assert done.baselines == 3 and done.unreadable == 0
+    # each is an hour of every series (megabytes): all 500 at once were gigabytes
+    assert max(held) == 1

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Text, bindparam, cast, null, or_, select, update
+from sqlalchemy import Text, bindparam, cast, null, select, update
 from sqlalchemy.engine import Engine
 
 from monitor.sketch import decode_payload, encode_payload
@@ -33,6 +33,9 @@ log = logging.getLogger("attnmon.forget")
 
 ROLLUP = "*"  # the only series whose sketches carry items (DESIGN §4: keeps rows small)
 CHUNK = 500  # rows rewritten a transaction
+# stacked hour partials rewritten a transaction: each holds an hour of every series of a
+# version (megabytes; tens of them at 10,000 series), so 500 would be gigabytes in memory
+STACK_CHUNK = 1
 CLEAR_CHUNK = 5000  # rows whose column is set to NULL a transaction (no payload to rewrite)
 
 
@@ -49,13 +52,16 @@ def forget_items(engine: Engine, before: datetime, *, model: str | None = None, 
                  clear_chunk: int = CLEAR_CHUNK) -> Forgotten:
     before = as_utc(before)
     wa, bs, ev, dr = t.window_aggregates, t.baseline_sketches, t.attention_events, t.drift_results
-    sketches, bad_sketches = _strip(engine, wa, wa.c.bucket_start < before, model, chunk)
-    baselines, bad_baselines = _strip(engine, bs, bs.c.window_start < before, model, chunk)
+    sketches, bad_sketches = _strip(engine, wa, [wa.c.bucket_start < before, _rollup(wa)], model, chunk)
+    baselines, bad_baselines = _strip(engine, bs, [bs.c.window_start < before, _rollup(bs)], model, chunk)
+    # a stacked hour partial (one row of every series) holds the roll-ups' items too
+    stacks, bad_stacks = _strip(engine, bs, [bs.c.window_start < before, bs.c.kind == HOUR_STACK], model,
+                                min(chunk, STACK_CHUNK))
     # items.top10_share names its ten items; no other result's detail holds item ids
     results = _clear(engine, dr, dr.c.detail, [dr.c.window_start < before, dr.c.statistic.like("items.%")],
                      model, clear_chunk)
     events = _clear(engine, ev, ev.c.item_ids, [ev.c.ts < before], model, clear_chunk)
-    return Forgotten(sketches, baselines, results, events, bad_sketches + bad_baselines)
+    return Forgotten(sketches, baselines + stacks, results, events, bad_sketches + bad_baselines + bad_stacks)
 
 
 def _chunks(engine: Engine, table, columns: list, where: list, model: str | None, chunk: int):
@@ -89,12 +95,13 @@ def _clear(engine: Engine, table, column, where: list, model: str | None, chunk:
     return done
 
 
-def _strip(engine: Engine, table, starts_before, model: str | None, chunk: int) -> tuple[int, int]:
-    """Rewrite the payloads with an item list, `chunk` rows a transaction, in id order:
-    (rows rewritten, rows whose payload cannot be read)."""
-    rollup = (table.c.cohort == ROLLUP) & (table.c.head == ROLLUP)
-    # a stacked hour partial (one row of every series) holds the roll-ups' items too
-    where = [starts_before, or_(rollup, table.c.kind == HOUR_STACK) if table is t.baseline_sketches else rollup]
+def _rollup(table):
+    return (table.c.cohort == ROLLUP) & (table.c.head == ROLLUP)
+
+
+def _strip(engine: Engine, table, where: list, model: str | None, chunk: int) -> tuple[int, int]:
+    """Rewrite the payloads with an item list of the rows `where` selects, `chunk` rows a
+    transaction, in id order: (rows rewritten, rows whose payload cannot be read)."""
     rewrite = update(table).where(table.c.id == bindparam("row_id")).values(payload=bindparam("new_payload"))
     done = bad = 0
     for conn, rows in _chunks(engine, table, [table.c.payload], where, model, chunk):
