@@ -504,7 +504,11 @@ class Baselines:
         key = (model, ref.kind, ref.ref, ref.version)
         got = self._cache.pop(key, None)
         if got is None and load:
-            got = _load(self.engine, model, ref.version, ref.kind, ref.ref, ref.start, ref.end)
+            try:
+                got = _load(self.engine, model, ref.version, ref.kind, ref.ref, ref.start, ref.end)
+            except ValueError as exc:  # built again and stored whole, rather than fail every cycle
+                log.warning("baseline_sketches rows of the %s baseline %s of %s %s: %s; built again",
+                            ref.kind, ref.ref, model, ref.version, exc)
         if got is not None:
             self._keep(key, got)  # the least recently used goes first
         return got

@@ -15,7 +15,7 @@ from monitor import baselines as bl
 from monitor.config import EvaluateConfig
 from monitor.demo import START, Segment, stream
 from monitor.evaluate import evaluate_cycle
-from monitor.sketch import Sketch, encode_payload
+from monitor.sketch import Sketch, decode_payload, encode_payload
 from monitor.stacked import Stacked, stack_encoded
 from monitor.stacked_payload import HOUR_STACK, decode_stacked, encode_stacked
 from monitor.store import make_engine, migrate
@@ -194,3 +194,27 @@ def test_forget_items_holds_one_stacked_partial_at_a_time(tmp_path, monkeypatch)
     assert done.baselines == 3 and done.unreadable == 0
     # each is an hour of every series (megabytes): all 500 at once were gigabytes
     assert max(held) == 1
+
+
+def test_a_damaged_stored_baseline_is_named_and_built_again(tmp_path, caplog):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate.upgrade(url)
+    stream(url, [Segment("v1", 250)], rate=20)
+    engine = make_engine(url)
+    written = evaluate_cycle(engine, T(196), CFG, bl.Baselines(engine, CFG)).written
+    bs = t.baseline_sketches
+    stored = _kinds(engine)["trailing"]
+    with engine.begin() as conn:
+        row_id, ref, payload = conn.execute(select(bs.c.id, bs.c.ref, bs.c.payload).where(bs.c.kind == "trailing")
+                                            .order_by(bs.c.id).limit(1)).one()
+        conn.execute(bs.update().where(bs.c.id == row_id).values(payload=payload[:-7]))  # cut short
+        conn.execute(t.drift_results.delete())
+    with caplog.at_level("WARNING", logger="monitor.baselines"):
+        # it raised ValueError, every cycle until the row was pruned
+        assert evaluate_cycle(engine, T(196), CFG, bl.Baselines(engine, CFG)).written == written
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and ref in said[0] and "corrupt" in said[0], said
+    with engine.connect() as conn:
+        rows = conn.execute(select(bs.c.payload).where(bs.c.kind == "trailing")).scalars().all()
+    assert len(rows) == stored and all(decode_payload(p) for p in rows)  # stored again, whole
+
