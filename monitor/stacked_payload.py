@@ -64,7 +64,7 @@ def decode_stacked(data: bytes) -> Stacked:
         if not z.eof or z.unused_data:
             raise ValueError("truncated or trailing data")
         return _decode(body)
-    except (ValueError, zlib.error, struct.error, KeyError, TypeError, IndexError) as e:
+    except (ValueError, zlib.error, struct.error, KeyError, TypeError, IndexError, AttributeError) as e:
         raise ValueError(f"corrupt attnmon stacked sketch payload: {e}") from e
 
 
@@ -89,6 +89,8 @@ def _decode(body: bytes) -> Stacked:
     pos[:, :p] = take("<f8", S * p).reshape(S, p)
     topk = {}
     for i, h in header["topk"].items():
+        if not 0 <= int(i) < S:  # (merging it would fail far from here)
+            raise ValueError(f"top-K of series {i}, of {S}")
         items = None if h["items"] is None else _topk(h["items"], take)
         topk[int(i)] = (items, {name: _topk(th, take) for name, th in h["attrs"].items()})
     if off != len(body):

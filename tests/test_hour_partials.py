@@ -4,6 +4,9 @@ same drift_results; pruned and stripped of item ids like the rest."""
 
 from __future__ import annotations
 
+import json
+import struct
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -54,6 +57,29 @@ def test_a_damaged_stacked_partial_is_an_error_that_says_so(damage):
     payload = encode_stacked(Stacked.of({("c", "0", "0"): _sketch(np.random.default_rng(1), 50)}))
     with pytest.raises(ValueError, match="stacked sketch payload"):
         decode_stacked(damage(payload))
+
+
+def _with_header(payload: bytes, change) -> bytes:
+    """The payload with its JSON header changed by `change` (the rest as it was): damage
+    that zlib's checksum cannot see, as a writer's bug would leave."""
+    body = zlib.decompress(payload[4:])
+    (hlen,) = struct.unpack_from("<I", body)
+    header = change(json.loads(body[4 : 4 + hlen]))
+    text = json.dumps(header).encode()
+    return payload[:4] + zlib.compress(struct.pack("<I", len(text)) + text + body[4 + hlen :])
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: {**h, "topk": {i: {**tk, "attrs": [1]} for i, tk in h["topk"].items()}},  # AttributeError
+    # series that are not there
+    lambda h: {**h, "topk": {str(int(i) + len(h["keys"])): tk for i, tk in h["topk"].items()}},
+    lambda h: {**h, "topk": {str(int(i) - len(h["keys"])): tk for i, tk in h["topk"].items()}},
+])
+def test_a_stacked_partial_with_a_malformed_header_is_an_error_that_says_so(change):
+    payload = encode_stacked(Stacked.of({("c", "0", "0"): _sketch(np.random.default_rng(1), 50),
+                                         ("c", "0", "1"): _sketch(np.random.default_rng(2), 50, items=False)}))
+    with pytest.raises(ValueError, match="stacked sketch payload"):
+        decode_stacked(_with_header(payload, change))
 
 
 def _results(engine) -> list[tuple]:
