@@ -504,7 +504,7 @@ def test_hour_partials_are_kept_and_only_the_new_hour_is_merged(four_hours, monk
     merged_hours, loads = [], []
     merge_rows, load_hours = bl._merge_rows, bl._load_hours
     monkeypatch.setattr(bl, "_merge_rows", lambda e, m, v, s, end: merged_hours.append(s) or merge_rows(e, m, v, s, end))
-    monkeypatch.setattr(bl, "_load_hours", lambda e, m, v, hours: loads.extend(hours) or load_hours(e, m, v, hours))
+    monkeypatch.setattr(bl, "_load_hours", lambda e, m, v, hours, *rest: loads.extend(hours) or load_hours(e, m, v, hours, *rest))
     b, reader = bl.Baselines(engine, CFG), WindowReader(engine)
     first = evaluate_cycle(engine, T(196), CFG, b, reader)  # baseline hours [60, 120), [120, 180)
     assert first.series > 0 and merged_hours == [T(60), T(120)]

@@ -124,6 +124,12 @@ def test_partials_stored_per_series_by_an_earlier_release_give_the_same_results(
     assert evaluate_cycle(engine, T(196), CFG, bl.Baselines(engine, CFG)).written == first.written
     assert _results(engine) == stacked  # every value, baseline value and detail
     assert HOUR_STACK not in _kinds(engine)  # read as they are, not rewritten
+    # each hour read so is a step (/livez): a day of them is 24 reads; hours stored in
+    # neither form cost no read of their own
+    steps = []
+    none = hours[0] - timedelta(hours=5)
+    got = bl._load_hours(engine, MODEL, "v1", [none, *hours], lambda: steps.append(1))
+    assert sorted(got) == hours and len(steps) == 2
     # late data in one of them: rebuilt, stored stacked, the per-series rows gone
     with engine.begin() as conn:
         conn.execute(bs.delete().where(bs.c.kind == "trailing"))
