@@ -276,8 +276,8 @@ def register(commands: argparse._SubParsersAction, add_command) -> None:
         dashboards_path=a.dashboards_path, rules=a.rules, fmt=a.format))
 
     p = add_command(sub, "push", "create the folder and datasource, save the dashboards by uid (any edited in "
-                    "Grafana since attnmon pushed it is left as is: exit 1; any Grafana refuses or fails is "
-                    "named and the others pushed: exit 2)", lists=True)
+                    "Grafana since attnmon pushed it is left as is: exit 1; one that Grafana refuses, or whose "
+                    "call fails, is named and the others pushed: exit 2)", lists=True)
     p.add_argument("--grafana-url", metavar="URL", help="default: the config's grafana.url")
     p.add_argument("--token-file", metavar="FILE", help="Grafana token (default: the config's grafana.token, else $ATTNMON_GRAFANA_TOKEN)")
     p.add_argument("--no-datasource", dest="datasource", action="store_false",
