@@ -340,11 +340,6 @@ def _replace(engine: Engine, where: list, rows: list[tuple]) -> None:
                      rows[0][5], rows[0][6], rows[0][0], rows[0][1])
 
 
-def _as_read(rows: list[tuple]) -> Stacked:
-    """The sketches of stored rows (_STORE_COLS) as _load_stacked reads them back."""
-    return stack_encoded({(r[2], r[3], r[4]): [(r[13], r[9], r[10], r[11], r[12])] for r in rows if r[2] != _EMPTY})
-
-
 def _load(engine: Engine, model: str, version: str, kind: str, ref: str, start: datetime,
           end: datetime) -> dict[SeriesKey, Sketch] | None:
     got = _load_stacked(engine, model, version, kind, ref, start, end)
